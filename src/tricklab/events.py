@@ -1,0 +1,75 @@
+"""The few events of :func:`tricklab.train.fit` (kept here, below the tricks, so that tricks can implement callbacks without importing the trainer) and the state that callbacks see.
+
+A callback is a small object with any of these methods; each receives the :class:`FitState`:
+
+``on_fit_start``    once, before the first epoch (model on its device, optimizer built)
+``on_epoch_start``  before each epoch's first batch
+``on_after_backward`` after ``loss.backward()``, before ``optimizer.step()``: the place to read or change
+                    gradients (clipping, L1, probes). Setting ``state.skip_step = True`` skips the update.
+``on_step_end``     after ``optimizer.step()`` (per-step schedules, EMA, probes)
+``on_epoch_end``    after validation; ``state.metrics`` holds the epoch's row (early stopping, decay per epoch)
+``on_fit_end``      once, after the last epoch, before the test evaluation (restore best weights, SWA)
+
+Callbacks run in ascending ``order`` (default 0), then in the order given. A callback stops training by
+setting ``state.stop = True`` and ``state.stop_reason``; it can route evaluation through other weights
+(EMA, SWA) by setting ``state.eval_model``; it can add numbers to the epoch's history row by putting
+them into ``state.epoch_extras``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+EVENTS = ("on_fit_start", "on_epoch_start", "on_after_backward", "on_step_end", "on_epoch_end", "on_fit_end")
+
+
+class Callback:
+    """Base class for callbacks; override only the events you need."""
+
+    order: int = 0
+
+    def on_fit_start(self, state: FitState) -> None: ...
+    def on_epoch_start(self, state: FitState) -> None: ...
+    def on_after_backward(self, state: FitState) -> None: ...
+    def on_step_end(self, state: FitState) -> None: ...
+    def on_epoch_end(self, state: FitState) -> None: ...
+    def on_fit_end(self, state: FitState) -> None: ...
+
+    # Checkpointing (reliability): a callback with state returns plain tensors/numbers here.
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class FitState:
+    """Everything the loop knows; callbacks read it and may set the few writable flags."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    epochs: int
+    device: torch.device
+    epoch: int = 0  # 1-based while running
+    step: int = 0  # global optimizer steps taken so far
+    batch: int = 0  # index of the batch within the epoch
+    steps_per_epoch: int | None = None
+    loss: torch.Tensor | None = None  # the current batch's loss (after backward)
+    inputs: torch.Tensor | None = None
+    targets: torch.Tensor | None = None
+    metrics: dict[str, float] = field(default_factory=dict)  # the last finished epoch's history row
+    history: list[dict[str, float]] = field(default_factory=list)
+    epoch_extras: dict[str, float] = field(default_factory=dict)  # numbers callbacks add to this epoch's row
+    # writable by callbacks
+    stop: bool = False
+    stop_reason: str | None = None
+    skip_step: bool = False
+    eval_model: nn.Module | None = None
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])

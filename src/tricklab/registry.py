@@ -1,0 +1,84 @@
+"""Name → object registries: every family of tricks, models, datasets and studies is looked up by name.
+
+Example::
+
+    ACTIVATIONS = Registry("activation")
+
+    @ACTIVATIONS.register("relu", help="max(0, x)")
+    def relu() -> nn.Module: ...
+
+    ACTIVATIONS.get("relu")      # the factory
+    ACTIVATIONS.get("rleu")      # UnknownNameError: unknown activation 'rleu'; did you mean 'relu'? valid: ...
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from tricklab.errors import UnknownNameError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Entry(Generic[T]):
+    name: str
+    obj: T
+    help: str
+
+
+class Registry(Generic[T]):
+    """An ordered mapping of snake_case names to objects, with one-line help for ``tricklab list``."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, Entry[T]] = {}
+
+    def register(self, name: str, obj: T | None = None, *, help: str = "") -> Callable[[T], T] | T:
+        """Register ``obj`` under ``name``; without ``obj``, return a decorator."""
+
+        def add(o: T) -> T:
+            if name in self._entries:
+                raise ValueError(f"{self.kind} {name!r} is already registered")
+            doc = help or (getattr(o, "__doc__", None) or "").strip().splitlines()[:1]
+            text = doc if isinstance(doc, str) else (doc[0] if doc else "")
+            self._entries[name] = Entry(name, o, text)
+            return o
+
+        return add(obj) if obj is not None else add
+
+    def get(self, name: str) -> T:
+        """The object registered as ``name``; unknown names raise with the valid names and a did-you-mean."""
+        try:
+            return self._entries[name].obj
+        except (KeyError, TypeError):
+            raise UnknownNameError(self.kind, name, self.names(), self.suggest(name)) from None
+
+    def suggest(self, name: object) -> str | None:
+        close = difflib.get_close_matches(str(name), self.names(), n=1, cutoff=0.6)
+        return close[0] if close else None
+
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def entries(self) -> list[Entry[T]]:
+        return list(self._entries.values())
+
+    def help(self, name: str) -> str:
+        self.get(name)
+        return self._entries[name].help
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}, {self.names()})"
