@@ -1,0 +1,26 @@
+"""Models by name. Every factory takes ``(input_shape, num_classes, **model config)`` and returns an nn.Module.
+
+Example::
+
+    model = build_model("mlp", (1, 28, 28), 10, depth=2, width=512, activation="relu")
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from tricklab.models.cnn import CNN
+from tricklab.models.mlp import MLP
+from tricklab.registry import Registry
+
+MODELS: Registry = Registry("model")
+MODELS.register("mlp", MLP, help="flatten → depth × [Linear → norm → act → dropout] → Linear")
+MODELS.register("cnn", CNN, help="depth × [conv3 → norm → act → dropout], 2 max-pools → Linear; 2-D or 1-D")
+
+
+def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, **kwargs) -> nn.Module:
+    """Build the registered model ``name`` for inputs of ``input_shape`` (without the batch dimension)."""
+    return MODELS.get(name)(tuple(input_shape), num_classes, **kwargs)
+
+
+__all__ = ["MODELS", "build_model", "MLP", "CNN"]

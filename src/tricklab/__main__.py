@@ -1,0 +1,5 @@
+import sys
+
+from tricklab.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,65 @@
+"""Progress display for training: a rich progress bar on a terminal, one plain line per epoch otherwise."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from tricklab.events import Callback, FitState
+
+
+def format_row(row: dict) -> str:
+    parts = [f"epoch {row['epoch']}"]
+    for key, fmt in (("train_loss", ".4f"), ("train_acc", ".4f"), ("val_loss", ".4f"), ("val_acc", ".4f"), ("lr", ".3g")):
+        if key in row:
+            parts.append(f"{key} {row[key]:{fmt}}")
+    parts.append(f"{row['epoch_time_s']:.1f}s")
+    return "  ".join(parts)
+
+
+class ProgressReporter(Callback):
+    """Shows loss, accuracy and ETA while training. Refreshes at most a few times a second (no hot-path cost)."""
+
+    order = 900
+
+    def __init__(self, console: Console | None = None, live: bool | None = None):
+        self.console = console or Console(stderr=False)
+        self.live = sys.stdout.isatty() if live is None else live
+        self._progress: Progress | None = None
+        self._last = 0.0
+
+    def on_fit_start(self, state: FitState) -> None:
+        if not self.live:
+            return
+        self._progress = Progress(
+            TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+            console=self.console, transient=False,
+        )
+        total = state.steps_per_epoch * state.epochs if state.steps_per_epoch else None
+        self._task = self._progress.add_task("train", total=total, epoch=1, epochs=state.epochs, loss="-")
+        self._progress.start()
+
+    def on_step_end(self, state: FitState) -> None:
+        if self._progress is None:
+            return
+        now = time.monotonic()
+        if now - self._last > 0.25:
+            self._last = now
+            self._progress.update(self._task, completed=state.step, epoch=state.epoch, loss=f"{state.loss.item():.4f}")
+
+    def on_epoch_end(self, state: FitState) -> None:
+        line = format_row(state.metrics)
+        if self._progress is not None:
+            self._progress.update(self._task, completed=state.step)
+            self._progress.console.print(line)
+        else:
+            print(line, flush=True)
+
+    def on_fit_end(self, state: FitState) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None

@@ -1,0 +1,235 @@
+"""The run configuration: frozen, validated data, checked before anything is built.
+
+A config is a YAML mapping of sections (``data``, ``model``, ``optim``, ``train``, ...) overridden by
+``--set key.sub=value`` pairs. Unknown keys, wrong types, out-of-range values and unknown names fail
+with one line naming the full key, the bad value and what is allowed::
+
+    >>> load_config(overrides=["model.dropout=1.5"])
+    ConfigError: model.dropout = 1.5: must be < 1 (allowed: [0, 1))
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from tricklab.data import DATASETS
+from tricklab.errors import ConfigError, TrickLabError
+from tricklab.models import MODELS
+from tricklab.registry import Registry
+from tricklab.tricks.activations import ACTIVATIONS
+from tricklab.tricks.norms import NORMS
+from tricklab.tricks.scaling import SCALINGS
+
+
+def _name_in(registry: Registry, value: str) -> str:
+    if value not in registry:
+        hint = registry.suggest(value)
+        raise ValueError(
+            f"unknown {registry.kind}{f'; did you mean {hint!r}?' if hint else ''} (valid: {', '.join(registry.names())})"
+        )
+    return value
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(Section):
+    """Which data, how it is split, scaled and batched."""
+
+    name: str = "mnist"
+    dir: str | None = None  # cache root; else env TRICKLAB_DATA, else ~/.cache/tricklab
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    scale: str = "standardize"
+    batch_size: int = Field(128, gt=0)
+    subset: int | None = Field(None, gt=0)  # use only this many training examples
+
+    _name = field_validator("name")(lambda v: _name_in(DATASETS, v))
+    _scale = field_validator("scale")(lambda v: _name_in(SCALINGS, v))
+
+
+class ModelConfig(Section):
+    """The network: which architecture and its shape."""
+
+    name: str = "mlp"
+    depth: int = Field(2, ge=0, le=1000)
+    width: int = Field(512, gt=0)
+    activation: str = "relu"
+    norm: str = "none"
+    norm_position: Literal["before_activation", "after_activation"] = "before_activation"
+    dropout: float = Field(0.0, ge=0, lt=1)
+    residual: bool = False
+
+    _name = field_validator("name")(lambda v: _name_in(MODELS, v))
+    _act = field_validator("activation")(lambda v: _name_in(ACTIVATIONS, v))
+    _norm = field_validator("norm")(lambda v: _name_in(NORMS, v))
+
+
+class OptimConfig(Section):
+    """The optimizer and its regularization."""
+
+    name: Literal["sgd", "adam"] = "adam"
+    lr: float = Field(1e-3, gt=0, allow_inf_nan=False)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False)
+
+
+class TrainConfig(Section):
+    """How long, where and with which seed to train."""
+
+    epochs: int = Field(5, ge=1)
+    seed: int = Field(0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = Field(0, ge=0)  # 0: all cores
+
+
+class Config(Section):
+    """The whole run configuration. ``Config()`` is the default a newcomer can rely on."""
+
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def hash(self) -> str:
+        """A stable hash of the resolved config (same config → same hash)."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def with_overrides(self, overrides: dict[str, Any] | list[str]) -> Config:
+        data = self.to_dict()
+        for key, value in _pairs(overrides):
+            _set_path(data, key, value)
+        return validate(data)
+
+
+_ALLOWED = {
+    "greater_than": "must be > {gt}",
+    "greater_than_equal": "must be >= {ge}",
+    "less_than": "must be < {lt}",
+    "less_than_equal": "must be <= {le}",
+    "finite_number": "must be a finite number",
+    "int_parsing": "must be an integer",
+    "int_from_float": "must be an integer",
+    "int_type": "must be an integer",
+    "float_parsing": "must be a number",
+    "float_type": "must be a number",
+    "bool_parsing": "must be true or false",
+    "bool_type": "must be true or false",
+    "string_type": "must be a string",
+    "model_type": "must be a mapping of keys",
+    "model_attributes_type": "must be a mapping of keys",
+}
+
+
+def _field_names(key_path: tuple) -> list[str]:
+    model: type[BaseModel] = Config
+    for part in key_path:
+        model = model.model_fields[part].annotation  # type: ignore[assignment]
+    return list(model.model_fields)
+
+
+def _one_line(err: ValidationError) -> ConfigError:
+    e = err.errors(include_url=False)[0]
+    loc = tuple(str(p) for p in e["loc"])
+    key = ".".join(loc)
+    if e["type"] == "extra_forbidden":
+        valid = _field_names(loc[:-1])
+        close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.6)
+        hint = f"did you mean {'.'.join(loc[:-1] + (close[0],))!r}? " if close else ""
+        return ConfigError(key, e["input"], f"unknown key; {hint}valid keys here: {', '.join(valid)}")
+    if e["type"] == "literal_error":
+        return ConfigError(key, e["input"], f"must be one of {e['ctx']['expected']}")
+    if e["type"] == "value_error":
+        return ConfigError(key, e["input"], str(e["ctx"]["error"]))
+    template = _ALLOWED.get(e["type"])
+    allowed = template.format(**e.get("ctx", {})) if template else e["msg"]
+    return ConfigError(key, e["input"], allowed)
+
+
+def validate(data: Any) -> Config:
+    """Build a :class:`Config` from a plain mapping, raising a one-line :class:`ConfigError`."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise TrickLabError(f"config must be a mapping of sections, got {type(data).__name__}")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise _one_line(err) from None
+
+
+def parse_value(text: str) -> Any:
+    """Parse a ``--set`` value as YAML (so ``0.1`` is a number, ``true`` a bool, ``null`` None)."""
+    try:
+        return yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        return text
+
+
+def _pairs(overrides: dict[str, Any] | list[str]) -> list[tuple[str, Any]]:
+    if isinstance(overrides, dict):
+        return list(overrides.items())
+    pairs = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise TrickLabError(f"--set {item!r}: expected key.sub=value, e.g. --set optim.lr=0.01")
+        pairs.append((key.strip(), parse_value(value)))
+    return pairs
+
+
+def _set_path(data: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        nxt = node.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(".".join(parts[: i + 1]), nxt, "is a value, not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Read a YAML config file safely (no python tags); errors name the file and the line."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise TrickLabError(f"config file {str(p)!r} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise TrickLabError(f"config file {str(p)!r} cannot be read: {e}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise TrickLabError(f"config file {str(p)!r}{where}: invalid YAML ({problem})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise TrickLabError(f"config file {str(p)!r} must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | list[str] = ()) -> Config:
+    """The resolved config: defaults ← YAML file ← ``--set`` overrides, validated once at the end."""
+    data = read_yaml(path) if path else {}
+    for key, value in _pairs(overrides or []):
+        _set_path(data, key, value)
+    return validate(data)
+
+
