@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import difflib
+
 from tricklab.data import DATASETS
 from tricklab.errors import UnknownNameError
 from tricklab.models import MODELS
 from tricklab.registry import Registry
 from tricklab.tricks.activations import ACTIVATIONS
+from tricklab.tricks.clipping import CLIP_MODES
+from tricklab.tricks.init import INITIALIZERS
 from tricklab.tricks.norms import NORMS
+from tricklab.tricks.optimizers import OPTIMIZERS
 from tricklab.tricks.scaling import SCALINGS
+from tricklab.tricks.schedules import SCHEDULES
 
 FAMILIES: dict[str, Registry] = {
     "datasets": DATASETS,
@@ -16,13 +22,16 @@ FAMILIES: dict[str, Registry] = {
     "models": MODELS,
     "activations": ACTIVATIONS,
     "norms": NORMS,
+    "inits": INITIALIZERS,
+    "optimizers": OPTIMIZERS,
+    "clip_modes": CLIP_MODES,
+    "schedules": SCHEDULES,
 }
 
 
 def family(name: str) -> Registry:
+    """The registry called ``name`` (e.g. ``"optimizers"``); unknown names fail with a did-you-mean."""
     if name not in FAMILIES:
-        import difflib
-
         close = difflib.get_close_matches(name, list(FAMILIES), n=1)
         raise UnknownNameError("registry", name, list(FAMILIES), close[0] if close else None)
     return FAMILIES[name]

@@ -17,15 +17,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tricklab.data import DATASETS
 from tricklab.errors import ConfigError, TrickLabError
 from tricklab.models import MODELS
 from tricklab.registry import Registry
 from tricklab.tricks.activations import ACTIVATIONS
+from tricklab.tricks.clipping import CLIP_MODES
+from tricklab.tricks.init import INITIALIZERS
 from tricklab.tricks.norms import NORMS
+from tricklab.tricks.optimizers import OPTIMIZERS
 from tricklab.tricks.scaling import SCALINGS
+from tricklab.tricks.schedules import SCHEDULES
 
 
 def _name_in(registry: Registry, value: str) -> str:
@@ -72,13 +76,68 @@ class ModelConfig(Section):
     _norm = field_validator("norm")(lambda v: _name_in(NORMS, v))
 
 
+class InitConfig(Section):
+    """How the weights start (applied to every Linear/Conv layer after the model is built)."""
+
+    scheme: str = "he_normal"
+
+    _scheme = field_validator("scheme")(lambda v: _name_in(INITIALIZERS, v))
+
+
 class OptimConfig(Section):
     """The optimizer and its regularization."""
 
-    name: Literal["sgd", "adam"] = "adam"
+    name: str = "adam"
     lr: float = Field(1e-3, gt=0, allow_inf_nan=False)
-    momentum: float = Field(0.9, ge=0, lt=1)
+    momentum: float = Field(0.9, ge=0, lt=1)  # γ of momentum / nesterov
     weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False)
+    decoupled: bool = False  # True: AdamW/SGDW-style decay; False: L2 added to the gradient
+    l1: float = Field(0.0, ge=0, allow_inf_nan=False)  # L1 penalty on weights (not biases or norm parameters)
+
+    _name = field_validator("name")(lambda v: _name_in(OPTIMIZERS, v))
+
+
+class ClipConfig(Section):
+    """Gradient clipping: θ = 1 or 10 by global norm (the lesson), by value, or adaptive (AGC)."""
+
+    mode: str = "none"
+    threshold: float = Field(1.0, gt=0, allow_inf_nan=False)
+
+    _mode = field_validator("mode")(lambda v: _name_in(CLIP_MODES, v))
+
+
+class ScheduleConfig(Section):
+    """Learning-rate decay; the LR actually used in each epoch is in the history."""
+
+    name: str = "constant"
+    gamma: float | None = Field(None, gt=0, le=1)  # exponential (default 0.98 per epoch), step (default 0.1)
+    step_size: int | None = Field(None, ge=1)  # epochs between step decays (default epochs // 3)
+    warmup_epochs: int = Field(1, ge=0)
+    min_lr: float = Field(0.0, ge=0, allow_inf_nan=False)
+    factor: float = Field(0.1, gt=0, lt=1)  # plateau
+    patience: int = Field(2, ge=0)  # plateau
+    monitor: Literal["val_loss", "val_acc"] = "val_loss"  # plateau
+
+    _name = field_validator("name")(lambda v: _name_in(SCHEDULES, v))
+
+
+class EarlyStoppingConfig(Section):
+    """Stop when the validation metric stops improving; restore the best weights whatever ended the run."""
+
+    enabled: bool = False
+    monitor: Literal["val_loss", "val_acc"] = "val_loss"
+    patience: int = Field(5, ge=0)
+    min_delta: float = Field(0.0, ge=0, allow_inf_nan=False)
+    restore_best: bool = True
+
+
+class AveragingConfig(Section):
+    """Model averaging: an ensemble of K seeds, stochastic weight averaging, an EMA of the weights."""
+
+    ensemble: int = Field(1, ge=1, le=100)
+    swa_start: int | None = Field(None, ge=1)  # first epoch whose weights enter the SWA average
+    swa_lr: float | None = Field(None, gt=0, allow_inf_nan=False)
+    ema: float | None = Field(None, gt=0, lt=1)  # decay of the EMA of weights, e.g. 0.999
 
 
 class TrainConfig(Section):
@@ -95,8 +154,35 @@ class Config(Section):
 
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
+    init: InitConfig = InitConfig()
     optim: OptimConfig = OptimConfig()
+    clip: ClipConfig = ClipConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    averaging: AveragingConfig = AveragingConfig()
     train: TrainConfig = TrainConfig()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Config:
+        if self.optim.name == "adamw" and self.optim.weight_decay > 0 and not self.optim.decoupled:
+            raise ConfigError(
+                "optim.decoupled", False, "adamw is decoupled weight decay by definition; set true or use adam"
+            )
+        if self.schedule.name == "warmup_cosine" and self.schedule.warmup_epochs >= self.train.epochs:
+            raise ConfigError(
+                "schedule.warmup_epochs", self.schedule.warmup_epochs, f"must be < train.epochs ({self.train.epochs})"
+            )
+        if self.averaging.swa_start is not None and self.averaging.swa_start > self.train.epochs:
+            raise ConfigError(
+                "averaging.swa_start", self.averaging.swa_start, f"must be <= train.epochs ({self.train.epochs})"
+            )
+        if self.averaging.swa_start is not None and self.averaging.ema is not None:
+            raise ConfigError("averaging.ema", self.averaging.ema, "use either swa_start or ema, not both")
+        if self.schedule.name not in ("constant", "exponential", "step", "plateau") and self.averaging.swa_lr:
+            raise ConfigError(
+                "averaging.swa_lr", self.averaging.swa_lr, "SWALR cannot be combined with a per-step schedule"
+            )
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -169,6 +255,8 @@ def validate(data: Any) -> Config:
         return Config.model_validate(data)
     except ValidationError as err:
         raise _one_line(err) from None
+    except ConfigError as err:  # cross-field checks name their key themselves
+        raise ConfigError(err.key, err.value, err.allowed) from None
 
 
 def parse_value(text: str) -> Any:
@@ -231,5 +319,3 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | list
     for key, value in _pairs(overrides or []):
         _set_path(data, key, value)
     return validate(data)
-
-

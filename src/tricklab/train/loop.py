@@ -128,7 +128,11 @@ def fit(
             seen += len(y)
             if state.stop:
                 break
-        row = {"epoch": state.epoch, "train_loss": loss_sum.item() / max(seen, 1), "train_acc": correct.item() / max(seen, 1)}
+        row = {
+            "epoch": state.epoch,
+            "train_loss": loss_sum.item() / max(seen, 1),
+            "train_acc": correct.item() / max(seen, 1),
+        }
         if val is not None:
             v = evaluate(state.eval_model or model, val, loss_fn=loss_fn, device=device)
             row.update(val_loss=v["loss"], val_acc=v["acc"])

@@ -1,0 +1,21 @@
+"""End to end on real MNIST: the defaults a newcomer relies on must reach the lesson's figures."""
+
+import json
+
+import pytest
+
+from tricklab.cli.main import main
+
+pytestmark = [pytest.mark.mnist, pytest.mark.slow]
+
+
+def test_default_mlp_reaches_97_5_percent_in_3_epochs(mnist_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TRICKLAB_DATA", str(mnist_root))
+    out = tmp_path / "run"
+    assert main(["train", "--set", "train.epochs=3", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    print(f"default MLP, 3 epochs: test_acc {metrics['test_acc']:.4f}")
+    assert len(history) == 3
+    assert metrics["test_acc"] >= 0.975
+    assert "test_acc" in capsys.readouterr().out
