@@ -1,28 +1,20 @@
-"""The ``tricklab`` command line: ``train``, ``list``. Bad input → one line on stderr, exit code 2."""
+"""The ``tricklab`` command line. Each command lives in its own ``cli/<name>_cmd.py`` with ``add_parser``.
+
+Exit codes: 0 success; 2 bad input (one line on stderr naming what is wrong and what is allowed, no
+traceback unless ``--debug``); others are documented by the command that returns them.
+"""
 
 from __future__ import annotations
 
-import argparse
+import importlib
 import sys
 import traceback
 
 from tricklab import __version__
+from tricklab.cli.common import ArgumentParser
 from tricklab.errors import TrickLabError
 
-EXIT_USAGE = 2
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse that raises instead of printing usage, so every bad input gives one line and exit 2."""
-
-    def error(self, message: str):
-        raise TrickLabError(f"{self.prog}: {message}")
-
-
-def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", "-c", metavar="FILE", help="YAML config file")
-    p.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set optim.lr=0.01 (repeatable)")
+COMMANDS = ("train", "list")  # modules tricklab.cli.<name>_cmd, in help order
 
 
 def build_parser() -> ArgumentParser:
@@ -31,43 +23,9 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
     sub.required = True
-
-    p = sub.add_parser("train", help="train one config and write a run directory")
-    _add_config_args(p)
-    p.add_argument("--out", "-o", metavar="DIR", help="the run directory (default: a new folder under runs/)")
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser("list", help="list registered names (datasets, models, ...)")
-    p.add_argument("family", nargs="?", help="one registry to list (default: all)")
-    p.set_defaults(func=cmd_list)
+    for name in COMMANDS:
+        importlib.import_module(f"tricklab.cli.{name.replace('-', '_')}_cmd").add_parser(sub)
     return parser
-
-
-def cmd_train(args) -> int:
-    from tricklab.cli.progress import ProgressReporter
-    from tricklab.config import load_config
-    from tricklab.train.run import run
-
-    cfg = load_config(args.config, args.overrides)
-    result = run(cfg, args.out, callbacks=[ProgressReporter()])
-    m = result.metrics
-    print(f"test_loss {m['test_loss']:.4f}  test_acc {m['test_acc']:.4f}  ({m['epochs_run']} epochs, "
-          f"{m['wall_time_s']:.1f}s)")
-    print(f"run directory: {result.run_dir}")
-    return 0
-
-
-def cmd_list(args) -> int:
-    from tricklab.catalog import FAMILIES, family
-
-    names = [args.family] if args.family else list(FAMILIES)
-    for name in names:
-        reg = family(name)
-        print(f"{name}:")
-        width = max(len(n) for n in reg.names())
-        for e in reg.entries():
-            print(f"  {e.name:<{width}}  {e.help}")
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

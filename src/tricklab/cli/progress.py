@@ -13,7 +13,13 @@ from tricklab.events import Callback, FitState
 
 def format_row(row: dict) -> str:
     parts = [f"epoch {row['epoch']}"]
-    for key, fmt in (("train_loss", ".4f"), ("train_acc", ".4f"), ("val_loss", ".4f"), ("val_acc", ".4f"), ("lr", ".3g")):
+    for key, fmt in (
+        ("train_loss", ".4f"),
+        ("train_acc", ".4f"),
+        ("val_loss", ".4f"),
+        ("val_acc", ".4f"),
+        ("lr", ".3g"),
+    ):
         if key in row:
             parts.append(f"{key} {row[key]:{fmt}}")
     parts.append(f"{row['epoch_time_s']:.1f}s")
@@ -35,9 +41,15 @@ class ProgressReporter(Callback):
         if not self.live:
             return
         self._progress = Progress(
-            TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-            console=self.console, transient=False,
+            TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=False,
         )
         total = state.steps_per_epoch * state.epochs if state.steps_per_epoch else None
         self._task = self._progress.add_task("train", total=total, epoch=1, epochs=state.epochs, loss="-")

@@ -1,0 +1,24 @@
+"""``tricklab list [FAMILY]``: print every registry from the registries themselves (docs and CLI can't drift)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("list", help="list registered names (datasets, models, inits, optimizers, ...)")
+    p.add_argument("family", nargs="?", help="one registry to list (default: all)")
+    p.set_defaults(func=run_cmd)
+
+
+def run_cmd(args: argparse.Namespace) -> int:
+    from tricklab.catalog import FAMILIES, family
+
+    names = [args.family] if args.family else list(FAMILIES)
+    for name in names:
+        reg = family(name)
+        print(f"{name}:")
+        width = max(len(n) for n in reg.names())
+        for e in reg.entries():
+            print(f"  {e.name:<{width}}  {e.help}")
+    return 0
