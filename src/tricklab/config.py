@@ -5,7 +5,7 @@ A config is a YAML mapping of sections (``data``, ``model``, ``optim``, ``train`
 with one line naming the full key, the bad value and what is allowed::
 
     >>> load_config(overrides=["model.dropout=1.5"])
-    ConfigError: model.dropout = 1.5: must be < 1 (allowed: [0, 1))
+    ConfigError: model.dropout = 1.5: must be < 1.0
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from tricklab.data import DATASETS
 from tricklab.errors import ConfigError, TrickLabError
@@ -43,6 +43,18 @@ def _name_in(registry: Registry, value: str) -> str:
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """YAML's true/false must not pass as 1/0 where a number belongs."""
+        annotation = cls.model_fields[info.field_name].annotation
+        if isinstance(value, bool) and annotation is not bool and bool not in getattr(annotation, "__args__", ()):
+            kind = "an integer" if int in (annotation, *getattr(annotation, "__args__", ())) else "a number"
+            if annotation is str or "Literal" in str(annotation):
+                kind = "a name"
+            raise ValueError(f"must be {kind}, not a boolean")
+        return value
 
 
 class DataConfig(Section):
@@ -109,7 +121,7 @@ class ClipConfig(Section):
 class ScheduleConfig(Section):
     """Learning-rate decay; the LR actually used in each epoch is in the history."""
 
-    name: str = "constant"
+    name: str = "cosine"
     gamma: float | None = Field(None, gt=0, le=1)  # exponential (default 0.98 per epoch), step (default 0.1)
     step_size: int | None = Field(None, ge=1)  # epochs between step decays (default epochs // 3)
     warmup_epochs: int = Field(1, ge=0)
@@ -290,6 +302,21 @@ def _set_path(data: dict, key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader (no python tags) that refuses a key written twice in one mapping."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | Path) -> dict:
     """Read a YAML config file safely (no python tags); errors name the file and the line."""
     p = Path(path)
@@ -300,7 +327,7 @@ def read_yaml(path: str | Path) -> dict:
     except (OSError, UnicodeDecodeError) as e:
         raise TrickLabError(f"config file {str(p)!r} cannot be read: {e}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

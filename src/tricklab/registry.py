@@ -72,7 +72,10 @@ class Registry(Generic[T]):
         return self._entries[name].help
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        try:
+            return name in self._entries
+        except TypeError:  # unhashable
+            return False
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._entries)

@@ -9,13 +9,13 @@ Example::
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 
 from tricklab.data.base import DatasetInfo, RawDataset, Splits, TensorBatches, TensorData
 from tricklab.data.download import data_root
 from tricklab.data.sources import DATASETS
+from tricklab.errors import ConfigError
 from tricklab.tricks.scaling import fit_scaler
 
 
@@ -34,11 +34,18 @@ def load_splits(
     of the (shuffled) training split; the validation split keeps its full size. Scaling statistics are
     fitted on the training split only.
     """
+    if subset is not None and subset < 1:
+        raise ConfigError("data.subset", subset, "must be a positive number of training examples, or null for all")
     raw: RawDataset = DATASETS.get(name)(data_root(root))
     n = len(raw.train)
     n_val = int(round(n * val_fraction))
     if not 0 < n_val < n:
-        raise ValueError(f"val_fraction {val_fraction} leaves no validation or training examples of {n}")
+        raise ConfigError(
+            "data.val_fraction",
+            val_fraction,
+            f"leaves {n_val} of the {n} training examples of {name} for validation; "
+            f"must leave at least one for validation and one for training",
+        )
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     val_idx, train_idx = order[:n_val], order[n_val:]
     notes = []
@@ -59,5 +66,12 @@ def load_splits(
 
 
 __all__ = [
-    "DATASETS", "DatasetInfo", "RawDataset", "Splits", "TensorBatches", "TensorData", "data_root", "load_splits",
+    "DATASETS",
+    "DatasetInfo",
+    "RawDataset",
+    "Splits",
+    "TensorBatches",
+    "TensorData",
+    "data_root",
+    "load_splits",
 ]

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import os
-import tempfile
+import secrets
 import urllib.error
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +29,7 @@ TIMEOUT_S = 30
 
 @dataclass(frozen=True)
 class RemoteFile:
-    """A gzip-compressed file and how to verify it (``sha256`` of the decompressed bytes, or ``md5`` of the .gz)."""
+    """A gzip-compressed file and its check: ``sha256`` of its decompressed bytes, or ``md5`` of the .gz."""
 
     name: str
     sha256: str | None = None
@@ -53,7 +55,7 @@ def check_file(raw: bytes, spec: RemoteFile, where: str) -> bytes:
             raise DataError(f"{where} is corrupt: md5 {got} != expected {spec.md5}")
     try:
         data = gzip.decompress(raw)
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, zlib.error) as e:  # bad header / CRC, truncated, corrupt deflate stream
         raise DataError(f"{where} is corrupt: not a valid gzip file ({e})") from None
     if spec.sha256 is not None:
         got = hashlib.sha256(data).hexdigest()
@@ -63,8 +65,13 @@ def check_file(raw: bytes, spec: RemoteFile, where: str) -> bytes:
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder: fsync, then os.replace."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    """Write ``data`` to ``path`` through a temporary file in the same folder: fsync, then os.replace.
+
+    The file gets the usual permissions (0666 less the umask), not the owner-only 0600 of ``mkstemp``, so a
+    shared data cache or run directory stays readable by the people it is shared with.
+    """
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.part"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -83,17 +90,24 @@ def _download(url: str) -> bytes:
 
 
 def fetch(folder: Path, spec: RemoteFile, mirrors: list[str], dataset: str) -> bytes:
-    """Return the verified, decompressed content of ``spec``: from ``folder`` if there, else downloaded into it."""
+    """The verified, decompressed content of ``spec``: from ``folder`` if there, else downloaded into it."""
     path = folder / spec.name
     if path.exists():
-        return check_file(path.read_bytes(), spec, str(path))
+        try:
+            raw = path.read_bytes()
+        except OSError as e:
+            raise DataError(f"{dataset}: cannot read {path}: {e.strerror or e}") from None
+        try:
+            return check_file(raw, spec, str(path))
+        except DataError as e:  # never replace a cached file behind the user's back: it may be theirs
+            raise DataError(f"{dataset}: {e}; delete it to download it again") from None
     tried: list[str] = []
     for base in mirrors:
         url = base.rstrip("/") + "/" + spec.name
         try:
             raw = _download(url)
             data = check_file(raw, spec, url)
-        except (urllib.error.URLError, OSError, ValueError, DataError) as e:
+        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError, DataError) as e:
             reason = getattr(e, "reason", None) or e
             tried.append(f"{url} ({reason})")
             continue

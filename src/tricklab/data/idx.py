@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import struct
 
 import numpy as np
@@ -10,7 +11,7 @@ _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4",
 
 
 def parse_idx(data: bytes, what: str = "IDX file") -> np.ndarray:
-    """Parse decompressed IDX bytes into an array; raise ValueError naming ``what`` if malformed."""
+    """Parse decompressed IDX bytes into an array (native byte order); ValueError naming ``what`` if bad."""
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _DTYPES:
         raise ValueError(f"{what} is not an IDX file (bad magic number {data[:4].hex() or 'empty'})")
     dtype = np.dtype(_DTYPES[data[2]])
@@ -19,7 +20,8 @@ def parse_idx(data: bytes, what: str = "IDX file") -> np.ndarray:
     if len(data) < header:
         raise ValueError(f"{what} is truncated in its header")
     shape = struct.unpack(f">{ndim}I", data[4:header])
-    expected = header + int(np.prod(shape)) * dtype.itemsize
+    expected = header + math.prod(shape) * dtype.itemsize
     if len(data) != expected:
         raise ValueError(f"{what} has {len(data)} bytes, its header {shape} says {expected}")
-    return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
+    array = np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
+    return array.astype(dtype.newbyteorder("=")) if dtype.byteorder == ">" else array  # as torch needs

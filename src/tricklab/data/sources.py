@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import random
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +20,14 @@ from tricklab.registry import Registry
 DATASETS: Registry = Registry("dataset")
 
 MNIST_FILES = (
-    RemoteFile("train-images-idx3-ubyte.gz", sha256="ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"),
-    RemoteFile("train-labels-idx1-ubyte.gz", sha256="65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5"),
+    RemoteFile(
+        "train-images-idx3-ubyte.gz",
+        sha256="ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    ),
+    RemoteFile(
+        "train-labels-idx1-ubyte.gz",
+        sha256="65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    ),
     RemoteFile("t10k-images-idx3-ubyte.gz", sha256="0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7"),
     RemoteFile("t10k-labels-idx1-ubyte.gz", sha256="ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"),
 )
@@ -39,7 +47,18 @@ FASHION_MIRRORS = (
     "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com",
     "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion",
 )
-FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Boot")
+FASHION_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Boot",
+)
 
 
 def load_idx_dataset(name: str, root: Path, files, mirrors, classes) -> RawDataset:
@@ -52,7 +71,7 @@ def load_idx_dataset(name: str, root: Path, files, mirrors, classes) -> RawDatas
         except ValueError as e:
             raise DataError(str(e)) from None
     xtr, ytr, xte, yte = (torch.from_numpy(a.copy()) for a in arrays)
-    if xtr.shape[1:] != (28, 28) or len(xtr) != len(ytr) or len(xte) != len(yte):
+    if xtr.shape[1:] != (28, 28) or xte.shape[1:] != (28, 28) or len(xtr) != len(ytr) or len(xte) != len(yte):
         raise DataError(f"{folder}: unexpected shapes {tuple(xtr.shape)}, {tuple(ytr.shape)}, {tuple(xte.shape)}")
     info = DatasetInfo(name, (1, 28, 28), 10, classes)
     return RawDataset(TensorData(xtr.unsqueeze(1), ytr.long()), TensorData(xte.unsqueeze(1), yte.long()), info)
@@ -72,35 +91,52 @@ def fashion_mnist(root: Path) -> RawDataset:
 def mnist1d(root: Path) -> RawDataset:
     cache = root / "mnist1d" / "mnist1d_default.npz"
     if cache.exists():
-        d = dict(np.load(cache))
+        try:
+            with np.load(cache) as f:
+                d = {k: f[k] for k in ("x", "y", "x_test", "y_test")}
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+            raise DataError(f"mnist1d: cached {cache} is corrupt ({e}); delete it to generate it again") from None
     else:
         from mnist1d.data import get_dataset_args, make_dataset
 
-        state = np.random.get_state()  # the generator seeds numpy's global RNG: leave the caller's intact
+        # the generator seeds python's and numpy's global RNGs: leave the caller's intact
+        py_state, np_state = random.getstate(), np.random.get_state()
         try:
             made = make_dataset(get_dataset_args())
         finally:
-            np.random.set_state(state)
-        d = {k: np.asarray(made[k], dtype=np.float32 if k.startswith("x") else np.int64) for k in ("x", "y", "x_test", "y_test")}
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+        d = {
+            k: np.asarray(made[k], dtype=np.float32 if k.startswith("x") else np.int64)
+            for k in ("x", "y", "x_test", "y_test")
+        }
         try:
             cache.parent.mkdir(parents=True, exist_ok=True)
             buf = io.BytesIO()
             np.savez(buf, **d)
             atomic_write(cache, buf.getvalue())
         except OSError as e:
-            print(f"note: mnist1d generated in memory; cannot cache it in {cache.parent} ({e.strerror})", file=sys.stderr)
+            print(
+                f"note: mnist1d generated in memory; cannot cache it in {cache.parent} ({e.strerror})",
+                file=sys.stderr,
+            )
     x, xt = torch.from_numpy(d["x"]).float().unsqueeze(1), torch.from_numpy(d["x_test"]).float().unsqueeze(1)
     info = DatasetInfo("mnist1d", (1, x.shape[-1]), 10, tuple(str(i) for i in range(10)))
-    return RawDataset(TensorData(x, torch.from_numpy(d["y"]).long()), TensorData(xt, torch.from_numpy(d["y_test"]).long()), info)
+    return RawDataset(
+        TensorData(x, torch.from_numpy(d["y"]).long()),
+        TensorData(xt, torch.from_numpy(d["y_test"]).long()),
+        info,
+    )
 
 
 @DATASETS.register("synthetic", help="tiny procedural 4-class 8×8 images for tests (no files)")
 def synthetic(root: Path, n_train: int = 512, n_test: int = 128, seed: int = 0) -> RawDataset:
     g = torch.Generator().manual_seed(seed)
     protos = torch.randn(4, 1, 8, 8, generator=g) * 40
+
     def make(n):
         y = torch.randint(0, 4, (n,), generator=g)
         x = (protos[y] + 60 * torch.randn(n, 1, 8, 8, generator=g) + 128).clamp(0, 255).round()
         return TensorData(x.to(torch.uint8), y)
-    return RawDataset(make(n_train), make(n_test), DatasetInfo("synthetic", (1, 8, 8), 4, ("a", "b", "c", "d")))
 
+    return RawDataset(make(n_train), make(n_test), DatasetInfo("synthetic", (1, 8, 8), 4, ("a", "b", "c", "d")))
