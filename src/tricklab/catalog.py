@@ -6,6 +6,7 @@ import difflib
 
 from tricklab.data import DATASETS
 from tricklab.errors import UnknownNameError
+from tricklab.lab.studies import STUDIES
 from tricklab.models import MODELS
 from tricklab.registry import Registry
 from tricklab.tricks.activations import ACTIVATIONS
@@ -26,6 +27,7 @@ FAMILIES: dict[str, Registry] = {
     "optimizers": OPTIMIZERS,
     "clip_modes": CLIP_MODES,
     "schedules": SCHEDULES,
+    "studies": STUDIES,
 }
 
 

@@ -1,0 +1,107 @@
+"""``tricklab lab``: run studies over seeds, then print the table and write the HTML report.
+
+Exit codes: 0 every run finished; 1 some runs failed (recorded with their error; the rest completed);
+2 bad input. Rerunning the same command skips finished runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+EXIT_RUNS_FAILED = 1
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("lab", help="train with and without each trick over seeds; report mean ± CI and verdicts")
+    p.add_argument(
+        "studies", nargs="*", metavar="STUDY", help="built-in studies to run, or 'all' (see tricklab list studies)"
+    )
+    p.add_argument("--config", "-c", metavar="FILE", help="a custom study (YAML: base, variants, seeds, epochs)")
+    p.add_argument("--dataset", "-d", help="run every study on this dataset (e.g. mnist1d: offline and fast)")
+    p.add_argument("--seeds", type=int, help="seeds per variant (default 3; 2 with --quick)")
+    p.add_argument("--epochs", type=int, help="override every study's epochs")
+    p.add_argument("--quick", action="store_true", help="a preview: ¼ of the epochs, 2 seeds, ≤10k training examples")
+    p.add_argument("--workers", type=int, help="parallel worker processes (default: one per core)")
+    p.add_argument("--out", "-o", metavar="DIR", help="lab directory (default: labs/<dataset>)")
+    p.set_defaults(func=run_cmd)
+
+
+def _studies(args):
+    from tricklab.errors import TrickLabError
+    from tricklab.lab.studies import STUDIES, load_custom_study
+
+    if args.config and args.studies:
+        raise TrickLabError("give either built-in study names or --config FILE, not both")
+    if args.config:
+        study, seeds, epochs = load_custom_study(args.config)
+        return [study], seeds, epochs
+    if not args.studies:
+        raise TrickLabError(f"name the studies to run, or 'all' (valid: {', '.join(STUDIES.names())})")
+    names = STUDIES.names() if args.studies == ["all"] else args.studies
+    return [STUDIES.get(n) for n in names], None, None
+
+
+class LabProgress:
+    """Runs done/running/failed and an ETA: a live line on a terminal, a plain line per finished run otherwise."""
+
+    def __init__(self, console):
+        self.console, self.live = console, sys.stdout.isatty()
+        self.start = time.perf_counter()
+        self._status = None
+
+    def __call__(self, c: dict) -> None:
+        from tricklab.lab.runner import eta_seconds
+
+        remaining = c["total"] - c["done"] - c["failed"]
+        eta = eta_seconds(c["times"], remaining, c["processes"])
+        eta_s = "—" if eta != eta else f"{eta:.0f}s"
+        skipped = f", {c['skipped']} already done" if c["skipped"] else ""
+        line = (
+            f"runs: {c['done']}/{c['total']} done, {c['running']} running, {c['failed']} failed{skipped}; elapsed "
+            f"{time.perf_counter() - self.start:.0f}s, eta {eta_s}"
+        )
+        if self.live:
+            if self._status is None:
+                self._status = self.console.status(line)
+                self._status.start()
+            self._status.update(line)
+            if c.get("finished"):
+                self._status.stop()
+                self.console.print(line)
+        elif c.get("finished") or c["done"] + c["failed"] != getattr(self, "_last", -1):
+            self._last = c["done"] + c["failed"]
+            print(line, flush=True)
+
+
+def run_cmd(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from tricklab.errors import TrickLabError
+    from tricklab.lab.lab import LabOptions, command_line, run_lab
+    from tricklab.report.lab_report import build_report
+
+    studies, file_seeds, file_epochs = _studies(args)
+    for flag, v in (("--seeds", args.seeds), ("--epochs", args.epochs), ("--workers", args.workers)):
+        if v is not None and v < 1:
+            raise TrickLabError(f"{flag} = {v}: must be >= 1")
+    if args.dataset is not None:
+        from tricklab.data import DATASETS
+
+        DATASETS.get(args.dataset)
+    seeds = args.seeds or file_seeds or (2 if args.quick else 3)
+    opts = LabOptions(
+        dataset=args.dataset, seeds=seeds, epochs=args.epochs or file_epochs, quick=args.quick, workers=args.workers
+    )
+    out = args.out or f"labs/{args.dataset or studies[0].dataset}"
+    console = Console() if sys.stdout.isatty() else Console(width=160)
+    result = run_lab(studies, opts, out, command=command_line(), on_progress=LabProgress(console))
+    report = build_report(out, console=console)
+    for key, err in result.failures:
+        print(f"failed: {'/'.join(map(str, key))}: {err}", file=sys.stderr)
+    print(
+        f"{result.done} runs done, {result.skipped} already done, {result.failed} failed in {result.wall_time_s:.0f}s"
+    )
+    print(f"report: {report}")
+    return EXIT_RUNS_FAILED if result.failed else 0

@@ -1,0 +1,137 @@
+"""Run many training runs in parallel worker processes, surviving runs that fail or crash.
+
+Workers are long-lived spawned processes (importing torch once each), ``processes × threads ≤ cores``.
+The main process hands each idle worker one run at a time, so it always knows which run a worker holds: a run
+that raises is reported as failed with its error; a worker that dies (segfault, out of memory, killed) is
+noticed, its run reported as failed, and a fresh worker takes its place. The other runs carry on.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import os
+import queue
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Task:
+    key: tuple
+    config: dict[str, Any]
+
+
+def plan_workers(n_tasks: int, cores: int | None = None, processes: int | None = None) -> tuple[int, int]:
+    """``(processes, threads per process)`` with ``processes × threads ≤ cores``."""
+    cores = cores or os.cpu_count() or 1
+    p = processes or cores
+    p = max(1, min(p, cores, max(n_tasks, 1)))
+    return p, max(1, cores // p)
+
+
+def execute(config: dict[str, Any]) -> tuple[dict, list]:
+    """Train one config (no run directory) and return its metrics and history. Runs inside a worker."""
+    from tricklab.config import validate
+    from tricklab.train.run import run
+
+    result = run(validate(config), write=False)
+    return result.metrics, result.history
+
+
+def _worker(tasks: mp.Queue, results: mp.Queue, threads: int, fn: Callable) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    while True:
+        task = tasks.get()
+        if task is None:
+            return
+        results.put(("start", task.key, os.getpid()))
+        try:
+            metrics, history = fn(task.config)
+            results.put(("done", task.key, metrics, history))
+        except BaseException as e:  # report everything, including SystemExit from deep inside a run
+            tb = traceback.format_exc(limit=-3)
+            results.put(("failed", task.key, f"{type(e).__name__}: {e}", tb))
+
+
+class WorkerPool:
+    """``processes`` spawned workers with ``threads`` torch threads each. Use as a context manager."""
+
+    def __init__(self, processes: int, threads: int, fn: Callable[[dict], tuple[dict, list]] = execute):
+        self.processes, self.threads, self.fn = processes, threads, fn
+        self.ctx = mp.get_context("spawn")
+        self.results = self.ctx.Queue()
+        self.workers: list[dict[str, Any]] = []
+
+    def __enter__(self) -> WorkerPool:
+        self.workers = [self._spawn() for _ in range(self.processes)]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close(force=exc[0] is not None)
+
+    def _spawn(self) -> dict[str, Any]:
+        q = self.ctx.Queue()
+        p = self.ctx.Process(target=_worker, args=(q, self.results, self.threads, self.fn), daemon=True)
+        p.start()
+        return {"proc": p, "queue": q, "task": None}
+
+    def close(self, force: bool = False) -> None:
+        for w in self.workers:
+            if force:
+                w["proc"].terminate()
+            else:
+                w["queue"].put(None)
+        for w in self.workers:
+            w["proc"].join(timeout=5 if not force else 2)
+            if w["proc"].is_alive():
+                w["proc"].kill()
+        self.workers = []
+
+    def run(self, tasks: list[Task], on_event: Callable[..., None], poll_s: float = 0.2) -> None:
+        """Run every task; ``on_event(kind, key, *payload)`` for ``start``, ``done`` and ``failed``."""
+        pending = list(tasks)
+        in_flight = 0
+        while pending or in_flight:
+            for i, w in enumerate(self.workers):
+                if w["task"] is None and pending:
+                    w["task"] = pending.pop(0)
+                    w["queue"].put(w["task"])
+                    in_flight += 1
+            try:
+                msg = self.results.get(timeout=poll_s)
+            except queue.Empty:
+                msg = None
+            if msg is not None:
+                kind, key = msg[0], msg[1]
+                if kind == "start":
+                    on_event("start", key)
+                else:
+                    self._release(key)
+                    in_flight -= 1
+                    on_event(kind, key, *msg[2:])
+                continue
+            for i, w in enumerate(self.workers):  # nothing arrived: did a worker die holding a task?
+                if not w["proc"].is_alive():
+                    task, code = w["task"], w["proc"].exitcode
+                    self.workers[i] = self._spawn()
+                    if task is not None:
+                        in_flight -= 1
+                        on_event("failed", task.key, f"worker process died (exit code {code}) while running it", "")
+
+    def _release(self, key: tuple) -> None:
+        for w in self.workers:
+            if w["task"] is not None and w["task"].key == key:
+                w["task"] = None
+                return
+
+
+def eta_seconds(done_times: list[float], remaining: int, processes: int) -> float:
+    """Estimated seconds left: mean run time so far × remaining runs / processes."""
+    if not done_times or remaining <= 0:
+        return math.nan if remaining else 0.0
+    return sum(done_times) / len(done_times) * remaining / processes

@@ -1,0 +1,416 @@
+"""Built-in studies: one per section of the lesson, each a base config plus named variants.
+
+A study runs every variant over several seeds and compares each with its baseline on the same seeds. Each
+study's setup is chosen so that the lesson's claim *can* show — the docstring of each says why — and the
+numbers decide whether it did. Settings are config overrides (dotted keys); ``per_dataset`` adapts a study to
+``mnist1d`` (1-D signals of 40 samples, 3,600 training examples), where the same nets train in seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from tricklab.registry import Registry
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    baseline: str | None = None  # the variant this one is compared with (default: the study's baseline)
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    doc: str
+    base: dict[str, Any]
+    variants: tuple[Variant, ...]
+    baseline: str
+    dataset: str = "mnist"
+    per_dataset: dict[str, dict[str, Any]] = field(default_factory=dict)
+    target_val_acc: dict[str, float] = field(default_factory=dict)
+    init_signal: bool = False  # also measure per-layer activation std at initialization
+
+    def variant(self, name: str) -> Variant:
+        return next(v for v in self.variants if v.name == name)
+
+    def baseline_of(self, v: Variant) -> str:
+        return v.baseline or self.baseline
+
+    def overrides(self, variant: Variant, dataset: str) -> dict[str, Any]:
+        """The study's overrides for one variant on ``dataset``: base ← per-dataset ← variant."""
+        return {"data.name": dataset, **self.base, **self.per_dataset.get(dataset, {}), **variant.overrides}
+
+
+STUDIES: Registry = Registry("study")
+
+_MLP1D = {"model.width": 256, "data.batch_size": 64}  # MLPs on mnist1d: narrower, smaller batches
+
+
+def _study(**kw) -> Study:
+    s = Study(**kw)
+    STUDIES.register(s.name, s, help=s.doc.split("\n")[0])
+    return s
+
+
+_study(
+    name="scaling",
+    doc="Input scaling: raw pixels vs [0,1], [-1,1] and standardized inputs, with plain SGD.\n"
+    "SGD with momentum is not invariant to the input's scale (Adam largely is): raw 0–255 pixels make the first "
+    "layer's pre-activations and gradients ~100× larger, so the same learning rate overshoots (LeCun et al. 1998).",
+    base={
+        "model.depth": 2,
+        "model.width": 256,
+        "optim.name": "momentum",
+        "optim.lr": 0.01,
+        "train.epochs": 5,
+        "schedule.name": "constant",
+        "init.scheme": "he_normal",
+    },
+    variants=(
+        Variant("none", {"data.scale": "none"}),
+        Variant("minmax01", {"data.scale": "minmax01"}),
+        Variant("minmax11", {"data.scale": "minmax11"}),
+        Variant("standardize", {"data.scale": "standardize"}),
+    ),
+    baseline="none",
+    per_dataset={"mnist1d": {**_MLP1D, "train.epochs": 30}},
+    target_val_acc={"mnist": 0.97, "mnist1d": 0.5},
+)
+
+_study(
+    name="init",
+    doc="Weight initialization on a deep (10-layer) tanh MLP trained with SGD.\n"
+    "Depth multiplies the per-layer gain: N(0,1) weights saturate every tanh (gain ~√n per layer), too-small "
+    "weights shrink the signal to nothing; variance-preserving schemes (LeCun, Glorot, orthogonal, LSUV) keep it "
+    "in range (Glorot & Bengio 2010). The per-layer activation std at init is plotted.",
+    base={
+        "model.depth": 10,
+        "model.width": 256,
+        "model.activation": "tanh",
+        "optim.name": "momentum",
+        "optim.lr": 0.01,
+        "train.epochs": 3,
+        "schedule.name": "constant",
+    },
+    variants=tuple(
+        Variant(s, {"init.scheme": s})
+        for s in (
+            "default",
+            "uniform",
+            "gaussian",
+            "lecun_normal",
+            "glorot_normal",
+            "glorot_uniform",
+            "he_normal",
+            "he_uniform",
+            "orthogonal",
+            "standard_normal",
+            "lsuv",
+        )
+    ),
+    baseline="default",
+    per_dataset={"mnist1d": {**_MLP1D, "train.epochs": 30}},
+    target_val_acc={"mnist": 0.95, "mnist1d": 0.4},
+    init_signal=True,
+)
+
+_study(
+    name="norm",
+    doc="Normalization in a 6-layer ReLU MLP at a learning rate plain nets find hard.\n"
+    "Batch norm after the weights and before the activation keeps each layer's inputs standardized and allows "
+    "larger steps (Ioffe & Szegedy 2015); layer, weight and group norm are its batch-independent cousins; "
+    "'batch_after' moves BN after the activation to test the placement itself.",
+    base={
+        "model.depth": 6,
+        "model.width": 256,
+        "optim.name": "momentum",
+        "optim.lr": 0.05,
+        "train.epochs": 3,
+        "schedule.name": "constant",
+    },
+    variants=(
+        Variant("none", {"model.norm": "none"}),
+        Variant("batch", {"model.norm": "batch"}),
+        Variant("layer", {"model.norm": "layer"}),
+        Variant("weight", {"model.norm": "weight"}),
+        Variant("group", {"model.norm": "group"}),
+        Variant("batch_after", {"model.norm": "batch", "model.norm_position": "after_activation"}, baseline="batch"),
+    ),
+    baseline="none",
+    per_dataset={"mnist1d": {**_MLP1D, "train.epochs": 30}},
+    target_val_acc={"mnist": 0.97, "mnist1d": 0.5},
+)
+
+_study(
+    name="dropout",
+    doc="The lesson's dropout experiment: a 784-512-512-10 ReLU MLP on MNIST with dropout rates 0 to 0.5.\n"
+    "Trained for 20 epochs with Adam, the net without dropout fits its training set almost perfectly, so "
+    "dropout's regularization (Srivastava et al. 2014) has room to show on the test set.",
+    base={
+        "model.depth": 2,
+        "model.width": 512,
+        "optim.name": "adam",
+        "optim.lr": 1e-3,
+        "train.epochs": 20,
+        "schedule.name": "cosine",
+    },
+    variants=tuple(Variant(f"p={p}", {"model.dropout": p}) for p in (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)),
+    baseline="p=0.0",
+    per_dataset={"mnist1d": {**_MLP1D, "train.epochs": 40}},
+    target_val_acc={"mnist": 0.98, "mnist1d": 0.55},
+)
+
+_study(
+    name="overfitting",
+    doc="Preventing overfitting on 1,000 training examples: early stopping, L2, L1, decoupled decay, dropout.\n"
+    "With so little data a 2×512 MLP memorizes its training set within a few epochs and validation loss "
+    "then rises: the setting in which each remedy is meant to help (Prechelt 1998; Krogh & Hertz 1992; "
+    "Loshchilov & Hutter 2019; Srivastava et al. 2014).",
+    base={
+        "data.subset": 1000,
+        "model.depth": 2,
+        "model.width": 512,
+        "optim.name": "adam",
+        "optim.lr": 1e-3,
+        "train.epochs": 40,
+        "schedule.name": "constant",
+    },
+    variants=(
+        Variant("none"),
+        Variant("early_stopping", {"early_stopping.enabled": True, "early_stopping.patience": 5}),
+        Variant("l2", {"optim.weight_decay": 1e-3}),
+        Variant("l1", {"optim.l1": 1e-5}),
+        Variant("decoupled_wd", {"optim.name": "adamw", "optim.weight_decay": 0.1, "optim.decoupled": True}),
+        Variant("dropout", {"model.dropout": 0.5}),
+    ),
+    baseline="none",
+    per_dataset={"mnist1d": {**_MLP1D, "data.subset": 1000, "train.epochs": 60}},
+    target_val_acc={"mnist": 0.88, "mnist1d": 0.45},
+)
+
+_study(
+    name="averaging",
+    doc="Model averaging: one model vs an ensemble of 3, SWA and an EMA of the weights.\n"
+    "SGD at a constant, fairly high learning rate bounces around a wide minimum; averaging predictions "
+    "(ensembles) or weights (SWA, Izmailov et al. 2018; EMA, Polyak & Juditsky 1992) lands nearer its centre.",
+    base={
+        "data.subset": 10000,
+        "model.depth": 2,
+        "model.width": 512,
+        "optim.name": "momentum",
+        "optim.lr": 0.05,
+        "train.epochs": 10,
+        "schedule.name": "constant",
+    },
+    variants=(
+        Variant("single"),
+        Variant("ensemble3", {"averaging.ensemble": 3}),
+        Variant("swa", {"averaging.swa_start": 6}),
+        Variant("ema", {"averaging.ema": 0.999}),
+    ),
+    baseline="single",
+    per_dataset={"mnist1d": {**_MLP1D, "data.subset": None, "train.epochs": 40}},
+    target_val_acc={"mnist": 0.97, "mnist1d": 0.55},
+)
+
+_OPT_LR = {
+    "sgd": 0.05,
+    "momentum": 0.01,
+    "nesterov": 0.01,
+    "adagrad": 0.01,
+    "rmsprop": 1e-3,
+    "adam": 1e-3,
+    "adamw": 1e-3,
+    "ngd": 0.05,
+}
+_study(
+    name="optimizers",
+    doc="Every optimizer on the same 2×256 MLP, each at its customary learning rate.\n"
+    "Short training (3 epochs) is where optimizers differ most: momentum and the adaptive methods (Adagrad, "
+    "RMSProp, Adam) converge faster than plain SGD; NGD takes steps of fixed length η. Customary rates: "
+    + ", ".join(f"{k} {v:g}" for k, v in _OPT_LR.items())
+    + ".",
+    base={"model.depth": 2, "model.width": 256, "train.epochs": 3, "schedule.name": "constant"},
+    variants=tuple(
+        Variant(
+            n,
+            {
+                "optim.name": n,
+                "optim.lr": lr,
+                **({"optim.weight_decay": 0.01, "optim.decoupled": True} if n == "adamw" else {}),
+            },
+        )
+        for n, lr in _OPT_LR.items()
+    ),
+    baseline="sgd",
+    per_dataset={"mnist1d": {**_MLP1D, "train.epochs": 20}},
+    target_val_acc={"mnist": 0.96, "mnist1d": 0.5},
+)
+
+_study(
+    name="clipping",
+    doc="Gradient clipping where gradients really explode: an 8-layer ReLU MLP at a high SGD learning rate.\n"
+    "Without normalization, the first steps at lr 0.1 with momentum produce gradient norms orders of magnitude "
+    "above their typical size; clipping the global norm at θ = 1 or 10 (Pascanu et al. 2013), by value, or "
+    "adaptively (AGC, Brock et al. 2021) bounds each step. The history records each epoch's pre-clip norm.",
+    base={
+        "model.depth": 8,
+        "model.width": 256,
+        "optim.name": "momentum",
+        "optim.lr": 0.1,
+        "train.epochs": 3,
+        "schedule.name": "constant",
+        "init.scheme": "he_normal",
+    },
+    variants=(
+        Variant("none", {"clip.mode": "none"}),
+        Variant("norm θ=1", {"clip.mode": "norm", "clip.threshold": 1.0}),
+        Variant("norm θ=10", {"clip.mode": "norm", "clip.threshold": 10.0}),
+        Variant("value 0.1", {"clip.mode": "value", "clip.threshold": 0.1}),
+        Variant("agc 0.02", {"clip.mode": "agc", "clip.threshold": 0.02}),
+    ),
+    baseline="none",
+    per_dataset={"mnist1d": {**_MLP1D, "train.epochs": 30}},
+    target_val_acc={"mnist": 0.95, "mnist1d": 0.45},
+)
+
+_study(
+    name="lr-decay",
+    doc="Learning-rate decay with SGD+momentum: constant vs ×0.98 per epoch (the lesson), step, cosine, warm-up, "
+    "one-cycle and on-plateau.\nA constant rate keeps bouncing at the end of training; decaying it lets SGD "
+    "settle (Loshchilov & Hutter 2017; Smith 2017; Goyal et al. 2017).",
+    base={"model.depth": 2, "model.width": 512, "optim.name": "momentum", "optim.lr": 0.05, "train.epochs": 10},
+    variants=(
+        Variant("constant", {"schedule.name": "constant"}),
+        Variant("exponential", {"schedule.name": "exponential", "schedule.gamma": 0.98}),
+        Variant("step", {"schedule.name": "step"}),
+        Variant("cosine", {"schedule.name": "cosine"}),
+        Variant("warmup_cosine", {"schedule.name": "warmup_cosine", "schedule.warmup_epochs": 1}),
+        Variant("onecycle", {"schedule.name": "onecycle"}),
+        Variant("plateau", {"schedule.name": "plateau", "schedule.patience": 1}),
+    ),
+    baseline="constant",
+    per_dataset={"mnist1d": {**_MLP1D, "train.epochs": 30}},
+    target_val_acc={"mnist": 0.98, "mnist1d": 0.55},
+)
+
+_DEPTHS = (4, 16, 32)
+_study(
+    name="depth",
+    doc="Plain vs residual MLPs of the same width at depths 4, 16 and 32 (ReLU, He init, no normalization).\n"
+    "A deep plain net's gradients shatter and vanish or explode with depth; identity shortcuts keep a path "
+    "along which signal and gradient pass unchanged (He et al. 2016). Each residual net is compared with the "
+    "plain net of its depth; per-layer activation std at init is plotted.",
+    base={
+        "model.width": 128,
+        "optim.name": "momentum",
+        "optim.lr": 0.01,
+        "train.epochs": 3,
+        "schedule.name": "constant",
+        "init.scheme": "he_normal",
+    },
+    variants=tuple(
+        v
+        for d in _DEPTHS
+        for v in (
+            Variant(f"plain-{d}", {"model.depth": d, "model.residual": False}),
+            Variant(f"residual-{d}", {"model.depth": d, "model.residual": True}, baseline=f"plain-{d}"),
+        )
+    ),
+    baseline="plain-4",
+    per_dataset={"mnist1d": {"data.batch_size": 64, "train.epochs": 30}},
+    target_val_acc={"mnist": 0.95, "mnist1d": 0.45},
+    init_signal=True,
+)
+
+_study(
+    name="architectures",
+    doc="MLP vs CNN vs ResNet vs Inception at similar training budgets.\n"
+    "Convolutions share weights across positions, which suits images and signals (LeCun et al. 1998); "
+    "ResNet (He et al. 2016) and Inception (Szegedy et al. 2015) modules build deeper conv nets that still train.",
+    base={"train.epochs": 3, "optim.name": "adam", "optim.lr": 1e-3, "schedule.name": "cosine"},
+    variants=(
+        Variant("mlp", {"model.name": "mlp", "model.depth": 2, "model.width": 512}),
+        Variant("cnn", {"model.name": "cnn", "model.depth": 2, "model.width": 32}),
+        Variant("resnet", {"model.name": "resnet", "model.depth": 3, "model.width": 16, "model.norm": "batch"}),
+        Variant("inception", {"model.name": "inception", "model.depth": 2, "model.width": 16, "model.norm": "batch"}),
+    ),
+    baseline="mlp",
+    per_dataset={"mnist1d": {"data.batch_size": 64, "train.epochs": 20}},
+    target_val_acc={"mnist": 0.98, "mnist1d": 0.6},
+)
+
+
+# ---- custom studies from YAML --------------------------------------------------------------------------------
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in (d or {}).items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def load_custom_study(path: str) -> tuple[Study, int | None, int | None]:
+    """A study from a YAML file; returns it with the file's ``seeds`` and ``epochs`` (None when absent).
+
+    Example file::
+
+        name: bn-vs-none
+        dataset: mnist1d
+        base: {model: {depth: 6}, train: {epochs: 20}}
+        baseline: plain
+        variants:
+          plain: {}
+          bn: {model.norm: batch}
+        seeds: 3
+        target_val_acc: 0.6
+    """
+    from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+    from tricklab.config import read_yaml
+    from tricklab.errors import ConfigError, TrickLabError
+
+    class Spec(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        name: str = "custom"
+        doc: str = "A custom study."
+        dataset: str = "mnist"
+        base: dict[str, Any] = {}
+        baseline: str | None = None
+        variants: dict[str, dict[str, Any] | None] = Field(min_length=1)
+        seeds: int | None = Field(None, ge=1)
+        epochs: int | None = Field(None, ge=1)
+        target_val_acc: float | None = Field(None, gt=0, le=1)
+
+    raw = read_yaml(path)
+    try:
+        spec = Spec.model_validate(raw)
+    except ValidationError as err:
+        e = err.errors(include_url=False)[0]
+        key = "study." + ".".join(str(p) for p in e["loc"])
+        allowed = "unknown key; valid: " + ", ".join(Spec.model_fields) if e["type"] == "extra_forbidden" else e["msg"]
+        raise ConfigError(key, e.get("input"), allowed) from None
+    names = list(spec.variants)
+    baseline = spec.baseline or names[0]
+    if baseline not in spec.variants:
+        raise ConfigError("study.baseline", baseline, f"must be one of the variants: {', '.join(names)}")
+    if not spec.name.replace("-", "").replace("_", "").isalnum():
+        raise TrickLabError(f"study.name = {spec.name!r}: use letters, digits, '-' and '_'")
+    study = Study(
+        name=spec.name,
+        doc=spec.doc,
+        base=_flatten(spec.base),
+        baseline=baseline,
+        dataset=spec.dataset,
+        variants=tuple(Variant(n, _flatten(o or {})) for n, o in spec.variants.items()),
+        target_val_acc={spec.dataset: spec.target_val_acc} if spec.target_val_acc else {},
+    )
+    return study, spec.seeds, spec.epochs

@@ -1,0 +1,280 @@
+"""Draw a lab: terminal table, PNG plots and a self-contained HTML report, all from the results database.
+
+Only this layer imports matplotlib. ``build_report(lab_dir)`` re-renders everything from ``results.sqlite``
+alone, so ``tricklab report DIR`` works without re-running anything.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from tricklab.lab.analysis import BEST_VAL_ACC, EPOCHS_TO_TARGET, TEST_ACC, WALL_TIME, StudyStats, analyse  # noqa: E402
+from tricklab.lab.stats import Interval, fmt_p  # noqa: E402
+from tricklab.lab.store import Store  # noqa: E402
+
+DB_NAME = "results.sqlite"
+
+
+def _pct(iv: Interval) -> str:
+    if iv.n == 0:
+        return "—"
+    if iv.n < 2:
+        return f"{iv.mean * 100:.2f}"
+    return f"{iv.mean * 100:.2f} ± {iv.half_width * 100:.2f}"
+
+
+def _num(iv: Interval, fmt: str = ".1f") -> str:
+    if iv.n == 0:
+        return "—"
+    return f"{iv.mean:{fmt}}" if iv.n < 2 else f"{iv.mean:{fmt}} ± {iv.half_width:{fmt}}"
+
+
+def _diff(v) -> str:
+    c = v.comparison
+    if c is None:
+        return "baseline"
+    d = c.diff
+    if d.n < 2:
+        return f"{d.mean * 100:+.2f} (1 seed)" if d.n else "—"
+    return f"{d.mean * 100:+.2f} [{d.lo * 100:+.2f}, {d.hi * 100:+.2f}] {fmt_p(c.p)}"
+
+
+COLUMNS = (
+    "variant",
+    "seeds",
+    "test acc %",
+    "Δ test acc vs baseline, pp [95% CI], p",
+    "best val acc %",
+    "epochs to target",
+    "time s",
+)
+
+
+def table_rows(s: StudyStats) -> list[list[str]]:
+    rows = []
+    for v in s.variants:
+        seeds = f"{len(v.seeds)}" + (f" ({len(v.failed)} failed)" if v.failed else "")
+        reached = v.intervals[EPOCHS_TO_TARGET]
+        ett = _num(reached) + (f" ({v.reached_target}/{len(v.seeds)})" if len(v.seeds) else "")
+        rows.append(
+            [
+                v.name,
+                seeds,
+                _pct(v.intervals[TEST_ACC]),
+                _diff(v),
+                _pct(v.intervals[BEST_VAL_ACC]),
+                ett,
+                _num(v.intervals[WALL_TIME]),
+            ]
+        )
+    return rows
+
+
+def rich_table(s: StudyStats) -> Table:
+    target = f", target val acc {s.target:.0%}" if s.target else ""
+    t = Table(title=f"{s.study} on {s.dataset}{target}", title_justify="left")
+    for c in COLUMNS:
+        t.add_column(c, justify="left" if c == "variant" else "right", no_wrap=c in ("variant", "seeds"))
+    t.caption = "mean ± half-width of the 95% Student-t interval over seeds"
+    for r in table_rows(s):
+        t.add_row(*r)
+    return t
+
+
+def plot_curves(s: StudyStats, path: Path) -> Path:
+    """Validation accuracy per epoch: mean over seeds with a band from the lowest to the highest seed."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for v in s.variants:
+        curves = [c for c in v.curves.values() if c]
+        if not curves:
+            continue
+        n = min(len(c) for c in curves)
+        arr = np.array([c[:n] for c in curves]) * 100
+        x = np.arange(1, n + 1)
+        (line,) = ax.plot(x, arr.mean(0), label=v.name)
+        if len(curves) > 1:
+            ax.fill_between(x, arr.min(0), arr.max(0), alpha=0.2, color=line.get_color())
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title(f"{s.study} on {s.dataset}: validation accuracy (band: min–max over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    return _save(fig, path)
+
+
+def plot_bars(s: StudyStats, path: Path) -> Path:
+    """Final test accuracy per variant: mean with its 95% confidence interval, dots for single seeds."""
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(s.variants) + 1.5))
+    names = [v.name for v in s.variants]
+    means = [v.intervals[TEST_ACC].mean * 100 for v in s.variants]
+    errs = [v.intervals[TEST_ACC].half_width * 100 if v.intervals[TEST_ACC].n > 1 else 0 for v in s.variants]
+    y = np.arange(len(names))
+    colors = [
+        "#888"
+        if v.name == s.baseline
+        else (
+            "#2a7"
+            if v.comparison and v.comparison.significant and v.comparison.diff.mean > 0
+            else "#c44"
+            if v.comparison and v.comparison.significant
+            else "#59c"
+        )
+        for v in s.variants
+    ]
+    ax.barh(y, [m if math.isfinite(m) else 0 for m in means], xerr=errs, color=colors, capsize=3, alpha=0.8)
+    for i, v in enumerate(s.variants):
+        vals = [x * 100 for x in v.values[TEST_ACC].values()]
+        ax.scatter(vals, [i] * len(vals), color="k", s=8, zorder=3)
+    finite = [m for m in means if math.isfinite(m)]
+    if finite:
+        lo = min(min(finite) - max(errs + [0]) - 1, 100)
+        ax.set_xlim(max(0, lo), min(100, max(finite) + max(errs + [0]) + 0.5))
+    ax.set_yticks(y, names)
+    ax.invert_yaxis()
+    ax.set_xlabel("test accuracy (%): mean, 95% CI, one dot per seed")
+    ax.set_title(f"{s.study} on {s.dataset} (green/red: significantly better/worse than its baseline)", fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_signal(study: str, dataset: str, signals: dict[str, dict], path: Path) -> Path:
+    """Per-layer activation std at initialization, one line per variant (log scale)."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, sig in signals.items():
+        std = [max(float(s), 1e-12) for s in sig["act_std"]]
+        ax.plot(range(1, len(std) + 1), std, marker=".", label=name)
+    ax.set_yscale("log")
+    ax.set_xlabel("layer (forward order)")
+    ax.set_ylabel("activation std at init")
+    ax.set_title(f"{study} on {dataset}: signal at initialization (one data batch)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, ncol=2)
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _img(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
+color:#222;line-height:1.45} h1{font-size:1.6em} h2{margin-top:2em;border-bottom:1px solid #ddd;padding-bottom:.2em}
+table{border-collapse:collapse;margin:1em 0;font-size:.9em} th,td{border:1px solid #ddd;padding:.3em .6em;
+text-align:right} th{background:#f4f4f4} td:first-child,th:first-child{text-align:left}
+tr.base td{background:#fafafa;color:#555} .verdicts li{margin:.2em 0} .sig-pos{color:#176} .sig-neg{color:#a22}
+img{max-width:100%;margin:.5em 0} pre{background:#f6f6f6;padding:.6em;overflow-x:auto;font-size:.85em}
+.doc{color:#444} .note{color:#a60}
+"""
+
+
+def _verdict_class(v) -> str:
+    c = v.comparison
+    if c is None or not c.significant:
+        return ""
+    return "sig-pos" if c.diff.mean > 0 else "sig-neg"
+
+
+def study_html(s: StudyStats, spec: dict, command: str, plots: list[tuple[Path, str]]) -> str:
+    h = [
+        f'<h2 id="{html.escape(s.study)}-{html.escape(s.dataset)}">{html.escape(s.study)} on '
+        f"{html.escape(s.dataset)}</h2>"
+    ]
+    h.append(f'<p class="doc">{html.escape(spec.get("doc", "")).replace(chr(10), "<br>")}</p>')
+    if s.pending:
+        h.append(f'<p class="note">{s.pending} run(s) not finished yet: rerun the command to complete them.</p>')
+    h.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS) + "</tr>")
+    for v, row in zip(s.variants, table_rows(s), strict=True):
+        cls = ' class="base"' if v.comparison is None else ""
+        h.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>")
+    h.append("</table>")
+    h.append(
+        '<ul class="verdicts">'
+        + "".join(f'<li class="{_verdict_class(v)}">{html.escape(v.verdict)}</li>' for v in s.variants if v.comparison)
+        + "</ul>"
+    )
+    for path, alt in plots:
+        h.append(_img(path, alt))
+    h.append("<details><summary>Exact configs (overrides of the defaults; seed = 0 … seeds − 1)</summary><pre>")
+    for name, o in spec.get("overrides", {}).items():
+        h.append(html.escape(f"{name}:\n" + "".join(f"  {k}: {val}\n" for k, val in o.items())))
+    h.append("</pre></details>")
+    h.append(f"<p>Reproduce: <code>{html.escape(command)}</code></p>")
+    return "\n".join(h)
+
+
+def build_report(lab_dir: str | Path, console=None) -> Path:
+    """Analyse every study in ``lab_dir``'s database, draw the plots and write ``report.html``; return its path."""
+    lab_dir = Path(lab_dir)
+    db = lab_dir / DB_NAME
+    if not db.exists():
+        from tricklab.errors import TrickLabError
+
+        raise TrickLabError(f"{str(lab_dir)!r} holds no lab results ({DB_NAME} not found); run `tricklab lab` first")
+    plots_dir = lab_dir / "plots"
+    sections, all_stats = [], []
+    with Store(db) as store:
+        for study, dataset, spec, command in store.studies():
+            rows = [r for r in store.rows(study, dataset) if r.variant in spec["variants"]]
+            s = analyse(study, dataset, spec, rows)
+            all_stats.append(s)
+            stem = f"{study}-{dataset}".replace(" ", "_")
+            plots = [
+                (plot_curves(s, plots_dir / f"{stem}-curves.png"), f"{study} validation curves"),
+                (plot_bars(s, plots_dir / f"{stem}-test-acc.png"), f"{study} test accuracy"),
+            ]
+            if spec.get("init_signal"):
+                signals = {}
+                for v in spec["variants"]:
+                    row = next((r for r in rows if r.variant == v), None)
+                    sig = store.signal(study, v, dataset, row.config_hash) if row else None
+                    if sig:
+                        signals[v] = sig
+                if signals:
+                    plots.append(
+                        (
+                            plot_signal(study, dataset, signals, plots_dir / f"{stem}-signal.png"),
+                            f"{study} signal at init",
+                        )
+                    )
+            sections.append(study_html(s, spec, command, plots))
+            if console is not None:
+                console.print(rich_table(s))
+                for v in s.variants:
+                    if v.comparison:
+                        console.print("  " + v.verdict)
+    toc = "".join(
+        f'<li><a href="#{html.escape(s.study)}-{html.escape(s.dataset)}">{html.escape(s.study)} on '
+        f"{html.escape(s.dataset)}</a></li>"
+        for s in all_stats
+    )
+    page = (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>tricklab lab report</title><style>{CSS}</style>"
+        f"</head><body><h1>tricklab lab report</h1><p>Each variant was trained over several seeds; intervals are "
+        f"Student-t 95% confidence intervals over seeds; differences are paired with the baseline on the same "
+        f"seeds (paired t-test). Every number here is computed from the runs in <code>{DB_NAME}</code>.</p>"
+        f"<ul>{toc}</ul>{''.join(sections)}</body></html>"
+    )
+    out = lab_dir / "report.html"
+    tmp = out.with_suffix(".html.part")
+    tmp.write_text(page)
+    tmp.replace(out)
+    return out
