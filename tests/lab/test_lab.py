@@ -13,8 +13,8 @@ import pytest
 
 from tricklab.cli.main import main
 from tricklab.lab.lab import LabOptions, run_lab
-from tricklab.lab.studies import load_custom_study
 from tricklab.lab.store import Store
+from tricklab.lab.studies import load_custom_study
 
 STUDY = """
 name: tiny

@@ -169,12 +169,37 @@ def run_lab(
             if on_progress:
                 on_progress(counts)
 
+        record_signals(planned, store)
         if tasks:
             with WorkerPool(processes, threads, fn) as pool:
                 pool.run(tasks, on_event)
         if on_progress:
             on_progress(counts | {"finished": True})
     return LabRun(out, counts["done"], counts["failed"], skipped, time.perf_counter() - start, failures)
+
+
+SIGNAL_BATCH = 256
+
+
+def record_signals(planned: list[Planned], store: Store) -> None:
+    """For studies that ask for it: per-layer activation and gradient std at initialization, per variant (seed 0).
+
+    Measured once in the main process on one training batch (tricklab.diagnostics.signal), stored beside the runs.
+    """
+    from tricklab.diagnostics.signal import signal_profile
+    from tricklab.train.run import load_data, make_model
+
+    for p in planned:
+        if not p.study.init_signal:
+            continue
+        splits = None
+        for key, cfg in p.configs.items():
+            if key[2] != 0 or store.signal(key[0], key[1], key[3], run_key_hash(cfg)) is not None:
+                continue
+            splits = splits or load_data(cfg)
+            model, _ = make_model(cfg, splits, cfg.train.seed)
+            prof = signal_profile(model, splits.train.x[:SIGNAL_BATCH], splits.train.y[:SIGNAL_BATCH])
+            store.save_signal(key[0], key[1], key[3], run_key_hash(cfg), prof.to_dict())
 
 
 def command_line() -> str:

@@ -1,9 +1,11 @@
 """The building block every model shares: weights → norm → activation → dropout, optionally residual.
 
 The lesson places batch norm after the weights and before the activation; ``norm_position`` lets the
-placement itself be compared. A residual block adds its input back, with the branch scaled by 1/√L for L
-residual blocks so that the signal variance stays bounded with depth (Hayou et al. 2021, "Stable ResNet");
-without that scale, x + f(x) doubles the variance at every block under He initialization.
+placement itself be compared. A residual block uses the pre-activation form of He et al. 2016 ("Identity
+mappings in deep residual networks"): ``y = x + s · W(drop(act(norm(x))))``, so each branch ends in its weight
+layer and adds a zero-mean increment to the residual stream. The branch is scaled by s = 1/√L for L residual
+blocks, which bounds the signal's variance growth by (1 + 1/L)^L ≤ e under He initialization (Hayou et al.
+2021, "Stable ResNet"); without it, x + f(x) doubles the variance at every block.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ def weight_layer(in_f: int, out_f: int, dims: int, bias: bool, kernel_size: int 
 
 
 class Block(nn.Module):
-    """``y = drop(act(norm(W x)))`` (or norm after the activation); residual: ``y = x + f(x)/√L``."""
+    """``y = drop(act(norm(W x)))`` (or norm after the activation); residual: ``y = x + W(drop(act(norm(x))))/√L``."""
 
     def __init__(
         self,
@@ -43,16 +45,17 @@ class Block(nn.Module):
         kernel_size: int = 3,
     ):
         super().__init__()
-        layer, norm_mod = NORMS.get(norm)(
-            weight_layer(in_f, out_f, dims, bias=norm_has_bias(norm), kernel_size=kernel_size), out_f, dims
-        )
-        act = ACTIVATIONS.get(activation)()
-        parts = [layer]
-        parts += [norm_mod, act] if norm_position == "before_activation" else [act, norm_mod]
-        parts.append(make_dropout(dropout, dims))
-        self.body = nn.Sequential(*[p for p in parts if p is not None])
         if residual_scale is not None and in_f != out_f:
             raise ValueError(f"a residual block needs in == out features, got {in_f} → {out_f}")
+        pre_activation = residual_scale is not None
+        # the norm's features: the weight layer's output, or in a pre-activation block the block's input
+        bias = norm_has_bias(norm) or pre_activation
+        layer, norm_mod = NORMS.get(norm)(weight_layer(in_f, out_f, dims, bias=bias, kernel_size=kernel_size), out_f, dims)
+        act = ACTIVATIONS.get(activation)()
+        normed = [norm_mod, act] if norm_position == "before_activation" else [act, norm_mod]
+        drop = make_dropout(dropout, dims)
+        parts = [*normed, drop, layer] if pre_activation else [layer, *normed, drop]
+        self.body = nn.Sequential(*[p for p in parts if p is not None])
         self.residual_scale = residual_scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -151,11 +151,11 @@ def plot_signal(study: str, dataset: str, signals: dict[str, dict], path: Path) 
     """Per-layer activation std at initialization, one line per variant (log scale)."""
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, sig in signals.items():
-        std = [max(float(s), 1e-12) for s in sig["act_std"]]
+        std = [max(float(s), 1e-30) for s in sig["forward_std"]]
         ax.plot(range(1, len(std) + 1), std, marker=".", label=name)
     ax.set_yscale("log")
     ax.set_xlabel("layer (forward order)")
-    ax.set_ylabel("activation std at init")
+    ax.set_ylabel("std of each layer's output at init")
     ax.set_title(f"{study} on {dataset}: signal at initialization (one data batch)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, ncol=2)
