@@ -65,9 +65,9 @@ def main() -> None:
                 times[kind].append(dt)
     ratios = [t / p for t, p in zip(times["tricklab"], times["plain"], strict=True)]
     print(f"threads {torch.get_num_threads()}, {args.pairs} pairs, {len(y)} examples/epoch")
-    print(f"plain    median {statistics.median(times['plain']):.3f}s  {['%.3f' % t for t in times['plain']]}")
-    print(f"tricklab median {statistics.median(times['tricklab']):.3f}s  {['%.3f' % t for t in times['tricklab']]}")
-    print(f"median ratio tricklab/plain: {statistics.median(ratios):.3f} (pairwise: {['%.3f' % r for r in ratios]})")
+    print(f"plain    median {statistics.median(times['plain']):.3f}s  {[f'{t:.3f}' for t in times['plain']]}")
+    print(f"tricklab median {statistics.median(times['tricklab']):.3f}s  {[f'{t:.3f}' for t in times['tricklab']]}")
+    print(f"median ratio tricklab/plain: {statistics.median(ratios):.3f} (pairwise: {[f'{r:.3f}' for r in ratios]})")
 
 
 if __name__ == "__main__":

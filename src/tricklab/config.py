@@ -35,9 +35,8 @@ from tricklab.tricks.schedules import SCHEDULES
 def _name_in(registry: Registry, value: str) -> str:
     if value not in registry:
         hint = registry.suggest(value)
-        raise ValueError(
-            f"unknown {registry.kind}{f'; did you mean {hint!r}?' if hint else ''} (valid: {', '.join(registry.names())})"
-        )
+        mean = f"; did you mean {hint!r}?" if hint else ""
+        raise ValueError(f"unknown {registry.kind}{mean} (valid: {', '.join(registry.names())})")
     return value
 
 
@@ -159,6 +158,22 @@ class TrainConfig(Section):
     seed: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = Field(0, ge=0)  # 0: all cores
+    nonfinite: Literal["stop", "skip"] = "stop"  # NaN/Inf in loss, inputs or gradients: stop, or skip the batch
+    nonfinite_limit: int = Field(10, ge=0)  # with skip: stop once more batches than this were skipped
+
+
+class CheckpointConfig(Section):
+    """Checkpoints in ``<run>/checkpoints/``: every N epochs, at the end and of the best epoch; the last K kept."""
+
+    every: int = Field(1, ge=1)
+    keep_last: int = Field(2, ge=1)
+
+
+class DiagnosticsConfig(Section):
+    """Probes and the doctor: sample every ``every`` steps; the doctor's short run lasts ``steps`` steps."""
+
+    every: int = Field(10, ge=1)
+    steps: int = Field(200, ge=1)
 
 
 class Config(Section):
@@ -173,6 +188,8 @@ class Config(Section):
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     averaging: AveragingConfig = AveragingConfig()
     train: TrainConfig = TrainConfig()
+    diagnostics: DiagnosticsConfig = DiagnosticsConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
@@ -310,9 +327,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
-                )
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 

@@ -1,4 +1,6 @@
-"""The few events of :func:`tricklab.train.fit` (kept here, below the tricks, so that tricks can implement callbacks without importing the trainer) and the state that callbacks see.
+"""The few events of :func:`tricklab.train.fit` and the state that callbacks see.
+
+Kept here, below the tricks, so that tricks can implement callbacks without importing the trainer.
 
 A callback is a small object with any of these methods; each receives the :class:`FitState`:
 
@@ -14,10 +16,14 @@ Callbacks run in ascending ``order`` (default 0), then in the order given. A cal
 setting ``state.stop = True`` and ``state.stop_reason``; it can route evaluation through other weights
 (EMA, SWA) by setting ``state.eval_model``; it can add numbers to the epoch's history row by putting
 them into ``state.epoch_extras``.
+
+A state can be saved between two steps and restored (``tricklab.train.checkpoint``): ``batches_done`` and
+``totals`` say how far the running epoch got, so that a restored state resumes it exactly.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +53,22 @@ class Callback:
 
 
 @dataclass
+class EpochTotals:
+    """The running epoch's sums for its history row: summed loss, correct predictions, examples, its LR."""
+
+    lr: float
+    loss_sum: torch.Tensor  # float64, on the training device
+    correct: torch.Tensor  # long, on the training device
+    seen: int = 0
+    started: float = field(default_factory=time.perf_counter)  # perf_counter() at the (virtual) epoch start
+
+    @classmethod
+    def zeros(cls, lr: float, device: torch.device) -> EpochTotals:
+        zeros = torch.zeros((), dtype=torch.float64, device=device), torch.zeros((), dtype=torch.long, device=device)
+        return cls(lr, *zeros)
+
+
+@dataclass
 class FitState:
     """Everything the loop knows; callbacks read it and may set the few writable flags."""
 
@@ -69,6 +91,10 @@ class FitState:
     stop_reason: str | None = None
     skip_step: bool = False
     eval_model: nn.Module | None = None
+    # the running epoch, so that a state saved between two steps resumes exactly (see tricklab.train.checkpoint)
+    batches_done: int = 0  # batches of epoch ``epoch`` already trained; 0 between epochs
+    totals: EpochTotals | None = None
+    nonfinite_skipped: int = 0  # batches skipped for NaN/Inf (train.nonfinite = skip)
 
     @property
     def lr(self) -> float:

@@ -14,7 +14,7 @@ from tricklab import __version__
 from tricklab.cli.common import ArgumentParser
 from tricklab.errors import TrickLabError
 
-COMMANDS = ("train", "list")  # modules tricklab.cli.<name>_cmd, in help order
+COMMANDS = ("train", "doctor", "lab", "report", "lr-find", "list")  # modules tricklab.cli.<name>_cmd, in help order
 
 
 def build_parser() -> ArgumentParser:

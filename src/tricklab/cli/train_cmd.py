@@ -1,29 +1,96 @@
-"""``tricklab train``: train one config into a run directory."""
+"""``tricklab train``: train one config into a run directory, or continue one with ``--resume``.
+
+Exit codes: 0 done; 2 bad input (one line naming what is wrong and what is allowed; no run directory is
+left behind); 3 NaN/Inf in the loss, the inputs or the gradients stopped training (``train.nonfinite``; the
+last checkpoint is intact); 130/143 stopped by SIGINT/SIGTERM after writing a checkpoint (continue with
+``--resume RUN_DIR``).
+"""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import Any
 
 from tricklab.cli.common import add_config_args
+from tricklab.errors import TrickLabError
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train one config and write a run directory")
     add_config_args(p)
     p.add_argument("--out", "-o", metavar="DIR", help="the run directory (default: a new folder under runs/)")
+    p.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue RUN_DIR from its newest valid checkpoint with its stored config "
+        "('auto': the run under runs/ with the most recent checkpoint)",
+    )
+    p.add_argument(
+        "--diagnose",
+        action="store_true",
+        help="probe activations and gradients every diagnostics.every steps; print the doctor's verdicts and "
+        "write its report to RUN_DIR/doctor/",
+    )
     p.set_defaults(func=run_cmd)
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def resume_config(run_dir: Path, config: str | None, overrides: list[str]):
+    """The run's stored config; ``--config``/``--set`` may restate it but not change it."""
+    from tricklab.config import load_config
+    from tricklab.train.run import stored_config
+
+    cfg = stored_config(run_dir)
+    if config or overrides:
+        asked = load_config(config, overrides) if config else cfg.with_overrides(overrides)
+        old, new = _flat(cfg.to_dict()), _flat(asked.to_dict())
+        changed = [f"{k} ({old[k]!r} -> {new[k]!r})" for k in old if old[k] != new[k]]
+        if changed:
+            raise TrickLabError(
+                f"--resume {str(run_dir)!r} keeps the config stored in its config.yaml; this would change "
+                f"{', '.join(changed)} (allowed: no --config/--set, or values equal to the stored ones)"
+            )
+    return cfg
 
 
 def run_cmd(args: argparse.Namespace) -> int:
     from tricklab.cli.progress import ProgressReporter
     from tricklab.config import load_config
-    from tricklab.train.run import run
+    from tricklab.train.run import find_resumable, run
 
-    cfg = load_config(args.config, args.overrides)
-    result = run(cfg, args.out, callbacks=[ProgressReporter()])
+    if args.resume is not None:
+        if args.out is not None:
+            raise TrickLabError("--out cannot be combined with --resume: a run continues in its own directory")
+        run_dir = find_resumable() if args.resume == "auto" else Path(args.resume)
+        cfg = resume_config(run_dir, args.config, args.overrides)
+    else:
+        run_dir, cfg = args.out, load_config(args.config, args.overrides)
+    callbacks = [ProgressReporter()]
+    probe = None
+    if args.diagnose:
+        from tricklab.diagnostics.probes import ProbeCallback
+
+        probe = ProbeCallback(cfg.diagnostics.every)
+        callbacks.append(probe)
+    result = run(cfg, run_dir, callbacks=callbacks, resume=args.resume is not None)
+    if probe is not None:
+        from tricklab.cli.doctor_cmd import print_result
+        from tricklab.diagnostics.doctor import diagnose_training
+        from tricklab.report.doctor import write_report
+
+        doc = diagnose_training(cfg, probe)
+        print_result(doc)
+        if result.run_dir is not None:
+            print(f"doctor report: {write_report(doc, Path(result.run_dir) / 'doctor') }")
     m = result.metrics
-    print(
-        f"test_loss {m['test_loss']:.4f}  test_acc {m['test_acc']:.4f}  ({m['epochs_run']} epochs, {m['wall_time_s']:.1f}s)"
-    )
+    done = f"({m['epochs_run']} epochs, {m['wall_time_s']:.1f}s)"
+    print(f"test_loss {m['test_loss']:.4f}  test_acc {m['test_acc']:.4f}  {done}")
     print(f"run directory: {result.run_dir}")
     return 0

@@ -97,7 +97,7 @@ class WorkerPool:
         pending = list(tasks)
         in_flight = 0
         while pending or in_flight:
-            for i, w in enumerate(self.workers):
+            for w in self.workers:
                 if w["task"] is None and pending:
                     w["task"] = pending.pop(0)
                     w["queue"].put(w["task"])

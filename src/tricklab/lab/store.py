@@ -119,7 +119,8 @@ class Store:
 
     def mark_failed(self, key: tuple, error: str) -> None:
         self.db.execute(
-            "UPDATE runs SET status='failed', error=?, finished_at=? WHERE study=? AND variant=? AND seed=? AND dataset=?",
+            "UPDATE runs SET status='failed', error=?, finished_at=? "
+            "WHERE study=? AND variant=? AND seed=? AND dataset=?",
             (error, time.time(), *key),
         )
 

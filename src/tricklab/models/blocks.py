@@ -50,7 +50,9 @@ class Block(nn.Module):
         pre_activation = residual_scale is not None
         # the norm's features: the weight layer's output, or in a pre-activation block the block's input
         bias = norm_has_bias(norm) or pre_activation
-        layer, norm_mod = NORMS.get(norm)(weight_layer(in_f, out_f, dims, bias=bias, kernel_size=kernel_size), out_f, dims)
+        layer, norm_mod = NORMS.get(norm)(
+            weight_layer(in_f, out_f, dims, bias=bias, kernel_size=kernel_size), out_f, dims
+        )
         act = ACTIVATIONS.get(activation)()
         normed = [norm_mod, act] if norm_position == "before_activation" else [act, norm_mod]
         drop = make_dropout(dropout, dims)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
+from itertools import islice
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from tricklab.data.base import TensorBatches, TensorData
-from tricklab.events import Callback, FitState
+from tricklab.errors import ConfigError, TrickLabError
+from tricklab.events import Callback, EpochTotals, FitState
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -46,6 +48,79 @@ def evaluate(model: nn.Module, data, *, loss_fn: LossFn = F.cross_entropy, devic
     return {"loss": loss_sum.item() / n, "acc": correct.item() / n}
 
 
+NONFINITE_POLICIES = ("stop", "skip")
+
+
+class NonFiniteError(TrickLabError):
+    """NaN or Inf in the loss, an input batch or the gradients; raised before the optimizer applies it.
+
+    The CLI prints its one-line message and exits with code 3 (distinct from 2, bad input).
+    """
+
+    exit_code = 3
+
+
+class NonFiniteGuard:
+    """Catch NaN/Inf in the loss, the gradients or the input batch before ``optimizer.step()`` applies them.
+
+    The per-step cost is one fused check and one host sync: ``isfinite(loss + Σ_params sum(grad))`` (a NaN or
+    Inf anywhere makes the sum non-finite), about 1% of an MNIST MLP step. A NaN/Inf in an input batch is
+    caught through the loss and gradients it poisons (checking every input element would cost 4% per step).
+    Only when the check fails does :meth:`handle` look for the culprits: the loss, the inputs, and the first
+    parameter with a non-finite gradient (a sum that merely overflowed on huge finite values is let through).
+    ``policy="stop"`` raises :class:`NonFiniteError`; ``"skip"`` drops the batch (no update, not counted in the
+    epoch's train metrics) and raises once more than ``limit`` batches were skipped.
+    """
+
+    def __init__(self, model: nn.Module, policy: str = "stop", limit: int = 10):
+        if policy not in NONFINITE_POLICIES:
+            raise ConfigError("train.nonfinite", policy, f"one of {', '.join(NONFINITE_POLICIES)}")
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ConfigError("train.nonfinite_limit", limit, "an integer >= 0 (batches skipped before stopping)")
+        self.policy, self.limit = policy, limit
+        self.named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.params = [p for _, p in self.named]
+
+    def all_finite(self, loss: torch.Tensor) -> bool:
+        sums = [p.grad.float().sum() for p in self.params if p.grad is not None]
+        total = loss.detach().float().sum()
+        if sums:
+            total = total + torch.stack(sums).sum()
+        return bool(torch.isfinite(total))
+
+    def culprit(self, loss: torch.Tensor, x: torch.Tensor) -> str | None:
+        """What is non-finite (None when the fused check only overflowed on huge but finite gradients)."""
+        found = []
+        if not torch.isfinite(loss.detach()).all():
+            found.append(f"loss is {loss.detach().flatten()[0].item()}")
+        if x.is_floating_point() and not (ok := torch.isfinite(x)).all():
+            found.append(f"input batch has {int((~ok).sum())} non-finite values")
+        layer = next((n for n, p in self.named if p.grad is not None and not torch.isfinite(p.grad).all()), None)
+        if layer is not None:
+            found.append(f"first non-finite gradient in {layer!r}")
+        return "; ".join(found) or None
+
+    def handle(self, state: FitState, loss: torch.Tensor, x: torch.Tensor) -> bool:
+        """Called when :meth:`all_finite` failed: raise, or return True to skip the batch."""
+        what = self.culprit(loss, x)
+        if what is None:
+            return False
+        where = f"epoch {state.epoch}, step {state.step + 1}, batch {state.batch + 1}"
+        if self.policy == "stop":
+            raise NonFiniteError(
+                f"non-finite values at {where}: {what}; stopped before the update "
+                "(train.nonfinite=stop; allowed: stop, skip)"
+            )
+        state.nonfinite_skipped += 1
+        if state.nonfinite_skipped > self.limit:
+            raise NonFiniteError(
+                f"non-finite values at {where}: {what}; {state.nonfinite_skipped} batches skipped, more than "
+                f"train.nonfinite_limit={self.limit}"
+            )
+        state.optimizer.zero_grad(set_to_none=True)
+        return True
+
+
 def _emit(callbacks: Sequence[Callback], event: str, state: FitState) -> None:
     for cb in callbacks:
         getattr(cb, event)(state)
@@ -64,12 +139,17 @@ def fit(
     batch_size: int = 128,
     generator: torch.Generator | None = None,
     state: FitState | None = None,
+    nonfinite: str = "stop",
+    nonfinite_limit: int = 10,
 ) -> FitState:
     """Train ``model`` on ``train`` for ``epochs`` epochs; validate on ``val`` after each.
 
     ``train``/``val``: a :class:`TensorData`, an ``(x, y)`` pair of tensors (batched here, shuffled by
     ``generator``) or any re-iterable of ``(x, y)`` batches such as a ``DataLoader``. Works on any
-    ``nn.Module`` that maps inputs to class logits (or any output ``loss_fn`` accepts).
+    ``nn.Module`` that maps inputs to class logits (or any output ``loss_fn`` accepts). ``state``: continue
+    from a state restored from a checkpoint (see :mod:`tricklab.train.checkpoint`); a state saved mid-epoch
+    skips the ``state.batches_done`` batches its epoch already trained (the same ones: the data order comes
+    from ``generator``, restored with it).
 
     The loop, with its events (see :mod:`tricklab.events`)::
 
@@ -78,12 +158,14 @@ def fit(
             on_epoch_start
             for (x, y) in train:
                 loss = loss_fn(model(x), y); zero grads; loss.backward()
+                NaN/Inf in loss, x or grads: raise NonFiniteError, or skip the batch (nonfinite="skip")
                 on_after_backward                 # clip, penalize, probe; may set skip_step
                 optimizer.step() unless skip_step
-                on_step_end                       # per-step LR, EMA, probes
+                on_step_end                       # per-step LR, EMA, probes; a stop signal checkpoints here
             validate (on state.eval_model if a callback set one, else on model)
-            on_epoch_end                          # early stopping, per-epoch LR, logging
-            history += row; stop if state.stop
+            history += row
+            on_epoch_end                          # early stopping, per-epoch LR, logging, checkpoints
+            stop if state.stop
         on_fit_end                                # restore best weights, SWA
 
     Returns the final :class:`FitState` (``state.history`` holds one row per epoch with ``epoch, train_loss,
@@ -97,50 +179,54 @@ def fit(
     steps = len(train_batches) if hasattr(train_batches, "__len__") else None
     if state is None:
         state = FitState(model=model, optimizer=optimizer, epochs=epochs, device=device, steps_per_epoch=steps)
+    state.steps_per_epoch = state.steps_per_epoch or steps
+    guard = NonFiniteGuard(model, nonfinite, nonfinite_limit)
 
     _emit(callbacks, "on_fit_start", state)
     while state.epoch < epochs and not state.stop:
-        state.epoch += 1
-        state.epoch_extras = {}
-        lr = state.lr
-        start = time.perf_counter()
-        _emit(callbacks, "on_epoch_start", state)
+        if state.batches_done == 0:  # a new epoch (a state saved mid-epoch continues its own)
+            state.epoch += 1
+            state.epoch_extras = {}
+            state.totals = EpochTotals.zeros(state.lr, device)
+            _emit(callbacks, "on_epoch_start", state)
+        totals, done = state.totals, state.batches_done
         model.train()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        correct = torch.zeros((), dtype=torch.long, device=device)
-        seen = 0
-        for state.batch, (x, y) in enumerate(train_batches):
+        for state.batch, (x, y) in islice(enumerate(train_batches), done, None):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             out = model(x)
             loss = loss_fn(out, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             state.loss, state.inputs, state.targets = loss, x, y
+            state.batches_done = state.batch + 1
+            if not guard.all_finite(loss) and guard.handle(state, loss, x):
+                continue  # nonfinite="skip": no update, not counted
             _emit(callbacks, "on_after_backward", state)
             if state.skip_step:
                 state.skip_step = False
             else:
                 optimizer.step()
             state.step += 1
+            totals.loss_sum += loss.detach().double() * len(y)
+            totals.correct += (out.detach().argmax(1) == y).sum()
+            totals.seen += len(y)
             _emit(callbacks, "on_step_end", state)
-            loss_sum += loss.detach().double() * len(y)
-            correct += (out.detach().argmax(1) == y).sum()
-            seen += len(y)
             if state.stop:
                 break
+        state.batches_done = 0
         row = {
             "epoch": state.epoch,
-            "train_loss": loss_sum.item() / max(seen, 1),
-            "train_acc": correct.item() / max(seen, 1),
+            "train_loss": totals.loss_sum.item() / max(totals.seen, 1),
+            "train_acc": totals.correct.item() / max(totals.seen, 1),
         }
         if val is not None:
             v = evaluate(state.eval_model or model, val, loss_fn=loss_fn, device=device)
             row.update(val_loss=v["loss"], val_acc=v["acc"])
-        row.update(lr=lr, epoch_time_s=time.perf_counter() - start)
+        row.update(lr=totals.lr, epoch_time_s=time.perf_counter() - totals.started)
         state.metrics = row
+        state.history.append(row)
         for cb in callbacks:
             cb.on_epoch_end(state)
             row.update(state.epoch_extras)
-        state.history.append(row)
     _emit(callbacks, "on_fit_end", state)
     return state

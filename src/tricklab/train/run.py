@@ -2,29 +2,38 @@
 
 A run directory holds ``config.yaml`` (the resolved config), ``history.jsonl`` (one JSON object per epoch,
 appended as each epoch ends), ``metrics.json`` (final test metrics), ``scaler.json`` (the input scaling
-fitted on the training split) and ``model.safetensors`` (the final weights; safetensors never runs code).
+fitted on the training split), ``model.safetensors`` (the final weights; safetensors never runs code) and
+``checkpoints/`` (see :mod:`tricklab.train.checkpoint`). Every file but the history is written atomically.
+
+``run(cfg, run_dir, resume=True)`` continues a run from its newest valid checkpoint (each ensemble member
+from its own), with ``history.jsonl`` cut back to the checkpoint's epoch. While a run trains, SIGINT and
+SIGTERM stop it at the next step boundary with a checkpoint (exit 130/143 from the CLI).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import safetensors.torch
 import torch
-from safetensors.torch import save_file
 
-from tricklab.config import Config
+from tricklab.config import Config, read_yaml, validate
 from tricklab.data import Splits, load_splits
 from tricklab.data.base import TensorBatches
 from tricklab.data.download import atomic_write
 from tricklab.errors import TrickLabError
 from tricklab.events import Callback, FitState
 from tricklab.models import build_model
+from tricklab.train.checkpoint import Checkpointer, CheckpointError, StopSignals, latest_checkpoint, list_checkpoints
 from tricklab.train.loop import evaluate, fit
 from tricklab.train.seed import resolve_device, seed_everything, set_threads
 from tricklab.train.setup import build_callbacks, build_optimizer, initialize
@@ -70,7 +79,86 @@ def default_run_dir(cfg: Config, base: Path = Path("runs")) -> Path:
 def check_run_dir(path: Path) -> None:
     """Refuse to write into a folder that already holds a run or other files."""
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise TrickLabError(f"--out {str(path)!r} already exists and is not empty; choose a new run directory")
+        raise TrickLabError(
+            f"--out {str(path)!r} already exists and is not empty; choose a new run directory "
+            f"(or continue that run with --resume {str(path)!r})"
+        )
+
+
+CHECKPOINTS = "checkpoints"
+
+
+def checkpoint_folder(run_dir: Path, member: int, members: int) -> Path:
+    folder = Path(run_dir) / CHECKPOINTS
+    return folder / f"member{member}" if members > 1 else folder
+
+
+def run_checkpoints(run_dir: Path) -> list[Path]:
+    """Every checkpoint folder of a run directory (all ensemble members)."""
+    folder = Path(run_dir) / CHECKPOINTS
+    subfolders = sorted(folder.glob("member*")) if folder.is_dir() else []
+    return [c for f in (folder, *subfolders) for c in list_checkpoints(f)]
+
+
+def stored_config(run_dir: str | Path) -> Config:
+    """The config a run directory was written with, for ``--resume`` (its config.yaml, read safely)."""
+    run_dir = Path(run_dir)
+    allowed = "allowed: a run directory written by tricklab train, or auto"
+    if not run_dir.is_dir():
+        raise TrickLabError(f"--resume {str(run_dir)!r}: no such run directory ({allowed})")
+    if not (run_dir / "config.yaml").is_file():
+        raise TrickLabError(f"--resume {str(run_dir)!r}: holds no config.yaml ({allowed})")
+    if not run_checkpoints(run_dir):
+        raise TrickLabError(
+            f"--resume {str(run_dir)!r}: holds no checkpoint in {CHECKPOINTS}/ (it stopped before its first one): "
+            "nothing to resume; train it again with a new --out"
+        )
+    try:
+        return validate(read_yaml(run_dir / "config.yaml"))
+    except TrickLabError as e:
+        raise TrickLabError(f"--resume {str(run_dir)!r}: its config.yaml is invalid: {e}") from None
+
+
+def find_resumable(base: Path = Path("runs")) -> Path:
+    """``--resume auto``: the run directory under ``base`` whose newest valid checkpoint is the most recent."""
+    best: tuple[float, Path] | None = None
+    for run_dir in sorted(base.iterdir()) if base.is_dir() else []:
+        for folder in {c.parent for c in run_checkpoints(run_dir)}:
+            try:
+                found = latest_checkpoint(folder)
+            except TrickLabError:
+                continue
+            if found is not None:
+                mtime = (found[0] / "MANIFEST.json").stat().st_mtime
+                if best is None or mtime > best[0]:
+                    best = (mtime, run_dir)
+    if best is None:
+        raise TrickLabError(f"--resume auto: no run directory under {str(base)!r} holds a valid checkpoint")
+    return best[1]
+
+
+def _note(message: str) -> None:
+    print(f"note: {message}", file=sys.stderr, flush=True)
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` (itself included) that does not exist yet."""
+    missing = None
+    for p in (path, *path.parents):
+        if p.exists():
+            return missing
+        missing = p
+    return missing
+
+
+def _discard(run_dir: Path, created: Path | None) -> None:
+    """Remove what a run that failed on bad input wrote: the folders it created, or the files it put into
+    the empty folder it was given."""
+    if created is not None:
+        shutil.rmtree(created, ignore_errors=True)
+        return
+    for p in run_dir.iterdir():
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
 def load_data(cfg: Config) -> Splits:
@@ -115,22 +203,81 @@ def _member_summary(state: FitState, callbacks: list[Callback]) -> dict[str, Any
     return out
 
 
-def run(cfg: Config, out: str | Path | None = None, *, callbacks: list[Callback] = (), write: bool = True) -> RunResult:
+def run(
+    cfg: Config,
+    out: str | Path | None = None,
+    *,
+    callbacks: list[Callback] = (),
+    write: bool = True,
+    resume: bool = False,
+) -> RunResult:
     """Train ``cfg`` end to end; with ``write``, into run directory ``out`` (default: a new folder under runs/).
 
     With ``averaging.ensemble = K > 1``, K members are trained with seeds ``seed, seed+1, ...``; the test
     metrics are those of their averaged predicted probabilities, and each member's are listed too.
+    ``resume``: ``out`` is an existing run directory whose config is ``cfg`` (see :func:`stored_config`);
+    each member continues from its newest valid checkpoint, or starts afresh if it has none.
+    A bad-input error (exit code 2) raised before the first checkpoint leaves no run directory behind.
     """
     run_dir = Path(out) if out is not None else default_run_dir(cfg) if write else None
-    if run_dir is not None:
+    if resume and (run_dir is None or not run_dir.is_dir()):
+        raise TrickLabError(f"cannot resume {str(out)!r}: not a run directory")
+    if run_dir is not None and not resume:
         check_run_dir(run_dir)
+    fresh = run_dir is not None and not resume
+    created = _first_missing(run_dir) if fresh else None
+    try:
+        return _run(cfg, run_dir, list(callbacks), resume)
+    except TrickLabError as e:
+        bad_input = e.exit_code == 2 and not isinstance(e, CheckpointError)  # not a full disk
+        if bad_input and fresh and run_dir.exists() and not run_checkpoints(run_dir):
+            _discard(run_dir, created)
+        raise
+
+
+def _resume_member(
+    saver: Checkpointer, state: FitState, history_path: Path, rows: list[dict], member: int | None
+) -> FitState | None:
+    """Restore ``saver``'s newest valid checkpoint into ``state`` (None: there is none, start afresh) and
+    rewrite history.jsonl as ``rows`` (earlier members) plus the checkpoint's own, so no epoch is there twice."""
+    found = saver.resume_latest(state)
+    if found is not None:
+        for message in found[1]:
+            _note(message)
+        where = (
+            f"{state.batches_done} batches into epoch {state.epoch}" if state.batches_done else f"epoch {state.epoch}"
+        )
+        _note(f"resuming from {found[0]} ({where})")
+        rows = rows + [r if member is None else dict(r, member=member) for r in state.history]
+    atomic_write(history_path, "".join(json.dumps(r) + "\n" for r in rows).encode())
+    return state if found is not None else None
+
+
+def _checkpointer(
+    cfg: Config, run_dir: Path, member: int, tricks: list[Callback], generator: torch.Generator, signals: StopSignals
+) -> Checkpointer:
+    """Checkpoints as ``checkpoint.*`` asks; the best epoch by early stopping's monitor, else by val_acc."""
+    return Checkpointer(
+        checkpoint_folder(run_dir, member, cfg.averaging.ensemble),
+        callbacks=tricks,
+        generator=generator,
+        every=cfg.checkpoint.every,
+        keep_last=cfg.checkpoint.keep_last,
+        monitor=cfg.early_stopping.monitor if cfg.early_stopping.enabled else "val_acc",
+        config_hash=cfg.hash(),
+        signals=signals,
+        resume_hint=f"tricklab train --resume {run_dir}",
+    )
+
+
+def _run(cfg: Config, run_dir: Path | None, extra: list[Callback], resume: bool) -> RunResult:
     set_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
     splits = load_data(cfg)
     k_members = cfg.averaging.ensemble
     model, generator = make_model(cfg, splits, cfg.train.seed)
     optimizer, tricks = build_optimizer(cfg, model), build_callbacks(cfg, splits)  # may still refuse the config
-    if run_dir is not None:
+    if run_dir is not None and not resume:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(run_dir / "config.yaml", cfg.to_yaml().encode())
         atomic_write(run_dir / "scaler.json", json.dumps(splits.scaler.to_dict()).encode())
@@ -138,29 +285,40 @@ def run(cfg: Config, out: str | Path | None = None, *, callbacks: list[Callback]
     history: list[dict[str, Any]] = []
     members: list[dict[str, Any]] = []
     finals: list[torch.nn.Module] = []
-    for k in range(k_members):
-        if k > 0:
-            model, generator = make_model(cfg, splits, cfg.train.seed + k)
-            optimizer, tricks = build_optimizer(cfg, model), build_callbacks(cfg, splits)
-        cbs = tricks + list(callbacks)
-        if run_dir is not None:
-            cbs.append(HistoryWriter(run_dir / "history.jsonl", member=k if k_members > 1 else None))
-        state = fit(
-            model,
-            splits.train,
-            splits.val,
-            epochs=cfg.train.epochs,
-            optimizer=optimizer,
-            callbacks=cbs,
-            device=device,
-            batch_size=cfg.data.batch_size,
-            generator=generator,
-        )
-        final = state.eval_model or model
-        test = evaluate(final, splits.test, device=device)
-        members.append({"test_loss": test["loss"], "test_acc": test["acc"], **_member_summary(state, tricks)})
-        history += [dict(r, member=k) if k_members > 1 else r for r in state.history]
-        finals.append(final)
+    with StopSignals() if run_dir is not None else nullcontext() as signals:
+        for k in range(k_members):
+            if k > 0:
+                model, generator = make_model(cfg, splits, cfg.train.seed + k)
+                optimizer, tricks = build_optimizer(cfg, model), build_callbacks(cfg, splits)
+            cbs = tricks + extra
+            state = None
+            if run_dir is not None:
+                member = k if k_members > 1 else None
+                saver = _checkpointer(cfg, run_dir, k, tricks, generator, signals)
+                cbs += [HistoryWriter(run_dir / "history.jsonl", member=member), saver]
+                if resume:
+                    model.to(device)  # before the optimizer state is loaded next to the parameters
+                    state = FitState(model=model, optimizer=optimizer, epochs=cfg.train.epochs, device=device)
+                    state = _resume_member(saver, state, run_dir / "history.jsonl", history, member)
+            state = fit(
+                model,
+                splits.train,
+                splits.val,
+                epochs=cfg.train.epochs,
+                optimizer=optimizer,
+                callbacks=cbs,
+                device=device,
+                batch_size=cfg.data.batch_size,
+                generator=generator,
+                state=state,
+                nonfinite=cfg.train.nonfinite,
+                nonfinite_limit=cfg.train.nonfinite_limit,
+            )
+            final = state.eval_model or model
+            test = evaluate(final, splits.test, device=device)
+            members.append({"test_loss": test["loss"], "test_acc": test["acc"], **_member_summary(state, tricks)})
+            history += [dict(r, member=k) if k_members > 1 else r for r in state.history]
+            finals.append(final)
     metrics: dict[str, Any] = dict(members[0])
     if k_members > 1:
         ens = evaluate_ensemble(finals, TensorBatches(splits.test.x.to(device), splits.test.y.to(device), 1024))
@@ -179,5 +337,5 @@ def run(cfg: Config, out: str | Path | None = None, *, callbacks: list[Callback]
         for k, final in enumerate(finals):
             name = "model.safetensors" if k_members == 1 else f"model_member{k}.safetensors"
             tensors = {n: v.detach().cpu().contiguous() for n, v in final.state_dict().items()}
-            save_file(tensors, str(run_dir / name))
+            atomic_write(run_dir / name, safetensors.torch.save(tensors))
     return RunResult(cfg, history, metrics, run_dir, finals[0] if k_members == 1 else finals)

@@ -22,7 +22,6 @@ Example::
 
 from __future__ import annotations
 
-
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 

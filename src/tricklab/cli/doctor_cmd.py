@@ -1,0 +1,99 @@
+"""``tricklab doctor``: find vanishing and exploding gradients, say why, prescribe the tricks that fix them.
+
+Builds the data and model of the config, measures signal propagation at init for every init scheme, trains
+``--steps`` steps with probes (``diagnostics.every``), prints the verdicts and their prescription (as
+``--set`` flags), re-runs with the prescription applied to report whether it cures the problem, and writes a
+report folder: ``index.html`` (self-contained), the plots, ``doctor.json`` (verdicts), ``records.json`` (the
+probe's numbers per layer and step), ``signal.json`` and ``config.yaml``.
+
+Exit codes: 0 healthy; 4 problems found (:data:`EXIT_PROBLEMS`); 2 bad input (nothing is written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import datetime
+from pathlib import Path
+
+from tricklab.cli.common import add_config_args
+
+#: Exit code when the doctor found problems (0: healthy, 2: bad input).
+EXIT_PROBLEMS = 4
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "doctor", help="diagnose vanishing/exploding gradients and prescribe tricks (exit 4: problems found)"
+    )
+    add_config_args(p)
+    p.add_argument("--out", "-o", metavar="DIR", help="report folder (default: a new folder under runs/)")
+    p.add_argument("--steps", type=int, metavar="N", help="training steps to probe (diagnostics.steps, default 200)")
+    p.add_argument("--no-recheck", action="store_true", help="do not re-run with the prescription applied")
+    p.set_defaults(func=run_cmd)
+
+
+def run_cmd(args: argparse.Namespace) -> int:
+    from tricklab.config import load_config
+    from tricklab.diagnostics.doctor import run_doctor
+    from tricklab.train.run import check_run_dir, prepare
+
+    overrides = list(args.overrides) + ([f"diagnostics.steps={args.steps}"] if args.steps is not None else [])
+    cfg = load_config(args.config, overrides)
+    out = Path(args.out) if args.out else _default_dir(cfg)
+    check_run_dir(out)
+    prepared = prepare(cfg)  # bad data or model settings fail here, before anything is written
+    result = run_doctor(cfg, prepared, recheck=not args.no_recheck)
+
+    from tricklab.report.doctor import write_report
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(cfg.to_yaml())
+    (out / "doctor.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    (out / "records.json").write_text(json.dumps(result.findings.to_dict()) + "\n")
+    (out / "signal.json").write_text(json.dumps([p.to_dict() for p in result.signal]) + "\n")
+    page = write_report(result, out)
+    print_result(result)
+    print(f"report: {page}")
+    return 0 if result.healthy else EXIT_PROBLEMS
+
+
+def _default_dir(cfg, base: Path = Path("runs")) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = base / f"{stamp}-doctor-{cfg.data.name}-{cfg.model.name}"
+    i = 1
+    while path.exists():
+        i += 1
+        path = base / f"{stamp}-doctor-{cfg.data.name}-{cfg.model.name}-{i}"
+    return path
+
+
+def print_result(result) -> None:
+    """Print the verdicts, their prescription as ``--set`` flags, and the re-check (used by ``train --diagnose``)."""
+    from tricklab.diagnostics.verdicts import as_set_flags
+
+    f = result.findings
+    where = f"in {f.steps} steps (probes every {f.every} steps)"
+    if result.healthy:
+        print(f"healthy: no problems found {where}")
+        return
+    print(f"{len(result.verdicts)} problem(s) found {where}:")
+    for v in result.verdicts:
+        print(f"  {v.name}: {v.summary}")
+        if v.layers:
+            more = f" (+{len(v.layers) - 4} more)" if len(v.layers) > 4 else ""
+            print(f"      layers: {', '.join(v.layers[:4])}{more}")
+        print(f"      why: {v.advice}")
+        if v.prescription:
+            print(f"      prescription: {as_set_flags(v.prescription)}")
+    if result.prescription:
+        print(f"prescription: {as_set_flags(result.prescription)}")
+    r = result.recheck
+    if r is not None:
+        if r.error:
+            print(f"re-check: the prescription could not be applied: {r.error}")
+        elif r.healthy:
+            print("re-check with the prescription: cured, no problems left")
+        else:
+            state = "cured" if r.cured else "not cured"
+            print(f"re-check with the prescription: {state}; remaining: {', '.join(v.name for v in r.verdicts)}")

@@ -1,0 +1,466 @@
+"""Verdicts: name the problem behind a probe's numbers, the layers and figures that show it, and the fix.
+
+Each check in :data:`CHECKS` reads :class:`~tricklab.diagnostics.probes.Findings` and returns a
+:class:`Verdict` or None. "First" and "last" are the first and last Linear/Conv layers in forward order; a
+"median" is over the sampled steps, so that one odd batch decides nothing.
+
+===========================  ========================================================  ======================
+verdict                      fires when                                                threshold (constant)
+===========================  ========================================================  ======================
+``exploding_gradients``      a NaN/inf anywhere (input, forward, loss, backward,       any
+                             weights)
+                             median ‖∂L/∂W_first‖ / ‖∂L/∂W_last‖ above                 ``EXPLODING_RATIO`` 1e3
+                             std of the last layer's output / the first's above        ``ACT_RANGE`` 1e3
+                             global ‖g‖: median of the last tenth of steps / first     ``GRAD_GROWTH`` 100
+                             tenth above
+                             a batch loss above 10× the median of the 20 before it     ``LOSS_SPIKE`` 10
+                             (and above the untrained loss)
+``vanishing_gradients``      median ‖∂L/∂W_first‖ / ‖∂L/∂W_last‖ below                 ``VANISHING_RATIO`` 0.1
+                             std of the last layer's output / the first's below        1 / ``ACT_RANGE``
+``saturation``               a sigmoid/tanh layer's median fraction of outputs in the  ``SATURATED_MAX`` 0.25
+                             tails (sigmoid y ∉ [0.01, 0.99], tanh |y| > 0.99) above
+``dead_relus``               a ReLU layer's fraction of units that are 0 on the whole  ``DEAD_MAX`` 0.5
+                             batch (median over the last half of the samples) above
+``badly_scaled_inputs``      median input RMS sqrt(E[x²]) above                        ``INPUT_RMS_MAX`` 10
+``lr_too_high``              a layer's median update ratio ‖ΔW‖/‖W‖ over the first     ``UPDATE_RATIO_MAX``
+                             half of the samples (a diverged net stops updating) above 0.03
+===========================  ========================================================  ======================
+
+Why these values:
+
+- Vanishing, 0.1: backprop through a sigmoid multiplies the gradient by σ' ≤ 1/4 per layer, so 20 layers
+  can shrink it by 4^-20 ≈ 1e-12 (Hochreiter 1991; Glorot & Bengio 2010, Fig. 7). With He or Glorot init
+  (with or without batch norm) we measure first/last ratios of 0.5 to 8 at depths 2–30; a 20-layer sigmoid
+  net with N(0, 1) weights gives 0.015, with Glorot init and no norm 1e-12. One order of magnitude below the
+  last layer is outside normal variation.
+- Exploding, 1e3: gradients growing towards the input make the first layers' steps huge (Pascanu et al.
+  2013). Batch norm alone grows them ≈ 1.2× per layer at init (Yang et al. 2019, "A mean field theory of
+  batch normalization": we measure ~260× over 30 ReLU layers) and such nets still train, so only growth
+  beyond three orders of magnitude is flagged (N(0, 1) weights: 1e6 to inf). The same bound holds for the
+  forward signal. During training, a global norm 100× its early median, or a batch loss 10× the recent median
+  and above the untrained loss, is an instability, not noise.
+- Saturation, 0.25: in the tails the derivative is < 0.01 (sigmoid) or < 0.02 (tanh), so those units pass
+  back almost no gradient and learn slowly (LeCun et al. 1998, §4.4; Glorot & Bengio 2010, §3.1). Batch-normed
+  pre-activations put < 1% there; N(0, 1) weights 30–70%.
+- Dead ReLUs, 0.5: a unit that outputs 0 for a whole batch gets no gradient and may never recover (Lu et al.
+  2019, "Dying ReLU and initialization"). Deep plain ReLU nets at He init already have up to ~40% of a layer
+  dead on a batch (we measure 38% at 30 layers of width 64); beyond half, the layer is mostly wasted.
+- Inputs, 10: inputs should have zero mean and unit variance (LeCun et al. 1998, §4.3); raw pixels (RMS ≈ 90)
+  give the first layer pre-activations and gradients ~100× too large. 10 is an order of magnitude outside
+  [−1, 1].
+- LR, 0.03: the update-to-weight ratio of a healthy run is ~1e-3 (Karpathy, CS231n, "Babysitting the
+  learning process"). Adam at its default 1e-3 gives ≈ lr/rms(W) ≈ 0.02 in the first steps of a 512-wide
+  He-initialized layer and a median of ~3e-3, and trains well; a median 30× the rule of thumb rewrites a layer
+  in ~30 steps. The LR prescribed is lowered by the power of 10 that brings the worst layer to
+  ``UPDATE_RATIO_TARGET`` = 0.01 or below (the ratio scales with the LR for SGD and Adam alike).
+
+Each verdict prescribes catalog tricks as config overrides (``init.scheme``, ``model.norm``,
+``model.residual``, ``model.activation``, ``clip.mode``/``clip.threshold``, ``optim.lr``, ``data.scale``),
+chosen from the run's settings when given::
+
+    verdicts = diagnose(findings, settings={"model.activation": "sigmoid", "init.scheme": "standard_normal"})
+    merge_prescriptions(verdicts)       # {"init.scheme": "glorot_normal", "model.norm": "batch"}
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from tricklab.diagnostics.probes import (
+    ACT_STD,
+    ACTIVATION_KINDS,
+    DEAD_FRACTION,
+    GLOBAL_GRAD_NORM,
+    INPUT,
+    INPUT_ABS_MAX,
+    INPUT_MEAN,
+    INPUT_RMS,
+    LOSS,
+    MODEL,
+    SATURATED_FRACTION,
+    UPDATE_RATIO,
+    WEIGHT,
+    WEIGHT_GRAD_NORM,
+    Findings,
+)
+from tricklab.registry import Registry
+
+VANISHING_RATIO = 0.1
+EXPLODING_RATIO = 1e3
+ACT_RANGE = 1e3
+GRAD_GROWTH = 100.0
+LOSS_SPIKE = 10.0
+LOSS_WINDOW = 20
+DEAD_MAX = 0.5
+SATURATED_MAX = 0.25
+INPUT_RMS_MAX = 10.0
+UPDATE_RATIO_MAX = 0.03
+UPDATE_RATIO_TARGET = 0.01  # the LR prescribed brings the worst layer's ratio to about this
+
+VANISHING, EXPLODING, DEAD_RELUS, SATURATION, BAD_INPUTS, LR_TOO_HIGH = (
+    "vanishing_gradients",
+    "exploding_gradients",
+    "dead_relus",
+    "saturation",
+    "badly_scaled_inputs",
+    "lr_too_high",
+)
+
+#: Inits made for each activation (He et al. 2015 for ReLU-like, Glorot & Bengio 2010 for sigmoid/tanh);
+#: the first is the one prescribed.
+GOOD_INITS: dict[str, tuple[str, ...]] = {
+    "relu": ("he_normal", "he_uniform", "lsuv"),
+    "gelu": ("he_normal", "he_uniform", "lsuv"),
+    "sigmoid": ("glorot_normal", "glorot_uniform", "lsuv"),
+    "tanh": ("glorot_normal", "glorot_uniform", "lsuv", "orthogonal", "gaussian", "lecun_normal"),
+}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One problem: its name, a one-line summary with the figures, the layers behind it, and the fix."""
+
+    name: str
+    summary: str
+    layers: tuple[str, ...] = ()
+    figures: dict[str, float] = field(default_factory=dict)
+    prescription: dict[str, Any] = field(default_factory=dict)  # config overrides, e.g. {"model.norm": "batch"}
+    advice: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "layers": list(self.layers)}
+
+
+Check = Callable[[Findings, Mapping[str, Any]], "Verdict | None"]
+CHECKS: Registry[Check] = Registry("doctor check")
+
+
+def diagnose(findings: Findings, settings: Mapping[str, Any] | None = None) -> list[Verdict]:
+    """Run every check in :data:`CHECKS` on ``findings``; an empty list means healthy.
+
+    ``settings``: the run's config values by full key (``model.activation``, ``model.norm``,
+    ``model.residual``, ``init.scheme``, ``optim.lr``, ``clip.mode``, ``data.scale``), used to tailor the
+    prescriptions; the activation is inferred from the layers when absent.
+    """
+    s = dict(settings or {})
+    s.setdefault("model.activation", _main_activation(findings))
+    return [v for name in CHECKS for v in [CHECKS.get(name)(findings, s)] if v is not None]
+
+
+def merge_prescriptions(verdicts: Iterable[Verdict]) -> dict[str, Any]:
+    """One set of overrides for all verdicts: the lowest ``optim.lr``, else the first verdict's value wins."""
+    out: dict[str, Any] = {}
+    for v in verdicts:
+        for key, value in v.prescription.items():
+            if key == "optim.lr" and key in out:
+                out[key] = min(out[key], value)
+            else:
+                out.setdefault(key, value)
+    return out
+
+
+def as_set_flags(overrides: Mapping[str, Any]) -> str:
+    """``{"model.norm": "batch", "model.residual": True}`` → ``--set model.norm=batch --set model.residual=true``."""
+
+    def text(v: Any) -> str:
+        return str(v).lower() if isinstance(v, bool) else str(v)
+
+    return " ".join(f"--set {k}={text(v)}" for k, v in overrides.items())
+
+
+def settings_of(config: Any) -> dict[str, Any]:
+    """The settings :func:`diagnose` reads, from a :class:`tricklab.config.Config`."""
+    return {
+        "model.activation": config.model.activation,
+        "model.norm": config.model.norm,
+        "model.residual": config.model.residual,
+        "init.scheme": config.init.scheme,
+        "optim.lr": config.optim.lr,
+        "clip.mode": config.clip.mode,
+        "data.scale": config.data.scale,
+    }
+
+
+# --- the checks ---------------------------------------------------------------------------------------------------
+
+
+@CHECKS.register(
+    EXPLODING,
+    help=f"non-finite value; ‖g_first‖/‖g_last‖ > {EXPLODING_RATIO:g}; forward std ×{ACT_RANGE:g}; "
+    f"‖g‖ ×{GRAD_GROWTH:g}; loss spike ×{LOSS_SPIKE:g}; Pascanu et al. 2013",
+)
+def check_exploding(f: Findings, s: Mapping[str, Any]) -> Verdict | None:
+    evidence, layers, figures = [], [], {}
+    at_init = dynamic = False
+    nf = f.first_nonfinite
+    if nf is not None:
+        evidence.append(f"first non-finite value at {nf}")
+        layers += [nf.layer] if nf.layer else []
+        figures["nonfinite_step"] = nf.step
+        at_init, dynamic = at_init or nf.step == 0, dynamic or nf.step > 0
+    depth = _depth_ratio(f, WEIGHT_GRAD_NORM)
+    if depth is not None and depth[0] > EXPLODING_RATIO:
+        evidence.append(
+            f"gradient norm grows {_g(depth[0])}× from the last layer to the first (> {EXPLODING_RATIO:g}×)"
+        )
+        layers += _layers_beyond(f, WEIGHT_GRAD_NORM, EXPLODING_RATIO)
+        figures["grad_ratio_first_last"] = depth[0]
+        at_init = at_init or depth[1] > EXPLODING_RATIO
+    fwd = _depth_ratio(f, ACT_STD, last_over_first=True)
+    if fwd is not None and fwd[0] > ACT_RANGE:
+        evidence.append(f"forward signal std grows {_g(fwd[0])}× from the first layer to the last (> {ACT_RANGE:g}×)")
+        figures["act_std_ratio_last_first"] = fwd[0]
+        layers += _layers_vs_first(f, ACT_STD, lambda r: r > ACT_RANGE)
+        at_init = at_init or fwd[1] > ACT_RANGE
+    _, norms = f.records.series(GLOBAL_GRAD_NORM, MODEL)
+    finite = [v for v in norms if math.isfinite(v)]
+    if len(finite) >= 20:
+        k = max(2, len(finite) // 10)
+        early, late = statistics.median(finite[:k]), statistics.median(finite[-k:])
+        if early > 0 and late / early > GRAD_GROWTH:
+            evidence.append(f"global gradient norm grew {_g(late / early)}× during training (> {GRAD_GROWTH:g}×)")
+            figures["grad_norm_growth"] = late / early
+            dynamic = True
+    spikes = _loss_spikes(f)
+    if spikes:
+        evidence.append(
+            f"{len(spikes)} loss spike(s), first at step {spikes[0][0]} ({_g(spikes[0][1])}× the median before)"
+        )
+        figures["loss_spikes"] = len(spikes)
+        dynamic = True
+    if not evidence:
+        return None
+    fix: dict[str, Any] = {}
+    if at_init or not dynamic:
+        fix.update(_signal_fix(s))
+    if dynamic:
+        if s.get("clip.mode", "none") == "none":
+            fix.update({"clip.mode": "norm", "clip.threshold": 1.0})
+        fix.update(_lower_lr(s, 10.0))
+    return Verdict(
+        EXPLODING,
+        "; ".join(evidence),
+        tuple(dict.fromkeys(layers)),
+        figures,
+        fix,
+        "values that grow layer after layer overflow; at init the scale of the weights is wrong (He/Glorot init, "
+        "batch norm, residual connections keep it); during training, clip the gradient norm and lower the LR",
+    )
+
+
+@CHECKS.register(
+    VANISHING,
+    help=f"‖g_first‖/‖g_last‖ < {VANISHING_RATIO:g} or forward std ÷{ACT_RANGE:g}; Glorot & Bengio 2010",
+)
+def check_vanishing(f: Findings, s: Mapping[str, Any]) -> Verdict | None:
+    evidence, layers, figures = [], [], {}
+    depth = _depth_ratio(f, WEIGHT_GRAD_NORM)
+    if depth is not None and depth[0] < VANISHING_RATIO:
+        evidence.append(
+            f"first-layer gradient norm is {_g(depth[0])}× the last layer's (< {VANISHING_RATIO:g}×, median over "
+            f"{depth[2]} samples)"
+        )
+        layers += _layers_below(f, WEIGHT_GRAD_NORM, VANISHING_RATIO)
+        figures["grad_ratio_first_last"] = depth[0]
+    fwd = _depth_ratio(f, ACT_STD, last_over_first=True)
+    if fwd is not None and fwd[0] < 1 / ACT_RANGE:
+        evidence.append(f"forward signal std shrinks to {_g(fwd[0])}× from the first layer to the last")
+        figures["act_std_ratio_last_first"] = fwd[0]
+        layers += _layers_vs_first(f, ACT_STD, lambda r: r < 1 / ACT_RANGE)
+    if not evidence:
+        return None
+    return Verdict(
+        VANISHING,
+        "; ".join(evidence),
+        tuple(dict.fromkeys(layers)),
+        figures,
+        _signal_fix(s),
+        "the early layers get almost no gradient and barely learn; an init matched to the activation and batch "
+        "norm keep the backward signal in range (residual connections give it a shortcut)",
+    )
+
+
+@CHECKS.register(SATURATION, help=f"> {SATURATED_MAX:g} of sigmoid/tanh outputs in the flat tails; LeCun et al. 1998")
+def check_saturation(f: Findings, s: Mapping[str, Any]) -> Verdict | None:
+    med = _layer_medians(f, SATURATED_FRACTION)
+    bad = {name: v for name, v in med.items() if v > SATURATED_MAX}
+    if not bad:
+        return None
+    worst = max(bad, key=bad.get)
+    fix = _signal_fix(s, residual=False) or {"model.activation": "relu", "init.scheme": "he_normal"}
+    return Verdict(
+        SATURATION,
+        f"{len(bad)} of {len(med)} sigmoid/tanh layers have over {SATURATED_MAX:.0%} of outputs in the flat tails "
+        f"(worst {worst}: {bad[worst]:.0%})",
+        tuple(bad),
+        {"worst_fraction": bad[worst], "layers": len(bad)},
+        fix,
+        "saturated units have a derivative near 0 and pass back almost no gradient; smaller initial weights "
+        "(Glorot) and batch norm keep inputs to the activation near 0 (or use ReLU with He init)",
+    )
+
+
+@CHECKS.register(
+    DEAD_RELUS, help=f"> {DEAD_MAX:g} of a ReLU layer's units output 0 for the whole batch; Lu et al. 2019"
+)
+def check_dead_relus(f: Findings, s: Mapping[str, Any]) -> Verdict | None:
+    med = _layer_medians(f, DEAD_FRACTION, last_half=True)
+    bad = {name: v for name, v in med.items() if v > DEAD_MAX}
+    if not bad:
+        return None
+    worst = max(bad, key=bad.get)
+    fix = _signal_fix(s, residual=False) or {"model.activation": "gelu"}
+    return Verdict(
+        DEAD_RELUS,
+        f"{len(bad)} of {len(med)} ReLU layers have over {DEAD_MAX:.0%} dead units (worst {worst}: {bad[worst]:.0%})",
+        tuple(bad),
+        {"worst_fraction": bad[worst], "layers": len(bad)},
+        fix,
+        "a ReLU whose input is negative for every example gets no gradient; batch norm centres its input, He init "
+        "scales it, a lower LR avoids knocking units out, GELU passes a gradient for negative inputs",
+    )
+
+
+@CHECKS.register(BAD_INPUTS, help=f"input RMS sqrt(E[x²]) > {INPUT_RMS_MAX:g}; LeCun et al. 1998")
+def check_inputs(f: Findings, s: Mapping[str, Any]) -> Verdict | None:
+    rms = _median(f.records.series(INPUT_RMS, INPUT)[1])
+    if rms is None or rms <= INPUT_RMS_MAX:
+        return None
+    mean = _median(f.records.series(INPUT_MEAN, INPUT)[1]) or float("nan")
+    peak = _median(f.records.series(INPUT_ABS_MAX, INPUT)[1]) or float("nan")
+    return Verdict(
+        BAD_INPUTS,
+        f"inputs have RMS {_g(rms)} (mean {_g(mean)}, max |x| {_g(peak)}), far outside [-1, 1] "
+        f"(RMS > {INPUT_RMS_MAX:g})",
+        (INPUT,),
+        {"input_rms": rms, "input_mean": mean, "input_abs_max": peak},
+        {"data.scale": "standardize"},
+        "large inputs give the first layer huge pre-activations and gradients; standardize them (zero mean, unit "
+        "variance, statistics from the training split)",
+    )
+
+
+@CHECKS.register(
+    LR_TOO_HIGH, help=f"median update ratio ‖ΔW‖/‖W‖ > {UPDATE_RATIO_MAX:g} (healthy ~1e-3); Karpathy CS231n"
+)
+def check_lr(f: Findings, s: Mapping[str, Any]) -> Verdict | None:
+    med = _layer_medians(f, UPDATE_RATIO, first_half=True)
+    bad = {name: v for name, v in med.items() if v > UPDATE_RATIO_MAX}
+    if not bad:
+        return None
+    worst = max(bad, key=bad.get)
+    factor = 10.0 ** math.ceil(math.log10(bad[worst] / UPDATE_RATIO_TARGET) - 1e-9)
+    fix = _lower_lr(s, max(factor, 10.0))
+    return Verdict(
+        LR_TOO_HIGH,
+        f"update-to-weight ratio ‖ΔW‖/‖W‖ is {_g(bad[worst])} per step in {worst} "
+        f"(> {UPDATE_RATIO_MAX:g}; healthy ~1e-3){f'; {len(bad)} layers above' if len(bad) > 1 else ''}",
+        tuple(bad),
+        {"worst_update_ratio": bad[worst], "layers": len(bad)},
+        fix,
+        f"each step rewrites a large part of the weights; lower the learning rate about {max(factor, 10.0):g}×",
+    )
+
+
+# --- helpers ------------------------------------------------------------------------------------------------------
+
+
+def _g(x: float) -> str:
+    return f"{x:.2g}"
+
+
+def _median(values: Iterable[Any]) -> float | None:
+    finite = [v for v in values if isinstance(v, int | float) and math.isfinite(v)]
+    return statistics.median(finite) if finite else None
+
+
+def _main_activation(f: Findings) -> str:
+    kinds = [info.kind for info in f.layers if info.kind in ACTIVATION_KINDS.values()]
+    return max(set(kinds), key=kinds.count) if kinds else "relu"
+
+
+def _depth_ratio(f: Findings, metric: str, last_over_first: bool = False) -> tuple[float, float, int] | None:
+    """(median, first-sample value, samples) of metric[first] / metric[last] over the sampled steps (or the
+    inverse), between the first and last Linear/Conv layers; None with fewer than two such layers."""
+    weights = f.layers_of(WEIGHT)
+    if len(weights) < 2:
+        return None
+    first, last = weights[0].name, weights[-1].name
+    ratios = []
+    for step in f.records.steps(metric):
+        a, b = f.records.get(metric, first, step), f.records.get(metric, last, step)
+        if a is None or b is None or not (math.isfinite(a) and math.isfinite(b)):
+            continue
+        num, den = (b, a) if last_over_first else (a, b)
+        if den > 0:
+            ratios.append(num / den)
+    return (statistics.median(ratios), ratios[0], len(ratios)) if ratios else None
+
+
+def _layer_medians(f: Findings, metric: str, *, last_half: bool = False, first_half: bool = False) -> dict[str, float]:
+    out = {}
+    for layer in f.records.layers(metric):
+        values = f.records.series(metric, layer)[1]
+        if last_half:
+            values = values[len(values) // 2 :]
+        if first_half:
+            values = values[: (len(values) + 1) // 2]
+        med = _median(values)
+        if med is not None:
+            out[layer] = med
+    return out
+
+
+def _layers_below(f: Findings, metric: str, ratio: float) -> list[str]:
+    med = _layer_medians(f, metric)
+    last = f.layers_of(WEIGHT)[-1].name
+    return [info.name for info in f.layers_of(WEIGHT) if info.name in med and med[info.name] < ratio * med.get(last, 0)]
+
+
+def _layers_beyond(f: Findings, metric: str, ratio: float) -> list[str]:
+    med = _layer_medians(f, metric)
+    last = f.layers_of(WEIGHT)[-1].name
+    return [info.name for info in f.layers_of(WEIGHT) if info.name in med and med[info.name] > ratio * med.get(last, 0)]
+
+
+def _layers_vs_first(f: Findings, metric: str, beyond: Callable[[float], bool]) -> list[str]:
+    """The Linear/Conv layers whose median ``metric`` relative to the first layer's satisfies ``beyond``."""
+    med = _layer_medians(f, metric)
+    weights = [info.name for info in f.layers_of(WEIGHT) if info.name in med]
+    if not weights or not med[weights[0]] > 0:
+        return []
+    return [name for name in weights if beyond(med[name] / med[weights[0]])]
+
+
+def _loss_spikes(f: Findings) -> list[tuple[int, float]]:
+    steps, losses = f.records.series(LOSS, MODEL)
+    if len(losses) < 5 or not math.isfinite(losses[0]):
+        return []
+    spikes = []
+    for i in range(5, len(losses)):
+        before = _median(losses[max(0, i - LOSS_WINDOW) : i])
+        if before and math.isfinite(losses[i]) and losses[i] > LOSS_SPIKE * before and losses[i] > losses[0]:
+            spikes.append((steps[i], losses[i] / before))
+    return spikes
+
+
+def _signal_fix(s: Mapping[str, Any], residual: bool = True) -> dict[str, Any]:
+    """Init matched to the activation and batch norm; residual connections once both are in place."""
+    good = GOOD_INITS.get(s.get("model.activation", "relu"), GOOD_INITS["relu"])
+    fix: dict[str, Any] = {}
+    if s.get("init.scheme") not in good:
+        fix["init.scheme"] = good[0]
+    if s.get("model.norm", "none") == "none":
+        fix["model.norm"] = "batch"
+    if residual and not fix and not s.get("model.residual"):
+        fix["model.residual"] = True
+    return fix
+
+
+def _lower_lr(s: Mapping[str, Any], factor: float) -> dict[str, Any]:
+    lr = s.get("optim.lr")
+    return {"optim.lr": float(f"{lr / factor:.3g}")} if isinstance(lr, int | float) else {}

@@ -1,0 +1,602 @@
+"""Checkpoints: the complete training state, written atomically, verified before it is read, never pickled.
+
+A checkpoint is a folder in ``<run>/checkpoints/`` (``<run>/checkpoints/member<k>/`` for ensemble members)::
+
+    epoch0003/                  after epoch 3 (``epoch0003-batch00017/``: 17 batches into epoch 4)
+        tensors.safetensors     every tensor: model, optimizer, callbacks (EMA, SWA, best weights), RNG states
+        meta.json               everything else (position, history, versions, config hash), tensors by name
+        MANIFEST.json           format, size and sha256 of the two files above, written last
+    best-epoch0002/             the same, for the epoch with the best monitored metric
+
+It holds the model, the optimizer, every trick callback's ``state_dict()`` (LR schedule, early stopping,
+EMA, SWA), the python/numpy/torch/CUDA RNG states, the data-order generator (as it was at the start of the
+running epoch for a checkpoint taken mid-epoch), the position (epoch, batches done, optimizer steps), the
+history so far, the config hash and the library versions: enough for a resumed run to end with weights
+bit-identical to an uninterrupted one on CPU.
+
+Writing: a hidden ``.tmp-*`` folder beside the target, each file flushed and fsynced, then ``os.replace``
+into place and the parent folder fsynced; checkpoints beyond ``keep_last`` are renamed away and deleted only
+after the new one is in place. A crash, SIGKILL or full disk during a save leaves the earlier checkpoints
+loadable. Reading: the manifest's sizes and sha256 are checked before anything is parsed, and safetensors
+and JSON hold data only, so a checkpoint can never run code. There is no pickle anywhere.
+
+Example::
+
+    saver = Checkpointer(run_dir / "checkpoints", callbacks=tricks, generator=g, every=1, keep_last=2)
+    fit(model, train, val, callbacks=[*tricks, saver], generator=g)
+    path, ckpt, notes = latest_checkpoint(run_dir / "checkpoints")   # later: resume
+    state = FitState(model=model, optimizer=opt, epochs=10, device=device)
+    saver.restore(ckpt, state); fit(model, train, val, callbacks=[*tricks, saver], generator=g, state=state)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import random
+import re
+import secrets
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import safetensors.torch
+import torch
+from torch import nn
+
+from tricklab import __version__
+from tricklab.errors import ConfigError, TrickLabError
+from tricklab.events import Callback, EpochTotals, FitState
+
+FORMAT = "tricklab-checkpoint/1"
+TENSORS, META, MANIFEST = "tensors.safetensors", "meta.json", "MANIFEST.json"
+_NAME = re.compile(r"^(best-)?epoch(\d{4,})(?:-batch(\d{5,}))?$")
+_TEMP_PREFIXES = (".tmp-", ".trash-")
+
+
+class CheckpointError(TrickLabError):
+    """A checkpoint cannot be written, is missing, corrupt, or does not fit the model or the config."""
+
+
+class Interrupted(TrickLabError):
+    """Training stopped on SIGINT/SIGTERM after writing a checkpoint; exit code 128 + signal (130, 143)."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+# ------------------------------------------------------------------------------ tensors + JSON, no pickle
+
+
+def flatten(tree: Any) -> tuple[Any, dict[str, torch.Tensor]]:
+    """Split a nested state (dicts, lists, tuples, numbers, strings, tensors) into JSON and named tensors.
+
+    Tensors become ``{"$tensor": name}``; tuples ``{"$tuple": [...]}``; dicts whose keys are not all strings
+    (optimizer state is keyed by int) ``{"$items": [[k, v], ...]}``; NaN/Inf ``{"$float": "inf"}``; numpy
+    arrays ``{"$ndarray": ...}``. Anything else is refused: nothing is ever pickled.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+
+    def enc(x: Any, path: str) -> Any:
+        if isinstance(x, torch.Tensor):
+            name = path if path not in tensors else f"{path}#{len(tensors)}"
+            tensors[name] = x.detach().to("cpu", copy=True).contiguous()
+            return {"$tensor": name}
+        if x is None or isinstance(x, bool | int | str):
+            return x
+        if isinstance(x, float):
+            return x if math.isfinite(x) else {"$float": repr(x)}
+        if isinstance(x, np.generic):
+            return enc(x.item(), path)
+        if isinstance(x, np.ndarray):
+            return {"$ndarray": {"dtype": str(x.dtype), "shape": list(x.shape), "data": x.ravel().tolist()}}
+        if isinstance(x, tuple):
+            return {"$tuple": [enc(v, f"{path}/{i}") for i, v in enumerate(x)]}
+        if isinstance(x, list):
+            return [enc(v, f"{path}/{i}") for i, v in enumerate(x)]
+        if isinstance(x, dict):
+            if all(isinstance(k, str) and not k.startswith("$") for k in x):
+                return {k: enc(v, f"{path}/{k}") for k, v in x.items()}
+            return {"$items": [[enc(k, f"{path}/key"), enc(v, f"{path}/{k}")] for k, v in x.items()]}
+        raise CheckpointError(f"cannot checkpoint {path!r}: a {type(x).__name__} is neither a tensor nor plain data")
+
+    return enc(tree, ""), tensors
+
+
+def unflatten(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """The inverse of :func:`flatten`."""
+    if isinstance(skeleton, list):
+        return [unflatten(v, tensors) for v in skeleton]
+    if not isinstance(skeleton, dict):
+        return skeleton
+    if len(skeleton) == 1:
+        ((tag, value),) = skeleton.items()
+        if tag == "$tensor":
+            if value not in tensors:
+                raise CheckpointError(f"checkpoint refers to a tensor {value!r} it does not hold")
+            return tensors[value]
+        if tag == "$tuple":
+            return tuple(unflatten(v, tensors) for v in value)
+        if tag == "$items":
+            return {unflatten(k, tensors): unflatten(v, tensors) for k, v in value}
+        if tag == "$float":
+            return float(value)
+        if tag == "$ndarray":
+            return np.array(value["data"], dtype=np.dtype(value["dtype"])).reshape(value["shape"])
+    return {k: unflatten(v, tensors) for k, v in skeleton.items()}
+
+
+# ------------------------------------------------------------------------------------- atomic folders
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # not possible on some platforms; the files themselves are synced
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _remove(path: Path) -> None:
+    """Rename ``path`` to a hidden trash name (atomic: it stops counting as a checkpoint), then delete it."""
+    trash = path.parent / f".trash-{path.name}-{secrets.token_hex(4)}"
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _install(tmp: Path, path: Path) -> None:
+    if path.exists():  # e.g. a corrupt checkpoint of the same position, left by an earlier crash
+        _remove(path)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_checkpoint(path: Path, tree: dict[str, Any], *, like: Path | None = None) -> Path:
+    """Write ``tree`` atomically as checkpoint folder ``path`` (or hard-link the files of checkpoint ``like``).
+
+    Raises :class:`CheckpointError` naming ``path`` if the disk is full or not writable; the checkpoints
+    already there stay as they were.
+    """
+    path = Path(path)
+    tmp = path.parent / f".tmp-{path.name}-{secrets.token_hex(4)}"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+        if like is not None:
+            for name in (TENSORS, META, MANIFEST):
+                try:
+                    os.link(like / name, tmp / name)
+                except OSError:
+                    shutil.copyfile(like / name, tmp / name)
+        else:
+            skeleton, tensors = flatten(tree)
+            blobs = {TENSORS: safetensors.torch.save(tensors), META: json.dumps(skeleton, allow_nan=False).encode()}
+            files = {name: {"bytes": len(b), "sha256": _sha256(b)} for name, b in blobs.items()}
+            for name, data in blobs.items():
+                _write_synced(tmp / name, data)
+            _write_synced(tmp / MANIFEST, json.dumps({"format": FORMAT, "files": files}, indent=1).encode())
+        _fsync_dir(tmp)
+        _install(tmp, path)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(
+            f"cannot write checkpoint {str(path)!r}: {e.strerror or e}; the earlier checkpoints are intact"
+        ) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def _verified_blobs(path: Path) -> dict[str, bytes]:
+    """The checkpoint's files, after checking sizes and sha256 against its manifest (nothing parsed before)."""
+    try:
+        manifest = json.loads((path / MANIFEST).read_bytes())
+        files = manifest["files"]
+        if manifest.get("format") != FORMAT or set(files) != {TENSORS, META}:
+            raise ValueError(f"not a {FORMAT} manifest")
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {str(path)!r} is incomplete: no {MANIFEST}") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"checkpoint {str(path)!r} has an unreadable {MANIFEST} ({e})") from None
+    blobs = {}
+    for name, want in files.items():
+        try:
+            data = (path / name).read_bytes()
+        except OSError as e:
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} is incomplete: cannot read {name} ({e.strerror})"
+            ) from None
+        if len(data) != want.get("bytes") or _sha256(data) != want.get("sha256"):
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} is corrupt: {name} does not match the sha256 in its {MANIFEST} "
+                f"({len(data)} bytes, expected {want.get('bytes')}); truncated or modified"
+            )
+        blobs[name] = data
+    return blobs
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """Verify checkpoint folder ``path`` against its manifest, then read it (safetensors + JSON only)."""
+    path = Path(path)
+    blobs = _verified_blobs(path)
+    try:
+        tensors = safetensors.torch.load(blobs[TENSORS])
+        skeleton = json.loads(blobs[META])
+    except Exception as e:  # safetensors raises its own error type for a malformed header
+        raise CheckpointError(f"checkpoint {str(path)!r} cannot be parsed ({type(e).__name__}: {e})") from None
+    tree = unflatten(skeleton, tensors)
+    if not isinstance(tree, dict) or tree.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {str(path)!r} is not a {FORMAT} checkpoint")
+    return tree
+
+
+def _position(path: Path) -> tuple[int, int, bool]:
+    m = _NAME.match(path.name)
+    assert m is not None
+    return int(m.group(2)), int(m.group(3) or 0), m.group(1) is None
+
+
+def list_checkpoints(folder: Path) -> list[Path]:
+    """The checkpoint folders in ``folder``, oldest position first (best-* before a regular one of the same)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted((p for p in folder.iterdir() if p.is_dir() and _NAME.match(p.name)), key=_position)
+
+
+def latest_checkpoint(folder: Path) -> tuple[Path, dict[str, Any], list[str]] | None:
+    """The newest checkpoint in ``folder`` that verifies and parses, and notes on newer ones that did not.
+
+    None if ``folder`` holds no checkpoint; :class:`CheckpointError` listing each problem if none is valid.
+    """
+    problems: list[str] = []
+    for path in reversed(list_checkpoints(folder)):
+        try:
+            tree = read_checkpoint(path)
+        except CheckpointError as e:
+            problems.append(str(e))
+            continue
+        notes = [f"{p}; skipped it, using the previous checkpoint" for p in problems]
+        return path, tree, notes
+    if problems:
+        raise CheckpointError(f"no valid checkpoint in {str(folder)!r}: " + " | ".join(problems))
+    return None
+
+
+def load_model_weights(model: nn.Module, path: str | Path) -> None:
+    """Load a ``model.safetensors`` file into ``model``: safetensors only, keys and shapes checked first."""
+    path = Path(path)
+    try:
+        weights = safetensors.torch.load(path.read_bytes())
+    except OSError as e:
+        raise CheckpointError(f"cannot read model weights {str(path)!r}: {e.strerror or e}") from None
+    except Exception as e:
+        raise CheckpointError(f"{str(path)!r} is not a safetensors file ({type(e).__name__}: {e})") from None
+    check_weights(model, weights, str(path))
+    model.load_state_dict(weights)
+
+
+def _listed(keys: Sequence[str], limit: int = 8) -> str:
+    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def check_weights(model: nn.Module, weights: dict[str, torch.Tensor], what: str) -> None:
+    """Refuse ``weights`` of a different model, listing mismatched keys; ``model`` is left untouched."""
+    own = model.state_dict()
+    missing = sorted(own.keys() - weights.keys())
+    unexpected = sorted(weights.keys() - own.keys())
+    shapes = sorted(
+        f"{k} {tuple(weights[k].shape)} != {tuple(own[k].shape)}"
+        for k in own.keys() & weights.keys()
+        if tuple(weights[k].shape) != tuple(own[k].shape)
+    )
+    parts = [
+        f"{label}: {_listed(keys)}"
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape", shapes))
+        if keys
+    ]
+    if parts:
+        raise CheckpointError(f"{what} holds the weights of a different model ({'; '.join(parts)})")
+
+
+# ------------------------------------------------------------------------------------------- RNG states
+
+
+def rng_state(data_order: torch.Tensor | None) -> dict[str, Any]:
+    """Python, numpy, torch (CPU and every CUDA device) RNG states, and the data-order generator's."""
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(legacy=False),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "data_order": data_order,
+    }
+
+
+def set_rng_state(rng: dict[str, Any], generator: torch.Generator | None) -> list[str]:
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    torch.set_rng_state(rng["torch"])
+    notes = []
+    if rng["cuda"]:
+        if torch.cuda.is_available() and torch.cuda.device_count() == len(rng["cuda"]):
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        else:
+            notes.append(f"the checkpoint has {len(rng['cuda'])} CUDA RNG states; this machine cannot restore them")
+    if generator is not None and rng["data_order"] is not None:
+        generator.set_state(rng["data_order"])
+    return notes
+
+
+def versions() -> dict[str, str]:
+    return {"tricklab": __version__, "torch": torch.__version__, "python": platform.python_version()}
+
+
+# ------------------------------------------------------------------------------------- stop on signals
+
+
+class StopSignals:
+    """While active, SIGINT/SIGTERM ask training to stop at the next step boundary (see :class:`Checkpointer`).
+
+    The first signal only sets :attr:`signum`; a second one exits at once with 128 + signal. That is safe:
+    every file is written atomically, so an interrupted write leaves only a hidden temporary behind.
+    Installed only in the main thread (elsewhere this does nothing); the previous handlers come back on exit.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
+
+    def _handle(self, signum: int, frame: object) -> None:
+        name = signal.Signals(signum).name
+        if self.signum is not None:
+            os.write(2, f"\n{name} again: exiting now; the checkpoints written so far are intact\n".encode())
+            os._exit(128 + signum)
+        self.signum = signum
+        os.write(2, f"\n{name}: stopping after this step, writing a checkpoint ({name} again exits now)\n".encode())
+
+
+# --------------------------------------------------------------------------------------- the callback
+
+
+class Checkpointer(Callback):
+    """Write checkpoints every ``every`` epochs, at the end, of the best epoch, and on a stop signal.
+
+    Events: ``on_epoch_end`` (runs last, order 1100) writes ``epoch<N>`` when ``N % every == 0``, at the last
+    epoch or when a callback stopped the run, and ``best-epoch<N>`` when ``monitor`` improved (``val_loss``
+    is minimised, anything else maximised); only the last ``keep_last`` regular checkpoints and the newest
+    best are kept. ``on_step_end``: if ``signals`` caught SIGINT/SIGTERM, writes ``epoch<N-1>-batch<B>``
+    and raises :class:`Interrupted`. ``on_epoch_start`` remembers the data-order ``generator`` state, so a
+    mid-epoch checkpoint replays the same batch order. ``callbacks``: the tricks whose ``state_dict()`` is
+    saved. :meth:`restore` puts a checkpoint back into a :class:`FitState` for ``fit(state=...)``.
+    """
+
+    order = 1100
+
+    def __init__(
+        self,
+        folder: str | Path,
+        *,
+        callbacks: Sequence[Callback] = (),
+        generator: torch.Generator | None = None,
+        every: int = 1,
+        keep_last: int = 2,
+        monitor: str = "val_acc",
+        config_hash: str | None = None,
+        signals: StopSignals | None = None,
+        resume_hint: str = "",
+    ):
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ConfigError("checkpoint.every", every, "must be an integer >= 1")
+        if isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1:
+            raise ConfigError("checkpoint.keep_last", keep_last, "must be an integer >= 1")
+        self.folder, self.callbacks, self.generator = Path(folder), list(callbacks), generator
+        self.every, self.keep_last, self.monitor = every, keep_last, monitor
+        self.config_hash, self.signals, self.resume_hint = config_hash, signals, resume_hint
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+        self._epoch_order: torch.Tensor | None = None  # data-order generator state at the running epoch's start
+        self._param_groups: list[dict[str, Any]] | None = None  # restored optimizer hyper-parameters
+
+    # events
+
+    def on_fit_start(self, state: FitState) -> None:
+        if self._param_groups is not None:  # callbacks that rebuilt schedulers may have reset LR or betas
+            for group, saved in zip(state.optimizer.param_groups, self._param_groups, strict=True):
+                group.update({k: v for k, v in saved.items() if k != "params"})
+            self._param_groups = None
+        if self.folder.is_dir():  # leftovers of a save that a crash or a second signal cut short
+            for p in self.folder.iterdir():
+                if p.name.startswith(_TEMP_PREFIXES):
+                    shutil.rmtree(p, ignore_errors=True)
+
+    def on_epoch_start(self, state: FitState) -> None:
+        if self.generator is not None:
+            self._epoch_order = self.generator.get_state()
+
+    def on_step_end(self, state: FitState) -> None:
+        if self.signals is not None and self.signals.signum is not None:
+            self._interrupt(state, self.save(state))
+
+    def on_epoch_end(self, state: FitState) -> None:
+        improved = self._improved(state)
+        signaled = self.signals is not None and self.signals.signum is not None
+        saved = None
+        if state.epoch % self.every == 0 or state.epoch >= state.epochs or state.stop or signaled:
+            saved = self.save(state)
+        if improved:
+            self.save(state, best=True, like=saved)
+        if signaled:
+            self._interrupt(state, saved)
+
+    # saving
+
+    def _improved(self, state: FitState) -> bool:
+        value = state.metrics.get(self.monitor)
+        if value is None or not math.isfinite(value):
+            return False
+        if self.best is not None and not (value < self.best if self.monitor.endswith("loss") else value > self.best):
+            return False
+        self.best, self.best_epoch = float(value), state.epoch
+        return True
+
+    def snapshot(self, state: FitState) -> dict[str, Any]:
+        """The complete state as a tree of plain data and tensors."""
+        mid = state.batches_done > 0
+        t = state.totals
+        totals = None
+        if mid and t is not None:
+            elapsed = time.perf_counter() - t.started
+            totals = {"lr": t.lr, "loss_sum": t.loss_sum, "correct": t.correct, "seen": t.seen, "elapsed_s": elapsed}
+        order = self._epoch_order if mid else self.generator.get_state() if self.generator is not None else None
+        return {
+            "format": FORMAT,
+            "versions": versions(),
+            "config_hash": self.config_hash,
+            "position": {"epoch": state.epoch, "batches_done": state.batches_done, "step": state.step},
+            "fit": {
+                "history": state.history,
+                "stop": state.stop,
+                "stop_reason": state.stop_reason,
+                "nonfinite_skipped": state.nonfinite_skipped,
+                "totals": totals,
+            },
+            "model": state.model.state_dict(),
+            "optimizer": state.optimizer.state_dict(),
+            "callbacks": {self._key(i, cb): cb.state_dict() for i, cb in enumerate(self.callbacks)},
+            "checkpointer": {"best": self.best, "best_epoch": self.best_epoch},
+            "rng": rng_state(order),
+        }
+
+    def save(self, state: FitState, *, best: bool = False, like: Path | None = None) -> Path:
+        """Write the state now (``best``: as ``best-epoch<N>``, hard-linking ``like`` if given); prune old ones."""
+        if state.batches_done > 0:
+            name = f"epoch{state.epoch - 1:04d}-batch{state.batches_done:05d}"
+        else:
+            name = f"epoch{state.epoch:04d}"
+        name = f"best-{name}" if best else name
+        path = write_checkpoint(self.folder / name, {} if like else self.snapshot(state), like=like)
+        self._prune(best)
+        return path
+
+    def _prune(self, best: bool) -> None:
+        kind = [p for p in list_checkpoints(self.folder) if p.name.startswith("best-") == best]
+        for old in kind[: -1 if best else -self.keep_last]:
+            _remove(old)
+
+    def _interrupt(self, state: FitState, path: Path | None) -> None:
+        assert self.signals is not None and self.signals.signum is not None
+        name = signal.Signals(self.signals.signum).name
+        batch = state.batches_done or state.steps_per_epoch
+        where = f"batch {batch} of epoch {state.epoch} (step {state.step})"
+        hint = f"; continue with: {self.resume_hint}" if self.resume_hint else ""
+        raise Interrupted(f"stopped by {name} after {where}; checkpoint {str(path)!r}{hint}", self.signals.signum)
+
+    @staticmethod
+    def _key(i: int, cb: Callback) -> str:
+        return f"{i}:{type(cb).__name__}"
+
+    # restoring
+
+    def resume_latest(self, state: FitState) -> tuple[Path, list[str]] | None:
+        """Restore the newest valid checkpoint of :attr:`folder` into ``state``; None if there is none.
+
+        Newer checkpoints that failed verification are removed (noted), so that they can neither shadow the
+        ones written from here on nor survive pruning in their place.
+        """
+        found = latest_checkpoint(self.folder)
+        if found is None:
+            return None
+        path, ckpt, notes = found
+        notes += self.restore(ckpt, state)
+        for newer in list_checkpoints(self.folder):
+            if _position(newer)[:2] > _position(path)[:2]:
+                _remove(newer)
+        return path, notes
+
+    def restore(self, ckpt: dict[str, Any], state: FitState) -> list[str]:
+        """Put checkpoint ``ckpt`` into ``state`` (its model, optimizer), the callbacks, RNGs and generator.
+
+        Everything is checked before anything changes: a checkpoint of another model, another config or
+        another set of callbacks is refused with :class:`CheckpointError` and the model is left untouched.
+        Returns notes for the user (e.g. different library versions).
+        """
+        notes = []
+        if self.config_hash and ckpt.get("config_hash") != self.config_hash:
+            raise CheckpointError(
+                f"checkpoint was written with config hash {ckpt.get('config_hash')}, this config has "
+                f"{self.config_hash}; resume with the config stored in the run directory"
+            )
+        check_weights(state.model, ckpt["model"], "checkpoint")
+        saved_groups = ckpt["optimizer"]["param_groups"]
+        own_groups = state.optimizer.param_groups
+        if [len(g["params"]) for g in saved_groups] != [len(g["params"]) for g in own_groups]:
+            raise CheckpointError("checkpoint holds the state of a different optimizer (parameter groups differ)")
+        keys = [self._key(i, cb) for i, cb in enumerate(self.callbacks)]
+        if list(ckpt["callbacks"]) != keys:
+            raise CheckpointError(
+                f"checkpoint holds callbacks {list(ckpt['callbacks'])}, this run has {keys}; "
+                "resume with the config stored in the run directory"
+            )
+        if ckpt["versions"] != versions():
+            notes.append(f"checkpoint written with {ckpt['versions']}, resuming with {versions()}")
+
+        state.model.load_state_dict(ckpt["model"])
+        state.optimizer.load_state_dict(ckpt["optimizer"])
+        self._param_groups = saved_groups
+        for cb, saved in zip(self.callbacks, ckpt["callbacks"].values(), strict=True):
+            cb.load_state_dict(saved)
+        pos, fit = ckpt["position"], ckpt["fit"]
+        state.epoch, state.batches_done, state.step = pos["epoch"], pos["batches_done"], pos["step"]
+        state.history, state.stop, state.stop_reason = fit["history"], fit["stop"], fit["stop_reason"]
+        state.nonfinite_skipped = fit["nonfinite_skipped"]
+        if (t := fit["totals"]) is not None:
+            state.totals = EpochTotals(
+                t["lr"],
+                t["loss_sum"].to(state.device),
+                t["correct"].to(state.device),
+                t["seen"],
+                time.perf_counter() - t["elapsed_s"],
+            )
+        self.best, self.best_epoch = ckpt["checkpointer"]["best"], ckpt["checkpointer"]["best_epoch"]
+        self._epoch_order = ckpt["rng"]["data_order"]
+        return notes + set_rng_state(ckpt["rng"], self.generator)
