@@ -177,3 +177,14 @@ def test_bad_lab_input_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, arg
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err and "Traceback" not in err
     assert not Path("labs").exists()
+
+
+def test_a_diverging_variant_is_a_result_not_a_failure(tmp_path, capsys):
+    extra = "  diverges: {optim.name: sgd, optim.lr: 1.0e+30, data.scale: none}"
+    out = tmp_path / "lab"
+    assert main(["lab", "--config", str(write_study(tmp_path, seeds=2, extra=extra)), "--out", str(out)]) == 0
+    got = {(r[0], r[1]): (r[2], json.loads(r[3])) for r in rows(out / "results.sqlite")}
+    status, metrics = got[("diverges", 0)]
+    assert status == "done" and metrics["diverged"] is True
+    assert "non-finite" in metrics["stop_reason"] and 0 <= metrics["test_acc"] <= 1
+    assert "<td>2 (2 diverged)</td>" in (out / "report.html").read_text()

@@ -35,6 +35,7 @@ class VariantStats:
     values: dict[str, dict[int, float]]  # metric → {seed: value}
     intervals: dict[str, Interval]
     reached_target: int  # runs that reached the target validation accuracy
+    diverged: list[int] = field(default_factory=list)  # seeds whose training stopped on NaN/Inf
     comparison: Paired | None = None  # test accuracy vs baseline on common seeds
     verdict: str = ""
     curves: dict[int, list[float]] = field(default_factory=dict)  # seed → val_acc per epoch
@@ -89,6 +90,7 @@ def analyse(study: str, dataset: str, spec: dict[str, Any], rows: list[RunRow]) 
                 intervals=intervals,
                 reached_target=len(values[EPOCHS_TO_TARGET]),
                 curves=curves,
+                diverged=sorted(r.seed for r in done if r.metrics.get("diverged") or r.metrics.get("diverged_members")),
             )
         )
     stats = StudyStats(

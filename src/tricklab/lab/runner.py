@@ -37,7 +37,7 @@ def execute(config: dict[str, Any]) -> tuple[dict, list]:
     from tricklab.config import validate
     from tricklab.train.run import run
 
-    result = run(validate(config), write=False)
+    result = run(validate(config), write=False, record_divergence=True)
     return result.metrics, result.history
 
 

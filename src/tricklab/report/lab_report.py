@@ -63,7 +63,8 @@ COLUMNS = (
 def table_rows(s: StudyStats) -> list[list[str]]:
     rows = []
     for v in s.variants:
-        seeds = f"{len(v.seeds)}" + (f" ({len(v.failed)} failed)" if v.failed else "")
+        seeds = f"{len(v.seeds)}" + (f" ({len(v.diverged)} diverged)" if v.diverged else "")
+        seeds += f" ({len(v.failed)} failed)" if v.failed else ""
         reached = v.intervals[EPOCHS_TO_TARGET]
         ett = _num(reached) + (f" ({v.reached_target}/{len(v.seeds)})" if len(v.seeds) else "")
         rows.append(

@@ -34,7 +34,7 @@ from tricklab.errors import TrickLabError
 from tricklab.events import Callback, FitState
 from tricklab.models import build_model
 from tricklab.train.checkpoint import Checkpointer, CheckpointError, StopSignals, latest_checkpoint, list_checkpoints
-from tricklab.train.loop import evaluate, fit
+from tricklab.train.loop import NonFiniteError, evaluate, fit
 from tricklab.train.seed import resolve_device, seed_everything, set_threads
 from tricklab.train.setup import build_callbacks, build_optimizer, initialize
 from tricklab.tricks.averaging import evaluate_ensemble
@@ -210,6 +210,7 @@ def run(
     callbacks: list[Callback] = (),
     write: bool = True,
     resume: bool = False,
+    record_divergence: bool = False,
 ) -> RunResult:
     """Train ``cfg`` end to end; with ``write``, into run directory ``out`` (default: a new folder under runs/).
 
@@ -217,6 +218,9 @@ def run(
     metrics are those of their averaged predicted probabilities, and each member's are listed too.
     ``resume``: ``out`` is an existing run directory whose config is ``cfg`` (see :func:`stored_config`);
     each member continues from its newest valid checkpoint, or starts afresh if it has none.
+    ``record_divergence``: a NaN/Inf that stops training (``train.nonfinite``) is a result, not an error: the
+    model as it was before the bad update is evaluated and the metrics say ``diverged`` (the lab uses this, since
+    "this setup diverges" is what some studies show).
     A bad-input error (exit code 2) raised before the first checkpoint leaves no run directory behind.
     """
     run_dir = Path(out) if out is not None else default_run_dir(cfg) if write else None
@@ -227,7 +231,7 @@ def run(
     fresh = run_dir is not None and not resume
     created = _first_missing(run_dir) if fresh else None
     try:
-        return _run(cfg, run_dir, list(callbacks), resume)
+        return _run(cfg, run_dir, list(callbacks), resume, record_divergence)
     except TrickLabError as e:
         bad_input = e.exit_code == 2 and not isinstance(e, CheckpointError)  # not a full disk
         if bad_input and fresh and run_dir.exists() and not run_checkpoints(run_dir):
@@ -270,7 +274,9 @@ def _checkpointer(
     )
 
 
-def _run(cfg: Config, run_dir: Path | None, extra: list[Callback], resume: bool) -> RunResult:
+def _run(
+    cfg: Config, run_dir: Path | None, extra: list[Callback], resume: bool, record_divergence: bool = False
+) -> RunResult:
     set_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
     splits = load_data(cfg)
@@ -300,23 +306,34 @@ def _run(cfg: Config, run_dir: Path | None, extra: list[Callback], resume: bool)
                     model.to(device)  # before the optimizer state is loaded next to the parameters
                     state = FitState(model=model, optimizer=optimizer, epochs=cfg.train.epochs, device=device)
                     state = _resume_member(saver, state, run_dir / "history.jsonl", history, member)
-            state = fit(
-                model,
-                splits.train,
-                splits.val,
-                epochs=cfg.train.epochs,
-                optimizer=optimizer,
-                callbacks=cbs,
-                device=device,
-                batch_size=cfg.data.batch_size,
-                generator=generator,
-                state=state,
-                nonfinite=cfg.train.nonfinite,
-                nonfinite_limit=cfg.train.nonfinite_limit,
-            )
+            if state is None and record_divergence:
+                state = FitState(model=model, optimizer=optimizer, epochs=cfg.train.epochs, device=device)
+            diverged = None
+            try:
+                state = fit(
+                    model,
+                    splits.train,
+                    splits.val,
+                    epochs=cfg.train.epochs,
+                    optimizer=optimizer,
+                    callbacks=cbs,
+                    device=device,
+                    batch_size=cfg.data.batch_size,
+                    generator=generator,
+                    state=state,
+                    nonfinite=cfg.train.nonfinite,
+                    nonfinite_limit=cfg.train.nonfinite_limit,
+                )
+            except NonFiniteError as e:
+                if not record_divergence:
+                    raise
+                diverged = str(e)
+                state.stop_reason = f"diverged: {e}"
             final = state.eval_model or model
             test = evaluate(final, splits.test, device=device)
             members.append({"test_loss": test["loss"], "test_acc": test["acc"], **_member_summary(state, tricks)})
+            if diverged is not None:
+                members[-1].update(diverged=True, epochs_run=state.epoch)
             history += [dict(r, member=k) if k_members > 1 else r for r in state.history]
             finals.append(final)
     metrics: dict[str, Any] = dict(members[0])
@@ -331,6 +348,8 @@ def _run(cfg: Config, run_dir: Path | None, extra: list[Callback], resume: bool)
             "epochs_run": sum(m["epochs_run"] for m in members),
             "members": members,
         }
+    if k_members > 1 and any(m.get("diverged") for m in members):
+        metrics["diverged_members"] = sum(1 for m in members if m.get("diverged"))
     metrics.update(wall_time_s=time.perf_counter() - start, config_hash=cfg.hash())
     if run_dir is not None:
         atomic_write(run_dir / "metrics.json", (json.dumps(metrics, indent=2) + "\n").encode())
