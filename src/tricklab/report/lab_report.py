@@ -16,6 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from tricklab.lab.analysis import BEST_VAL_ACC, EPOCHS_TO_TARGET, TEST_ACC, WALL_TIME, StudyStats, analyse  # noqa: E402
@@ -106,6 +107,7 @@ def plot_curves(s: StudyStats, path: Path) -> Path:
         if len(curves) > 1:
             ax.fill_between(x, arr.min(0), arr.max(0), alpha=0.2, color=line.get_color())
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("validation accuracy (%)")
     ax.set_title(f"{s.study} on {s.dataset}: validation accuracy (band: min–max over seeds)")
     ax.grid(alpha=0.3)
