@@ -75,3 +75,11 @@ def test_identical_shift_on_every_seed_is_not_given_a_p_value():
     c = paired({0: 0.91, 1: 0.92}, {0: 0.90, 1: 0.91})
     assert math.isnan(c.p) and not c.significant
     assert "every one of 2 seeds" in verdict("x", c)
+
+
+def test_float_rounding_of_the_same_shift_is_no_spread():
+    # 0.3 − 0.1 and 0.2 − 0.0 are the same shift, but as floats they differ in the last bit
+    assert 0.3 - 0.1 != 0.2 - 0.0
+    c = paired({0: 0.3, 1: 0.2}, {0: 0.1, 1: 0.0})
+    assert math.isnan(c.p) and not c.significant
+    assert "every one of 2 seeds" in verdict("x", c)

@@ -20,6 +20,7 @@ from scipy import stats
 
 ALPHA = 0.05
 MIN_SEEDS = 3  # below this a t interval is too wide to mean much: verdicts say so
+SAME = 1e-12  # differences closer than this are float rounding of the same count of correct examples
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ def paired(variant: dict[int, float], baseline: dict[int, float]) -> Paired:
     diff = mean_ci(list(a - b))
     if len(seeds) < 2:
         p = math.nan
-    elif np.ptp(a - b) == 0:
+    elif np.ptp(a - b) <= SAME:
         p = math.nan  # every seed moved by exactly the same amount: no spread, no t-test
     else:
         p = float(stats.ttest_rel(a, b).pvalue)
@@ -110,7 +111,7 @@ def verdict(
     mean = d.mean * scale
     if n < 2:
         return f"{name}: {mean:+.2f} {unit} {metric} vs {baseline} from 1 seed; too few seeds for a test"
-    if d.sd == 0:
+    if d.sd <= SAME:
         return f"{name}: {mean:+.2f} {unit} {metric} on every one of {n} seeds (no spread between seeds, so no t-test)"
     ci = f"[{d.lo * scale:+.2f}, {d.hi * scale:+.2f}]"
     weak = f"; weak: only {n} seeds" if n < MIN_SEEDS else ""
