@@ -54,7 +54,7 @@ def test_default_folders_same_seed_same_curve_and_the_config_optimizer_is_used(w
     assert lr_find("--steps", "20") == 0
     assert lr_find("--steps", "20", "--out", "sgd", "--set", "optim.name=sgd") == 0
     folders = sorted((workdir / "runs").iterdir())
-    assert len(folders) == 2 and all(f.name.startswith("lr-find-") for f in folders)
+    assert len(folders) == 2 and all("-lr-find" in f.name for f in folders)
     a, b, c = (json.loads((d / "lr_find.json").read_text()) for d in [*folders, workdir / "sgd"])
     assert a["losses"] == b["losses"] and a["suggestion"] == b["suggestion"]
     assert a["optimizer"] == "adam" and c["optimizer"] == "sgd" and c["losses"] != a["losses"]

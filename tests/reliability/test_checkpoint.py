@@ -105,7 +105,7 @@ def test_damage_is_detected_by_checksum_before_anything_is_parsed(name, damage, 
     def must_not_parse(*a, **k):
         raise AssertionError("parsed a checkpoint that failed its checksum")
 
-    monkeypatch.setattr(ck.safetensors.torch, "load", must_not_parse)
+    monkeypatch.setattr(ck, "load_safetensors_bytes", must_not_parse)
     with pytest.raises(CheckpointError, match=r"epoch0001.*(corrupt|incomplete)"):
         read_checkpoint(path)
 

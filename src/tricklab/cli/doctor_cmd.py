@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from datetime import datetime
 from pathlib import Path
 
 from tricklab.cli.common import add_config_args
@@ -36,11 +35,11 @@ def add_parser(sub) -> None:
 def run_cmd(args: argparse.Namespace) -> int:
     from tricklab.config import load_config
     from tricklab.diagnostics.doctor import run_doctor
-    from tricklab.train.run import check_run_dir, prepare
+    from tricklab.train.run import check_run_dir, new_dir_name, prepare
 
     overrides = list(args.overrides) + ([f"diagnostics.steps={args.steps}"] if args.steps is not None else [])
     cfg = load_config(args.config, overrides)
-    out = Path(args.out) if args.out else _default_dir(cfg)
+    out = Path(args.out) if args.out else new_dir_name(f"doctor-{cfg.data.name}-{cfg.model.name}")
     check_run_dir(out)
     prepared = prepare(cfg)  # bad data or model settings fail here, before anything is written
     result = run_doctor(cfg, prepared, recheck=not args.no_recheck)
@@ -57,15 +56,6 @@ def run_cmd(args: argparse.Namespace) -> int:
     print(f"report: {page}")
     return 0 if result.healthy else EXIT_PROBLEMS
 
-
-def _default_dir(cfg, base: Path = Path("runs")) -> Path:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = base / f"{stamp}-doctor-{cfg.data.name}-{cfg.model.name}"
-    i = 1
-    while path.exists():
-        i += 1
-        path = base / f"{stamp}-doctor-{cfg.data.name}-{cfg.model.name}-{i}"
-    return path
 
 
 def print_result(result) -> None:

@@ -3,7 +3,7 @@
 Trains the freshly initialized model for ``--steps`` shuffled training batches while the LR grows
 exponentially from 1e-7 to 10, prints the suggested LR (steepest descent of the smoothed loss), how clear
 the suggestion is and why, and saves ``lr_find.png`` (the curve) and ``lr_find.json`` (the numbers) with the
-resolved ``config.yaml`` into ``--out`` (default: a new folder ``runs/lr-find-<stamp>``). The model's
+resolved ``config.yaml`` into ``--out`` (default: a new folder ``runs/<stamp>-lr-find``). The model's
 weights are not kept: the test restores them. The sweep sets the LR itself, so the config's schedule is not
 used; nor are clipping and L1, which would bend the curve the suggestion is read from.
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from datetime import datetime
 from pathlib import Path
 
 from tricklab.cli.common import add_config_args
@@ -37,13 +36,10 @@ def add_parser(sub) -> None:
 
 
 def default_out_dir(base: Path = Path("runs")) -> Path:
-    """``runs/lr-find-<stamp>``, with ``-2``, ``-3``, ... if that folder exists already."""
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    path, i = base / f"lr-find-{stamp}", 1
-    while path.exists():
-        i += 1
-        path = base / f"lr-find-{stamp}-{i}"
-    return path
+    """``runs/<stamp>-lr-find``, with ``-2``, ``-3``, ... if that folder exists already."""
+    from tricklab.train.run import new_dir_name
+
+    return new_dir_name("lr-find", base)
 
 
 def check_out_dir(path: Path) -> None:

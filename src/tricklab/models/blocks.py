@@ -20,12 +20,14 @@ from tricklab.tricks.dropout import make_dropout
 from tricklab.tricks.norms import NORMS, norm_has_bias
 
 
-def weight_layer(in_f: int, out_f: int, dims: int, bias: bool, kernel_size: int = 3) -> nn.Module:
-    """A Linear layer (``dims`` 0) or a same-padded Conv1d/Conv2d (``dims`` 1 or 2)."""
+def weight_layer(
+    in_f: int, out_f: int, dims: int, bias: bool, kernel_size: int = 3, stride: int = 1
+) -> nn.Module:
+    """A Linear layer (``dims`` 0) or a same-padded Conv1d/Conv2d (``dims`` 1 or 2) of ``stride``."""
     if dims == 0:
         return nn.Linear(in_f, out_f, bias=bias)
     conv = {1: nn.Conv1d, 2: nn.Conv2d}[dims]
-    return conv(in_f, out_f, kernel_size, padding=kernel_size // 2, bias=bias)
+    return conv(in_f, out_f, kernel_size, stride=stride, padding=kernel_size // 2, bias=bias)
 
 
 class Block(nn.Module):

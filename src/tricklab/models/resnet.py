@@ -19,8 +19,7 @@ def conv_norm(
     in_c: int, out_c: int, dims: int, norm: str, *, kernel_size: int = 3, stride: int = 1
 ) -> tuple[nn.Module, nn.Module | None]:
     """A same-padded conv of ``stride`` from :func:`weight_layer`, passed through the norm factory."""
-    layer = weight_layer(in_c, out_c, dims, bias=norm_has_bias(norm), kernel_size=kernel_size)
-    layer.stride = (stride,) * dims  # weight_layer builds stride-1 convs
+    layer = weight_layer(in_c, out_c, dims, bias=norm_has_bias(norm), kernel_size=kernel_size, stride=stride)
     return NORMS.get(norm)(layer, out_c, dims)
 
 

@@ -48,8 +48,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import safetensors.torch
 import torch
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save as save_safetensors_bytes
 from torch import nn
 
 from tricklab import __version__
@@ -195,7 +196,7 @@ def write_checkpoint(path: Path, tree: dict[str, Any], *, like: Path | None = No
                     shutil.copyfile(like / name, tmp / name)
         else:
             skeleton, tensors = flatten(tree)
-            blobs = {TENSORS: safetensors.torch.save(tensors), META: json.dumps(skeleton, allow_nan=False).encode()}
+            blobs = {TENSORS: save_safetensors_bytes(tensors), META: json.dumps(skeleton, allow_nan=False).encode()}
             files = {name: {"bytes": len(b), "sha256": _sha256(b)} for name, b in blobs.items()}
             for name, data in blobs.items():
                 _write_synced(tmp / name, data)
@@ -246,7 +247,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     path = Path(path)
     blobs = _verified_blobs(path)
     try:
-        tensors = safetensors.torch.load(blobs[TENSORS])
+        tensors = load_safetensors_bytes(blobs[TENSORS])
         skeleton = json.loads(blobs[META])
     except Exception as e:  # safetensors raises its own error type for a malformed header
         raise CheckpointError(f"checkpoint {str(path)!r} cannot be parsed ({type(e).__name__}: {e})") from None
@@ -293,7 +294,7 @@ def load_model_weights(model: nn.Module, path: str | Path) -> None:
     """Load a ``model.safetensors`` file into ``model``: safetensors only, keys and shapes checked first."""
     path = Path(path)
     try:
-        weights = safetensors.torch.load(path.read_bytes())
+        weights = load_safetensors_bytes(path.read_bytes())
     except OSError as e:
         raise CheckpointError(f"cannot read model weights {str(path)!r}: {e.strerror or e}") from None
     except Exception as e:

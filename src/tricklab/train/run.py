@@ -66,14 +66,18 @@ class HistoryWriter(Callback):
             os.fsync(f.fileno())
 
 
-def default_run_dir(cfg: Config, base: Path = Path("runs")) -> Path:
+def new_dir_name(label: str, base: Path = Path("runs")) -> Path:
+    """``base/<stamp>-<label>``, with ``-2``, ``-3``, ... if that folder exists already."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = base / f"{stamp}-{cfg.data.name}-{cfg.model.name}"
-    i = 1
+    path, i = base / f"{stamp}-{label}", 1
     while path.exists():
         i += 1
-        path = base / f"{stamp}-{cfg.data.name}-{cfg.model.name}-{i}"
+        path = base / f"{stamp}-{label}-{i}"
     return path
+
+
+def default_run_dir(cfg: Config, base: Path = Path("runs")) -> Path:
+    return new_dir_name(f"{cfg.data.name}-{cfg.model.name}", base)
 
 
 def check_run_dir(path: Path) -> None:
