@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
@@ -10,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tricklab.diagnostics.probes import (
+from tricklab.diagnostics.probes import Probe, ProbeCallback
+from tricklab.diagnostics.records import (
     ACT_HIST,
     ACT_MEAN,
     ACT_STD,
@@ -23,9 +23,6 @@ from tricklab.diagnostics.probes import (
     SATURATED_FRACTION,
     UPDATE_RATIO,
     WEIGHT_GRAD_NORM,
-    Probe,
-    ProbeCallback,
-    Records,
 )
 from tricklab.errors import ConfigError, TrickLabError
 from tricklab.events import Callback, FitState
@@ -130,15 +127,6 @@ def test_callback_records_loss_and_grad_norm_every_step_and_samples_the_rest(bat
 def test_every_must_be_a_positive_integer():
     with pytest.raises(ConfigError, match="diagnostics.every"):
         ProbeCallback(every=0)
-
-
-def test_records_round_trip_through_json(batch):
-    x, y = batch
-    with Probe(mlp(), every=1) as p:
-        F.cross_entropy(p.model(x), y).backward()
-    r = p.findings().records
-    back = Records.from_dict(json.loads(json.dumps(r.to_dict())))
-    assert back.data == r.data
 
 
 # --- the first non-finite value ------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import pytest
 
 from tricklab.config import load_config
 from tricklab.diagnostics.doctor import run_doctor
-from tricklab.diagnostics.probes import (
+from tricklab.diagnostics.records import (
     DEAD_FRACTION,
     INPUT,
     INPUT_RMS,

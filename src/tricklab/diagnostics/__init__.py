@@ -1,12 +1,34 @@
 """Diagnostics: probes that record plain numbers per layer and step, signal propagation at init, and verdicts.
 
-The doctor (:mod:`tricklab.diagnostics.doctor`, ``tricklab doctor``) puts them together; plots and the HTML
-page live in :mod:`tricklab.report.doctor`.
+:mod:`~tricklab.diagnostics.records` holds the metric names and the plain record types, with no hooks;
+:mod:`~tricklab.diagnostics.probes` the hooks that fill them; :mod:`~tricklab.diagnostics.verdicts` reads
+records only. The doctor (:mod:`tricklab.diagnostics.doctor`, ``tricklab doctor``) puts them together; plots
+and the HTML page live in :mod:`tricklab.report.doctor`.
+
+The probes and the signal profile (which hook into models) are imported on first use, so that reading
+records or verdicts (``import tricklab.diagnostics.verdicts``) never loads the hook machinery.
 """
 
-from tricklab.diagnostics.probes import Findings, NonFinite, Probe, ProbeCallback, Records
-from tricklab.diagnostics.signal import SignalProfile, compare_inits, signal_profile
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from tricklab.diagnostics.records import Findings, NonFinite, Records
 from tricklab.diagnostics.verdicts import CHECKS, Verdict, diagnose, merge_prescriptions
+
+if TYPE_CHECKING:
+    from tricklab.diagnostics.probes import Probe, ProbeCallback
+    from tricklab.diagnostics.signal import SignalProfile, compare_inits, signal_profile
+
+#: Names imported on first use, and their module.
+_LAZY = {
+    "Probe": "tricklab.diagnostics.probes",
+    "ProbeCallback": "tricklab.diagnostics.probes",
+    "SignalProfile": "tricklab.diagnostics.signal",
+    "compare_inits": "tricklab.diagnostics.signal",
+    "signal_profile": "tricklab.diagnostics.signal",
+}
 
 __all__ = [
     "CHECKS",
@@ -22,3 +44,15 @@ __all__ = [
     "merge_prescriptions",
     "signal_profile",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -1,34 +1,19 @@
 """Probes: forward/backward hooks that record plain numbers per layer and step, sampled every k steps.
 
 On a sampled step (``step % every == 0``, training mode only) a :class:`Probe` records, keyed by metric,
-layer name (as in ``model.named_modules()``) and step:
-
-=======================  =====================================================================================
-metric                   what
-=======================  =====================================================================================
-``act_mean``, ``act_std``  mean and std of each weight, norm and activation layer's output
-``dead_fraction``        ReLU layers: fraction of units (features; channels of a conv) that output 0 for the
-                         whole batch
-``saturated_fraction``   tanh: fraction of outputs with |y| > 0.99; sigmoid: y < 0.01 or y > 0.99 (on an evenly
-                         strided sample of at most ``SAMPLE_SIZE`` = 4096 outputs)
-``act_hist``             activation layers: fraction of outputs (same sample) in each of ``HIST_BINS`` bins over
-                         the layer's ``hist_range`` (values outside are counted in the edge bins)
-``grad_std``             std of the loss gradient w.r.t. each layer's output (the backward signal)
-``weight_grad_norm``     ‖∂L/∂W‖ of each Linear/Conv layer (its parameters but the bias), before clipping
-``update_ratio``         ‖ΔW‖ / ‖W‖ of each Linear/Conv layer across the optimizer step
-``global_grad_norm``     ‖g‖ over every parameter, layer ``(model)``
-``loss``                 the batch loss, layer ``(model)`` (when the loss is given to :meth:`Probe.after_backward`)
-``input_mean`` ...       ``input_mean``, ``input_rms``, ``input_abs_max`` of the model's input, layer ``(input)``
-=======================  =====================================================================================
-
+layer name (as in ``model.named_modules()``) and step, the metrics of :mod:`tricklab.diagnostics.records`
+(activation mean/std, dead and saturated fractions, histograms, the backward signal, weight-gradient norms,
+update ratios, input statistics; the loss and global ‖g‖ when given them), saturated fractions and histograms
+on an evenly strided sample of at most ``SAMPLE_SIZE`` = 4096 outputs,
 and the first non-finite value: which step, which layer, and where (input, forward, loss, backward, weights).
 A gradient first non-finite at the output of layer X is attributed to the layer called after X, whose backward
 produced it. Norms and stds are computed on x / max|x|, so huge finite values do not overflow into false alarms.
 
 On other steps every hook returns at once, so probing costs little: with :class:`ProbeCallback` every 10 steps,
 an MNIST MLP epoch takes ~1.06× as long (``benchmarks/probe_overhead.py``).
-The metric names are module constants shared with the report layer; records are plain numbers (after
-fastai's ``ActivationStats``, which samples ``every`` k steps in the same way).
+The metric names and record types live in :mod:`tricklab.diagnostics.records` (imported again from here, so
+``from tricklab.diagnostics.probes import Findings`` keeps working); records are plain numbers (after fastai's
+``ActivationStats``, which samples ``every`` k steps in the same way).
 
 Three ways to use it::
 
@@ -45,7 +30,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -53,76 +37,59 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tricklab.diagnostics.records import (
+    ACT_HIST,
+    ACT_MEAN,
+    ACT_STD,
+    ACTIVATIONS,
+    DEAD_FRACTION,
+    GELU,
+    GLOBAL_GRAD_NORM,
+    GRAD_STD,
+    INPUT,
+    INPUT_ABS_MAX,
+    INPUT_MEAN,
+    INPUT_RMS,
+    LOSS,
+    MODEL,
+    NORM,
+    OTHER,
+    RELU,
+    SATURATED_FRACTION,
+    SATURATION_LEVEL,
+    SIGMOID,
+    TANH,
+    UPDATE_RATIO,
+    WEIGHT,
+    WEIGHT_GRAD_NORM,
+    WHERE_BACKWARD,
+    WHERE_FORWARD,
+    WHERE_INPUT,
+    WHERE_LOSS,
+    WHERE_WEIGHTS,
+    Findings,
+    LayerInfo,
+    NonFinite,
+    Records,
+    hist_range,
+)
 from tricklab.errors import ConfigError
 from tricklab.events import Callback, FitState
 from tricklab.tricks.init import INIT_LAYERS
 
-# --- metric names, shared with tricklab.report.doctor ---------------------------------------------------------
-ACT_MEAN = "act_mean"
-ACT_STD = "act_std"
-DEAD_FRACTION = "dead_fraction"
-SATURATED_FRACTION = "saturated_fraction"
-ACT_HIST = "act_hist"
-GRAD_STD = "grad_std"
-WEIGHT_GRAD_NORM = "weight_grad_norm"
-UPDATE_RATIO = "update_ratio"
-GLOBAL_GRAD_NORM = "global_grad_norm"
-LOSS = "loss"
-INPUT_MEAN = "input_mean"
-INPUT_RMS = "input_rms"
-INPUT_ABS_MAX = "input_abs_max"
-
-#: Layer names of the whole-model and input records.
-MODEL = "(model)"
-INPUT = "(input)"
-
-# --- layer kinds ------------------------------------------------------------------------------------------------
-WEIGHT = "weight"  # Linear / Conv1d / Conv2d: the layers initializers set
-NORM = "norm"
-OTHER = "other"  # any other leaf module: checked for non-finite values only
+#: The activation modules the probes recognize, by kind.
 ACTIVATION_KINDS: dict[type[nn.Module], str] = {
-    nn.ReLU: "relu",
-    nn.Sigmoid: "sigmoid",
-    nn.Tanh: "tanh",
-    nn.GELU: "gelu",
+    nn.ReLU: RELU,
+    nn.Sigmoid: SIGMOID,
+    nn.Tanh: TANH,
+    nn.GELU: GELU,
 }
 NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
-
-#: |y| beyond which tanh, and y below 1 − this or above this for sigmoid, count as saturated: there the
-#: derivative is < 0.02 (tanh, 1 − y²) or < 0.01 (sigmoid, y(1 − y)), so the unit passes back almost nothing.
-SATURATION_LEVEL = 0.99
 
 HIST_BINS = 40
 #: Histograms and saturated fractions are taken on an evenly strided sample of at most this many outputs
 #: (standard error of a fraction < 0.8%), which bounds their cost on wide layers.
 SAMPLE_SIZE = 4096
-#: Histogram range per activation kind; values outside are counted in the edge bins.
-HIST_RANGES: dict[str, tuple[float, float]] = {
-    "relu": (0.0, 10.0),
-    "gelu": (-1.0, 10.0),
-    "sigmoid": (0.0, 1.0),
-    "tanh": (-1.0, 1.0),
-}
-DEFAULT_HIST_RANGE = (-10.0, 10.0)
-
-# --- where a non-finite value first appeared -------------------------------------------------------------------
-WHERE_INPUT, WHERE_FORWARD, WHERE_LOSS, WHERE_BACKWARD, WHERE_WEIGHTS = (
-    "input",
-    "forward",
-    "loss",
-    "backward",
-    "weights",
-)
-
-
-@dataclass(frozen=True)
-class LayerInfo:
-    """A probed module: its name, kind (``weight``, ``norm``, an activation name, ``other``) and forward order."""
-
-    name: str
-    kind: str
-    index: int
-    hist_range: tuple[float, float] | None = None
 
 
 class _Check(NamedTuple):
@@ -135,83 +102,6 @@ class _Check(NamedTuple):
     detail: str
     peak: Tensor
     calls: list[str]  # the modules called in that step's forward, in order (for backward attribution)
-
-
-@dataclass(frozen=True)
-class NonFinite:
-    """The first NaN or ±inf seen: at which step, in which layer (None if unknown), where and what."""
-
-    step: int
-    layer: str | None
-    where: str
-    detail: str
-
-    def __str__(self) -> str:
-        return f"step {self.step}, {self.where}: {self.detail}"
-
-
-class Records:
-    """Plain numbers keyed by metric, layer and step: ``records.data[metric][layer][step] = value``.
-
-    Layers appear in the order they were first recorded (forward order for forward metrics).
-    """
-
-    def __init__(self, data: dict[str, dict[str, dict[int, Any]]] | None = None):
-        self.data: dict[str, dict[str, dict[int, Any]]] = data or {}
-
-    def add(self, metric: str, layer: str, step: int, value: Any) -> None:
-        self.data.setdefault(metric, {}).setdefault(layer, {})[step] = value
-
-    def layers(self, metric: str) -> list[str]:
-        return list(self.data.get(metric, {}))
-
-    def series(self, metric: str, layer: str = MODEL) -> tuple[list[int], list[Any]]:
-        """(steps, values) of one metric in one layer, by step."""
-        points = sorted(self.data.get(metric, {}).get(layer, {}).items())
-        return [s for s, _ in points], [v for _, v in points]
-
-    def get(self, metric: str, layer: str, step: int, default: Any = None) -> Any:
-        return self.data.get(metric, {}).get(layer, {}).get(step, default)
-
-    def steps(self, metric: str) -> list[int]:
-        """Every step at which ``metric`` was recorded in some layer."""
-        return sorted({s for per_step in self.data.get(metric, {}).values() for s in per_step})
-
-    def to_dict(self) -> dict[str, dict[str, list[list[Any]]]]:
-        """JSON-ready: ``{metric: {layer: [[step, value], ...]}}``."""
-        return {
-            m: {layer: [[s, v] for s, v in sorted(ps.items())] for layer, ps in by.items()}
-            for m, by in self.data.items()
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, dict[str, list[list[Any]]]]) -> Records:
-        return cls({m: {layer: {int(s): v for s, v in pts} for layer, pts in by.items()} for m, by in d.items()})
-
-
-@dataclass
-class Findings:
-    """What a probe saw, as plain data: the records, the layers in forward order, the first non-finite value."""
-
-    records: Records
-    layers: list[LayerInfo]
-    every: int
-    steps: int  # training steps seen
-    first_nonfinite: NonFinite | None = None
-    notes: list[str] = field(default_factory=list)
-
-    def layers_of(self, *kinds: str) -> list[LayerInfo]:
-        return [info for info in self.layers if info.kind in kinds]
-
-    def to_dict(self) -> dict[str, Any]:
-        nf = self.first_nonfinite
-        return {
-            "every": self.every,
-            "steps": self.steps,
-            "layers": [[i.name, i.kind, i.index] for i in self.layers],
-            "first_nonfinite": None if nf is None else nf.__dict__,
-            "records": self.records.to_dict(),
-        }
 
 
 def check_every(every: object) -> None:
@@ -240,7 +130,7 @@ def dead_fraction(y: Tensor) -> Tensor:
 
 def saturated_fraction(y: Tensor, kind: str) -> Tensor:
     """tanh: fraction with |y| > 0.99; sigmoid: fraction with y < 0.01 or y > 0.99."""
-    if kind == "tanh":
+    if kind == TANH:
         return (y.abs() > SATURATION_LEVEL).float().mean()
     return ((y - 0.5).abs() > SATURATION_LEVEL - 0.5).float().mean()
 
@@ -377,12 +267,7 @@ class Probe:
         """Everything recorded so far, as plain data."""
         self._flush()
         layers = [
-            LayerInfo(
-                name,
-                kind,
-                self._order[name],
-                HIST_RANGES.get(kind, DEFAULT_HIST_RANGE) if kind in _ACTS else None,
-            )
+            LayerInfo(name, kind, self._order[name], hist_range(kind))
             for name, kind in self._kinds.values()
             if name in self._order
         ]
@@ -545,13 +430,13 @@ class Probe:
             std, mean, _, peak = scaled_stats(yf)
             self._check(name, WHERE_FORWARD, f"output of {name}", peak)
             self._scalars += [(ACT_MEAN, name, step, mean), (ACT_STD, name, step, std)]
-            if kind == "relu" and y.dim() >= 2:
+            if kind == RELU and y.dim() >= 2:
                 self._scalars.append((DEAD_FRACTION, name, step, dead_fraction(y)))
-            if kind in _ACTS:
+            if kind in ACTIVATIONS:
                 sample = strided_sample(yf)
-                if kind in ("sigmoid", "tanh"):
+                if kind in (SIGMOID, TANH):
                     self._scalars.append((SATURATED_FRACTION, name, step, saturated_fraction(sample, kind)))
-                lo, hi = HIST_RANGES.get(kind, DEFAULT_HIST_RANGE)
+                lo, hi = hist_range(kind)
                 counts = torch.histc(sample.clamp(lo, hi), bins=self.bins, min=lo, max=hi)
                 self._hists.append((name, step, counts / sample.numel()))
         if output.requires_grad and (self._locating or (self.sampling and kind != OTHER)):
@@ -622,9 +507,6 @@ class Probe:
                 if bad is not None:
                     self.first_nonfinite = _nonfinite(bad)
             self._checks = []
-
-
-_ACTS = set(ACTIVATION_KINDS.values())
 
 
 def _nonfinite(check: _Check) -> NonFinite:

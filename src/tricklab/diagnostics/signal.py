@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tricklab.diagnostics.probes import ACT_STD, GRAD_STD, WEIGHT, Probe
+from tricklab.diagnostics.probes import Probe
+from tricklab.diagnostics.records import ACT_STD, GRAD_STD, WEIGHT
 from tricklab.errors import TrickLabError
 from tricklab.tricks.init import INITIALIZERS, apply_init
 

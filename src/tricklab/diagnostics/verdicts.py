@@ -1,6 +1,6 @@
 """Verdicts: name the problem behind a probe's numbers, the layers and figures that show it, and the fix.
 
-Each check in :data:`CHECKS` reads :class:`~tricklab.diagnostics.probes.Findings` and returns a
+Each check in :data:`CHECKS` reads :class:`~tricklab.diagnostics.records.Findings` and returns a
 :class:`Verdict` or None. "First" and "last" are the first and last Linear/Conv layers in forward order; a
 "median" is over the sampled steps, so that one odd batch decides nothing.
 
@@ -70,9 +70,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tricklab.diagnostics.probes import (
+from tricklab.diagnostics.records import (
     ACT_STD,
-    ACTIVATION_KINDS,
+    ACTIVATIONS,
     DEAD_FRACTION,
     GLOBAL_GRAD_NORM,
     INPUT,
@@ -379,7 +379,7 @@ def _median(values: Iterable[Any]) -> float | None:
 
 
 def _main_activation(f: Findings) -> str:
-    kinds = [info.kind for info in f.layers if info.kind in ACTIVATION_KINDS.values()]
+    kinds = [info.kind for info in f.layers if info.kind in ACTIVATIONS]
     return max(set(kinds), key=kinds.count) if kinds else "relu"
 
 

@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from tricklab.diagnostics.doctor import DoctorResult  # noqa: E402
-from tricklab.diagnostics.probes import ACT_HIST, WEIGHT, WEIGHT_GRAD_NORM, Findings  # noqa: E402
+from tricklab.diagnostics.records import ACT_HIST, WEIGHT, WEIGHT_GRAD_NORM, Findings  # noqa: E402
 from tricklab.diagnostics.signal import SignalProfile  # noqa: E402
 from tricklab.diagnostics.verdicts import as_set_flags  # noqa: E402
 
