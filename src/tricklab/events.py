@@ -15,7 +15,29 @@ A callback is a small object with any of these methods; each receives the :class
 Callbacks run in ascending ``order`` (default 0), then in the order given. A callback stops training by
 setting ``state.stop = True`` and ``state.stop_reason``; it can route evaluation through other weights
 (EMA, SWA) by setting ``state.eval_model``; it can add numbers to the epoch's history row by putting
-them into ``state.epoch_extras``.
+them into ``state.epoch_extras`` (the row is updated after each callback's ``on_epoch_end``, so later
+callbacks see the extras of earlier ones).
+
+The built-in callbacks take their ``order`` from one table of constants here, so that the sequence is
+read in one place; each constant's comment says why it sits where it does:
+
+========================  =====  ======================================================================
+constant                  order  callback
+========================  =====  ======================================================================
+``ORDER_PROBE``           -100   ``ProbeCallback``: reads the raw gradients before any trick changes them
+``ORDER_L1``              -10    ``L1Penalty``: adds its penalty before clipping, so clipping sees it
+``ORDER_CLIP``            0      ``GradClip``: clips the final (penalized) gradient
+``ORDER_EARLY_STOPPING``  10     ``EarlyStopping``: decides on the row before averaging and the late ones
+``ORDER_AVERAGING``       20     ``EMA``, ``SWA``: average the weights once the tricks that edit them ran
+``ORDER_SCHEDULE``        50     ``LRSchedule``: moves the LR last, after the tricks used this step's LR
+``ORDER_PROGRESS``        900    ``ProgressReporter``: shows the row with every trick's extras
+``ORDER_HISTORY``         1000   ``HistoryWriter``: writes the complete row to ``history.jsonl``
+``ORDER_STOP_AFTER``      1000   the doctor's ``StopAfter``: stops once every trick handled the step
+``ORDER_CHECKPOINT``      1100   ``Checkpointer``: last, so a checkpoint holds everyone's state
+========================  =====  ======================================================================
+
+A callback of your own picks its place relative to these, e.g. ``order = ORDER_CLIP + 1`` to read the
+clipped gradients.
 
 A state can be saved between two steps and restored (``tricklab.train.checkpoint``): ``batches_done`` and
 ``totals`` say how far the running epoch got, so that a restored state resumes it exactly.
@@ -29,6 +51,32 @@ from typing import Any
 
 import torch
 from torch import nn
+
+# --- callback order (ascending; ties keep the order the callbacks were given in) ------------------------------
+#: Probes read the raw gradients (‖∂L/∂W‖, ‖g‖) before any trick changes them: first of all.
+ORDER_PROBE = -100
+#: The L1 penalty adds l1 · sign(w) to the gradients before clipping, so that clipping bounds the penalized
+#: gradient that the optimizer will apply.
+ORDER_L1 = -10
+#: Gradient clipping: after every callback that adds to the gradients, so it bounds what the optimizer applies.
+ORDER_CLIP = 0
+#: Early stopping reads the epoch's row once clipping added its extras, and sets ``state.stop`` before the
+#: late callbacks see the epoch (the checkpoint then knows the run stopped); at the end it restores the best
+#: weights before SWA (``ORDER_AVERAGING``) sets ``state.eval_model`` to its average.
+ORDER_EARLY_STOPPING = 10
+#: EMA and SWA average the weights after every callback that edits them after the step.
+ORDER_AVERAGING = 20
+#: LR schedules step last among the tricks, so that every trick sees the LR the step or epoch was taken with.
+ORDER_SCHEDULE = 50
+#: The progress display comes after every trick, so the line it prints holds their extras.
+ORDER_PROGRESS = 900
+#: The history writer appends the epoch's row once every trick added its extras to it.
+ORDER_HISTORY = 1000
+#: The doctor's step limit stops training once the probes and every trick have handled the step.
+ORDER_STOP_AFTER = 1000
+#: Checkpoints come last: they save every callback's state after the epoch, after the history row is on disk,
+#: and see a stop that any other callback set (and write the final checkpoint then).
+ORDER_CHECKPOINT = 1100
 
 EVENTS = ("on_fit_start", "on_epoch_start", "on_after_backward", "on_step_end", "on_epoch_end", "on_fit_end")
 

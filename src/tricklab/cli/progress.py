@@ -8,7 +8,7 @@ import time
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from tricklab.events import Callback, FitState
+from tricklab.events import ORDER_PROGRESS, Callback, FitState
 
 
 def format_row(row: dict) -> str:
@@ -29,7 +29,7 @@ def format_row(row: dict) -> str:
 class ProgressReporter(Callback):
     """Shows loss, accuracy and ETA while training. Refreshes at most a few times a second (no hot-path cost)."""
 
-    order = 900
+    order = ORDER_PROGRESS
 
     def __init__(self, console: Console | None = None, live: bool | None = None):
         self.console = console or Console(stderr=False)

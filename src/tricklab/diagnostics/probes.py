@@ -74,7 +74,7 @@ from tricklab.diagnostics.records import (
     hist_range,
 )
 from tricklab.errors import ConfigError
-from tricklab.events import Callback, FitState
+from tricklab.events import ORDER_PROBE, Callback, FitState
 from tricklab.tricks.init import INIT_LAYERS
 
 #: The activation modules the probes recognize, by kind.
@@ -528,8 +528,8 @@ class ProbeCallback(Callback):
     loss and global gradient norm of every step, and the exact layer and step of the first non-finite value.
 
     Events: ``on_fit_start`` attaches the probe; ``on_epoch_start`` and ``on_step_end`` tell it the next
-    step; ``on_after_backward`` records the loss and ‖g‖ (before clipping: ``order = -100`` runs it before
-    L1 and clipping), locates a new non-finite value by re-running the step (:meth:`Probe.locate`) and
+    step; ``on_after_backward`` records the loss and ‖g‖ (before clipping: ``order = ORDER_PROBE`` (-100) runs
+    it before L1 and clipping), locates a new non-finite value by re-running the step (:meth:`Probe.locate`) and
     snapshots the weights; ``on_step_end`` records the update ratio; ``on_fit_end`` removes the hooks.
     ``state.epoch_extras`` gets ``nonfinite_step`` once a non-finite value has been seen. With
     ``stop_on_nonfinite``, training stops there, without applying that step.
@@ -544,7 +544,7 @@ class ProbeCallback(Callback):
         print(diagnose(cb.findings()))
     """
 
-    order = -100
+    order = ORDER_PROBE
 
     def __init__(
         self,

@@ -55,7 +55,7 @@ from torch import nn
 
 from tricklab import __version__
 from tricklab.errors import ConfigError, TrickLabError
-from tricklab.events import Callback, EpochTotals, FitState
+from tricklab.events import ORDER_CHECKPOINT, Callback, EpochTotals, FitState
 
 FORMAT = "tricklab-checkpoint/1"
 TENSORS, META, MANIFEST = "tensors.safetensors", "meta.json", "MANIFEST.json"
@@ -402,16 +402,17 @@ class StopSignals:
 class Checkpointer(Callback):
     """Write checkpoints every ``every`` epochs, at the end, of the best epoch, and on a stop signal.
 
-    Events: ``on_epoch_end`` (runs last, order 1100) writes ``epoch<N>`` when ``N % every == 0``, at the last
-    epoch or when a callback stopped the run, and ``best-epoch<N>`` when ``monitor`` improved (``val_loss``
-    is minimised, anything else maximised); only the last ``keep_last`` regular checkpoints and the newest
-    best are kept. ``on_step_end``: if ``signals`` caught SIGINT/SIGTERM, writes ``epoch<N-1>-batch<B>``
-    and raises :class:`Interrupted`. ``on_epoch_start`` remembers the data-order ``generator`` state, so a
-    mid-epoch checkpoint replays the same batch order. ``callbacks``: the tricks whose ``state_dict()`` is
-    saved. :meth:`restore` puts a checkpoint back into a :class:`FitState` for ``fit(state=...)``.
+    Events: ``on_epoch_end`` (runs last, ``ORDER_CHECKPOINT`` = 1100) writes ``epoch<N>`` when
+    ``N % every == 0``, at the last epoch or when a callback stopped the run, and ``best-epoch<N>`` when
+    ``monitor`` improved (``val_loss`` is minimised, anything else maximised); only the last ``keep_last``
+    regular checkpoints and the newest best are kept. ``on_step_end``: if ``signals`` caught SIGINT/SIGTERM,
+    writes ``epoch<N-1>-batch<B>`` and raises :class:`Interrupted`. ``on_epoch_start`` remembers the
+    data-order ``generator`` state, so a mid-epoch checkpoint replays the same batch order. ``callbacks``: the
+    tricks whose ``state_dict()`` is saved. :meth:`restore` puts a checkpoint back into a :class:`FitState`
+    for ``fit(state=...)``.
     """
 
-    order = 1100
+    order = ORDER_CHECKPOINT
 
     def __init__(
         self,

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import SWALR, AveragedModel, update_bn
 
 from tricklab.errors import ConfigError
-from tricklab.events import Callback, FitState
+from tricklab.events import ORDER_AVERAGING, Callback, FitState
 
 
 def _is_number(x: object) -> bool:
@@ -72,14 +72,14 @@ class EMA(Callback):
     ``on_fit_start`` deep-copies ``state.model`` (same device) as the average and sets
     ``state.eval_model`` to it, so validation and test see the averaged weights; ``on_step_end`` applies
     :func:`ema_update_`. Polyak & Juditsky 1992; used by Izmailov et al. 2018 and timm's ``ModelEmaV2``.
-    Runs late (order 20) so that it averages the weights after any callback that edits them post-step.
+    Runs late (``ORDER_AVERAGING``, 20) so that it averages the weights after any callback that edits them post-step.
 
     Example::
 
         fit(model, data, callbacks=[EMA(decay=0.999)])
     """
 
-    order = 20
+    order = ORDER_AVERAGING
 
     def __init__(self, decay: float = 0.999):
         _check_decay(decay)
@@ -126,14 +126,14 @@ class SWA(Callback):
 
     With ``swa_lr``, ``SWALR`` anneals the LR (cosine) from its current value to ``swa_lr``, reached at
     epoch ``swa_start + swa_anneal_epochs - 1`` and then held; it sets the LR in ``on_epoch_start`` and
-    runs late (order 20), so do not combine it with a per-step LR schedule.
+    runs late (``ORDER_AVERAGING``, 20), so do not combine it with a per-step LR schedule.
 
     Example::
 
         fit(model, data, callbacks=[SWA(swa_start=8, bn_batches=train_loader, swa_lr=0.01)])
     """
 
-    order = 20
+    order = ORDER_AVERAGING
 
     def __init__(
         self,

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from tricklab.errors import ConfigError
-from tricklab.events import Callback, FitState
+from tricklab.events import ORDER_CLIP, Callback, FitState
 from tricklab.registry import Registry
 
 #: Keys that :class:`GradClip` puts into ``state.epoch_extras`` (and the history row).
@@ -181,12 +181,12 @@ class GradClip(Callback):
     Events: ``on_epoch_start`` resets the counts; ``on_after_backward`` takes the global norm before
     clipping, then clips; ``on_epoch_end`` puts into ``state.epoch_extras`` the epoch's mean pre-clip
     norm ``grad_norm``, its max ``grad_norm_max`` and ``clip_fraction``, the fraction of steps where
-    clipping changed a gradient. ``order = 0``: after :class:`~tricklab.tricks.regularization.L1Penalty`.
+    clipping changed a gradient. ``order = ORDER_CLIP`` (0): after :class:`~tricklab.tricks.regularization.L1Penalty`.
 
     Example: ``GradClip("norm", 1.0)``. Pascanu et al. 2013; Brock et al. 2021.
     """
 
-    order = 0
+    order = ORDER_CLIP
 
     def __init__(self, mode: str = "norm", threshold: float = 1.0, agc_skip: Iterable[str] | None = None):
         self.clip = CLIP_MODES.get(mode)

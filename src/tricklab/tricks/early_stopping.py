@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from tricklab.errors import ConfigError
-from tricklab.events import Callback, FitState
+from tricklab.events import ORDER_EARLY_STOPPING, Callback, FitState
 
 MONITORS = ("val_loss", "val_acc")
 
@@ -120,7 +120,7 @@ class EarlyStopping(Callback):
         fit(model, data, callbacks=[EarlyStopping("val_loss", patience=3, min_delta=1e-3)])
     """
 
-    order = 10
+    order = ORDER_EARLY_STOPPING
 
     def __init__(
         self, monitor: str = "val_loss", patience: int = 5, min_delta: float = 0.0, restore_best: bool = True

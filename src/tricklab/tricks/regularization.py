@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from tricklab.errors import ConfigError
-from tricklab.events import Callback, FitState
+from tricklab.events import ORDER_L1, Callback, FitState
 
 
 def penalized_weights(model_or_params: nn.Module | Iterable[Tensor]) -> list[Tensor]:
@@ -65,11 +65,11 @@ def add_l1_grad_(model_or_params: nn.Module | Iterable[Tensor], l1: float) -> No
 class L1Penalty(Callback):
     """Adds ``l1 · sign(w)`` to the weights' gradients after each backward (L1 on weights, not biases).
 
-    Event: ``on_after_backward``. ``order = -10``, so gradient clipping (order 0) sees the penalized
-    gradient. Example: ``fit(..., callbacks=[L1Penalty(1e-5)])``. Tibshirani 1996.
+    Event: ``on_after_backward``. ``order = ORDER_L1`` (-10), so gradient clipping (``ORDER_CLIP``, 0) sees
+    the penalized gradient. Example: ``fit(..., callbacks=[L1Penalty(1e-5)])``. Tibshirani 1996.
     """
 
-    order = -10
+    order = ORDER_L1
 
     def __init__(self, l1: float):
         _check_l1(l1)

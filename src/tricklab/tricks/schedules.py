@@ -33,7 +33,7 @@ import torch
 from torch.optim import lr_scheduler
 
 from tricklab.errors import ConfigError
-from tricklab.events import Callback, FitState
+from tricklab.events import ORDER_SCHEDULE, Callback, FitState
 from tricklab.registry import Registry
 
 #: Default γ per schedule when ``gamma`` is not given (the lesson's slow decay; the classic 10× step).
@@ -211,7 +211,7 @@ class LRSchedule(Callback):
     Events: ``on_fit_start`` builds the schedule from ``state.optimizer`` (its LR is the schedule's ``lr``),
     ``state.epochs`` and ``state.steps_per_epoch``; ``on_step_end`` steps per-step schedules;
     ``on_epoch_end`` steps per-epoch schedules (``plateau`` reads ``state.metrics[monitor]``). Runs last
-    (order 50), so that everything else sees the LR the step or epoch was taken with. Options are those
+    (``ORDER_SCHEDULE``, 50), so that everything else sees the LR the step or epoch was taken with. Options are those
     of :func:`build_schedule` and are checked here, at config time. Writes nothing to ``epoch_extras``.
 
     Example::
@@ -219,7 +219,7 @@ class LRSchedule(Callback):
         fit(model, data, callbacks=[LRSchedule("warmup_cosine", warmup_epochs=2, min_lr=1e-4)])
     """
 
-    order = 50
+    order = ORDER_SCHEDULE
 
     def __init__(self, name: str = "constant", **options: Any):
         SCHEDULES.get(name)
