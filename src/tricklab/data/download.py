@@ -1,9 +1,10 @@
 """Find dataset files in the cache, or download them from mirrors, verified and written atomically.
 
 Every file is checked before use: the SHA-256 of its decompressed content where it is published, else the
-MD5 of the compressed file as its authors publish it. A download goes to a temporary file in the target
-folder, is verified, fsynced and only then renamed into place, so an interrupted or corrupt download never
-leaves a file that looks valid.
+MD5 of the compressed file as its authors publish it. An archive read member by member (CIFAR-10's .tar.gz)
+is kept compressed: its MD5 is checked and its bytes are returned as they are. A download goes to a
+temporary file in the target folder, is verified, fsynced and only then renamed into place, so an
+interrupted or corrupt download never leaves a file that looks valid.
 """
 
 from __future__ import annotations
@@ -29,11 +30,16 @@ TIMEOUT_S = 30
 
 @dataclass(frozen=True)
 class RemoteFile:
-    """A gzip-compressed file and its check: ``sha256`` of its decompressed bytes, or ``md5`` of the .gz."""
+    """A gzip-compressed file and its check: ``sha256`` of its decompressed bytes, or ``md5`` of the .gz.
+
+    With ``decompress=False`` the file is used as it is (an archive its reader opens): both checks are then
+    of the file's own bytes.
+    """
 
     name: str
     sha256: str | None = None
     md5: str | None = None
+    decompress: bool = True
 
 
 def data_root(configured: str | os.PathLike | None = None) -> Path:
@@ -48,15 +54,19 @@ def mirrors_for(default: tuple[str, ...]) -> list[str]:
 
 
 def check_file(raw: bytes, spec: RemoteFile, where: str) -> bytes:
-    """Decompress ``raw`` and verify it against ``spec``; return the decompressed bytes or raise DataError."""
+    """Decompress ``raw`` (unless ``spec.decompress`` is false) and verify it against ``spec``; return the
+    content or raise DataError."""
     if spec.md5 is not None:
         got = hashlib.md5(raw).hexdigest()
         if got != spec.md5:
             raise DataError(f"{where} is corrupt: md5 {got} != expected {spec.md5}")
-    try:
-        data = gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as e:  # bad header / CRC, truncated, corrupt deflate stream
-        raise DataError(f"{where} is corrupt: not a valid gzip file ({e})") from None
+    if not spec.decompress:
+        data = raw
+    else:
+        try:
+            data = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as e:  # bad header / CRC, truncated, corrupt deflate stream
+            raise DataError(f"{where} is corrupt: not a valid gzip file ({e})") from None
     if spec.sha256 is not None:
         got = hashlib.sha256(data).hexdigest()
         if got != spec.sha256:
@@ -90,7 +100,7 @@ def _download(url: str) -> bytes:
 
 
 def fetch(folder: Path, spec: RemoteFile, mirrors: list[str], dataset: str) -> bytes:
-    """The verified, decompressed content of ``spec``: from ``folder`` if there, else downloaded into it."""
+    """The verified (decompressed) content of ``spec``: from ``folder`` if there, else downloaded into it."""
     path = folder / spec.name
     if path.exists():
         try:

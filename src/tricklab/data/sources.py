@@ -140,3 +140,7 @@ def synthetic(root: Path, n_train: int = 512, n_test: int = 128, seed: int = 0) 
         return TensorData(x.to(torch.uint8), y)
 
     return RawDataset(make(n_train), make(n_test), DatasetInfo("synthetic", (1, 8, 8), 4, ("a", "b", "c", "d")))
+
+
+# Datasets in modules of their own register into DATASETS when this module is imported.
+from tricklab.data import cifar, local  # noqa: E402,F401  (registers cifar10, npz, csv)
