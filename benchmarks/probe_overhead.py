@@ -21,6 +21,7 @@ import torch
 
 from tricklab.data import load_splits
 from tricklab.diagnostics.probes import ProbeCallback
+from tricklab.diagnostics.records import ACT_STD
 from tricklab.errors import DataError
 from tricklab.models import build_model
 from tricklab.train import fit
@@ -62,7 +63,7 @@ def main() -> None:
             fit(model, (x, y), epochs=1, optimizer=opt, batch_size=128, generator=g, callbacks=cbs)
             dt, dc = time.perf_counter() - t, time.process_time() - c
             if cbs:
-                samples = len(cbs[0].findings().records.steps("act_std"))
+                samples = len(cbs[0].findings().records.steps(ACT_STD))
             if i > 0:
                 times[kind].append(dt)
                 cpu[kind].append(dc)

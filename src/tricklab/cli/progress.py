@@ -9,20 +9,21 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from tricklab.events import ORDER_PROGRESS, Callback, FitState
+from tricklab.metrics import EPOCH, EPOCH_TIME, LR, TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS
 
 
 def format_row(row: dict) -> str:
-    parts = [f"epoch {row['epoch']}"]
+    parts = [f"epoch {row[EPOCH]}"]
     for key, fmt in (
-        ("train_loss", ".4f"),
-        ("train_acc", ".4f"),
-        ("val_loss", ".4f"),
-        ("val_acc", ".4f"),
-        ("lr", ".3g"),
+        (TRAIN_LOSS, ".4f"),
+        (TRAIN_ACC, ".4f"),
+        (VAL_LOSS, ".4f"),
+        (VAL_ACC, ".4f"),
+        (LR, ".3g"),
     ):
         if key in row:
             parts.append(f"{key} {row[key]:{fmt}}")
-    parts.append(f"{row['epoch_time_s']:.1f}s")
+    parts.append(f"{row[EPOCH_TIME]:.1f}s")
     return "  ".join(parts)
 
 

@@ -75,6 +75,7 @@ from tricklab.diagnostics.records import (
 )
 from tricklab.errors import ConfigError
 from tricklab.events import ORDER_PROBE, Callback, FitState
+from tricklab.metrics import NONFINITE_STEP
 from tricklab.tricks.init import INIT_LAYERS
 
 #: The activation modules the probes recognize, by kind.
@@ -574,7 +575,7 @@ class ProbeCallback(Callback):
 
     def on_epoch_end(self, state: FitState) -> None:
         if self.probe.first_nonfinite is not None:
-            state.epoch_extras["nonfinite_step"] = self.probe.first_nonfinite.step
+            state.epoch_extras[NONFINITE_STEP] = self.probe.first_nonfinite.step
 
     def on_fit_end(self, state: FitState) -> None:
         self.probe.detach()

@@ -56,6 +56,7 @@ from torch import nn
 from tricklab import __version__
 from tricklab.errors import ConfigError, TrickLabError
 from tricklab.events import ORDER_CHECKPOINT, Callback, EpochTotals, FitState
+from tricklab.metrics import VAL_ACC
 
 FORMAT = "tricklab-checkpoint/1"
 TENSORS, META, MANIFEST = "tensors.safetensors", "meta.json", "MANIFEST.json"
@@ -422,7 +423,7 @@ class Checkpointer(Callback):
         generator: torch.Generator | None = None,
         every: int = 1,
         keep_last: int = 2,
-        monitor: str = "val_acc",
+        monitor: str = VAL_ACC,
         config_hash: str | None = None,
         signals: StopSignals | None = None,
         resume_hint: str = "",

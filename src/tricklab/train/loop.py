@@ -13,6 +13,7 @@ from torch import nn
 from tricklab.data.base import TensorBatches, TensorData
 from tricklab.errors import ConfigError, TrickLabError
 from tricklab.events import Callback, EpochTotals, FitState
+from tricklab.metrics import EPOCH, EPOCH_TIME, LR, TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -169,7 +170,8 @@ def fit(
         on_fit_end                                # restore best weights, SWA
 
     Returns the final :class:`FitState` (``state.history`` holds one row per epoch with ``epoch, train_loss,
-    train_acc, val_loss, val_acc, lr, epoch_time_s`` and whatever callbacks added).
+    train_acc, val_loss, val_acc, lr, epoch_time_s`` and whatever callbacks added; the names are constants in
+    :mod:`tricklab.metrics`).
     """
     device = torch.device(device)
     model.to(device)
@@ -215,14 +217,14 @@ def fit(
                 break
         state.batches_done = 0
         row = {
-            "epoch": state.epoch,
-            "train_loss": totals.loss_sum.item() / max(totals.seen, 1),
-            "train_acc": totals.correct.item() / max(totals.seen, 1),
+            EPOCH: state.epoch,
+            TRAIN_LOSS: totals.loss_sum.item() / max(totals.seen, 1),
+            TRAIN_ACC: totals.correct.item() / max(totals.seen, 1),
         }
         if val is not None:
             v = evaluate(state.eval_model or model, val, loss_fn=loss_fn, device=device)
-            row.update(val_loss=v["loss"], val_acc=v["acc"])
-        row.update(lr=totals.lr, epoch_time_s=time.perf_counter() - totals.started)
+            row.update({VAL_LOSS: v["loss"], VAL_ACC: v["acc"]})
+        row.update({LR: totals.lr, EPOCH_TIME: time.perf_counter() - totals.started})
         state.metrics = row
         state.history.append(row)
         for cb in callbacks:

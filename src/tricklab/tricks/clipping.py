@@ -28,12 +28,8 @@ from torch import Tensor, nn
 
 from tricklab.errors import ConfigError
 from tricklab.events import ORDER_CLIP, Callback, FitState
+from tricklab.metrics import CLIP_FRACTION, GRAD_NORM, GRAD_NORM_MAX  # the keys GradClip puts in epoch_extras
 from tricklab.registry import Registry
-
-#: Keys that :class:`GradClip` puts into ``state.epoch_extras`` (and the history row).
-GRAD_NORM = "grad_norm"
-GRAD_NORM_MAX = "grad_norm_max"
-CLIP_FRACTION = "clip_fraction"
 
 #: A mode: clips the given parameters' gradients in place with threshold θ; True if any gradient changed.
 ClipFn = Callable[[list[Tensor], float], bool]

@@ -16,8 +16,9 @@ from torch import nn
 
 from tricklab.errors import ConfigError
 from tricklab.events import ORDER_EARLY_STOPPING, Callback, FitState
+from tricklab.metrics import VAL_ACC, VAL_LOSS
 
-MONITORS = ("val_loss", "val_acc")
+MONITORS = (VAL_LOSS, VAL_ACC)
 
 
 def _check(monitor: str, patience: int, min_delta: float) -> None:
@@ -53,7 +54,7 @@ class EarlyStopper:
         # [False, False, False, True]; stopper.best_epoch == 2, stopper.stopped_epoch == 4
     """
 
-    def __init__(self, monitor: str = "val_loss", patience: int = 5, min_delta: float = 0.0):
+    def __init__(self, monitor: str = VAL_LOSS, patience: int = 5, min_delta: float = 0.0):
         _check(monitor, patience, min_delta)
         self.monitor, self.patience, self.min_delta = monitor, patience, float(min_delta)
         self.mode = "min" if monitor.endswith("loss") else "max"
@@ -123,7 +124,7 @@ class EarlyStopping(Callback):
     order = ORDER_EARLY_STOPPING
 
     def __init__(
-        self, monitor: str = "val_loss", patience: int = 5, min_delta: float = 0.0, restore_best: bool = True
+        self, monitor: str = VAL_LOSS, patience: int = 5, min_delta: float = 0.0, restore_best: bool = True
     ):
         self.stopper = EarlyStopper(monitor, patience, min_delta)
         self.monitor, self.restore_best = monitor, restore_best

@@ -34,6 +34,7 @@ from torch.optim import lr_scheduler
 
 from tricklab.errors import ConfigError
 from tricklab.events import ORDER_SCHEDULE, Callback, FitState
+from tricklab.metrics import VAL_LOSS
 from tricklab.registry import Registry
 
 #: Default γ per schedule when ``gamma`` is not given (the lesson's slow decay; the classic 10× step).
@@ -156,7 +157,7 @@ def build_schedule(
     min_lr: float = 0.0,
     factor: float = 0.1,
     patience: int = DEFAULT_PATIENCE,
-    monitor: str = "val_loss",
+    monitor: str = VAL_LOSS,
 ) -> Schedule:
     """Build the schedule ``name`` for ``optimizer``, whose current LR is the schedule's ``lr``.
 
@@ -321,7 +322,7 @@ def lr_sequence(
         device=torch.device("cpu"),
         steps_per_epoch=steps_per_epoch,
     )
-    monitor = options.get("monitor", "val_loss")
+    monitor = options.get("monitor", VAL_LOSS)
     values = list(metrics) if metrics is not None else [1.0] * epochs
     if len(values) < epochs:
         raise ValueError(f"lr_sequence needs one metric value per epoch ({epochs}), got {len(values)}")
@@ -350,7 +351,7 @@ def _check_options(
     min_lr: float = 0.0,
     factor: float = 0.1,
     patience: int = DEFAULT_PATIENCE,
-    monitor: str = "val_loss",
+    monitor: str = VAL_LOSS,
 ) -> None:
     """Raise :class:`ConfigError` for the first option outside its range (those that need no optimizer)."""
     if gamma is not None and not (0.0 < gamma <= 1.0):
