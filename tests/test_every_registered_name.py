@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 import pytest
 import torch
 
@@ -53,6 +54,7 @@ SELECT: dict[str, str | Callable[[str], dict]] = {
     "clip_modes": "clip.mode",
     "schedules": "schedule.name",
     "studies": study_overrides,
+    "callbacks": lambda name: {**TINY, "callbacks": [{"name": name}]},
 }
 
 #: Settings a name needs besides TINY, and why.
@@ -62,7 +64,24 @@ NEEDS: dict[tuple[str, str], dict] = {
 }
 
 #: Datasets that are downloaded (not offline): registered, but trained on only by the e2e tests.
-DOWNLOADED = {"mnist", "fashion-mnist"}
+DOWNLOADED = {"mnist", "fashion-mnist", "cifar10"}
+
+#: Datasets read from a file the user names (data.path): given a tiny one written by :func:`data_file`.
+FROM_FILE = {"npz", "csv"}
+
+
+def data_file(name: str, folder) -> str:
+    """A tiny 4-class file for dataset ``name`` (64 training and 16 test examples of 8 features)."""
+    g = np.random.default_rng(0)
+    x, y = g.normal(size=(80, 8)).astype(np.float32), np.arange(80) % 4
+    path = folder / f"tiny.{name}"
+    if name == "npz":
+        np.savez(path, x_train=x[:64], y_train=y[:64], x_test=x[64:], y_test=y[64:])
+    else:
+        rows = [",".join([*(f"f{i}" for i in range(8)), "label"])]
+        rows += [",".join([*(f"{v:.5f}" for v in xi), str(yi)]) for xi, yi in zip(x, y, strict=True)]
+        path.write_text("\n".join(rows) + "\n")
+    return str(path)
 
 #: Names after whose step some parameter may legitimately stay unchanged: none so far. Every optimizer
 #: updates every parameter that has a gradient, and every parameter of these nets gets one.
@@ -122,6 +141,8 @@ def test_one_deterministic_step(family, name, data_cache, monkeypatch):
         pytest.skip(f"{name} is downloaded, not generated offline; trained on in tests/e2e")
     monkeypatch.setenv("TRICKLAB_DATA", str(data_cache))
     overrides = overrides_for(family, name)
+    if family == "datasets" and name in FROM_FILE:
+        overrides["data.path"] = data_file(name, data_cache)
 
     probe, result = train_once(overrides)
 
@@ -152,7 +173,7 @@ def test_every_family_and_name_is_enrolled():
 
 
 def test_downloaded_datasets_are_registered():
-    assert DOWNLOADED <= set(FAMILIES["datasets"].names())
+    assert DOWNLOADED | FROM_FILE <= set(FAMILIES["datasets"].names())
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES["studies"].names()) if "studies" in FAMILIES else [])

@@ -8,6 +8,7 @@ from tricklab.data import DATASETS
 from tricklab.errors import UnknownNameError
 from tricklab.lab.studies import STUDIES
 from tricklab.models import MODELS
+from tricklab.plugins import CALLBACKS, ENTRY_POINT_GROUPS, load_entry_points
 from tricklab.registry import Registry
 from tricklab.tricks.activations import ACTIVATIONS
 from tricklab.tricks.clipping import CLIP_MODES
@@ -28,6 +29,7 @@ FAMILIES: dict[str, Registry] = {
     "clip_modes": CLIP_MODES,
     "schedules": SCHEDULES,
     "studies": STUDIES,
+    "callbacks": CALLBACKS,
 }
 
 
@@ -36,4 +38,11 @@ def family(name: str) -> Registry:
     if name not in FAMILIES:
         close = difflib.get_close_matches(name, list(FAMILIES), n=1)
         raise UnknownNameError("registry", name, list(FAMILIES), close[0] if close else None)
+    if name in ENTRY_POINT_GROUPS:
+        load_entry_points(name, FAMILIES[name])
     return FAMILIES[name]
+
+
+def list_names(name: str | None = None) -> dict[str, list[str]]:
+    """Every registered name by family (installed plugins included), or one family's: ``tricklab list`` as data."""
+    return {f: family(f).names() for f in ([name] if name else FAMILIES)}

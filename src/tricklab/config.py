@@ -19,9 +19,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from tricklab import plugins
 from tricklab.data import DATASETS
 from tricklab.errors import ConfigError, TrickLabError
-from tricklab.models import MODELS
+from tricklab.models import BUILTIN_MODULE, MODEL_SHAPE, MODELS
+from tricklab.plugins import CALLBACKS
 from tricklab.registry import Registry
 from tricklab.tricks.activations import ACTIVATIONS
 from tricklab.tricks.clipping import CLIP_MODES
@@ -48,51 +50,167 @@ class Section(BaseModel):
     def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
         """YAML's true/false must not pass as 1/0 where a number belongs."""
         annotation = cls.model_fields[info.field_name].annotation
-        if isinstance(value, bool) and annotation is not bool and bool not in getattr(annotation, "__args__", ()):
-            kind = "an integer" if int in (annotation, *getattr(annotation, "__args__", ())) else "a number"
-            if annotation is str or "Literal" in str(annotation):
+        args = getattr(annotation, "__args__", ())
+        if isinstance(value, bool) and annotation is not bool and bool not in args and "Any" not in str(annotation):
+            kind = "an integer" if int in (annotation, *args) else "a number"
+            if str in (annotation, *args) or "Literal" in str(annotation):
                 kind = "a name"
             raise ValueError(f"must be {kind}, not a boolean")
         return value
 
 
 class DataConfig(Section):
-    """Which data, how it is split, scaled and batched."""
+    """Which data, how it is split, scaled and batched.
+
+    ``name`` is a registered dataset (``tricklab list datasets``) or an import path ``package.module:loader``
+    (see :mod:`tricklab.plugins`); ``path`` is a file for the datasets that read one (``npz``, ``csv``);
+    ``kwargs`` are the loader's own keyword arguments, checked against its signature.
+    """
 
     name: str = "mnist"
+    path: str | None = None  # a data file, for loaders that take one (npz, csv, plugins with a path argument)
+    kwargs: dict[str, Any] = {}
     dir: str | None = None  # cache root; else env TRICKLAB_DATA, else ~/.cache/tricklab
     val_fraction: float = Field(0.1, gt=0, lt=1)
     scale: str = "standardize"
     batch_size: int = Field(128, gt=0)
     subset: int | None = Field(None, gt=0)  # use only this many training examples
 
-    _name = field_validator("name")(lambda v: _name_in(DATASETS, v))
     _scale = field_validator("scale")(lambda v: _name_in(SCALINGS, v))
+
+    @model_validator(mode="after")
+    def _loader(self) -> DataConfig:
+        loader = dataset_loader(self.name)
+        plugins.json_plain(self.kwargs, "data.kwargs")
+        if self.path is not None and not plugins.accepts(loader, "path"):
+            raise ConfigError("data.path", self.path, f"dataset {self.name!r} reads no file; leave data.path unset")
+        for reserved in ("root", "path"):
+            if reserved in self.kwargs:
+                where = "data.dir" if reserved == "root" else "data.path"
+                raise ConfigError(f"data.kwargs.{reserved}", self.kwargs[reserved], f"set {where} instead")
+        kwargs = dict(self.kwargs, **({"path": self.path} if self.path is not None else {}))
+        if plugins.accepts(loader, "root"):
+            kwargs["root"] = "<cache>"
+        plugins.check_call(loader, (), kwargs, "data.kwargs", _label(self.name), self.kwargs)
+        return self
+
+    def loader_kwargs(self, root: Any) -> dict[str, Any]:
+        """The keyword arguments the loader is called with: ``root`` and ``path`` where it takes them, ``kwargs``."""
+        loader = dataset_loader(self.name)
+        kwargs = dict(self.kwargs)
+        if self.path is not None:
+            kwargs["path"] = self.path
+        if plugins.accepts(loader, "root"):
+            kwargs["root"] = root
+        return kwargs
+
+
+def dataset_loader(name: str):
+    """The loader of dataset ``name`` (registered or an import path), checked to be callable."""
+    return plugins.check_callable(plugins.resolve(DATASETS, "datasets", name, "data.name"), "data.name", name)
+
+
+def model_factory(name: str):
+    """The factory of model ``name`` (registered or an import path), checked to be callable."""
+    return plugins.check_callable(plugins.resolve(MODELS, "models", name, "model.name"), "model.name", name)
+
+
+def is_builtin_model(name: object) -> bool:
+    """Whether ``name`` is one of tricklab's own models (they get ``he_normal`` init by default)."""
+    try:
+        factory = model_factory(name) if isinstance(name, str) else None
+    except ConfigError:
+        return True  # an unknown name fails with its own message when the model section is validated
+    return getattr(factory, "__module__", "").startswith(BUILTIN_MODULE)
+
+
+def _label(name: str) -> str:
+    return name.rpartition(":")[2] if plugins.is_import_path(name) else name
 
 
 class ModelConfig(Section):
-    """The network: which architecture and its shape."""
+    """The network: which architecture and its shape.
+
+    Each model gets its own defaults (the keyword defaults of its factory): ``mlp`` 2 × 512, ``cnn`` 2 × 32
+    channels, ``resnet`` 3 residual blocks of 16 channels with batch norm, ``inception`` 2 modules of width 16 with
+    batch norm. ``name`` may be an import path ``package.module:factory`` or a registered plugin; a plugin
+    receives ``(input_shape, num_classes, **kwargs)``: the shape keys below that its signature takes (e.g.
+    ``dropout``, so studies can vary them) and ``kwargs``, its other arguments, checked against its signature.
+    """
 
     name: str = "mlp"
-    depth: int = Field(2, ge=0, le=1000)
-    width: int = Field(512, gt=0)
-    activation: str = "relu"
-    norm: str = "none"
-    norm_position: Literal["before_activation", "after_activation"] = "before_activation"
-    dropout: float = Field(0.0, ge=0, lt=1)
-    residual: bool = False
+    depth: int | None = Field(None, ge=0, le=1000)
+    width: int | None = Field(None, gt=0)
+    activation: str | None = None
+    norm: str | None = None
+    norm_position: Literal["before_activation", "after_activation"] | None = None
+    dropout: float | None = Field(None, ge=0, lt=1)
+    residual: bool | None = None
+    kwargs: dict[str, Any] = {}
 
-    _name = field_validator("name")(lambda v: _name_in(MODELS, v))
-    _act = field_validator("activation")(lambda v: _name_in(ACTIVATIONS, v))
-    _norm = field_validator("norm")(lambda v: _name_in(NORMS, v))
+    _act = field_validator("activation")(lambda v: v if v is None else _name_in(ACTIVATIONS, v))
+    _norm = field_validator("norm")(lambda v: v if v is None else _name_in(NORMS, v))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_defaults(cls, data: Any) -> Any:
+        """Fill the shape keys left unset from the model factory's own keyword defaults."""
+        if not isinstance(data, dict):
+            return data
+        defaults = plugins.keyword_defaults(model_factory(data.get("name", "mlp")))
+        filled = {k: defaults[k] for k in MODEL_SHAPE if k in defaults and data.get(k) is None}
+        return {**data, **filled}
+
+    @model_validator(mode="after")
+    def _check_factory(self) -> ModelConfig:
+        factory = model_factory(self.name)
+        plugins.json_plain(self.kwargs, "model.kwargs")
+        for key in MODEL_SHAPE:
+            value = getattr(self, key)
+            if value is not None and not plugins.accepts(factory, key):
+                raise ConfigError(
+                    f"model.{key}",
+                    value,
+                    f"model {_label(self.name)!r} takes no {key!r} argument; leave it unset "
+                    "(a plugin's own arguments go in model.kwargs)",
+                )
+        for key in self.kwargs:
+            if key in MODEL_SHAPE:
+                raise ConfigError(f"model.kwargs.{key}", self.kwargs[key], f"set model.{key} instead")
+        plugins.check_call(factory, ((1,), 2), self.factory_kwargs(), "model.kwargs", _label(self.name), self.kwargs)
+        return self
+
+    def factory_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments the model factory is called with: the shape keys set, and ``kwargs``."""
+        return {**{k: getattr(self, k) for k in MODEL_SHAPE if getattr(self, k) is not None}, **self.kwargs}
 
 
 class InitConfig(Section):
     """How the weights start (applied to every Linear/Conv layer after the model is built)."""
 
-    scheme: str = "he_normal"
+    scheme: str = "he_normal"  # when unset: he_normal for tricklab's models, "default" (the model's own) for plugins
 
     _scheme = field_validator("scheme")(lambda v: _name_in(INITIALIZERS, v))
+
+
+class CallbackSpec(Section):
+    """A callback by name: a registered one (``tricklab.register_callback``) or an import path, with its kwargs."""
+
+    name: str
+    kwargs: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _check(self) -> CallbackSpec:
+        factory = callback_factory(self.name)
+        plugins.json_plain(self.kwargs, "callbacks.kwargs")
+        plugins.check_call(factory, (), self.kwargs, "callbacks.kwargs", _label(self.name))
+        return self
+
+
+def callback_factory(name: str):
+    """The factory of callback ``name`` (registered or an import path), checked to be callable."""
+    found = plugins.resolve(CALLBACKS, "callbacks", name, "callbacks.name")
+    return plugins.check_callable(found, "callbacks.name", name)
 
 
 class OptimConfig(Section):
@@ -190,6 +308,27 @@ class Config(Section):
     train: TrainConfig = TrainConfig()
     diagnostics: DiagnosticsConfig = DiagnosticsConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
+    callbacks: tuple[CallbackSpec, ...] = ()  # outside callbacks, by name (tricklab.register_callback)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _init_default(cls, data: Any) -> Any:
+        """``init.scheme`` unset: ``he_normal`` for tricklab's models, the model's own init for plugins."""
+        if not isinstance(data, dict):
+            return data
+        init, model = data.get("init"), data.get("model")
+        if isinstance(init, InitConfig) or isinstance(init, dict) and "scheme" in init:
+            return data
+        name = (
+            model.name
+            if isinstance(model, ModelConfig)
+            else model.get("name", "mlp")
+            if isinstance(model, dict)
+            else "mlp"
+        )
+        if is_builtin_model(name):
+            return data
+        return {**data, "init": {**(init if isinstance(init, dict) else {}), "scheme": "default"}}
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
@@ -224,9 +363,19 @@ class Config(Section):
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
     def with_overrides(self, overrides: dict[str, Any] | list[str]) -> Config:
-        data = self.to_dict()
-        for key, value in _pairs(overrides):
+        """This config with ``overrides`` applied. A new ``model.name`` takes the new model's own defaults for
+        the shape keys that held the old model's defaults (so a CNN does not inherit the MLP's 512 units)."""
+        data, pairs = self.to_dict(), _pairs(overrides)
+        for key, value in pairs:
             _set_path(data, key, value)
+        model = data.get("model")
+        if isinstance(model, dict) and model.get("name") != self.model.name:
+            old, given = plugins.keyword_defaults(model_factory(self.model.name)), {k for k, _ in pairs}
+            data["model"] = {
+                k: v
+                for k, v in model.items()
+                if f"model.{k}" in given or not (k in MODEL_SHAPE and (v is None or k in old and v == old[k]))
+            }
         return validate(data)
 
 

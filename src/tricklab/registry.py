@@ -28,6 +28,7 @@ class Entry(Generic[T]):
     name: str
     obj: T
     help: str
+    source: str = ""  # "" for tricklab's own; else where a plugin came from ("registered in Python", "plugin pkg")
 
 
 class Registry(Generic[T]):
@@ -37,15 +38,22 @@ class Registry(Generic[T]):
         self.kind = kind
         self._entries: dict[str, Entry[T]] = {}
 
-    def register(self, name: str, obj: T | None = None, *, help: str = "") -> Callable[[T], T] | T:
-        """Register ``obj`` under ``name``; without ``obj``, return a decorator."""
+    def register(
+        self, name: str, obj: T | None = None, *, help: str = "", source: str = ""
+    ) -> Callable[[T], T] | T:
+        """Register ``obj`` under ``name``; without ``obj``, return a decorator.
+
+        A plugin (``source`` set) may replace an earlier plugin of the same name (a notebook cell run twice);
+        tricklab's own names can never be replaced.
+        """
 
         def add(o: T) -> T:
-            if name in self._entries:
+            old = self._entries.get(name)
+            if old is not None and not (source and old.source):
                 raise ValueError(f"{self.kind} {name!r} is already registered")
             doc = help or (getattr(o, "__doc__", None) or "").strip().splitlines()[:1]
             text = doc if isinstance(doc, str) else (doc[0] if doc else "")
-            self._entries[name] = Entry(name, o, text)
+            self._entries[name] = Entry(name, o, text, source)
             return o
 
         return add(obj) if obj is not None else add
@@ -66,6 +74,17 @@ class Registry(Generic[T]):
 
     def entries(self) -> list[Entry[T]]:
         return list(self._entries.values())
+
+    def entry(self, name: str) -> Entry[T]:
+        self.get(name)
+        return self._entries[name]
+
+    def unregister(self, name: str) -> None:
+        """Remove a plugin (tricklab's own names stay)."""
+        entry = self.entry(name)
+        if not entry.source:
+            raise ValueError(f"{self.kind} {name!r} is built in and cannot be removed")
+        del self._entries[name]
 
     def help(self, name: str) -> str:
         self.get(name)

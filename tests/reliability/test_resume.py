@@ -20,7 +20,8 @@ from tricklab.config import load_config
 from tricklab.events import Callback
 from tricklab.train import checkpoint as ckpt_mod
 from tricklab.train.checkpoint import Interrupted
-from tricklab.train.run import run, run_checkpoints
+from tricklab.train.run import run
+from tricklab.train.rundir import run_checkpoints
 
 BASE = [
     "data.name=synthetic",

@@ -15,11 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tricklab.assembly import build_model as make_model
+from tricklab.assembly import load_data
 from tricklab.config import Config, load_config
 from tricklab.data import TensorBatches
 from tricklab.events import Callback, FitState
 from tricklab.train.loop import evaluate
-from tricklab.train.run import load_data, make_model, run
+from tricklab.train.run import run
 from tricklab.tricks.averaging import evaluate_ensemble
 
 #: 128 training examples in batches of 32 (4 steps per epoch), a 2×32 MLP, Adam at 0.01, constant LR.

@@ -33,15 +33,16 @@ def add_parser(sub) -> None:
 
 
 def run_cmd(args: argparse.Namespace) -> int:
+    from tricklab.assembly import assemble
     from tricklab.config import load_config
     from tricklab.diagnostics.doctor import run_doctor
-    from tricklab.train.run import check_run_dir, new_dir_name, prepare
+    from tricklab.train.rundir import check_run_dir, default_run_dir
 
     overrides = list(args.overrides) + ([f"diagnostics.steps={args.steps}"] if args.steps is not None else [])
     cfg = load_config(args.config, overrides)
-    out = Path(args.out) if args.out else new_dir_name(f"doctor-{cfg.data.name}-{cfg.model.name}")
+    out = Path(args.out) if args.out else default_run_dir(cfg, "doctor")
     check_run_dir(out)
-    prepared = prepare(cfg)  # bad data or model settings fail here, before anything is written
+    prepared = assemble(cfg)  # bad data or model settings fail here, before anything is written
     result = run_doctor(cfg, prepared, recheck=not args.no_recheck)
 
     from tricklab.report.doctor import write_report

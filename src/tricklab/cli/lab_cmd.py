@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 EXIT_RUNS_FAILED = 1
 
@@ -43,43 +42,12 @@ def _studies(args):
     return [STUDIES.get(n) for n in names], None, None
 
 
-class LabProgress:
-    """Runs done/running/failed and an ETA: a live line on a terminal, a plain line per finished run otherwise."""
-
-    def __init__(self, console):
-        self.console, self.live = console, sys.stdout.isatty()
-        self.start = time.perf_counter()
-        self._status = None
-
-    def __call__(self, c: dict) -> None:
-        from tricklab.lab.runner import eta_seconds
-
-        remaining = c["total"] - c["done"] - c["failed"]
-        eta = eta_seconds(c["times"], remaining, c["processes"])
-        eta_s = "—" if eta != eta else f"{eta:.0f}s"
-        skipped = f", {c['skipped']} already done" if c["skipped"] else ""
-        line = (
-            f"runs: {c['done']}/{c['total']} done, {c['running']} running, {c['failed']} failed{skipped}; elapsed "
-            f"{time.perf_counter() - self.start:.0f}s, eta {eta_s}"
-        )
-        if self.live:
-            if self._status is None:
-                self._status = self.console.status(line)
-                self._status.start()
-            self._status.update(line)
-            if c.get("finished"):
-                self._status.stop()
-                self.console.print(line)
-        elif c.get("finished") or c["done"] + c["failed"] != getattr(self, "_last", -1):
-            self._last = c["done"] + c["failed"]
-            print(line, flush=True)
-
-
 def run_cmd(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from tricklab.errors import TrickLabError
     from tricklab.lab.lab import LabOptions, command_line, run_lab
+    from tricklab.lab.progress import LabProgress
     from tricklab.report.lab_report import build_report
 
     studies, file_seeds, file_epochs = _studies(args)

@@ -18,7 +18,11 @@ def run_cmd(args: argparse.Namespace) -> int:
     for name in names:
         reg = family(name)
         print(f"{name}:")
+        if not len(reg):
+            print("  (none registered: see tricklab.register_callback and the tricklab.callbacks entry points)")
+            continue
         width = max(len(n) for n in reg.names())
         for e in reg.entries():
-            print(f"  {e.name:<{width}}  {e.help}")
+            source = f"  [{e.source}]" if e.source else ""
+            print(f"  {e.name:<{width}}  {e.help}{source}")
     return 0

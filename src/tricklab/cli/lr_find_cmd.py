@@ -35,13 +35,6 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run_cmd)
 
 
-def default_out_dir(base: Path = Path("runs")) -> Path:
-    """``runs/<stamp>-lr-find``, with ``-2``, ``-3``, ... if that folder exists already."""
-    from tricklab.train.run import new_dir_name
-
-    return new_dir_name("lr-find", base)
-
-
 def check_out_dir(path: Path) -> None:
     """Refuse a ``--out`` that is a file or a folder holding anything (never overwrite earlier results)."""
     from tricklab.errors import TrickLabError
@@ -53,36 +46,24 @@ def check_out_dir(path: Path) -> None:
 def run_cmd(args: argparse.Namespace) -> int:
     import torch.nn.functional as F
 
+    from tricklab.assembly import assemble, optimizer_factory
     from tricklab.config import load_config
     from tricklab.data import TensorBatches
     from tricklab.data.download import atomic_write
     from tricklab.errors import ConfigError, TrickLabError
     from tricklab.report.lr_find import plot_lr_find
-    from tricklab.train.run import load_data, make_model
-    from tricklab.train.seed import resolve_device, set_threads
-    from tricklab.train.setup import build_optimizer
+    from tricklab.train.rundir import default_run_dir
     from tricklab.tricks.lr_finder import lr_range_test
-    from tricklab.tricks.optimizers import build_optimizer as optimizer_by_name
 
     # Everything that can fail on bad input comes before the output folder is created.
     cfg = load_config(args.config, args.overrides)
     if args.steps < 2:
         raise ConfigError("--steps", args.steps, "an integer >= 2 (training batches to sweep the LR over)")
-    out = Path(args.out) if args.out is not None else default_out_dir()
+    out = Path(args.out) if args.out is not None else default_run_dir(cfg, "lr-find")
     check_out_dir(out)
-    set_threads(cfg.train.threads)
-    device = resolve_device(cfg.train.device)
-    splits = load_data(cfg)
-    model, generator = make_model(cfg, splits, cfg.train.seed)
-    model.to(device)
-    build_optimizer(cfg, model)  # refuses a bad optimizer config now, not halfway through
-
-    o = cfg.optim
-
-    def factory(params, lr):
-        return optimizer_by_name(
-            o.name, params, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay, decoupled=o.decoupled
-        )
+    parts = assemble(cfg)  # data, model and optimizer: a bad config is refused now, not halfway through
+    splits, model, generator, o = parts.splits, parts.model.to(parts.device), parts.generator, cfg.optim
+    factory = optimizer_factory(cfg)
 
     batches = TensorBatches(
         splits.train.x, splits.train.y, cfg.data.batch_size, shuffle=True, generator=generator

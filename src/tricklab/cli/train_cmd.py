@@ -45,7 +45,7 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def resume_config(run_dir: Path, config: str | None, overrides: list[str]):
     """The run's stored config; ``--config``/``--set`` may restate it but not change it."""
     from tricklab.config import load_config
-    from tricklab.train.run import stored_config
+    from tricklab.train.rundir import stored_config
 
     cfg = stored_config(run_dir)
     if config or overrides:
@@ -63,7 +63,8 @@ def resume_config(run_dir: Path, config: str | None, overrides: list[str]):
 def run_cmd(args: argparse.Namespace) -> int:
     from tricklab.cli.progress import ProgressReporter
     from tricklab.config import load_config
-    from tricklab.train.run import find_resumable, run
+    from tricklab.train.run import run
+    from tricklab.train.rundir import find_resumable
 
     if args.resume is not None:
         if args.out is not None:

@@ -12,7 +12,7 @@ import os
 
 import torch
 
-from tricklab.data.base import DatasetInfo, RawDataset, Splits, TensorBatches, TensorData
+from tricklab.data.base import DatasetInfo, RawDataset, Splits, TensorBatches, TensorData, as_raw_dataset
 from tricklab.data.download import data_root
 from tricklab.data.sources import DATASETS
 from tricklab.errors import ConfigError
@@ -34,9 +34,17 @@ def load_splits(
     of the (shuffled) training split; the validation split keeps its full size. Scaling statistics are
     fitted on the training split only.
     """
+    raw: RawDataset = DATASETS.get(name)(data_root(root))
+    return split_and_scale(raw, val_fraction=val_fraction, scale=scale, subset=subset, seed=seed)
+
+
+def split_and_scale(
+    raw: RawDataset, *, val_fraction: float = 0.1, scale: str = "standardize", subset: int | None = None, seed: int = 0
+) -> Splits:
+    """Carve a seeded validation split off ``raw.train`` and scale all splits with statistics of the training split."""
+    name = raw.info.name
     if subset is not None and subset < 1:
         raise ConfigError("data.subset", subset, "must be a positive number of training examples, or null for all")
-    raw: RawDataset = DATASETS.get(name)(data_root(root))
     n = len(raw.train)
     n_val = int(round(n * val_fraction))
     if not 0 < n_val < n:
@@ -72,6 +80,8 @@ __all__ = [
     "Splits",
     "TensorBatches",
     "TensorData",
+    "as_raw_dataset",
     "data_root",
     "load_splits",
+    "split_and_scale",
 ]

@@ -94,3 +94,88 @@ class TensorBatches:
             for i in range(len(self)):
                 sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
                 yield self.x[sl], self.y[sl]
+
+
+def as_raw_dataset(obj: object, name: str) -> RawDataset:
+    """What a dataset loader returned, as a :class:`RawDataset` of tensors, checked.
+
+    A loader may return a ``RawDataset``; a pair ``(train, test)`` where each is an ``(x, y)`` pair of tensors or
+    NumPy arrays, or any map-style dataset whose items are ``(x, y)`` (e.g. a ``torch.utils.data.Dataset``); a
+    4-tuple ``(x_train, y_train, x_test, y_test)``; or a mapping with those four keys. Inputs become float32
+    tensors (uint8 images stay uint8), labels long; the classes are ``0 … max label``. Anything else is a
+    :class:`~tricklab.errors.DataError` naming the dataset and what was wrong.
+    """
+    from tricklab.errors import DataError
+
+    if isinstance(obj, RawDataset):
+        return obj
+    if isinstance(obj, dict):
+        missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in obj]
+        if missing:
+            raise DataError(f"dataset {name!r}: the loader's mapping lacks {', '.join(missing)}")
+        obj = (obj["x_train"], obj["y_train"], obj["x_test"], obj["y_test"])
+    if isinstance(obj, (tuple, list)) and len(obj) == 4:
+        obj = ((obj[0], obj[1]), (obj[2], obj[3]))
+    if not (isinstance(obj, (tuple, list)) and len(obj) == 2):
+        raise DataError(
+            f"dataset {name!r}: the loader returned {type(obj).__name__}; expected (train, test) pairs of (x, y), "
+            "(x_train, y_train, x_test, y_test), a mapping of those or a RawDataset"
+        )
+    train, test = (_as_tensor_data(part, name, which) for part, which in zip(obj, ("train", "test"), strict=True))
+    if train.x.shape[1:] != test.x.shape[1:]:
+        raise DataError(
+            f"dataset {name!r}: train inputs are shaped {tuple(train.x.shape[1:])} but test inputs "
+            f"{tuple(test.x.shape[1:])}"
+        )
+    num_classes = int(max(train.y.max(), test.y.max())) + 1
+    if num_classes < 2:
+        raise DataError(f"dataset {name!r}: all labels are 0; at least 2 classes are needed")
+    return RawDataset(train, test, DatasetInfo(name, tuple(train.x.shape[1:]), num_classes))
+
+
+def _as_tensor_data(part: object, name: str, which: str) -> TensorData:
+    from tricklab.errors import DataError
+
+    where = f"dataset {name!r} ({which})"
+    if isinstance(part, TensorData):
+        x, y = part.x, part.y
+    elif isinstance(part, (tuple, list)) and len(part) == 2:
+        x, y = part
+    elif hasattr(part, "__getitem__") and hasattr(part, "__len__"):  # a map-style dataset of (x, y) items
+        items = [part[i] for i in range(len(part))]
+        if not items:
+            raise DataError(f"{where}: holds no examples")
+        try:
+            x = torch.stack([torch.as_tensor(item[0]) for item in items])
+            y = torch.as_tensor([int(item[1]) for item in items])
+        except (TypeError, ValueError, IndexError, RuntimeError) as e:
+            raise DataError(f"{where}: items must be (x, y): tensors of one shape, integer labels ({e})") from None
+    else:
+        raise DataError(f"{where}: got {type(part).__name__}; expected (x, y) or a dataset of (x, y) items")
+    try:
+        x, y = torch.as_tensor(x), torch.as_tensor(y)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise DataError(f"{where}: x and y must be tensors or numeric arrays ({e})") from None
+    if x.ndim < 2 or y.ndim != 1:
+        raise DataError(f"{where}: x must be (N, ...) and y (N,), got {tuple(x.shape)} and {tuple(y.shape)}")
+    if len(x) != len(y):
+        raise DataError(f"{where}: x has {len(x)} examples but y has {len(y)}")
+    if len(y) == 0:
+        raise DataError(f"{where}: holds no examples")
+    if x.dtype != torch.uint8:
+        if not (x.is_floating_point() or x.dtype in (torch.int8, torch.int16, torch.int32, torch.int64)):
+            raise DataError(f"{where}: inputs must be numbers, got {x.dtype}")
+        x = x.float()
+        bad = ~torch.isfinite(x)
+        if bad.any():
+            first = int(bad.reshape(len(x), -1).any(1).nonzero()[0])
+            raise DataError(f"{where}: {int(bad.sum())} NaN/Inf input values (first in example {first})")
+    if y.is_floating_point():
+        if not torch.equal(y, y.round()) or not torch.isfinite(y).all():
+            raise DataError(f"{where}: labels must be integers 0 … C−1")
+    elif y.dtype == torch.bool or y.is_complex():
+        raise DataError(f"{where}: labels must be integers 0 … C−1, got {y.dtype}")
+    y = y.long()
+    if int(y.min()) < 0:
+        raise DataError(f"{where}: label {int(y.min())} is negative; labels must be 0 … C−1")
+    return TensorData(x, y)

@@ -19,26 +19,28 @@ Example::
 
 from __future__ import annotations
 
+import copy
+import itertools
+import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
-from tricklab.config import Config
-from tricklab.data import Splits
+from tricklab.assembly import Assembled, assemble, build_model, build_optimizer, load_data, step_callbacks
+from tricklab.config import Config, model_factory
+from tricklab.data import Splits, TensorData
 from tricklab.diagnostics.probes import Findings, ProbeCallback
 from tricklab.diagnostics.signal import SignalProfile, compare_inits
 from tricklab.diagnostics.verdicts import Verdict, diagnose, merge_prescriptions, settings_of
 from tricklab.errors import TrickLabError
-from tricklab.events import Callback, FitState
-from tricklab.models import build_model
+from tricklab.events import ORDER_STOP_AFTER, Callback, FitState
 from tricklab.train.loop import fit
-from tricklab.train.run import load_data, make_model, prepare
-from tricklab.train.setup import build_optimizer
-from tricklab.tricks.clipping import GradClip
-from tricklab.tricks.regularization import L1Penalty
 
 #: Examples in the batch that measures signal propagation at init.
 SIGNAL_BATCH = 256
@@ -53,6 +55,7 @@ class Recheck:
     verdicts: list[Verdict]
     findings: Findings | None = None
     error: str | None = None  # the prescription could not be applied
+    not_applied: dict[str, Any] = field(default_factory=dict)  # parts a custom model must change itself
 
     @property
     def cured(self) -> bool:
@@ -70,18 +73,45 @@ class Recheck:
             "healthy": self.healthy,
             "verdicts": [v.to_dict() for v in self.verdicts],
             "error": self.error,
+            "not_applied": self.not_applied,
         }
 
 
 @dataclass
 class DoctorResult:
-    config: Config
+    """The doctor's findings: verdicts with their layers and figures, the merged prescription, the re-check.
+
+    ``config`` is the examined config (None when :func:`diagnose_model` examined a model of your own, whose
+    readable ``settings`` stand in for it). ``save(dir)`` writes the HTML report; in Jupyter it renders itself.
+    """
+
+    config: Config | None
     findings: Findings
     verdicts: list[Verdict]
     signal: list[SignalProfile] = field(default_factory=list)
     prescription: dict[str, Any] = field(default_factory=dict)
     recheck: Recheck | None = None
     wall_time_s: float = 0.0
+    settings: dict[str, Any] = field(default_factory=dict)  # what the verdicts read (settings_of(config))
+
+    def save(self, out_dir: str | Path) -> Path:
+        """Write the report folder (``index.html``, plots, ``doctor.json``, ``records.json``, ``signal.json``,
+        ``config.yaml`` when there is a config); return the page's path."""
+        from tricklab.report.doctor import write_report
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        if self.config is not None:
+            (out / "config.yaml").write_text(self.config.to_yaml())
+        (out / "doctor.json").write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        (out / "records.json").write_text(json.dumps(self.findings.to_dict()) + "\n")
+        (out / "signal.json").write_text(json.dumps([p.to_dict() for p in self.signal]) + "\n")
+        return write_report(self, out)
+
+    def _repr_html_(self) -> str:
+        from tricklab.report.doctor import inline_html
+
+        return inline_html(self)
 
     @property
     def healthy(self) -> bool:
@@ -104,7 +134,7 @@ class DoctorResult:
 class StopAfter(Callback):
     """Stop training after ``steps`` optimizer steps."""
 
-    order = 1000
+    order = ORDER_STOP_AFTER
 
     def __init__(self, steps: int):
         self.steps = steps
@@ -126,27 +156,56 @@ def probe_training(
 ) -> Findings:
     """Train ``model`` for ``steps`` steps with the config's optimizer, LR, L1 and clipping, probed every
     ``every`` steps; return what the probe saw."""
+    return probe_run(
+        model,
+        build_optimizer(cfg, model),
+        splits.train,
+        steps=steps,
+        every=every,
+        device=device,
+        batch_size=cfg.data.batch_size,
+        generator=generator,
+        callbacks=step_callbacks(cfg),
+    )
+
+
+def probe_run(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train,
+    *,
+    steps: int,
+    every: int,
+    device: torch.device | str = "cpu",
+    batch_size: int = 128,
+    generator: torch.Generator | None = None,
+    loss_fn: Callable = F.cross_entropy,
+    callbacks: list[Callback] = (),
+) -> Findings:
+    """Train ``model`` with ``optimizer`` on ``train`` (tensors or any iterable of batches) for ``steps`` steps,
+    probed every ``every`` steps, with ``callbacks`` (e.g. clipping); return what the probe saw."""
     probe = ProbeCallback(every, stop_on_nonfinite=True)
-    callbacks: list[Callback] = [probe, StopAfter(steps)]
-    if cfg.optim.l1 > 0:
-        callbacks.append(L1Penalty(cfg.optim.l1))
-    if cfg.clip.mode != "none":
-        callbacks.append(GradClip(cfg.clip.mode, cfg.clip.threshold))
-    per_epoch = math.ceil(len(splits.train) / cfg.data.batch_size)
+    batches = train if isinstance(train, (TensorData, tuple)) else list(itertools.islice(iter(train), steps))
+    per_epoch = math.ceil(len(train) / batch_size) if isinstance(train, (TensorData, tuple)) else len(batches)
+    if isinstance(train, tuple):
+        per_epoch = math.ceil(len(train[1]) / batch_size)
+    if per_epoch == 0:
+        raise TrickLabError("doctor: the training data holds no batch")
     epochs = math.ceil(steps / per_epoch)
-    optimizer = build_optimizer(cfg, model)
+    device = torch.device(device)
     model.to(device)
     state = FitState(model=model, optimizer=optimizer, epochs=epochs, device=device, steps_per_epoch=per_epoch)
     try:
         fit(
             model,
-            splits.train,
+            batches,
             None,
             epochs=epochs,
             optimizer=optimizer,
-            callbacks=callbacks,
+            loss_fn=loss_fn,
+            callbacks=[probe, StopAfter(steps), *callbacks],
             device=device,
-            batch_size=cfg.data.batch_size,
+            batch_size=batch_size,
             generator=generator,
             state=state,
         )
@@ -160,11 +219,11 @@ def probe_training(
 def signal_at_init(cfg: Config, splits: Splits, device: torch.device) -> list[SignalProfile]:
     """Signal propagation of the config's model for every init scheme, on the first training examples."""
     info = splits.info
-    options = cfg.model.model_dump(exclude={"name"})
+    factory, options = model_factory(cfg.model.name), cfg.model.factory_kwargs()
     x = splits.train.x[:SIGNAL_BATCH].to(device)
     y = splits.train.y[:SIGNAL_BATCH].to(device)
     return compare_inits(
-        lambda: build_model(cfg.model.name, info.input_shape, info.num_classes, **options),
+        lambda: factory(tuple(info.input_shape), info.num_classes, **options),
         x,
         y,
         seed=cfg.train.seed,
@@ -173,17 +232,18 @@ def signal_at_init(cfg: Config, splits: Splits, device: torch.device) -> list[Si
 
 def run_doctor(
     cfg: Config,
-    prepared: tuple[Splits, torch.nn.Module, torch.Generator, torch.device] | None = None,
+    prepared: Assembled | None = None,
     *,
     recheck: bool = True,
     signal: bool = True,
 ) -> DoctorResult:
     """Examine ``cfg``: signal at init, a probed short run, verdicts, and (``recheck``) the prescription tried.
 
-    ``prepared``: what :func:`tricklab.train.run.prepare` returned for ``cfg`` (done here when None).
+    ``prepared``: what :func:`tricklab.assembly.assemble` returned for ``cfg`` (done here when None).
     """
     start = time.perf_counter()
-    splits, model, generator, device = prepared or prepare(cfg)
+    parts = prepared or assemble(cfg)
+    splits, model, generator, device = parts.splits, parts.model, parts.generator, parts.device
     d = cfg.diagnostics
     profiles = signal_at_init(cfg, splits, device) if signal else []
     findings = probe_training(cfg, splits, model, generator, device, steps=d.steps, every=d.every)
@@ -192,7 +252,9 @@ def run_doctor(
     again = None
     if recheck and verdicts and prescription:
         again = _recheck(cfg, splits, device, prescription, [v.name for v in verdicts])
-    return DoctorResult(cfg, findings, verdicts, profiles, prescription, again, wall_time_s=time.perf_counter() - start)
+    return DoctorResult(
+        cfg, findings, verdicts, profiles, prescription, again, time.perf_counter() - start, settings_of(cfg)
+    )
 
 
 def diagnose_training(cfg: Config, probe: ProbeCallback) -> DoctorResult:
@@ -206,7 +268,7 @@ def diagnose_training(cfg: Config, probe: ProbeCallback) -> DoctorResult:
     """
     findings = probe.findings()
     verdicts = diagnose(findings, settings_of(cfg))
-    return DoctorResult(cfg, findings, verdicts, prescription=merge_prescriptions(verdicts))
+    return DoctorResult(cfg, findings, verdicts, prescription=merge_prescriptions(verdicts), settings=settings_of(cfg))
 
 
 def _recheck(
@@ -216,9 +278,159 @@ def _recheck(
         cured_cfg = cfg.with_overrides(overrides)
         if cured_cfg.data != cfg.data:
             splits = load_data(cured_cfg)
-        model, generator = make_model(cured_cfg, splits, cured_cfg.train.seed)
+        model, generator = build_model(cured_cfg, splits, cured_cfg.train.seed)
     except TrickLabError as e:
         return Recheck(overrides, before, [], error=str(e))
     d = cured_cfg.diagnostics
     findings = probe_training(cured_cfg, splits, model, generator, device, steps=d.steps, every=d.every)
     return Recheck(overrides, before, diagnose(findings, settings_of(cured_cfg)), findings)
+
+
+# --- any model: tricklab.diagnose ---------------------------------------------------------------------------------
+
+#: Keys of a prescription that can be applied to a model of your own without changing its code.
+APPLICABLE = ("init.scheme", "optim.lr", "optim.name", "clip.mode", "clip.threshold", "data.scale")
+
+_NORM_NAMES = (
+    (torch.nn.modules.batchnorm._BatchNorm, "batch"),
+    (torch.nn.LayerNorm, "layer"),
+    (torch.nn.GroupNorm, "group"),
+)
+
+
+def model_settings(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """What the verdicts read, seen from a model of your own: its norm layers and the optimizer's LR. The main
+    activation is left for the verdicts to read off the probed layers; init is the model's own."""
+    norms = [name for m in model.modules() for kind, name in _NORM_NAMES if isinstance(m, kind)]
+    return {
+        "model.norm": max(set(norms), key=norms.count) if norms else "none",
+        "init.scheme": "default",
+        "optim.lr": float(optimizer.param_groups[0]["lr"]),
+        "clip.mode": "none",
+        "data.scale": "none",
+    }
+
+
+def diagnose_model(
+    model: torch.nn.Module,
+    data,
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+    loss_fn: Callable = F.cross_entropy,
+    steps: int = 200,
+    every: int = 10,
+    batch_size: int = 128,
+    device: str | torch.device | None = None,
+    seed: int = 0,
+    recheck: bool = True,
+    signal: bool = True,
+) -> DoctorResult:
+    """Examine any model that maps inputs to logits: signal at init, ``steps`` probed training steps, verdicts,
+    prescriptions and (``recheck``) the applicable part of the prescription tried on a fresh copy.
+
+    ``data``: ``(x, y)`` tensors, a :class:`~tricklab.data.TensorData` or any iterable of ``(x, y)`` batches (a
+    ``DataLoader``). ``optimizer``: one over ``model``'s parameters (default: Adam, lr 1e-3, tricklab's default).
+    Your ``model`` and ``optimizer`` are not changed: the doctor trains deep copies of them.
+    """
+    from tricklab.diagnostics.probes import check_every
+    from tricklab.train.seed import seed_everything
+    from tricklab.tricks.optimizers import build_optimizer as optimizer_by_name
+
+    check_every(every)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise TrickLabError(f"steps = {steps!r}: must be an integer >= 1")
+    if not isinstance(model, torch.nn.Module):
+        raise TrickLabError(f"model: got a {type(model).__name__}, not a torch.nn.Module")
+    start = time.perf_counter()
+    if isinstance(data, TensorData):
+        data = (data.x, data.y)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    x, y = _first_examples(data, SIGNAL_BATCH)
+    optimizer = optimizer if optimizer is not None else optimizer_by_name("adam", model, lr=1e-3)
+    if not any(p is q for g in optimizer.param_groups for p in g["params"] for q in model.parameters()):
+        raise TrickLabError("optimizer: it holds none of the model's parameters; build it on model.parameters()")
+    settings = model_settings(model, optimizer)
+    profiles = []
+    if signal:
+        profiles = compare_inits(
+            lambda: copy.deepcopy(model).cpu(), x.to(device), y.to(device), seed=seed, loss_fn=loss_fn
+        )
+    work_model, work_opt = copy.deepcopy((model, optimizer))
+    generator = seed_everything(seed)
+    findings = probe_run(
+        work_model,
+        work_opt,
+        data,
+        steps=steps,
+        every=every,
+        device=device,
+        batch_size=batch_size,
+        generator=generator,
+        loss_fn=loss_fn,
+    )
+    verdicts = diagnose(findings, settings)
+    prescription = merge_prescriptions(verdicts)
+    again = None
+    if recheck and verdicts and prescription:
+        fix = {k: v for k, v in prescription.items() if k in APPLICABLE}
+        skipped = {k: v for k, v in prescription.items() if k not in APPLICABLE}
+        m, o = copy.deepcopy((model, optimizer))
+        callbacks: list[Callback] = []
+        train = data
+        try:
+            if "init.scheme" in fix:
+                from tricklab.tricks.init import apply_init
+
+                apply_init(m, fix["init.scheme"], data=x.cpu())
+            if "optim.name" in fix:
+                o = optimizer_by_name(fix["optim.name"], m, lr=fix.get("optim.lr", settings["optim.lr"]))
+            for g in o.param_groups if "optim.lr" in fix else ():
+                g["lr"] = fix["optim.lr"]
+            if fix.get("clip.mode", "none") != "none":
+                from tricklab.tricks.clipping import GradClip
+
+                callbacks.append(GradClip(fix["clip.mode"], fix.get("clip.threshold", 1.0)))
+            if "data.scale" in fix:
+                if not isinstance(data, tuple):
+                    raise TrickLabError("data.scale: scale the inputs of your DataLoader yourself")
+                from tricklab.tricks.scaling import fit_scaler
+
+                scaler = fit_scaler(data[0], fix["data.scale"])
+                train = (scaler.apply(data[0]), data[1])
+        except TrickLabError as e:
+            again = Recheck(fix, [v.name for v in verdicts], [], error=str(e), not_applied=skipped)
+        if again is None:
+            found = probe_run(
+                m,
+                o,
+                train,
+                steps=steps,
+                every=every,
+                device=device,
+                batch_size=batch_size,
+                generator=seed_everything(seed),
+                loss_fn=loss_fn,
+                callbacks=callbacks,
+            )
+            s2 = dict(settings, **{k: v for k, v in fix.items() if k in settings})
+            again = Recheck(fix, [v.name for v in verdicts], diagnose(found, s2), found, not_applied=skipped)
+    return DoctorResult(None, findings, verdicts, profiles, prescription, again, time.perf_counter() - start, settings)
+
+
+def _first_examples(data, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` examples of ``(x, y)`` tensors, or the first batch of an iterable of batches."""
+    if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+        if len(data[0]) != len(data[1]) or len(data[1]) == 0:
+            raise TrickLabError(f"data: x has {len(data[0])} examples and y {len(data[1])}; need as many, > 0")
+        return data[0][:n], data[1][:n]
+    try:
+        batch = next(iter(data))
+        x, y = batch[0], batch[1]
+    except StopIteration:
+        raise TrickLabError("data: holds no batch") from None
+    except (TypeError, IndexError, KeyError):
+        raise TrickLabError(
+            f"data: got {type(data).__name__}; expected (x, y) tensors or an iterable of (x, y) "
+            "batches such as a DataLoader"
+        ) from None
+    return x[:n], y[:n]

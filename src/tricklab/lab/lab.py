@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from typing import Any
 
 from tricklab.config import Config, load_config
 from tricklab.errors import TrickLabError
-from tricklab.lab.runner import Task, WorkerPool, execute, plan_workers
+from tricklab.lab.runner import InProcess, Task, WorkerPool, execute, plan_workers
 from tricklab.lab.store import Store
 from tricklab.lab.studies import Study
 
@@ -124,6 +125,9 @@ def run_lab(
     n_runs = sum(len(s.variants) for s in studies) * opts.seeds
     processes, threads = plan_workers(n_runs, opts.cores, opts.workers)
     planned = plan(studies, opts, threads)  # validates everything before the folder is created
+    plugins, in_process = plugins_for_workers(planned)
+    if in_process:
+        processes, threads = 1, opts.cores or os.cpu_count() or 1
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -136,7 +140,7 @@ def run_lab(
                 if row.status == "done":
                     skipped += 1
                 else:
-                    tasks.append(Task(key, cfg.to_dict()))
+                    tasks.append(Task(key, cfg.to_dict(), plugins))
         counts = {
             "total": len(tasks),
             "done": 0,
@@ -146,6 +150,8 @@ def run_lab(
             "processes": processes,
             "threads": threads,
             "times": [],
+            "executor": f"in-process ({in_process})" if in_process else f"{processes} worker processes × {threads} "
+            "thread(s)",
         }
         started: dict[tuple, float] = {}
         failures: list[tuple[tuple, str]] = []
@@ -171,7 +177,7 @@ def run_lab(
 
         record_signals(planned, store)
         if tasks:
-            with WorkerPool(processes, threads, fn) as pool:
+            with InProcess(threads, fn) if in_process else WorkerPool(processes, threads, fn) as pool:
                 pool.run(tasks, on_event)
         if on_progress:
             on_progress(counts | {"finished": True})
@@ -181,13 +187,46 @@ def run_lab(
 SIGNAL_BATCH = 256
 
 
+def plugins_for_workers(planned: list[Planned]) -> tuple[tuple[tuple[str, str, str], ...], str | None]:
+    """How worker processes get the plugins the runs use: Python-registered ones are registered again in each
+    worker from their import paths; an import path names its module itself. A plugin defined in ``__main__``
+    (a notebook cell, a script) cannot be imported by a worker: then the runs go in this process, and the
+    second value says why (shown in the progress line)."""
+    from tricklab.catalog import family
+    from tricklab.plugins import importable_path, is_import_path
+
+    found: dict[tuple[str, str], str] = {}
+    for p in planned:
+        for cfg in p.configs.values():
+            names = [("models", cfg.model.name), ("datasets", cfg.data.name)]
+            names += [("callbacks", c.name) for c in cfg.callbacks]
+            for fam, name in names:
+                if (fam, name) in found:
+                    continue
+                if is_import_path(name):
+                    if name.partition(":")[0] == "__main__":
+                        return (), f"{fam[:-1]} {name!r} is defined in __main__; worker processes cannot import it"
+                    found[(fam, name)] = ""
+                    continue
+                entry = family(fam).entry(name)
+                if not entry.source or entry.source.startswith("plugin "):  # built in, or an installed entry point
+                    found[(fam, name)] = ""
+                    continue
+                path = importable_path(entry.obj)
+                if path is None:
+                    where = getattr(entry.obj, "__module__", "?")
+                    return (), (f"{fam[:-1]} {name!r} is defined in {where}; worker processes cannot import it")
+                found[(fam, name)] = path
+    return tuple((fam, name, path) for (fam, name), path in found.items() if path), None
+
+
 def record_signals(planned: list[Planned], store: Store) -> None:
     """For studies that ask for it: per-layer activation and gradient std at initialization, per variant (seed 0).
 
     Measured once in the main process on one training batch (tricklab.diagnostics.signal), stored beside the runs.
     """
+    from tricklab.assembly import build_model, load_data
     from tricklab.diagnostics.signal import signal_profile
-    from tricklab.train.run import load_data, make_model
 
     for p in planned:
         if not p.study.init_signal:
@@ -197,7 +236,7 @@ def record_signals(planned: list[Planned], store: Store) -> None:
             if key[2] != 0 or store.signal(key[0], key[1], key[3], run_key_hash(cfg)) is not None:
                 continue
             splits = splits or load_data(cfg)
-            model, _ = make_model(cfg, splits, cfg.train.seed)
+            model, _ = build_model(cfg, splits, cfg.train.seed)
             prof = signal_profile(model, splits.train.x[:SIGNAL_BATCH], splits.train.y[:SIGNAL_BATCH])
             store.save_signal(key[0], key[1], key[3], run_key_hash(cfg), prof.to_dict())
 

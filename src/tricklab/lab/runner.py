@@ -22,6 +22,7 @@ from typing import Any
 class Task:
     key: tuple
     config: dict[str, Any]
+    plugins: tuple[tuple[str, str, str], ...] = ()  # (family, name, import path) to register in the worker first
 
 
 def plan_workers(n_tasks: int, cores: int | None = None, processes: int | None = None) -> tuple[int, int]:
@@ -51,11 +52,54 @@ def _worker(tasks: mp.Queue, results: mp.Queue, threads: int, fn: Callable) -> N
             return
         results.put(("start", task.key, os.getpid()))
         try:
+            register_plugins(task.plugins)
             metrics, history = fn(task.config)
             results.put(("done", task.key, metrics, history))
         except BaseException as e:  # report everything, including SystemExit from deep inside a run
             tb = traceback.format_exc(limit=-3)
             results.put(("failed", task.key, f"{type(e).__name__}: {e}", tb))
+
+
+def register_plugins(plugins: tuple[tuple[str, str, str], ...]) -> None:
+    """In a worker: register the parent's Python-registered plugins again, by their import paths."""
+    if not plugins:
+        return
+    from tricklab.catalog import family
+    from tricklab.plugins import import_object
+
+    for fam, name, path in plugins:
+        family(fam).register(name, import_object(path, f"{fam} plugin {name!r}"), source="registered in Python")
+
+
+class InProcess:
+    """The lab's runs one after another in this process, with every core's threads: for plugins that worker
+    processes cannot import (a model defined in a notebook cell or a script's ``__main__``). Same interface as
+    :class:`WorkerPool`; a run that raises is reported as failed and the others go on."""
+
+    def __init__(self, threads: int, fn: Callable[[dict], tuple[dict, list]] = execute):
+        self.threads, self.fn = threads, fn
+
+    def __enter__(self) -> InProcess:
+        import torch
+
+        self._threads = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import torch
+
+        torch.set_num_threads(self._threads)
+
+    def run(self, tasks: list[Task], on_event: Callable[..., None], poll_s: float = 0.0) -> None:
+        for task in tasks:
+            on_event("start", task.key)
+            try:
+                metrics, history = self.fn(task.config)
+            except Exception as e:
+                on_event("failed", task.key, f"{type(e).__name__}: {e}", traceback.format_exc(limit=-3))
+            else:
+                on_event("done", task.key, metrics, history)
 
 
 class WorkerPool:

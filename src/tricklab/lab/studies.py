@@ -359,7 +359,14 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def load_custom_study(path: str) -> tuple[Study, int | None, int | None]:
-    """A study from a YAML file; returns it with the file's ``seeds`` and ``epochs`` (None when absent).
+    """A study from a YAML file; returns it with the file's ``seeds`` and ``epochs`` (None when absent)."""
+    from tricklab.config import read_yaml
+
+    return custom_study(read_yaml(path))
+
+
+def custom_study(raw: dict[str, Any]) -> tuple[Study, int | None, int | None]:
+    """A study from a mapping (a YAML file's content); returns it with its ``seeds`` and ``epochs``.
 
     Example file::
 
@@ -375,7 +382,6 @@ def load_custom_study(path: str) -> tuple[Study, int | None, int | None]:
     """
     from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-    from tricklab.config import read_yaml
     from tricklab.errors import ConfigError, TrickLabError
 
     class Spec(BaseModel):
@@ -390,7 +396,6 @@ def load_custom_study(path: str) -> tuple[Study, int | None, int | None]:
         epochs: int | None = Field(None, ge=1)
         target_val_acc: float | None = Field(None, gt=0, le=1)
 
-    raw = read_yaml(path)
     try:
         spec = Spec.model_validate(raw)
     except ValidationError as err:

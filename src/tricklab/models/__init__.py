@@ -16,6 +16,11 @@ from tricklab.models.resnet import ResNet
 from tricklab.registry import Registry
 
 MODELS: Registry = Registry("model")
+
+#: The module tricklab's own models live in (plugins live elsewhere).
+BUILTIN_MODULE = "tricklab.models"
+#: The config's model keys that describe a built-in model's shape; a plugin takes those its signature names.
+MODEL_SHAPE = ("depth", "width", "activation", "norm", "norm_position", "dropout", "residual")
 MODELS.register("mlp", MLP, help="flatten → depth × [Linear → norm → act → dropout] → Linear")
 MODELS.register("cnn", CNN, help="depth × [conv3 → norm → act → dropout], 2 max-pools → Linear; 2-D or 1-D")
 MODELS.register(
@@ -35,4 +40,4 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, **kwa
     return MODELS.get(name)(tuple(input_shape), num_classes, **kwargs)
 
 
-__all__ = ["MODELS", "build_model", "MLP", "CNN", "ResNet", "Inception"]
+__all__ = ["BUILTIN_MODULE", "MODEL_SHAPE", "MODELS", "build_model", "MLP", "CNN", "ResNet", "Inception"]

@@ -154,7 +154,7 @@ def write_report(result: DoctorResult, out_dir: str | Path) -> Path:
         "Gradient norm per layer over steps": plot_grad_heatmap(result.findings, out / GRAD_HEATMAP),
         "Activation histograms over time": plot_activation_histograms(result.findings, out / ACT_HISTOGRAMS),
         "Signal propagation at initialization": plot_signal(
-            result.signal, out / SIGNAL_PLOT, highlight=result.config.init.scheme
+            result.signal, out / SIGNAL_PLOT, highlight=result.settings.get("init.scheme")
         ),
     }
     page = out / PAGE
@@ -223,11 +223,31 @@ def _page(result: DoctorResult, images: dict[str, Path]) -> str:
             f"<h2>Re-check with the prescription</h2><p><code>{e(as_set_flags(r.overrides))}</code>: "
             f"<span class='{cls}'>{e(text)}</span></p>"
         )
+        if getattr(r, "not_applied", None):
+            parts.append(
+                f"<p>Not tried (change your model's code for these): <code>{e(as_set_flags(r.not_applied))}</code></p>"
+            )
     for title, path in images.items():
         data = base64.b64encode(path.read_bytes()).decode("ascii")
         parts.append(f"<h2>{e(title)}</h2><img alt='{e(title)}' src='data:image/png;base64,{data}'>")
-    parts.append(f"<h2>Config</h2><pre>{e(result.config.to_yaml())}</pre></body></html>")
+    if result.config is not None:
+        parts.append(f"<h2>Config</h2><pre>{e(result.config.to_yaml())}</pre>")
+    else:
+        settings = "\n".join(f"{k}: {v}" for k, v in result.settings.items())
+        parts.append(f"<h2>Model of your own: settings as seen by the doctor</h2><pre>{e(settings)}</pre>")
+    parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def inline_html(result: DoctorResult) -> str:
+    """The report's body for a notebook cell (Jupyter's ``_repr_html_``): the verdicts, re-check and plots."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        page = write_report(result, tmp).read_text(encoding="utf-8")
+    body = page[page.index("<body>") + len("<body>") : page.rindex("</body>")]
+    style = page[page.index("<style>") : page.index("</style>") + len("</style>")]
+    return f"<div class='tricklab-doctor'>{style.replace('body{', '.tricklab-doctor{')}{body}</div>"
 
 
 def _short(layers: tuple[str, ...], most: int = 6) -> str:

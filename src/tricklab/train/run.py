@@ -1,9 +1,7 @@
 """Run a whole config: data → model → tricks → ``fit()`` → test evaluation, written into a run directory.
 
-A run directory holds ``config.yaml`` (the resolved config), ``history.jsonl`` (one JSON object per epoch,
-appended as each epoch ends), ``metrics.json`` (final test metrics), ``scaler.json`` (the input scaling
-fitted on the training split), ``model.safetensors`` (the final weights; safetensors never runs code) and
-``checkpoints/`` (see :mod:`tricklab.train.checkpoint`). Every file but the history is written atomically.
+What is built comes from :mod:`tricklab.assembly`; what a run directory holds and how it is named and found
+again is :mod:`tricklab.train.rundir`. Every file but the history is written atomically.
 
 ``run(cfg, run_dir, resume=True)`` continues a run from its newest valid checkpoint (each ensemble member
 from its own), with ``history.jsonl`` cut back to the checkpoint's epoch. While a run trains, SIGINT and
@@ -13,184 +11,52 @@ SIGTERM stop it at the next step boundary with a checkpoint (exit 130/143 from t
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import safetensors.torch
 import torch
 
-from tricklab.config import Config, read_yaml, validate
-from tricklab.data import Splits, load_splits
+from tricklab.assembly import Assembled, assemble
+from tricklab.config import Config
 from tricklab.data.base import TensorBatches
 from tricklab.data.download import atomic_write
 from tricklab.errors import TrickLabError
 from tricklab.events import Callback, FitState
-from tricklab.models import build_model
-from tricklab.train.checkpoint import Checkpointer, CheckpointError, StopSignals, latest_checkpoint, list_checkpoints
+from tricklab.train.checkpoint import Checkpointer, CheckpointError, StopSignals
 from tricklab.train.loop import NonFiniteError, evaluate, fit
-from tricklab.train.seed import resolve_device, seed_everything, set_threads
-from tricklab.train.setup import build_callbacks, build_optimizer, initialize
+from tricklab.train.rundir import (
+    HistoryWriter,
+    check_run_dir,
+    checkpoint_folder,
+    default_run_dir,
+    discard,
+    first_missing,
+    note,
+    run_checkpoints,
+)
 from tricklab.tricks.averaging import evaluate_ensemble
 from tricklab.tricks.early_stopping import EarlyStopping
 
 
 @dataclass
 class RunResult:
+    """One run's outcome: its config, one history row per epoch, the final metrics, where it was written and the
+    trained model (a list for an ensemble). Renders as a table and a curve in Jupyter."""
+
     config: Config
     history: list[dict[str, float]]
     metrics: dict[str, Any]
     run_dir: Path | None = None
     model: torch.nn.Module | list[torch.nn.Module] | None = field(default=None, repr=False)
 
+    def _repr_html_(self) -> str:
+        from tricklab.report.run import run_html
 
-class HistoryWriter(Callback):
-    """Append each epoch's row to ``history.jsonl`` as soon as the epoch ends (a kill loses no epoch)."""
-
-    order = 1000
-
-    def __init__(self, path: Path, member: int | None = None):
-        self.path, self.member = path, member
-
-    def on_epoch_end(self, state: FitState) -> None:
-        row = state.metrics if self.member is None else dict(state.metrics, member=self.member)
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-
-
-def new_dir_name(label: str, base: Path = Path("runs")) -> Path:
-    """``base/<stamp>-<label>``, with ``-2``, ``-3``, ... if that folder exists already."""
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    path, i = base / f"{stamp}-{label}", 1
-    while path.exists():
-        i += 1
-        path = base / f"{stamp}-{label}-{i}"
-    return path
-
-
-def default_run_dir(cfg: Config, base: Path = Path("runs")) -> Path:
-    return new_dir_name(f"{cfg.data.name}-{cfg.model.name}", base)
-
-
-def check_run_dir(path: Path) -> None:
-    """Refuse to write into a folder that already holds a run or other files."""
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise TrickLabError(
-            f"--out {str(path)!r} already exists and is not empty; choose a new run directory "
-            f"(or continue that run with --resume {str(path)!r})"
-        )
-
-
-CHECKPOINTS = "checkpoints"
-
-
-def checkpoint_folder(run_dir: Path, member: int, members: int) -> Path:
-    folder = Path(run_dir) / CHECKPOINTS
-    return folder / f"member{member}" if members > 1 else folder
-
-
-def run_checkpoints(run_dir: Path) -> list[Path]:
-    """Every checkpoint folder of a run directory (all ensemble members)."""
-    folder = Path(run_dir) / CHECKPOINTS
-    subfolders = sorted(folder.glob("member*")) if folder.is_dir() else []
-    return [c for f in (folder, *subfolders) for c in list_checkpoints(f)]
-
-
-def stored_config(run_dir: str | Path) -> Config:
-    """The config a run directory was written with, for ``--resume`` (its config.yaml, read safely)."""
-    run_dir = Path(run_dir)
-    allowed = "allowed: a run directory written by tricklab train, or auto"
-    if not run_dir.is_dir():
-        raise TrickLabError(f"--resume {str(run_dir)!r}: no such run directory ({allowed})")
-    if not (run_dir / "config.yaml").is_file():
-        raise TrickLabError(f"--resume {str(run_dir)!r}: holds no config.yaml ({allowed})")
-    if not run_checkpoints(run_dir):
-        raise TrickLabError(
-            f"--resume {str(run_dir)!r}: holds no checkpoint in {CHECKPOINTS}/ (it stopped before its first one): "
-            "nothing to resume; train it again with a new --out"
-        )
-    try:
-        return validate(read_yaml(run_dir / "config.yaml"))
-    except TrickLabError as e:
-        raise TrickLabError(f"--resume {str(run_dir)!r}: its config.yaml is invalid: {e}") from None
-
-
-def find_resumable(base: Path = Path("runs")) -> Path:
-    """``--resume auto``: the run directory under ``base`` whose newest valid checkpoint is the most recent."""
-    best: tuple[float, Path] | None = None
-    for run_dir in sorted(base.iterdir()) if base.is_dir() else []:
-        for folder in {c.parent for c in run_checkpoints(run_dir)}:
-            try:
-                found = latest_checkpoint(folder)
-            except TrickLabError:
-                continue
-            if found is not None:
-                mtime = (found[0] / "MANIFEST.json").stat().st_mtime
-                if best is None or mtime > best[0]:
-                    best = (mtime, run_dir)
-    if best is None:
-        raise TrickLabError(f"--resume auto: no run directory under {str(base)!r} holds a valid checkpoint")
-    return best[1]
-
-
-def _note(message: str) -> None:
-    print(f"note: {message}", file=sys.stderr, flush=True)
-
-
-def _first_missing(path: Path) -> Path | None:
-    """The outermost folder of ``path`` (itself included) that does not exist yet."""
-    missing = None
-    for p in (path, *path.parents):
-        if p.exists():
-            return missing
-        missing = p
-    return missing
-
-
-def _discard(run_dir: Path, created: Path | None) -> None:
-    """Remove what a run that failed on bad input wrote: the folders it created, or the files it put into
-    the empty folder it was given."""
-    if created is not None:
-        shutil.rmtree(created, ignore_errors=True)
-        return
-    for p in run_dir.iterdir():
-        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-
-
-def load_data(cfg: Config) -> Splits:
-    d = cfg.data
-    return load_splits(
-        d.name, root=d.dir, val_fraction=d.val_fraction, scale=d.scale, subset=d.subset, seed=cfg.train.seed
-    )
-
-
-def make_model(cfg: Config, splits: Splits, seed: int) -> tuple[torch.nn.Module, torch.Generator]:
-    """Seed everything with ``seed``, build the model and initialize it; return it and the data-order generator."""
-    generator = seed_everything(seed)
-    m = cfg.model.model_dump(exclude={"name"})
-    try:
-        model = build_model(cfg.model.name, splits.info.input_shape, splits.info.num_classes, **m)
-    except ValueError as e:
-        raise TrickLabError(f"model: {e}") from None
-    initialize(cfg, model, splits)
-    return model, generator
-
-
-def prepare(cfg: Config) -> tuple[Splits, torch.nn.Module, torch.Generator, torch.device]:
-    """Everything that can fail on bad input, done before any file is written."""
-    set_threads(cfg.train.threads)
-    device = resolve_device(cfg.train.device)
-    splits = load_data(cfg)
-    model, generator = make_model(cfg, splits, cfg.train.seed)
-    return splits, model, generator, device
+        return run_html(self)
 
 
 def _member_summary(state: FitState, callbacks: list[Callback]) -> dict[str, Any]:
@@ -233,13 +99,13 @@ def run(
     if run_dir is not None and not resume:
         check_run_dir(run_dir)
     fresh = run_dir is not None and not resume
-    created = _first_missing(run_dir) if fresh else None
+    created = first_missing(run_dir) if fresh else None
     try:
         return _run(cfg, run_dir, list(callbacks), resume, record_divergence)
     except TrickLabError as e:
         bad_input = e.exit_code == 2 and not isinstance(e, CheckpointError)  # not a full disk
         if bad_input and fresh and run_dir.exists() and not run_checkpoints(run_dir):
-            _discard(run_dir, created)
+            discard(run_dir, created)
         raise
 
 
@@ -251,11 +117,11 @@ def _resume_member(
     found = saver.resume_latest(state)
     if found is not None:
         for message in found[1]:
-            _note(message)
+            note(message)
         where = (
             f"{state.batches_done} batches into epoch {state.epoch}" if state.batches_done else f"epoch {state.epoch}"
         )
-        _note(f"resuming from {found[0]} ({where})")
+        note(f"resuming from {found[0]} ({where})")
         rows = rows + [r if member is None else dict(r, member=member) for r in state.history]
     atomic_write(history_path, "".join(json.dumps(r) + "\n" for r in rows).encode())
     return state if found is not None else None
@@ -281,12 +147,8 @@ def _checkpointer(
 def _run(
     cfg: Config, run_dir: Path | None, extra: list[Callback], resume: bool, record_divergence: bool = False
 ) -> RunResult:
-    set_threads(cfg.train.threads)
-    device = resolve_device(cfg.train.device)
-    splits = load_data(cfg)
-    k_members = cfg.averaging.ensemble
-    model, generator = make_model(cfg, splits, cfg.train.seed)
-    optimizer, tricks = build_optimizer(cfg, model), build_callbacks(cfg, splits)  # may still refuse the config
+    parts: Assembled = assemble(cfg)  # may still refuse the config: before anything is written
+    splits, device, k_members = parts.splits, parts.device, cfg.averaging.ensemble
     if run_dir is not None and not resume:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(run_dir / "config.yaml", cfg.to_yaml().encode())
@@ -298,8 +160,8 @@ def _run(
     with StopSignals() if run_dir is not None else nullcontext() as signals:
         for k in range(k_members):
             if k > 0:
-                model, generator = make_model(cfg, splits, cfg.train.seed + k)
-                optimizer, tricks = build_optimizer(cfg, model), build_callbacks(cfg, splits)
+                parts = parts.member(k)
+            model, optimizer, tricks, generator = parts.model, parts.optimizer, parts.callbacks, parts.generator
             cbs = tricks + extra
             state = None
             if run_dir is not None:

@@ -1,0 +1,140 @@
+"""Run directories: their names, the checks before writing into one, what they hold and how to find them again.
+
+A run directory holds ``config.yaml`` (the resolved config), ``history.jsonl`` (one JSON object per epoch,
+appended as each epoch ends by :class:`HistoryWriter`), ``metrics.json`` (final test metrics), ``scaler.json``
+(the input scaling fitted on the training split), ``model.safetensors`` (the final weights; safetensors never runs
+code) and ``checkpoints/`` (see :mod:`tricklab.train.checkpoint`). ``train``, ``doctor`` and ``lr-find`` name
+their folders with :func:`new_dir_name`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from tricklab.config import Config, read_yaml, validate
+from tricklab.errors import TrickLabError
+from tricklab.events import ORDER_HISTORY, Callback, FitState
+from tricklab.train.checkpoint import latest_checkpoint, list_checkpoints
+
+
+class HistoryWriter(Callback):
+    """Append each epoch's row to ``history.jsonl`` as soon as the epoch ends (a kill loses no epoch)."""
+
+    order = ORDER_HISTORY
+
+    def __init__(self, path: Path, member: int | None = None):
+        self.path, self.member = path, member
+
+    def on_epoch_end(self, state: FitState) -> None:
+        row = state.metrics if self.member is None else dict(state.metrics, member=self.member)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def new_dir_name(label: str, base: Path = Path("runs")) -> Path:
+    """``base/<stamp>-<label>``, with ``-2``, ``-3``, ... if that folder exists already."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    path, i = base / f"{stamp}-{label}", 1
+    while path.exists():
+        i += 1
+        path = base / f"{stamp}-{label}-{i}"
+    return path
+
+
+def default_run_dir(cfg: Config, command: str = "", base: Path = Path("runs")) -> Path:
+    """``runs/<stamp>-[command-]<dataset>-<model>`` (a plugin's import path contributes its last name)."""
+    names = [n.rpartition(":")[2].rpartition(".")[2] for n in (cfg.data.name, cfg.model.name)]
+    label = "-".join([command, *names] if command else names)
+    return new_dir_name("".join(c if c.isalnum() or c in "-_" else "_" for c in label), base)
+
+
+def check_run_dir(path: Path) -> None:
+    """Refuse to write into a folder that already holds a run or other files."""
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise TrickLabError(
+            f"--out {str(path)!r} already exists and is not empty; choose a new run directory "
+            f"(or continue that run with --resume {str(path)!r})"
+        )
+
+
+CHECKPOINTS = "checkpoints"
+
+
+def checkpoint_folder(run_dir: Path, member: int, members: int) -> Path:
+    folder = Path(run_dir) / CHECKPOINTS
+    return folder / f"member{member}" if members > 1 else folder
+
+
+def run_checkpoints(run_dir: Path) -> list[Path]:
+    """Every checkpoint folder of a run directory (all ensemble members)."""
+    folder = Path(run_dir) / CHECKPOINTS
+    subfolders = sorted(folder.glob("member*")) if folder.is_dir() else []
+    return [c for f in (folder, *subfolders) for c in list_checkpoints(f)]
+
+
+def stored_config(run_dir: str | Path) -> Config:
+    """The config a run directory was written with, for ``--resume`` (its config.yaml, read safely)."""
+    run_dir = Path(run_dir)
+    allowed = "allowed: a run directory written by tricklab train, or auto"
+    if not run_dir.is_dir():
+        raise TrickLabError(f"--resume {str(run_dir)!r}: no such run directory ({allowed})")
+    if not (run_dir / "config.yaml").is_file():
+        raise TrickLabError(f"--resume {str(run_dir)!r}: holds no config.yaml ({allowed})")
+    if not run_checkpoints(run_dir):
+        raise TrickLabError(
+            f"--resume {str(run_dir)!r}: holds no checkpoint in {CHECKPOINTS}/ (it stopped before its first one): "
+            "nothing to resume; train it again with a new --out"
+        )
+    try:
+        return validate(read_yaml(run_dir / "config.yaml"))
+    except TrickLabError as e:
+        raise TrickLabError(f"--resume {str(run_dir)!r}: its config.yaml is invalid: {e}") from None
+
+
+def find_resumable(base: Path = Path("runs")) -> Path:
+    """``--resume auto``: the run directory under ``base`` whose newest valid checkpoint is the most recent."""
+    best: tuple[float, Path] | None = None
+    for run_dir in sorted(base.iterdir()) if base.is_dir() else []:
+        for folder in {c.parent for c in run_checkpoints(run_dir)}:
+            try:
+                found = latest_checkpoint(folder)
+            except TrickLabError:
+                continue
+            if found is not None:
+                mtime = (found[0] / "MANIFEST.json").stat().st_mtime
+                if best is None or mtime > best[0]:
+                    best = (mtime, run_dir)
+    if best is None:
+        raise TrickLabError(f"--resume auto: no run directory under {str(base)!r} holds a valid checkpoint")
+    return best[1]
+
+
+def note(message: str) -> None:
+    print(f"note: {message}", file=sys.stderr, flush=True)
+
+
+def first_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` (itself included) that does not exist yet."""
+    missing = None
+    for p in (path, *path.parents):
+        if p.exists():
+            return missing
+        missing = p
+    return missing
+
+
+def discard(run_dir: Path, created: Path | None) -> None:
+    """Remove what a run that failed on bad input wrote: the folders it created, or the files it put into
+    the empty folder it was given."""
+    if created is not None:
+        shutil.rmtree(created, ignore_errors=True)
+        return
+    for p in run_dir.iterdir():
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
