@@ -1,3 +1,61 @@
-"""tricklab: make deep networks train, show why, and measure how much each trick helps."""
+"""tricklab: make deep networks train, show why, and measure how much each trick helps.
+
+The front door: everything a user needs is importable from here (loaded on first use, so ``import tricklab``
+stays fast)::
+
+    import tricklab
+
+    result = tricklab.run({"data.name": "mnist1d", "train.epochs": 3}, write=False)     # one config, as `train`
+    doctor = tricklab.diagnose(my_net, (x, y))                                        # any model: verdicts
+    lab = tricklab.run_lab("dropout", dataset="mnist1d", seeds=3)                     # a study over seeds
+
+    @tricklab.register_model("small_cnn")                     # then model.name: small_cnn in any config
+    def small_cnn(input_shape, num_classes, dropout=0.0): ...
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+#: Public name → module it lives in.
+_EXPORTS = {
+    "fit": "tricklab.train.loop",
+    "evaluate": "tricklab.train.loop",
+    "run": "tricklab.api",
+    "diagnose": "tricklab.api",
+    "run_lab": "tricklab.api",
+    "register_model": "tricklab.api",
+    "register_dataset": "tricklab.api",
+    "register_callback": "tricklab.api",
+    "as_config": "tricklab.api",
+    "LabResult": "tricklab.api",
+    "RunResult": "tricklab.train.run",
+    "DoctorResult": "tricklab.diagnostics.doctor",
+    "Config": "tricklab.config",
+    "load_config": "tricklab.config",
+    "assemble": "tricklab.assembly",
+    "Callback": "tricklab.events",
+    "FitState": "tricklab.events",
+    "TrickLabError": "tricklab.errors",
+    "ConfigError": "tricklab.errors",
+    "DataError": "tricklab.errors",
+    "list_names": "tricklab.catalog",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tricklab' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -1,0 +1,366 @@
+"""The public functions behind ``import tricklab``: run a config, diagnose any model, run a lab, register plugins.
+
+Each is a thin door onto the same code the CLI runs (:mod:`tricklab.assembly`, :mod:`tricklab.train.run`,
+:mod:`tricklab.diagnostics.doctor`, :mod:`tricklab.lab`); bad input raises :class:`tricklab.ConfigError` or
+:class:`tricklab.TrickLabError` with the same one-line messages the CLI prints.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tricklab.config import Config, load_config, validate
+from tricklab.errors import TrickLabError
+
+ConfigLike = Config | Mapping[str, Any] | str | Path | None
+
+
+def as_config(config: ConfigLike = None, overrides: Mapping[str, Any] | Iterable[str] = ()) -> Config:
+    """A :class:`Config` from a ``Config``, a mapping of sections, a YAML file's path or None (the defaults),
+    with ``overrides`` (``{"optim.lr": 0.01}`` or ``["optim.lr=0.01"]``) applied and validated."""
+    overrides = dict(overrides) if isinstance(overrides, Mapping) else list(overrides)
+    if config is None or isinstance(config, (str, Path)):
+        return load_config(config, overrides)
+    if isinstance(config, Config):
+        return config.with_overrides(overrides) if overrides else config
+    if isinstance(config, Mapping):
+        cfg = validate(_plain(config))
+        return cfg.with_overrides(overrides) if overrides else cfg
+    raise TrickLabError(f"config: got a {type(config).__name__}; expected a Config, a mapping, a YAML path or None")
+
+
+def _plain(d: Mapping[str, Any]) -> dict[str, Any]:
+    """Nested mappings as dicts, and dotted keys (``"model.depth": 3``) expanded into sections."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        v = _plain(v) if isinstance(v, Mapping) and k not in ("kwargs",) else v
+        node, parts = out, str(k).split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        if isinstance(node.get(parts[-1]), dict) and isinstance(v, dict):
+            node[parts[-1]].update(v)
+        else:
+            node[parts[-1]] = v
+    return out
+
+
+def run(
+    config: ConfigLike = None,
+    overrides: Mapping[str, Any] | Iterable[str] = (),
+    *,
+    out: str | Path | None = None,
+    write: bool = True,
+    callbacks: Iterable[Any] = (),
+    progress: bool = False,
+):
+    """Train a whole config as ``tricklab train`` does; return a :class:`~tricklab.train.run.RunResult`
+    (``history``, ``metrics``, ``run_dir``, ``model``).
+
+    ``config``: a ``Config``, a mapping (``{"model": {"name": "cnn"}}`` or dotted keys), a YAML path or None.
+    ``write=False`` keeps everything in memory (no run directory). ``progress``: one line per epoch.
+
+    Example::
+
+        result = tricklab.run({"data.name": "mnist1d", "train.epochs": 2}, write=False)
+        result.metrics["test_acc"]
+    """
+    from tricklab.train.run import run as run_config
+
+    cfg = as_config(config, overrides)
+    cbs = list(callbacks)
+    if progress:
+        from tricklab.cli.progress import ProgressReporter
+
+        cbs.append(ProgressReporter())
+    return run_config(cfg, out, callbacks=cbs, write=write)
+
+
+def diagnose(
+    model,
+    data,
+    *,
+    optimizer=None,
+    loss_fn: Callable | None = None,
+    steps: int = 200,
+    every: int = 10,
+    batch_size: int = 128,
+    recheck: bool = True,
+    seed: int = 0,
+):
+    """The doctor on any model that maps inputs to logits; returns a
+    :class:`~tricklab.diagnostics.doctor.DoctorResult` (``verdicts`` with their layers and figures,
+    ``prescription``, ``recheck``, ``save(dir)`` for the HTML report; it renders itself in Jupyter).
+
+    ``data``: ``(x, y)`` tensors or any iterable of ``(x, y)`` batches (a ``DataLoader``). ``optimizer``: one
+    over the model's parameters (default Adam, lr 1e-3). The model and optimizer are not changed: the doctor
+    trains copies for ``steps`` steps, probing every ``every`` steps.
+
+    Example::
+
+        result = tricklab.diagnose(net, (x, y), optimizer=torch.optim.SGD(net.parameters(), lr=0.1))
+        [v.name for v in result.verdicts], result.prescription
+    """
+    import torch.nn.functional as F
+
+    from tricklab.diagnostics.doctor import diagnose_model
+
+    return diagnose_model(
+        model,
+        data,
+        optimizer=optimizer,
+        loss_fn=loss_fn or F.cross_entropy,
+        steps=steps,
+        every=every,
+        batch_size=batch_size,
+        recheck=recheck,
+        seed=seed,
+    )
+
+
+@dataclass
+class LabResult:
+    """A lab's outcome: one record per study variant (mean ± 95% CI of test accuracy over seeds, the paired
+    difference with its baseline, p, the verdict), the report's path and the run counts. ``to_csv()``; renders
+    as the report (tables, verdicts, plots) in Jupyter."""
+
+    out: Path
+    report: Path
+    records: list[dict[str, Any]]
+    done: int
+    failed: int
+    skipped: int
+    wall_time_s: float
+    failures: list[tuple[tuple, str]] = field(default_factory=list)
+    executor: str = ""
+
+    def to_csv(self, path: str | Path | None = None) -> str:
+        """The records as CSV text; also written to ``path`` when given."""
+        buf = io.StringIO()
+        cols = list(self.records[0]) if self.records else list(RECORD_COLUMNS)
+        w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+        w.writeheader()
+        w.writerows(self.records)
+        if path is not None:
+            Path(path).write_text(buf.getvalue())
+        return buf.getvalue()
+
+    def _repr_html_(self) -> str:
+        page = self.report.read_text(encoding="utf-8")
+        body = page[page.index("<body>") + len("<body>") : page.rindex("</body>")]
+        style = page[page.index("<style>") : page.index("</style>") + len("</style>")]
+        return f"<div class='tricklab-lab'>{style.replace('body{', '.tricklab-lab{')}{body}</div>"
+
+
+RECORD_COLUMNS = (
+    "study",
+    "dataset",
+    "variant",
+    "baseline",
+    "seeds",
+    "failed",
+    "diverged",
+    "test_acc_mean",
+    "test_acc_ci_low",
+    "test_acc_ci_high",
+    "diff_mean",
+    "diff_ci_low",
+    "diff_ci_high",
+    "p",
+    "significant",
+    "verdict",
+)
+
+
+def lab_records(lab_dir: str | Path) -> list[dict[str, Any]]:
+    """One plain record per study variant in ``lab_dir``'s database, computed from its runs."""
+    from tricklab.lab.analysis import TEST_ACC, analyse
+    from tricklab.lab.lab import DB_NAME
+    from tricklab.lab.store import Store
+
+    records = []
+    with Store(Path(lab_dir) / DB_NAME) as store:
+        for study, dataset, spec, _ in store.studies():
+            rows = [r for r in store.rows(study, dataset) if r.variant in spec["variants"]]
+            s = analyse(study, dataset, spec, rows)
+            for v in s.variants:
+                iv, c = v.intervals[TEST_ACC], v.comparison
+                records.append(
+                    dict(
+                        zip(
+                            RECORD_COLUMNS,
+                            (
+                                study,
+                                dataset,
+                                v.name,
+                                v.baseline,
+                                len(v.seeds),
+                                len(v.failed),
+                                len(v.diverged),
+                                iv.mean,
+                                iv.lo,
+                                iv.hi,
+                                c.diff.mean if c else None,
+                                c.diff.lo if c else None,
+                                c.diff.hi if c else None,
+                                c.p if c else None,
+                                c.significant if c else None,
+                                v.verdict,
+                            ),
+                            strict=True,
+                        )
+                    )
+                )
+    return records
+
+
+def run_lab(
+    study,
+    *,
+    dataset: str | None = None,
+    seeds: int | None = None,
+    epochs: int | None = None,
+    quick: bool = False,
+    workers: int | None = None,
+    out: str | Path | None = None,
+    progress: bool = True,
+) -> LabResult:
+    """Run studies over seeds as ``tricklab lab`` does; return a :class:`LabResult`.
+
+    ``study``: a built-in study's name (``"dropout"``), a list of names, ``"all"``, a custom study's YAML path,
+    a mapping with the same keys as that file (``name, dataset, base, baseline, variants, seeds, epochs,
+    target_val_acc``) or a :class:`~tricklab.lab.studies.Study`. Plugin models and datasets run in worker
+    processes when those can import them, else in this process (said in the progress line). Finished runs in
+    ``out`` (default ``labs/<dataset>``) are skipped when run again.
+
+    Example::
+
+        lab = tricklab.run_lab({"name": "bn", "dataset": "mnist1d", "base": {"train": {"epochs": 5}},
+                                "variants": {"plain": {}, "bn": {"model.norm": "batch"}}}, seeds=3)
+        lab.records, lab.report
+    """
+    from rich.console import Console
+
+    from tricklab.lab.lab import LabOptions
+    from tricklab.lab.lab import run_lab as run_studies
+    from tricklab.lab.progress import LabProgress
+    from tricklab.lab.studies import STUDIES, Study, custom_study, load_custom_study
+    from tricklab.report.lab_report import build_report
+
+    file_seeds = file_epochs = None
+    if isinstance(study, Study):
+        studies = [study]
+    elif isinstance(study, Mapping):
+        one, file_seeds, file_epochs = custom_study(_plain_study(study))
+        studies = [one]
+    elif isinstance(study, Path) or isinstance(study, str) and study.endswith((".yaml", ".yml")):
+        one, file_seeds, file_epochs = load_custom_study(str(study))
+        studies = [one]
+    elif isinstance(study, str):
+        studies = [STUDIES.get(n) for n in (STUDIES.names() if study == "all" else [study])]
+    elif isinstance(study, (list, tuple)) and study and all(isinstance(n, str) for n in study):
+        studies = [STUDIES.get(n) for n in study]
+    else:
+        raise TrickLabError(
+            f"study: got {study!r}; expected a study name, a list of names, a YAML path, a mapping or a Study"
+        )
+    for key, v in (("seeds", seeds), ("epochs", epochs), ("workers", workers)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise TrickLabError(f"{key} = {v!r}: must be an integer >= 1")
+    if dataset is not None:
+        from tricklab.config import dataset_loader
+
+        dataset_loader(dataset)
+    opts = LabOptions(
+        dataset=dataset,
+        seeds=seeds or file_seeds or (2 if quick else 3),
+        epochs=epochs or file_epochs,
+        quick=quick,
+        workers=workers,
+    )
+    out = Path(out) if out is not None else Path("labs") / (dataset or studies[0].dataset).replace(":", "_")
+    console = Console(file=sys.stdout, width=120, force_terminal=False, force_jupyter=False)
+    on_progress = LabProgress(console, live=False) if progress else None
+    executor: dict[str, str] = {}
+
+    def track(counts: dict) -> None:
+        executor["executor"] = counts.get("executor", "")
+        if on_progress:
+            on_progress(counts)
+
+    result = run_studies(studies, opts, out, command=_python_command(study, opts), on_progress=track)
+    report = build_report(out)
+    return LabResult(
+        out,
+        report,
+        lab_records(out),
+        result.done,
+        result.failed,
+        result.skipped,
+        result.wall_time_s,
+        result.failures,
+        executor.get("executor", ""),
+    )
+
+
+def _plain_study(d: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in d.items()}
+
+
+def _python_command(study, opts) -> str:
+    name = (
+        study
+        if isinstance(study, str)
+        else getattr(study, "name", None) or (study.get("name", "custom") if isinstance(study, Mapping) else "custom")
+    )
+    return f"tricklab.run_lab({name!r}, seeds={opts.seeds}, dataset={opts.dataset!r}, epochs={opts.epochs!r})"
+
+
+# --- plugins ------------------------------------------------------------------------------------------------------
+
+
+def _register(family: str, name: str, obj: Any, help: str):
+    from tricklab.catalog import family as registry
+
+    if not isinstance(name, str) or not name or ":" in name:
+        raise TrickLabError(f"plugin name {name!r}: must be a non-empty name without ':'")
+    reg = registry(family)
+
+    def add(o: Any) -> Any:
+        if not callable(o):
+            raise TrickLabError(f"{family[:-1]} {name!r}: got a {type(o).__name__}, not a callable")
+        try:
+            return reg.register(name, o, help=help, source="registered in Python")
+        except ValueError as e:
+            raise TrickLabError(f"{e}: tricklab's own names cannot be replaced; choose another name") from None
+
+    return add(obj) if obj is not None else add
+
+
+def register_model(name: str, factory: Callable | None = None, *, help: str = ""):
+    """Make ``factory(input_shape, num_classes, **kwargs) -> nn.Module`` available as ``model.name: <name>``;
+    usable as a decorator. Registering a name again replaces your earlier one (a notebook cell run twice).
+
+    Example::
+
+        @tricklab.register_model("small_cnn")
+        def small_cnn(input_shape, num_classes, dropout=0.0): ...
+    """
+    return _register("models", name, factory, help)
+
+
+def register_dataset(name: str, loader: Callable | None = None, *, help: str = ""):
+    """Make ``loader(**kwargs)`` (``root=``/``path=`` when it takes them) available as ``data.name: <name>``.
+    It returns ``(train, test)`` pairs of ``(x, y)``, ``(x_train, y_train, x_test, y_test)``, a mapping of those
+    or a :class:`~tricklab.data.RawDataset`; tricklab carves validation and fits scaling as for built-ins."""
+    return _register("datasets", name, loader, help)
+
+
+def register_callback(name: str, factory: Callable | None = None, *, help: str = ""):
+    """Make ``factory(**kwargs) -> Callback`` available as ``callbacks: [{name: <name>, kwargs: {...}}]``."""
+    return _register("callbacks", name, factory, help)
