@@ -63,7 +63,8 @@ NEEDS: dict[tuple[str, str], dict] = {
     ("schedules", "warmup_cosine"): {"train.epochs": 2},
 }
 
-#: Datasets that are downloaded (not offline): registered, but trained on only by the e2e tests.
+#: Datasets that are downloaded (not offline): their loaders are tested on files served from 127.0.0.1 (tests/data);
+#: MNIST is trained on by the e2e tests.
 DOWNLOADED = {"mnist", "fashion-mnist", "cifar10"}
 
 #: Datasets read from a file the user names (data.path): given a tiny one written by :func:`data_file`.
@@ -138,7 +139,7 @@ def data_cache(tmp_path_factory):
 @pytest.mark.parametrize(("family", "name"), CASES, ids=[f"{f}:{n}" for f, n in CASES])
 def test_one_deterministic_step(family, name, data_cache, monkeypatch):
     if family == "datasets" and name in DOWNLOADED:
-        pytest.skip(f"{name} is downloaded, not generated offline; trained on in tests/e2e")
+        pytest.skip(f"{name} is downloaded, not generated offline; its download is tested against 127.0.0.1 in tests/data")
     monkeypatch.setenv("TRICKLAB_DATA", str(data_cache))
     overrides = overrides_for(family, name)
     if family == "datasets" and name in FROM_FILE:
