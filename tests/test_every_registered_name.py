@@ -139,7 +139,7 @@ def data_cache(tmp_path_factory):
 @pytest.mark.parametrize(("family", "name"), CASES, ids=[f"{f}:{n}" for f, n in CASES])
 def test_one_deterministic_step(family, name, data_cache, monkeypatch):
     if family == "datasets" and name in DOWNLOADED:
-        pytest.skip(f"{name} is downloaded, not generated offline; its download is tested against 127.0.0.1 in tests/data")
+        pytest.skip(f"{name} is downloaded, not generated offline; its download is tested on 127.0.0.1 (tests/data)")
     monkeypatch.setenv("TRICKLAB_DATA", str(data_cache))
     overrides = overrides_for(family, name)
     if family == "datasets" and name in FROM_FILE:
