@@ -1,16 +1,15 @@
 """tricklab: make deep networks train, show why, and measure how much each trick helps.
 
 The front door: everything a user needs is importable from here (loaded on first use, so ``import tricklab``
-stays fast)::
+stays fast). Example::
 
-    import tricklab
+    result = tricklab.run({"data.name": "mnist1d", "train.epochs": 2}, write=False)   # one config, as `train`
+    lab = tricklab.run_lab("dropout", dataset="synthetic", seeds=2, epochs=1)   # a study over seeds
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(40, 10))
+    doctor = tricklab.diagnose(net, (torch.randn(128, 1, 40), torch.randint(0, 10, (128,))), steps=20)
 
-    result = tricklab.run({"data.name": "mnist1d", "train.epochs": 3}, write=False)     # one config, as `train`
-    doctor = tricklab.diagnose(my_net, (x, y))                                        # any model: verdicts
-    lab = tricklab.run_lab("dropout", dataset="mnist1d", seeds=3)                     # a study over seeds
-
-    @tricklab.register_model("small_cnn")                     # then model.name: small_cnn in any config
-    def small_cnn(input_shape, num_classes, dropout=0.0): ...
+``tricklab.register_model`` / ``register_dataset`` / ``register_callback`` make your own by name in any config;
+see the README's "Your own model and data".
 """
 
 from __future__ import annotations

@@ -68,7 +68,7 @@ def run(
     Example::
 
         result = tricklab.run({"data.name": "mnist1d", "train.epochs": 2}, write=False)
-        result.metrics["test_acc"]
+        print(result.metrics["test_acc"], result.history[-1]["val_acc"])
     """
     from tricklab.train.run import run as run_config
 
@@ -103,8 +103,11 @@ def diagnose(
 
     Example::
 
-        result = tricklab.diagnose(net, (x, y), optimizer=torch.optim.SGD(net.parameters(), lr=0.1))
-        [v.name for v in result.verdicts], result.prescription
+        net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(40, 64), torch.nn.Sigmoid(),
+                                  torch.nn.Linear(64, 10))
+        x, y = torch.randn(256, 1, 40), torch.randint(0, 10, (256,))
+        result = tricklab.diagnose(net, (x, y), optimizer=torch.optim.SGD(net.parameters(), lr=0.1), steps=30)
+        print([v.name for v in result.verdicts], result.prescription)
     """
     import torch.nn.functional as F
 
@@ -240,9 +243,9 @@ def run_lab(
 
     Example::
 
-        lab = tricklab.run_lab({"name": "bn", "dataset": "mnist1d", "base": {"train": {"epochs": 5}},
-                                "variants": {"plain": {}, "bn": {"model.norm": "batch"}}}, seeds=3)
-        lab.records, lab.report
+        lab = tricklab.run_lab({"name": "bn", "dataset": "synthetic", "base": {"train": {"epochs": 2}},
+                                "variants": {"plain": {}, "bn": {"model.norm": "batch"}}}, seeds=2)
+        print(lab.records[1]["verdict"], lab.report)
     """
     from rich.console import Console
 
@@ -348,8 +351,12 @@ def register_model(name: str, factory: Callable | None = None, *, help: str = ""
 
     Example::
 
-        @tricklab.register_model("small_cnn")
-        def small_cnn(input_shape, num_classes, dropout=0.0): ...
+        @tricklab.register_model("small_mlp")
+        def small_mlp(input_shape, num_classes, hidden=64, dropout=0.0):
+            return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(math.prod(input_shape), hidden),
+                                       torch.nn.ReLU(), torch.nn.Dropout(dropout), torch.nn.Linear(hidden, num_classes))
+
+        tricklab.run({"model.name": "small_mlp", "model.dropout": 0.1, "data.name": "mnist1d"}, write=False)
     """
     return _register("models", name, factory, help)
 

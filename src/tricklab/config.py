@@ -121,7 +121,7 @@ def is_builtin_model(name: object) -> bool:
         factory = model_factory(name) if isinstance(name, str) else None
     except ConfigError:
         return True  # an unknown name fails with its own message when the model section is validated
-    return getattr(factory, "__module__", "").startswith(BUILTIN_MODULE)
+    return (getattr(factory, "__module__", None) or "").startswith(BUILTIN_MODULE)
 
 
 def _label(name: str) -> str:
