@@ -203,3 +203,30 @@ def test_importable_path_of_plugins():
     assert importable_path(lambda: None) is None
     assert importable_path(nn.Linear) == "torch.nn.modules.linear:Linear"
     assert isinstance(torch.nn.Module, type)
+
+
+def test_python_doctor_and_lr_finder_on_a_plugin_model_config():
+    import torch.nn.functional as F
+
+    from tricklab.assembly import assemble, optimizer_factory
+    from tricklab.data import TensorBatches
+    from tricklab.diagnostics.doctor import run_doctor
+    from tricklab.tricks.lr_finder import lr_range_test
+
+    cfg = load_config(overrides=[f"model.name={SMALL}", f"data.name={BLOBS}", "diagnostics.steps=20", *TINY])
+    result = run_doctor(cfg, recheck=False)
+    assert result.findings.steps == 20 and result.settings["model.norm"] is None
+    parts = assemble(cfg)
+    batches = TensorBatches(parts.splits.train.x, parts.splits.train.y, 16, shuffle=True, generator=parts.generator)
+    found = lr_range_test(parts.model, batches, F.cross_entropy, optimizer_factory(cfg), num_steps=20)
+    assert found.suggestion > 0 and len(found.lrs) == 20
+
+
+@pytest.mark.parametrize("name", ["cnn", "resnet", "inception", "mlp"])
+def test_builtin_models_take_cifar_shaped_inputs(name):
+    from tricklab.assembly import check_output
+    from tricklab.config import model_factory
+
+    cfg = load_config(overrides=[f"model.name={name}"])
+    model = model_factory(name)((3, 32, 32), 10, **cfg.model.factory_kwargs())
+    check_output(model, torch.randn(2, 3, 32, 32), 10, name)
