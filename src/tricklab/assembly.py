@@ -21,6 +21,7 @@ from tricklab.config import Config, callback_factory, dataset_loader, model_fact
 from tricklab.data import Splits, TensorBatches, as_raw_dataset, data_root, split_and_scale
 from tricklab.errors import ConfigError, TrickLabError
 from tricklab.events import Callback
+from tricklab.memory import check_training_memory
 from tricklab.train.seed import resolve_device, seed_everything, set_threads
 from tricklab.tricks.averaging import EMA, SWA
 from tricklab.tricks.clipping import GradClip
@@ -53,9 +54,11 @@ def load_data(cfg: Config) -> Splits:
 def build_model(cfg: Config, splits: Splits, seed: int) -> tuple[torch.nn.Module, torch.Generator]:
     """Seed everything with ``seed``, build the model, check it and initialize it; return it and the data-order
     generator. A model that is not an ``nn.Module`` or whose output is not ``(batch, num_classes)`` logits is a
-    :class:`ConfigError` naming ``model.name``."""
-    generator = seed_everything(seed)
+    :class:`ConfigError` naming ``model.name``; one whose training cannot fit in memory is refused before it is
+    built (:func:`tricklab.memory.check_training_memory`)."""
     info = splits.info
+    check_training_memory(cfg, tuple(info.input_shape), info.num_classes, len(splits.train))
+    generator = seed_everything(seed)
     name = cfg.model.name
     try:
         model = model_factory(name)(tuple(info.input_shape), info.num_classes, **cfg.model.factory_kwargs())

@@ -13,6 +13,9 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
+import os
+import stat
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from tricklab import plugins
 from tricklab.data import DATASETS
-from tricklab.errors import ConfigError, TrickLabError
+from tricklab.errors import ConfigError, TrickLabError, echo
 from tricklab.models import BUILTIN_MODULE, MODEL_SHAPE, MODELS
 from tricklab.plugins import CALLBACKS
 from tricklab.registry import Registry
@@ -32,6 +35,18 @@ from tricklab.tricks.norms import NORMS
 from tricklab.tricks.optimizers import OPTIMIZERS
 from tricklab.tricks.scaling import SCALINGS
 from tricklab.tricks.schedules import SCHEDULES
+
+#: The largest finite float32: no number in a config may exceed it (the optimizers compute in float32).
+FLOAT32_MAX = 3.4028234663852886e38
+#: Upper bounds of values that mean nothing beyond them (and would crash or never end if taken).
+MAX_WIDTH = 2**31 - 1  # a tensor dimension; the memory estimate refuses far smaller widths that cannot fit
+MAX_THREADS = 1024  # torch/OpenMP crash when asked for ~10⁵ threads
+MAX_SEED = 2**32 - 1  # numpy's seed range
+MAX_EPOCHS = 1_000_000
+MAX_DIAGNOSTIC_STEPS = 100_000
+#: The largest learning rate, weight decay or L1 factor: the optimizers multiply them with each other and with
+#: Adam's 1/(1 − β₁) = 10, and every such product must stay finite in float32 (≈ 3.4e38).
+MAX_RATE = 1e16
 
 
 def _name_in(registry: Registry, value: str) -> str:
@@ -56,6 +71,14 @@ class Section(BaseModel):
             if str in (annotation, *args) or "Literal" in str(annotation):
                 kind = "a name"
             raise ValueError(f"must be {kind}, not a boolean")
+        return value
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _within_float32(cls, value: Any) -> Any:
+        """Training computes in float32: a number beyond its range (``optim.lr=1e300``) would overflow there."""
+        if isinstance(value, float) and math.isfinite(value) and abs(value) > FLOAT32_MAX:
+            raise ValueError(f"must be at most {FLOAT32_MAX:.4g} in size (the largest float32; training uses float32)")
         return value
 
 
@@ -140,7 +163,7 @@ class ModelConfig(Section):
 
     name: str = "mlp"
     depth: int | None = Field(None, ge=0, le=1000)
-    width: int | None = Field(None, gt=0)
+    width: int | None = Field(None, gt=0, le=MAX_WIDTH)
     activation: str | None = None
     norm: str | None = None
     norm_position: Literal["before_activation", "after_activation"] | None = None
@@ -217,11 +240,11 @@ class OptimConfig(Section):
     """The optimizer and its regularization."""
 
     name: str = "adam"
-    lr: float = Field(1e-3, gt=0, allow_inf_nan=False)
+    lr: float = Field(1e-3, gt=0, le=MAX_RATE, allow_inf_nan=False)
     momentum: float = Field(0.9, ge=0, lt=1)  # γ of momentum / nesterov
-    weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False)
+    weight_decay: float = Field(0.0, ge=0, le=MAX_RATE, allow_inf_nan=False)
     decoupled: bool = False  # True: AdamW/SGDW-style decay; False: L2 added to the gradient
-    l1: float = Field(0.0, ge=0, allow_inf_nan=False)  # L1 penalty on weights (not biases or norm parameters)
+    l1: float = Field(0.0, ge=0, le=MAX_RATE, allow_inf_nan=False)  # L1 penalty on weights, not biases or norms
 
     _name = field_validator("name")(lambda v: _name_in(OPTIMIZERS, v))
 
@@ -242,7 +265,7 @@ class ScheduleConfig(Section):
     gamma: float | None = Field(None, gt=0, le=1)  # exponential (default 0.98 per epoch), step (default 0.1)
     step_size: int | None = Field(None, ge=1)  # epochs between step decays (default epochs // 3)
     warmup_epochs: int = Field(1, ge=0)
-    min_lr: float = Field(0.0, ge=0, allow_inf_nan=False)
+    min_lr: float = Field(0.0, ge=0, le=MAX_RATE, allow_inf_nan=False)
     factor: float = Field(0.1, gt=0, lt=1)  # plateau
     patience: int = Field(2, ge=0)  # plateau
     monitor: Literal["val_loss", "val_acc"] = "val_loss"  # plateau
@@ -265,19 +288,27 @@ class AveragingConfig(Section):
 
     ensemble: int = Field(1, ge=1, le=100)
     swa_start: int | None = Field(None, ge=1)  # first epoch whose weights enter the SWA average
-    swa_lr: float | None = Field(None, gt=0, allow_inf_nan=False)
+    swa_lr: float | None = Field(None, gt=0, le=MAX_RATE, allow_inf_nan=False)
     ema: float | None = Field(None, gt=0, lt=1)  # decay of the EMA of weights, e.g. 0.999
 
 
 class TrainConfig(Section):
     """How long, where and with which seed to train."""
 
-    epochs: int = Field(5, ge=1)
-    seed: int = Field(0, ge=0)
+    epochs: int = Field(5, ge=1, le=MAX_EPOCHS)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int = Field(0, ge=0)  # 0: all cores
+    threads: int = 0  # 0: all cores; at most MAX_THREADS
     nonfinite: Literal["stop", "skip"] = "stop"  # NaN/Inf in loss, inputs or gradients: stop, or skip the batch
     nonfinite_limit: int = Field(10, ge=0)  # with skip: stop once more batches than this were skipped
+
+    @field_validator("threads")
+    @classmethod
+    def _threads(cls, value: int) -> int:
+        if not 0 <= value <= MAX_THREADS:
+            cores = os.cpu_count()
+            raise ValueError(f"must be 0 (every core) to {MAX_THREADS} threads (this machine has {cores} cores)")
+        return value
 
 
 class CheckpointConfig(Section):
@@ -291,7 +322,7 @@ class DiagnosticsConfig(Section):
     """Probes and the doctor: sample every ``every`` steps; the doctor's short run lasts ``steps`` steps."""
 
     every: int = Field(10, ge=1)
-    steps: int = Field(200, ge=1)
+    steps: int = Field(200, ge=1, le=MAX_DIAGNOSTIC_STEPS)
 
 
 class Config(Section):
@@ -438,9 +469,14 @@ def validate(data: Any) -> Config:
 
 
 def parse_value(text: str) -> Any:
-    """Parse a ``--set`` value as YAML (so ``0.1`` is a number, ``true`` a bool, ``null`` None)."""
+    """Parse a ``--set`` value as YAML (so ``0.1`` is a number, ``true`` a bool, ``null`` None); text that is not
+    YAML stays text. A value beyond the bounds of a config file (:func:`load_yaml`) is refused."""
+    if not text.strip():
+        return ""
     try:
-        return yaml.safe_load(text) if text.strip() else ""
+        return load_yaml(text)
+    except _TooLarge as e:
+        raise TrickLabError(f"--set value {echo(text)}: refused: {e.problem}") from None
     except yaml.YAMLError:
         return text
 
@@ -468,33 +504,141 @@ def _set_path(data: dict, key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """yaml.SafeLoader (no python tags) that refuses a key written twice in one mapping."""
+#: The largest config or study file read, in bytes.
+MAX_CONFIG_BYTES = 1 << 20
+#: How deeply mappings and lists may nest in a config.
+MAX_DEPTH = 50
+#: How many values (mappings, lists and scalars) a config may hold once its aliases are expanded.
+MAX_NODES = 100_000
+
+
+class _TooLarge(yaml.YAMLError):
+    """A YAML document beyond :data:`MAX_DEPTH` or :data:`MAX_NODES`."""
+
+    def __init__(self, problem: str, mark: yaml.Mark | None):
+        super().__init__(problem)
+        self.problem, self.problem_mark = problem, mark
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """yaml.SafeLoader (no python tags) bounded for input from outside.
+
+    Refuses a key written twice in one mapping, a key that is a list or a mapping, nesting deeper than
+    :data:`MAX_DEPTH` (a few thousand levels would exhaust the stack) and a document that holds more than
+    :data:`MAX_NODES` values with its aliases expanded: a 273-byte "billion laughs" alias bomb stops while it is
+    composed, before any value is built. The expanded size of every node is counted once, as it is composed
+    (an alias costs what its anchor holds), so the check itself is linear in the text.
+    """
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._depth = 0
+        self._sizes: dict[yaml.Node, int] = {}  # expanded size of every node composed so far
+
+    def compose_node(self, parent, index):
+        mark = self.peek_event().start_mark
+        if self.check_event(yaml.AliasEvent):
+            node = super().compose_node(parent, index)
+            if node not in self._sizes:
+                raise _TooLarge("an alias inside the node it refers to (a structure that contains itself)", mark)
+            return node
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise _TooLarge(f"nested deeper than {MAX_DEPTH} levels", mark)
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        if isinstance(node, yaml.MappingNode):
+            size = 1 + sum(self._sizes[k] + self._sizes[v] for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            size = 1 + sum(self._sizes[v] for v in node.value)
+        else:
+            size = 1
+        if size > MAX_NODES:
+            raise _TooLarge(f"more than {MAX_NODES} values once its aliases are expanded", mark)
+        self._sizes[node] = size
+        return node
+
+    def construct_object(self, node, deep=False):
+        """A value PyYAML's own constructors fail on with a Python error (``!!int`` with no digits, a date like
+        2024-13-45, an integer of more digits than Python converts) is a YAML error at the node's line."""
+        try:
+            return super().construct_object(node, deep=deep)
+        except yaml.YAMLError:
+            raise
+        except Exception as e:  # noqa: BLE001 - whatever a constructor raises
+            shown = f" {echo(node.value)}" if isinstance(node, yaml.ScalarNode) else ""
+            problem = f"cannot read the value{shown} ({type(e).__name__}: {e})"
+            raise yaml.constructor.ConstructorError(None, None, problem, node.start_mark) from None
 
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise yaml.constructor.ConstructorError(
+                    None, None, "a key must be a plain value, not a list or a mapping", key_node.start_mark
+                )
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {echo(key)}", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
 
-def read_yaml(path: str | Path) -> dict:
-    """Read a YAML config file safely (no python tags); errors name the file and the line."""
+def load_yaml(text: str | bytes) -> Any:
+    """Parse YAML ``text`` safely and within bounds (see :class:`_BoundedLoader`); ``yaml.YAMLError`` (with the
+    line where it has one) if it is not valid."""
+    loader = _BoundedLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def read_text_file(path: str | Path, what: str = "config file", limit: int = MAX_CONFIG_BYTES) -> bytes:
+    """The bytes of the regular file ``path``, at most ``limit`` of them; a one-line :class:`TrickLabError` naming
+    ``what`` and the file if it is missing, not a regular file (``/dev/zero``, a pipe) or larger than ``limit``."""
     p = Path(path)
-    try:
-        text = p.read_text()
+    try:  # O_NONBLOCK: opening a pipe must not wait for a writer; it is refused just below
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     except FileNotFoundError:
-        raise TrickLabError(f"config file {str(p)!r} does not exist") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise TrickLabError(f"config file {str(p)!r} cannot be read: {e}") from None
+        raise TrickLabError(f"{what} {str(p)!r} does not exist") from None
+    except OSError as e:
+        raise TrickLabError(f"{what} {str(p)!r} cannot be read: {e.strerror or e}") from None
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise TrickLabError(f"{what} {str(p)!r} cannot be read: it is a folder, not a file")
+        if not stat.S_ISREG(st.st_mode):
+            kind = "not a regular file (a device, pipe or socket)"
+            raise TrickLabError(f"{what} {str(p)!r} cannot be read: it is {kind}")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as e:
+        raise TrickLabError(f"{what} {str(p)!r} cannot be read: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
+    if st.st_size > limit or len(data) > limit:
+        size = max(st.st_size, len(data))
+        mib = f"{size / 2**20:.1f} MiB, at most {limit / 2**20:g} MiB is read"
+        raise TrickLabError(f"{what} {str(p)!r} is too large: {mib}")
+    return data
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Read a YAML config file safely (no python tags) and within bounds: at most :data:`MAX_CONFIG_BYTES` of a
+    regular file, nested at most :data:`MAX_DEPTH` deep, at most :data:`MAX_NODES` values with aliases expanded.
+    Errors are one line naming the file and the line."""
+    p = Path(path)
+    raw = read_text_file(p)
+    try:
+        data = load_yaml(raw)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
+        if isinstance(e, _TooLarge):
+            raise TrickLabError(f"config file {str(p)!r}{where}: refused: {e.problem}") from None
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise TrickLabError(f"config file {str(p)!r}{where}: invalid YAML ({problem})") from None
     if data is None:

@@ -161,3 +161,28 @@ def test_cached_mnist1d_with_a_pickled_object_array_is_refused(tmp_path, marker)
     with pytest.raises(DataError, match="corrupt"):
         load_splits("mnist1d", root=tmp_path)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("replace", "says"),
+    [
+        (lambda p: p.symlink_to("/dev/zero"), "config.yaml"),  # refused before it is read
+        (
+            lambda p: p.write_text(
+                "a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n"
+                + "".join(f"{c}: &{c} [{', '.join([f'*{p_}'] * 10)}]\n" for p_, c in zip("abcde", "bcdef", strict=True))
+            ),
+            "more than 100000 values once its aliases are expanded",
+        ),
+        (lambda p: p.write_text("model: " + "[" * 3000 + "]" * 3000 + "\n"), "nested deeper than 50 levels"),
+    ],
+    ids=["dev_zero", "alias_bomb", "deep"],
+)
+def test_resume_refuses_a_hostile_config_yaml_in_one_line(run_dir, capsys, replace, says):
+    (run_dir / "config.yaml").unlink()
+    replace(run_dir / "config.yaml")
+
+    code = main(["train", "--resume", str(run_dir)])
+
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "config.yaml" in err[0] and says in err[0], err

@@ -27,17 +27,23 @@ def add_parser(sub) -> None:
     )
     add_config_args(p)
     p.add_argument("--out", "-o", metavar="DIR", help="report folder (default: a new folder under runs/)")
-    p.add_argument("--steps", type=int, metavar="N", help="training steps to probe (diagnostics.steps, default 200)")
+    p.add_argument(
+        "--steps", type=int, metavar="N", help="training steps to probe, 1 to 100000 (diagnostics.steps, default 200)"
+    )
     p.add_argument("--no-recheck", action="store_true", help="do not re-run with the prescription applied")
     p.set_defaults(func=run_cmd)
 
 
 def run_cmd(args: argparse.Namespace) -> int:
     from tricklab.assembly import assemble
-    from tricklab.config import load_config
+    from tricklab.config import MAX_DIAGNOSTIC_STEPS, load_config
     from tricklab.diagnostics.doctor import run_doctor
+    from tricklab.errors import ConfigError
     from tricklab.train.rundir import check_run_dir, default_run_dir
 
+    if args.steps is not None and not 1 <= args.steps <= MAX_DIAGNOSTIC_STEPS:
+        allowed = f"an integer from 1 to {MAX_DIAGNOSTIC_STEPS} (training steps to probe: diagnostics.steps)"
+        raise ConfigError("--steps", args.steps, allowed)
     overrides = list(args.overrides) + ([f"diagnostics.steps={args.steps}"] if args.steps is not None else [])
     cfg = load_config(args.config, overrides)
     out = Path(args.out) if args.out else default_run_dir(cfg, "doctor")

@@ -17,6 +17,8 @@ from pathlib import Path
 from tricklab.cli.common import add_config_args
 
 DEFAULT_STEPS = 100
+#: The longest sweep: the curve the suggestion is read from is resolved long before this many steps.
+MAX_STEPS = 10_000
 
 
 def add_parser(sub) -> None:
@@ -30,7 +32,7 @@ def add_parser(sub) -> None:
         type=int,
         default=DEFAULT_STEPS,
         metavar="N",
-        help=f"training batches to sweep the LR over, ≥ 2 (default {DEFAULT_STEPS})",
+        help=f"training batches to sweep the LR over, 2 to {MAX_STEPS} (default {DEFAULT_STEPS})",
     )
     p.set_defaults(func=run_cmd)
 
@@ -57,8 +59,9 @@ def run_cmd(args: argparse.Namespace) -> int:
 
     # Everything that can fail on bad input comes before the output folder is created.
     cfg = load_config(args.config, args.overrides)
-    if args.steps < 2:
-        raise ConfigError("--steps", args.steps, "an integer >= 2 (training batches to sweep the LR over)")
+    if not 2 <= args.steps <= MAX_STEPS:
+        allowed = f"an integer from 2 to {MAX_STEPS} (training batches to sweep the LR over)"
+        raise ConfigError("--steps", args.steps, allowed)
     out = Path(args.out) if args.out is not None else default_run_dir(cfg, "lr-find")
     check_out_dir(out)
     parts = assemble(cfg)  # data, model and optimizer: a bad config is refused now, not halfway through
