@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import os
 import shutil
 import socket
 import struct
 import threading
+import tracemalloc
 from dataclasses import dataclass
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -23,8 +25,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tricklab.data import DATASETS, load_splits, sources
+from tricklab.data import DATASETS, download, load_splits, sources
 from tricklab.data.download import RemoteFile, atomic_write, fetch
+from tricklab.data.idx import idx_size
 from tricklab.errors import DataError
 
 MNIST_NAMES = [spec.name for spec in sources.MNIST_FILES]
@@ -329,3 +332,124 @@ def test_fashion_mnist_with_wrong_md5_is_refused(fashion_served, serve, cache, m
     assert f"{mirror.url}/{specs[1].name}" in msg and "md5" in msg and "0" * 32 in msg, msg
     assert not (cache / "fashion-mnist" / specs[1].name).exists()
     assert (cache / "fashion-mnist" / specs[0].name).exists()  # the good file before it was kept
+
+
+# --- bombs: a file costs at most what a valid one would ----------------------------------------------------
+
+
+def zeros_gz(n: int, head: bytes = b"") -> bytes:
+    """``head`` then ``n`` zero bytes, gzip-compressed (about a thousandth of ``n``)."""
+    out = io.BytesIO()
+    with gzip.GzipFile(fileobj=out, mode="wb", mtime=0) as f:
+        f.write(head)
+        for _ in range(n // 2**20):
+            f.write(bytes(2**20))
+    return out.getvalue()
+
+
+def idx_head(*shape: int) -> bytes:
+    return bytes([0, 0, 0x08, len(shape)]) + struct.pack(f">{len(shape)}I", *shape)
+
+
+def peak_bytes(fn) -> tuple[int, BaseException | None]:
+    """Peak Python memory allocated while ``fn()`` runs, and what it raised."""
+    tracemalloc.start()
+    try:
+        fn()
+        raised = None
+    except Exception as e:  # noqa: BLE001 - the caller checks what was raised
+        raised = e
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak, raised
+
+
+BOMB = 256 * 2**20  # 256 MiB of zeros in ~250 KB
+
+
+@pytest.mark.parametrize(
+    ("head", "spec", "says"),
+    [
+        (b"", RemoteFile(FIRST, size=sources.IDX_SIZES[FIRST]), "decompresses to more than the 47040016 bytes"),
+        (idx_head(10, 28, 28), RemoteFile(FIRST, header_size=idx_size), "more than the 7856 bytes allowed"),
+        (
+            idx_head(2**31, 2**31),
+            RemoteFile(FIRST, header_size=idx_size),
+            "its header declares 4611686018427387916 bytes",
+        ),
+        (b"", RemoteFile(FIRST, header_size=idx_size), "its content is not an IDX file (bad magic number 00000000)"),
+    ],
+    ids=["known_size", "size_from_header", "header_too_large", "not_idx"],
+)
+def test_a_gzip_bomb_in_the_cache_stops_at_the_size_its_format_allows(tmp_path, head, spec, says):
+    (tmp_path / "mnist").mkdir()
+    (tmp_path / "mnist" / FIRST).write_bytes(zeros_gz(BOMB, head))
+
+    peak, raised = peak_bytes(lambda: fetch(tmp_path / "mnist", spec, [], "mnist"))
+
+    assert isinstance(raised, DataError) and says in str(raised) and "delete it" in str(raised), raised
+    allowed = spec.size or 0  # the content of a valid file, kept until it is verified
+    assert peak < allowed + 8 * 2**20, f"{peak / 2**20:.0f} MiB allocated for a bomb of {BOMB / 2**20:.0f} MiB"
+
+
+def test_without_a_size_the_content_is_capped(tmp_path, monkeypatch):
+    monkeypatch.setattr(download, "MAX_CONTENT", 4 * 2**20)
+    (tmp_path / "mnist").mkdir()
+    (tmp_path / "mnist" / FIRST).write_bytes(zeros_gz(BOMB))
+    peak, raised = peak_bytes(lambda: fetch(tmp_path / "mnist", RemoteFile(FIRST), [], "mnist"))
+    assert isinstance(raised, DataError) and f"more than the {4 * 2**20} bytes allowed" in str(raised), raised
+    assert peak < 16 * 2**20
+
+
+def test_the_real_specs_know_the_exact_size_of_each_mnist_file():
+    for spec in (*sources.MNIST_FILES, *sources.FASHION_FILES):
+        n = 60_000 if spec.name.startswith("train") else 10_000
+        assert spec.size == (16 + n * 28 * 28 if "images" in spec.name else 8 + n)
+        assert spec.header_size is idx_size
+
+
+def test_a_file_of_the_exact_size_with_the_right_content_loads(tmp_path):
+    content = idx_head(3, 28, 28) + bytes(range(256)) * 9 + bytes(3 * 28 * 28 - 256 * 9)
+    spec = RemoteFile(FIRST, sha256=hashlib.sha256(content).hexdigest(), size=len(content), header_size=idx_size)
+    (tmp_path / FIRST).write_bytes(gzip.compress(content, mtime=0))
+    assert fetch(tmp_path, spec, [], "mnist") == content
+    (tmp_path / FIRST).write_bytes(gzip.compress(content[:-1], mtime=0))
+    n = len(content)
+    with pytest.raises(DataError, match=rf"sha256 of its content .* != expected .* \({n - 1} bytes, expected {n}\)"):
+        fetch(tmp_path, spec, [], "mnist")
+    with pytest.raises(DataError, match=f"corrupt: it decompresses to {n - 1} bytes, expected {n}; delete it"):
+        fetch(tmp_path, RemoteFile(FIRST, size=n), [], "mnist")
+
+
+def test_a_bomb_served_by_a_mirror_is_refused_and_never_cached(tmp_path, serve, cache):
+    folder = tmp_path / "served"
+    folder.mkdir()
+    (folder / FIRST).write_bytes(zeros_gz(BOMB, idx_head(10, 28, 28)))
+    mirror = serve(folder)
+    spec = RemoteFile(FIRST, header_size=idx_size)
+
+    peak, raised = peak_bytes(lambda: fetch(cache / "mnist", spec, [mirror.url], "mnist"))
+
+    assert isinstance(raised, DataError) and f"{mirror.url}/{FIRST}" in str(raised), raised
+    assert "more than the 7856 bytes allowed" in str(raised)
+    assert not (cache / "mnist" / FIRST).exists() and leftovers(cache) == []
+    assert peak < 8 * 2**20
+
+
+def test_an_oversized_download_is_cut_off_at_the_file_limit(tmp_path, serve, cache):
+    folder = tmp_path / "served"
+    folder.mkdir()
+    (folder / FIRST).write_bytes(os.urandom(200_000))  # incompressible: the file itself is too large
+    mirror = serve(folder)
+    with pytest.raises(DataError, match="more than the .* bytes it can have"):
+        fetch(cache / "mnist", RemoteFile(FIRST, size=1000), [mirror.url], "mnist")
+
+
+def test_an_oversized_or_special_cached_file_is_refused_without_reading_it(tmp_path):
+    (tmp_path / FIRST).write_bytes(os.urandom(200_000))
+    with pytest.raises(DataError, match=r"corrupt: 200000 bytes, more than the \d+ bytes it can have; delete it"):
+        fetch(tmp_path, RemoteFile(FIRST, size=1000), [], "mnist")
+    os.mkfifo(tmp_path / "pipe.gz")  # nothing writes to it: reading it would wait forever
+    with pytest.raises(DataError, match="pipe.gz is not a regular file"):
+        fetch(tmp_path, RemoteFile("pipe.gz"), [], "mnist")

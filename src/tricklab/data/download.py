@@ -5,6 +5,13 @@ MD5 of the compressed file as its authors publish it. An archive read member by 
 is kept compressed: its MD5 is checked and its bytes are returned as they are. A download goes to a
 temporary file in the target folder, is verified, fsynced and only then renamed into place, so an
 interrupted or corrupt download never leaves a file that looks valid.
+
+Nothing is read without a bound, so a damaged or hostile file (a gzip bomb: 13 MB that inflate to 3 GB of
+zeros) costs at most what a valid one would. A .gz is decompressed as a stream, hashed as it goes, and
+stopped as soon as its content passes the size its format allows: the exact ``size`` of the spec when it is
+known (the four MNIST files), else the exact size its header declares (``header_size``: an IDX header's
+dimensions), never more than :data:`MAX_CONTENT`. A file in the cache or a download is read only up to the
+size its content allows (compressed, a little more than the content; :data:`MAX_FILE` without a size).
 """
 
 from __future__ import annotations
@@ -12,11 +19,14 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.client
+import io
 import os
 import secrets
+import stat
 import urllib.error
 import urllib.request
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +36,11 @@ ENV_DATA = "TRICKLAB_DATA"
 ENV_MIRRORS = "TRICKLAB_MIRRORS"  # comma-separated base URLs, tried instead of the built-in mirrors
 DEFAULT_ROOT = Path("~/.cache/tricklab")
 TIMEOUT_S = 30
+#: The most a .gz is ever decompressed to (when neither its spec nor its header gives the exact size).
+MAX_CONTENT = 256 * 2**20
+#: The largest file read or downloaded whose spec gives no size (CIFAR-10's archive is 163 MiB).
+MAX_FILE = 512 * 2**20
+CHUNK = 2**20
 
 
 @dataclass(frozen=True)
@@ -33,13 +48,27 @@ class RemoteFile:
     """A gzip-compressed file and its check: ``sha256`` of its decompressed bytes, or ``md5`` of the .gz.
 
     With ``decompress=False`` the file is used as it is (an archive its reader opens): both checks are then
-    of the file's own bytes.
+    of the file's own bytes. ``size``: the exact size of the content (decompressed) when it is known;
+    ``header_size``: the exact size of the content given its first bytes (None while more bytes are needed,
+    ValueError if they are not the format's header), e.g. :func:`tricklab.data.idx.idx_size`.
     """
 
     name: str
     sha256: str | None = None
     md5: str | None = None
     decompress: bool = True
+    size: int | None = None
+    header_size: Callable[[bytes], int | None] | None = None
+
+    def content_limit(self) -> int:
+        """The most bytes the (decompressed) content may have."""
+        return self.size if self.size is not None else MAX_CONTENT if self.decompress else MAX_FILE
+
+    def file_limit(self) -> int:
+        """The most bytes the file itself may have: the content's limit, plus deflate's worst-case overhead
+        (5 bytes per 64 KiB stored block) and room for the gzip header when it is compressed."""
+        limit = self.content_limit()
+        return limit + limit // 8192 + 2**16 if self.decompress else limit
 
 
 def data_root(configured: str | os.PathLike | None = None) -> Path:
@@ -55,23 +84,66 @@ def mirrors_for(default: tuple[str, ...]) -> list[str]:
 
 def check_file(raw: bytes, spec: RemoteFile, where: str) -> bytes:
     """Decompress ``raw`` (unless ``spec.decompress`` is false) and verify it against ``spec``; return the
-    content or raise DataError."""
+    content or raise DataError. The content is decompressed as a stream, hashed as it goes, and refused as
+    soon as it passes the size ``spec`` allows (:meth:`RemoteFile.content_limit`, ``spec.header_size``)."""
+    if len(raw) > spec.file_limit():
+        raise DataError(f"{where} is corrupt: {len(raw)} bytes, more than the {spec.file_limit()} bytes it can have")
     if spec.md5 is not None:
         got = hashlib.md5(raw).hexdigest()
         if got != spec.md5:
             raise DataError(f"{where} is corrupt: md5 {got} != expected {spec.md5}")
     if not spec.decompress:
         data = raw
+        digest = hashlib.sha256(data).hexdigest() if spec.sha256 is not None else None
     else:
-        try:
-            data = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as e:  # bad header / CRC, truncated, corrupt deflate stream
-            raise DataError(f"{where} is corrupt: not a valid gzip file ({e})") from None
-    if spec.sha256 is not None:
-        got = hashlib.sha256(data).hexdigest()
-        if got != spec.sha256:
-            raise DataError(f"{where} is corrupt: sha256 of its content {got[:16]}… != expected {spec.sha256[:16]}…")
+        data, digest = _inflate(raw, spec, where)
+    size = "" if spec.size is None or len(data) == spec.size else f" ({len(data)} bytes, expected {spec.size})"
+    if spec.sha256 is not None and digest != spec.sha256:
+        raise DataError(
+            f"{where} is corrupt: sha256 of its content {digest[:16]}… != expected {spec.sha256[:16]}…{size}"
+        )
+    if size:
+        what = "it decompresses to" if spec.decompress else "it has"
+        raise DataError(f"{where} is corrupt: {what} {len(data)} bytes, expected {spec.size}")
     return data
+
+
+def _inflate(raw: bytes, spec: RemoteFile, where: str) -> tuple[bytes, str]:
+    """The decompressed content of gzip ``raw`` and its sha256, read in chunks and stopped at the size allowed."""
+    limit = spec.content_limit()
+    chunks: list[bytes] = []
+    got = 0
+    sha = hashlib.sha256()
+    header_checked = spec.header_size is None
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(raw), mode="rb") as f:
+            while chunk := f.read(min(CHUNK, limit + 1 - got)):
+                chunks.append(chunk)
+                got += len(chunk)
+                sha.update(chunk)
+                if not header_checked:
+                    declared = spec.header_size(b"".join(chunks) if len(chunks) > 1 else chunk)
+                    if declared is not None:
+                        header_checked = True
+                        if declared > limit:
+                            raise DataError(
+                                f"{where} is corrupt: its header declares {declared} bytes of content, more than "
+                                f"the {limit} allowed"
+                            )
+                        limit = declared
+                if got > limit:
+                    raise DataError(f"{where} is corrupt: it decompresses to more than the {limit} bytes allowed")
+                if got == limit and f.read(1):
+                    raise DataError(f"{where} is corrupt: it decompresses to more than the {limit} bytes allowed")
+                if got == limit:
+                    break
+    except (OSError, EOFError, zlib.error) as e:  # bad header / CRC, truncated, corrupt deflate stream
+        raise DataError(f"{where} is corrupt: not a valid gzip file ({e})") from None
+    except ValueError as e:  # header_size: not the format's header
+        raise DataError(f"{where} is corrupt: {e}") from None
+    if not header_checked:
+        raise DataError(f"{where} is corrupt: its content ({got} bytes) is too short for its header")
+    return b"".join(chunks), sha.hexdigest()
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -93,10 +165,32 @@ def atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-def _download(url: str) -> bytes:
+def _download(url: str, limit: int) -> bytes:
+    """The body at ``url``; ValueError once it passes ``limit`` bytes (read in chunks, never more)."""
     req = urllib.request.Request(url, headers={"User-Agent": "tricklab"})
     with urllib.request.urlopen(req, timeout=TIMEOUT_S) as r:
-        return r.read()
+        length = r.headers.get("Content-Length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise ValueError(f"{length} bytes, more than the {limit} bytes it can have")
+        body = bytearray()
+        while chunk := r.read(min(CHUNK, limit + 1 - len(body))):
+            body += chunk
+            if len(body) > limit:
+                raise ValueError(f"more than the {limit} bytes it can have")
+        return bytes(body)
+
+
+def _read_cached(path: Path, limit: int) -> bytes:
+    """The bytes of cached file ``path``; DataError if it is not a regular file or longer than ``limit``."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))  # a pipe: no wait
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise DataError(f"{path} is not a regular file")
+        raw = f.read(min(st.st_size, limit) + 1)  # not a buffer of `limit` bytes for a small file
+    if len(raw) > limit:
+        raise DataError(f"{path} is corrupt: {st.st_size} bytes, more than the {limit} bytes it can have")
+    return raw
 
 
 def fetch(folder: Path, spec: RemoteFile, mirrors: list[str], dataset: str) -> bytes:
@@ -104,7 +198,9 @@ def fetch(folder: Path, spec: RemoteFile, mirrors: list[str], dataset: str) -> b
     path = folder / spec.name
     if path.exists():
         try:
-            raw = path.read_bytes()
+            raw = _read_cached(path, spec.file_limit())
+        except DataError as e:
+            raise DataError(f"{dataset}: {e}; delete it to download it again") from None
         except OSError as e:
             raise DataError(f"{dataset}: cannot read {path}: {e.strerror or e}") from None
         try:
@@ -115,7 +211,7 @@ def fetch(folder: Path, spec: RemoteFile, mirrors: list[str], dataset: str) -> b
     for base in mirrors:
         url = base.rstrip("/") + "/" + spec.name
         try:
-            raw = _download(url)
+            raw = _download(url, spec.file_limit())
             data = check_file(raw, spec, url)
         except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError, DataError) as e:
             reason = getattr(e, "reason", None) or e

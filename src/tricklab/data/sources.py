@@ -13,23 +13,30 @@ import torch
 
 from tricklab.data.base import DatasetInfo, RawDataset, TensorData
 from tricklab.data.download import RemoteFile, atomic_write, fetch, mirrors_for
-from tricklab.data.idx import parse_idx
+from tricklab.data.idx import idx_size, parse_idx
 from tricklab.errors import DataError
 from tricklab.registry import Registry
 
 DATASETS: Registry = Registry("dataset")
 
+# Exact content sizes (the same for Fashion-MNIST): a file that inflates past them is refused as it inflates.
+IDX_SIZES = {
+    "train-images-idx3-ubyte.gz": 16 + 60_000 * 28 * 28,
+    "train-labels-idx1-ubyte.gz": 8 + 60_000,
+    "t10k-images-idx3-ubyte.gz": 16 + 10_000 * 28 * 28,
+    "t10k-labels-idx1-ubyte.gz": 8 + 10_000,
+}
+
+
+def _idx_file(name: str, **check: str) -> RemoteFile:
+    return RemoteFile(name, size=IDX_SIZES[name], header_size=idx_size, **check)
+
+
 MNIST_FILES = (
-    RemoteFile(
-        "train-images-idx3-ubyte.gz",
-        sha256="ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
-    ),
-    RemoteFile(
-        "train-labels-idx1-ubyte.gz",
-        sha256="65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
-    ),
-    RemoteFile("t10k-images-idx3-ubyte.gz", sha256="0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7"),
-    RemoteFile("t10k-labels-idx1-ubyte.gz", sha256="ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"),
+    _idx_file("train-images-idx3-ubyte.gz", sha256="ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"),
+    _idx_file("train-labels-idx1-ubyte.gz", sha256="65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5"),
+    _idx_file("t10k-images-idx3-ubyte.gz", sha256="0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7"),
+    _idx_file("t10k-labels-idx1-ubyte.gz", sha256="ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"),
 )
 MNIST_MIRRORS = (
     "https://ossci-datasets.s3.amazonaws.com/mnist",
@@ -38,10 +45,10 @@ MNIST_MIRRORS = (
 )
 # Zalando publishes the MD5 of the compressed files (github.com/zalandoresearch/fashion-mnist).
 FASHION_FILES = (
-    RemoteFile("train-images-idx3-ubyte.gz", md5="8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
-    RemoteFile("train-labels-idx1-ubyte.gz", md5="25c81989df183df01b3e8a0aad5dffbe"),
-    RemoteFile("t10k-images-idx3-ubyte.gz", md5="bef4ecab320f06d8554ea6380940ec79"),
-    RemoteFile("t10k-labels-idx1-ubyte.gz", md5="bb300cfdad3c16e7a12a480ee83cd310"),
+    _idx_file("train-images-idx3-ubyte.gz", md5="8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
+    _idx_file("train-labels-idx1-ubyte.gz", md5="25c81989df183df01b3e8a0aad5dffbe"),
+    _idx_file("t10k-images-idx3-ubyte.gz", md5="bef4ecab320f06d8554ea6380940ec79"),
+    _idx_file("t10k-labels-idx1-ubyte.gz", md5="bb300cfdad3c16e7a12a480ee83cd310"),
 )
 FASHION_MIRRORS = (
     "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com",
@@ -71,8 +78,14 @@ def load_idx_dataset(name: str, root: Path, files, mirrors, classes) -> RawDatas
         except ValueError as e:
             raise DataError(str(e)) from None
     xtr, ytr, xte, yte = (torch.from_numpy(a.copy()) for a in arrays)
-    if xtr.shape[1:] != (28, 28) or xte.shape[1:] != (28, 28) or len(xtr) != len(ytr) or len(xte) != len(yte):
-        raise DataError(f"{folder}: unexpected shapes {tuple(xtr.shape)}, {tuple(ytr.shape)}, {tuple(xte.shape)}")
+    shapes = ", ".join(str(tuple(t.shape)) for t in (xtr, ytr, xte, yte))
+    if xtr.shape[1:] != (28, 28) or xte.shape[1:] != (28, 28) or ytr.dim() != 1 or yte.dim() != 1:
+        raise DataError(f"{folder}: unexpected shapes {shapes}; expected (N, 28, 28), (N,), (M, 28, 28), (M,)")
+    if len(xtr) != len(ytr) or len(xte) != len(yte):
+        raise DataError(f"{folder}: unexpected shapes {shapes}; images and labels differ in number")
+    for labels, spec in ((ytr, files[1]), (yte, files[3])):
+        if labels.dtype.is_floating_point or len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < 10:
+            raise DataError(f"{folder / spec.name}: labels must be integers 0..9")
     info = DatasetInfo(name, (1, 28, 28), 10, classes)
     return RawDataset(TensorData(xtr.unsqueeze(1), ytr.long()), TensorData(xte.unsqueeze(1), yte.long()), info)
 
