@@ -242,3 +242,156 @@ def test_no_valid_checkpoint_lists_each_problem(tmp_path):
     with pytest.raises(CheckpointError, match=r"no valid checkpoint .*epoch0002.*corrupt.*\|.*epoch0001.*corrupt"):
         latest_checkpoint(tmp_path)
     assert latest_checkpoint(tmp_path / "nothing") is None
+
+
+# --- forged manifests and meta: validated like a config, one line naming the file ------------------------
+
+
+DEEP = "@deep@"  # stands for JSON nested 50,000 deep (Python's json cannot even write it)
+
+
+def forge(folder, edit_meta=None, edit_manifest=None) -> None:
+    """Rewrite every checkpoint in ``folder`` with ``edit_meta(meta)`` applied and a manifest whose sizes and
+    sha256 match again (what a forger would do), then ``edit_manifest(manifest)``."""
+    for path in list_checkpoints(folder):
+        meta = json.loads((path / "meta.json").read_text())
+        if edit_meta is not None:
+            edit_meta(meta)
+        blob = json.dumps(meta).replace(f'"{DEEP}"', "[" * 50_000 + "]" * 50_000).encode()
+        (path / "meta.json").unlink()  # break the hard link a best-* checkpoint may share
+        (path / "meta.json").write_bytes(blob)
+        manifest = json.loads((path / "MANIFEST.json").read_text())
+        manifest["files"]["meta.json"] = {"bytes": len(blob), "sha256": ck._sha256(blob)}
+        if edit_manifest is not None:
+            edit_manifest(manifest)
+        (path / "MANIFEST.json").unlink()
+        (path / "MANIFEST.json").write_text(json.dumps(manifest))
+
+
+def setter(*keys, value):
+    def edit(tree):
+        for k in keys[:-1]:
+            tree = tree[k]
+        tree[keys[-1]] = value
+
+    return edit
+
+
+def dropper(*keys):
+    def edit(tree):
+        for k in keys[:-1]:
+            tree = tree[k]
+        del tree[keys[-1]]
+
+    return edit
+
+
+FORGED_META = {
+    "epoch_1e30": (setter("position", "epoch", value=1e30), "position.epoch = 1e+30"),
+    "epoch_negative": (setter("position", "epoch", value=-3), "position.epoch = -3"),
+    "null_position": (setter("position", value=None), "position = None"),
+    "missing_rng": (dropper("rng"), "rng: Field required"),
+    "int_for_string": (setter("config_hash", value=12), "config_hash = 12"),
+    "string_for_int": (setter("position", "step", value="30"), "position.step = '30'"),
+    "extra_key": (setter("position", "extra", value=1), "position.extra = 1"),
+    "bad_python_rng": (
+        setter("rng", "python", value={"$tuple": [3, [1, 2], None]}),
+        "rng: python: not a random.getstate() state",
+    ),
+    "bad_numpy_rng": (
+        setter(
+            "rng", "numpy", "state", "key", value={"$ndarray": {"dtype": "uint32", "shape": [3], "data": [1, 2, 3]}}
+        ),
+        "rng: numpy: not a numpy.random.get_state() state",
+    ),
+    "bad_torch_rng": (setter("rng", "torch", value=[1, 2]), "rng.torch = [1, 2]"),
+    "history_not_rows": (setter("fit", "history", value=[1, 2]), "fit.history.0 = 1"),
+    "object_array": (
+        setter("rng", "numpy", "state", "key", value={"$ndarray": {"dtype": "O", "shape": [1], "data": [1]}}),
+        "an array of dtype 'O': only numbers are read",
+    ),
+    "huge_reshape": (
+        setter("rng", "numpy", "state", "key", value={"$ndarray": {"dtype": "u4", "shape": [10**12], "data": []}}),
+        "cannot be parsed (ValueError",
+    ),
+    "unhashable_items_key": (
+        setter("optimizer", "state", value={"$items": [[[1], {}]]}),
+        "cannot be parsed (TypeError",
+    ),
+    "deep_nesting": (setter("fit", "stop_reason", value=DEEP), "cannot be parsed"),
+    "optimizer_state_of_strings": (
+        setter("optimizer", "param_groups", 0, "params", value=["a"]),
+        "optimizer.param_groups",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    return run(cfg("train.epochs=2"), tmp_path_factory.mktemp("forged") / "run").run_dir
+
+
+@pytest.fixture
+def forged_run(trained_run, tmp_path):
+    import shutil
+
+    shutil.copytree(trained_run, tmp_path / "run")
+    return tmp_path / "run"
+
+
+@pytest.mark.parametrize("case", list(FORGED_META))
+def test_forged_meta_is_refused_on_resume_in_one_line_naming_the_file(case, forged_run, capsys, monkeypatch):
+    from tricklab.cli.main import main
+
+    edit, says = FORGED_META[case]
+    forge(forged_run / "checkpoints", edit_meta=edit)
+    monkeypatch.chdir(forged_run.parent)
+
+    rc = main(["train", "--resume", "run"])
+
+    out, err = capsys.readouterr()
+    assert rc == 2 and "Traceback" not in out + err and err.count("\n") == 1, err
+    assert "error: " in err and "checkpoints/epoch0002" in err and says in err, err
+
+
+@pytest.mark.parametrize(
+    ("edit", "says"),
+    [
+        (setter("files", "meta.json", "bytes", value="12"), "files.meta.json.bytes = '12'"),
+        (dropper("files", "meta.json", "sha256"), "files.meta.json.sha256: Field required"),
+        (setter("files", "meta.json", "sha256", value="x" * 64), "files.meta.json.sha256 = 'xxx"),
+        (setter("files", "extra.bin", value={"bytes": 1, "sha256": "0" * 64}), "files.extra.bin"),
+        (setter("files", value=[]), "files = []"),
+        (setter("format", value=1), "format = 1"),
+        (setter("files", "meta.json", "bytes", value=-1), "files.meta.json.bytes = -1"),
+    ],
+    ids=["string_size", "missing_sha", "bad_sha", "extra_file", "files_a_list", "format_int", "negative_size"],
+)
+def test_forged_manifest_is_refused_in_one_line_naming_the_file(edit, says, trained_run):
+    path = list_checkpoints(trained_run / "checkpoints")[-1]
+    manifest = json.loads((path / "MANIFEST.json").read_text())
+    edit(manifest)
+    forged = path.parent.parent.parent / f"forged-{path.name}"
+    import shutil
+
+    shutil.rmtree(forged, ignore_errors=True)
+    shutil.copytree(path, forged)
+    (forged / "MANIFEST.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError) as err:
+        read_checkpoint(forged)
+    msg = str(err.value)
+    assert str(forged) in msg and "MANIFEST.json" in msg and says in msg and "\n" not in msg, msg
+
+
+def test_a_forged_newest_checkpoint_is_skipped_for_the_previous_valid_one(forged_run):
+    newest = list_checkpoints(forged_run / "checkpoints")[-1]
+    forge(forged_run / "checkpoints", edit_meta=setter("position", "epoch", value=1e30))
+    path, _, notes = latest_checkpoint(forged_run / "checkpoints")  # no schema: it parses
+    assert path == newest
+    with pytest.raises(CheckpointError, match=r"no valid checkpoint .*position\.epoch = 1e\+30"):
+        latest_checkpoint(forged_run / "checkpoints", check=ck.check_state)
+
+
+def test_a_real_checkpoint_passes_the_schema(trained_run):
+    for path in list_checkpoints(trained_run / "checkpoints"):
+        ck.check_state(read_checkpoint(path), path)

@@ -43,18 +43,19 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 from torch import nn
 
 from tricklab import __version__
-from tricklab.errors import ConfigError, TrickLabError
+from tricklab.errors import ConfigError, TrickLabError, echo
 from tricklab.events import ORDER_CHECKPOINT, Callback, EpochTotals, FitState
 from tricklab.metrics import VAL_ACC
 
@@ -133,7 +134,10 @@ def unflatten(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
         if tag == "$float":
             return float(value)
         if tag == "$ndarray":
-            return np.array(value["data"], dtype=np.dtype(value["dtype"])).reshape(value["shape"])
+            dtype = np.dtype(value["dtype"])
+            if dtype.kind not in "biuf":  # flatten writes the numbers of RNG states, nothing else
+                raise CheckpointError(f"an array of dtype {echo(value['dtype'])}: only numbers are read")
+            return np.array(value["data"], dtype=dtype).reshape(value["shape"])
     return {k: unflatten(v, tensors) for k, v in skeleton.items()}
 
 
@@ -215,29 +219,171 @@ def write_checkpoint(path: Path, tree: dict[str, Any], *, like: Path | None = No
     return path
 
 
+# ------------------------------------------------------------------------------ schemas of what is read
+#
+# A manifest or meta.json is outside input like a config: a forged one (its sha256 recomputed) must fail with
+# one line naming the file, never a traceback. Both are validated as strict pydantic models, extra keys refused.
+
+#: The largest MANIFEST.json read (a real one is about 250 bytes).
+MAX_MANIFEST_BYTES = 64 * 1024
+#: The largest epoch or position a checkpoint may claim (train.epochs is at most 10⁶).
+MAX_POSITION = 2**53
+
+
+class _Schema(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, arbitrary_types_allowed=True)
+
+
+class _FileEntry(_Schema):
+    bytes: int = Field(ge=0, lt=2**63)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class _Files(_Schema):
+    tensors: _FileEntry = Field(alias=TENSORS)
+    meta: _FileEntry = Field(alias=META)
+
+
+class _Manifest(_Schema):
+    format: Literal["tricklab-checkpoint/1"]
+    files: _Files
+
+
+class _Position(_Schema):
+    epoch: int = Field(ge=0, le=MAX_POSITION)
+    batches_done: int = Field(ge=0, le=MAX_POSITION)
+    step: int = Field(ge=0, le=MAX_POSITION)
+
+
+class _Totals(_Schema):
+    lr: float
+    loss_sum: torch.Tensor
+    correct: torch.Tensor
+    seen: int = Field(ge=0)
+    elapsed_s: float = Field(ge=0, allow_inf_nan=False)
+
+
+class _Fit(_Schema):
+    history: list[dict[str, int | float | str | bool | None]]
+    stop: bool
+    stop_reason: str | None
+    nonfinite_skipped: int = Field(ge=0)
+    totals: _Totals | None
+
+
+class _Optimizer(_Schema):
+    state: dict[int, dict[str, Any]]
+    param_groups: list[dict[str, Any]] = Field(min_length=1)
+
+    @field_validator("param_groups")
+    @classmethod
+    def _params(cls, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for group in groups:
+            params = group.get("params")
+            if not isinstance(params, list) or not all(type(i) is int for i in params):
+                raise ValueError("every parameter group needs 'params': a list of integers")
+        return groups
+
+
+class _Best(_Schema):
+    best: float | None
+    best_epoch: int | None = Field(ge=0, le=MAX_POSITION)
+
+
+class _Rng(_Schema):
+    python: tuple[Any, ...]
+    numpy: dict[str, Any]
+    torch: torch.Tensor
+    cuda: list[torch.Tensor]
+    data_order: torch.Tensor | None
+
+    @model_validator(mode="after")
+    def _settable(self) -> _Rng:
+        """Each state is set on a throwaway generator of its kind: what would fail on resume fails here."""
+        try:
+            random.Random().setstate(self.python)
+        except Exception as e:  # noqa: BLE001 - whatever a throwaway generator refuses
+            raise ValueError(f"python: not a random.getstate() state ({type(e).__name__}: {e})") from None
+        try:
+            np.random.RandomState().set_state(self.numpy)
+        except Exception as e:  # noqa: BLE001
+            raise ValueError(f"numpy: not a numpy.random.get_state() state ({type(e).__name__}: {e})") from None
+        for name, t in (("torch", self.torch), ("data_order", self.data_order), *(("cuda", c) for c in self.cuda)):
+            if t is None:
+                continue
+            if t.dtype != torch.uint8 or t.dim() != 1:
+                raise ValueError(f"{name}: not a generator state (a 1-D uint8 tensor)")
+            if name != "cuda":
+                try:
+                    torch.Generator().set_state(t)
+                except Exception as e:  # noqa: BLE001
+                    raise ValueError(f"{name}: not a torch generator state ({e})") from None
+        return self
+
+
+class _State(_Schema):
+    format: Literal["tricklab-checkpoint/1"]
+    versions: dict[str, str]
+    config_hash: str | None
+    position: _Position
+    fit: _Fit
+    model: dict[str, torch.Tensor]
+    optimizer: _Optimizer
+    callbacks: dict[str, dict[str, Any]]
+    checkpointer: _Best
+    rng: _Rng
+
+
+def _schema_error(err: ValidationError, path: Path, name: str) -> CheckpointError:
+    e = err.errors(include_url=False)[0]
+    key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+    shown = e["type"] != "missing" and not isinstance(e["input"], dict)  # a section's own check names the part
+    got = f" = {echo(e['input'])}" if shown else ""
+    why = str(e["ctx"]["error"]) if e["type"] == "value_error" else e["msg"]
+    return CheckpointError(
+        f"checkpoint {str(path)!r} has an invalid {name}: {key}{got}: {why}; it was not written by tricklab "
+        "or was modified"
+    )
+
+
+def check_state(tree: dict[str, Any], path: Path) -> dict[str, Any]:
+    """``tree`` if it is a complete training state (:meth:`Checkpointer.snapshot`) of the right types and
+    ranges, else a one-line :class:`CheckpointError` naming ``path``, the key and the bad value."""
+    try:
+        _State.model_validate(tree)
+    except ValidationError as err:
+        raise _schema_error(err, path, META) from None
+    return tree
+
+
 def _verified_blobs(path: Path) -> dict[str, bytes]:
     """The checkpoint's files, after checking sizes and sha256 against its manifest (nothing parsed before)."""
     try:
-        manifest = json.loads((path / MANIFEST).read_bytes())
-        files = manifest["files"]
-        if manifest.get("format") != FORMAT or set(files) != {TENSORS, META}:
-            raise ValueError(f"not a {FORMAT} manifest")
+        with open(path / MANIFEST, "rb") as f:
+            raw = f.read(MAX_MANIFEST_BYTES + 1)
+        if len(raw) > MAX_MANIFEST_BYTES:
+            raise ValueError(f"larger than {MAX_MANIFEST_BYTES} bytes")
+        manifest = _Manifest.model_validate(json.loads(raw))
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {str(path)!r} is incomplete: no {MANIFEST}") from None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+    except ValidationError as err:
+        raise _schema_error(err, path, MANIFEST) from None
+    except (OSError, ValueError, RecursionError) as e:
         raise CheckpointError(f"checkpoint {str(path)!r} has an unreadable {MANIFEST} ({e})") from None
     blobs = {}
-    for name, want in files.items():
+    for name, want in ((TENSORS, manifest.files.tensors), (META, manifest.files.meta)):
         try:
-            data = (path / name).read_bytes()
+            with open(path / name, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                data = f.read(want.bytes + 1) if size == want.bytes else b""
         except OSError as e:
             raise CheckpointError(
                 f"checkpoint {str(path)!r} is incomplete: cannot read {name} ({e.strerror})"
             ) from None
-        if len(data) != want.get("bytes") or _sha256(data) != want.get("sha256"):
+        if size != want.bytes or len(data) != want.bytes or _sha256(data) != want.sha256:
             raise CheckpointError(
                 f"checkpoint {str(path)!r} is corrupt: {name} does not match the sha256 in its {MANIFEST} "
-                f"({len(data)} bytes, expected {want.get('bytes')}); truncated or modified"
+                f"({size} bytes, expected {want.bytes}); truncated or modified"
             )
         blobs[name] = data
     return blobs
@@ -250,9 +396,11 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     try:
         tensors = load_safetensors_bytes(blobs[TENSORS])
         skeleton = json.loads(blobs[META])
-    except Exception as e:  # safetensors raises its own error type for a malformed header
+        tree = unflatten(skeleton, tensors)
+    except CheckpointError as e:
+        raise CheckpointError(f"checkpoint {str(path)!r}: {e}") from None
+    except Exception as e:  # safetensors' own error type; a forged $ndarray, $float or $items; nesting too deep
         raise CheckpointError(f"checkpoint {str(path)!r} cannot be parsed ({type(e).__name__}: {e})") from None
-    tree = unflatten(skeleton, tensors)
     if not isinstance(tree, dict) or tree.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {str(path)!r} is not a {FORMAT} checkpoint")
     return tree
@@ -272,8 +420,11 @@ def list_checkpoints(folder: Path) -> list[Path]:
     return sorted((p for p in folder.iterdir() if p.is_dir() and _NAME.match(p.name)), key=_position)
 
 
-def latest_checkpoint(folder: Path) -> tuple[Path, dict[str, Any], list[str]] | None:
-    """The newest checkpoint in ``folder`` that verifies and parses, and notes on newer ones that did not.
+def latest_checkpoint(
+    folder: Path, check: Callable[[dict[str, Any], Path], dict[str, Any]] | None = None
+) -> tuple[Path, dict[str, Any], list[str]] | None:
+    """The newest checkpoint in ``folder`` that verifies, parses and passes ``check`` (e.g. :func:`check_state`,
+    which :meth:`Checkpointer.resume_latest` uses), and notes on newer ones that did not.
 
     None if ``folder`` holds no checkpoint; :class:`CheckpointError` listing each problem if none is valid.
     """
@@ -281,6 +432,8 @@ def latest_checkpoint(folder: Path) -> tuple[Path, dict[str, Any], list[str]] | 
     for path in reversed(list_checkpoints(folder)):
         try:
             tree = read_checkpoint(path)
+            if check is not None:
+                tree = check(tree, path)
         except CheckpointError as e:
             problems.append(str(e))
             continue
@@ -546,11 +699,18 @@ class Checkpointer(Callback):
         Newer checkpoints that failed verification are removed (noted), so that they can neither shadow the
         ones written from here on nor survive pruning in their place.
         """
-        found = latest_checkpoint(self.folder)
+        found = latest_checkpoint(self.folder, check=check_state)
         if found is None:
             return None
         path, ckpt, notes = found
-        notes += self.restore(ckpt, state)
+        try:
+            notes += self.restore(ckpt, state)
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError) as e:
+            # a state the schema cannot see into (optimizer or trick state) that does not fit this run
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} does not fit this run ({type(e).__name__}: {e}); it was not written by "
+                "tricklab for this config, or was modified"
+            ) from None
         for newer in list_checkpoints(self.folder):
             if _position(newer)[:2] > _position(path)[:2]:
                 _remove(newer)
