@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv as csvlib
 import sys
 import zipfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -134,6 +135,9 @@ def _dataset(
     name: str, where: str, arrays: dict[str, np.ndarray], num_classes: int | None, locate: Locate = _index
 ) -> RawDataset:
     """Validate x_train, y_train[, x_test, y_test] and build the RawDataset (holding out a test set if none)."""
+    for key, a in arrays.items():
+        if a.ndim == 0:
+            raise DataError(f"{where}: {key} is a single value (shape ()); expected one row per example")
     for split in ("train", "test"):
         if f"x_{split}" not in arrays:
             continue
@@ -163,6 +167,18 @@ def _dataset(
 
 
 NPZ_HOLDS = "a .npz file holding x_train, y_train[, x_test, y_test]"
+#: What reading a damaged .npz raises: NotImplementedError for a zip version, compression method or encryption
+#: zipfile cannot read, zlib.error for a bad deflate stream, RuntimeError for an encrypted member.
+_NPZ_ERRORS = (
+    OSError,
+    ValueError,
+    EOFError,
+    KeyError,
+    zipfile.BadZipFile,
+    zlib.error,
+    NotImplementedError,
+    RuntimeError,
+)
 
 
 @DATASETS.register("npz", help="your arrays: a .npz in data.path with x_train, y_train[, x_test, y_test]")
@@ -199,7 +215,7 @@ def npz(root: Path, path: str | Path | None = None, num_classes: int | None = No
                 arrays = {k: f[k] for k in keys}
             if not_arrays := [k for k, a in arrays.items() if not isinstance(a, np.ndarray)]:
                 raise DataError(f"{p}: {', '.join(not_arrays)} is not a .npy array inside the .npz")
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
+    except _NPZ_ERRORS as e:
         raise DataError(f"{p} is not a valid .npz file ({e})") from None
     return _dataset("npz", str(p), arrays, n_classes)
 
