@@ -120,9 +120,11 @@ class Probe(Callback):
         self.after = {n: p.detach().clone() for n, p in state.model.named_parameters()}
 
 
-def train_once(overrides: dict):
+def train_once(overrides: dict, study: bool = False):
+    """One run; a study's as the lab runs it, where a setup that blows up (the scaling study's raw pixels at SGD's
+    rate, its very lesson) is a result marked diverged rather than an error."""
     probe = Probe()
-    result = run(load_config(overrides=overrides), write=False, callbacks=[probe])
+    result = run(load_config(overrides=overrides), write=False, callbacks=[probe], record_divergence=study)
     return probe, result
 
 
@@ -145,7 +147,7 @@ def test_one_deterministic_step(family, name, data_cache, monkeypatch):
     if family == "datasets" and name in FROM_FILE:
         overrides["data.path"] = data_file(name, data_cache)
 
-    probe, result = train_once(overrides)
+    probe, result = train_once(overrides, study=family == "studies")
 
     assert probe.losses and all(math.isfinite(v) for v in probe.losses), probe.losses
     row = result.history[-1]
@@ -154,7 +156,7 @@ def test_one_deterministic_step(family, name, data_cache, monkeypatch):
     unchanged = [n for n, p in probe.before.items() if torch.equal(p, probe.after[n])]
     assert (family, name) in NO_CHANGE or not unchanged, f"{family}:{name} left {unchanged} unchanged"
 
-    probe2, result2 = train_once(overrides)  # same seed: bit for bit the same run
+    probe2, result2 = train_once(overrides, study=family == "studies")  # same seed: bit for bit the same run
 
     assert probe2.losses == probe.losses
     assert without_times(result2.history) == without_times(result.history)

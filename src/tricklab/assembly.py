@@ -156,7 +156,7 @@ def build_callbacks(cfg: Config, splits: Splits) -> list[Callback]:
     if a.ema is not None:
         cbs.append(EMA(a.ema))
     if a.swa_start is not None:
-        bn = TensorBatches(splits.train.x, splits.train.y, cfg.data.batch_size)
+        bn = TensorBatches(splits.train.x, splits.train.y, cfg.data.batch_size, merge_single=True)  # no batch of 1
         cbs.append(SWA(a.swa_start, bn_batches=bn, swa_lr=a.swa_lr))
     return cbs + outside_callbacks(cfg)
 

@@ -436,8 +436,12 @@ def _field_names(key_path: tuple) -> list[str]:
     return list(model.model_fields)
 
 
-def _one_line(err: ValidationError) -> ConfigError:
+def _one_line(err: ValidationError, data: Any = None) -> ConfigError:
     e = err.errors(include_url=False)[0]
+    if e["type"] == "invalid_key":  # a section's key
+        return _non_string_key(e["loc"], e["input"], data)
+    if e["loc"] and e["loc"][-1] == "[key]":  # a key of kwargs (a dict[str, Any])
+        return _non_string_key(e["loc"][:-1], e["input"], data)
     loc = tuple(str(p) for p in e["loc"])
     key = ".".join(loc)
     if e["type"] == "extra_forbidden":
@@ -454,6 +458,34 @@ def _one_line(err: ValidationError) -> ConfigError:
     return ConfigError(key, e["input"], allowed)
 
 
+def _non_string_key(loc: tuple, bad: Any, data: Any) -> ConfigError:
+    """A key YAML read as a number, boolean, null or date (``1: 2``, ``yes: 1``), named with its value as written
+    (pydantic reports the key in place of the value, and a boolean key as 1)."""
+    node: Any = data
+    for part in loc[:-1]:
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            node = None
+            break
+    found = [k for k in node if k is bad or type(k) is type(bad) and k == bad] if isinstance(node, dict) else []
+    if isinstance(bad, bool):
+        spelled, kind = str(bad).lower(), "a boolean"
+    elif bad is None:
+        spelled, kind = "null", "null"
+    elif isinstance(bad, (int, float)):
+        spelled, kind = str(bad), "a number"
+    else:
+        spelled, kind = str(bad), f"a {type(bad).__name__}"
+    key = ".".join([*(str(p) for p in loc[:-1]), spelled])
+    try:
+        valid = f"; valid keys here: {', '.join(_field_names(tuple(str(p) for p in loc[:-1])))}"
+    except (KeyError, AttributeError, TypeError):
+        valid = ""
+    value = node[found[0]] if found else "?"
+    return ConfigError(key, value, f"a key must be a name, but YAML read {spelled} as {kind} (quote it){valid}")
+
+
 def validate(data: Any) -> Config:
     """Build a :class:`Config` from a plain mapping, raising a one-line :class:`ConfigError`."""
     if data is None:
@@ -463,7 +495,7 @@ def validate(data: Any) -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as err:
-        raise _one_line(err) from None
+        raise _one_line(err, data) from None
     except ConfigError as err:  # cross-field checks name their key themselves
         raise ConfigError(err.key, err.value, err.allowed) from None
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
+from pathlib import Path
 
 from tricklab.errors import TrickLabError
 
@@ -26,3 +29,32 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a config value, e.g. --set optim.lr=0.01 (repeatable)",
     )
+
+
+def check_out_folder(path: Path, instead: str, label: str | None = None) -> None:
+    """Refuse, in one line and before any work, an output folder that cannot take a new result.
+
+    Refused: a folder that exists and is not empty (``instead`` says what the command offers in its place, e.g.
+    ``"choose a new report folder"``); a file; a path that cannot be written, with the OS's reason: under a file,
+    in a read-only or immutable folder, or in an unwritable working folder. Nothing is left behind: the
+    nearest existing folder is tested by creating and removing an empty temporary folder in it. ``label`` names
+    the path in messages (default ``--out 'PATH'``).
+    """
+    label = label or f"--out {str(path)!r}"
+    parent = path
+    try:
+        if path.is_dir() and any(path.iterdir()):
+            raise TrickLabError(f"{label} already exists and is not empty; {instead}")
+        if path.exists() and not path.is_dir():
+            raise TrickLabError(f"{label} already exists and is not empty (a file, not a folder); choose a folder")
+        parent = next((p for p in (path, *path.parents) if p.exists()), None)
+        if parent is None:
+            raise TrickLabError(f"{label}: the working folder no longer exists; run from an existing folder")
+        if not parent.is_dir():
+            raise TrickLabError(f"{label}: cannot create it: {str(parent)!r} is a file, not a folder; choose a folder")
+        os.rmdir(tempfile.mkdtemp(prefix=".tricklab-write-test-", dir=parent))
+    except OSError as e:
+        where = f"the working folder {os.path.abspath(parent)!r}" if str(parent) == "." else repr(str(parent))
+        raise TrickLabError(
+            f"{label}: cannot write into {where} ({e.strerror or e}); choose a writable folder with --out"
+        ) from None

@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from tricklab.cli.common import add_config_args
+from tricklab.cli.common import add_config_args, check_out_folder
 
 #: Exit code when the doctor found problems (0: healthy, 2: bad input).
 EXIT_PROBLEMS = 4
@@ -39,7 +39,7 @@ def run_cmd(args: argparse.Namespace) -> int:
     from tricklab.config import MAX_DIAGNOSTIC_STEPS, load_config
     from tricklab.diagnostics.doctor import run_doctor
     from tricklab.errors import ConfigError
-    from tricklab.train.rundir import check_run_dir, default_run_dir
+    from tricklab.train.rundir import default_run_dir
 
     if args.steps is not None and not 1 <= args.steps <= MAX_DIAGNOSTIC_STEPS:
         allowed = f"an integer from 1 to {MAX_DIAGNOSTIC_STEPS} (training steps to probe: diagnostics.steps)"
@@ -47,7 +47,11 @@ def run_cmd(args: argparse.Namespace) -> int:
     overrides = list(args.overrides) + ([f"diagnostics.steps={args.steps}"] if args.steps is not None else [])
     cfg = load_config(args.config, overrides)
     out = Path(args.out) if args.out else default_run_dir(cfg, "doctor")
-    check_run_dir(out)
+    check_out_folder(
+        out,
+        "choose a new report folder, or leave out --out for a new one under runs/",
+        None if args.out else f"the report folder {str(out)!r}",
+    )
     prepared = assemble(cfg)  # bad data or model settings fail here, before anything is written
     result = run_doctor(cfg, prepared, recheck=not args.no_recheck)
 

@@ -37,12 +37,13 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run_cmd)
 
 
-def check_out_dir(path: Path) -> None:
-    """Refuse a ``--out`` that is a file or a folder holding anything (never overwrite earlier results)."""
-    from tricklab.errors import TrickLabError
+def check_out_dir(path: Path, given: bool = True) -> None:
+    """Refuse a ``--out`` that is a file, a folder holding anything (never overwrite earlier results) or cannot be
+    written (see :func:`~tricklab.cli.common.check_out_folder`)."""
+    from tricklab.cli.common import check_out_folder
 
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise TrickLabError(f"--out {str(path)!r} already exists and is not empty; choose a new folder")
+    label = None if given else f"the output folder {str(path)!r}"
+    check_out_folder(path, "choose a new folder, or leave out --out for a new one under runs/", label)
 
 
 def run_cmd(args: argparse.Namespace) -> int:
@@ -63,13 +64,13 @@ def run_cmd(args: argparse.Namespace) -> int:
         allowed = f"an integer from 2 to {MAX_STEPS} (training batches to sweep the LR over)"
         raise ConfigError("--steps", args.steps, allowed)
     out = Path(args.out) if args.out is not None else default_run_dir(cfg, "lr-find")
-    check_out_dir(out)
+    check_out_dir(out, given=args.out is not None)
     parts = assemble(cfg)  # data, model and optimizer: a bad config is refused now, not halfway through
     splits, model, generator, o = parts.splits, parts.model.to(parts.device), parts.generator, cfg.optim
     factory = optimizer_factory(cfg)
 
-    batches = TensorBatches(
-        splits.train.x, splits.train.y, cfg.data.batch_size, shuffle=True, generator=generator
+    batches = TensorBatches(  # as fit() batches: a final batch of one example joins the one before (batch norm)
+        splits.train.x, splits.train.y, cfg.data.batch_size, shuffle=True, generator=generator, merge_single=True
     )
     try:
         result = lr_range_test(model, batches, F.cross_entropy, factory, num_steps=args.steps)

@@ -1,7 +1,9 @@
 """``tricklab train``: train one config into a run directory, or continue one with ``--resume``.
 
 Exit codes: 0 done; 2 bad input (one line naming what is wrong and what is allowed; no run directory is
-left behind); 3 NaN/Inf in the loss, the inputs or the gradients stopped training (``train.nonfinite``; the
+left behind); 3 NaN/Inf in the loss, the inputs or the gradients stopped training, or the run blew up
+(``train.nonfinite``; ``error: diverged: ...`` by the rule of :func:`tricklab.train.loop.blown_up`, with
+everything written and ``metrics.json`` saying ``diverged: true``; in both cases the
 last checkpoint is intact); 130/143 stopped by SIGINT/SIGTERM after writing a checkpoint (continue with
 ``--resume RUN_DIR``).
 """
@@ -12,7 +14,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from tricklab.cli.common import add_config_args
+from tricklab.cli.common import add_config_args, check_out_folder
 from tricklab.errors import TrickLabError
 
 
@@ -40,6 +42,15 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     for k, v in d.items():
         out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
     return out
+
+
+def _check_out(cfg, out: str | None) -> None:
+    """Refuse, before any work, a run directory that exists and is not empty or cannot be written."""
+    from tricklab.train.rundir import default_run_dir
+
+    path = Path(out) if out is not None else default_run_dir(cfg)
+    label = None if out is not None else f"the run directory {str(path)!r}"
+    check_out_folder(path, f"choose a new run directory (or continue that run with --resume {str(path)!r})", label)
 
 
 def resume_config(run_dir: Path, config: str | None, overrides: list[str]):
@@ -73,6 +84,7 @@ def run_cmd(args: argparse.Namespace) -> int:
         cfg = resume_config(run_dir, args.config, args.overrides)
     else:
         run_dir, cfg = args.out, load_config(args.config, args.overrides)
+        _check_out(cfg, run_dir)
     callbacks = [ProgressReporter()]
     probe = None
     if args.diagnose:

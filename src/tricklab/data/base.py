@@ -58,6 +58,10 @@ class TensorBatches:
 
     Each pass draws one index permutation from ``generator`` (when ``shuffle``) and slices the tensors with
     it: no Python-level per-sample work, which is what makes an MNIST epoch as fast as a hand-written loop.
+    ``drop_last`` drops a final partial batch. ``merge_single`` joins a final batch of one example to the batch
+    before it (129 examples in batches of 128: one batch of 129): batch norm cannot train on a single example,
+    and merging, unlike dropping, still trains on every example each epoch. Neither changes the permutation
+    drawn, so the data order (and a checkpoint's position in it) is the same with and without them.
 
     Example::
 
@@ -73,27 +77,31 @@ class TensorBatches:
         shuffle: bool = False,
         generator: torch.Generator | None = None,
         drop_last: bool = False,
+        merge_single: bool = False,
     ):
         if batch_size <= 0:
             raise ValueError(f"batch_size must be > 0, got {batch_size}")
         self.x, self.y, self.batch_size = x, y, batch_size
         self.shuffle, self.generator, self.drop_last = shuffle, generator, drop_last
+        self.merge_single = merge_single
 
     def __len__(self) -> int:
-        n = len(self.y)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        n, b = len(self.y), self.batch_size
+        if self.drop_last:
+            return n // b
+        merged = self.merge_single and n > b and n % b == 1
+        return math.ceil(n / b) - merged
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = len(self.y)
-        if self.shuffle:
-            order = torch.randperm(n, generator=self.generator)
-            for i in range(len(self)):
-                idx = order[i * self.batch_size : (i + 1) * self.batch_size]
+        n, b, k = len(self.y), self.batch_size, len(self)
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else None
+        for i in range(k):
+            end = n if i == k - 1 and not self.drop_last else (i + 1) * b  # the last batch takes what is left
+            if order is None:
+                yield self.x[i * b : end], self.y[i * b : end]
+            else:
+                idx = order[i * b : end]
                 yield self.x[idx], self.y[idx]
-        else:
-            for i in range(len(self)):
-                sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
-                yield self.x[sl], self.y[sl]
 
 
 def as_raw_dataset(obj: object, name: str) -> RawDataset:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from tricklab.errors import TrickLabError
 from tricklab.registry import Registry
 
 
@@ -347,15 +348,33 @@ _study(
 # ---- custom studies from YAML --------------------------------------------------------------------------------
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def _flatten(d: dict[str, Any], where: str) -> dict[str, Any]:
+    """Nested sections as dotted keys (``{model: {depth: 1}}`` → ``{"model.depth": 1}``).
+
+    One key written twice in two spellings (``{model: {depth: 1}, model.depth: 2}``) is refused, naming both:
+    YAML sees two different keys, and whichever came last would silently win.
+    """
     out: dict[str, Any] = {}
-    for k, v in (d or {}).items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
+    spelled: dict[str, str] = {}
+    for key, value, spelling in _leaves(d or {}, ()):
+        if key in out:
+            raise TrickLabError(f"{where}: {key} is set twice, as {spelled[key]} and as {spelling}; keep one of them")
+        out[key], spelled[key] = value, spelling
     return out
+
+
+def _leaves(d: dict[str, Any], path: tuple[str, ...]):
+    """``(dotted key, value, the key as written)`` for every value under ``d``."""
+    for k, v in d.items():
+        here = (*path, str(k))
+        if isinstance(v, dict):
+            yield from _leaves(v, here)
+        else:
+            shown = repr(v) if len(repr(v)) <= 40 else repr(v)[:39] + "…"
+            written = f"{here[-1]}: {shown}"
+            for part in reversed(here[:-1]):
+                written = f"{part}: {{{written}}}"
+            yield ".".join(here), v, f"'{written}'"
 
 
 def load_custom_study(path: str) -> tuple[Study, int | None, int | None]:
@@ -412,10 +431,10 @@ def custom_study(raw: dict[str, Any]) -> tuple[Study, int | None, int | None]:
     study = Study(
         name=spec.name,
         doc=spec.doc,
-        base=_flatten(spec.base),
+        base=_flatten(spec.base, "study.base"),
         baseline=baseline,
         dataset=spec.dataset,
-        variants=tuple(Variant(n, _flatten(o or {})) for n, o in spec.variants.items()),
+        variants=tuple(Variant(n, _flatten(o or {}, f"study.variants.{n}")) for n, o in spec.variants.items()),
         target_val_acc={spec.dataset: spec.target_val_acc} if spec.target_val_acc else {},
     )
     return study, spec.seeds, spec.epochs

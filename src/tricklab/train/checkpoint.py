@@ -563,7 +563,8 @@ class Checkpointer(Callback):
     writes ``epoch<N-1>-batch<B>`` and raises :class:`Interrupted`. ``on_epoch_start`` remembers the
     data-order ``generator`` state, so a mid-epoch checkpoint replays the same batch order. ``callbacks``: the
     tricks whose ``state_dict()`` is saved. :meth:`restore` puts a checkpoint back into a :class:`FitState`
-    for ``fit(state=...)``.
+    for ``fit(state=...)``; ``config_file``, the file the config to resume with was read from, is named when it
+    no longer matches the checkpoint's config hash (it was edited after the run started).
     """
 
     order = ORDER_CHECKPOINT
@@ -580,6 +581,7 @@ class Checkpointer(Callback):
         config_hash: str | None = None,
         signals: StopSignals | None = None,
         resume_hint: str = "",
+        config_file: str | Path | None = None,
     ):
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ConfigError("checkpoint.every", every, "must be an integer >= 1")
@@ -588,6 +590,7 @@ class Checkpointer(Callback):
         self.folder, self.callbacks, self.generator = Path(folder), list(callbacks), generator
         self.every, self.keep_last, self.monitor = every, keep_last, monitor
         self.config_hash, self.signals, self.resume_hint = config_hash, signals, resume_hint
+        self.config_file = config_file  # where the config to resume with was read from, for the mismatch message
         self.best: float | None = None
         self.best_epoch: int | None = None
         self._epoch_order: torch.Tensor | None = None  # data-order generator state at the running epoch's start
@@ -725,9 +728,16 @@ class Checkpointer(Callback):
         """
         notes = []
         if self.config_hash and ckpt.get("config_hash") != self.config_hash:
+            hashes = f"config hash {self.config_hash}, the checkpoint's {ckpt.get('config_hash')}"
+            if self.config_file is not None:
+                raise CheckpointError(
+                    f"{str(self.config_file)!r} differs from the config the checkpoint was written with ({hashes}): "
+                    "it was changed after the run started; put its values back to resume, or train the changed "
+                    "config into a new run directory with --out"
+                )
             raise CheckpointError(
-                f"checkpoint was written with config hash {ckpt.get('config_hash')}, this config has "
-                f"{self.config_hash}; resume with the config stored in the run directory"
+                f"this config differs from the one the checkpoint was written with ({hashes}); resume with the "
+                "config stored in the run directory"
             )
         check_weights(state.model, ckpt["model"], "checkpoint")
         saved_groups = ckpt["optimizer"]["param_groups"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from itertools import islice
@@ -19,13 +20,26 @@ Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def as_batches(data, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None) -> Batches:
+def as_batches(
+    data, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None, merge_single: bool = False
+) -> Batches:
     """Accept a TensorData, an ``(x, y)`` pair of tensors, or any re-iterable of batches (e.g. a DataLoader)."""
     if isinstance(data, TensorData):
         data = (data.x, data.y)
     if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
-        return TensorBatches(data[0], data[1], batch_size, shuffle=shuffle, generator=generator)
+        return TensorBatches(
+            data[0], data[1], batch_size, shuffle=shuffle, generator=generator, merge_single=merge_single
+        )
     return data
+
+
+def _single_example_error(batch: int, batch_size: int, error: ValueError) -> TrickLabError:
+    """The model refused a batch of one example (a batch size of 1, or a training set of 1): batch norm does."""
+    why = "data.batch_size = 1" if batch_size == 1 else "the training set holds 1 example"
+    return TrickLabError(
+        f"{why}: the model cannot train on a batch of one example (batch {batch + 1}: {error}); batch norm "
+        "needs at least 2: use data.batch_size >= 2 and at least 2 training examples, or model.norm=layer"
+    )
 
 
 @torch.no_grad()
@@ -122,6 +136,54 @@ class NonFiniteGuard:
         return True
 
 
+#: A run has blown up when its reported model's loss exceeds this many times ln(C), the loss of a uniform guess
+#: (and its loss before training): see :func:`blown_up`.
+BLOWUP_FACTOR = 100.0
+
+
+class DivergedError(TrickLabError):
+    """A run ended, finite but blown up (see :func:`blown_up`); raised after its results were written.
+
+    The CLI prints ``error: diverged: ...`` and exits with code 3, as for NaN/Inf (:class:`NonFiniteError`).
+    ``result``: the run's :class:`~tricklab.train.run.RunResult`, its metrics marked ``diverged``.
+    """
+
+    exit_code = 3
+    result = None
+
+
+def blown_up(loss: float, num_classes: int, initial: float | None = None, factor: float = BLOWUP_FACTOR) -> str | None:
+    """Why a run has blown up, judged by the cross-entropy ``loss`` of the model it reports (on the test set after
+    training, restored or averaged weights included) over ``num_classes`` classes and by ``initial``, the same
+    model's test loss before training; None if it has not.
+
+    The rule: ``loss`` is not finite, or ``loss > factor × ln(C)`` (``factor`` = :data:`BLOWUP_FACTOR` = 100) and
+    ``loss > initial``. ``ln(C)`` is the loss of a uniform prediction, a model that knows nothing. A mean loss of
+    ``100 ln C`` means the true class gets on average a probability below ``C**-100`` (logits off by 230 nats for
+    ten classes): the weights' scale ran away, as with Adam at lr 1e10 (test loss 3e34 on MNIST-1D, 3.1 before
+    training), which the NaN/Inf guard misses because every number stays finite. A run that learned little stays
+    far below: a 2×256 MLP that memorized 1,000 MNIST-1D examples (the ``overfitting`` study) ends near 2.2 ≈ ln
+    10, a 10-layer tanh net at N(0, 1) weights near 3.8, a dead net at chance near ln 10 (its accuracy says so).
+    Some nets start above the bound -- raw 0–255 inputs (238 on the synthetic set), a ReLU net at N(0, 1) weights
+    (12,000 on MNIST-1D, 2,300 after 5 epochs) -- and did not blow up: training made them better, so they are
+    judged by their accuracy. Judging the reported model on held-out data, not the last training epoch, keeps a
+    run whose early stopping restored good weights from being called diverged.
+
+    Example::
+
+        blown_up(3e34, 10, initial=3.1)   # "test loss 3e+34 > 100 × ln(10) = 230 (and 3.1 before training)"
+        blown_up(2.2, 10, initial=3.1)    # None
+        blown_up(2300, 10, initial=12000) # None: it started there and improved
+    """
+    bound = factor * math.log(num_classes)
+    if not math.isfinite(loss):
+        return f"test loss is {loss}"
+    if loss > bound and (initial is None or not loss <= initial):
+        before = f" (and {initial:.3g} before training)" if initial is not None else ""
+        return f"test loss {loss:.3g} > {factor:g} × ln({num_classes}) = {bound:.3g}{before}"
+    return None
+
+
 def _emit(callbacks: Sequence[Callback], event: str, state: FitState) -> None:
     for cb in callbacks:
         getattr(cb, event)(state)
@@ -146,8 +208,10 @@ def fit(
     """Train ``model`` on ``train`` for ``epochs`` epochs; validate on ``val`` after each.
 
     ``train``/``val``: a :class:`TensorData`, an ``(x, y)`` pair of tensors (batched here, shuffled by
-    ``generator``) or any re-iterable of ``(x, y)`` batches such as a ``DataLoader``. Works on any
-    ``nn.Module`` that maps inputs to class logits (or any output ``loss_fn`` accepts). ``state``: continue
+    ``generator``; a final batch of one example joins the batch before it, since batch norm cannot train on one
+    example and a lone example's step is the noisiest of the epoch) or any re-iterable of ``(x, y)`` batches such
+    as a ``DataLoader`` (use its ``drop_last`` with batch norm). Works on any ``nn.Module`` that maps inputs to
+    class logits (or any output ``loss_fn`` accepts). ``state``: continue
     from a state restored from a checkpoint (see :mod:`tricklab.train.checkpoint`); a state saved mid-epoch
     skips the ``state.batches_done`` batches its epoch already trained (the same ones: the data order comes
     from ``generator``, restored with it).
@@ -176,7 +240,8 @@ def fit(
     device = torch.device(device)
     model.to(device)
     optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=1e-3)
-    train_batches = as_batches(train, batch_size, shuffle=True, generator=generator)
+    # a final batch of one example joins the one before: batch norm cannot train on a lone example
+    train_batches = as_batches(train, batch_size, shuffle=True, generator=generator, merge_single=True)
     callbacks = sorted(callbacks, key=lambda c: getattr(c, "order", 0))
     steps = len(train_batches) if hasattr(train_batches, "__len__") else None
     if state is None:
@@ -195,7 +260,12 @@ def fit(
         model.train()
         for state.batch, (x, y) in islice(enumerate(train_batches), done, None):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            out = model(x)
+            try:
+                out = model(x)
+            except ValueError as e:  # torch's batch norm refuses one value per channel
+                if len(x) == 1:
+                    raise _single_example_error(state.batch, batch_size, e) from None
+                raise
             loss = loss_fn(out, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

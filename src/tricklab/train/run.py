@@ -6,6 +6,13 @@ again is :mod:`tricklab.train.rundir`. Every file but the history is written ato
 ``run(cfg, run_dir, resume=True)`` continues a run from its newest valid checkpoint (each ensemble member
 from its own), with ``history.jsonl`` cut back to the checkpoint's epoch. While a run trains, SIGINT and
 SIGTERM stop it at the next step boundary with a checkpoint (exit 130/143 from the CLI).
+
+A run never ends looking like a success when it blew up. NaN/Inf stops it (:class:`NonFiniteError`, exit 3);
+a run that stayed finite but blew up — the reported model's test loss above 100 × ln(C), the loss of a uniform
+guess, and above its own before training (the rule and why: :func:`tricklab.train.loop.blown_up`) — is written
+in full, its metrics (and each such ensemble member's) marked ``diverged: true``, and then raises
+:class:`DivergedError` (exit 3, ``error: diverged: ...``). With ``record_divergence`` (the lab) both are results
+marked ``diverged`` instead.
 """
 
 from __future__ import annotations
@@ -21,13 +28,13 @@ import safetensors.torch
 import torch
 
 from tricklab.assembly import Assembled, assemble
-from tricklab.config import Config
+from tricklab.config import Config, read_yaml, validate
 from tricklab.data.base import TensorBatches
 from tricklab.data.download import atomic_write
 from tricklab.errors import TrickLabError
 from tricklab.events import Callback, FitState
 from tricklab.train.checkpoint import Checkpointer, CheckpointError, StopSignals
-from tricklab.train.loop import NonFiniteError, evaluate, fit
+from tricklab.train.loop import DivergedError, NonFiniteError, blown_up, evaluate, fit
 from tricklab.train.rundir import (
     HistoryWriter,
     check_run_dir,
@@ -127,8 +134,24 @@ def _resume_member(
     return state if found is not None else None
 
 
+def _stored_config_file(cfg: Config, run_dir: Path) -> Path | None:
+    """``run_dir/config.yaml`` when it holds ``cfg`` (as when ``--resume`` read it), else None: a checkpoint
+    that does not match ``cfg`` then names the file, edited since the run started, as the cause."""
+    path = run_dir / "config.yaml"
+    try:
+        return path if validate(read_yaml(path)).hash() == cfg.hash() else None
+    except TrickLabError:
+        return None
+
+
 def _checkpointer(
-    cfg: Config, run_dir: Path, member: int, tricks: list[Callback], generator: torch.Generator, signals: StopSignals
+    cfg: Config,
+    run_dir: Path,
+    member: int,
+    tricks: list[Callback],
+    generator: torch.Generator,
+    signals: StopSignals,
+    config_file: Path | None = None,
 ) -> Checkpointer:
     """Checkpoints as ``checkpoint.*`` asks; the best epoch by early stopping's monitor, else by val_acc."""
     return Checkpointer(
@@ -141,6 +164,7 @@ def _checkpointer(
         config_hash=cfg.hash(),
         signals=signals,
         resume_hint=f"tricklab train --resume {run_dir}",
+        config_file=config_file,
     )
 
 
@@ -157,6 +181,8 @@ def _run(
     history: list[dict[str, Any]] = []
     members: list[dict[str, Any]] = []
     finals: list[torch.nn.Module] = []
+    blowups: list[str] = []
+    config_file = _stored_config_file(cfg, run_dir) if resume else None
     with StopSignals() if run_dir is not None else nullcontext() as signals:
         for k in range(k_members):
             if k > 0:
@@ -164,9 +190,11 @@ def _run(
             model, optimizer, tricks, generator = parts.model, parts.optimizer, parts.callbacks, parts.generator
             cbs = tricks + extra
             state = None
+            model.to(device)
+            initial = evaluate(model, splits.test, device=device)["loss"]  # before training: see blown_up
             if run_dir is not None:
                 member = k if k_members > 1 else None
-                saver = _checkpointer(cfg, run_dir, k, tricks, generator, signals)
+                saver = _checkpointer(cfg, run_dir, k, tricks, generator, signals, config_file)
                 cbs += [HistoryWriter(run_dir / "history.jsonl", member=member), saver]
                 if resume:
                     model.to(device)  # before the optimizer state is loaded next to the parameters
@@ -198,7 +226,10 @@ def _run(
             final = state.eval_model or model
             test = evaluate(final, splits.test, device=device)
             members.append({"test_loss": test["loss"], "test_acc": test["acc"], **_member_summary(state, tricks)})
-            if diverged is not None:
+            blown = None if diverged is not None else blown_up(test["loss"], splits.info.num_classes, initial)
+            if blown is not None:  # finite but blown up: a result the lab records, an error for train
+                blowups.append(f"member {k}: {blown}" if k_members > 1 else blown)
+            if diverged is not None or blown is not None:
                 members[-1].update(diverged=True, epochs_run=state.epoch)
             history += [dict(r, member=k) if k_members > 1 else r for r in state.history]
             finals.append(final)
@@ -223,4 +254,10 @@ def _run(
             name = "model.safetensors" if k_members == 1 else f"model_member{k}.safetensors"
             tensors = {n: v.detach().cpu().contiguous() for n, v in final.state_dict().items()}
             atomic_write(run_dir / name, safetensors.torch.save(tensors))
-    return RunResult(cfg, history, metrics, run_dir, finals[0] if k_members == 1 else finals)
+    result = RunResult(cfg, history, metrics, run_dir, finals[0] if k_members == 1 else finals)
+    if blowups and not record_divergence:  # written in full, and still never a success
+        where = f"; results kept in {str(run_dir)!r} (metrics.json: diverged: true)" if run_dir is not None else ""
+        err = DivergedError(f"diverged: {'; '.join(blowups)}; test accuracy {metrics['test_acc']:.4f}{where}")
+        err.result = result
+        raise err
+    return result
