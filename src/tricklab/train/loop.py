@@ -160,7 +160,7 @@ def blown_up(loss: float, num_classes: int, initial: float | None = None, factor
     The rule: ``loss`` is not finite, or ``loss > factor × ln(C)`` (``factor`` = :data:`BLOWUP_FACTOR` = 100) and
     ``loss > initial``. ``ln(C)`` is the loss of a uniform prediction, a model that knows nothing. A mean loss of
     ``100 ln C`` means the true class gets on average a probability below ``C**-100`` (logits off by 230 nats for
-    ten classes): the weights' scale ran away, as with Adam at lr 1e10 (test loss 3e34 on MNIST-1D, 3.1 before
+    ten classes): the weights' scale ran away, as with Adam at lr 1e10 (test loss 3e34 on MNIST-1D, 2.9 before
     training), which the NaN/Inf guard misses because every number stays finite. A run that learned little stays
     far below: a 2×256 MLP that memorized 1,000 MNIST-1D examples (the ``overfitting`` study) ends near 2.2 ≈ ln
     10, a 10-layer tanh net at N(0, 1) weights near 3.8, a dead net at chance near ln 10 (its accuracy says so).
@@ -171,8 +171,8 @@ def blown_up(loss: float, num_classes: int, initial: float | None = None, factor
 
     Example::
 
-        blown_up(3e34, 10, initial=3.1)   # "test loss 3e+34 > 100 × ln(10) = 230 (and 3.1 before training)"
-        blown_up(2.2, 10, initial=3.1)    # None
+        blown_up(3e34, 10, initial=2.9)   # "test loss 3e+34 > 100 × ln(10) = 230 (and 2.9 before training)"
+        blown_up(2.2, 10, initial=2.9)    # None
         blown_up(2300, 10, initial=12000) # None: it started there and improved
     """
     bound = factor * math.log(num_classes)
