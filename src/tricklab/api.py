@@ -176,12 +176,23 @@ RECORD_COLUMNS = (
     "diff_ci_high",
     "p",
     "significant",
+    "p_holm",
+    "outcome",
+    "prob_improvement",
+    "seeds_needed",
+    "margin_pp",
     "verdict",
 )
 
 
 def lab_records(lab_dir: str | Path) -> list[dict[str, Any]]:
-    """One plain record per study variant in ``lab_dir``'s database, computed from its runs."""
+    """One plain record per study variant in ``lab_dir``'s database, computed from its runs.
+
+    ``outcome`` is ``better``, ``worse``, ``equivalent`` or ``undecided`` (``baseline`` for a baseline), decided with
+    the Holm-adjusted ``p_holm`` and the study's ``margin_pp``; ``prob_improvement`` is the share of common seeds
+    on which the variant beat its baseline (ties count half); ``seeds_needed`` (undecided only) how many seeds
+    would likely decide it. ``significant`` is the unadjusted paired t-test's.
+    """
     from tricklab.lab.analysis import TEST_ACC, analyse
     from tricklab.lab.lab import DB_NAME
     from tricklab.lab.store import Store
@@ -213,6 +224,11 @@ def lab_records(lab_dir: str | Path) -> list[dict[str, Any]]:
                                 c.diff.hi if c else None,
                                 c.p if c else None,
                                 c.significant if c else None,
+                                v.decision.p_holm if c else None,
+                                v.decision.outcome if c else "baseline",
+                                c.prob_improvement if c else None,
+                                v.decision.seeds_needed if c else None,
+                                s.margin_pp,
                                 v.verdict,
                             ),
                             strict=True,

@@ -60,6 +60,13 @@ def test_lab_end_to_end_report_has_every_variant_and_rerun_skips(tmp_path, capsy
         assert f"<td>{name}</td>" in html
     assert "data:image/png;base64," in html and "Reproduce:" in html
     assert "dropout: " in printed and "report: " in printed
+    # every comparison ends with one of the four outcomes, coloured, and the report says how they were decided
+    outcomes = ("better", "worse", "equivalent", "undecided")
+    for name in ("dropout", "wide"):
+        assert any(line.strip().startswith(tuple(f"{name}: {o}" for o in outcomes)) for line in printed.splitlines())
+        assert sum(f'<td class="{o}">' in html for o in outcomes) >= 1
+    rule = html.replace("&#x27;", "'")
+    assert "Holm's correction over the study's 2 comparisons with a t-test" in rule and "inside ±0.5 pp" in rule
     for png in ("tiny-synthetic-curves.png", "tiny-synthetic-test-acc.png"):
         assert (out / "plots" / png).stat().st_size > 1000
     # rerunning the same command recomputes nothing
@@ -180,7 +187,7 @@ def test_bad_lab_input_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, arg
 
 
 def test_a_diverging_variant_is_a_result_not_a_failure(tmp_path, capsys):
-    extra = "  diverges: {optim.name: sgd, optim.lr: 1.0e+30, data.scale: none}"
+    extra = "  diverges: {optim.name: sgd, optim.lr: 1.0e+16, data.scale: none}  # the largest lr allowed"
     out = tmp_path / "lab"
     assert main(["lab", "--config", str(write_study(tmp_path, seeds=2, extra=extra)), "--out", str(out)]) == 0
     got = {(r[0], r[1]): (r[2], json.loads(r[3])) for r in rows(out / "results.sqlite")}

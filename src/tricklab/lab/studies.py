@@ -32,6 +32,7 @@ class Study:
     dataset: str = "mnist"
     per_dataset: dict[str, dict[str, Any]] = field(default_factory=dict)
     target_val_acc: dict[str, float] = field(default_factory=dict)
+    margin: dict[str, float] = field(default_factory=dict)  # ± pp of practical equivalence (default per dataset)
     init_signal: bool = False  # also measure per-layer activation std at initialization
 
     def variant(self, name: str) -> Variant:
@@ -398,6 +399,7 @@ def custom_study(raw: dict[str, Any]) -> tuple[Study, int | None, int | None]:
           bn: {model.norm: batch}
         seeds: 3
         target_val_acc: 0.6
+        margin: 1.0          # ± pp of test accuracy within which a difference counts as none (default per dataset)
     """
     from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -414,6 +416,7 @@ def custom_study(raw: dict[str, Any]) -> tuple[Study, int | None, int | None]:
         seeds: int | None = Field(None, ge=1)
         epochs: int | None = Field(None, ge=1)
         target_val_acc: float | None = Field(None, gt=0, le=1)
+        margin: float | None = Field(None, gt=0, le=100)  # ± pp of test accuracy deemed of no practical effect
 
     try:
         spec = Spec.model_validate(raw)
@@ -436,5 +439,6 @@ def custom_study(raw: dict[str, Any]) -> tuple[Study, int | None, int | None]:
         dataset=spec.dataset,
         variants=tuple(Variant(n, _flatten(o or {}, f"study.variants.{n}")) for n, o in spec.variants.items()),
         target_val_acc={spec.dataset: spec.target_val_acc} if spec.target_val_acc else {},
+        margin={spec.dataset: spec.margin} if spec.margin else {},
     )
     return study, spec.seeds, spec.epochs

@@ -1,7 +1,9 @@
 """Draw a lab: terminal table, PNG plots and a self-contained HTML report, all from the results database.
 
-Only this layer imports matplotlib. ``build_report(lab_dir)`` re-renders everything from ``results.sqlite``
-alone, so ``tricklab report DIR`` works without re-running anything.
+Every comparison's outcome (better, worse, equivalent, undecided; :mod:`tricklab.lab.stats`) is shown in its own
+colour in the table, the verdicts and the bar plot, and each study says that Holm's correction was applied and
+which margin of practical equivalence was used. Only this layer imports matplotlib. ``build_report(lab_dir)``
+re-renders everything from ``results.sqlite`` alone, so ``tricklab report DIR`` works without re-running anything.
 """
 
 from __future__ import annotations
@@ -16,14 +18,25 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from rich.table import Table  # noqa: E402
+from rich.text import Text  # noqa: E402
 
 from tricklab.lab.analysis import BEST_VAL_ACC, EPOCHS_TO_TARGET, TEST_ACC, WALL_TIME, StudyStats, analyse  # noqa: E402
-from tricklab.lab.stats import Interval, fmt_p  # noqa: E402
+from tricklab.lab.stats import BETTER, EQUIVALENT, OUTCOMES, UNDECIDED, WORSE, Interval, fmt_p  # noqa: E402
 from tricklab.lab.store import Store  # noqa: E402
 
 DB_NAME = "results.sqlite"
+
+# one colour per outcome: (HTML text, HTML background, terminal style, plot)
+COLOURS = {
+    BETTER: ("#116329", "#dafbe1", "bold green", "#2da44e"),
+    WORSE: ("#a40e26", "#ffebe9", "bold red", "#cf222e"),
+    EQUIVALENT: ("#0550ae", "#ddf4ff", "bold blue", "#0969da"),
+    UNDECIDED: ("#7d4e00", "#fff8c5", "yellow", "#d4a72c"),
+}
+BASELINE, BASELINE_COLOUR = "baseline", "#888"
 
 
 def _pct(iv: Interval) -> str:
@@ -47,18 +60,62 @@ def _diff(v) -> str:
     d = c.diff
     if d.n < 2:
         return f"{d.mean * 100:+.2f} (1 seed)" if d.n else "—"
-    return f"{d.mean * 100:+.2f} [{d.lo * 100:+.2f}, {d.hi * 100:+.2f}] {fmt_p(c.p)}"
+    return f"{d.mean * 100:+.2f} [{d.lo * 100:+.2f}, {d.hi * 100:+.2f}]"
+
+
+def _p(v) -> str:
+    """The paired t-test's p-value, and Holm's adjustment in parentheses when the study has several comparisons."""
+    c, dec = v.comparison, v.decision
+    if c is None or dec is None or not math.isfinite(c.p):
+        return "" if c is None else "—"
+    return _short_p(c.p) + (f" ({_short_p(dec.p_holm)})" if dec.family > 1 else "")
+
+
+def _short_p(p: float) -> str:
+    return fmt_p(p).removeprefix("p = ").removeprefix("p ")  # "0.003", "< 0.001"
+
+
+def outcome_label(v) -> str:
+    """The outcome cell: ``better``, ``worse``, ``equivalent``, ``undecided (≈14 seeds)``, or ``baseline``."""
+    dec = v.decision
+    if dec is None:
+        return "baseline"
+    if dec.outcome == UNDECIDED and dec.seeds_needed:
+        return f"undecided (≈{dec.seeds_needed} seeds)"
+    return dec.outcome
+
+
+def _better_on(v) -> str:
+    c = v.comparison
+    if c is None or not c.diffs:
+        return ""
+    return f"{c.wins}/{len(c.diffs)}" + (f" ({c.ties} tied)" if c.ties else "")
 
 
 COLUMNS = (
     "variant",
     "seeds",
     "test acc %",
-    "Δ test acc vs baseline, pp [95% CI], p",
+    "Δ vs baseline, pp [95% CI]",
+    "p (Holm)",
+    "outcome",
+    "better on",
     "best val acc %",
     "epochs to target",
     "time s",
 )
+OUTCOME_COLUMN = COLUMNS.index("outcome")
+NO_WRAP = ("variant", "seeds", "Δ vs baseline, pp [95% CI]", "outcome")
+
+
+def rule(s: StudyStats) -> str:
+    """How the study's outcomes were decided, in one sentence (the report and the table caption say it)."""
+    return (
+        f"Outcomes: better/worse when the paired t-test is significant after Holm's correction over the study's "
+        f"{s.comparisons} comparison{'s' if s.comparisons != 1 else ''} with a t-test (family-wise α = {s.alpha:g}); "
+        f"equivalent when the whole 95% CI of the difference lies inside ±{s.margin_pp:g} pp, the margin of "
+        "practical equivalence for this study; otherwise undecided, with about how many seeds would decide it."
+    )
 
 
 def table_rows(s: StudyStats) -> list[list[str]]:
@@ -74,6 +131,9 @@ def table_rows(s: StudyStats) -> list[list[str]]:
                 seeds,
                 _pct(v.intervals[TEST_ACC]),
                 _diff(v),
+                _p(v),
+                outcome_label(v),
+                _better_on(v),
                 _pct(v.intervals[BEST_VAL_ACC]),
                 ett,
                 _num(v.intervals[WALL_TIME]),
@@ -86,10 +146,13 @@ def rich_table(s: StudyStats) -> Table:
     target = f", target val acc {s.target:.0%}" if s.target else ""
     t = Table(title=f"{s.study} on {s.dataset}{target}", title_justify="left")
     for c in COLUMNS:
-        t.add_column(c, justify="left" if c == "variant" else "right", no_wrap=c in ("variant", "seeds"))
-    t.caption = "mean ± half-width of the 95% Student-t interval over seeds"
-    for r in table_rows(s):
-        t.add_row(*r)
+        t.add_column(c, justify="left" if c == "variant" else "right", no_wrap=c in NO_WRAP)
+    t.caption = "mean ± half-width of the 95% Student-t interval over seeds. " + rule(s)
+    for v, r in zip(s.variants, table_rows(s), strict=True):
+        cells: list[str | Text] = list(r)
+        if v.decision is not None:
+            cells[OUTCOME_COLUMN] = Text(r[OUTCOME_COLUMN], style=COLOURS[v.decision.outcome][2])
+        t.add_row(*cells)
     return t
 
 
@@ -122,18 +185,7 @@ def plot_bars(s: StudyStats, path: Path) -> Path:
     means = [v.intervals[TEST_ACC].mean * 100 for v in s.variants]
     errs = [v.intervals[TEST_ACC].half_width * 100 if v.intervals[TEST_ACC].n > 1 else 0 for v in s.variants]
     y = np.arange(len(names))
-    colors = [
-        "#888"
-        if v.name == s.baseline
-        else (
-            "#2a7"
-            if v.comparison and v.comparison.significant and v.comparison.diff.mean > 0
-            else "#c44"
-            if v.comparison and v.comparison.significant
-            else "#59c"
-        )
-        for v in s.variants
-    ]
+    colors = [COLOURS[v.decision.outcome][3] if v.decision else BASELINE_COLOUR for v in s.variants]
     ax.barh(y, [m if math.isfinite(m) else 0 for m in means], xerr=errs, color=colors, capsize=3, alpha=0.8)
     for i, v in enumerate(s.variants):
         vals = [x * 100 for x in v.values[TEST_ACC].values()]
@@ -145,7 +197,15 @@ def plot_bars(s: StudyStats, path: Path) -> Path:
     ax.set_yticks(y, names)
     ax.invert_yaxis()
     ax.set_xlabel("test accuracy (%): mean, 95% CI, one dot per seed")
-    ax.set_title(f"{s.study} on {s.dataset} (green/red: significantly better/worse than its baseline)", fontsize=9)
+    ax.set_title(f"{s.study} on {s.dataset}: test accuracy, coloured by outcome vs baseline", fontsize=9)
+    shown = [BASELINE] + [o for o in OUTCOMES if any(v.decision and v.decision.outcome == o for v in s.variants)]
+    labels = {EQUIVALENT: f"equivalent (±{s.margin_pp:g} pp)", BASELINE: "baseline"}
+    colours = {o: c[3] for o, c in COLOURS.items()} | {BASELINE: BASELINE_COLOUR}
+    ax.legend(
+        handles=[Patch(color=colours[o], alpha=0.8, label=labels.get(o, o)) for o in shown],
+        fontsize=7,
+        loc="lower right",
+    )
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, path)
 
@@ -183,17 +243,18 @@ body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:11
 color:#222;line-height:1.45} h1{font-size:1.6em} h2{margin-top:2em;border-bottom:1px solid #ddd;padding-bottom:.2em}
 table{border-collapse:collapse;margin:1em 0;font-size:.9em} th,td{border:1px solid #ddd;padding:.3em .6em;
 text-align:right} th{background:#f4f4f4} td:first-child,th:first-child{text-align:left}
-tr.base td{background:#fafafa;color:#555} .verdicts li{margin:.2em 0} .sig-pos{color:#176} .sig-neg{color:#a22}
+tr.base td{background:#fafafa;color:#555} .verdicts li{margin:.2em 0} .rule{color:#444;font-size:.9em}
 img{max-width:100%;margin:.5em 0} pre{background:#f6f6f6;padding:.6em;overflow-x:auto;font-size:.85em}
 .doc{color:#444} .note{color:#a60}
 """
+CSS += "".join(
+    f"td.{o}{{color:{fg};background:{bg};font-weight:600;text-align:left}} li.{o}{{color:{fg}}}\n"
+    for o, (fg, bg, _, _) in COLOURS.items()
+)
 
 
 def _verdict_class(v) -> str:
-    c = v.comparison
-    if c is None or not c.significant:
-        return ""
-    return "sig-pos" if c.diff.mean > 0 else "sig-neg"
+    return v.decision.outcome if v.decision else ""
 
 
 def study_html(s: StudyStats, spec: dict, command: str, plots: list[tuple[Path, str]]) -> str:
@@ -207,8 +268,15 @@ def study_html(s: StudyStats, spec: dict, command: str, plots: list[tuple[Path, 
     h.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS) + "</tr>")
     for v, row in zip(s.variants, table_rows(s), strict=True):
         cls = ' class="base"' if v.comparison is None else ""
-        h.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>")
+        cells = [
+            f'<td class="{_verdict_class(v)}">{html.escape(c)}</td>'
+            if i == OUTCOME_COLUMN and v.decision
+            else f"<td>{html.escape(c)}</td>"
+            for i, c in enumerate(row)
+        ]
+        h.append(f"<tr{cls}>" + "".join(cells) + "</tr>")
     h.append("</table>")
+    h.append(f'<p class="rule">{html.escape(rule(s))}</p>')
     h.append(
         '<ul class="verdicts">'
         + "".join(f'<li class="{_verdict_class(v)}">{html.escape(v.verdict)}</li>' for v in s.variants if v.comparison)
@@ -222,6 +290,13 @@ def study_html(s: StudyStats, spec: dict, command: str, plots: list[tuple[Path, 
     h.append("</pre></details>")
     h.append(f"<p>Reproduce: <code>{html.escape(command)}</code></p>")
     return "\n".join(h)
+
+
+def _legend() -> str:
+    spans = [
+        f'<span style="color:{COLOURS[o][0]};background:{COLOURS[o][1]};padding:0 .3em">{o}</span>' for o in OUTCOMES
+    ]
+    return ", ".join(spans[:-1]) + " or " + spans[-1]
 
 
 def build_report(lab_dir: str | Path, console=None) -> Path:
@@ -262,8 +337,8 @@ def build_report(lab_dir: str | Path, console=None) -> Path:
             if console is not None:
                 console.print(rich_table(s))
                 for v in s.variants:
-                    if v.comparison:
-                        console.print("  " + v.verdict)
+                    if v.decision:
+                        console.print(Text("  " + v.verdict, style=COLOURS[v.decision.outcome][2]))
     toc = "".join(
         f'<li><a href="#{html.escape(s.study)}-{html.escape(s.dataset)}">{html.escape(s.study)} on '
         f"{html.escape(s.dataset)}</a></li>"
@@ -273,7 +348,8 @@ def build_report(lab_dir: str | Path, console=None) -> Path:
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>tricklab lab report</title><style>{CSS}</style>"
         f"</head><body><h1>tricklab lab report</h1><p>Each variant was trained over several seeds; intervals are "
         f"Student-t 95% confidence intervals over seeds; differences are paired with the baseline on the same "
-        f"seeds (paired t-test). Every number here is computed from the runs in <code>{DB_NAME}</code>.</p>"
+        f"seeds (paired t-test, p-values Holm-adjusted within each study). Each comparison ends "
+        f"{_legend()}. Every number here is computed from the runs in <code>{DB_NAME}</code>.</p>"
         f"<ul>{toc}</ul>{''.join(sections)}</body></html>"
     )
     out = lab_dir / "report.html"
