@@ -23,6 +23,7 @@ import tricklab
 from tricklab.cli.main import main
 from tricklab.config import load_config
 from tricklab.data import TensorBatches
+from tricklab.errors import TrickLabError
 from tricklab.events import Callback
 from tricklab.models import MODELS
 from tricklab.train.checkpoint import Interrupted
@@ -223,6 +224,14 @@ def test_batch_norm_on_single_examples_is_one_line_and_exit_2(tmp_path, monkeypa
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err and "Traceback" not in err
     assert not Path("run").exists()
+
+
+def test_a_lone_example_from_the_caller_s_own_batches_is_named_as_such():
+    """fit() does not re-batch an iterable it is given: a batch of one reaching batch norm is one clear error."""
+    model = MODELS.get("mlp")((1, 8, 8), 4, norm="batch", width=16, depth=1)
+    x, y = torch.randn(5, 1, 8, 8), torch.randint(0, 4, (5,))
+    with pytest.raises(TrickLabError, match=r"^training batch 2 holds 1 example: the model cannot train on a batch"):
+        fit(model, [(x[:4], y[:4]), (x[4:], y[4:])], epochs=1)
 
 
 def test_resume_mid_epoch_is_bit_identical_with_a_merged_last_batch(tmp_path):

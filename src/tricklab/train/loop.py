@@ -33,12 +33,16 @@ def as_batches(
     return data
 
 
-def _single_example_error(batch: int, batch_size: int, error: ValueError) -> TrickLabError:
-    """The model refused a batch of one example (a batch size of 1, or a training set of 1): batch norm does."""
-    why = "data.batch_size = 1" if batch_size == 1 else "the training set holds 1 example"
+def _single_example_error(batch: int, batches: Batches, error: ValueError) -> TrickLabError:
+    """The model refused a batch of one example (batch norm does): a batch size of 1, a training set of 1, or a
+    batch of one from the caller's own iterable (a DataLoader without ``drop_last``)."""
+    if not isinstance(batches, TensorBatches):
+        why = f"training batch {batch + 1} holds 1 example"
+    else:
+        why = "data.batch_size = 1" if batches.batch_size == 1 else "the training set holds 1 example"
     return TrickLabError(
-        f"{why}: the model cannot train on a batch of one example (batch {batch + 1}: {error}); batch norm "
-        "needs at least 2: use data.batch_size >= 2 and at least 2 training examples, or model.norm=layer"
+        f"{why}: the model cannot train on a batch of one example ({error}); batch norm needs at least 2: use "
+        "data.batch_size >= 2 and at least 2 training examples (a DataLoader: drop_last=True), or model.norm=layer"
     )
 
 
@@ -264,7 +268,7 @@ def fit(
                 out = model(x)
             except ValueError as e:  # torch's batch norm refuses one value per channel
                 if len(x) == 1:
-                    raise _single_example_error(state.batch, batch_size, e) from None
+                    raise _single_example_error(state.batch, train_batches, e) from None
                 raise
             loss = loss_fn(out, y)
             optimizer.zero_grad(set_to_none=True)
