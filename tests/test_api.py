@@ -128,3 +128,10 @@ def test_list_names_is_tricklab_list_as_data():
     assert {"mlp", "cnn", "resnet", "inception"} <= set(names["models"])
     assert {"cifar10", "npz", "csv", "mnist1d"} <= set(names["datasets"])
     assert tricklab.list_names("optimizers") == {"optimizers": names["optimizers"]}
+
+
+def test_a_key_set_twice_nested_and_dotted_is_refused():
+    with pytest.raises(tricklab.TrickLabError, match="model.depth is set twice"):
+        tricklab.as_config({"model": {"depth": 1}, "model.depth": 2})
+    with pytest.raises(tricklab.TrickLabError, match="set twice"):
+        tricklab.as_config({"model.depth": 2, "model": {"depth": 1}})

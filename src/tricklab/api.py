@@ -43,8 +43,15 @@ def _plain(d: Mapping[str, Any]) -> dict[str, Any]:
         node, parts = out, str(k).split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise TrickLabError(f"config: {k!r} sets a key inside {part!r}, which is a value")
         if isinstance(node.get(parts[-1]), dict) and isinstance(v, dict):
+            twice = set(node[parts[-1]]) & set(v)
+            if twice:
+                raise TrickLabError(f"config: {k}.{sorted(twice)[0]} is set twice, nested and dotted; keep one")
             node[parts[-1]].update(v)
+        elif parts[-1] in node:
+            raise TrickLabError(f"config: {k} is set twice, nested and dotted; keep one of them")
         else:
             node[parts[-1]] = v
     return out
@@ -63,7 +70,9 @@ def run(
     (``history``, ``metrics``, ``run_dir``, ``model``).
 
     ``config``: a ``Config``, a mapping (``{"model": {"name": "cnn"}}`` or dotted keys), a YAML path or None.
-    ``write=False`` keeps everything in memory (no run directory). ``progress``: one line per epoch.
+    ``write=False`` keeps everything in memory (no run directory). ``progress``: one line per epoch. A run
+    that stops on NaN/Inf or blows up raises (:class:`~tricklab.train.loop.NonFiniteError`, ``DivergedError``
+    with the result attached), as ``tricklab train`` exits 3.
 
     Example::
 

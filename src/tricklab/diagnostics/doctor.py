@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from tricklab.assembly import Assembled, assemble, build_model, build_optimizer, load_data, step_callbacks
 from tricklab.config import Config, model_factory
-from tricklab.data import Splits, TensorData
+from tricklab.data import Splits, TensorBatches, TensorData
 from tricklab.diagnostics.probes import Findings, ProbeCallback
 from tricklab.diagnostics.signal import SignalProfile, compare_inits
 from tricklab.diagnostics.verdicts import Verdict, diagnose, merge_prescriptions, settings_of
@@ -186,9 +186,11 @@ def probe_run(
     probed every ``every`` steps, with ``callbacks`` (e.g. clipping); return what the probe saw."""
     probe = ProbeCallback(every, stop_on_nonfinite=True)
     batches = train if isinstance(train, (TensorData, tuple)) else list(itertools.islice(iter(train), steps))
-    per_epoch = math.ceil(len(train) / batch_size) if isinstance(train, (TensorData, tuple)) else len(batches)
-    if isinstance(train, tuple):
-        per_epoch = math.ceil(len(train[1]) / batch_size)
+    if isinstance(train, (TensorData, tuple)):  # as fit() batches it: a final lone example joins the batch before
+        x, y = (train.x, train.y) if isinstance(train, TensorData) else train
+        per_epoch = len(TensorBatches(x, y, batch_size, merge_single=True))
+    else:
+        per_epoch = len(batches)
     if per_epoch == 0:
         raise TrickLabError("doctor: the training data holds no batch")
     epochs = math.ceil(steps / per_epoch)
