@@ -1,7 +1,9 @@
 """``tricklab lab``: run studies over seeds, then print the table and write the HTML report.
 
 Exit codes: 0 every run finished; 1 some runs failed (recorded with their error; the rest completed);
-2 bad input. Rerunning the same command skips finished runs.
+2 bad input, or the lab folder is in use by another process; 143/129/130 stopped by SIGTERM/SIGHUP/SIGINT
+(workers stopped, finished runs kept, running ones redone by a rerun). Rerunning the same command skips
+finished runs.
 """
 
 from __future__ import annotations
@@ -64,8 +66,21 @@ def run_cmd(args: argparse.Namespace) -> int:
     )
     out = args.out or f"labs/{args.dataset or studies[0].dataset}"
     console = Console() if sys.stdout.isatty() else Console(width=160)
-    result = run_lab(studies, opts, out, command=command_line(), on_progress=LabProgress(console))
-    report = build_report(out, console=console)
+    progress = LabProgress(console)
+    try:
+        result = run_lab(
+            studies,
+            opts,
+            out,
+            command=command_line(),
+            on_progress=progress,
+            finish=lambda lab_dir: build_report(lab_dir, console=console),  # still holding the lab folder
+        )
+    except BaseException:
+        if getattr(progress, "_status", None) is not None:  # a live status line: give the terminal back
+            progress._status.stop()
+        raise
+    report = result.finished
     for key, err in result.failures:
         print(f"failed: {'/'.join(map(str, key))}: {err}", file=sys.stderr)
     print(

@@ -1,4 +1,8 @@
-"""``tricklab report DIR``: re-render a lab's table, plots and HTML report from its database."""
+"""``tricklab report DIR``: re-render a lab's table, plots and HTML report from its database.
+
+Exit codes: 0 written; 2 no lab there, its database unreadable (named, with how to start afresh), or the lab
+folder in use by another process.
+"""
 
 from __future__ import annotations
 
@@ -13,10 +17,17 @@ def add_parser(sub) -> None:
 
 
 def run_cmd(args: argparse.Namespace) -> int:
+    """Re-render, holding the lab folder's lock (a lab still running there is named, not raced)."""
+    from contextlib import nullcontext
+    from pathlib import Path
+
     from rich.console import Console
 
+    from tricklab.locks import folder_lock
     from tricklab.report.lab_report import build_report
 
-    path = build_report(args.lab_dir, console=Console() if sys.stdout.isatty() else Console(width=160))
+    lab_dir = Path(args.lab_dir)
+    with folder_lock(lab_dir, create=False) if lab_dir.is_dir() else nullcontext():
+        path = build_report(lab_dir, console=Console() if sys.stdout.isatty() else Console(width=160))
     print(f"report: {path}")
     return 0

@@ -5,12 +5,14 @@ left behind); 3 NaN/Inf in the loss, the inputs or the gradients stopped trainin
 (``train.nonfinite``; ``error: diverged: ...`` by the rule of :func:`tricklab.train.loop.blown_up`, with
 everything written and ``metrics.json`` saying ``diverged: true``; in both cases the
 last checkpoint is intact); 130/143 stopped by SIGINT/SIGTERM after writing a checkpoint (continue with
-``--resume RUN_DIR``).
+``--resume RUN_DIR``). The run directory is owned by one process at a time: a second ``train`` writing into it
+is refused with exit code 2, naming the process that holds it.
 """
 
 from __future__ import annotations
 
 import argparse
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +48,15 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _check_out(cfg, out: str | None) -> None:
     """Refuse, before any work, a run directory that exists and is not empty or cannot be written."""
-    from tricklab.train.rundir import default_run_dir
+    from tricklab.locks import check_free
+    from tricklab.train.rundir import default_run_dir, is_empty
 
     path = Path(out) if out is not None else default_run_dir(cfg)
     label = None if out is not None else f"the run directory {str(path)!r}"
+    if path.is_dir():
+        check_free(path)  # a run being written there now: name the process that writes it
+        if is_empty(path):
+            return  # empty but for a lock file left by a killed process: a new run may go there
     check_out_folder(path, f"choose a new run directory (or continue that run with --resume {str(path)!r})", label)
 
 
@@ -72,16 +79,27 @@ def resume_config(run_dir: Path, config: str | None, overrides: list[str]):
 
 
 def run_cmd(args: argparse.Namespace) -> int:
-    from tricklab.cli.progress import ProgressReporter
-    from tricklab.config import load_config
-    from tricklab.train.run import run
+    """Train (or resume) with the run directory locked for the whole command (see :mod:`tricklab.locks`)."""
+    if args.resume is None:
+        return _train(args)
+    if args.out is not None:
+        raise TrickLabError("--out cannot be combined with --resume: a run continues in its own directory")
+    from tricklab.locks import folder_lock
     from tricklab.train.rundir import find_resumable
 
-    if args.resume is not None:
-        if args.out is not None:
-            raise TrickLabError("--out cannot be combined with --resume: a run continues in its own directory")
-        run_dir = find_resumable() if args.resume == "auto" else Path(args.resume)
-        cfg = resume_config(run_dir, args.config, args.overrides)
+    run_dir = find_resumable() if args.resume == "auto" else Path(args.resume)
+    with folder_lock(run_dir, create=False) if run_dir.is_dir() else nullcontext():
+        return _train(args, run_dir)
+
+
+def _train(args: argparse.Namespace, resume_dir: Path | None = None) -> int:
+    from tricklab.cli.progress import ProgressReporter
+    from tricklab.config import load_config
+    from tricklab.locks import folder_lock
+    from tricklab.train.run import run
+
+    if resume_dir is not None:
+        run_dir, cfg = resume_dir, resume_config(resume_dir, args.config, args.overrides)
     else:
         run_dir, cfg = args.out, load_config(args.config, args.overrides)
         _check_out(cfg, run_dir)
@@ -101,7 +119,8 @@ def run_cmd(args: argparse.Namespace) -> int:
         doc = diagnose_training(cfg, probe)
         print_result(doc)
         if result.run_dir is not None:
-            print(f"doctor report: {write_report(doc, Path(result.run_dir) / 'doctor') }")
+            with folder_lock(result.run_dir, create=False):
+                print(f"doctor report: {write_report(doc, Path(result.run_dir) / 'doctor')}")
     m = result.metrics
     done = f"({m['epochs_run']} epochs, {m['wall_time_s']:.1f}s)"
     print(f"test_loss {m['test_loss']:.4f}  test_acc {m['test_acc']:.4f}  {done}")

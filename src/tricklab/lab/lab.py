@@ -2,15 +2,20 @@
 
 Rerunning the same command skips finished runs and runs the unfinished ones (pending, interrupted or failed);
 a run whose resolved config changed is reset, never reused.
+
+One lab process at a time owns a lab folder (:func:`tricklab.locks.folder_lock`, held from the first write to
+the report): a second one is refused, naming the first. SIGTERM, SIGHUP and SIGINT stop the lab cleanly: the
+workers are stopped, finished runs stay stored, running ones go back to pending (a rerun redoes them), and
+:class:`LabInterrupted` says so in one line (exit code 128 + signal: 143, 129, 130).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,8 +25,9 @@ from typing import Any
 from tricklab.config import Config, load_config
 from tricklab.errors import TrickLabError
 from tricklab.lab.runner import InProcess, Task, WorkerPool, execute, plan_workers
-from tricklab.lab.store import Store
+from tricklab.lab.store import Store, config_key
 from tricklab.lab.studies import Study
+from tricklab.locks import folder_lock
 
 DB_NAME = "results.sqlite"
 QUICK_SUBSET = 10000  # --quick: at most this many training examples on the big datasets
@@ -39,9 +45,7 @@ class LabOptions:
 
 def run_key_hash(cfg: Config) -> str:
     """Hash of the resolved config without where it ran (threads, device): the identity of a lab run."""
-    d = cfg.to_dict()
-    d["train"] = {k: v for k, v in d["train"].items() if k not in ("threads", "device")}
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+    return config_key(cfg.to_dict())
 
 
 def study_overrides(study: Study, variant_name: str, dataset: str, opts: LabOptions, seed: int) -> dict[str, Any]:
@@ -84,7 +88,11 @@ class Planned:
 
 
 def plan(studies: list[Study], opts: LabOptions, threads: int = 1) -> list[Planned]:
-    """Resolve and validate every run's config before anything runs (a bad study fails here, exit 2)."""
+    """Resolve and validate every run's config before anything runs (a bad study fails here, exit 2).
+
+    A study's base or variant that sets ``data.name`` to another dataset than the lab's is refused: its runs
+    would train on one dataset while the table and the database say another.
+    """
     out = []
     for study in studies:
         dataset = opts.dataset or study.dataset
@@ -97,6 +105,13 @@ def plan(studies: list[Study], opts: LabOptions, threads: int = 1) -> list[Plann
                     cfg = load_config(overrides=o)
                 except TrickLabError as e:
                     raise TrickLabError(f"study {study.name!r}, variant {v.name!r}: {e}") from None
+                if cfg.data.name != dataset:
+                    given = "--dataset" if opts.dataset else "the study's dataset"
+                    raise TrickLabError(
+                        f"study {study.name!r}, variant {v.name!r}: data.name = {cfg.data.name!r} conflicts with "
+                        f"{given} {dataset!r}; a study's base and variants must not set data.name (name the dataset "
+                        "with the study's `dataset:` key or --dataset)"
+                    )
                 p.configs[(study.name, v.name, seed, dataset)] = cfg
         out.append(p)
     return out
@@ -110,6 +125,48 @@ class LabRun:
     skipped: int
     wall_time_s: float
     failures: list[tuple[tuple, str]]
+    finished: Any = None  # what ``run_lab(finish=...)`` returned
+
+
+class LabInterrupted(TrickLabError):
+    """The lab stopped on a signal: workers stopped, finished runs kept, running ones pending; exit 128 + signal."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class _Stop(BaseException):
+    """Raised in the main thread by a stop signal; a BaseException, so that no ``except Exception`` (a run that
+    fails in-process) swallows it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+class StopOnSignals:
+    """While active (in the main thread; elsewhere it does nothing), SIGTERM, SIGHUP and SIGINT raise
+    :class:`_Stop` once; later signals are ignored while the lab cleans up, which is bounded (workers are
+    terminated, then killed). The previous handlers come back on exit."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __enter__(self) -> StopOnSignals:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.signum is None:
+            self.signum = signum
+            raise _Stop(signum)
 
 
 def run_lab(
@@ -120,8 +177,14 @@ def run_lab(
     command: str = "",
     on_progress: Callable[[dict], None] | None = None,
     fn: Callable = execute,
+    finish: Callable[[Path], Any] | None = None,
 ) -> LabRun:
-    """Run every unfinished run of ``studies`` into the database of lab directory ``out``."""
+    """Run every unfinished run of ``studies`` into the database of lab directory ``out``.
+
+    ``out`` is locked from its creation until ``finish(out)`` (e.g. writing the report) has returned; its result
+    is :attr:`LabRun.finished`. ``fn(config) -> (metrics, history, config_hash)`` trains one run (in a worker).
+    A stop signal raises :class:`LabInterrupted` once the workers are stopped and the database says what ran.
+    """
     n_runs = sum(len(s.variants) for s in studies) * opts.seeds
     processes, threads = plan_workers(n_runs, opts.cores, opts.workers)
     planned = plan(studies, opts, threads)  # validates everything before the folder is created
@@ -129,59 +192,93 @@ def run_lab(
     if in_process:
         processes, threads = 1, opts.cores or os.cpu_count() or 1
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    with Store(out / DB_NAME) as store:
-        tasks, skipped = [], 0
-        for p in planned:
-            store.save_study(p.study.name, p.dataset, study_spec(p.study, p.dataset, opts), command)
-            for key, cfg in p.configs.items():
-                row = store.ensure(*key, config=cfg.to_dict(), config_hash=run_key_hash(cfg))
-                if row.status == "done":
-                    skipped += 1
-                else:
-                    tasks.append(Task(key, cfg.to_dict(), plugins))
-        counts = {
-            "total": len(tasks),
-            "done": 0,
-            "failed": 0,
-            "running": 0,
-            "skipped": skipped,
-            "processes": processes,
-            "threads": threads,
-            "times": [],
-            "executor": f"in-process ({in_process})" if in_process else f"{processes} worker processes × {threads} "
-            "thread(s)",
-        }
-        started: dict[tuple, float] = {}
-        failures: list[tuple[tuple, str]] = []
+    counts: dict[str, Any] = {
+        "total": 0,
+        "done": 0,
+        "failed": 0,
+        "running": 0,
+        "skipped": 0,
+        "processes": processes,
+        "threads": threads,
+        "times": [],
+        "executor": f"in-process ({in_process})"
+        if in_process
+        else f"{processes} worker processes × {threads} thread(s)",
+    }
+    started: dict[tuple, float] = {}  # the runs running now → when they started
+    failures: list[tuple[tuple, str]] = []
 
-        def on_event(kind: str, key: tuple, *payload) -> None:
-            if kind == "start":
-                store.mark_running(key)
-                started[key] = time.perf_counter()
-                counts["running"] += 1
-            elif kind == "done":
-                store.mark_done(key, payload[0], payload[1])
-                counts["done"] += 1
-                counts["running"] = max(0, counts["running"] - 1)
-                counts["times"].append(time.perf_counter() - started.pop(key, time.perf_counter()))
-            else:
-                store.mark_failed(key, payload[0] + ("\n" + payload[1] if len(payload) > 1 and payload[1] else ""))
-                counts["failed"] += 1
-                counts["running"] = max(0, counts["running"] - (1 if key in started else 0))
-                started.pop(key, None)
-                failures.append((key, payload[0]))
-            if on_progress:
-                on_progress(counts)
+    def failed(key: tuple, error: str) -> None:
+        counts["failed"] += 1
+        counts["running"] = max(0, counts["running"] - (1 if key in started else 0))
+        started.pop(key, None)
+        failures.append((key, error))
 
-        record_signals(planned, store)
-        if tasks:
-            with InProcess(threads, fn) if in_process else WorkerPool(processes, threads, fn) as pool:
-                pool.run(tasks, on_event)
-        if on_progress:
-            on_progress(counts | {"finished": True})
-    return LabRun(out, counts["done"], counts["failed"], skipped, time.perf_counter() - start, failures)
+    with folder_lock(out), StopOnSignals():
+        try:
+            with Store(out / DB_NAME) as store:
+                tasks = []
+                for p in planned:
+                    store.save_study(p.study.name, p.dataset, study_spec(p.study, p.dataset, opts), command)
+                    for key, cfg in p.configs.items():
+                        row = store.ensure(*key, config=cfg.to_dict(), config_hash=run_key_hash(cfg))
+                        if row.status == "done":
+                            counts["skipped"] += 1
+                        else:
+                            tasks.append(Task(key, cfg.to_dict(), plugins))
+                counts["total"] = len(tasks)
+
+                def on_event(kind: str, key: tuple, *payload) -> None:
+                    if kind == "start":
+                        store.mark_running(key)
+                        started[key] = time.perf_counter()
+                        counts["running"] += 1
+                    elif kind == "done":  # payload: metrics, history, the hash of the config the run used
+                        refused = store.mark_done(key, *payload)
+                        if refused:
+                            failed(key, refused)
+                        else:
+                            counts["done"] += 1
+                            counts["running"] = max(0, counts["running"] - 1)
+                            counts["times"].append(time.perf_counter() - started.pop(key, time.perf_counter()))
+                    else:
+                        store.mark_failed(
+                            key, payload[0] + ("\n" + payload[1] if len(payload) > 1 and payload[1] else "")
+                        )
+                        failed(key, payload[0])
+                    if on_progress:
+                        on_progress(counts)
+
+                record_signals(planned, store)
+                if tasks:
+                    with InProcess(threads, fn) if in_process else WorkerPool(processes, threads, fn) as pool:
+                        pool.run(tasks, on_event)
+                if on_progress:
+                    on_progress(counts | {"finished": True})
+            result = LabRun(
+                out, counts["done"], counts["failed"], counts["skipped"], time.perf_counter() - start, failures
+            )
+            if finish is not None:
+                result.finished = finish(out)
+            return result
+        except _Stop as stop:
+            raise LabInterrupted(_stopped(out, stop.signum, counts, started), stop.signum) from None
+
+
+def _stopped(out: Path, signum: int, counts: dict[str, Any], started: dict[tuple, float]) -> str:
+    """After a stop signal (workers already stopped): put the running rows back to pending; the one line to say."""
+    name = signal.Signals(signum).name
+    if started:
+        with Store(out / DB_NAME) as store:
+            for key in started:
+                store.mark_unfinished(key, f"stopped by {name} while running; a rerun redoes it")
+    left = max(0, counts["total"] - counts["done"] - counts["failed"] - len(started))
+    before = f" (+{counts['skipped']} done before)" if counts["skipped"] else ""
+    return (
+        f"lab stopped by {name}: {counts['done']} finished runs kept{before}, {len(started)} running marked "
+        f"unfinished, {left} not started, no process left; rerun the same command to finish them (lab folder {out})"
+    )
 
 
 SIGNAL_BATCH = 256

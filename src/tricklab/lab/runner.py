@@ -4,6 +4,12 @@ Workers are long-lived spawned processes (importing torch once each), ``processe
 The main process hands each idle worker one run at a time, so it always knows which run a worker holds: a run
 that raises is reported as failed with its error; a worker that dies (segfault, out of memory, killed) is
 noticed, its run reported as failed, and a fresh worker takes its place. The other runs carry on.
+
+A run function returns ``(metrics, history, config_hash)``: the hash (:func:`tricklab.lab.store.config_key`) of
+the config it actually ran, which the results database checks before storing the result. Stopping is the main
+process's decision: workers ignore SIGINT and SIGHUP (a terminal sends them to the whole process group), are
+stopped by :meth:`WorkerPool.close`, and exit by themselves if the main process dies (they watch their parent), so
+no worker outlives its lab.
 """
 
 from __future__ import annotations
@@ -12,6 +18,9 @@ import math
 import multiprocessing as mp
 import os
 import queue
+import signal
+import threading
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,16 +42,29 @@ def plan_workers(n_tasks: int, cores: int | None = None, processes: int | None =
     return p, max(1, cores // p)
 
 
-def execute(config: dict[str, Any]) -> tuple[dict, list]:
-    """Train one config (no run directory) and return its metrics and history. Runs inside a worker."""
+def execute(config: dict[str, Any]) -> tuple[dict, list, str]:
+    """Train one config (no run directory); return its metrics, history and the hash of the config it ran."""
     from tricklab.config import validate
+    from tricklab.lab.store import config_key
     from tricklab.train.run import run
 
-    result = run(validate(config), write=False, record_divergence=True)
-    return result.metrics, result.history
+    cfg = validate(config)
+    result = run(cfg, write=False, record_divergence=True)
+    return result.metrics, result.history, config_key(cfg.to_dict())
 
 
-def _worker(tasks: mp.Queue, results: mp.Queue, threads: int, fn: Callable) -> None:
+def _watch_parent(parent: int, every_s: float = 1.0) -> None:
+    """In a worker: exit as soon as the main process is gone (killed with SIGKILL, say), never linger."""
+    while True:
+        time.sleep(every_s)
+        if os.getppid() != parent:
+            os._exit(1)
+
+
+def _worker(tasks: mp.Queue, results: mp.Queue, threads: int, fn: Callable, parent: int) -> None:
+    for s in (signal.SIGINT, signal.SIGHUP):  # the main process decides when to stop, and stops us
+        signal.signal(s, signal.SIG_IGN)
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     import torch
 
     torch.set_num_threads(threads)
@@ -53,8 +75,8 @@ def _worker(tasks: mp.Queue, results: mp.Queue, threads: int, fn: Callable) -> N
         results.put(("start", task.key, os.getpid()))
         try:
             register_plugins(task.plugins)
-            metrics, history = fn(task.config)
-            results.put(("done", task.key, metrics, history))
+            metrics, history, config_hash = fn(task.config)
+            results.put(("done", task.key, metrics, history, config_hash))
         except BaseException as e:  # report everything, including SystemExit from deep inside a run
             tb = traceback.format_exc(limit=-3)
             results.put(("failed", task.key, f"{type(e).__name__}: {e}", tb))
@@ -76,7 +98,7 @@ class InProcess:
     processes cannot import (a model defined in a notebook cell or a script's ``__main__``). Same interface as
     :class:`WorkerPool`; a run that raises is reported as failed and the others go on."""
 
-    def __init__(self, threads: int, fn: Callable[[dict], tuple[dict, list]] = execute):
+    def __init__(self, threads: int, fn: Callable[[dict], tuple[dict, list, str]] = execute):
         self.threads, self.fn = threads, fn
 
     def __enter__(self) -> InProcess:
@@ -95,45 +117,60 @@ class InProcess:
         for task in tasks:
             on_event("start", task.key)
             try:
-                metrics, history = self.fn(task.config)
-            except Exception as e:
+                metrics, history, config_hash = self.fn(task.config)
+            except Exception as e:  # not BaseException: a stop signal ends the lab, not just this run
                 on_event("failed", task.key, f"{type(e).__name__}: {e}", traceback.format_exc(limit=-3))
             else:
-                on_event("done", task.key, metrics, history)
+                on_event("done", task.key, metrics, history, config_hash)
 
 
 class WorkerPool:
     """``processes`` spawned workers with ``threads`` torch threads each. Use as a context manager."""
 
-    def __init__(self, processes: int, threads: int, fn: Callable[[dict], tuple[dict, list]] = execute):
+    def __init__(self, processes: int, threads: int, fn: Callable[[dict], tuple[dict, list, str]] = execute):
         self.processes, self.threads, self.fn = processes, threads, fn
         self.ctx = mp.get_context("spawn")
         self.results = self.ctx.Queue()
         self.workers: list[dict[str, Any]] = []
 
     def __enter__(self) -> WorkerPool:
-        self.workers = [self._spawn() for _ in range(self.processes)]
+        try:
+            for _ in range(self.processes):
+                self.workers.append(self._spawn())
+        except BaseException:  # a signal while starting: stop the ones already started
+            self.close(force=True)
+            raise
         return self
 
     def __exit__(self, *exc) -> None:
         self.close(force=exc[0] is not None)
 
+    def pids(self) -> list[int]:
+        """The worker processes' ids."""
+        return [w["proc"].pid for w in self.workers]
+
     def _spawn(self) -> dict[str, Any]:
         q = self.ctx.Queue()
-        p = self.ctx.Process(target=_worker, args=(q, self.results, self.threads, self.fn), daemon=True)
+        args = (q, self.results, self.threads, self.fn, os.getpid())
+        p = self.ctx.Process(target=_worker, args=args, daemon=True)
         p.start()
         return {"proc": p, "queue": q, "task": None}
 
     def close(self, force: bool = False) -> None:
+        """Stop every worker: after its current run (a ``None`` task), or at once with ``force``; wait for them."""
         for w in self.workers:
             if force:
                 w["proc"].terminate()
+                w["queue"].cancel_join_thread()  # nobody will read what is left in it
             else:
                 w["queue"].put(None)
         for w in self.workers:
             w["proc"].join(timeout=5 if not force else 2)
             if w["proc"].is_alive():
                 w["proc"].kill()
+                w["proc"].join(timeout=5)
+        for w in self.workers:
+            w["queue"].close()
         self.workers = []
 
     def run(self, tasks: list[Task], on_event: Callable[..., None], poll_s: float = 0.2) -> None:

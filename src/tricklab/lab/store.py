@@ -2,18 +2,29 @@
 
 A row holds the run's config and its hash, its status (``pending`` → ``running`` → ``done`` | ``failed``),
 its final metrics and per-epoch history (JSON), the error if it failed, and timings. Each change is committed
-at once, so a lab killed at any moment loses at most the runs that were in flight. A row whose stored config
-hash differs from the one asked for is reset: a changed config never reuses an old result.
+at once, so a lab killed at any moment loses at most the runs that were in flight; a lab stopped by a signal
+puts its running rows back to ``pending`` with the reason. A row whose stored config hash differs from the one
+asked for is reset: a changed config never reuses an old result, and a result is stored only into a row whose
+config hash is the one the run was computed from (:meth:`Store.mark_done`).
+
+A file that is not a readable database of this layout (truncated, corrupted, another program's), or a row
+whose JSON is not what the lab wrote, is refused in one line naming the file and how to start afresh
+(:class:`StoreError`, exit code 2), never with a traceback halfway through a lab or a report.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
+import shlex
 import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from tricklab.errors import TrickLabError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -72,18 +83,104 @@ class RunRow:
         return (self.study, self.variant, self.seed, self.dataset)
 
 
+class StoreError(TrickLabError):
+    """The results database cannot be used: unreadable, corrupt, or a row the lab did not write (exit code 2)."""
+
+
+def config_key(config: dict[str, Any]) -> str:
+    """Hash of a resolved config (``Config.to_dict()``) without where it ran (threads, device): a run's identity."""
+    d = dict(config)
+    d["train"] = {k: v for k, v in d.get("train", {}).items() if k not in ("threads", "device")}
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_metrics(m: Any) -> str | None:
+    if m is None:
+        return None
+    if not isinstance(m, dict):
+        return f"metrics: expected a JSON object, got {type(m).__name__}"
+    for k in ("test_acc", "best_val_acc", "wall_time_s"):
+        if k in m and not (_number(m[k]) or m[k] is None):
+            return f"metrics.{k}: expected a number, got {m[k]!r}"[:200]
+    if "test_acc" in m and m["test_acc"] is None:
+        return "metrics.test_acc: expected a number, got None"
+    return None
+
+
+def _check_history(h: Any) -> str | None:
+    if h is None:
+        return None
+    if not isinstance(h, list) or not all(isinstance(r, dict) for r in h):
+        return "history: expected a JSON list of objects"
+    for i, r in enumerate(h):
+        for k in ("epoch", "val_acc", "member"):
+            if k in r and not _number(r[k]):
+                return f"history[{i}].{k}: expected a number, got {r[k]!r}"[:200]
+        if "val_acc" in r and "epoch" not in r:
+            return f"history[{i}]: val_acc without its epoch"
+    return None
+
+
+def _check_spec(spec: Any) -> str | None:
+    if not isinstance(spec, dict):
+        return f"spec: expected a JSON object, got {type(spec).__name__}"
+    variants, baselines = spec.get("variants"), spec.get("baselines")
+    if not isinstance(variants, list) or not variants or not all(isinstance(v, str) for v in variants):
+        return "spec.variants: expected a non-empty list of names"
+    if not isinstance(baselines, dict) or any(baselines.get(v) not in variants for v in variants):
+        return "spec.baselines: expected each variant's baseline, itself a variant"
+    if spec.get("baseline") not in variants:
+        return "spec.baseline: expected one of the variants"
+    target = spec.get("target_val_acc")
+    if target is not None and not _number(target):
+        return f"spec.target_val_acc: expected a number, got {target!r}"[:200]
+    overrides = spec.get("overrides", {})
+    if not isinstance(overrides, dict) or not all(isinstance(o, dict) for o in overrides.values()):
+        return "spec.overrides: expected an object of objects"
+    if not isinstance(spec.get("doc", ""), str):
+        return "spec.doc: expected a string"
+    return None
+
+
+def _check_signal(data: Any) -> str | None:
+    if not isinstance(data, dict) or not isinstance(data.get("forward_std"), list):
+        return "signal: expected an object with a forward_std list"
+    if not all(_number(v) for v in data["forward_std"]):
+        return "signal.forward_std: expected numbers"
+    return None
+
+
 class Store:
-    """The SQLite database of a lab directory (``results.sqlite``); used from the lab's main process only."""
+    """The SQLite database of a lab directory (``results.sqlite``); used from the lab's main process only.
+
+    Every failure of SQLite and every row that does not hold what the lab writes raise :class:`StoreError`.
+    """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)  # autocommit; explicit transactions
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.executescript(SCHEMA)
+        self.db = None
+        if self.path.is_dir():
+            raise StoreError(f"{self.path}: is a folder, not a results database; move it away to start afresh")
+        with self._errors():
+            self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)  # autocommit; explicit txns
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            problems = [r[0] for r in self.db.execute("PRAGMA quick_check").fetchall()]
+            if problems != ["ok"]:
+                raise sqlite3.DatabaseError(f"integrity check failed: {'; '.join(map(str, problems))[:200]}")
+            self.db.executescript(SCHEMA)
+            for table, found in _columns(self.db).items():  # another program's tables of the same names?
+                if found != _SCHEMA_COLUMNS[table]:
+                    raise sqlite3.DatabaseError(f"table {table} has columns {', '.join(found)[:120]}")
 
     def close(self) -> None:
-        self.db.close()
+        if self.db is not None:
+            self.db.close()
+            self.db = None
 
     def __enter__(self) -> Store:
         return self
@@ -91,11 +188,40 @@ class Store:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def _errors(self):
+        return _SqliteErrors(self.path, self)
+
+    def _exec(self, sql: str, args: tuple = ()) -> sqlite3.Cursor:
+        with self._errors():
+            return self.db.execute(sql, args)
+
+    def _fetch(self, sql: str, args: tuple = ()) -> list[tuple]:
+        with self._errors():
+            return self.db.execute(sql, args).fetchall()
+
+    def _bad(self, where: str, problem: str) -> StoreError:
+        return StoreError(
+            f"{self.path}: {where} is not what tricklab wrote ({problem}); move it away to start afresh "
+            f"({_move_away(self.path)}: every run is then recomputed)"
+        )
+
+    def _json(self, text: Any, where: str, check=None) -> Any:
+        if text is None:
+            return None
+        try:
+            value = json.loads(text)
+        except (TypeError, ValueError) as e:
+            raise self._bad(where, f"bad JSON: {str(e)[:100]}") from None
+        problem = check(value) if check else None
+        if problem:
+            raise self._bad(where, problem)
+        return value
+
     def ensure(self, study: str, variant: str, seed: int, dataset: str, config: dict, config_hash: str) -> RunRow:
         """Return the row for this run, creating it (pending) or resetting it when the config changed."""
         row = self.get(study, variant, seed, dataset)
         if row is None or row.config_hash != config_hash:
-            self.db.execute(
+            self._exec(
                 "INSERT OR REPLACE INTO runs (study, variant, seed, dataset, config_hash, config, status, attempts) "
                 "VALUES (?, ?, ?, ?, ?, ?, 'pending', 0)",
                 (study, variant, seed, dataset, config_hash, json.dumps(config)),
@@ -104,24 +230,49 @@ class Store:
         return row
 
     def mark_running(self, key: tuple) -> None:
-        self.db.execute(
+        self._exec(
             "UPDATE runs SET status='running', attempts=attempts+1, started_at=?, error=NULL "
             "WHERE study=? AND variant=? AND seed=? AND dataset=?",
             (time.time(), *key),
         )
 
-    def mark_done(self, key: tuple, metrics: dict, history: list) -> None:
-        self.db.execute(
+    def mark_done(self, key: tuple, metrics: dict, history: list, config_hash: str) -> str | None:
+        """Store a finished run's result, only if the row still holds the config it was computed from.
+
+        ``config_hash``: the :func:`config_key` of the config the worker ran. Returns None when stored; else the
+        row is marked failed (so a rerun recomputes it) and the error is returned.
+        """
+        cur = self._exec(
             "UPDATE runs SET status='done', metrics=?, history=?, error=NULL, finished_at=? "
-            "WHERE study=? AND variant=? AND seed=? AND dataset=?",
-            (json.dumps(metrics), json.dumps(history), time.time(), *key),
+            "WHERE study=? AND variant=? AND seed=? AND dataset=? AND config_hash=?",
+            (json.dumps(metrics), json.dumps(history), time.time(), *key, config_hash),
         )
+        if cur.rowcount == 1:
+            return None
+        held = self._fetch(
+            "SELECT config_hash FROM runs WHERE study=? AND variant=? AND seed=? AND dataset=?", tuple(key)
+        )
+        error = (
+            f"result not stored: it was computed from config {config_hash} but the row holds config "
+            f"{held[0][0] if held else '(no row)'} (was the lab folder written by another process?); "
+            "rerun to recompute it"
+        )
+        self.mark_failed(key, error)
+        return error
 
     def mark_failed(self, key: tuple, error: str) -> None:
-        self.db.execute(
+        self._exec(
             "UPDATE runs SET status='failed', error=?, finished_at=? "
             "WHERE study=? AND variant=? AND seed=? AND dataset=?",
             (error, time.time(), *key),
+        )
+
+    def mark_unfinished(self, key: tuple, reason: str) -> None:
+        """Put a running row back to ``pending`` (a rerun redoes it), saying why it did not finish."""
+        self._exec(
+            "UPDATE runs SET status='pending', error=?, finished_at=NULL "
+            "WHERE study=? AND variant=? AND seed=? AND dataset=? AND status='running'",
+            (reason, *key),
         )
 
     def get(self, study: str, variant: str, seed: int, dataset: str) -> RunRow | None:
@@ -139,52 +290,101 @@ class Store:
         return self._select(("WHERE " + " AND ".join(where)) if where else "", tuple(args))
 
     def _select(self, where: str, args: tuple) -> list[RunRow]:
-        cur = self.db.execute(
+        found = self._fetch(
             "SELECT study, variant, seed, dataset, config_hash, config, status, metrics, history, error, attempts, "
             f"started_at, finished_at FROM runs {where} ORDER BY study, dataset, variant, seed",
             args,
         )
         out = []
-        for r in cur.fetchall():
-            out.append(
-                RunRow(
-                    r[0],
-                    r[1],
-                    r[2],
-                    r[3],
-                    r[4],
-                    json.loads(r[5]),
-                    r[6],
-                    json.loads(r[7]) if r[7] else None,
-                    json.loads(r[8]) if r[8] else None,
-                    r[9],
-                    r[10],
-                    r[11],
-                    r[12],
-                )
-            )
+        for r in found:
+            name = f"run {'/'.join(map(str, r[:4]))}"
+            if not (isinstance(r[2], int) and all(isinstance(x, str) for x in (r[0], r[1], r[3], r[4]))):
+                raise self._bad(name, "wrong column types")
+            if r[6] not in ("pending", "running", "done", "failed"):
+                raise self._bad(name, f"unknown status {str(r[6])[:40]!r}")
+            config = self._json(r[5], name, lambda c: None if isinstance(c, dict) else "config: not a JSON object")
+            metrics = self._json(r[7], name, _check_metrics)
+            if r[6] == "done" and (metrics is None or "test_acc" not in metrics):
+                raise self._bad(name, "a done run without metrics.test_acc")
+            history = self._json(r[8], name, _check_history)
+            times_ok = all(t is None or _number(t) and math.isfinite(t) for t in r[11:13])
+            if not times_ok or not isinstance(r[10], int) or not isinstance(r[9], (str, type(None))):
+                raise self._bad(name, "wrong column types")
+            out.append(RunRow(r[0], r[1], r[2], r[3], r[4], config, r[6], metrics, history, r[9], r[10], r[11], r[12]))
         return out
 
     def save_study(self, study: str, dataset: str, spec: dict, command: str) -> None:
-        self.db.execute(
+        self._exec(
             "INSERT OR REPLACE INTO studies (study, dataset, spec, command, updated_at) VALUES (?, ?, ?, ?, ?)",
             (study, dataset, json.dumps(spec), command, time.time()),
         )
 
     def studies(self) -> list[tuple[str, str, dict, str]]:
-        cur = self.db.execute("SELECT study, dataset, spec, command FROM studies ORDER BY updated_at, study")
-        return [(s, d, json.loads(spec), cmd) for s, d, spec, cmd in cur.fetchall()]
+        found = self._fetch("SELECT study, dataset, spec, command FROM studies ORDER BY updated_at, study")
+        out = []
+        for s, d, spec, cmd in found:
+            name = f"study {s}/{d}"
+            if not all(isinstance(x, str) for x in (s, d, cmd)):
+                raise self._bad(name, "wrong column types")
+            out.append((s, d, self._json(spec, name, _check_spec), cmd))
+        return out
 
     def save_signal(self, study: str, variant: str, dataset: str, config_hash: str, data: dict) -> None:
-        self.db.execute(
+        self._exec(
             "INSERT OR REPLACE INTO signals (study, variant, dataset, config_hash, data) VALUES (?, ?, ?, ?, ?)",
             (study, variant, dataset, config_hash, json.dumps(data)),
         )
 
     def signal(self, study: str, variant: str, dataset: str, config_hash: str) -> dict | None:
-        cur = self.db.execute(
+        found = self._fetch(
             "SELECT data FROM signals WHERE study=? AND variant=? AND dataset=? AND config_hash=?",
             (study, variant, dataset, config_hash),
         )
-        r = cur.fetchone()
-        return json.loads(r[0]) if r else None
+        return self._json(found[0][0], f"signal {study}/{variant}/{dataset}", _check_signal) if found else None
+
+
+def _columns(db: sqlite3.Connection) -> dict[str, list[str]]:
+    """Each table of the lab's schema → its column names in ``db``."""
+    return {t: [r[1] for r in db.execute(f"PRAGMA table_info({t})")] for t in ("runs", "studies", "signals")}
+
+
+def _schema_columns() -> dict[str, list[str]]:
+    db = sqlite3.connect(":memory:")
+    try:
+        db.executescript(SCHEMA)
+        return _columns(db)
+    finally:
+        db.close()
+
+
+_SCHEMA_COLUMNS = _schema_columns()
+
+
+def _move_away(path: Path) -> str:
+    return f"mv {shlex.quote(str(path))} {shlex.quote(str(path) + '.bad')}"
+
+
+class _SqliteErrors:
+    """Turn an SQLite failure into one line naming the file and what to do (closing the connection)."""
+
+    def __init__(self, path: Path, store: Store):
+        self.path, self.store = path, store
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, e, tb) -> bool:
+        if kind is None or not issubclass(kind, sqlite3.Error):
+            return False
+        text = str(e)
+        self.store.close()
+        if "locked" in text or "busy" in text:
+            raise StoreError(
+                f"{self.path}: the database is busy ({text}); another process holds it, try again later"
+            ) from None
+        if any(w in text for w in ("readonly", "unable to open", "disk I/O", "full", "permission")):
+            raise StoreError(f"{self.path}: cannot read or write the results database ({text})") from None
+        raise StoreError(
+            f"{self.path}: not a readable tricklab results database ({text[:200]}); move it away to start afresh "
+            f"({_move_away(self.path)}: every run is then recomputed)"
+        ) from None

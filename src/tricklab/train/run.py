@@ -33,6 +33,7 @@ from tricklab.data.base import TensorBatches
 from tricklab.data.download import atomic_write
 from tricklab.errors import TrickLabError
 from tricklab.events import Callback, FitState
+from tricklab.locks import folder_lock
 from tricklab.train.checkpoint import Checkpointer, CheckpointError, StopSignals
 from tricklab.train.loop import DivergedError, NonFiniteError, blown_up, evaluate, fit
 from tricklab.train.rundir import (
@@ -42,6 +43,7 @@ from tricklab.train.rundir import (
     default_run_dir,
     discard,
     first_missing,
+    is_empty,
     note,
     run_checkpoints,
 )
@@ -99,6 +101,7 @@ def run(
     model as it was before the bad update is evaluated and the metrics say ``diverged`` (the lab uses this, since
     "this setup diverges" is what some studies show).
     A bad-input error (exit code 2) raised before the first checkpoint leaves no run directory behind.
+    The run directory is locked while the run writes it (:mod:`tricklab.locks`): a second process is refused.
     """
     run_dir = Path(out) if out is not None else default_run_dir(cfg) if write else None
     if resume and (run_dir is None or not run_dir.is_dir()):
@@ -107,13 +110,16 @@ def run(
         check_run_dir(run_dir)
     fresh = run_dir is not None and not resume
     created = first_missing(run_dir) if fresh else None
-    try:
-        return _run(cfg, run_dir, list(callbacks), resume, record_divergence)
-    except TrickLabError as e:
-        bad_input = e.exit_code == 2 and not isinstance(e, CheckpointError)  # not a full disk
-        if bad_input and fresh and run_dir.exists() and not run_checkpoints(run_dir):
-            discard(run_dir, created)
-        raise
+    with folder_lock(run_dir) if run_dir is not None else nullcontext():  # one process per run directory
+        if fresh:
+            check_run_dir(run_dir)  # again, locked: another process may have finished a run there meanwhile
+        try:
+            return _run(cfg, run_dir, list(callbacks), resume, record_divergence)
+        except BaseException as e:
+            bad_input = isinstance(e, TrickLabError) and e.exit_code == 2 and not isinstance(e, CheckpointError)
+            if fresh and run_dir.exists() and not run_checkpoints(run_dir) and (bad_input or is_empty(run_dir)):
+                discard(run_dir, created)  # bad input (not a full disk), or nothing written yet
+            raise
 
 
 def _resume_member(

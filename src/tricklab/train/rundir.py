@@ -4,7 +4,8 @@ A run directory holds ``config.yaml`` (the resolved config), ``history.jsonl`` (
 appended as each epoch ends by :class:`HistoryWriter`), ``metrics.json`` (final test metrics), ``scaler.json``
 (the input scaling fitted on the training split), ``model.safetensors`` (the final weights; safetensors never runs
 code) and ``checkpoints/`` (see :mod:`tricklab.train.checkpoint`). ``train``, ``doctor`` and ``lr-find`` name
-their folders with :func:`new_dir_name`.
+their folders with :func:`new_dir_name`. While a command writes a run directory it holds the folder's lock
+(``.tricklab.lock``, see :mod:`tricklab.locks`): a second process is refused, never interleaved.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from tricklab.config import Config, read_yaml, validate
 from tricklab.errors import TrickLabError
 from tricklab.events import ORDER_HISTORY, Callback, FitState
+from tricklab.locks import LOCK_NAME, check_free
 from tricklab.train.checkpoint import latest_checkpoint, list_checkpoints
 
 
@@ -55,9 +57,16 @@ def default_run_dir(cfg: Config, command: str = "", base: Path = Path("runs")) -
     return new_dir_name("".join(c if c.isalnum() or c in "-_" else "_" for c in label), base)
 
 
+def is_empty(path: Path) -> bool:
+    """Whether folder ``path`` holds nothing but, at most, a lock file (see :mod:`tricklab.locks`)."""
+    return all(p.name == LOCK_NAME for p in path.iterdir())
+
+
 def check_run_dir(path: Path) -> None:
-    """Refuse to write into a folder that already holds a run or other files."""
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+    """Refuse to write into a folder that already holds a run or other files (a lone lock file is not a run)."""
+    if path.exists() and (not path.is_dir() or not is_empty(path)):
+        if path.is_dir():
+            check_free(path)  # a run being written there now: name the process that writes it
         raise TrickLabError(
             f"--out {str(path)!r} already exists and is not empty; choose a new run directory "
             f"(or continue that run with --resume {str(path)!r})"
