@@ -135,3 +135,15 @@ def test_a_key_set_twice_nested_and_dotted_is_refused():
         tricklab.as_config({"model": {"depth": 1}, "model.depth": 2})
     with pytest.raises(tricklab.TrickLabError, match="set twice"):
         tricklab.as_config({"model.depth": 2, "model": {"depth": 1}})
+
+
+def test_the_reproduce_line_of_a_mapping_study_runs_it_again():
+    from tricklab.api import _python_command
+    from tricklab.lab.lab import LabOptions
+
+    study = {"name": "m", "dataset": "synthetic", "variants": {"a": {}, "b": {"model.norm": "batch"}}}
+    line = _python_command(study, LabOptions(seeds=2))
+    assert line == f"tricklab.run_lab({study!r}, seeds=2)"
+    assert _python_command("dropout", LabOptions(seeds=3, dataset="mnist1d")) == (
+        "tricklab.run_lab('dropout', seeds=3, dataset='mnist1d')"
+    )

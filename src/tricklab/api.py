@@ -341,12 +341,19 @@ def _plain_study(d: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _python_command(study, opts) -> str:
-    name = (
-        study
-        if isinstance(study, str)
-        else getattr(study, "name", None) or (study.get("name", "custom") if isinstance(study, Mapping) else "custom")
-    )
-    return f"tricklab.run_lab({name!r}, seeds={opts.seeds}, dataset={opts.dataset!r}, epochs={opts.epochs!r})"
+    """The call that reproduces this lab: the study as given (a name, names, a YAML path, or the mapping itself)."""
+    from tricklab.lab.studies import STUDIES, Study
+
+    if isinstance(study, Mapping):
+        given = repr(_plain_study(study))
+    elif isinstance(study, Study):
+        given = repr(study.name) if study.name in STUDIES and STUDIES.get(study.name) is study else "<a Study object>"
+    else:
+        given = repr(str(study) if isinstance(study, Path) else study)
+    args = [given, f"seeds={opts.seeds}"]
+    args += [f"{k}={v!r}" for k, v in (("dataset", opts.dataset), ("epochs", opts.epochs)) if v is not None]
+    args += ["quick=True"] if opts.quick else []
+    return f"tricklab.run_lab({', '.join(args)})"
 
 
 # --- plugins ------------------------------------------------------------------------------------------------------

@@ -166,7 +166,7 @@ def plot_curves(s: StudyStats, path: Path) -> Path:
         n = min(len(c) for c in curves)
         arr = np.array([c[:n] for c in curves]) * 100
         x = np.arange(1, n + 1)
-        (line,) = ax.plot(x, arr.mean(0), label=v.name)
+        (line,) = ax.plot(x, arr.mean(0), label=v.name, marker="o" if n < 4 else None)
         if len(curves) > 1:
             ax.fill_between(x, arr.min(0), arr.max(0), alpha=0.2, color=line.get_color())
     ax.set_xlabel("epoch")
