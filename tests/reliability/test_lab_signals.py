@@ -126,7 +126,7 @@ def test_a_signal_stops_the_lab_keeps_finished_runs_and_leaves_no_process(sig, t
     assert proc.returncode == 128 + sig, stderr
     assert "Traceback" not in stderr + stdout and len(lines) == 1, stderr
     assert lines[0].startswith(f"error: lab stopped by {name}: ")
-    assert "marked unfinished" in lines[0] and "rerun the same command" in lines[0]
+    assert "marked unfinished" in lines[0] and "worker processes stopped; rerun the same command" in lines[0]
 
     wait_for(lambda: not any(alive(p) for p in tree), 10, "exit of every worker and of the resource tracker")
 
@@ -159,7 +159,8 @@ def test_a_signal_stops_an_in_process_lab_too(tmp_path, monkeypatch):
     with pytest.raises(LabInterrupted) as e:
         lab_module.run_lab([study], LabOptions(seeds=1), tmp_path / "lab", fn=fake_run_then_stop)
     assert e.value.exit_code == 143
-    assert str(e.value).startswith("lab stopped by SIGTERM: 1 finished runs kept, 1 running marked unfinished, 0 ")
+    assert str(e.value).startswith("lab stopped by SIGTERM: 1 finished run kept, 1 running run marked unfinished, 0 ")
+    assert "worker processes" not in str(e.value)  # there were none
     with Store(tmp_path / "lab" / "results.sqlite") as store:
         got = {r.variant: (r.status, r.error) for r in store.rows()}
     assert got["a"] == ("done", None) and got["b"][0] == "pending" and "stopped by SIGTERM" in got["b"][1]

@@ -273,11 +273,14 @@ def _stopped(out: Path, signum: int, counts: dict[str, Any], started: dict[tuple
         with Store(out / DB_NAME) as store:
             for key in started:
                 store.mark_unfinished(key, f"stopped by {name} while running; a rerun redoes it")
-    left = max(0, counts["total"] - counts["done"] - counts["failed"] - len(started))
+    done, running = counts["done"], len(started)
+    left = max(0, counts["total"] - done - counts["failed"] - running)
     before = f" (+{counts['skipped']} done before)" if counts["skipped"] else ""
+    workers = "" if counts["executor"].startswith("in-process") else "worker processes stopped; "
     return (
-        f"lab stopped by {name}: {counts['done']} finished runs kept{before}, {len(started)} running marked "
-        f"unfinished, {left} not started, no process left; rerun the same command to finish them (lab folder {out})"
+        f"lab stopped by {name}: {done} finished run{'s' * (done != 1)} kept{before}, {running} running "
+        f"run{'s' * (running != 1)} marked unfinished, {left} not started; {workers}rerun the same command to finish "
+        f"them (lab folder {out})"
     )
 
 
