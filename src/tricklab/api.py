@@ -297,9 +297,9 @@ def run_lab(
         raise TrickLabError(
             f"study: got {study!r}; expected a study name, a list of names, a YAML path, a mapping or a Study"
         )
-    for key, v in (("seeds", seeds), ("epochs", epochs), ("workers", workers)):
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            raise TrickLabError(f"{key} = {v!r}: must be an integer >= 1")
+    for key, v, top in (("seeds", seeds, 1000), ("epochs", epochs, 1_000_000), ("workers", workers, 1024)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= top):
+            raise TrickLabError(f"{key} = {v!r}: must be an integer from 1 to {top}")
     if dataset is not None:
         from tricklab.config import dataset_loader
 
@@ -321,8 +321,10 @@ def run_lab(
         if on_progress:
             on_progress(counts)
 
-    result = run_studies(studies, opts, out, command=_python_command(study, opts), on_progress=track)
-    report = build_report(out)
+    result = run_studies(
+        studies, opts, out, command=_python_command(study, opts), on_progress=track, finish=build_report
+    )  # the lab folder stays locked until its report is written
+    report = result.finished
     return LabResult(
         out,
         report,

@@ -12,6 +12,7 @@ import argparse
 import sys
 
 EXIT_RUNS_FAILED = 1
+MAX_SEEDS, MAX_WORKERS = 1000, 1024  # beyond these a lab has no meaning on any machine
 
 
 def add_parser(sub) -> None:
@@ -53,9 +54,13 @@ def run_cmd(args: argparse.Namespace) -> int:
     from tricklab.report.lab_report import build_report
 
     studies, file_seeds, file_epochs = _studies(args)
-    for flag, v in (("--seeds", args.seeds), ("--epochs", args.epochs), ("--workers", args.workers)):
-        if v is not None and v < 1:
-            raise TrickLabError(f"{flag} = {v}: must be >= 1")
+    from tricklab.config import MAX_EPOCHS
+
+    bounds = (("--seeds", args.seeds, MAX_SEEDS), ("--epochs", args.epochs, MAX_EPOCHS), ("--workers", args.workers,
+              MAX_WORKERS))
+    for flag, v, top in bounds:
+        if v is not None and not 1 <= v <= top:
+            raise TrickLabError(f"{flag} = {v}: must be 1 to {top}")
     if args.dataset is not None:
         from tricklab.data import DATASETS
 

@@ -77,6 +77,7 @@ def study_spec(study: Study, dataset: str, opts: LabOptions) -> dict[str, Any]:
         "target_val_acc": study.target_val_acc.get(dataset),
         "init_signal": study.init_signal,
         "seeds": opts.seeds,
+        "margin": study.margin.get(dataset),
     }
 
 

@@ -413,8 +413,8 @@ def custom_study(raw: dict[str, Any]) -> tuple[Study, int | None, int | None]:
         base: dict[str, Any] = {}
         baseline: str | None = None
         variants: dict[str, dict[str, Any] | None] = Field(min_length=1)
-        seeds: int | None = Field(None, ge=1)
-        epochs: int | None = Field(None, ge=1)
+        seeds: int | None = Field(None, ge=1, le=1000)
+        epochs: int | None = Field(None, ge=1, le=1_000_000)
         target_val_acc: float | None = Field(None, gt=0, le=1)
         margin: float | None = Field(None, gt=0, le=100)  # ± pp of test accuracy deemed of no practical effect
 
