@@ -98,3 +98,11 @@ def test_listed_in_the_help(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     assert "lr-find" in capsys.readouterr().out
+
+
+def test_lr_find_shows_progress_in_steps(tmp_path, capsys):
+    from tricklab.cli.main import main
+
+    assert main(["lr-find", "--set", "data.name=synthetic", "--steps", "20", "--out", str(tmp_path / "lf")]) == 0
+    err = capsys.readouterr().err
+    assert "lr-find: step 2/20 (10%)" in err  # (the sweep may stop early once the loss diverges)

@@ -53,3 +53,12 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, bad, named):
     assert main(["doctor", *SMALL, *bad, "--out", str(out)]) == 2
     assert named in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_doctor_shows_progress_of_its_probed_runs(tmp_path, capsys):
+    from tricklab.cli.main import main
+
+    args = ["doctor", "--set", "data.name=synthetic", "--steps", "20", "--no-recheck", "--out", str(tmp_path / "d")]
+    assert main(args) in (0, 4)
+    err = capsys.readouterr().err
+    assert "doctor: step 2/20 (10%)" in err and "doctor: step 20/20 (100%)" in err

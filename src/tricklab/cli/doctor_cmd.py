@@ -53,7 +53,9 @@ def run_cmd(args: argparse.Namespace) -> int:
         None if args.out else f"the report folder {str(out)!r}",
     )
     prepared = assemble(cfg)  # bad data or model settings fail here, before anything is written
-    result = run_doctor(cfg, prepared, recheck=not args.no_recheck)
+    from tricklab.cli.progress import StepProgress
+
+    result = run_doctor(cfg, prepared, recheck=not args.no_recheck, progress=StepProgress)
 
     from tricklab.report.doctor import write_report
 

@@ -50,6 +50,7 @@ def run_cmd(args: argparse.Namespace) -> int:
     import torch.nn.functional as F
 
     from tricklab.assembly import assemble, optimizer_factory
+    from tricklab.cli.progress import StepProgress
     from tricklab.config import load_config
     from tricklab.data import TensorBatches
     from tricklab.data.download import atomic_write
@@ -73,7 +74,9 @@ def run_cmd(args: argparse.Namespace) -> int:
         splits.train.x, splits.train.y, cfg.data.batch_size, shuffle=True, generator=generator, merge_single=True
     )
     try:
-        result = lr_range_test(model, batches, F.cross_entropy, factory, num_steps=args.steps)
+        result = lr_range_test(
+            model, batches, F.cross_entropy, factory, num_steps=args.steps, on_step=StepProgress("lr-find", args.steps)
+        )
     except ValueError as e:  # no finite loss at all, or no batch: the data or model is at fault
         raise TrickLabError(f"lr-find: {e}") from None
 

@@ -76,3 +76,30 @@ class ProgressReporter(Callback):
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+
+
+class StepProgress(Callback):
+    """``<label>: step N/M (P%), elapsed, eta`` on stderr about every 10% of ``total`` steps (and at the end), for
+    work counted in steps (the doctor's probed run, the LR range test); usable as a callback or ``on_step``."""
+
+    order = ORDER_PROGRESS
+
+    def __init__(self, label: str, total: int, stream=None):
+        self.label, self.total, self.stream = label, max(1, int(total)), stream or sys.stderr
+        self.every = max(1, self.total // 10)
+        self.start = time.perf_counter()
+
+    def __call__(self, done: int, total: int | None = None) -> None:
+        total = total or self.total
+        if done % self.every and done != total:
+            return
+        elapsed = time.perf_counter() - self.start
+        eta = elapsed / done * (total - done) if done else float("nan")
+        print(
+            f"{self.label}: step {done}/{total} ({done / total:.0%}), {elapsed:.0f}s, eta {eta:.0f}s",
+            file=self.stream,
+            flush=True,
+        )
+
+    def on_step_end(self, state: FitState) -> None:
+        self(min(state.step, self.total), self.total)

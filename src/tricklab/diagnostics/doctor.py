@@ -153,9 +153,10 @@ def probe_training(
     *,
     steps: int,
     every: int,
+    extra: list[Callback] = (),
 ) -> Findings:
     """Train ``model`` for ``steps`` steps with the config's optimizer, LR, L1 and clipping, probed every
-    ``every`` steps; return what the probe saw."""
+    ``every`` steps; return what the probe saw. ``extra``: more callbacks (e.g. progress)."""
     return probe_run(
         model,
         build_optimizer(cfg, model),
@@ -165,7 +166,7 @@ def probe_training(
         device=device,
         batch_size=cfg.data.batch_size,
         generator=generator,
-        callbacks=step_callbacks(cfg),
+        callbacks=[*step_callbacks(cfg), *extra],
     )
 
 
@@ -238,8 +239,11 @@ def run_doctor(
     *,
     recheck: bool = True,
     signal: bool = True,
+    progress: Callable[[str, int], Callback] | None = None,
 ) -> DoctorResult:
     """Examine ``cfg``: signal at init, a probed short run, verdicts, and (``recheck``) the prescription tried.
+
+    ``progress(label, steps)``: makes a callback that shows the progress of each probed run (the CLI's).
 
     ``prepared``: what :func:`tricklab.assembly.assemble` returned for ``cfg`` (done here when None).
     """
@@ -248,12 +252,13 @@ def run_doctor(
     splits, model, generator, device = parts.splits, parts.model, parts.generator, parts.device
     d = cfg.diagnostics
     profiles = signal_at_init(cfg, splits, device) if signal else []
-    findings = probe_training(cfg, splits, model, generator, device, steps=d.steps, every=d.every)
+    shown = [progress("doctor", d.steps)] if progress else []
+    findings = probe_training(cfg, splits, model, generator, device, steps=d.steps, every=d.every, extra=shown)
     verdicts = diagnose(findings, settings_of(cfg))
     prescription = merge_prescriptions(verdicts)
     again = None
     if recheck and verdicts and prescription:
-        again = _recheck(cfg, splits, device, prescription, [v.name for v in verdicts])
+        again = _recheck(cfg, splits, device, prescription, [v.name for v in verdicts], progress)
     return DoctorResult(
         cfg, findings, verdicts, profiles, prescription, again, time.perf_counter() - start, settings_of(cfg)
     )
@@ -274,7 +279,12 @@ def diagnose_training(cfg: Config, probe: ProbeCallback) -> DoctorResult:
 
 
 def _recheck(
-    cfg: Config, splits: Splits, device: torch.device, overrides: dict[str, Any], before: list[str]
+    cfg: Config,
+    splits: Splits,
+    device: torch.device,
+    overrides: dict[str, Any],
+    before: list[str],
+    progress: Callable[[str, int], Callback] | None = None,
 ) -> Recheck:
     try:
         cured_cfg = cfg.with_overrides(overrides)
@@ -284,7 +294,8 @@ def _recheck(
     except TrickLabError as e:
         return Recheck(overrides, before, [], error=str(e))
     d = cured_cfg.diagnostics
-    findings = probe_training(cured_cfg, splits, model, generator, device, steps=d.steps, every=d.every)
+    shown = [progress("doctor re-check", d.steps)] if progress else []
+    findings = probe_training(cured_cfg, splits, model, generator, device, steps=d.steps, every=d.every, extra=shown)
     return Recheck(overrides, before, diagnose(findings, settings_of(cured_cfg)), findings)
 
 

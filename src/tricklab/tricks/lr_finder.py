@@ -78,11 +78,13 @@ def lr_range_test(
     num_steps: int = 100,
     smooth: float = 0.98,
     diverge: float = 4.0,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> LRFindResult:
     """Run the LR range test on ``model`` (Smith 2017) and restore it bit-identically afterwards.
 
     ``batches`` is any re-iterable of ``(x, y)`` (a DataLoader, a list), started again when exhausted;
     ``optimizer_factory(params, lr)`` builds the optimizer, whose LR is then set at every step.
+    ``on_step(done, total)`` is called after each step (progress).
 
     Example::
 
@@ -123,6 +125,8 @@ def lr_range_test(
             if loss.requires_grad:  # a frozen model has nothing to update: its curve stays flat
                 loss.backward()
                 optimizer.step()
+            if on_step is not None:
+                on_step(i + 1, num_steps)
     finally:  # the optimizer (and its state) is simply dropped
         with torch.no_grad():
             model.load_state_dict(saved)
