@@ -109,7 +109,7 @@ def test_help_of_an_unknown_name_raises(acts):
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_every_registered_name_is_snake_case_with_one_line_help(family):
     reg = FAMILIES[family]
-    assert len(reg) > 0
+    assert len(reg) > 0 or family == "callbacks"  # callbacks: a family for plugins only, empty until one registers
     for entry in reg.entries():
         assert entry.help.strip(), f"{family}: {entry.name} has no help"
         assert "\n" not in entry.help, f"{family}: {entry.name} help spans lines"

@@ -135,7 +135,7 @@ CASES = [
      write("cache/mnist1d/mnist1d_default.npz", b"PK\x03\x04 not really a zip"), ["mnist1d: cached", "is corrupt"]),
     # --- tricklab lab ---
     ("lab_unknown_study", ["lab", "dropuot"], None, ["unknown study 'dropuot'", "did you mean 'dropout'?", "valid:"]),
-    ("lab_negative_seeds", ["lab", "--seeds", "-1", "dropout"], None, ["--seeds = -1", "must be >= 1"]),
+    ("lab_negative_seeds", ["lab", "--seeds", "-1", "dropout"], None, ["--seeds = -1", "must be 1 to 1000"]),
 ]  # fmt: skip
 
 
