@@ -11,17 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import io
-import socket
 import tarfile
-import threading
 from dataclasses import dataclass, field
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from local_mirror import dead_url
 
 from tricklab.data import DATASETS, load_splits
 from tricklab.data import cifar as cifar_module
@@ -33,60 +30,7 @@ RECORDS = 20  # per batch file (the real files hold 10,000)
 BATCHES = [*cifar_module.TRAIN_MEMBERS, cifar_module.TEST_MEMBER]
 
 
-# --- a local mirror (as in test_download.py) ------------------------------------------------------------
-
-
-class CountingHandler(SimpleHTTPRequestHandler):
-    def do_GET(self):
-        self.server.requests.append(self.path)
-        super().do_GET()
-
-    def log_message(self, *args):
-        pass
-
-
-@dataclass
-class Mirror:
-    url: str
-    requests: list[str]
-
-
-@pytest.fixture
-def serve(request):
-    """Start a threaded HTTP server on 127.0.0.1 (free port) serving ``folder``; shut down after the test."""
-
-    def start(folder: Path) -> Mirror:
-        server = ThreadingHTTPServer(("127.0.0.1", 0), partial(CountingHandler, directory=str(folder)))
-        server.requests = []
-        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-        thread.start()
-
-        def stop():
-            server.shutdown()
-            server.server_close()
-            thread.join(timeout=5)
-
-        request.addfinalizer(stop)
-        return Mirror(f"http://127.0.0.1:{server.server_address[1]}", server.requests)
-
-    return start
-
-
-def dead_url() -> str:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
-
-
-@pytest.fixture
-def cache(tmp_path, monkeypatch) -> Path:
-    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    root = tmp_path / "cache"
-    root.mkdir()
-    monkeypatch.setenv("TRICKLAB_DATA", str(root))
-    return root
+# --- the local mirror (serve, cache, dead_url): tests/data/local_mirror.py and conftest.py --------------
 
 
 # --- a small archive in the binary format ---------------------------------------------------------------

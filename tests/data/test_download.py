@@ -13,17 +13,13 @@ import hashlib
 import io
 import os
 import shutil
-import socket
 import struct
-import threading
 import tracemalloc
-from dataclasses import dataclass
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pytest
+from local_mirror import DroppingHandler, dead_url
 
 from tricklab.data import DATASETS, download, load_splits, sources
 from tricklab.data.download import RemoteFile, atomic_write, fetch
@@ -34,79 +30,7 @@ MNIST_NAMES = [spec.name for spec in sources.MNIST_FILES]
 FIRST = MNIST_NAMES[0]  # train-images: fetched first, so corrupting it fails before any other download
 
 
-# --- a local mirror -------------------------------------------------------------------------------------
-
-
-class CountingHandler(SimpleHTTPRequestHandler):
-    """Serves files from its folder and records every requested path on ``server.requests``."""
-
-    def do_GET(self):
-        self.server.requests.append(self.path)
-        super().do_GET()
-
-    def log_message(self, *args):  # keep pytest output clean
-        pass
-
-
-class DroppingHandler(CountingHandler):
-    """Promises the whole file, sends half of it, then hangs up (a connection lost mid-transfer)."""
-
-    def do_GET(self):
-        self.server.requests.append(self.path)
-        body = (Path(self.directory) / self.path.lstrip("/")).read_bytes()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body[: len(body) // 2])
-        self.wfile.flush()
-        self.close_connection = True
-
-
-@dataclass
-class Mirror:
-    url: str
-    requests: list[str]
-
-
-@pytest.fixture
-def serve(request):
-    """Start a threaded HTTP server on 127.0.0.1 (free port) serving ``folder``; shut down after the test."""
-
-    def start(folder: Path, handler=CountingHandler) -> Mirror:
-        server = ThreadingHTTPServer(("127.0.0.1", 0), partial(handler, directory=str(folder)))
-        server.requests = []
-        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-        thread.start()
-
-        def stop():
-            server.shutdown()
-            server.server_close()
-            thread.join(timeout=5)
-
-        request.addfinalizer(stop)
-        return Mirror(f"http://127.0.0.1:{server.server_address[1]}", server.requests)
-
-    return start
-
-
-def dead_url() -> str:
-    """A URL on a port nothing listens on (bound, then closed): connecting to it is refused at once."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
-
-
-@pytest.fixture
-def cache(tmp_path, monkeypatch) -> Path:
-    """An empty data root, set as TRICKLAB_DATA; no proxy may intercept requests to 127.0.0.1."""
-    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    root = tmp_path / "cache"
-    root.mkdir()
-    monkeypatch.setenv("TRICKLAB_DATA", str(root))
-    return root
-
+# --- a local mirror: tests/data/local_mirror.py and conftest.py ----------------------------------------
 
 # --- what is served: the real MNIST files, or tiny stand-ins with their own checksums ------------------
 
