@@ -154,7 +154,7 @@ def build_callbacks(cfg: Config, splits: Splits) -> list[Callback]:
         cbs.append(EarlyStopping(e.monitor, e.patience, e.min_delta, e.restore_best))
     a = cfg.averaging
     if a.ema is not None:
-        cbs.append(EMA(a.ema))
+        cbs.append(EMA(a.ema, warmup=a.ema_warmup))
     if a.swa_start is not None:
         bn = TensorBatches(splits.train.x, splits.train.y, cfg.data.batch_size, merge_single=True)  # no batch of 1
         cbs.append(SWA(a.swa_start, bn_batches=bn, swa_lr=a.swa_lr))

@@ -290,6 +290,7 @@ class AveragingConfig(Section):
     swa_start: int | None = Field(None, ge=1)  # first epoch whose weights enter the SWA average
     swa_lr: float | None = Field(None, gt=0, le=MAX_RATE, allow_inf_nan=False)
     ema: float | None = Field(None, gt=0, lt=1)  # decay of the EMA of weights, e.g. 0.999
+    ema_warmup: bool = False  # k-th update decays by min(ema, (1+k)/(10+k)): early weights leave the average fast
 
 
 class TrainConfig(Section):

@@ -12,6 +12,7 @@ from tricklab.tricks.averaging import (
     EMA,
     SWA,
     average_probabilities,
+    ema_decay,
     ema_update_,
     ensemble_predict,
     evaluate_ensemble,
@@ -106,6 +107,29 @@ def test_ema_state_dict_resumes_the_average():
     resumed.on_fit_start(state2)
     for a, b in zip(resumed.average.parameters(), first.average.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_ema_warmup_uses_the_smaller_decay_and_resumes_its_count():
+    assert ema_decay(0.999, 1) == pytest.approx(2 / 11)
+    assert ema_decay(0.1, 1) == 0.1  # the nominal decay once it is the smaller one
+    assert ema_decay(0.999, 10**6) == 0.999
+    torch.manual_seed(3)
+    state = make_state(nn.Linear(3, 2))
+    cb = EMA(0.999, warmup=True)
+    p0 = [p.detach().clone() for p in state.model.parameters()]
+    cb.on_fit_start(state)
+    steps = [random_params(state.model) for _ in range(3)]
+    want = p0
+    for k, values in enumerate(steps, start=1):
+        set_params(state.model, values)
+        cb.on_step_end(state)
+        d = (1 + k) / (10 + k)
+        want = [d * w + (1 - d) * v for w, v in zip(want, values, strict=True)]
+    for got, w in zip(cb.average.parameters(), want, strict=True):
+        torch.testing.assert_close(got, w, atol=1e-6, rtol=0)
+    resumed = EMA(0.999, warmup=True)
+    resumed.load_state_dict(copy.deepcopy(cb.state_dict()))
+    assert resumed.updates == 3
 
 
 @pytest.mark.parametrize("decay", [0.0, 1.0, -0.5, 1.5, math.nan, True, "0.9"])

@@ -66,6 +66,15 @@ def ema_update_(avg: nn.Module, model: nn.Module, decay: float) -> None:
         ba.copy_(b)
 
 
+def ema_decay(decay: float, k: int) -> float:
+    """The decay of the k-th EMA update with warm-up: ``min(decay, (1 + k) / (10 + k))`` (k ≥ 1).
+
+    Early updates move the average most (0.18 at k = 1, 0.5 at k = 8); the nominal decay takes over from
+    ``k = (10·decay − 1) / (1 − decay)`` (8,989 steps for 0.999). Example: ``ema_decay(0.999, 1)`` → ``0.1818…``.
+    """
+    return min(decay, (1.0 + k) / (10.0 + k))
+
+
 class EMA(Callback):
     """Evaluate an exponential moving average of the weights, updated after every optimizer step.
 
@@ -74,16 +83,23 @@ class EMA(Callback):
     :func:`ema_update_`. Polyak & Juditsky 1992; used by Izmailov et al. 2018 and timm's ``ModelEmaV2``.
     Runs late (``ORDER_AVERAGING``, 20) so that it averages the weights after any callback that edits them post-step.
 
+    With ``warmup=True`` the k-th update uses ``min(decay, (1 + k) / (10 + k))`` (:func:`ema_decay`, the
+    ``num_updates`` rule of TensorFlow's ``ExponentialMovingAverage``): without it, an EMA of decay 0.999 still
+    keeps 0.999^k of its weight on the random initialization after k steps (45% after 800), and evaluates a
+    blend of the untrained and the trained net.
+
     Example::
 
-        fit(model, data, callbacks=[EMA(decay=0.999)])
+        fit(model, data, callbacks=[EMA(decay=0.999, warmup=True)])
     """
 
     order = ORDER_AVERAGING
 
-    def __init__(self, decay: float = 0.999):
+    def __init__(self, decay: float = 0.999, warmup: bool = False):
         _check_decay(decay)
         self.decay = float(decay)
+        self.warmup = bool(warmup)
+        self.updates = 0
         self.average: nn.Module | None = None
         self._pending: dict[str, Tensor] | None = None
 
@@ -97,12 +113,14 @@ class EMA(Callback):
 
     def on_step_end(self, state: FitState) -> None:
         assert self.average is not None, "EMA.on_fit_start was not called"
-        ema_update_(self.average, state.model, self.decay)
+        self.updates += 1
+        ema_update_(self.average, state.model, ema_decay(self.decay, self.updates) if self.warmup else self.decay)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"average": None if self.average is None else self.average.state_dict()}
+        return {"average": None if self.average is None else self.average.state_dict(), "updates": self.updates}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.updates = int(state.get("updates", 0))
         if state.get("average") is None:
             return
         if self.average is None:
