@@ -22,7 +22,13 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--config", "-c", metavar="FILE", help="a custom study (YAML: base, variants, seeds, epochs)")
     p.add_argument("--dataset", "-d", help="run every study on this dataset (e.g. mnist1d: offline and fast)")
-    p.add_argument("--seeds", type=int, help="seeds per variant (default 3; 2 with --quick)")
+    p.add_argument(
+        "--seeds",
+        metavar="N|auto",
+        help="seeds per variant (default 3; 2 with --quick), or 'auto': 3 first, then more only for comparisons "
+        "still undecided (a group-sequential design, valid under this optional stopping) up to --max-seeds",
+    )
+    p.add_argument("--max-seeds", type=int, metavar="N", help="with --seeds auto: the most seeds per variant (10)")
     p.add_argument("--epochs", type=int, help="override every study's epochs")
     p.add_argument("--quick", action="store_true", help="a preview: ¼ of the epochs, 2 seeds, ≤10k training examples")
     p.add_argument("--workers", type=int, help="parallel worker processes (default: one per core)")
@@ -45,6 +51,15 @@ def _studies(args):
     return [STUDIES.get(n) for n in names], None, None
 
 
+def _int(flag: str, text: str, alternative: str = "") -> int:
+    from tricklab.errors import TrickLabError
+
+    try:
+        return int(text)
+    except ValueError:
+        raise TrickLabError(f"{flag} = {text!r}: expected a whole number {alternative}".rstrip()) from None
+
+
 def run_cmd(args: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -56,18 +71,43 @@ def run_cmd(args: argparse.Namespace) -> int:
     studies, file_seeds, file_epochs = _studies(args)
     from tricklab.config import MAX_EPOCHS
 
-    bounds = (("--seeds", args.seeds, MAX_SEEDS), ("--epochs", args.epochs, MAX_EPOCHS), ("--workers", args.workers,
-              MAX_WORKERS))
+    auto = args.seeds == "auto"
+    seeds_n = None if auto or args.seeds is None else _int("--seeds", args.seeds, "or 'auto'")
+    if args.max_seeds is not None and not auto:
+        raise TrickLabError(f"--max-seeds = {args.max_seeds}: only with --seeds auto")
+    bounds = (
+        ("--seeds", seeds_n, MAX_SEEDS),
+        ("--max-seeds", args.max_seeds, MAX_SEEDS),
+        ("--epochs", args.epochs, MAX_EPOCHS),
+        ("--workers", args.workers, MAX_WORKERS),
+    )
     for flag, v, top in bounds:
         if v is not None and not 1 <= v <= top:
             raise TrickLabError(f"{flag} = {v}: must be 1 to {top}")
+    max_seeds = None
+    if auto:
+        from tricklab.lab.sequential import CAP, FIRST
+
+        max_seeds = args.max_seeds or CAP
+        if max_seeds < FIRST:
+            raise TrickLabError(f"--max-seeds = {max_seeds}: must be at least {FIRST}, the first look's seeds")
     if args.dataset is not None:
         from tricklab.data import DATASETS
 
         DATASETS.get(args.dataset)
-    seeds = args.seeds or file_seeds or (2 if args.quick else 3)
+    if auto:
+        from tricklab.lab.sequential import FIRST
+
+        seeds = FIRST
+    else:
+        seeds = seeds_n or file_seeds or (2 if args.quick else 3)
     opts = LabOptions(
-        dataset=args.dataset, seeds=seeds, epochs=args.epochs or file_epochs, quick=args.quick, workers=args.workers
+        dataset=args.dataset,
+        seeds=seeds,
+        max_seeds=max_seeds,
+        epochs=args.epochs or file_epochs,
+        quick=args.quick,
+        workers=args.workers,
     )
     out = args.out or f"labs/{args.dataset or studies[0].dataset}"
     console = Console() if sys.stdout.isatty() else Console(width=160)

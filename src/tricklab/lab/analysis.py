@@ -3,6 +3,12 @@
 Each comparison of a study (variant vs its baseline, paired by seed, on test accuracy) ends as better, worse,
 equivalent or undecided (:func:`tricklab.lab.stats.decide`): Holm's correction runs over the study's comparisons,
 and equivalence is judged against the study's margin of practical equivalence (:func:`study_margin`).
+
+A study run with ``--seeds auto`` (its spec holds ``sequential: {first, cap}``) is decided by the group-sequential
+procedure of :mod:`tricklab.lab.sequential` instead, valid however many seeds were added after looking;
+:func:`seeds_to_run` says which variants need more seeds. A fixed-seed study uses seeds ``0 … seeds − 1`` only
+and a sequential one seeds below its cap: seeds that a differently run lab left in the same database never
+enter a test they were not planned for.
 """
 
 from __future__ import annotations
@@ -12,7 +18,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tricklab.errors import TrickLabError
-from tricklab.lab.stats import ALPHA, Decision, Interval, Paired, decide, mean_ci, paired, verdict
+from tricklab.lab.stats import (
+    ALPHA,
+    UNDECIDED,
+    Decision,
+    Interval,
+    Paired,
+    decide,
+    mean_ci,
+    paired,
+    seeds_needed,
+    verdict,
+)
 from tricklab.lab.store import RunRow
 
 # Metric names shared by the analysis and the report layer.
@@ -97,9 +114,36 @@ class StudyStats:
         return next(v for v in self.variants if v.name == name)
 
 
+def sequential_design(spec: dict[str, Any]) -> tuple[int, int] | None:
+    """``(first, cap)`` of a study run with ``--seeds auto``, None for a fixed number of seeds."""
+    seq = spec.get("sequential")
+    if seq is None:
+        return None
+    first, cap = (seq.get("first"), seq.get("cap")) if isinstance(seq, dict) else (None, None)
+    ok = all(isinstance(x, int) and not isinstance(x, bool) for x in (first, cap)) and 2 <= first <= cap <= 1000
+    if not ok:
+        raise TrickLabError(
+            f"study {spec.get('name', '?')!r}: sequential = {seq!r}: "
+            "expected {first, cap} with 2 ≤ first ≤ cap ≤ 1000"
+        )
+    return first, cap
+
+
+def seed_limit(spec: dict[str, Any]) -> int | None:
+    """The seeds a study's analysis uses are ``0 … limit − 1``: its cap when sequential, else its seeds."""
+    design = sequential_design(spec)
+    if design:
+        return design[1]
+    seeds = spec.get("seeds")
+    return seeds if isinstance(seeds, int) and not isinstance(seeds, bool) and seeds > 0 else None
+
+
 def analyse(study: str, dataset: str, spec: dict[str, Any], rows: list[RunRow]) -> StudyStats:
     """Statistics of one study on one dataset from its rows; ``spec`` holds variants, baselines and target."""
     target = spec.get("target_val_acc")
+    limit = seed_limit(spec)
+    if limit is not None:
+        rows = [r for r in rows if r.seed < limit]
     out: list[VariantStats] = []
     by_variant: dict[str, list[RunRow]] = {}
     for r in rows:
@@ -148,7 +192,11 @@ def analyse(study: str, dataset: str, spec: dict[str, Any], rows: list[RunRow]) 
     compared = [v for v in stats.variants if v.name != v.baseline]
     for v in compared:
         v.comparison = paired(v.values[TEST_ACC], stats.variant(v.baseline).values[TEST_ACC])
-    decisions = decide({v.name: v.comparison for v in compared}, stats.margin_pp / 100, stats.alpha)
+    design = sequential_design(spec)
+    if design:
+        decisions = _decide_sequential(compared, stats.margin_pp / 100, stats.alpha, *design)
+    else:
+        decisions = decide({v.name: v.comparison for v in compared}, stats.margin_pp / 100, stats.alpha)
     for v in stats.variants:
         if v.comparison is None:
             v.verdict = f"{v.name}: baseline"
@@ -156,3 +204,52 @@ def analyse(study: str, dataset: str, spec: dict[str, Any], rows: list[RunRow]) 
         v.decision = decisions[v.name]
         v.verdict = verdict(v.name, v.comparison, v.decision, baseline=v.baseline)
     return stats
+
+
+def _decide_sequential(
+    compared: list[VariantStats], margin: float, alpha: float, first: int, cap: int
+) -> dict[str, Decision]:
+    """:func:`~tricklab.lab.sequential.decide_sequential` on the paired differences in seed order, as Decisions."""
+    from tricklab.lab.sequential import decide_sequential
+
+    seq = decide_sequential(
+        {v.name: v.comparison.diffs for v in compared}, margin, alpha=alpha, first=first, cap=cap
+    )
+    family = sum(1 for v in compared if len(v.comparison.diffs) >= first)
+    out = {}
+    for v in compared:
+        d = seq[v.name]
+        decided = d.outcome != UNDECIDED
+        need, resolves = (d.next_seeds, "next look") if d.more else (None, "")
+        if not decided and not d.more and v.comparison.diff.n >= 2:  # at the cap: what a fixed design would need
+            need, resolves = seeds_needed(v.comparison.diff, margin, alpha)
+        out[v.name] = Decision(
+            d.outcome,
+            p_holm=d.p_holm,
+            margin=margin,
+            family=family,
+            alpha_next=alpha,
+            seeds_needed=need,
+            resolves=resolves,
+            sequential=True,
+            decided_at=d.seeds if decided else None,
+            interval=(d.lo, d.hi) if d.seeds else None,
+            cap=cap,
+            repeated_p=d.p,
+        )
+    return out
+
+
+def seeds_to_run(stats: StudyStats) -> dict[str, int]:
+    """For a sequential study: the seeds each variant should have, given its comparisons' outcomes so far.
+
+    A comparison still open below the cap asks for its next look's seed count, for the variant and for its
+    baseline; a variant needed by nothing keeps what it has. Decided comparisons ask for nothing more.
+    """
+    want: dict[str, int] = {}
+    for v in stats.variants:
+        d = v.decision
+        if d is not None and d.sequential and d.resolves == "next look" and d.seeds_needed:
+            for name in (v.name, v.baseline):
+                want[name] = max(want.get(name, 0), d.seeds_needed)
+    return want

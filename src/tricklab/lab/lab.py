@@ -36,7 +36,8 @@ QUICK_SUBSET = 10000  # --quick: at most this many training examples on the big 
 @dataclass(frozen=True)
 class LabOptions:
     dataset: str | None = None  # None: each study's own
-    seeds: int = 3
+    seeds: int = 3  # seeds per variant; with ``max_seeds``: the first look's seeds
+    max_seeds: int | None = None  # ``--seeds auto``: add seeds to undecided comparisons up to this cap
     epochs: int | None = None
     quick: bool = False
     workers: int | None = None
@@ -78,6 +79,7 @@ def study_spec(study: Study, dataset: str, opts: LabOptions) -> dict[str, Any]:
         "init_signal": study.init_signal,
         "seeds": opts.seeds,
         "margin": study.margin.get(dataset),
+        **({"sequential": {"first": opts.seeds, "cap": opts.max_seeds}} if opts.max_seeds else {}),
     }
 
 
@@ -100,22 +102,27 @@ def plan(studies: list[Study], opts: LabOptions, threads: int = 1) -> list[Plann
         p = Planned(study, dataset)
         for v in study.variants:
             for seed in range(opts.seeds):
-                o = study_overrides(study, v.name, dataset, opts, seed)
-                o["train.threads"] = threads
-                try:
-                    cfg = load_config(overrides=o)
-                except TrickLabError as e:
-                    raise TrickLabError(f"study {study.name!r}, variant {v.name!r}: {e}") from None
-                if cfg.data.name != dataset:
-                    given = "--dataset" if opts.dataset else "the study's dataset"
-                    raise TrickLabError(
-                        f"study {study.name!r}, variant {v.name!r}: data.name = {cfg.data.name!r} conflicts with "
-                        f"{given} {dataset!r}; a study's base and variants must not set data.name (name the dataset "
-                        "with the study's `dataset:` key or --dataset)"
-                    )
-                p.configs[(study.name, v.name, seed, dataset)] = cfg
+                p.configs[(study.name, v.name, seed, dataset)] = run_config(study, v.name, dataset, opts, seed, threads)
         out.append(p)
     return out
+
+
+def run_config(study: Study, variant: str, dataset: str, opts: LabOptions, seed: int, threads: int) -> Config:
+    """The validated config of one run (study, variant, seed) on ``dataset``."""
+    o = study_overrides(study, variant, dataset, opts, seed)
+    o["train.threads"] = threads
+    try:
+        cfg = load_config(overrides=o)
+    except TrickLabError as e:
+        raise TrickLabError(f"study {study.name!r}, variant {variant!r}: {e}") from None
+    if cfg.data.name != dataset:
+        given = "--dataset" if opts.dataset else "the study's dataset"
+        raise TrickLabError(
+            f"study {study.name!r}, variant {variant!r}: data.name = {cfg.data.name!r} conflicts with "
+            f"{given} {dataset!r}; a study's base and variants must not set data.name (name the dataset "
+            "with the study's `dataset:` key or --dataset)"
+        )
+    return cfg
 
 
 @dataclass
@@ -220,17 +227,28 @@ def run_lab(
         try:
             with Store(out / DB_NAME) as store:
                 tasks = []
+                specs: dict[tuple[str, str], dict[str, Any]] = {}
+                outstanding: dict[tuple[str, str], set[tuple]] = {}  # queued or running runs, per study
                 for p in planned:
-                    store.save_study(p.study.name, p.dataset, study_spec(p.study, p.dataset, opts), command)
+                    specs[(p.study.name, p.dataset)] = spec = study_spec(p.study, p.dataset, opts)
+                    outstanding[(p.study.name, p.dataset)] = set()
+                    store.save_study(p.study.name, p.dataset, spec, command)
                     for key, cfg in p.configs.items():
                         row = store.ensure(*key, config=cfg.to_dict(), config_hash=run_key_hash(cfg))
                         if row.status == "done":
                             counts["skipped"] += 1
                         else:
                             tasks.append(Task(key, cfg.to_dict(), plugins))
+                            outstanding[(key[0], key[3])].add(key)
                 counts["total"] = len(tasks)
+                refill = None
+                if opts.max_seeds:
+                    refill = _Refill(planned, specs, outstanding, store, opts, threads, plugins, counts, on_progress)
+                    tasks = tasks or refill()
 
                 def on_event(kind: str, key: tuple, *payload) -> None:
+                    if kind != "start":
+                        outstanding[(key[0], key[3])].discard(key)
                     if kind == "start":
                         store.mark_running(key)
                         started[key] = time.perf_counter()
@@ -254,7 +272,7 @@ def run_lab(
                 record_signals(planned, store)
                 if tasks:
                     with InProcess(threads, fn) if in_process else WorkerPool(processes, threads, fn) as pool:
-                        pool.run(tasks, on_event)
+                        pool.run(tasks, on_event, refill=refill)
                 if on_progress:
                     on_progress(counts | {"finished": True})
             result = LabRun(
@@ -265,6 +283,71 @@ def run_lab(
             return result
         except _Stop as stop:
             raise LabInterrupted(_stopped(out, stop.signum, counts, started), stop.signum) from None
+
+
+class _Refill:
+    """``--seeds auto``: when a study has no run queued or running, decide its comparisons so far
+    (:func:`tricklab.lab.analysis.analyse`, sequential) and queue the seeds its undecided ones need next (up to
+    the next look, for the variant and its baseline); a study with nothing more to run is closed. Seeds already in
+    the database are reused, so a rerun of the same command continues where the last one stopped. A run that
+    failed in this lab is not queued again (its comparison waits for the next rerun)."""
+
+    def __init__(self, planned, specs, outstanding, store, opts, threads, plugins, counts, on_progress):
+        self.planned, self.specs, self.outstanding, self.store = planned, specs, outstanding, store
+        self.opts, self.threads, self.plugins = opts, threads, plugins
+        self.counts, self.on_progress = counts, on_progress
+        self.closed: set[tuple[str, str]] = set()
+        self.queued: set[tuple] = {k for keys in outstanding.values() for k in keys}
+        self.counted: set[tuple] = {k for p in planned for k in p.configs}  # the first look's runs: counted already
+
+    def __call__(self) -> list[Task]:
+        from tricklab.lab.analysis import analyse, seeds_to_run
+
+        new: list[Task] = []
+        for p in self.planned:
+            sk = (p.study.name, p.dataset)
+            while sk not in self.closed and not self.outstanding[sk]:
+                spec = self.specs[sk]
+                rows = [r for r in self.store.rows(*sk) if r.variant in spec["variants"]]
+                want = seeds_to_run(analyse(p.study.name, p.dataset, spec, rows))
+                done = {(r.variant, r.seed) for r in rows if r.status == "done"}
+                added, skipped = [], 0
+                for variant, n in want.items():
+                    for seed in range(n):
+                        key = (p.study.name, variant, seed, p.dataset)
+                        if (variant, seed) in done or key in self.queued:
+                            continue
+                        if key not in p.configs:
+                            p.configs[key] = run_config(p.study, variant, p.dataset, self.opts, seed, self.threads)
+                        cfg = p.configs[key]
+                        row = self.store.ensure(*key, config=cfg.to_dict(), config_hash=run_key_hash(cfg))
+                        if row.status == "done":
+                            skipped += 1
+                            continue
+                        added.append(Task(key, cfg.to_dict(), self.plugins))
+                        self.queued.add(key)
+                        self.outstanding[sk].add(key)
+                self.counts["skipped"] += skipped
+                if added:
+                    self.counts["total"] += len(added)
+                    top = max(t.key[2] for t in added) + 1
+                    self.note(
+                        f"seeds auto: {p.study.name} on {p.dataset}: {len(added)} more runs, up to {top} seeds, for "
+                        f"its undecided comparisons ({', '.join(sorted(want))})"
+                    )
+                    new += added
+                elif not skipped:
+                    self.closed.add(sk)
+                    for variant, seed in done:  # runs an earlier lab did for this study: "already done"
+                        key = (p.study.name, variant, seed, p.dataset)
+                        if seed < (self.opts.max_seeds or 0) and key not in self.queued and key not in self.counted:
+                            self.counted.add(key)
+                            self.counts["skipped"] += 1
+        return new
+
+    def note(self, text: str) -> None:
+        if self.on_progress:
+            self.on_progress(self.counts | {"note": text})
 
 
 def _stopped(out: Path, signum: int, counts: dict[str, Any], started: dict[tuple, float]) -> str:

@@ -24,6 +24,12 @@ class LabProgress:
         if c.get("executor") and not getattr(self, "_said", False):
             self._said = True
             print(f"lab: {c['total']} runs to do, {c['executor']}", flush=True)
+        if c.get("note"):
+            if self.live:
+                self.console.print(c["note"])
+            else:
+                print(c["note"], flush=True)
+            return
         line = (
             f"runs: {c['done']}/{c['total']} done, {c['running']} running, {c['failed']} failed{skipped}; elapsed "
             f"{time.perf_counter() - self.start:.0f}s, eta {eta_s}"

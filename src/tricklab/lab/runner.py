@@ -113,8 +113,16 @@ class InProcess:
 
         torch.set_num_threads(self._threads)
 
-    def run(self, tasks: list[Task], on_event: Callable[..., None], poll_s: float = 0.0) -> None:
-        for task in tasks:
+    def run(
+        self,
+        tasks: list[Task],
+        on_event: Callable[..., None],
+        poll_s: float = 0.0,
+        refill: Callable[[], list[Task]] | None = None,
+    ) -> None:
+        pending = list(tasks)
+        while pending or (refill is not None and (pending := list(refill()))):
+            task = pending.pop(0)
             on_event("start", task.key)
             try:
                 metrics, history, config_hash = self.fn(task.config)
@@ -173,10 +181,23 @@ class WorkerPool:
             w["queue"].close()
         self.workers = []
 
-    def run(self, tasks: list[Task], on_event: Callable[..., None], poll_s: float = 0.2) -> None:
-        """Run every task; ``on_event(kind, key, *payload)`` for ``start``, ``done`` and ``failed``."""
+    def run(
+        self,
+        tasks: list[Task],
+        on_event: Callable[..., None],
+        poll_s: float = 0.2,
+        refill: Callable[[], list[Task]] | None = None,
+    ) -> None:
+        """Run every task; ``on_event(kind, key, *payload)`` for ``start``, ``done`` and ``failed``.
+
+        ``refill()``, when given, is asked for more tasks whenever none is waiting and a run has just ended (its
+        event already delivered): ``--seeds auto`` adds seeds to the comparisons still undecided this way, without
+        waiting for the other studies' runs. The pool returns when nothing is running, waiting or refilled.
+        """
         pending = list(tasks)
         in_flight = 0
+        if not pending and refill is not None:
+            pending.extend(refill())
         while pending or in_flight:
             for w in self.workers:
                 if w["task"] is None and pending:
@@ -195,6 +216,8 @@ class WorkerPool:
                     self._release(key)
                     in_flight -= 1
                     on_event(kind, key, *msg[2:])
+                    if not pending and refill is not None:
+                        pending.extend(refill())
                 continue
             for i, w in enumerate(self.workers):  # nothing arrived: did a worker die holding a task?
                 if not w["proc"].is_alive():
@@ -203,6 +226,8 @@ class WorkerPool:
                     if task is not None:
                         in_flight -= 1
                         on_event("failed", task.key, f"worker process died (exit code {code}) while running it", "")
+                        if not pending and refill is not None:
+                            pending.extend(refill())
 
     def _release(self, key: tuple) -> None:
         for w in self.workers:

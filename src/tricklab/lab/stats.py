@@ -209,6 +209,12 @@ class Decision:
     alpha_next: float  # the Holm level an undecided comparison faces now: α / (m − rejections)
     seeds_needed: int | None = None  # undecided: the seeds (in all) that would likely decide it
     resolves: str = ""  # what those seeds would likely show: "difference", "equivalence"; "limit": none would
+    # ``--seeds auto`` (:mod:`tricklab.lab.sequential`): the look that decided it and its repeated interval
+    sequential: bool = False
+    decided_at: int | None = None  # seeds at the look that decided it (None: undecided)
+    interval: tuple[float, float] | None = None  # repeated 95% CI of the difference at that look (or the last)
+    cap: int | None = None  # the most seeds the lab may run for it (--max-seeds)
+    repeated_p: float | None = None  # the repeated p-value before Holm's adjustment
 
 
 def decide(comparisons: Mapping[str, Paired], margin: float, alpha: float = ALPHA) -> dict[str, Decision]:
@@ -270,6 +276,8 @@ def verdict(
     ±0.20 pp"``. Holm's p is shown when the study has more than one comparison; fewer than ``MIN_SEEDS`` seeds
     are called weak.
     """
+    if decision.sequential:
+        return _sequential_verdict(name, comparison, decision, metric, scale, unit, baseline)
     d, n, o = comparison.diff, comparison.diff.n, decision.outcome
     margin = f"±{decision.margin * scale:.2f} {unit}"
     if n == 0:
@@ -312,3 +320,42 @@ def _needed(decision: Decision, n: int, margin: str, direction: str) -> str:
         return f"even {MAX_SEEDS_ESTIMATE} seeds would likely not decide it" if decision.resolves else ""
     what = f"resolve {margin}" if decision.resolves == "equivalence" else f"show it {direction}"
     return f"about {need} seeds would likely {what}"
+
+
+def _sequential_verdict(
+    name: str, comparison: Paired, decision: Decision, metric: str, scale: float, unit: str, baseline: str
+) -> str:
+    """The sentence for a comparison decided by ``--seeds auto``: the numbers at the look that decided it (or the
+    last look), its repeated interval and repeated p-value, and for an undecided one what happens next."""
+    o, margin = decision.outcome, f"±{decision.margin * scale:.2f} {unit}"
+    n = decision.decided_at or len(comparison.diffs)
+    diffs = comparison.diffs[:n]
+    if len(diffs) < 2 or decision.interval is None or not all(math.isfinite(x) for x in decision.interval):
+        need = f"; the lab runs seeds up to {decision.seeds_needed}" if decision.seeds_needed else ""
+        return f"{name}: {o} at {len(diffs)} seed{'s' * (len(diffs) != 1)}: too few for the first look{need}"
+    mean = float(np.mean(diffs)) * scale
+    lo, hi = (x * scale for x in decision.interval)
+    head = {
+        BETTER: f"better at {n} seeds",
+        WORSE: f"worse at {n} seeds",
+        EQUIVALENT: f"equivalent within {margin} at {n} seeds",
+        UNDECIDED: f"undecided at {n} seeds",
+    }[o]
+    wins = sum(x > SAME for x in diffs)
+    p = f"repeated {fmt_p(_raw_p(decision))}"
+    if decision.family > 1:
+        p += f", Holm {fmt_p(decision.p_holm)}"
+    text = (
+        f"{name}: {head}: {mean:+.2f} {unit} {metric} [{lo:+.2f}, {hi:+.2f}] (repeated 95% interval) vs "
+        f"{baseline}, {p}, better on {wins} of {n}"
+    )
+    if o == UNDECIDED:
+        if decision.seeds_needed and decision.resolves == "next look":
+            text += f"; the lab adds seeds up to {decision.seeds_needed} (sequential design)"
+        else:
+            text += f"; still undecided at the cap of {decision.cap} seeds (--max-seeds)"
+    return text
+
+
+def _raw_p(decision: Decision) -> float:
+    return decision.repeated_p if decision.repeated_p is not None else decision.p_holm
