@@ -5,7 +5,10 @@ its final metrics and per-epoch history (JSON), the error if it failed, and timi
 at once, so a lab killed at any moment loses at most the runs that were in flight; a lab stopped by a signal
 puts its running rows back to ``pending`` with the reason. A row whose stored config hash differs from the one
 asked for is reset: a changed config never reuses an old result, and a result is stored only into a row whose
-config hash is the one the run was computed from (:meth:`Store.mark_done`).
+config hash is the one the run was computed from (:meth:`Store.mark_done`). Each lab invocation adds a row to
+``sessions`` (:meth:`Store.record_session`: its command, when it started, its wall time, the runs it finished and
+the machine it ran on), so a report can say what the lab cost and where it ran; a database from before sessions
+were recorded gets the empty table when opened.
 
 A file that is not a readable database of this layout (truncated, corrupted, another program's), or a row
 whose JSON is not what the lab wrote, is refused in one line naming the file and how to start afresh
@@ -59,7 +62,16 @@ CREATE TABLE IF NOT EXISTS signals (
     data TEXT NOT NULL,
     PRIMARY KEY (study, variant, dataset)
 );
+CREATE TABLE IF NOT EXISTS sessions (
+    id INTEGER PRIMARY KEY,
+    command TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    wall_time_s REAL NOT NULL,
+    runs_done INTEGER NOT NULL,
+    machine TEXT NOT NULL
+);
 """
+TABLES = ("runs", "studies", "signals", "sessions")
 
 
 @dataclass
@@ -143,6 +155,26 @@ def _check_spec(spec: Any) -> str | None:
         return "spec.overrides: expected an object of objects"
     if not isinstance(spec.get("doc", ""), str):
         return "spec.doc: expected a string"
+    return None
+
+
+def _check_machine(machine: Any) -> str | None:
+    if not isinstance(machine, dict):
+        return f"machine: expected a JSON object, got {type(machine).__name__}"
+    for k, v in machine.items():
+        if not isinstance(v, (str, int, float, bool, type(None))):
+            return f"machine.{k}: expected a string, number or null, got {type(v).__name__}"[:200]
+    return None
+
+
+def _check_session(command: Any, started_at: Any, wall_time_s: Any, runs_done: Any) -> str | None:
+    if not isinstance(command, str):
+        return f"command: expected a string, got {type(command).__name__}"
+    for k, t in (("started_at", started_at), ("wall_time_s", wall_time_s)):
+        if not (_number(t) and math.isfinite(t) and t >= 0):
+            return f"{k}: expected a finite number ≥ 0, got {t!r}"[:200]
+    if not (isinstance(runs_done, int) and not isinstance(runs_done, bool) and runs_done >= 0):
+        return f"runs_done: expected a count ≥ 0, got {runs_done!r}"[:200]
     return None
 
 
@@ -342,10 +374,49 @@ class Store:
         )
         return self._json(found[0][0], f"signal {study}/{variant}/{dataset}", _check_signal) if found else None
 
+    def record_session(
+        self, command: str, started_at: float, wall_time_s: float, runs_done: int, machine: dict
+    ) -> None:
+        """Add one lab invocation: its command line, start (unix seconds), wall time (s), runs it finished, and
+        the machine it ran on (:func:`tricklab.lab.machine.machine_info`: names → strings or numbers).
+
+        A bad argument is a bug of the caller: ``ValueError`` naming it, nothing written.
+        """
+        problem = _check_session(command, started_at, wall_time_s, runs_done) or _check_machine(machine)
+        if problem:
+            raise ValueError(f"record_session: {problem}")
+        self._exec(
+            "INSERT INTO sessions (command, started_at, wall_time_s, runs_done, machine) VALUES (?, ?, ?, ?, ?)",
+            (command, float(started_at), float(wall_time_s), runs_done, json.dumps(machine, sort_keys=True)),
+        )
+
+    def sessions(self) -> list[dict[str, Any]]:
+        """Every recorded lab invocation, oldest first: dicts of command, started_at, wall_time_s, runs_done and
+        machine (none for a lab from before sessions were recorded)."""
+        found = self._fetch(
+            "SELECT id, command, started_at, wall_time_s, runs_done, machine FROM sessions ORDER BY started_at, id"
+        )
+        out = []
+        for i, command, started_at, wall_time_s, runs_done, machine in found:
+            name = f"session {i}"
+            problem = _check_session(command, started_at, wall_time_s, runs_done)
+            if problem:
+                raise self._bad(name, problem)
+            out.append(
+                {
+                    "command": command,
+                    "started_at": float(started_at),
+                    "wall_time_s": float(wall_time_s),
+                    "runs_done": runs_done,
+                    "machine": self._json(machine, name, _check_machine) or {},
+                }
+            )
+        return out
+
 
 def _columns(db: sqlite3.Connection) -> dict[str, list[str]]:
     """Each table of the lab's schema → its column names in ``db``."""
-    return {t: [r[1] for r in db.execute(f"PRAGMA table_info({t})")] for t in ("runs", "studies", "signals")}
+    return {t: [r[1] for r in db.execute(f"PRAGMA table_info({t})")] for t in TABLES}
 
 
 def _schema_columns() -> dict[str, list[str]]:

@@ -1,0 +1,368 @@
+"""A lab's findings as one GitHub-flavoured Markdown page, from its results database alone.
+
+``build_markdown("labs/mnist", "docs/results.md")`` writes what the project publishes: how the lab was run (its
+commands, the machine, the wall time of its recorded sessions), how outcomes are decided, one summary table of
+every comparison, then each study's description, its table (the same cells as the terminal table and the HTML
+report: :func:`tricklab.report.lab_report.table_rows`), its verdict sentences, its plots (PNG files in
+``docs/results-plots/``, linked by relative paths) and the command that reruns exactly that study.
+
+Every number comes from ``results.sqlite`` through :func:`tricklab.lab.analysis.analyse`; nothing is written by
+hand. The same database gives the same bytes (no generation time; dates are the sessions' own, in UTC), so a
+regenerated page changes in git only where the results did.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shlex
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from tricklab.errors import TrickLabError
+from tricklab.lab.analysis import StudyStats, analyse
+from tricklab.lab.stats import ALPHA, BETTER, EQUIVALENT, WORSE
+from tricklab.lab.store import RunRow, Store
+from tricklab.report.lab_report import (
+    COLUMNS,
+    DB_NAME,
+    OUTCOME_COLUMN,
+    plot_bars,
+    plot_curves,
+    plot_signal,
+    rule,
+    table_rows,
+)
+
+DIFF_COLUMN = COLUMNS.index("Δ vs baseline, pp [95% CI]")
+P_COLUMN = COLUMNS.index("p (Holm)")
+SEEDS_COLUMN = COLUMNS.index("seeds")
+LEFT_COLUMNS = ("variant", "outcome")
+PLOT_SUFFIXES = ("-curves.png", "-test-acc.png", "-signal.png")
+# `tricklab lab` options that take no value (every other option takes one); tests check this against its parser
+LAB_FLAGS = frozenset({"--quick", "-h", "--help"})
+
+
+def build_markdown(lab_dir: str | Path, out_file: str | Path) -> Path:
+    """Write ``out_file`` (Markdown) and its plots in ``<stem>-plots/`` beside it from ``lab_dir``'s database.
+
+    Returns the path written. The page is replaced atomically; plots of studies no longer in the database are
+    removed from the plots folder.
+    """
+    lab_dir, out = Path(lab_dir), Path(out_file)
+    db = lab_dir / DB_NAME
+    if not db.exists():
+        raise TrickLabError(f"{str(lab_dir)!r} holds no lab results ({DB_NAME} not found); run `tricklab lab` first")
+    check_target(out)
+    with Store(db) as store:
+        sessions = store.sessions()
+        found = []
+        for study, dataset, spec, command in store.studies():
+            rows = [r for r in store.rows(study, dataset) if r.variant in spec["variants"]]
+            found.append((analyse(study, dataset, spec, rows), spec, command, _signals(store, spec, rows)))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        plots_dir = out.parent / f"{out.stem}-plots"
+        drawn = [_plots(s, signals, plots_dir) for s, _, _, signals in found]
+        _remove_stale(plots_dir, {p.name for plots in drawn for p, _ in plots})
+        text = render(sessions, [(s, spec, cmd, plots) for (s, spec, cmd, _), plots in zip(found, drawn, strict=True)])
+        tmp = out.with_name(out.name + ".part")
+        tmp.write_text(text, encoding="utf-8", newline="\n")
+        tmp.replace(out)
+    except OSError as e:
+        raise TrickLabError(f"{out}: cannot write the Markdown report ({e.strerror or e})") from None
+    return out
+
+
+def check_target(out: Path) -> None:
+    """Refuse, in one line, a Markdown target that is a folder or lies under a file."""
+    if out.is_dir():
+        raise TrickLabError(f"{out}: is a folder; name the Markdown file to write, e.g. {out / 'results.md'}")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise TrickLabError(f"{out}: {parent} is a file, not a folder")
+            break
+
+
+def _signals(store: Store, spec: dict, rows: list[RunRow]) -> dict[str, dict]:
+    """Per-variant activation std at init (seed 0's config) for studies that record it, as the HTML report draws."""
+    if not spec.get("init_signal"):
+        return {}
+    out = {}
+    for v in spec["variants"]:
+        row = next((r for r in rows if r.variant == v), None)
+        sig = store.signal(row.study, v, row.dataset, row.config_hash) if row else None
+        if sig:
+            out[v] = sig
+    return out
+
+
+def _plots(s: StudyStats, signals: dict[str, dict], plots_dir: Path) -> list[tuple[Path, str]]:
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{s.study}-{s.dataset}")
+    where = f"{s.study} on {s.dataset}"
+    plots = [
+        (_atomic(lambda p: plot_curves(s, p), plots_dir / f"{stem}-curves.png"), f"{where}: validation accuracy"),
+        (_atomic(lambda p: plot_bars(s, p), plots_dir / f"{stem}-test-acc.png"), f"{where}: test accuracy"),
+    ]
+    if signals:
+        path = _atomic(lambda p: plot_signal(s.study, s.dataset, signals, p), plots_dir / f"{stem}-signal.png")
+        plots.append((path, f"{where}: signal at initialization"))
+    return plots
+
+
+def _atomic(draw, path: Path) -> Path:
+    """``draw(tmp)`` into a temporary file beside ``path``, then put it in place."""
+    tmp = path.with_name(path.stem + ".part.png")
+    draw(tmp)
+    tmp.replace(path)
+    return path
+
+
+def _remove_stale(plots_dir: Path, keep: set[str]) -> None:
+    if plots_dir.is_dir():
+        for p in plots_dir.iterdir():
+            stale = (p.name.endswith(PLOT_SUFFIXES) and p.name not in keep) or p.name.endswith(".part.png")
+            if stale and p.is_file():
+                p.unlink()
+
+
+# ---------------------------------------------------------------------------------------------------------- text
+
+
+def render(sessions: list[dict], studies: list[tuple[StudyStats, dict, str, list[tuple[Path, str]]]]) -> str:
+    """The page: title, how the lab ran, how outcomes are decided, summary of all comparisons, one section per study.
+
+    ``studies``: (stats, spec, stored command, plots as (path, alt text)); plot links are relative to the page
+    (the plots folder's name and the file's).
+    """
+    datasets = list(dict.fromkeys(s.dataset for s, *_ in studies))
+    lines = [f"# tricklab results{': ' + ', '.join(datasets) if datasets else ''}", ""]
+    lines += _header(sessions, [s for s, *_ in studies], [cmd for _, _, cmd, _ in studies])
+    if not studies:
+        return "\n".join(lines + ["No study is recorded in this lab yet.", ""])
+    lines += ["## Summary", "", *_summary(studies), ""]
+    for s, spec, command, plots in studies:
+        lines += _section(s, spec, command, plots)
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _header(sessions: list[dict], stats: list[StudyStats], study_commands: list[str]) -> list[str]:
+    commands = list(dict.fromkeys([x["command"] for x in sessions] + study_commands))  # sessions first, then older
+    margins = sorted({s.margin_pp for s in stats})
+    margin = "given with each study"
+    if len(margins) == 1:
+        margin = f"±{margins[0]:g} pp here"
+    elif margins:
+        margin = f"±{margins[0]:g} to ±{margins[-1]:g} pp, {margin}"
+    out = [
+        "Generated by `tricklab report DIR --markdown FILE` from the lab's `results.sqlite`: every number on this page "
+        "is computed from the runs stored there (regenerate it rather than edit it).",
+        "",
+        "- **Produced by:** " + ", ".join(_command(c) for c in commands) if commands else "- **Produced by:** —",
+    ]
+    machines = list(dict.fromkeys(json.dumps(x["machine"], sort_keys=True) for x in sessions if x["machine"]))
+    if len(machines) == 1:
+        out.append(f"- **Machine:** {machine_text(json.loads(machines[0]))}")
+    elif machines:
+        out.append("- **Machines:**")
+        out += [f"  - {machine_text(json.loads(m))}" for m in machines]
+    else:
+        out.append("- **Machine:** not recorded (this lab ran before tricklab recorded its sessions)")
+    out.append(f"- **Wall time:** {sessions_text(sessions)}")
+    out += [
+        "- **Outcomes:** each variant's test accuracy is compared with its baseline's on the same seeds (paired "
+        "t-test). Within a study the p-values are Holm-adjusted over its comparisons (family-wise "
+        f"α = {ALPHA:g}): **better** or **worse** when significant; **equivalent** when the whole 95% confidence "
+        f"interval of the difference lies inside the study's margin of practical equivalence ({margin}); "
+        "otherwise undecided, with about how many seeds would decide it. Intervals are Student-t 95% "
+        "intervals over seeds (mean ± half-width).",
+        "",
+    ]
+    if len(sessions) > 1:
+        out += ["<details><summary>Sessions</summary>", "", "| started (UTC) | command | runs done | wall time |"]
+        out.append("|:--|:--|--:|--:|")
+        for x in sessions:
+            out.append(
+                f"| {_date(x['started_at'], minutes=True)} | {_cell(_command(x['command']))} | {x['runs_done']} | "
+                f"{duration(x['wall_time_s'])} |"
+            )
+        out += ["", "</details>", ""]
+    return out
+
+
+def sessions_text(sessions: list[dict]) -> str:
+    """``"5 h 12 min over 3 sessions, 2024-05-01 to 2024-05-03 (UTC)"`` from the recorded sessions."""
+    if not sessions:
+        return "not recorded (this lab ran before tricklab recorded its sessions)"
+    total = sum(x["wall_time_s"] for x in sessions)
+    runs = sum(x["runs_done"] for x in sessions)
+    first, last = _date(sessions[0]["started_at"]), _date(max(x["started_at"] + x["wall_time_s"] for x in sessions))
+    dates = first if first == last else f"{first} to {last}"
+    n = len(sessions)
+    return f"{duration(total)} over {n} session{'s' * (n != 1)} ({runs} runs trained), {dates} (UTC)"
+
+
+def machine_text(m: dict[str, Any]) -> str:
+    """One line from a :func:`tricklab.lab.machine.machine_info` dict; keys it does not know are appended."""
+    parts = []
+    hw = [str(m["cpu"])] if "cpu" in m else []
+    hw += [f"{m['cores']} cores"] if "cores" in m else []
+    hw += [f"{m['ram_gib']:g} GiB RAM"] if _is_number(m.get("ram_gib")) else []
+    if hw:
+        parts.append(", ".join(hw))
+    if "os" in m:
+        parts.append(str(m["os"]))
+    sw = [
+        f"{name} {m[key]}"
+        for key, name in (("python", "Python"), ("torch", "torch"), ("tricklab", "tricklab"))
+        if key in m
+    ]
+    if sw:
+        parts.append(", ".join(sw))
+    if m.get("git_commit"):
+        dirty = " with uncommitted changes" if m.get("git_dirty") else ""
+        parts.append(f"commit {str(m['git_commit'])[:12]}{dirty}")
+    known = {"cpu", "cores", "ram_gib", "os", "python", "torch", "tricklab", "git_commit", "git_dirty"}
+    parts += [f"{k} {m[k]}" for k in sorted(m) if k not in known]
+    return "; ".join(parts) or "not recorded"
+
+
+def _summary(studies) -> list[str]:
+    out = [
+        "| study | comparison | Δ test acc, pp [95% CI] | p (Holm) | outcome | seeds |",
+        "|:--|:--|--:|--:|:--|--:|",
+    ]
+    for s, _, _, _ in studies:
+        link = f"[{_title(s)}](#{anchor(_title(s))})"
+        for v, row in zip(s.variants, table_rows(s), strict=True):
+            if v.comparison is None:
+                continue
+            cells = [
+                link,
+                f"{v.name} vs {v.baseline}",
+                row[DIFF_COLUMN],
+                row[P_COLUMN],
+                _outcome(v, row[OUTCOME_COLUMN]),
+                row[SEEDS_COLUMN],
+            ]
+            out.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return out
+
+
+def _section(s: StudyStats, spec: dict, command: str, plots: list[tuple[Path, str]]) -> list[str]:
+    out = [f"## {_title(s)}", ""]
+    doc = spec.get("doc", "").strip()
+    if doc:
+        out += [doc, ""]
+    if s.target:
+        out += [f"Target validation accuracy (for *epochs to target*): {s.target:.0%}.", ""]
+    if s.pending:
+        out += [f"> **Note:** {s.pending} run(s) not finished yet: rerun the command below to complete them.", ""]
+    out.append("| " + " | ".join(COLUMNS) + " |")
+    out.append("|" + "|".join(":--" if c in LEFT_COLUMNS else "--:" for c in COLUMNS) + "|")
+    for v, row in zip(s.variants, table_rows(s), strict=True):
+        cells = list(row)
+        cells[OUTCOME_COLUMN] = _outcome(v, row[OUTCOME_COLUMN])
+        out.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    out += ["", "Mean ± half-width of the 95% Student-t interval over seeds. " + rule(s), ""]
+    verdicts = [v.verdict for v in s.variants if v.comparison is not None]
+    if verdicts:
+        out += [f"- {text}" for text in verdicts] + [""]
+    for path, alt in plots:
+        out += [f"![{alt}]({quote(path.parent.name + '/' + path.name)})", ""]
+    overrides = spec.get("overrides", {})
+    if overrides:
+        out += ["<details><summary>Exact configs (overrides of the defaults; seed = 0 … seeds − 1)</summary>", ""]
+        out.append("```")
+        for name, o in overrides.items():
+            out += [f"{name}:"] + [f"  {k}: {val}" for k, val in o.items()]
+        out += ["```", "", "</details>", ""]
+    out += [f"**Reproduce:** {_command(reproduce_command(command, s.study))}", ""]
+    return out
+
+
+def reproduce_command(command: str, study: str) -> str:
+    """The stored lab command with its list of studies (``all``, ``dropout bn``) replaced by ``study`` alone.
+
+    Every option is kept (``--dataset``, ``--seeds``, ``--out``…). A command naming no study (``--config FILE``: the
+    file is the study) or one that is not a ``tricklab lab`` command line is returned as it is.
+    """
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return command
+    if words[:2] != ["tricklab", "lab"]:
+        return command
+    kept: list[str] = []
+    named = False
+    rest, i, options_done = words[2:], 0, False
+    while i < len(rest):
+        w = rest[i]
+        if not options_done and w == "--":
+            options_done = True
+            kept.append(w)
+        elif not options_done and w.startswith("-") and len(w) > 1:
+            kept.append(w)
+            takes_value = w not in LAB_FLAGS and "=" not in w and not (not w.startswith("--") and len(w) > 2)
+            if takes_value and i + 1 < len(rest):
+                i += 1
+                kept.append(rest[i])
+        elif not named:
+            kept.append(study)
+            named = True
+        i += 1
+    if not named:
+        return command
+    return shlex.join(["tricklab", "lab", *kept])
+
+
+# ------------------------------------------------------------------------------------------------------- helpers
+
+
+def _title(s: StudyStats) -> str:
+    return f"{s.study} on {s.dataset}"
+
+
+def anchor(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces as hyphens."""
+    return quote(re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-"))
+
+
+def _outcome(v, label: str) -> str:
+    """The outcome cell as text: decided outcomes in bold (``**better**``), undecided and baselines plain."""
+    if v.decision is not None and v.decision.outcome in (BETTER, WORSE, EQUIVALENT):
+        return f"**{label}**"
+    return label
+
+
+def _cell(text: str) -> str:
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def _command(command: str) -> str:
+    if not command:
+        return "the Python API (`tricklab.run_lab`)"
+    ticks = "``" if "`" in command else "`"
+    return f"{ticks}{command}{ticks}"
+
+
+def _date(ts: float, minutes: bool = False) -> str:
+    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M" if minutes else "%Y-%m-%d")
+
+
+def duration(seconds: float) -> str:
+    """``"3 h 05 min"``, ``"12 min 30 s"``, ``"45 s"``."""
+    s = round(seconds)
+    if s >= 3600:
+        return f"{s // 3600} h {s % 3600 // 60:02d} min"
+    if s >= 60:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s} s"
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
