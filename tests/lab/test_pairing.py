@@ -41,7 +41,9 @@ def test_a_dropout_pair_shares_split_order_and_initial_weights():
     for split in ("train", "val", "test"):
         assert torch.equal(getattr(data_a, split).x, getattr(data_b, split).x)
         assert torch.equal(getattr(data_a, split).y, getattr(data_b, split).y)
-    assert len(a.initial) == len(b.initial) and all(torch.equal(x, y) for x, y in zip(a.initial, b.initial, strict=True))
+    assert len(a.initial) == len(b.initial) and all(
+        torch.equal(x, y) for x, y in zip(a.initial, b.initial, strict=True)
+    )
     assert len(a.batches) == len(b.batches) > 2
     for (xa, ya), (xb, yb) in zip(a.batches, b.batches, strict=True):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)

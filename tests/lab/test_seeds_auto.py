@@ -105,7 +105,9 @@ def test_cli_seeds_auto_flags(tmp_path, capsys):
 
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump({**STUDY, "variants": {"plain": {}, "wide": {"model.width": 32}}}))
-    assert main(["lab", "--config", str(path), "--seeds", "auto", "--max-seeds", "2", "--out", str(tmp_path / "a")]) == 2
+    assert (
+        main(["lab", "--config", str(path), "--seeds", "auto", "--max-seeds", "2", "--out", str(tmp_path / "a")]) == 2
+    )
     assert "--max-seeds = 2: must be at least 3" in capsys.readouterr().err
     assert main(["lab", "--config", str(path), "--seeds", "many", "--out", str(tmp_path / "b")]) == 2
     assert "--seeds = 'many': expected a whole number or 'auto'" in capsys.readouterr().err
@@ -113,7 +115,9 @@ def test_cli_seeds_auto_flags(tmp_path, capsys):
     assert "only with --seeds auto" in capsys.readouterr().err
     assert not any((tmp_path / d).exists() for d in "abc")
     # a real (tiny) sequential lab from the command line: the first look's 3 seeds at least, the outcomes printed
-    assert main(["lab", "--config", str(path), "--seeds", "auto", "--max-seeds", "5", "--out", str(tmp_path / "d")]) == 0
+    assert (
+        main(["lab", "--config", str(path), "--seeds", "auto", "--max-seeds", "5", "--out", str(tmp_path / "d")]) == 0
+    )
     printed = capsys.readouterr().out
     assert "(repeated 95% interval)" in printed
     with Store(tmp_path / "d" / "results.sqlite") as store:

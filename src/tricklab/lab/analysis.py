@@ -212,9 +212,7 @@ def _decide_sequential(
     """:func:`~tricklab.lab.sequential.decide_sequential` on the paired differences in seed order, as Decisions."""
     from tricklab.lab.sequential import decide_sequential
 
-    seq = decide_sequential(
-        {v.name: v.comparison.diffs for v in compared}, margin, alpha=alpha, first=first, cap=cap
-    )
+    seq = decide_sequential({v.name: v.comparison.diffs for v in compared}, margin, alpha=alpha, first=first, cap=cap)
     family = sum(1 for v in compared if len(v.comparison.diffs) >= first)
     out = {}
     for v in compared:

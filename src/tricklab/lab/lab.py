@@ -26,7 +26,7 @@ from tricklab.config import Config, load_config
 from tricklab.errors import TrickLabError
 from tricklab.lab.runner import InProcess, Task, WorkerPool, execute, plan_workers
 from tricklab.lab.store import Store, config_key
-from tricklab.lab.studies import Study
+from tricklab.lab.studies import Study, describe_setup
 from tricklab.locks import folder_lock
 
 DB_NAME = "results.sqlite"
@@ -65,9 +65,10 @@ def study_overrides(study: Study, variant_name: str, dataset: str, opts: LabOpti
 
 def study_spec(study: Study, dataset: str, opts: LabOptions) -> dict[str, Any]:
     """What the report needs to know of a study, stored beside its runs (so ``tricklab report`` needs no code)."""
+    base = load_config(overrides=study_overrides(study, study.baseline, dataset, opts, 0))
     return {
         "name": study.name,
-        "doc": study.doc,
+        "doc": study.description(dataset, describe_setup(base, dataset)),
         "dataset": dataset,
         "baseline": study.baseline,
         "variants": [v.name for v in study.variants],
@@ -200,7 +201,7 @@ def run_lab(
     if in_process:
         processes, threads = 1, opts.cores or os.cpu_count() or 1
     out = Path(out)
-    start = time.perf_counter()
+    start, started_at = time.perf_counter(), time.time()
     counts: dict[str, Any] = {
         "total": 0,
         "done": 0,
@@ -270,9 +271,17 @@ def run_lab(
                         on_progress(counts)
 
                 record_signals(planned, store)
-                if tasks:
-                    with InProcess(threads, fn) if in_process else WorkerPool(processes, threads, fn) as pool:
-                        pool.run(tasks, on_event, refill=refill)
+                try:
+                    if tasks:
+                        with InProcess(threads, fn) if in_process else WorkerPool(processes, threads, fn) as pool:
+                            pool.run(tasks, on_event, refill=refill)
+                finally:  # a stopped lab's session counts too: its finished runs took that time
+                    if counts["done"] or counts["failed"]:
+                        from tricklab.lab.machine import machine_info
+
+                        store.record_session(
+                            command, started_at, time.perf_counter() - start, counts["done"], machine_info()
+                        )
                 if on_progress:
                     on_progress(counts | {"finished": True})
             result = LabRun(

@@ -34,6 +34,8 @@ class Study:
     target_val_acc: dict[str, float] = field(default_factory=dict)
     margin: dict[str, float] = field(default_factory=dict)  # ± pp of practical equivalence (default per dataset)
     init_signal: bool = False  # also measure per-layer activation std at initialization
+    notes: dict[str, str] = field(default_factory=dict)  # dataset → what the setup means there (regime, caveats)
+    per_variant_dataset: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # (variant, dataset)
 
     def variant(self, name: str) -> Variant:
         return next(v for v in self.variants if v.name == name)
@@ -43,7 +45,41 @@ class Study:
 
     def overrides(self, variant: Variant, dataset: str) -> dict[str, Any]:
         """The study's overrides for one variant on ``dataset``: base ← per-dataset ← variant."""
-        return {"data.name": dataset, **self.base, **self.per_dataset.get(dataset, {}), **variant.overrides}
+        return {
+            "data.name": dataset,
+            **self.base,
+            **self.per_dataset.get(dataset, {}),
+            **variant.overrides,
+            **self.per_variant_dataset.get((variant.name, dataset), {}),
+        }
+
+    def description(self, dataset: str, setup: str = "") -> str:
+        """The study's description for ``dataset``: why it is built so, what it means on that dataset (its note),
+        and ``setup``, the sentence that says what the baseline actually runs (:func:`describe_setup`)."""
+        parts = [self.doc, self.notes.get(dataset, ""), setup]
+        return "\n".join(p for p in parts if p)
+
+
+def describe_setup(cfg: Any, dataset: str, train_examples: int | None = None) -> str:
+    """One sentence from a resolved baseline config: model, init, optimizer, schedule, epochs, batch, data.
+
+    Example: ``"Setup on mnist1d (baseline): mlp 2×256 relu, he_normal init, momentum lr 0.05 (constant), 30
+    epochs, batch 64, all training examples, inputs as stored."``
+    """
+    m, o, t, d = cfg.model, cfg.optim, cfg.train, cfg.data
+    shape = f"{m.name} {m.depth}×{m.width}" if m.depth is not None and m.width is not None else m.name
+    extras = [x for x in (m.activation, f"{m.norm} norm" if m.norm not in (None, "none") else "") if x]
+    if m.dropout:
+        extras.append(f"dropout {m.dropout:g}")
+    if m.residual:
+        extras.append("residual")
+    opt = f"{o.name} lr {o.lr:g}" + (f", weight decay {o.weight_decay:g}" if o.weight_decay else "")
+    subset = f"{d.subset:,} training examples" if d.subset else "all training examples"
+    scale = {"none": "inputs as stored"}.get(d.scale, f"inputs {d.scale}")
+    return (
+        f"Setup on {dataset} (baseline): {shape}{' ' + ', '.join(extras) if extras else ''}, {cfg.init.scheme} "
+        f"init, {opt} ({cfg.schedule.name}), {t.epochs} epochs, batch {d.batch_size}, {subset}, {scale}."
+    )
 
 
 STUDIES: Registry = Registry("study")
@@ -59,7 +95,7 @@ def _study(**kw) -> Study:
 
 _study(
     name="scaling",
-    doc="Input scaling: raw pixels vs [0,1], [-1,1] and standardized inputs, with plain SGD.\n"
+    doc="Input scaling: raw inputs vs [0,1], [-1,1] and standardized inputs, with SGD and momentum.\n"
     "SGD with momentum is not invariant to the input's scale (Adam largely is): raw 0–255 pixels make the first "
     "layer's pre-activations and gradients ~100× larger, so the same learning rate overshoots (LeCun et al. 1998).",
     base={
@@ -79,15 +115,35 @@ _study(
     ),
     baseline="none",
     per_dataset={"mnist1d": {**_MLP1D, "train.epochs": 30}},
+    notes={
+        "mnist": "On MNIST 'none' feeds raw 0–255 pixels: the regime in which the claim can show.",
+        "mnist1d": "On mnist1d the claim cannot show: its raw signals are already standardized (mean ≈ 0, sd ≈ 1), "
+        "so 'none' is well scaled and 'standardize' changes almost nothing; min-max scaling shrinks the inputs "
+        "about 10×. This run asks whether re-scaling well-scaled inputs matters.",
+    },
     target_val_acc={"mnist": 0.97, "mnist1d": 0.5},
 )
 
+_INITS = (
+    "standard_normal",
+    "default",
+    "uniform",
+    "gaussian",
+    "lecun_normal",
+    "glorot_normal",
+    "glorot_uniform",
+    "he_normal",
+    "he_uniform",
+    "orthogonal",
+    "lsuv",
+)
 _study(
     name="init",
-    doc="Weight initialization on a deep (10-layer) tanh MLP trained with SGD.\n"
-    "Depth multiplies the per-layer gain: N(0,1) weights saturate every tanh (gain ~√n per layer), too-small "
-    "weights shrink the signal to nothing; variance-preserving schemes (LeCun, Glorot, orthogonal, LSUV) keep it "
-    "in range (Glorot & Bengio 2010). The per-layer activation std at init is plotted.",
+    doc="Weight initialization on a deep (10-layer) tanh MLP trained with SGD, each scheme against N(0,1).\n"
+    "Depth multiplies the per-layer gain: N(0,1) weights (the lesson's 'don't') saturate every tanh (gain ~√n "
+    "per layer); too-small weights (PyTorch's default and uniform, Var = 1/(3n)) shrink the signal layer after "
+    "layer; variance-preserving schemes (LeCun, Glorot, orthogonal, LSUV) keep it in range (Glorot & Bengio 2010). "
+    "The per-layer activation std at init is plotted.",
     base={
         "model.depth": 10,
         "model.width": 256,
@@ -97,41 +153,30 @@ _study(
         "train.epochs": 3,
         "schedule.name": "constant",
     },
-    variants=tuple(
-        Variant(s, {"init.scheme": s})
-        for s in (
-            "default",
-            "uniform",
-            "gaussian",
-            "lecun_normal",
-            "glorot_normal",
-            "glorot_uniform",
-            "he_normal",
-            "he_uniform",
-            "orthogonal",
-            "standard_normal",
-            "lsuv",
-        )
-    ),
-    baseline="default",
-    per_dataset={"mnist1d": {**_MLP1D, "train.epochs": 30}},
+    variants=tuple(Variant(s, {"init.scheme": s}) for s in _INITS),
+    baseline="standard_normal",
+    per_dataset={"mnist1d": {"model.width": 128, "data.batch_size": 64, "train.epochs": 10}},
     target_val_acc={"mnist": 0.95, "mnist1d": 0.4},
     init_signal=True,
 )
 
 _study(
     name="norm",
-    doc="Normalization in a 6-layer ReLU MLP at a learning rate plain nets find hard.\n"
-    "Batch norm after the weights and before the activation keeps each layer's inputs standardized and allows "
-    "larger steps (Ioffe & Szegedy 2015); layer, weight and group norm are its batch-independent cousins; "
-    "'batch_after' moves BN after the activation to test the placement itself.",
+    doc="Normalization in an 8-layer sigmoid MLP: batch, layer, weight and group norm vs none.\n"
+    "Sigmoid nets this deep barely train: each layer's gradient is scaled by σ' ≤ ¼. Batch norm after the "
+    "weights and before the activation keeps each layer's inputs standardized, where the sigmoid is steepest, "
+    "and allows larger steps (Ioffe & Szegedy 2015, whose sigmoid nets trained only with BN); layer, weight and "
+    "group norm are its batch-independent cousins; 'batch_after' (compared with 'batch') moves BN after the "
+    "activation to test the placement itself.",
     base={
-        "model.depth": 6,
+        "model.depth": 8,
         "model.width": 256,
+        "model.activation": "sigmoid",
+        "init.scheme": "glorot_normal",
         "optim.name": "momentum",
         "optim.lr": 0.05,
-        "train.epochs": 3,
-        "schedule.name": "constant",
+        "train.epochs": 5,
+        "schedule.name": "cosine",
     },
     variants=(
         Variant("none", {"model.norm": "none"}),
@@ -142,54 +187,64 @@ _study(
         Variant("batch_after", {"model.norm": "batch", "model.norm_position": "after_activation"}, baseline="batch"),
     ),
     baseline="none",
-    per_dataset={"mnist1d": {**_MLP1D, "train.epochs": 30}},
-    target_val_acc={"mnist": 0.97, "mnist1d": 0.5},
+    per_dataset={"mnist1d": {**_MLP1D, "train.epochs": 20}},
+    target_val_acc={"mnist": 0.9, "mnist1d": 0.4},
 )
 
 _study(
     name="dropout",
-    doc="The lesson's dropout experiment: a 784-512-512-10 ReLU MLP on MNIST with dropout rates 0 to 0.5.\n"
-    "Trained for 20 epochs with Adam, the net without dropout fits its training set almost perfectly, so "
-    "dropout's regularization (Srivastava et al. 2014) has room to show on the test set.",
+    doc="Dropout (p = 0.1, 0.3, 0.5) on a 2×512 ReLU MLP that overfits: few examples, trained long.\n"
+    "Dropout regularizes (Srivastava et al. 2014): its gain shows where a net fits its training set and the "
+    "test error is limited by overfitting — their Fig. 10 finds it on 1k–10k MNIST examples, not on 100–500 — "
+    "so the net is trained for 60 epochs with SGD, momentum and a cosine schedule on a small training set.",
     base={
         "model.depth": 2,
         "model.width": 512,
-        "optim.name": "adam",
-        "optim.lr": 1e-3,
-        "train.epochs": 20,
+        "optim.name": "momentum",
+        "optim.lr": 0.05,
+        "train.epochs": 60,
         "schedule.name": "cosine",
     },
-    variants=tuple(Variant(f"p={p}", {"model.dropout": p}) for p in (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)),
+    variants=tuple(Variant(f"p={p}", {"model.dropout": p}) for p in (0.0, 0.1, 0.3, 0.5)),
     baseline="p=0.0",
-    per_dataset={"mnist1d": {**_MLP1D, "train.epochs": 40}},
-    target_val_acc={"mnist": 0.98, "mnist1d": 0.55},
+    per_dataset={"mnist": {"data.subset": 5000}, "fashion-mnist": {"data.subset": 5000}, "mnist1d": _MLP1D},
+    notes={
+        "mnist": "On MNIST the net trains on a 5,000-example subset: the lesson's full-MNIST version "
+        "(784-512-512-10, Adam, 20 epochs; examples/lesson_dropout.ipynb) measured no difference at 5 seeds, as "
+        "expected where 60,000 examples leave little overfitting to curb.",
+        "mnist1d": "On mnist1d (3,600 training examples) the net memorizes its training set, the regime in which "
+        "dropout can help.",
+    },
+    target_val_acc={"mnist": 0.94, "mnist1d": 0.55},
 )
 
 _study(
     name="overfitting",
     doc="Preventing overfitting on 1,000 training examples: early stopping, L2, L1, decoupled decay, dropout.\n"
-    "With so little data a 2×512 MLP memorizes its training set within a few epochs and validation loss "
-    "then rises: the setting in which each remedy is meant to help (Prechelt 1998; Krogh & Hertz 1992; "
-    "Loshchilov & Hutter 2019; Srivastava et al. 2014).",
+    "With so little data a 2×512 MLP memorizes its training set within a few epochs and validation loss then "
+    "rises: the setting in which each remedy is meant to help (Prechelt 1998; Krogh & Hertz 1992; Loshchilov & "
+    "Hutter 2019; Srivastava et al. 2014). Small batches and 60 epochs give ≈1,900 steps, so that AdamW's decay "
+    "(lr·wd·steps ≈ 1.9) really shrinks the weights; early stopping waits 10 epochs for a better validation loss.",
     base={
         "data.subset": 1000,
+        "data.batch_size": 32,
         "model.depth": 2,
         "model.width": 512,
         "optim.name": "adam",
         "optim.lr": 1e-3,
-        "train.epochs": 40,
+        "train.epochs": 60,
         "schedule.name": "constant",
     },
     variants=(
         Variant("none"),
-        Variant("early_stopping", {"early_stopping.enabled": True, "early_stopping.patience": 5}),
+        Variant("early_stopping", {"early_stopping.enabled": True, "early_stopping.patience": 10}),
         Variant("l2", {"optim.weight_decay": 1e-3}),
         Variant("l1", {"optim.l1": 1e-5}),
-        Variant("decoupled_wd", {"optim.name": "adamw", "optim.weight_decay": 0.1, "optim.decoupled": True}),
+        Variant("decoupled_wd", {"optim.name": "adamw", "optim.weight_decay": 1.0, "optim.decoupled": True}),
         Variant("dropout", {"model.dropout": 0.5}),
     ),
     baseline="none",
-    per_dataset={"mnist1d": {**_MLP1D, "data.subset": 1000, "train.epochs": 60}},
+    per_dataset={"mnist1d": {"model.width": 256}},
     target_val_acc={"mnist": 0.88, "mnist1d": 0.45},
 )
 
@@ -197,7 +252,9 @@ _study(
     name="averaging",
     doc="Model averaging: one model vs an ensemble of 3, SWA and an EMA of the weights.\n"
     "SGD at a constant, fairly high learning rate bounces around a wide minimum; averaging predictions "
-    "(ensembles) or weights (SWA, Izmailov et al. 2018; EMA, Polyak & Juditsky 1992) lands nearer its centre.",
+    "(ensembles, Lakshminarayanan et al. 2017) or weights (SWA over the last quarter of the epochs, Izmailov "
+    "et al. 2018; an EMA with warm-up, Polyak & Juditsky 1992) lands nearer its centre. The EMA's warm-up "
+    "(decay min(0.999, (1+k)/(10+k)) at step k) keeps the random initialization out of the average.",
     base={
         "data.subset": 10000,
         "model.depth": 2,
@@ -210,11 +267,12 @@ _study(
     variants=(
         Variant("single"),
         Variant("ensemble3", {"averaging.ensemble": 3}),
-        Variant("swa", {"averaging.swa_start": 6}),
-        Variant("ema", {"averaging.ema": 0.999}),
+        Variant("swa", {"averaging.swa_start": 8}),
+        Variant("ema", {"averaging.ema": 0.999, "averaging.ema_warmup": True}),
     ),
     baseline="single",
     per_dataset={"mnist1d": {**_MLP1D, "data.subset": None, "train.epochs": 40}},
+    per_variant_dataset={("swa", "mnist1d"): {"averaging.swa_start": 31}},
     target_val_acc={"mnist": 0.97, "mnist1d": 0.55},
 )
 
@@ -230,12 +288,14 @@ _OPT_LR = {
 }
 _study(
     name="optimizers",
-    doc="Every optimizer on the same 2×256 MLP, each at its customary learning rate.\n"
-    "Short training (3 epochs) is where optimizers differ most: momentum and the adaptive methods (Adagrad, "
-    "RMSProp, Adam) converge faster than plain SGD; NGD takes steps of fixed length η. Customary rates: "
+    doc="Every optimizer on the same 2×256 MLP, each at its customary learning rate, in a short training.\n"
+    "A short run (1 epoch on MNIST, 5 on mnist1d, cosine-annealed) is where optimizers differ most: momentum and "
+    "the adaptive methods (Adagrad, RMSProp, Adam) converge faster than plain SGD (Kingma & Ba 2015); NGD takes "
+    "steps of fixed length η. Each runs at one customary rate, not a tuned one, so a difference is of the "
+    "optimizer at its usual rate (tuned, the gaps shrink: Schmidt et al. 2021). Rates: "
     + ", ".join(f"{k} {v:g}" for k, v in _OPT_LR.items())
     + ".",
-    base={"model.depth": 2, "model.width": 256, "train.epochs": 3, "schedule.name": "constant"},
+    base={"model.depth": 2, "model.width": 256, "train.epochs": 1, "schedule.name": "cosine"},
     variants=tuple(
         Variant(
             n,
@@ -248,21 +308,24 @@ _study(
         for n, lr in _OPT_LR.items()
     ),
     baseline="sgd",
-    per_dataset={"mnist1d": {**_MLP1D, "train.epochs": 20}},
-    target_val_acc={"mnist": 0.96, "mnist1d": 0.5},
+    per_dataset={"mnist1d": {**_MLP1D, "train.epochs": 5}},
+    target_val_acc={"mnist": 0.9, "mnist1d": 0.35},
 )
 
 _study(
     name="clipping",
-    doc="Gradient clipping where gradients really explode: an 8-layer ReLU MLP at a high SGD learning rate.\n"
-    "Without normalization, the first steps at lr 0.1 with momentum produce gradient norms orders of magnitude "
-    "above their typical size; clipping the global norm at θ = 1 or 10 (Pascanu et al. 2013), by value, or "
-    "adaptively (AGC, Brock et al. 2021) bounds each step. The history records each epoch's pre-clip norm.",
+    doc="Gradient clipping where gradients really explode: an 8-layer ReLU MLP at too high an SGD learning rate.\n"
+    "Clipping the global gradient norm at θ = 1 or 10 (Pascanu et al. 2013), each value at 0.1, or adaptively "
+    "(AGC, Brock et al. 2021) bounds each step. A He-initialized ReLU net does not explode by itself, so the "
+    "learning rate is set, per dataset and before any clipped run, to the lowest rate at which the unclipped "
+    "net diverges within ≈200 steps in at least 4 of 5 seeds (benchmarks/calibrate_clipping.py: MNIST 0.2, "
+    "5/5; mnist1d 0.5, 5/5; at 0.1 and 0.2 respectively only 1/5). The history records each epoch's pre-clip "
+    "gradient norm.",
     base={
         "model.depth": 8,
         "model.width": 256,
         "optim.name": "momentum",
-        "optim.lr": 0.1,
+        "optim.lr": 0.2,
         "train.epochs": 3,
         "schedule.name": "constant",
         "init.scheme": "he_normal",
@@ -275,19 +338,21 @@ _study(
         Variant("agc 0.02", {"clip.mode": "agc", "clip.threshold": 0.02}),
     ),
     baseline="none",
-    per_dataset={"mnist1d": {**_MLP1D, "train.epochs": 30}},
+    per_dataset={"mnist1d": {**_MLP1D, "optim.lr": 0.5, "train.epochs": 30}},
     target_val_acc={"mnist": 0.95, "mnist1d": 0.45},
 )
 
 _study(
     name="lr-decay",
-    doc="Learning-rate decay with SGD+momentum: constant vs ×0.98 per epoch (the lesson), step, cosine, warm-up, "
-    "one-cycle and on-plateau.\nA constant rate keeps bouncing at the end of training; decaying it lets SGD "
-    "settle (Loshchilov & Hutter 2017; Smith 2017; Goyal et al. 2017).",
-    base={"model.depth": 2, "model.width": 512, "optim.name": "momentum", "optim.lr": 0.05, "train.epochs": 10},
+    doc="Learning-rate decay with SGD+momentum: constant vs ×0.98 per epoch (the lesson), ×0.8, step, cosine, "
+    "warm-up, one-cycle and on-plateau.\nA constant rate keeps SGD bouncing in a noise ball whose size grows with "
+    "the rate (Bottou, Curtis & Nocedal 2018); decaying it lets SGD settle (Loshchilov & Hutter 2017; Smith 2017; "
+    "Goyal et al. 2017). Over 20 epochs ×0.98 decays the rate by only a third, ×0.8 by 99%.",
+    base={"model.depth": 2, "model.width": 512, "optim.name": "momentum", "optim.lr": 0.1, "train.epochs": 20},
     variants=(
         Variant("constant", {"schedule.name": "constant"}),
         Variant("exponential", {"schedule.name": "exponential", "schedule.gamma": 0.98}),
+        Variant("exponential 0.8", {"schedule.name": "exponential", "schedule.gamma": 0.8}),
         Variant("step", {"schedule.name": "step"}),
         Variant("cosine", {"schedule.name": "cosine"}),
         Variant("warmup_cosine", {"schedule.name": "warmup_cosine", "schedule.warmup_epochs": 1}),
@@ -295,8 +360,24 @@ _study(
         Variant("plateau", {"schedule.name": "plateau", "schedule.patience": 1}),
     ),
     baseline="constant",
-    per_dataset={"mnist1d": {**_MLP1D, "train.epochs": 30}},
-    target_val_acc={"mnist": 0.98, "mnist1d": 0.55},
+    per_dataset={
+        "mnist": {"data.subset": 10000},
+        "fashion-mnist": {"data.subset": 10000},
+        "mnist1d": {
+            "model.name": "cnn",
+            "model.depth": 2,
+            "model.width": 32,
+            "data.batch_size": 64,
+            "optim.lr": 0.05,
+        },
+    },
+    notes={
+        "mnist": "On MNIST the MLP trains on a 10,000-example subset at lr 0.1, where the end-of-training noise "
+        "of a constant rate is large enough to measure.",
+        "mnist1d": "On mnist1d an MLP memorizes its training set whatever the schedule; a small CNN (2 conv "
+        "layers of 32 channels) at lr 0.05 does not, so the schedules are compared on it.",
+    },
+    target_val_acc={"mnist": 0.96, "mnist1d": 0.6},
 )
 
 _DEPTHS = (4, 16, 32)
@@ -305,7 +386,7 @@ _study(
     doc="Plain vs residual MLPs of the same width at depths 4, 16 and 32 (ReLU, He init, no normalization).\n"
     "A deep plain net's gradients shatter and vanish or explode with depth; identity shortcuts keep a path "
     "along which signal and gradient pass unchanged (He et al. 2016). Each residual net is compared with the "
-    "plain net of its depth; per-layer activation std at init is plotted.",
+    "plain net of its depth, each deeper plain net with plain-4; per-layer activation std at init is plotted.",
     base={
         "model.width": 128,
         "optim.name": "momentum",
@@ -323,7 +404,7 @@ _study(
         )
     ),
     baseline="plain-4",
-    per_dataset={"mnist1d": {"data.batch_size": 64, "train.epochs": 30}},
+    per_dataset={"mnist1d": {"data.batch_size": 64, "train.epochs": 15}},
     target_val_acc={"mnist": 0.95, "mnist1d": 0.45},
     init_signal=True,
 )
@@ -331,8 +412,9 @@ _study(
 _study(
     name="architectures",
     doc="MLP vs CNN vs ResNet vs Inception at similar training budgets.\n"
-    "Convolutions share weights across positions, which suits images and signals (LeCun et al. 1998); "
-    "ResNet (He et al. 2016) and Inception (Szegedy et al. 2015) modules build deeper conv nets that still train.",
+    "Convolutions share weights across positions, which suits images and signals (LeCun et al. 1998; on "
+    "mnist1d, Greydanus 2020); ResNet (He et al. 2016) and Inception (Szegedy et al. 2015) modules build deeper "
+    "conv nets that still train.",
     base={"train.epochs": 3, "optim.name": "adam", "optim.lr": 1e-3, "schedule.name": "cosine"},
     variants=(
         Variant("mlp", {"model.name": "mlp", "model.depth": 2, "model.width": 512}),
