@@ -189,6 +189,9 @@ RECORD_COLUMNS = (
     "outcome",
     "prob_improvement",
     "seeds_needed",
+    "decided_at",
+    "decision_ci_low",
+    "decision_ci_high",
     "margin_pp",
     "verdict",
 )
@@ -200,7 +203,10 @@ def lab_records(lab_dir: str | Path) -> list[dict[str, Any]]:
     ``outcome`` is ``better``, ``worse``, ``equivalent`` or ``undecided`` (``baseline`` for a baseline), decided with
     the Holm-adjusted ``p_holm`` and the study's ``margin_pp``; ``prob_improvement`` is the share of common seeds
     on which the variant beat its baseline (ties count half); ``seeds_needed`` (undecided only) how many seeds
-    would likely decide it. ``significant`` is the unadjusted paired t-test's.
+    would likely decide it (with ``seeds="auto"``: the next look's seeds, or past the cap an estimate).
+    ``significant`` is the unadjusted paired t-test's. ``decided_at`` (``seeds="auto"`` only): the seeds at the
+    look that decided it; ``decision_ci_low``/``_high``: the interval the outcome rests on (the repeated 95%
+    interval of the sequential procedure, else the t interval ``diff_ci_low``/``_high``).
     """
     from tricklab.lab.analysis import TEST_ACC, analyse
     from tricklab.lab.lab import DB_NAME
@@ -237,6 +243,8 @@ def lab_records(lab_dir: str | Path) -> list[dict[str, Any]]:
                                 v.decision.outcome if c else "baseline",
                                 c.prob_improvement if c else None,
                                 v.decision.seeds_needed if c else None,
+                                v.decision.decided_at if c else None,
+                                *_decision_interval(v),
                                 s.margin_pp,
                                 v.verdict,
                             ),
@@ -247,11 +255,20 @@ def lab_records(lab_dir: str | Path) -> list[dict[str, Any]]:
     return records
 
 
+def _decision_interval(v) -> tuple[float | None, float | None]:
+    """The interval the outcome was decided on: the repeated 95% interval for ``--seeds auto``, else the t interval."""
+    c, d = v.comparison, v.decision
+    if c is None or d is None:
+        return None, None
+    return d.interval if d.sequential and d.interval else (c.diff.lo, c.diff.hi)
+
+
 def run_lab(
     study,
     *,
     dataset: str | None = None,
-    seeds: int | None = None,
+    seeds: int | str | None = None,
+    max_seeds: int | None = None,
     epochs: int | None = None,
     quick: bool = False,
     workers: int | None = None,
@@ -264,7 +281,9 @@ def run_lab(
     a mapping with the same keys as that file (``name, dataset, base, baseline, variants, seeds, epochs,
     target_val_acc``) or a :class:`~tricklab.lab.studies.Study`. Plugin models and datasets run in worker
     processes when those can import them, else in this process (said in the progress line). Finished runs in
-    ``out`` (default ``labs/<dataset>``) are skipped when run again.
+    ``out`` (default ``labs/<dataset>``) are skipped when run again. ``seeds="auto"`` runs 3 seeds, then adds
+    seeds only to comparisons still undecided, up to ``max_seeds`` (default 10), with the group-sequential
+    procedure of :mod:`tricklab.lab.sequential` (valid under that optional stopping).
 
     Example::
 
@@ -297,6 +316,15 @@ def run_lab(
         raise TrickLabError(
             f"study: got {study!r}; expected a study name, a list of names, a YAML path, a mapping or a Study"
         )
+    auto = seeds == "auto"
+    if max_seeds is not None and not auto:
+        raise TrickLabError(f"max_seeds = {max_seeds!r}: only with seeds='auto'")
+    if auto:
+        from tricklab.lab.sequential import CAP, FIRST
+
+        seeds, max_seeds = FIRST, CAP if max_seeds is None else max_seeds
+        if isinstance(max_seeds, bool) or not isinstance(max_seeds, int) or not FIRST <= max_seeds <= 1000:
+            raise TrickLabError(f"max_seeds = {max_seeds!r}: must be an integer from {FIRST} to 1000")
     for key, v, top in (("seeds", seeds, 1000), ("epochs", epochs, 1_000_000), ("workers", workers, 1024)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= top):
             raise TrickLabError(f"{key} = {v!r}: must be an integer from 1 to {top}")
@@ -307,6 +335,7 @@ def run_lab(
     opts = LabOptions(
         dataset=dataset,
         seeds=seeds or file_seeds or (2 if quick else 3),
+        max_seeds=max_seeds,
         epochs=epochs or file_epochs,
         quick=quick,
         workers=workers,
@@ -352,7 +381,7 @@ def _python_command(study, opts) -> str:
         given = repr(study.name) if study.name in STUDIES and STUDIES.get(study.name) is study else "<a Study object>"
     else:
         given = repr(str(study) if isinstance(study, Path) else study)
-    args = [given, f"seeds={opts.seeds}"]
+    args = [given, "seeds='auto'", f"max_seeds={opts.max_seeds}"] if opts.max_seeds else [given, f"seeds={opts.seeds}"]
     args += [f"{k}={v!r}" for k, v in (("dataset", opts.dataset), ("epochs", opts.epochs)) if v is not None]
     args += ["quick=True"] if opts.quick else []
     return f"tricklab.run_lab({', '.join(args)})"

@@ -124,3 +124,25 @@ def test_cli_seeds_auto_flags(tmp_path, capsys):
         n = {r.seed for r in store.rows("auto", "synthetic") if r.status == "done"}
     assert min(len(n), 5) >= 3 and max(n) < 5
     assert not math.isnan(float(len(n)))
+
+
+def test_run_lab_seeds_auto_records_where_each_was_decided(tmp_path, monkeypatch):
+    import pytest
+
+    import tricklab
+    from tricklab.errors import TrickLabError
+
+    with pytest.raises(TrickLabError, match="max_seeds = 2"):
+        tricklab.run_lab(STUDY, seeds="auto", max_seeds=2, out=tmp_path / "x")
+    with pytest.raises(TrickLabError, match="only with seeds='auto'"):
+        tricklab.run_lab(STUDY, seeds=3, max_seeds=5, out=tmp_path / "y")
+    small = {**STUDY, "variants": {"plain": {}, "wide": {"model.width": 32}}}
+    lab = tricklab.run_lab(small, seeds="auto", max_seeds=4, out=tmp_path / "lab", progress=False)
+    rec = next(r for r in lab.records if r["variant"] == "wide")
+    assert rec["outcome"] in ("better", "worse", "equivalent", "undecided")
+    assert rec["seeds"] in (3, 4)
+    if rec["outcome"] != "undecided":
+        assert rec["decided_at"] in (3, 4)
+    assert rec["decision_ci_low"] <= rec["decision_ci_high"]
+    with Store(tmp_path / "lab" / "results.sqlite") as store:
+        assert "seeds='auto', max_seeds=4" in store.studies()[0][3]
