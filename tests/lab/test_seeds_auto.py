@@ -120,6 +120,7 @@ def test_cli_seeds_auto_flags(tmp_path, capsys):
     )
     printed = capsys.readouterr().out
     assert "(repeated 95% interval)" in printed
+    assert "Outcomes (--seeds auto, group-sequential)" in " ".join(printed.split())
     with Store(tmp_path / "d" / "results.sqlite") as store:
         n = {r.seed for r in store.rows("auto", "synthetic") if r.status == "done"}
     assert min(len(n), 5) >= 3 and max(n) < 5

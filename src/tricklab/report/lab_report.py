@@ -54,9 +54,13 @@ def _num(iv: Interval, fmt: str = ".1f") -> str:
 
 
 def _diff(v) -> str:
-    c = v.comparison
+    c, dec = v.comparison, v.decision
     if c is None:
         return "baseline"
+    if dec is not None and dec.sequential and dec.interval and all(math.isfinite(x) for x in dec.interval):
+        n = dec.decided_at or len(c.diffs)
+        mean = float(np.mean(c.diffs[:n])) * 100
+        return f"{mean:+.2f} [{dec.interval[0] * 100:+.2f}, {dec.interval[1] * 100:+.2f}] at {n}"
     d = c.diff
     if d.n < 2:
         return f"{d.mean * 100:+.2f} (1 seed)" if d.n else "—"
@@ -110,6 +114,16 @@ NO_WRAP = ("variant", "seeds", "Δ vs baseline, pp [95% CI]", "outcome")
 
 def rule(s: StudyStats) -> str:
     """How the study's outcomes were decided, in one sentence (the report and the table caption say it)."""
+    seq = next((v.decision for v in s.variants if v.decision and v.decision.sequential), None)
+    if seq is not None:
+        return (
+            f"Outcomes (--seeds auto, group-sequential): seeds were added only to undecided comparisons, at 3, 5, "
+            f"7, … seeds up to {seq.cap}; each look spends part of α (α·t²), better/worse when the repeated "
+            f"p-value is significant after Holm's correction over the study's {s.comparisons} "
+            f"comparison{'s' if s.comparisons != 1 else ''} (family-wise α = {s.alpha:g}); equivalent when the "
+            f"repeated 95% interval lies inside ±{s.margin_pp:g} pp, the margin of practical equivalence for this "
+            "study; intervals in the Δ column are these repeated intervals, at the look that decided."
+        )
     return (
         f"Outcomes: better/worse when the paired t-test is significant after Holm's correction over the study's "
         f"{s.comparisons} comparison{'s' if s.comparisons != 1 else ''} with a t-test (family-wise α = {s.alpha:g}); "
