@@ -318,7 +318,9 @@ class _Refill:
             while sk not in self.closed and not self.outstanding[sk]:
                 spec = self.specs[sk]
                 rows = [r for r in self.store.rows(*sk) if r.variant in spec["variants"]]
-                want = seeds_to_run(analyse(p.study.name, p.dataset, spec, rows))
+                stats = analyse(p.study.name, p.dataset, spec, rows)
+                want = seeds_to_run(stats)
+                open_ = [v.name for v in stats.variants if v.decision and v.decision.resolves == "next look"]
                 done = {(r.variant, r.seed) for r in rows if r.status == "done"}
                 added, skipped = [], 0
                 for variant, n in want.items():
@@ -341,8 +343,8 @@ class _Refill:
                     self.counts["total"] += len(added)
                     top = max(t.key[2] for t in added) + 1
                     self.note(
-                        f"seeds auto: {p.study.name} on {p.dataset}: {len(added)} more runs, up to {top} seeds, for "
-                        f"its undecided comparisons ({', '.join(sorted(want))})"
+                        f"seeds auto: {p.study.name} on {p.dataset}: {len(added)} more runs, up to {top} seeds, "
+                        f"for the {len(open_)} undecided comparison{'s' * (len(open_) != 1)} ({', '.join(open_)})"
                     )
                     new += added
                 elif not skipped:
