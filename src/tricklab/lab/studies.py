@@ -193,7 +193,7 @@ _study(
 
 _study(
     name="dropout",
-    doc="Dropout (p = 0.1, 0.3, 0.5) on a 2×512 ReLU MLP that overfits: few examples, trained long.\n"
+    doc="Dropout (p = 0.1, 0.3, 0.5) on a 2-hidden-layer ReLU MLP that overfits: few examples, trained long.\n"
     "Dropout regularizes (Srivastava et al. 2014): its gain shows where a net fits its training set and the "
     "test error is limited by overfitting — their Fig. 10 finds it on 1k–10k MNIST examples, not on 100–500 — "
     "so the net is trained for 60 epochs with SGD, momentum and a cosine schedule on a small training set.",
@@ -221,7 +221,8 @@ _study(
 _study(
     name="overfitting",
     doc="Preventing overfitting on 1,000 training examples: early stopping, L2, L1, decoupled decay, dropout.\n"
-    "With so little data a 2×512 MLP memorizes its training set within a few epochs and validation loss then "
+    "With so little data a 2-hidden-layer MLP memorizes its training set within a few epochs and validation "
+    "loss then "
     "rises: the setting in which each remedy is meant to help (Prechelt 1998; Krogh & Hertz 1992; Loshchilov & "
     "Hutter 2019; Srivastava et al. 2014). Small batches and 60 epochs give ≈1,900 steps, so that AdamW's decay "
     "(lr·wd·steps ≈ 1.9) really shrinks the weights; early stopping waits 10 epochs for a better validation loss.",

@@ -70,6 +70,10 @@ def _diff(v) -> str:
 def _p(v) -> str:
     """The paired t-test's p-value, and Holm's adjustment in parentheses when the study has several comparisons."""
     c, dec = v.comparison, v.decision
+    if c is not None and dec is not None and dec.sequential:  # --seeds auto: the repeated p-value and its Holm
+        if dec.repeated_p is None or not math.isfinite(dec.repeated_p):
+            return "—"
+        return _short_p(dec.repeated_p) + (f" ({_short_p(dec.p_holm)})" if dec.family > 1 else "")
     if c is None or dec is None or not math.isfinite(c.p):
         return "" if c is None else "—"
     return _short_p(c.p) + (f" ({_short_p(dec.p_holm)})" if dec.family > 1 else "")

@@ -173,15 +173,32 @@ def _header(sessions: list[dict], stats: list[StudyStats], study_commands: list[
     else:
         out.append("- **Machine:** not recorded (this lab ran before tricklab recorded its sessions)")
     out.append(f"- **Wall time:** {sessions_text(sessions)}")
-    out += [
-        "- **Outcomes:** each variant's test accuracy is compared with its baseline's on the same seeds (paired "
-        "t-test). Within a study the p-values are Holm-adjusted over its comparisons (family-wise "
-        f"α = {ALPHA:g}): **better** or **worse** when significant; **equivalent** when the whole 95% confidence "
-        f"interval of the difference lies inside the study's margin of practical equivalence ({margin}); "
-        "otherwise undecided, with about how many seeds would decide it. Intervals are Student-t 95% "
-        "intervals over seeds (mean ± half-width).",
-        "",
-    ]
+    sequential = [s for s in stats if any(v.decision and v.decision.sequential for v in s.variants)]
+    if sequential and len(sequential) == len(stats):
+        cap = max(v.decision.cap or 0 for s in sequential for v in s.variants if v.decision)
+        outcomes = (
+            "- **Outcomes** (`--seeds auto`): each variant's test accuracy is compared with its baseline's on the "
+            "same seeds. Every comparison started with 3 seeds; seeds were added, at 5, 7 and 10 (up to "
+            f"{cap}), only to comparisons still undecided, with a group-sequential design that stays valid under "
+            "that optional stopping (`src/tricklab/lab/sequential.py`): each look spends part of α (α·t²), the "
+            f"repeated p-values are Holm-adjusted within the study (family-wise α = {ALPHA:g}): **better** or "
+            "**worse** when significant; **equivalent** when the repeated 95% interval lies inside the study's "
+            f"margin of practical equivalence ({margin}); otherwise undecided. The Δ column gives the mean and "
+            "repeated interval at the look that decided (\"at n\" seeds), the p column the repeated p-value "
+            "(Holm); the test accuracy column is over all the variant's seeds (mean ± half-width of the Student-t "
+            "95% interval)."
+        )
+    else:
+        outcomes = (
+            "- **Outcomes:** each variant's test accuracy is compared with its baseline's on the same seeds (paired "
+            "t-test). Within a study the p-values are Holm-adjusted over its comparisons (family-wise "
+            f"α = {ALPHA:g}): **better** or **worse** when significant; **equivalent** when the whole 95% "
+            f"confidence interval of the difference lies inside the study's margin of practical equivalence "
+            f"({margin}); otherwise undecided, with about how many seeds would decide it. Intervals are Student-t "
+            "95% intervals over seeds (mean ± half-width)."
+            + (" Studies run with `--seeds auto` say so in their section." if sequential else "")
+        )
+    out += [outcomes, ""]
     if len(sessions) > 1:
         out += ["<details><summary>Sessions</summary>", "", "| started (UTC) | command | runs done | wall time |"]
         out.append("|:--|:--|--:|--:|")
