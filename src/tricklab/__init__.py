@@ -33,6 +33,7 @@ _EXPORTS = {
     "LabResult": "tricklab.api",
     "RunResult": "tricklab.train.run",
     "DoctorResult": "tricklab.diagnostics.doctor",
+    "Doctor": "tricklab.diagnostics.anywhere",
     "Config": "tricklab.config",
     "load_config": "tricklab.config",
     "assemble": "tricklab.assembly",

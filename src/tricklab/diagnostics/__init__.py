@@ -3,7 +3,8 @@
 :mod:`~tricklab.diagnostics.records` holds the metric names and the plain record types, with no hooks;
 :mod:`~tricklab.diagnostics.probes` the hooks that fill them; :mod:`~tricklab.diagnostics.verdicts` reads
 records only. The doctor (:mod:`tricklab.diagnostics.doctor`, ``tricklab doctor``) puts them together; plots
-and the HTML page live in :mod:`tricklab.report.doctor`.
+and the HTML page live in :mod:`tricklab.report.doctor`. :class:`~tricklab.diagnostics.anywhere.Doctor` brings the
+same verdicts to a training loop of your own (``with Doctor(model, optimizer):``).
 
 The probes and the signal profile (which hook into models) are imported on first use, so that reading
 records or verdicts (``import tricklab.diagnostics.verdicts``) never loads the hook machinery.
@@ -18,11 +19,13 @@ from tricklab.diagnostics.records import Findings, NonFinite, Records
 from tricklab.diagnostics.verdicts import CHECKS, Verdict, diagnose, merge_prescriptions
 
 if TYPE_CHECKING:
+    from tricklab.diagnostics.anywhere import Doctor
     from tricklab.diagnostics.probes import Probe, ProbeCallback
     from tricklab.diagnostics.signal import SignalProfile, compare_inits, signal_profile
 
 #: Names imported on first use, and their module.
 _LAZY = {
+    "Doctor": "tricklab.diagnostics.anywhere",
     "Probe": "tricklab.diagnostics.probes",
     "ProbeCallback": "tricklab.diagnostics.probes",
     "SignalProfile": "tricklab.diagnostics.signal",
@@ -32,6 +35,7 @@ _LAZY = {
 
 __all__ = [
     "CHECKS",
+    "Doctor",
     "Findings",
     "NonFinite",
     "Probe",

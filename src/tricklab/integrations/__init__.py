@@ -1,0 +1,12 @@
+"""Integrations with other training engines, each in its own module and installed through its own extra.
+
+``import tricklab`` never imports them; importing one without its engine fails in one line that names the extra:
+
+=============================================  ===========================  =====================================
+module                                         what                         install
+=============================================  ===========================  =====================================
+:mod:`tricklab.integrations.lightning`         ``TrickLabDoctor``: the      ``pip install 'tricklab[lightning]'``
+                                               doctor as a Lightning
+                                               callback
+=============================================  ===========================  =====================================
+"""
