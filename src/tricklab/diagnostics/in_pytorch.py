@@ -208,6 +208,26 @@ def optim_lr(value: float, ctx: Context) -> str:
     )
 
 
+@TRANSLATIONS.register("optim.weight_decay", help="L2 penalty λ·‖W‖² (Krogh & Hertz 1992)")
+def optim_weight_decay(value: float, ctx: Context) -> str:
+    return (
+        f"add weight decay {value:g}: `weight_decay={value:g}` where you build the optimizer (for Adam, "
+        f"`torch.optim.AdamW(model.parameters(), lr=..., weight_decay={value:g})` decouples it; Loshchilov & "
+        "Hutter 2019)"
+    )
+
+
+@TRANSLATIONS.register("early_stopping.enabled", help="stop at the best validation loss (Prechelt 1998)")
+def early_stopping_enabled(value: bool, ctx: Context) -> str:
+    if not value:
+        return "train for the whole budget, without early stopping"
+    return (
+        "stop early: after each epoch `if val_loss < best: best, best_state = val_loss, "
+        "copy.deepcopy(model.state_dict())`, stop after 5 epochs without a new best, then "
+        "`model.load_state_dict(best_state)`"
+    )
+
+
 @TRANSLATIONS.register("data.scale", help="scale the inputs with the training set's statistics")
 def data_scale(value: str, ctx: Context) -> str:
     SCALINGS.get(value)

@@ -75,7 +75,7 @@ from tricklab.diagnostics.records import (
 )
 from tricklab.errors import ConfigError
 from tricklab.events import ORDER_PROBE, Callback, FitState
-from tricklab.metrics import NONFINITE_STEP
+from tricklab.metrics import NONFINITE_STEP, TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS
 from tricklab.tricks.init import INIT_LAYERS
 
 #: The activation modules the probes recognize, by kind.
@@ -524,6 +524,11 @@ def _nonfinite(check: _Check) -> NonFinite:
     return NonFinite(step, layer, where, f"{detail} is nan or inf")
 
 
+#: The epoch's history numbers that :class:`ProbeCallback` copies into the records (layer ``(model)``, at the epoch's
+#: last step): the overfitting check reads the validation loss against the training loss.
+EPOCH_METRICS = (TRAIN_LOSS, TRAIN_ACC, VAL_LOSS, VAL_ACC)
+
+
 class ProbeCallback(Callback):
     """Run a :class:`Probe` inside :func:`tricklab.train.fit`: sampled stats every ``every`` steps, plus the
     loss and global gradient norm of every step, and the exact layer and step of the first non-finite value.
@@ -531,7 +536,9 @@ class ProbeCallback(Callback):
     Events: ``on_fit_start`` attaches the probe; ``on_epoch_start`` and ``on_step_end`` tell it the next
     step; ``on_after_backward`` records the loss and ‖g‖ (before clipping: ``order = ORDER_PROBE`` (-100) runs
     it before L1 and clipping), locates a new non-finite value by re-running the step (:meth:`Probe.locate`) and
-    snapshots the weights; ``on_step_end`` records the update ratio; ``on_fit_end`` removes the hooks.
+    snapshots the weights; ``on_step_end`` records the update ratio; ``on_epoch_end`` copies the epoch's
+    ``train_loss``, ``train_acc``, ``val_loss``, ``val_acc`` (:data:`EPOCH_METRICS`) into the records; ``on_fit_end``
+    removes the hooks.
     ``state.epoch_extras`` gets ``nonfinite_step`` once a non-finite value has been seen. With
     ``stop_on_nonfinite``, training stops there, without applying that step.
 
@@ -574,6 +581,12 @@ class ProbeCallback(Callback):
         self.probe.set_step(state.step)
 
     def on_epoch_end(self, state: FitState) -> None:
+        last = max(state.step - 1, 0)  # the epoch's last step, as Doctor.observe() records per-epoch numbers
+        records = self.probe._records
+        for metric in EPOCH_METRICS:
+            value = state.metrics.get(metric)
+            if isinstance(value, int | float):
+                records.add(metric, MODEL, last, float(value))
         if self.probe.first_nonfinite is not None:
             state.epoch_extras[NONFINITE_STEP] = self.probe.first_nonfinite.step
 

@@ -24,7 +24,28 @@ verdict                      fires when                                         
 ``badly_scaled_inputs``      median input RMS sqrt(E[x²]) above                        ``INPUT_RMS_MAX`` 10
 ``lr_too_high``              a layer's median update ratio ‖ΔW‖/‖W‖ over the first     ``UPDATE_RATIO_MAX``
                              half of the samples (a diverged net stops updating) above 0.03
+``oscillating_loss``         median |L_t − L_{t−1}| over the second half of the run,   ``OSC_AMPLITUDE`` 0.3
+                             relative to the initial loss L₀, above
+                             and the loss L_end has not halved: (L₀ − L_end)/L₀ below  ``OSC_MAX_DROP`` 0.5
+``slow_convergence``         (L₀ − L_end)/L₀ below                                     ``SLOW_MAX_DROP`` 0.1
+                             and the fastest layer's median ‖ΔW‖/‖W‖ below             ``UPDATE_RATIO_MIN``
+                                                                                       1e-4
+``loss_not_decreasing``      (L₀ − L_end)/L₀ below (a rise included), the loss not     ``FLAT_MAX_DROP`` 0.01
+                             oscillating and the weights not frozen (else the two
+                             verdicts above name the cause)
+``overfitting``              validation loss above its minimum by more than            ``OVERFIT_RISE`` 0.1
+                             the minimum at least k evaluations old, each since above  ``OVERFIT_PATIENCE`` 3
+                             it, and the training loss fell since then by at least     ``OVERFIT_TRAIN_FALL``
+                                                                                       0.05
 ===========================  ========================================================  ======================
+
+L₀ and L_end are the medians of the first and last tenth (≥ 5 values) of the batch losses (one per step from
+``fit()``, or ``Doctor.observe(loss=...)``); the loss checks need ``DYNAMICS_MIN_STEPS`` = 50 of them and
+overfitting ``OVERFIT_MIN_EVALS`` = 5 validation losses (one per epoch from ``fit()``, or
+``Doctor.observe(val_loss=...)``), so a short run raises none of them. A NaN/inf is reported by
+``exploding_gradients`` with its step and first layer (forward values are checked before gradients, the gradient
+attributed to the layer whose backward produced it, see :mod:`~tricklab.diagnostics.probes`); one in the input
+batch itself prescribes no training change.
 
 Why these values:
 
@@ -54,8 +75,58 @@ Why these values:
   in ~30 steps. The LR prescribed is lowered by the power of 10 that brings the worst layer to
   ``UPDATE_RATIO_TARGET`` = 0.01 or below (the ratio scales with the LR for SGD and Adam alike).
 
+- Oscillating, 0.3 of L₀ while above L₀/2: an LR past the stable limit makes each step overshoot, and the loss
+  jumps by a sizeable part of its level from one step to the next instead of going down (LeCun et al. 1998,
+  §4.5; Goodfellow et al. 2016, §8.1.3). Minibatch noise alone is smaller: for a loss of relative spread c between
+  batches, median |ΔL| ≈ 0.95·c·L (we measure 0.007–0.03 of L₀ for a healthy MLP at batch 32, 0.11 with Adam at
+  batch 4, and 5 with SGD at lr 0.5 and momentum 0.9, past the stable limit). Near convergence the batch loss is
+  noisy relative to its own small level, which is why the loss must also still be above half of L₀. Batch-1 SGD
+  can bounce this much; there too a lower LR averages the noise out.
+- Slow convergence, < 10% of L₀ gone while every layer moves < 1e-4 of its norm per step: an order of magnitude
+  below the healthy ~1e-3 (Karpathy, CS231n: "if lower, the learning rate might be too low"). Both are required:
+  a slow but healthy start on a hard task has normal update ratios, and a net that has converged moves little but
+  has long left L₀. The LR prescribed is raised by the power of 10 (at most ``LR_RAISE_MAX`` = 1e3) that brings
+  the fastest layer to ``UPDATE_RATIO_HEALTHY`` = 1e-3.
+- Loss not decreasing, < 1% of L₀ in ≥ 50 steps: a net that learns anything moves its loss by more than that;
+  1% is above the drift of the medians of two tenths of a noisy but flat series. When the weights do move, the
+  signal is not reaching the loss (init, batch norm) or the steps overshoot (a lower LR); labels that do not match
+  the inputs or a loss that does not fit the output look the same, which the advice says.
+- Overfitting, validation loss 10% above its minimum, the minimum 3 evaluations old and the training loss still
+  falling: Prechelt's (1998, "Early stopping — but when?") generalization loss GL(t) = 100·(E_va(t)/E_opt(t) − 1)
+  with GL > α for α between 1 and 10, and his UP_s criterion (the validation error rose in s successive strips);
+  we take the strictest α and s = 3 since the doctor prescribes rather than stops, and require that the training
+  loss keeps falling (≥ 5%) so that a run whose validation loss rises for another reason (a distribution shift, a
+  diverging LR) is not called overfitting. The prescription: early stopping with the best weights restored, and
+  weight decay 5e-4 when the run has none (Krogh & Hertz 1992).
+
+Where these rules differ from the automatic-repair tools (their published code read for the rules):
+
+- AUTOTRAINER (Zhang et al., ICSE 2021) judges from per-epoch accuracy after 30% of the planned epochs:
+  "unstable" (oscillating) when successive local maxima and minima of the training accuracy differ by ≥ 0.03 in
+  ≥ 20% of the epochs; "slow convergence" when no epoch raises training and validation accuracy by more than 0.01
+  and the best accuracy stays below a target (0.7); it checks overfitting (training loss down and validation loss
+  up by > 0.01 in successive epochs) but leaves it out of its verdicts; a NaN in loss, weights or gradients counts
+  as exploding. Ours read the per-step loss, so they judge within one epoch and need no accuracy target (which
+  depends on the task: 0.7 is unreachable on some and trivial on others); the amplitude is relative to the loss's
+  own scale, and slow convergence needs tiny update ratios too, so it names the LR as the cause rather than
+  trying fixes in turn.
+- DeepDiagnosis (Wardat et al., ICSE 2022) watches "loss not decreasing" and "accuracy not increasing" over a
+  window of iterations, invalid (NaN) loss or accuracy, and a low learning rate from ‖ΔW‖·lr/‖W‖ below 1e-3, and
+  locates numerical errors to the first layer. Ours takes ‖ΔW‖/‖W‖ itself (the step actually taken, whatever the
+  optimizer) with a threshold one decade below the healthy 1e-3, since ratios fall under 1e-3 as a healthy run
+  converges and its LR decays, and it compares the ends of the run (medians of tenths) rather than consecutive
+  windows, which minibatch noise trips. Our NaN locator likewise names the first layer, forward before backward.
+- UMLAUT (Schoop et al., CHI 2021) runs per-epoch heuristics in a Keras callback: NaN loss, inputs outside
+  [−1, 1], a missing softmax, and (in the paper) overfitting from validation against training metrics. Ours adds
+  the step and layer of the NaN and requires a sustained rise of the validation loss, not one gap.
+
+The thresholds come from these sources and the noise arguments above, not from tricklab's zoo of nets; the tests
+put each rule just past and just short of its threshold on synthetic series, and check that healthy noisy series
+raise none.
+
 Each verdict prescribes catalog tricks as config overrides (``init.scheme``, ``model.norm``,
-``model.residual``, ``model.activation``, ``clip.mode``/``clip.threshold``, ``optim.lr``, ``data.scale``),
+``model.residual``, ``model.activation``, ``clip.mode``/``clip.threshold``, ``optim.lr``, ``data.scale``,
+``optim.weight_decay``, ``early_stopping.enabled``),
 chosen from the run's settings when given::
 
     verdicts = diagnose(findings, settings={"model.activation": "sigmoid", "init.scheme": "standard_normal"})
@@ -85,8 +156,10 @@ from tricklab.diagnostics.records import (
     UPDATE_RATIO,
     WEIGHT,
     WEIGHT_GRAD_NORM,
+    WHERE_INPUT,
     Findings,
 )
+from tricklab.metrics import TRAIN_LOSS, VAL_LOSS
 from tricklab.registry import Registry
 
 VANISHING_RATIO = 0.1
@@ -100,6 +173,20 @@ SATURATED_MAX = 0.25
 INPUT_RMS_MAX = 10.0
 UPDATE_RATIO_MAX = 0.03
 UPDATE_RATIO_TARGET = 0.01  # the LR prescribed brings the worst layer's ratio to about this
+# training dynamics, read off the batch-loss series (and, for overfitting, the validation loss per evaluation)
+DYNAMICS_MIN_STEPS = 50  # loss values needed before any loss-trend check may fire
+OSC_AMPLITUDE = 0.3  # median |L_t − L_{t−1}| over the second half, as a fraction of the initial loss
+OSC_MAX_DROP = 0.5  # ... while the smoothed loss has not fallen by half
+SLOW_MAX_DROP = 0.1  # slow convergence: the smoothed loss fell by less than this fraction ...
+UPDATE_RATIO_MIN = 1e-4  # ... and even the fastest layer's median ‖ΔW‖/‖W‖ is below this
+UPDATE_RATIO_HEALTHY = 1e-3  # the LR prescribed for slow convergence brings the fastest layer to about this
+LR_RAISE_MAX = 1e3  # ... raised by at most this factor in one prescription (the re-check shows the rest)
+FLAT_MAX_DROP = 0.01  # loss not decreasing: the smoothed loss fell by less than 1% of its initial level
+OVERFIT_MIN_EVALS = 5  # validation evaluations needed
+OVERFIT_PATIENCE = 3  # the best validation loss is at least this many evaluations old, each one since above it
+OVERFIT_RISE = 0.1  # the last validation loss is this fraction above its minimum (Prechelt's GL > 10)
+OVERFIT_TRAIN_FALL = 0.05  # while the training loss fell by at least this fraction since the best evaluation
+WEIGHT_DECAY = 5e-4  # prescribed for overfitting when the run has none
 
 VANISHING, EXPLODING, DEAD_RELUS, SATURATION, BAD_INPUTS, LR_TOO_HIGH = (
     "vanishing_gradients",
@@ -108,6 +195,12 @@ VANISHING, EXPLODING, DEAD_RELUS, SATURATION, BAD_INPUTS, LR_TOO_HIGH = (
     "saturation",
     "badly_scaled_inputs",
     "lr_too_high",
+)
+OSCILLATING, SLOW_CONVERGENCE, NOT_DECREASING, OVERFITTING = (
+    "oscillating_loss",
+    "slow_convergence",
+    "loss_not_decreasing",
+    "overfitting",
 )
 
 #: Inits made for each activation (He et al. 2015 for ReLU-like, Glorot & Bengio 2010 for sigmoid/tanh);
@@ -143,8 +236,9 @@ def diagnose(findings: Findings, settings: Mapping[str, Any] | None = None) -> l
     """Run every check in :data:`CHECKS` on ``findings``; an empty list means healthy.
 
     ``settings``: the run's config values by full key (``model.activation``, ``model.norm``,
-    ``model.residual``, ``init.scheme``, ``optim.lr``, ``clip.mode``, ``data.scale``), used to tailor the
-    prescriptions; the activation is inferred from the layers when absent.
+    ``model.residual``, ``init.scheme``, ``optim.lr``, ``clip.mode``, ``data.scale``, ``optim.weight_decay``,
+    ``early_stopping.enabled``), used to tailor the prescriptions; the activation is inferred from the layers when
+    absent.
     """
     s = dict(settings or {})
     s.setdefault("model.activation", _main_activation(findings))
@@ -182,6 +276,8 @@ def settings_of(config: Any) -> dict[str, Any]:
         "optim.lr": config.optim.lr,
         "clip.mode": config.clip.mode,
         "data.scale": config.data.scale,
+        "optim.weight_decay": config.optim.weight_decay,
+        "early_stopping.enabled": config.early_stopping.enabled,
     }
 
 
@@ -197,11 +293,13 @@ def check_exploding(f: Findings, s: Mapping[str, Any]) -> Verdict | None:
     evidence, layers, figures = [], [], {}
     at_init = dynamic = False
     nf = f.first_nonfinite
+    bad_data = nf is not None and nf.where == WHERE_INPUT  # a NaN/inf fed in: a data bug, not an explosion
     if nf is not None:
-        evidence.append(f"first non-finite value at {nf}")
+        evidence.append(f"first non-finite value at {nf}" + (f" (first layer: {nf.layer})" if nf.layer else ""))
         layers += [nf.layer] if nf.layer else []
         figures["nonfinite_step"] = nf.step
-        at_init, dynamic = at_init or nf.step == 0, dynamic or nf.step > 0
+        if not bad_data:
+            at_init, dynamic = at_init or nf.step == 0, dynamic or nf.step > 0
     depth = _depth_ratio(f, WEIGHT_GRAD_NORM)
     if depth is not None and depth[0] > EXPLODING_RATIO:
         evidence.append(
@@ -235,7 +333,7 @@ def check_exploding(f: Findings, s: Mapping[str, Any]) -> Verdict | None:
     if not evidence:
         return None
     fix: dict[str, Any] = {}
-    if at_init or not dynamic:
+    if at_init or not (dynamic or bad_data):
         fix.update(_signal_fix(s))
     if dynamic:
         if s.get("clip.mode", "none") == "none":
@@ -248,7 +346,8 @@ def check_exploding(f: Findings, s: Mapping[str, Any]) -> Verdict | None:
         figures,
         fix,
         "values that grow layer after layer overflow; at init the scale of the weights is wrong (He/Glorot init, "
-        "batch norm, residual connections keep it); during training, clip the gradient norm and lower the LR",
+        "batch norm, residual connections keep it); during training, clip the gradient norm and lower the LR"
+        + ("; the input batch itself holds a NaN/inf: drop or repair those examples" if bad_data else ""),
     )
 
 
@@ -366,6 +465,110 @@ def check_lr(f: Findings, s: Mapping[str, Any]) -> Verdict | None:
     )
 
 
+# --- training dynamics: the loss over the run ----------------------------------------------------------------------
+
+
+@CHECKS.register(
+    OSCILLATING,
+    help=f"median |ΔL| > {OSC_AMPLITUDE:g}× the initial loss while it has not halved; AUTOTRAINER (Zhang et al. 2021)",
+)
+def check_oscillating(f: Findings, s: Mapping[str, Any]) -> Verdict | None:
+    trend = _loss_trend(f)
+    if trend is None or trend.amplitude <= OSC_AMPLITUDE or trend.drop >= OSC_MAX_DROP:
+        return None
+    return Verdict(
+        OSCILLATING,
+        f"the batch loss jumps by a median {_g(trend.amplitude)}× its initial level {_g(trend.first)} from one step "
+        f"to the next (> {OSC_AMPLITUDE:g}×) and fell only {trend.drop:.0%} in {trend.n} steps (< {OSC_MAX_DROP:.0%})",
+        (MODEL,),
+        {"loss_amplitude": trend.amplitude, "loss_drop": trend.drop, "sign_flips": trend.flips},
+        _lower_lr(s, 10.0),
+        "each step overshoots the valley it is in, so the loss bounces instead of going down; lower the LR 10×",
+    )
+
+
+@CHECKS.register(
+    SLOW_CONVERGENCE,
+    help=f"loss fell < {SLOW_MAX_DROP:.0%} and every layer's ‖ΔW‖/‖W‖ < {UPDATE_RATIO_MIN:g}; Karpathy CS231n",
+)
+def check_slow_convergence(f: Findings, s: Mapping[str, Any]) -> Verdict | None:
+    trend, fastest = _loss_trend(f), _fastest_update(f)
+    if trend is None or fastest is None or trend.drop >= SLOW_MAX_DROP or fastest[1] >= UPDATE_RATIO_MIN:
+        return None
+    factor = min(10.0 ** math.ceil(math.log10(UPDATE_RATIO_HEALTHY / max(fastest[1], 1e-12)) - 1e-9), LR_RAISE_MAX)
+    lr = s.get("optim.lr")
+    fix = {"optim.lr": float(f"{lr * factor:.3g}")} if isinstance(lr, int | float) else {}
+    return Verdict(
+        SLOW_CONVERGENCE,
+        f"the loss fell only {trend.drop:.0%} in {trend.n} steps (< {SLOW_MAX_DROP:.0%}) and even the fastest layer, "
+        f"{fastest[0]}, changes by {_g(fastest[1])} of its norm per step (< {UPDATE_RATIO_MIN:g}; healthy ~1e-3)",
+        (fastest[0],),
+        {"loss_drop": trend.drop, "fastest_update_ratio": fastest[1]},
+        fix,
+        f"the steps are too small to get anywhere in this budget; raise the learning rate about {factor:g}×",
+    )
+
+
+@CHECKS.register(
+    NOT_DECREASING, help=f"loss fell < {FLAT_MAX_DROP:.0%} over ≥ {DYNAMICS_MIN_STEPS} steps; DeepDiagnosis (2022)"
+)
+def check_not_decreasing(f: Findings, s: Mapping[str, Any]) -> Verdict | None:
+    trend, fastest = _loss_trend(f), _fastest_update(f)
+    if trend is None or trend.drop >= FLAT_MAX_DROP or trend.amplitude > OSC_AMPLITUDE:
+        return None  # a bouncing loss is oscillating_loss
+    if fastest is not None and fastest[1] < UPDATE_RATIO_MIN:
+        return None  # the weights barely move: slow_convergence names the cause
+    moving = f", though the weights move ({fastest[0]}: {_g(fastest[1])} of their norm per step)" if fastest else ""
+    return Verdict(
+        NOT_DECREASING,
+        f"the loss did not go down in {trend.n} steps: {_g(trend.first)} at the start, {_g(trend.last)} at the end "
+        f"(fell {trend.drop:.1%}, < {FLAT_MAX_DROP:.0%}){moving}",
+        (MODEL,),
+        {"loss_drop": trend.drop, "loss_first": trend.first, "loss_last": trend.last},
+        _signal_fix(s) or _lower_lr(s, 10.0),
+        "the weights change but the loss does not follow: the signal does not reach the early layers (init, batch "
+        "norm) or each step overshoots (a lower LR); also check that labels match the inputs and the loss fits "
+        "the output",
+    )
+
+
+@CHECKS.register(
+    OVERFITTING,
+    help=f"val loss {OVERFIT_RISE:.0%} above its minimum, rising {OVERFIT_PATIENCE} evaluations, train loss falling; "
+    "Prechelt 1998",
+)
+def check_overfitting(f: Findings, s: Mapping[str, Any]) -> Verdict | None:
+    steps, val = _finite_series(f, VAL_LOSS)
+    if len(val) < OVERFIT_MIN_EVALS:
+        return None
+    best = min(range(len(val)), key=val.__getitem__)
+    since = len(val) - 1 - best
+    if since < OVERFIT_PATIENCE or not val[best] > 0 or any(v <= val[best] for v in val[best + 1 :]):
+        return None
+    rise = val[-1] / val[best] - 1
+    train = _train_loss_at(f, steps)
+    if rise <= OVERFIT_RISE or train[best] is None or train[-1] is None or not train[best] > 0:
+        return None
+    fall = 1 - train[-1] / train[best]
+    if fall < OVERFIT_TRAIN_FALL:
+        return None
+    fix: dict[str, Any] = {}
+    if not s.get("early_stopping.enabled"):
+        fix["early_stopping.enabled"] = True
+    if not s.get("optim.weight_decay"):
+        fix["optim.weight_decay"] = WEIGHT_DECAY
+    return Verdict(
+        OVERFITTING,
+        f"validation loss is {rise:.0%} above its minimum {_g(val[best])} (step {steps[best]}) and rose for {since} "
+        f"evaluations, while the training loss fell another {fall:.0%}",
+        (MODEL,),
+        {"val_rise": rise, "train_fall": fall, "evaluations_since_best": since, "best_step": steps[best]},
+        fix,
+        "the net now memorizes the training set; stop at the best validation loss (early stopping restores those "
+        "weights) and regularize (weight decay; dropout or more data)",
+    )
+
+
 # --- helpers ------------------------------------------------------------------------------------------------------
 
 
@@ -446,6 +649,71 @@ def _loss_spikes(f: Findings) -> list[tuple[int, float]]:
         if before and math.isfinite(losses[i]) and losses[i] > LOSS_SPIKE * before and losses[i] > losses[0]:
             spikes.append((steps[i], losses[i] / before))
     return spikes
+
+
+@dataclass(frozen=True)
+class _Trend:
+    """The batch loss over a run: levels of the first and last tenth (medians), the step-to-step amplitude."""
+
+    n: int  # finite loss values
+    first: float  # median of the first tenth (at least 5 values)
+    last: float  # median of the last tenth
+    drop: float  # (first − last) / first: the fraction of the initial loss gone
+    amplitude: float  # median |L_t − L_{t−1}| over the second half, / first
+    flips: float  # fraction of successive differences over the second half that change sign
+
+
+def _loss_trend(f: Findings) -> _Trend | None:
+    """The batch loss's trend, or None with fewer than ``DYNAMICS_MIN_STEPS`` finite values or a loss ≤ 0 at the
+    start (the ratios assume a loss bounded below by 0, as cross-entropy and squared error are)."""
+    losses = _finite_series(f, LOSS)[1]
+    n = len(losses)
+    if n < DYNAMICS_MIN_STEPS:
+        return None
+    w = max(5, n // 10)
+    first, last = statistics.median(losses[:w]), statistics.median(losses[-w:])
+    if not first > 0:
+        return None
+    half = losses[n // 2 :]
+    diffs = [b - a for a, b in zip(half, half[1:], strict=False)]
+    flips = [d1 * d2 < 0 for d1, d2 in zip(diffs, diffs[1:], strict=False)]
+    return _Trend(
+        n,
+        first,
+        last,
+        (first - last) / first,
+        statistics.median(abs(d) for d in diffs) / first,
+        sum(flips) / max(len(flips), 1),
+    )
+
+
+def _finite_series(f: Findings, metric: str) -> tuple[list[int], list[float]]:
+    steps, values = f.records.series(metric, MODEL)
+    kept = [(t, v) for t, v in zip(steps, values, strict=True) if isinstance(v, int | float) and math.isfinite(v)]
+    return [t for t, _ in kept], [float(v) for _, v in kept]
+
+
+def _fastest_update(f: Findings) -> tuple[str, float] | None:
+    """The layer with the largest median update ratio ‖ΔW‖/‖W‖, and that median; None when none was recorded."""
+    med = _layer_medians(f, UPDATE_RATIO)
+    if not med:
+        return None
+    name = max(med, key=med.get)
+    return name, med[name]
+
+
+def _train_loss_at(f: Findings, steps: list[int]) -> list[float | None]:
+    """The training loss at each evaluation step: the epoch's ``train_loss`` when recorded there (``fit()``), else
+    the median batch loss since the previous evaluation (a loop of your own with ``Doctor.observe(loss=...)``)."""
+    epoch = dict(zip(*_finite_series(f, TRAIN_LOSS), strict=True))
+    if all(t in epoch for t in steps):
+        return [epoch[t] for t in steps]
+    batch_steps, batch = _finite_series(f, LOSS)
+    out: list[float | None] = []
+    for i, t in enumerate(steps):
+        start = steps[i - 1] if i else -1
+        out.append(_median(v for u, v in zip(batch_steps, batch, strict=True) if start < u <= t))
+    return out
 
 
 def _signal_fix(s: Mapping[str, Any], residual: bool = True) -> dict[str, Any]:

@@ -1,0 +1,284 @@
+"""The training-dynamics verdicts (oscillating loss, slow convergence, loss not decreasing, overfitting) fire just
+past their thresholds and not just before, stay quiet on healthy noisy runs and short ones, and name a NaN's step
+and first layer."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import tricklab
+from tricklab.diagnostics.in_pytorch import in_pytorch
+from tricklab.diagnostics.probes import ProbeCallback
+from tricklab.diagnostics.records import LOSS, MODEL, UPDATE_RATIO, WEIGHT, Findings, LayerInfo, NonFinite, Records
+from tricklab.diagnostics.verdicts import (
+    DYNAMICS_MIN_STEPS,
+    EXPLODING,
+    FLAT_MAX_DROP,
+    NOT_DECREASING,
+    OSC_AMPLITUDE,
+    OSC_MAX_DROP,
+    OSCILLATING,
+    OVERFIT_MIN_EVALS,
+    OVERFIT_RISE,
+    OVERFITTING,
+    SLOW_CONVERGENCE,
+    SLOW_MAX_DROP,
+    UPDATE_RATIO_MIN,
+    WEIGHT_DECAY,
+    diagnose,
+)
+from tricklab.metrics import TRAIN_LOSS, VAL_LOSS
+from tricklab.train.loop import fit
+
+DYNAMICS = {OSCILLATING, SLOW_CONVERGENCE, NOT_DECREASING, OVERFITTING}
+LAYERS = [LayerInfo("a", WEIGHT, 0), LayerInfo("act", "relu", 1), LayerInfo("b", WEIGHT, 2)]
+L0 = math.log(10)  # the untrained loss of 10 classes
+
+
+def findings(loss=(), ratio: float | None = None, val=(), train=(), every_epoch: int = 10) -> Findings:
+    """Findings with a batch loss per step, one update ratio for both layers (every 10 steps), and per-epoch
+    validation/training losses at the last step of each ``every_epoch``-step epoch."""
+    r = Records()
+    for step, v in enumerate(loss):
+        r.add(LOSS, MODEL, step, v)
+    if ratio is not None:
+        for step in range(0, max(len(loss), 1), 10):
+            r.add(UPDATE_RATIO, "a", step, ratio)
+            r.add(UPDATE_RATIO, "b", step, ratio / 2)
+    for metric, series in ((VAL_LOSS, val), (TRAIN_LOSS, train)):
+        for epoch, v in enumerate(series):
+            r.add(metric, MODEL, (epoch + 1) * every_epoch - 1, v)
+    return Findings(r, LAYERS, every=10, steps=max(len(loss), len(val) * every_epoch))
+
+
+def names(f: Findings, settings=None) -> set[str]:
+    return {v.name for v in diagnose(f, settings)} & DYNAMICS
+
+
+def verdict(f: Findings, name: str, settings=None):
+    (v,) = [v for v in diagnose(f, settings) if v.name == name]
+    return v
+
+
+def plateau(first: float, last: float, n: int = 100) -> list[float]:
+    """First tenth at ``first``, last tenth at ``last``, a straight line between: the measured drop is exact."""
+    w = n // 10
+    return [first] * w + [first + (last - first) * i / (n - 2 * w - 1) for i in range(n - 2 * w)] + [last] * w
+
+
+def bouncing(amplitude: float, center: float = L0, n: int = 100) -> list[float]:
+    """A calm first half at ``center``, then ±amplitude/2 about it every step: |ΔL| = amplitude."""
+    return [center] * (n // 2) + [center + (amplitude / 2 if i % 2 else -amplitude / 2) for i in range(n - n // 2)]
+
+
+def healthy(n: int, noise: float, seed: int) -> list[float]:
+    """A decreasing loss with multiplicative minibatch noise (lognormal, σ = ``noise``)."""
+    rng = random.Random(seed)
+    return [(L0 * math.exp(-t / (n / 5)) + 0.05) * math.exp(rng.gauss(0, noise)) for t in range(n)]
+
+
+# --- oscillating loss -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("factor, sick", [(1.1, True), (0.9, False)])
+def test_oscillating_fires_above_its_amplitude(factor, sick):
+    f = findings(bouncing(OSC_AMPLITUDE * factor * L0), ratio=1e-3)
+    assert (OSCILLATING in names(f)) is sick
+    if sick:
+        v = verdict(f, OSCILLATING, {"optim.lr": 0.5})
+        assert v.prescription == {"optim.lr": 0.05} and v.figures["sign_flips"] == 1.0
+
+
+@pytest.mark.parametrize("drop, sick", [(OSC_MAX_DROP * 0.9, True), (OSC_MAX_DROP * 1.1, False)])
+def test_a_bouncing_loss_that_has_halved_is_not_oscillating(drop, sick):
+    """A net near convergence has a batch loss noisy relative to its level; only a loss still high counts."""
+    center = L0 * (1 - drop)
+    loss = [L0] * 10 + [center] * 40 + bouncing(OSC_AMPLITUDE * 1.5 * L0, center, 100)[50:]
+    assert (OSCILLATING in names(findings(loss, ratio=1e-3))) is sick
+
+
+# --- slow convergence / LR too low ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "drop, ratio, sick",
+    [
+        (SLOW_MAX_DROP * 0.9, UPDATE_RATIO_MIN * 0.5, True),
+        (SLOW_MAX_DROP * 1.1, UPDATE_RATIO_MIN * 0.5, False),  # the loss is getting somewhere
+        (SLOW_MAX_DROP * 0.9, UPDATE_RATIO_MIN * 1.1, False),  # the steps are not tiny
+    ],
+)
+def test_slow_convergence_needs_both_a_small_drop_and_tiny_updates(drop, ratio, sick):
+    f = findings(plateau(L0, L0 * (1 - drop)), ratio=ratio)
+    assert (SLOW_CONVERGENCE in names(f)) is sick
+
+
+def test_slow_convergence_raises_the_lr_to_bring_the_fastest_layer_near_1e_3():
+    v = verdict(findings(plateau(L0, L0 * 0.95), ratio=5e-6), SLOW_CONVERGENCE, {"optim.lr": 1e-5})
+    assert v.layers == ("a",) and v.prescription == {"optim.lr": 0.01}  # 5e-6 → 1e-3 is 200×: a power of 10, 1000×
+    said = in_pytorch(v.prescription, settings={"optim.lr": 1e-5})
+    assert "raise the learning rate from 1e-05 to 0.01" in said["optim.lr"]
+
+
+def test_without_update_ratios_slow_convergence_cannot_be_told():
+    assert SLOW_CONVERGENCE not in names(findings(plateau(L0, L0 * 0.95)))
+
+
+# --- loss not decreasing ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("drop, sick", [(FLAT_MAX_DROP * 0.5, True), (FLAT_MAX_DROP * 2, False), (-0.2, True)])
+def test_not_decreasing_fires_below_its_drop(drop, sick):
+    f = findings(plateau(L0, L0 * (1 - drop)), ratio=1e-3)
+    assert (NOT_DECREASING in names(f)) is sick
+
+
+def test_not_decreasing_is_told_apart_from_slow_convergence_and_oscillation():
+    flat = plateau(L0, L0 * (1 - FLAT_MAX_DROP / 2))
+    assert names(findings(flat, ratio=UPDATE_RATIO_MIN / 10)) == {SLOW_CONVERGENCE}  # tiny steps: the LR
+    assert names(findings(bouncing(OSC_AMPLITUDE * 2 * L0), ratio=1e-3)) == {OSCILLATING}
+    v = verdict(findings(flat, ratio=1e-3), NOT_DECREASING, {"init.scheme": "he_normal", "model.norm": "none"})
+    assert v.prescription == {"model.norm": "batch"}
+    v = verdict(findings(flat, ratio=1e-3), NOT_DECREASING, {"init.scheme": "he_normal", "model.norm": "batch",
+                                                             "model.residual": True, "optim.lr": 0.1})  # fmt: skip
+    assert v.prescription == {"optim.lr": 0.01}
+
+
+# --- overfitting ------------------------------------------------------------------------------------------------------
+
+TRAIN = [1.0, 0.7, 0.5, 0.4, 0.3, 0.2]
+
+
+@pytest.mark.parametrize("factor, sick", [(1.02, True), (0.98, False)])
+def test_overfitting_fires_above_its_rise(factor, sick):
+    best = 0.7
+    val = [1.0, 0.8, best, 0.72, 0.75, best * (1 + OVERFIT_RISE * factor)]
+    assert (OVERFITTING in names(findings(val=val, train=TRAIN))) is sick
+
+
+def test_overfitting_needs_patience_a_falling_train_loss_and_enough_evaluations():
+    rising = [1.0, 0.8, 0.75, 0.7, 0.75, 0.9]  # the best is only 2 evaluations old
+    assert OVERFITTING not in names(findings(val=rising, train=TRAIN))
+    val = [1.0, 0.8, 0.7, 0.72, 0.75, 0.9]
+    assert OVERFITTING not in names(findings(val=val, train=[1.0, 0.7, 0.5, 0.5, 0.49, 0.49]))  # train flat
+    assert OVERFITTING not in names(findings(val=val[: OVERFIT_MIN_EVALS - 1], train=TRAIN))
+    dip = [1.0, 0.8, 0.7, 0.72, 0.7, 0.9]  # back to the best in between: not a steady rise
+    assert OVERFITTING not in names(findings(val=dip, train=TRAIN))
+    v = verdict(findings(val=val, train=TRAIN), OVERFITTING)
+    assert v.prescription == {"early_stopping.enabled": True, "optim.weight_decay": WEIGHT_DECAY}
+    assert v.figures["best_step"] == 29 and v.figures["evaluations_since_best"] == 3
+    v = verdict(findings(val=val, train=TRAIN), OVERFITTING, {"early_stopping.enabled": True,
+                                                              "optim.weight_decay": 1e-4})  # fmt: skip
+    assert v.prescription == {}
+    said = in_pytorch({"early_stopping.enabled": True, "optim.weight_decay": WEIGHT_DECAY})
+    assert "load_state_dict(best_state)" in said["early_stopping.enabled"]
+    assert "weight_decay=0.0005" in said["optim.weight_decay"]
+
+
+def test_overfitting_reads_the_batch_loss_when_no_epoch_train_loss_was_recorded():
+    """A loop of your own observes the batch loss each step and the validation loss each epoch."""
+    batch = [v for level in TRAIN for v in [level] * 10]
+    val = [1.0, 0.8, 0.7, 0.72, 0.75, 0.9]
+    assert OVERFITTING in names(findings(loss=batch, val=val))
+
+
+# --- healthy and short runs ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("noise", [0.1, 0.3])
+def test_a_healthy_noisy_decreasing_loss_fires_none(seed, noise):
+    val = [1.0, 0.8, 0.7, 0.65, 0.63, 0.64, 0.62]  # flattening, with epoch-to-epoch wiggle
+    f = findings(healthy(300, noise, seed), ratio=1e-3, val=val, every_epoch=40)
+    assert names(f) == set()
+
+
+def test_a_short_run_fires_none():
+    n = DYNAMICS_MIN_STEPS - 1
+    assert names(findings([L0] * n, ratio=1e-6)) == set()  # flat and tiny steps, but too little evidence
+    assert names(findings(bouncing(L0, n=n), ratio=1e-3)) == set()
+    assert names(findings(val=[0.5, 0.4, 0.9, 1.2], train=[1.0, 0.5, 0.2, 0.1])) == set()
+
+
+# --- NaN / inf -------------------------------------------------------------------------------------------------------
+
+
+def test_a_nonfinite_value_names_its_step_and_first_layer_and_an_input_one_prescribes_no_training_fix():
+    good = {"optim.lr": 0.1, "init.scheme": "he_normal", "model.norm": "batch"}
+    f = findings()
+    f.first_nonfinite = NonFinite(7, "b", "forward", "output of b is nan or inf")
+    v = verdict(f, EXPLODING, good)
+    assert "step 7" in v.summary and "first layer: b" in v.summary and v.layers == ("b",)
+    assert v.prescription == {"clip.mode": "norm", "clip.threshold": 1.0, "optim.lr": 0.01}
+    f.first_nonfinite = NonFinite(3, None, "input", "the model's input is nan or inf")
+    v = verdict(f, EXPLODING, good)
+    assert "step 3, input" in v.summary and v.prescription == {} and "input batch" in v.advice
+
+
+# --- real (tiny) trainings -------------------------------------------------------------------------------------------
+
+
+def blobs(n: int = 256, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 16, generator=g)
+    return x, x[:, :4].argmax(1)
+
+
+def mlp() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 4))
+
+
+def loop(model, opt, data, steps, doctor, batch=32):
+    x, y = data
+    for step in range(steps):
+        i = (step * batch) % len(x)
+        loss = F.cross_entropy(model(x[i : i + batch]), y[i : i + batch])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        doctor.observe(loss=loss.detach())
+
+
+def test_a_real_loop_with_a_tiny_lr_converges_slowly_and_a_good_one_is_healthy():
+    net = mlp()
+    opt = torch.optim.SGD(net.parameters(), lr=1e-5)
+    with tricklab.Doctor(net, opt) as doctor:
+        loop(net, opt, blobs(), 80, doctor)
+    assert {v.name for v in doctor.verdicts()} & DYNAMICS == {SLOW_CONVERGENCE}
+    assert doctor.overrides()["optim.lr"] > 1e-5
+    net = mlp()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    with tricklab.Doctor(net, opt) as doctor:
+        loop(net, opt, blobs(), 80, doctor)
+    assert {v.name for v in doctor.verdicts()} & DYNAMICS == set()
+
+
+def test_a_real_loop_with_an_lr_past_the_stable_limit_oscillates():
+    net = mlp()
+    opt = torch.optim.SGD(net.parameters(), lr=0.5, momentum=0.9)
+    with tricklab.Doctor(net, opt) as doctor:
+        loop(net, opt, blobs(), 150, doctor)
+    (v,) = [v for v in doctor.verdicts() if v.name in DYNAMICS]
+    assert v.name == OSCILLATING and v.prescription == {"optim.lr": 0.05}
+
+
+def test_fit_records_the_epoch_losses_and_a_memorizing_net_is_overfitting():
+    torch.manual_seed(0)
+    x, y = blobs(32)
+    y = torch.randint(0, 4, (32,), generator=torch.Generator().manual_seed(1))  # labels to memorize
+    val = blobs(256, seed=2)
+    net = nn.Sequential(nn.Linear(16, 256), nn.ReLU(), nn.Linear(256, 4))
+    cb = ProbeCallback(every=10)
+    fit(net, (x, y), val, epochs=60, optimizer=torch.optim.Adam(net.parameters(), 1e-2), callbacks=[cb],
+        batch_size=32)  # fmt: skip
+    f = cb.findings()
+    steps, vals = f.records.series(VAL_LOSS, MODEL)
+    assert steps[:2] == [0, 1] and len(vals) == 60 and len(f.records.series(TRAIN_LOSS, MODEL)[1]) == 60
+    assert OVERFITTING in names(f)
