@@ -139,6 +139,11 @@ def test_not_decreasing_fires_below_its_drop(drop, sick):
     assert (NOT_DECREASING in names(f)) is sick
 
 
+def test_a_loss_climbing_in_big_steps_is_not_oscillating_but_not_decreasing():
+    climb = [L0] * 50 + [L0 * (1 + 0.5 * k) for k in range(50)]  # |ΔL| = 0.5 L0, never changing direction
+    assert names(findings(climb, ratio=1e-3)) == {NOT_DECREASING}
+
+
 def test_not_decreasing_is_told_apart_from_slow_convergence_and_oscillation():
     flat = plateau(L0, L0 * (1 - FLAT_MAX_DROP / 2))
     assert names(findings(flat, ratio=UPDATE_RATIO_MIN / 10)) == {SLOW_CONVERGENCE}  # tiny steps: the LR
@@ -220,6 +225,26 @@ def test_a_nonfinite_value_names_its_step_and_first_layer_and_an_input_one_presc
     f.first_nonfinite = NonFinite(3, None, "input", "the model's input is nan or inf")
     v = verdict(f, EXPLODING, good)
     assert "step 3, input" in v.summary and v.prescription == {} and "input batch" in v.advice
+
+
+def test_every_prescription_of_the_dynamics_verdicts_has_a_pytorch_sentence():
+    flat = plateau(L0, L0 * 0.999)
+    sick = [
+        findings(bouncing(L0), ratio=1e-3),
+        findings(flat, ratio=1e-6),
+        findings(flat, ratio=1e-3),
+        findings(val=[1.0, 0.8, 0.7, 0.72, 0.75, 0.9], train=TRAIN),
+    ]
+    keys = set()
+    for norm in ("none", "batch"):
+        settings = {"optim.lr": 0.01, "init.scheme": "default", "model.norm": norm, "model.residual": False}
+        for f in sick:
+            for v in diagnose(f, settings):
+                if v.name in DYNAMICS:
+                    said = in_pytorch(v.prescription, model=mlp(), settings=settings)
+                    assert all(sentence.count("`") >= 2 for sentence in said.values()), said
+                    keys |= set(v.prescription)
+    assert keys == {"optim.lr", "init.scheme", "model.norm", "early_stopping.enabled", "optim.weight_decay"}
 
 
 # --- real (tiny) trainings -------------------------------------------------------------------------------------------
