@@ -46,10 +46,10 @@ L₀ and L_end are the medians of the first and last tenth (≥ 5 values; L₀ o
 step from ``fit()``, or ``Doctor.observe(loss=...)``). The rules assume the doctor watches from the start, as
 ``tricklab doctor`` does: a net that starts out converged (resumed, fine-tuned) looks flat. The loss checks
 need ``DYNAMICS_MIN_STEPS`` = 50 of them and overfitting ``OVERFIT_MIN_EVALS`` = 5 validation losses (one per
-epoch from ``fit()``, or ``Doctor.observe(val_loss=...)``), so a short run raises none of them. A NaN/inf is reported by
-``exploding_gradients`` with its step and first layer (forward values are checked before gradients, the gradient
-attributed to the layer whose backward produced it, see :mod:`~tricklab.diagnostics.probes`); one in the input
-batch itself prescribes no training change.
+epoch from ``fit()``, or ``Doctor.observe(val_loss=...)``), so a short run raises none of them. A NaN/inf is
+reported by ``exploding_gradients`` with its step and first layer (forward values are checked before
+gradients, a gradient attributed to the layer whose backward produced it, see
+:mod:`~tricklab.diagnostics.probes`); one in the input batch itself prescribes no training change.
 
 Why these values:
 
@@ -78,29 +78,32 @@ Why these values:
   He-initialized layer and a median of ~3e-3, and trains well; a median 30× the rule of thumb rewrites a layer
   in ~30 steps. The LR prescribed is lowered by the power of 10 that brings the worst layer to
   ``UPDATE_RATIO_TARGET`` = 0.01 or below (the ratio scales with the LR for SGD and Adam alike).
-
 - Oscillating, 0.3 of L₀ while above L₀/2: an LR past the stable limit makes each step overshoot, and the loss
   jumps by a sizeable part of its level from one step to the next instead of going down (LeCun et al. 1998,
-  §4.5; Goodfellow et al. 2016, §8.1.3). Minibatch noise alone is smaller: for a loss of relative spread c between
-  batches, median |ΔL| ≈ 0.95·c·L (we measure 0.002–0.2 of L₀ for healthy MLPs trained with SGD or Adam at
-  batch 2 to 32, and 3.8 with SGD at lr 0.5 and momentum 0.9, past the stable limit). Near convergence the batch loss is
-  noisy relative to its own small level, which is why the loss must also still be above half of L₀. Batch-1 SGD
-  can bounce this much; there too a lower LR averages the noise out. A bounce changes direction: noise and a
-  too-large step both flip the sign of L_t − L_{t−1} in ~2/3 of the steps (we measure 0.6), a loss that climbs in
-  big steps flips rarely and is named ``loss_not_decreasing`` (and, with growing gradients, exploding).
+  §4.7; Goodfellow et al. 2016, §8.3.1: too high an LR gives "violent oscillations"). Minibatch noise alone is smaller: for a loss of relative spread c
+  between batches, median |ΔL| ≈ 0.95·c·L (we measure 0.002–0.2 of L₀ for healthy MLPs trained with SGD or
+  Adam at batch 2 to 32, and 3.8 with SGD at lr 0.5 and momentum 0.9, past the stable limit). Near convergence
+  the batch loss is noisy relative to its own small level, which is why the loss must also still be above half
+  of L₀. Batch-1 SGD can bounce this much; there too a lower LR averages the noise out. A bounce changes
+  direction: noise and a too-large step both flip the sign of L_t − L_{t−1} in ~2/3 of the steps (we measure
+  0.6); a loss that climbs in big steps flips rarely and is named ``loss_not_decreasing`` (and, with growing
+  gradients, exploding).
 - Slow convergence, < 10% of L₀ gone while every layer moves < 1e-4 of its norm per step: an order of magnitude
-  below the healthy ~1e-3 (Karpathy, CS231n: "if lower, the learning rate might be too low"). Both are required:
+  below the healthy ~1e-3 (Karpathy, CS231n: a ratio well below it means the LR is likely too low). Both are required:
   a slow but healthy start on a hard task has normal update ratios, and a net that has converged moves little but
   has long left L₀. The LR prescribed is raised by the power of 10 (at most ``LR_RAISE_MAX`` = 1e3) that brings
   the fastest layer to ``UPDATE_RATIO_HEALTHY`` = 1e-3.
-- Loss not decreasing, < 1% of L₀ in ≥ 50 steps: a net that learns anything moves its loss by more than that;
-  1% is above the drift of the medians of two tenths of a noisy but flat series. When the weights do move, the
+- Loss not decreasing, < 1% of L₀ in ≥ 50 steps: a net that learns anything moves its loss by more than that.
+  A stuck net's batch loss is nearly constant (at chance every example costs about ln C), so it measures far
+  below 1%; a noisy flat series can measure a few percent either way and is then left alone (the rule errs
+  towards silence, and the other checks still look at such a run). When the weights do move, the
   signal is not reaching the loss (init, batch norm) or the steps overshoot (a lower LR); labels that do not match
   the inputs or a loss that does not fit the output look the same, which the advice says.
 - Overfitting, validation loss 10% above its minimum, the minimum 3 evaluations old and the training loss still
   falling: Prechelt's (1998, "Early stopping — but when?") generalization loss GL(t) = 100·(E_va(t)/E_opt(t) − 1)
-  with GL > α for α between 1 and 10, and his UP_s criterion (the validation error rose in s successive strips);
-  we take the strictest α and s = 3 since the doctor prescribes rather than stops, and require that the training
+  with his GL_α criterion GL > α, and his UP_s criterion (the validation error rose in s successive strips); we
+  take α = 10 and s = 3, larger than a rule that only stops would need, since the doctor names a problem and
+  prescribes a change and a few percent of rise is within epoch-to-epoch noise, and require that the training
   loss keeps falling (≥ 5%) so that a run whose validation loss rises for another reason (a distribution shift, a
   diverging LR) is not called overfitting. The prescription: early stopping with the best weights restored, and
   weight decay 5e-4 when the run has none (Krogh & Hertz 1992).
@@ -116,15 +119,16 @@ Where these rules differ from the automatic-repair tools (their published code r
   depends on the task: 0.7 is unreachable on some and trivial on others); the amplitude is relative to the loss's
   own scale, and slow convergence needs tiny update ratios too, so it names the LR as the cause rather than
   trying fixes in turn.
-- DeepDiagnosis (Wardat et al., ICSE 2022) watches "loss not decreasing" and "accuracy not increasing" over a
-  window of iterations, invalid (NaN) loss or accuracy, and a low learning rate from ‖ΔW‖·lr/‖W‖ below 1e-3, and
-  locates numerical errors to the first layer. Ours takes ‖ΔW‖/‖W‖ itself (the step actually taken, whatever the
+- DeepDiagnosis (Wardat et al., ICSE 2022) names symptoms such as "loss not decreasing", "accuracy not
+  increasing" and invalid (NaN) loss or accuracy, per layer and iteration, and its callback rates the learning
+  rate from lr·‖ΔW‖/‖W‖ against 1e-3. Ours takes ‖ΔW‖/‖W‖ itself (the step actually taken, whatever the
   optimizer) with a threshold one decade below the healthy 1e-3, since ratios fall under 1e-3 as a healthy run
-  converges and its LR decays, and it compares the ends of the run (medians of tenths) rather than consecutive
-  windows, which minibatch noise trips. Our NaN locator likewise names the first layer, forward before backward.
-- UMLAUT (Schoop et al., CHI 2021) runs per-epoch heuristics in a Keras callback: NaN loss, inputs outside
-  [−1, 1], a missing softmax, and (in the paper) overfitting from validation against training metrics. Ours adds
-  the step and layer of the NaN and requires a sustained rise of the validation loss, not one gap.
+  converges and its LR decays, and it compares the ends of the run (medians) rather than successive values,
+  which minibatch noise trips. Our NaN locator likewise names the first layer, forward before backward.
+- UMLAUT (Schoop et al., CHI 2021) runs per-epoch heuristics in a Keras callback; the ones in its published
+  code check a NaN loss, inputs outside [−1, 1], non-float inputs and a missing softmax. Ours name the step and
+  layer of the NaN rather than the epoch, and add the loss-dynamics checks; for overfitting we ask for a
+  sustained rise of the validation loss with the training loss falling, not a single train/validation gap.
 
 The thresholds come from these sources and the noise arguments above, not from tricklab's zoo of nets; the tests
 put each rule just past and just short of its threshold on synthetic series, and check that healthy noisy series
@@ -132,8 +136,7 @@ raise none.
 
 Each verdict prescribes catalog tricks as config overrides (``init.scheme``, ``model.norm``,
 ``model.residual``, ``model.activation``, ``clip.mode``/``clip.threshold``, ``optim.lr``, ``data.scale``,
-``optim.weight_decay``, ``early_stopping.enabled``),
-chosen from the run's settings when given::
+``optim.weight_decay``, ``early_stopping.enabled``), chosen from the run's settings when given::
 
     verdicts = diagnose(findings, settings={"model.activation": "sigmoid", "init.scheme": "standard_normal"})
     merge_prescriptions(verdicts)       # {"init.scheme": "glorot_normal", "model.norm": "batch"}
