@@ -80,19 +80,19 @@ Why these values:
   ``UPDATE_RATIO_TARGET`` = 0.01 or below (the ratio scales with the LR for SGD and Adam alike).
 - Oscillating, 0.3 of L₀ while above L₀/2: an LR past the stable limit makes each step overshoot, and the loss
   jumps by a sizeable part of its level from one step to the next instead of going down (LeCun et al. 1998,
-  §4.7; Goodfellow et al. 2016, §8.3.1: too high an LR gives "violent oscillations"). Minibatch noise alone is smaller: for a loss of relative spread c
-  between batches, median |ΔL| ≈ 0.95·c·L (we measure 0.002–0.2 of L₀ for healthy MLPs trained with SGD or
-  Adam at batch 2 to 32, and 3.8 with SGD at lr 0.5 and momentum 0.9, past the stable limit). Near convergence
-  the batch loss is noisy relative to its own small level, which is why the loss must also still be above half
-  of L₀. Batch-1 SGD can bounce this much; there too a lower LR averages the noise out. A bounce changes
-  direction: noise and a too-large step both flip the sign of L_t − L_{t−1} in ~2/3 of the steps (we measure
-  0.6); a loss that climbs in big steps flips rarely and is named ``loss_not_decreasing`` (and, with growing
-  gradients, exploding).
+  §4.7; Goodfellow et al. 2016, §8.3.1: too high an LR gives "violent oscillations"). Minibatch noise alone is
+  smaller: for a loss of relative spread c between batches, median |ΔL| ≈ 0.95·c·L (we measure 0.002–0.2 of L₀
+  for healthy MLPs trained with SGD or Adam at batch 2 to 32, and 3.8 with SGD at lr 0.5 and momentum 0.9, past
+  the stable limit). Near convergence the batch loss is noisy relative to its own small level, which is why the
+  loss must also still be above half of L₀. Batch-1 SGD can bounce this much; there too a lower LR averages the
+  noise out. A bounce changes direction: noise and a too-large step both flip the sign of L_t − L_{t−1} in ~2/3
+  of the steps (we measure 0.6); a loss that climbs in big steps flips rarely and is named
+  ``loss_not_decreasing`` (and, with growing gradients, exploding).
 - Slow convergence, < 10% of L₀ gone while every layer moves < 1e-4 of its norm per step: an order of magnitude
-  below the healthy ~1e-3 (Karpathy, CS231n: a ratio well below it means the LR is likely too low). Both are required:
-  a slow but healthy start on a hard task has normal update ratios, and a net that has converged moves little but
-  has long left L₀. The LR prescribed is raised by the power of 10 (at most ``LR_RAISE_MAX`` = 1e3) that brings
-  the fastest layer to ``UPDATE_RATIO_HEALTHY`` = 1e-3.
+  below the healthy ~1e-3 (Karpathy, CS231n: a ratio well below it means the LR is likely too low). Both are
+  required: a slow but healthy start on a hard task has normal update ratios, and a net that has converged moves
+  little but has long left L₀. The LR prescribed is raised by the power of 10 (at most ``LR_RAISE_MAX`` = 1e3)
+  that brings the fastest layer to ``UPDATE_RATIO_HEALTHY`` = 1e-3.
 - Loss not decreasing, < 1% of L₀ in ≥ 50 steps: a net that learns anything moves its loss by more than that.
   A stuck net's batch loss is nearly constant (at chance every example costs about ln C), so it measures far
   below 1%; a noisy flat series can measure a few percent either way and is then left alone (the rule errs
