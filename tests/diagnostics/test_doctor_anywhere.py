@@ -179,7 +179,7 @@ def test_a_nonfinite_input_is_located(data):
         train(net, opt, (x, y), steps=6)
     nf = doctor.findings().first_nonfinite
     assert nf is not None and nf.step == 3 and nf.where == "input"
-    assert "exploding_gradients" in {v.name for v in doctor.verdicts()}
+    assert "non_finite_values" in {v.name for v in doctor.verdicts()}
 
 
 def test_without_an_optimizer_each_training_forward_is_a_step(data):

@@ -27,6 +27,7 @@ from tricklab.diagnostics.verdicts import (
     DEAD_RELUS,
     EXPLODING,
     LR_TOO_HIGH,
+    NONFINITE,
     SATURATED_MAX,
     SATURATION,
     UPDATE_RATIO_MAX,
@@ -110,12 +111,18 @@ def test_vanishing_fires_below_its_ratio(ratio, sick):
     assert (VANISHING in names(diagnose(f))) is sick
 
 
-def test_exploding_fires_on_a_nonfinite_value_and_names_its_layer():
+def test_a_nonfinite_value_is_its_own_verdict_naming_its_step_and_layer():
     nf = NonFinite(3, "b", "backward", "weight gradient of b is nan or inf")
     f = findings({(WEIGHT_GRAD_NORM, "a"): [1.0] * 5, (WEIGHT_GRAD_NORM, "b"): [1.0] * 5}, TWO_LAYERS, nf)
     (v,) = diagnose(f, {"init.scheme": "he_normal", "model.norm": "batch", "optim.lr": 0.1})
-    assert v.name == EXPLODING and v.layers == ("b",)
+    assert v.name == NONFINITE and v.layers == ("b",) and v.figures["nonfinite_step"] == 3
     assert v.prescription == {"clip.mode": "norm", "clip.threshold": 1.0, "optim.lr": 0.01}  # during training
+    at_init = NonFinite(0, "a", "forward", "output of a is nan or inf")
+    (v0,) = diagnose(findings({(WEIGHT_GRAD_NORM, "a"): [1.0] * 5}, TWO_LAYERS, at_init), {"init.scheme": "he_normal"})
+    assert v0.name == NONFINITE and "optim.lr" not in v0.prescription  # at step 0: the weights' scale, not the LR
+    in_data = NonFinite(2, None, "input", "the model's input is nan or inf")
+    (vd,) = diagnose(findings({(WEIGHT_GRAD_NORM, "a"): [1.0] * 5}, TWO_LAYERS, in_data))
+    assert vd.name == NONFINITE and vd.prescription == {} and "repair those examples" in vd.advice
 
 
 def test_exploding_fires_on_a_loss_spike():

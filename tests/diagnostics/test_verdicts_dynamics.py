@@ -18,8 +18,8 @@ from tricklab.diagnostics.probes import ProbeCallback
 from tricklab.diagnostics.records import LOSS, MODEL, UPDATE_RATIO, WEIGHT, Findings, LayerInfo, NonFinite, Records
 from tricklab.diagnostics.verdicts import (
     DYNAMICS_MIN_STEPS,
-    EXPLODING,
     FLAT_MAX_DROP,
+    NONFINITE,
     NOT_DECREASING,
     OSC_AMPLITUDE,
     OSC_MAX_DROP,
@@ -219,11 +219,11 @@ def test_a_nonfinite_value_names_its_step_and_first_layer_and_an_input_one_presc
     good = {"optim.lr": 0.1, "init.scheme": "he_normal", "model.norm": "batch"}
     f = findings()
     f.first_nonfinite = NonFinite(7, "b", "forward", "output of b is nan or inf")
-    v = verdict(f, EXPLODING, good)
+    v = verdict(f, NONFINITE, good)
     assert "step 7" in v.summary and "first layer: b" in v.summary and v.layers == ("b",)
     assert v.prescription == {"clip.mode": "norm", "clip.threshold": 1.0, "optim.lr": 0.01}
     f.first_nonfinite = NonFinite(3, None, "input", "the model's input is nan or inf")
-    v = verdict(f, EXPLODING, good)
+    v = verdict(f, NONFINITE, good)
     assert "step 3, input" in v.summary and v.prescription == {} and "input batch" in v.advice
 
 

@@ -7,9 +7,9 @@ Each check in :data:`CHECKS` reads :class:`~tricklab.diagnostics.records.Finding
 ===========================  ========================================================  ======================
 verdict                      fires when                                                threshold (constant)
 ===========================  ========================================================  ======================
-``exploding_gradients``      a NaN/inf anywhere (input, forward, loss, backward,       any
-                             weights)
-                             median ‖∂L/∂W_first‖ / ‖∂L/∂W_last‖ above                 ``EXPLODING_RATIO`` 1e3
+``non_finite_values``        a NaN/inf anywhere (input, forward, loss, backward,       any
+                             weights): its step, where and first layer
+``exploding_gradients``      median ‖∂L/∂W_first‖ / ‖∂L/∂W_last‖ above                 ``EXPLODING_RATIO`` 1e3
                              std of the last layer's output / the first's above        ``ACT_RANGE`` 1e3
                              global ‖g‖: median of the last tenth of steps / first     ``GRAD_GROWTH`` 100
                              tenth above
@@ -47,7 +47,7 @@ step from ``fit()``, or ``Doctor.observe(loss=...)``). The rules assume the doct
 ``tricklab doctor`` does: a net that starts out converged (resumed, fine-tuned) looks flat. The loss checks
 need ``DYNAMICS_MIN_STEPS`` = 50 of them and overfitting ``OVERFIT_MIN_EVALS`` = 5 validation losses (one per
 epoch from ``fit()``, or ``Doctor.observe(val_loss=...)``), so a short run raises none of them. A NaN/inf is
-reported by ``exploding_gradients`` with its step and first layer (forward values are checked before
+reported by ``non_finite_values`` with its step and first layer (forward values are checked before
 gradients, a gradient attributed to the layer whose backward produced it, see
 :mod:`~tricklab.diagnostics.probes`); one in the input batch itself prescribes no training change.
 
@@ -207,6 +207,7 @@ VANISHING, EXPLODING, DEAD_RELUS, SATURATION, BAD_INPUTS, LR_TOO_HIGH = (
     "badly_scaled_inputs",
     "lr_too_high",
 )
+NONFINITE = "non_finite_values"
 OSCILLATING, SLOW_CONVERGENCE, NOT_DECREASING, OVERFITTING = (
     "oscillating_loss",
     "slow_convergence",
@@ -297,20 +298,12 @@ def settings_of(config: Any) -> dict[str, Any]:
 
 @CHECKS.register(
     EXPLODING,
-    help=f"non-finite value; ‖g_first‖/‖g_last‖ > {EXPLODING_RATIO:g}; forward std ×{ACT_RANGE:g}; "
+    help=f"‖g_first‖/‖g_last‖ > {EXPLODING_RATIO:g}; forward std ×{ACT_RANGE:g}; "
     f"‖g‖ ×{GRAD_GROWTH:g}; loss spike ×{LOSS_SPIKE:g}; Pascanu et al. 2013",
 )
 def check_exploding(f: Findings, s: Mapping[str, Any]) -> Verdict | None:
     evidence, layers, figures = [], [], {}
     at_init = dynamic = False
-    nf = f.first_nonfinite
-    bad_data = nf is not None and nf.where == WHERE_INPUT  # a NaN/inf fed in: a data bug, not an explosion
-    if nf is not None:
-        evidence.append(f"first non-finite value at {nf}" + (f" (first layer: {nf.layer})" if nf.layer else ""))
-        layers += [nf.layer] if nf.layer else []
-        figures["nonfinite_step"] = nf.step
-        if not bad_data:
-            at_init, dynamic = at_init or nf.step == 0, dynamic or nf.step > 0
     depth = _depth_ratio(f, WEIGHT_GRAD_NORM)
     if depth is not None and depth[0] > EXPLODING_RATIO:
         evidence.append(
@@ -344,7 +337,7 @@ def check_exploding(f: Findings, s: Mapping[str, Any]) -> Verdict | None:
     if not evidence:
         return None
     fix: dict[str, Any] = {}
-    if at_init or not (dynamic or bad_data):
+    if at_init or not dynamic:
         fix.update(_signal_fix(s))
     if dynamic:
         if s.get("clip.mode", "none") == "none":
@@ -357,8 +350,38 @@ def check_exploding(f: Findings, s: Mapping[str, Any]) -> Verdict | None:
         figures,
         fix,
         "values that grow layer after layer overflow; at init the scale of the weights is wrong (He/Glorot init, "
-        "batch norm, residual connections keep it); during training, clip the gradient norm and lower the LR"
-        + ("; the input batch itself holds a NaN/inf: drop or repair those examples" if bad_data else ""),
+        "batch norm, residual connections keep it); during training, clip the gradient norm and lower the LR",
+    )
+
+
+@CHECKS.register(NONFINITE, help="the first NaN/inf: its step, where (input, forward, loss, backward) and first layer")
+def check_nonfinite(f: Findings, s: Mapping[str, Any]) -> Verdict | None:
+    """A NaN or inf anywhere stops learning at once (the NaN guard refuses the update); the verdict locates the first
+    one — its step, where it appeared (the input batch, a layer's forward output, the loss, a gradient, the
+    weights) and the first layer — because the cure depends on where: bad data is repaired, not trained around;
+    at step 0 the weights' scale is wrong (init); later, the updates grew too large (clip, lower the LR)."""
+    nf = f.first_nonfinite
+    if nf is None:
+        return None
+    bad_data = nf.where == WHERE_INPUT
+    fix: dict[str, Any] = {}
+    if not bad_data:
+        if nf.step == 0:
+            fix.update(_signal_fix(s))
+        else:
+            if s.get("clip.mode", "none") == "none":
+                fix.update({"clip.mode": "norm", "clip.threshold": 1.0})
+            fix.update(_lower_lr(s, 10.0))
+    return Verdict(
+        NONFINITE,
+        f"first non-finite value at {nf}" + (f" (first layer: {nf.layer})" if nf.layer else ""),
+        (nf.layer,) if nf.layer else (),
+        {"nonfinite_step": nf.step},
+        fix,
+        "the input batch itself holds a NaN/inf: drop or repair those examples (no training setting cures it)"
+        if bad_data
+        else "a value overflowed: at step 0 the scale of the weights is wrong (He/Glorot init, batch norm); "
+        "later the updates grew too large: clip the gradient norm and lower the LR",
     )
 
 
