@@ -308,3 +308,17 @@ def test_fit_records_the_epoch_losses_and_a_memorizing_net_is_overfitting():
     steps, vals = f.records.series(VAL_LOSS, MODEL)
     assert steps[:2] == [0, 1] and len(vals) == 60 and len(f.records.series(TRAIN_LOSS, MODEL)[1]) == 60
     assert OVERFITTING in names(f)
+
+
+def test_a_loop_that_already_decays_its_weights_is_not_told_to():
+    import torch
+
+    from tricklab.diagnostics.doctor import model_settings
+
+    net = torch.nn.Linear(3, 2)
+    assert model_settings(net, torch.optim.SGD(net.parameters(), lr=0.1))["optim.weight_decay"] == 0.0
+    decayed = model_settings(net, torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=0.05))
+    assert decayed["optim.weight_decay"] == 0.05
+    f = findings(val=[1.0, 0.8, 0.7, 0.72, 0.75, 0.9], train=TRAIN)
+    assert "optim.weight_decay" in verdict(f, OVERFITTING, {"optim.weight_decay": 0.0}).prescription
+    assert "optim.weight_decay" not in verdict(f, OVERFITTING, decayed).prescription

@@ -315,10 +315,12 @@ def model_settings(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> 
     """What the verdicts read, seen from a model of your own: its norm layers and the optimizer's LR. The main
     activation is left for the verdicts to read off the probed layers; init is the model's own."""
     norms = [name for m in model.modules() for kind, name in _NORM_NAMES if isinstance(m, kind)]
+    decay = max((float(g.get("weight_decay") or 0.0) for g in optimizer.param_groups), default=0.0)
     return {
         "model.norm": max(set(norms), key=norms.count) if norms else "none",
         "init.scheme": "default",
         "optim.lr": float(optimizer.param_groups[0]["lr"]),
+        "optim.weight_decay": decay,  # a loop that already decays its weights is not told to
         "clip.mode": "none",
         "data.scale": "none",
     }
