@@ -179,7 +179,7 @@ def overfit_loop(data: str, n_train: int, width: int, epochs: int) -> Callable[[
                 model.eval()
                 with torch.no_grad():
                     doctor.observe(val_loss=F.cross_entropy(model(xv), yv))
-        return doctor.verdicts()
+        return [v.name for v in doctor.verdicts()], doctor.findings()
 
     return run
 
@@ -526,19 +526,19 @@ def run_case(case: Case, seed: int, steps: int = 200) -> dict[str, Any]:
     from tricklab.diagnostics.doctor import run_doctor
 
     start = time.perf_counter()
-    recheck, error = None, None
+    recheck, error, findings = None, None, None
     try:
         if case.overrides:
             ov = {**case.overrides, "train.seed": seed, "train.threads": 1, "train.device": "cpu",
                   "diagnostics.steps": steps}  # fmt: skip
             result = run_doctor(load_config(overrides=ov), signal=False)
-            names, recheck = [v.name for v in result.verdicts], result.recheck
+            names, recheck, findings = [v.name for v in result.verdicts], result.recheck, result.findings
         elif case.factory is not None:
             model, data, opt = case.factory(seed)
             result = tricklab.diagnose(model, data, optimizer=opt, steps=steps, seed=seed)
-            names, recheck = [v.name for v in result.verdicts], result.recheck
+            names, recheck, findings = [v.name for v in result.verdicts], result.recheck, result.findings
         else:
-            names = [v.name for v in case.loop(seed)]
+            names, findings = case.loop(seed)
     except Exception as e:  # noqa: BLE001  a crash is a result too: recorded, not hidden
         names, error = [], f"{type(e).__name__}: {e}"
     row = {
@@ -548,6 +548,7 @@ def run_case(case: Case, seed: int, steps: int = 200) -> dict[str, Any]:
         "verdicts": names,
         "error": error,
         "wall_s": time.perf_counter() - start,
+        "loss_drop": loss_drop(findings),
         "recheck": None
         if recheck is None
         else {
@@ -562,6 +563,21 @@ def run_case(case: Case, seed: int, steps: int = 200) -> dict[str, Any]:
     row["false_alarm"] = case.label == HEALTHY and bool(names)
     row["repaired"] = bool(row["detected"] and recheck is not None and recheck.cured)
     return row
+
+
+def loss_drop(findings) -> float | None:
+    """A measured property of the run, not a verdict: (L_first − L_last)/L_first, the medians of the first 10 and
+    of the last tenth of the batch losses (what tells whether a case showed its problem, e.g. stayed flat)."""
+    from tricklab.diagnostics.records import LOSS
+
+    if findings is None:
+        return None
+    _, losses = findings.records.series(LOSS)
+    losses = [float(v) for v in losses if v is not None and math.isfinite(float(v))]
+    if len(losses) < 10:
+        return None
+    first, last = statistics.median(losses[:10]), statistics.median(losses[-max(5, len(losses) // 10) :])
+    return (first - last) / abs(first) if first else None
 
 
 def probe_overhead(pairs: int = 7, every: int = 10, steps: int = 100) -> dict[str, Any]:
@@ -593,6 +609,10 @@ def probe_overhead(pairs: int = 7, every: int = 10, steps: int = 100) -> dict[st
             "plain_s": times["plain"], "probed_s": times["probed"]}  # fmt: skip
 
 
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:+.0%}"
+
+
 def summarize(rows: list[dict[str, Any]], overhead: dict[str, Any] | None, wall: float) -> str:
     out = []
     by_class: dict[str, list[dict]] = defaultdict(list)
@@ -612,7 +632,11 @@ def summarize(rows: list[dict[str, Any]], overhead: dict[str, Any] | None, wall:
             continue
         det = [r for r in rs if r["detected"]]
         rep = [r for r in det if r["recheck"] is not None]
-        missed = [f"{r['case']}/s{r['seed']}: {r['verdicts'] or r['error'] or '-'}" for r in rs if not r["detected"]]
+        missed = [
+            f"{r['case']}/s{r['seed']}: {r['verdicts'] or r['error'] or '-'} (loss drop {_pct(r['loss_drop'])})"
+            for r in rs
+            if not r["detected"]
+        ]
         rep_s = f"{sum(r['repaired'] for r in rep)}/{len(rep)}" if rep else "n/a"
         out.append(f"{label:<22} {cases:>5} {len(rs):>5} {len(det):>4}/{len(rs):<4} {rep_s:>9}  {'; '.join(missed)}")
     det = sum(r["detected"] for r in sick)
@@ -678,7 +702,7 @@ def main() -> None:
             rows.append(r)
             mark = "ok" if (r["detected"] or (case.label == HEALTHY and not r["false_alarm"])) else "MISS"
             print(f"{case.name:<26} s{seed} {case.label:<20} {mark:<4} {r['verdicts']} "
-                  f"cured={r['recheck'] and r['recheck']['cured']} {r['wall_s']:.1f}s"
+                  f"cured={r['recheck'] and r['recheck']['cured']} drop={_pct(r['loss_drop'])} {r['wall_s']:.1f}s"
                   + (f" ERROR {r['error']}" if r["error"] else ""), flush=True)  # fmt: skip
     overhead = probe_overhead(args.pairs) if args.pairs else None
     wall = time.perf_counter() - start
