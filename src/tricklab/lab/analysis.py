@@ -232,6 +232,8 @@ def _decide_sequential(
             sequential=True,
             decided_at=d.seeds if decided else None,
             interval=(d.lo, d.hi) if d.seeds else None,
+            look_seeds=d.seeds or None,
+            look_mean=d.mean if d.seeds else None,
             cap=cap,
             repeated_p=d.p,
         )

@@ -308,6 +308,7 @@ class _Refill:
         self.closed: set[tuple[str, str]] = set()
         self.queued: set[tuple] = {k for keys in outstanding.values() for k in keys}
         self.counted: set[tuple] = {k for p in planned for k in p.configs}  # the first look's runs: counted already
+        self.refreshed: set[tuple[str, str]] = set()
 
     def __call__(self) -> list[Task]:
         from tricklab.lab.analysis import analyse, seeds_to_run
@@ -315,46 +316,57 @@ class _Refill:
         new: list[Task] = []
         for p in self.planned:
             sk = (p.study.name, p.dataset)
-            while sk not in self.closed and not self.outstanding[sk]:
-                spec = self.specs[sk]
-                rows = [r for r in self.store.rows(*sk) if r.variant in spec["variants"]]
-                stats = analyse(p.study.name, p.dataset, spec, rows)
-                want = seeds_to_run(stats)
-                open_ = [v.name for v in stats.variants if v.decision and v.decision.resolves == "next look"]
-                done = {(r.variant, r.seed) for r in rows if r.status == "done"}
-                added, skipped = [], 0
-                for variant, n in want.items():
-                    for seed in range(n):
-                        key = (p.study.name, variant, seed, p.dataset)
-                        if (variant, seed) in done or key in self.queued:
-                            continue
-                        if key not in p.configs:
-                            p.configs[key] = run_config(p.study, variant, p.dataset, self.opts, seed, self.threads)
-                        cfg = p.configs[key]
-                        row = self.store.ensure(*key, config=cfg.to_dict(), config_hash=run_key_hash(cfg))
-                        if row.status == "done":
-                            skipped += 1
-                            continue
-                        added.append(Task(key, cfg.to_dict(), self.plugins))
-                        self.queued.add(key)
-                        self.outstanding[sk].add(key)
-                self.counts["skipped"] += skipped
-                if added:
-                    self.counts["total"] += len(added)
-                    top = max(t.key[2] for t in added) + 1
-                    self.note(
-                        f"seeds auto: {p.study.name} on {p.dataset}: {len(added)} more runs, up to {top} seeds, "
-                        f"for the {len(open_)} undecided comparison{'s' * (len(open_) != 1)} ({', '.join(open_)})"
-                    )
-                    new += added
-                elif not skipped:
-                    self.closed.add(sk)
-                    for variant, seed in done:  # runs an earlier lab did for this study: "already done"
-                        key = (p.study.name, variant, seed, p.dataset)
-                        if seed < (self.opts.max_seeds or 0) and key not in self.queued and key not in self.counted:
-                            self.counted.add(key)
-                            self.counts["skipped"] += 1
+            if sk in self.closed or self.outstanding[sk]:
+                continue
+            if sk not in self.refreshed:
+                self.refresh(p)
+            spec = self.specs[sk]
+            rows = [r for r in self.store.rows(*sk) if r.variant in spec["variants"]]
+            stats = analyse(p.study.name, p.dataset, spec, rows)
+            open_ = [v.name for v in stats.variants if v.decision and v.decision.resolves == "next look"]
+            done = {(r.variant, r.seed) for r in rows if r.status == "done"}
+            added = []
+            for variant, n in seeds_to_run(stats).items():
+                for seed in range(n):
+                    key = (p.study.name, variant, seed, p.dataset)
+                    if (variant, seed) in done or key in self.queued:
+                        continue
+                    cfg = self.config(p, key)
+                    self.store.ensure(*key, config=cfg.to_dict(), config_hash=run_key_hash(cfg))
+                    added.append(Task(key, cfg.to_dict(), self.plugins))
+                    self.queued.add(key)
+                    self.outstanding[sk].add(key)
+            if not added:
+                self.closed.add(sk)
+                continue
+            self.counts["total"] += len(added)
+            top = max(t.key[2] for t in added) + 1
+            self.note(
+                f"seeds auto: {p.study.name} on {p.dataset}: {len(added)} more runs, up to {top} seeds, "
+                f"for the {len(open_)} undecided comparison{'s' * (len(open_) != 1)} ({', '.join(open_)})"
+            )
+            new += added
         return new
+
+    def config(self, p: Planned, key: tuple) -> Config:
+        if key not in p.configs:
+            p.configs[key] = run_config(p.study, key[1], p.dataset, self.opts, key[2], self.threads)
+        return p.configs[key]
+
+    def refresh(self, p: Planned) -> None:
+        """Once per study, before its first analysis: the rows an earlier lab left beyond the first look are checked
+        against today's configs (a changed config resets its row, never reused) and counted as already done."""
+        sk = (p.study.name, p.dataset)
+        self.refreshed.add(sk)
+        cap, variants = self.opts.max_seeds or 0, set(self.specs[sk]["variants"])
+        for r in self.store.rows(*sk):
+            key = (p.study.name, r.variant, r.seed, p.dataset)
+            if r.variant not in variants or r.seed >= cap or key in self.counted:
+                continue
+            cfg = self.config(p, key)
+            if self.store.ensure(*key, config=cfg.to_dict(), config_hash=run_key_hash(cfg)).status == "done":
+                self.counted.add(key)
+                self.counts["skipped"] += 1
 
     def note(self, text: str) -> None:
         if self.on_progress:

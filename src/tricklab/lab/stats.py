@@ -213,6 +213,8 @@ class Decision:
     sequential: bool = False
     decided_at: int | None = None  # seeds at the look that decided it (None: undecided)
     interval: tuple[float, float] | None = None  # repeated 95% CI of the difference at that look (or the last)
+    look_seeds: int | None = None  # the seeds of that look (decided: ``decided_at``; undecided: the last look)
+    look_mean: float | None = None  # the mean difference at that look
     cap: int | None = None  # the most seeds the lab may run for it (--max-seeds)
     repeated_p: float | None = None  # the repeated p-value before Holm's adjustment
 
@@ -328,12 +330,13 @@ def _sequential_verdict(
     """The sentence for a comparison decided by ``--seeds auto``: the numbers at the look that decided it (or the
     last look), its repeated interval and repeated p-value, and for an undecided one what happens next."""
     o, margin = decision.outcome, f"±{decision.margin * scale:.2f} {unit}"
-    n = decision.decided_at or len(comparison.diffs)
-    diffs = comparison.diffs[:n]
-    if len(diffs) < 2 or decision.interval is None or not all(math.isfinite(x) for x in decision.interval):
+    n = decision.look_seeds or 0
+    if n < 2 or decision.interval is None or decision.look_mean is None:
+        have = len(comparison.diffs)
         need = f"; the lab runs seeds up to {decision.seeds_needed}" if decision.seeds_needed else ""
-        return f"{name}: {o} at {len(diffs)} seed{'s' * (len(diffs) != 1)}: too few for the first look{need}"
-    mean = float(np.mean(diffs)) * scale
+        return f"{name}: {o} at {have} seed{'s' * (have != 1)}: too few for the first look{need}"
+    diffs = comparison.diffs[:n]
+    mean = decision.look_mean * scale
     lo, hi = (x * scale for x in decision.interval)
     head = {
         BETTER: f"better at {n} seeds",
@@ -342,7 +345,7 @@ def _sequential_verdict(
         UNDECIDED: f"undecided at {n} seeds",
     }[o]
     wins = sum(x > SAME for x in diffs)
-    p = f"repeated {fmt_p(_raw_p(decision))}"
+    p = f"repeated {fmt_p(decision.repeated_p if decision.repeated_p is not None else math.nan)}"
     if decision.family > 1:
         p += f", Holm {fmt_p(decision.p_holm)}"
     text = (
@@ -355,7 +358,3 @@ def _sequential_verdict(
         else:
             text += f"; still undecided at the cap of {decision.cap} seeds (--max-seeds)"
     return text
-
-
-def _raw_p(decision: Decision) -> float:
-    return decision.repeated_p if decision.repeated_p is not None else decision.p_holm

@@ -57,10 +57,9 @@ def _diff(v) -> str:
     c, dec = v.comparison, v.decision
     if c is None:
         return "baseline"
-    if dec is not None and dec.sequential and dec.interval and all(math.isfinite(x) for x in dec.interval):
-        n = dec.decided_at or len(c.diffs)
-        mean = float(np.mean(c.diffs[:n])) * 100
-        return f"{mean:+.2f} [{dec.interval[0] * 100:+.2f}, {dec.interval[1] * 100:+.2f}] at {n}"
+    if dec is not None and dec.sequential and dec.interval and dec.look_mean is not None:
+        lo, hi = dec.interval
+        return f"{dec.look_mean * 100:+.2f} [{lo * 100:+.2f}, {hi * 100:+.2f}] at {dec.look_seeds}"
     d = c.diff
     if d.n < 2:
         return f"{d.mean * 100:+.2f} (1 seed)" if d.n else "—"
