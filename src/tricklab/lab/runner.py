@@ -190,8 +190,8 @@ class WorkerPool:
     ) -> None:
         """Run every task; ``on_event(kind, key, *payload)`` for ``start``, ``done`` and ``failed``.
 
-        ``refill()``, when given, is asked for more tasks whenever none is waiting and a run has just ended (its
-        event already delivered): ``--seeds auto`` adds seeds to the comparisons still undecided this way, without
+        ``refill()``, when given, is asked for more tasks whenever none is waiting and a worker is idle or a run has
+        just ended (its event already delivered): ``--seeds auto`` adds seeds to the comparisons still undecided this way, without
         waiting for the other studies' runs. The pool returns when nothing is running, waiting or refilled.
         """
         pending = list(tasks)
@@ -199,6 +199,8 @@ class WorkerPool:
         if not pending and refill is not None:
             pending.extend(refill())
         while pending or in_flight:
+            if not pending and refill is not None and any(w["task"] is None for w in self.workers):
+                pending.extend(refill())  # an idle worker: ask now, not only when the next run ends
             for w in self.workers:
                 if w["task"] is None and pending:
                     w["task"] = pending.pop(0)
