@@ -274,6 +274,9 @@ def run_lab(
     workers: int | None = None,
     out: str | Path | None = None,
     progress: bool = True,
+    executor: str = "process",
+    address: str | None = None,
+    max_retries: int = 3,
 ) -> LabResult:
     """Run studies over seeds as ``tricklab lab`` does; return a :class:`LabResult`.
 
@@ -284,6 +287,11 @@ def run_lab(
     ``out`` (default ``labs/<dataset>``) are skipped when run again. ``seeds="auto"`` runs 3 seeds, then adds
     seeds only to comparisons still undecided, up to ``max_seeds`` (default 10), with the group-sequential
     procedure of :mod:`tricklab.lab.sequential` (valid under that optional stopping).
+
+    ``executor="ray"`` runs each (study, variant, seed) as a Ray task (``pip install 'tricklab[ray]'``): on a local
+    Ray instance, on the cluster at ``address`` (``"auto"``, ``"ray://head:10001"``), or on the Ray this process
+    already initialised; a run whose worker or node is lost is retried up to ``max_retries`` times, a run that
+    raises is recorded failed. Results are written here only, and are the same as with ``executor="process"``.
 
     Example::
 
@@ -339,6 +347,9 @@ def run_lab(
         epochs=epochs or file_epochs,
         quick=quick,
         workers=workers,
+        executor=executor,
+        address=address,
+        max_retries=max_retries,
     )
     out = Path(out) if out is not None else Path("labs") / (dataset or studies[0].dataset).replace(":", "_")
     console = Console(file=sys.stdout, width=120, force_terminal=False, force_jupyter=False)

@@ -33,6 +33,21 @@ def add_parser(sub) -> None:
     p.add_argument("--quick", action="store_true", help="a preview: ¼ of the epochs, 2 seeds, ≤10k training examples")
     p.add_argument("--workers", type=int, help="parallel worker processes (default: one per core)")
     p.add_argument("--out", "-o", metavar="DIR", help="lab directory (default: labs/<dataset>)")
+    p.add_argument(
+        "--executor",
+        choices=("process", "ray"),
+        default="process",
+        help="where runs execute: worker processes on this machine (default), or Ray tasks on a local Ray instance "
+        "or the cluster at --address (needs pip install 'tricklab[ray]'); results go to this machine's lab folder",
+    )
+    p.add_argument("--address", metavar="ADDR", help="with --executor ray: an existing Ray cluster (e.g. auto)")
+    p.add_argument(
+        "--max-retries",
+        type=int,
+        metavar="N",
+        help="with --executor ray: retries of a run whose worker process or node was lost (default 3; a run that "
+        "raises is never retried)",
+    )
     p.set_defaults(func=run_cmd)
 
 
@@ -84,6 +99,13 @@ def run_cmd(args: argparse.Namespace) -> int:
     for flag, v, top in bounds:
         if v is not None and not 1 <= v <= top:
             raise TrickLabError(f"{flag} = {v}: must be 1 to {top}")
+    for flag, v in (("--address", args.address), ("--max-retries", args.max_retries)):
+        if v is not None and args.executor != "ray":
+            raise TrickLabError(f"{flag} = {v}: only with --executor ray (got --executor {args.executor})")
+    from tricklab.lab.ray_executor import DEFAULT_RETRIES, MAX_RETRIES
+
+    if args.max_retries is not None and not 0 <= args.max_retries <= MAX_RETRIES:
+        raise TrickLabError(f"--max-retries = {args.max_retries}: must be 0 to {MAX_RETRIES}")
     max_seeds = None
     if auto:
         from tricklab.lab.sequential import CAP, FIRST
@@ -108,6 +130,9 @@ def run_cmd(args: argparse.Namespace) -> int:
         epochs=args.epochs or file_epochs,
         quick=args.quick,
         workers=args.workers,
+        executor=args.executor,
+        address=args.address,
+        max_retries=DEFAULT_RETRIES if args.max_retries is None else args.max_retries,
     )
     out = args.out or f"labs/{args.dataset or studies[0].dataset}"
     console = Console() if sys.stdout.isatty() else Console(width=160)

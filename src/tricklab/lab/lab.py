@@ -24,6 +24,7 @@ from typing import Any
 
 from tricklab.config import Config, load_config
 from tricklab.errors import TrickLabError
+from tricklab.lab.ray_executor import DEFAULT_RETRIES, MAX_RETRIES, RayPool, require_ray  # imports Ray on use only
 from tricklab.lab.runner import InProcess, Task, WorkerPool, execute, plan_workers
 from tricklab.lab.store import Store, config_key
 from tricklab.lab.studies import Study, describe_setup
@@ -42,6 +43,25 @@ class LabOptions:
     quick: bool = False
     workers: int | None = None
     cores: int | None = None
+    executor: str = "process"  # one of EXECUTORS: worker processes here, or Ray tasks (tricklab.lab.ray_executor)
+    address: str | None = None  # --executor ray: an existing cluster's address; None starts a local Ray instance
+    max_retries: int = DEFAULT_RETRIES  # --executor ray: retries of a run whose worker process or node was lost
+
+
+EXECUTORS = ("process", "ray")
+
+
+def check_executor(opts: LabOptions) -> None:
+    """Refuse a bad executor, an address or retries without Ray, and ``--executor ray`` without Ray installed."""
+    if opts.executor not in EXECUTORS:
+        raise TrickLabError(f"executor = {opts.executor!r}: must be one of {', '.join(EXECUTORS)}")
+    if opts.executor != "ray" and opts.address is not None:
+        raise TrickLabError(f"address = {opts.address!r}: only with executor 'ray'")
+    bad_retries = isinstance(opts.max_retries, bool) or not isinstance(opts.max_retries, int)
+    if bad_retries or not 0 <= opts.max_retries <= MAX_RETRIES:
+        raise TrickLabError(f"max_retries = {opts.max_retries!r}: must be an integer from 0 to {MAX_RETRIES}")
+    if opts.executor == "ray":
+        require_ray()
 
 
 def run_key_hash(cfg: Config) -> str:
@@ -194,10 +214,13 @@ def run_lab(
     is :attr:`LabRun.finished`. ``fn(config) -> (metrics, history, config_hash)`` trains one run (in a worker).
     A stop signal raises :class:`LabInterrupted` once the workers are stopped and the database says what ran.
     """
+    check_executor(opts)
     n_runs = sum(len(s.variants) for s in studies) * opts.seeds
     processes, threads = plan_workers(n_runs, opts.cores, opts.workers)
     planned = plan(studies, opts, threads)  # validates everything before the folder is created
     plugins, in_process = plugins_for_workers(planned)
+    if in_process and opts.executor == "ray":
+        raise TrickLabError(f"executor 'ray': {in_process}; register it in an importable module")
     if in_process:
         processes, threads = 1, opts.cores or os.cpu_count() or 1
     out = Path(out)
@@ -213,6 +236,8 @@ def run_lab(
         "times": [],
         "executor": f"in-process ({in_process})"
         if in_process
+        else f"Ray ({opts.address or 'local instance'}) × {threads} thread(s) per run"
+        if opts.executor == "ray"
         else f"{processes} worker processes × {threads} thread(s)",
     }
     started: dict[tuple, float] = {}  # the runs running now → when they started
@@ -273,7 +298,9 @@ def run_lab(
                 record_signals(planned, store)
                 try:
                     if tasks:
-                        with InProcess(threads, fn) if in_process else WorkerPool(processes, threads, fn) as pool:
+                        with _pool(opts, in_process, processes, threads, fn) as pool:
+                            if opts.executor == "ray":  # runs at once: what the cluster holds, known once joined
+                                counts["processes"], counts["executor"] = pool.slots, pool.describe()
                             pool.run(tasks, on_event, refill=refill)
                 finally:  # a stopped lab's session counts too: its finished runs took that time
                     if counts["done"] or counts["failed"]:
@@ -292,6 +319,22 @@ def run_lab(
             return result
         except _Stop as stop:
             raise LabInterrupted(_stopped(out, stop.signum, counts, started), stop.signum) from None
+
+
+def _pool(opts: LabOptions, in_process: str | None, processes: int, threads: int, fn: Callable):
+    """The executor that runs the lab's tasks: in this process, worker processes here, or Ray tasks."""
+    if in_process:
+        return InProcess(threads, fn)
+    if opts.executor == "ray":
+        return RayPool(
+            threads,
+            fn,
+            address=opts.address,
+            max_retries=opts.max_retries,
+            max_in_flight=opts.workers,
+            cores=opts.cores,
+        )
+    return WorkerPool(processes, threads, fn)
 
 
 class _Refill:
@@ -383,7 +426,8 @@ def _stopped(out: Path, signum: int, counts: dict[str, Any], started: dict[tuple
     done, running = counts["done"], len(started)
     left = max(0, counts["total"] - done - counts["failed"] - running)
     before = f" (+{counts['skipped']} done before)" if counts["skipped"] else ""
-    workers = "" if counts["executor"].startswith("in-process") else "worker processes stopped; "
+    stopped = {"in-process": "", "Ray": "Ray tasks cancelled; "}
+    workers = next((v for k, v in stopped.items() if counts["executor"].startswith(k)), "worker processes stopped; ")
     return (
         f"lab stopped by {name}: {done} finished run{'s' * (done != 1)} kept{before}, {running} running "
         f"run{'s' * (running != 1)} marked unfinished, {left} not started; {workers}rerun the same command to finish "

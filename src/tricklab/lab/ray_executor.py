@@ -1,0 +1,201 @@
+"""Run the lab's runs as Ray tasks, on a local Ray instance or an existing cluster (``--executor ray``).
+
+:class:`RayPool` has :class:`~tricklab.lab.runner.WorkerPool`'s interface, so the lab only chooses which pool to
+build. Each (study, variant, seed) is one Ray task asking for ``num_cpus`` = the run's threads and one GPU when the
+run's device is ``cuda``. Workers return ``(metrics, history, config_hash)`` and write nothing: the driver alone
+writes ``results.sqlite``, so a cluster needs no shared file system. Workers read datasets from their own cache
+(``data.dir``, else ``$TRICKLAB_DATA``, else ``~/.cache/tricklab``) or generate them (mnist1d, synthetic); a
+driver's ``TRICKLAB_DATA`` is passed to the workers of a Ray instance on this machine.
+
+Faults: a worker process or node lost mid-run is retried by Ray (``max_retries`` times, then the run is reported
+failed); a run that raises is reported failed at once, never retried (``retry_exceptions=False``, and the task
+catches its run's exception and returns it). The pool submits at most as many tasks as the cluster has room for
+(its CPUs ÷ the runs' threads, or ``max_in_flight``) and reports ``start`` on submission, so a started run is one the
+cluster can schedule now and the progress line's "running" means running; the rest wait in the driver, where
+``refill`` (``--seeds auto``) can still add to them.
+
+Ray is imported here only, on first use; it comes with ``pip install 'tricklab[ray]'``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from tricklab.errors import TrickLabError
+from tricklab.lab.runner import Task, execute, register_plugins
+
+EXTRA = "pip install 'tricklab[ray]'"
+DEFAULT_RETRIES = 3  # --max-retries: how often a run is retried after its worker process or node was lost
+MAX_RETRIES = 100
+_LOCAL = ("127.0.0.1", "localhost", "local", "auto")
+
+
+def require_ray() -> Any:
+    """The ``ray`` module, or a one-line error naming the extra that installs it."""
+    try:
+        import ray
+    except ImportError:
+        raise TrickLabError(f"--executor ray needs Ray: {EXTRA}") from None
+    return ray
+
+
+def _run_one(fn: Callable, threads: int, plugins: tuple, config: dict) -> tuple:
+    """In a Ray worker: one run, its outcome returned (``done`` or ``failed`` with the error), nothing written."""
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        register_plugins(plugins)
+        metrics, history, config_hash = fn(config)
+    except (Exception, SystemExit) as e:  # a run that raises is a result (failed), not a lost worker to retry
+        return ("failed", f"{type(e).__name__}: {e}", traceback.format_exc(limit=-3))
+    return ("done", metrics, history, config_hash)
+
+
+def _is_local(address: str | None) -> bool:
+    """Whether ``address`` names a Ray instance on this machine (``None``: one this pool starts)."""
+    return address is None or address.split("://")[-1].rsplit(":", 1)[0] in _LOCAL
+
+
+class RayPool:
+    """The lab's runs as Ray tasks with ``threads`` CPUs each. Use as a context manager.
+
+    ``address``: an existing cluster (``"auto"``, ``"ray://host:10001"``, ``"host:6379"``); ``None`` starts a local
+    instance with ``cores`` CPUs (all of this machine's by default) and shuts it down on exit. A Ray already
+    initialised in this process (``ray.init`` in a notebook) is used as it is and left running.
+    """
+
+    def __init__(
+        self,
+        threads: int,
+        fn: Callable[[dict], tuple[dict, list, str]] = execute,
+        *,
+        address: str | None = None,
+        max_retries: int = DEFAULT_RETRIES,
+        max_in_flight: int | None = None,
+        cores: int | None = None,
+    ):
+        self.threads, self.fn, self.address, self.max_retries = threads, fn, address, max_retries
+        self.max_in_flight, self.cores = max_in_flight, cores
+        self.started_ray = False
+        self.slots = 1
+        self.in_flight: dict[Any, Task] = {}  # object ref → its task
+
+    def __enter__(self) -> RayPool:
+        ray = self.ray = require_ray()
+        if not ray.is_initialized():
+            env = {"TRICKLAB_DATA": os.environ["TRICKLAB_DATA"]} if "TRICKLAB_DATA" in os.environ else {}
+            kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "WARNING"}
+            if self.address is None:
+                kwargs["num_cpus"] = self.cores or os.cpu_count() or 1
+            if env and _is_local(self.address):
+                kwargs["runtime_env"] = {"env_vars": env}
+            try:
+                with _KeepSignalHandlers():  # ray.init installs its own SIGTERM handler; the lab's must stay
+                    ray.init(address=self.address, **kwargs)
+            except ConnectionError as e:
+                raise TrickLabError(f"--address = {self.address!r}: no Ray cluster reachable there ({e})") from None
+            self.started_ray = True
+        try:
+            cpus = int(ray.cluster_resources().get("CPU", 0))
+            self.slots = max(1, cpus // max(1, self.threads))
+            if self.max_in_flight:
+                self.slots = min(self.slots, self.max_in_flight)
+            self._fn_ref = ray.put(self.fn)
+            self._remote = ray.remote(_run_one)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def describe(self) -> str:
+        where = f"cluster {self.address}" if self.address else "local instance"
+        return f"Ray ({where}): up to {self.slots} runs at once × {self.threads} thread(s)"
+
+    def close(self) -> None:
+        """Cancel the runs still in flight (their workers are killed) and shut Ray down if this pool started it."""
+        ray = self.ray
+        for ref in list(self.in_flight):
+            try:
+                ray.cancel(ref, force=True)
+            except Exception:  # noqa: BLE001 — already finished or its worker already gone: nothing to cancel
+                pass
+        self.in_flight.clear()
+        if self.started_ray:
+            with _KeepSignalHandlers():
+                ray.shutdown()
+            self.started_ray = False
+
+    def _submit(self, task: Task) -> Any:
+        device = task.config.get("train", {}).get("device", "auto")
+        return self._remote.options(
+            num_cpus=self.threads,
+            num_gpus=1 if device == "cuda" else 0,
+            max_retries=self.max_retries,
+            retry_exceptions=False,
+            name="tricklab:" + "/".join(map(str, task.key)),
+        ).remote(self._fn_ref, self.threads, task.plugins, task.config)
+
+    def run(
+        self,
+        tasks: list[Task],
+        on_event: Callable[..., None],
+        poll_s: float = 0.2,
+        refill: Callable[[], list[Task]] | None = None,
+    ) -> None:
+        """Run every task; ``on_event(kind, key, *payload)`` for ``start`` (on submission), ``done`` and ``failed``.
+
+        ``refill()`` is asked for more tasks whenever none is waiting and a slot is free or a run has just ended, as
+        :meth:`WorkerPool.run` does. Returns when nothing is in flight, waiting or refilled.
+        """
+        ray = self.ray
+        pending = list(tasks)
+        if not pending and refill is not None:
+            pending.extend(refill())
+        while pending or self.in_flight:
+            if not pending and refill is not None and len(self.in_flight) < self.slots:
+                pending.extend(refill())  # a free slot: ask now, not only when the next run ends
+            while pending and len(self.in_flight) < self.slots:
+                task = pending.pop(0)
+                self.in_flight[self._submit(task)] = task
+                on_event("start", task.key)
+            if not self.in_flight:
+                continue
+            ready, _ = ray.wait(list(self.in_flight), num_returns=1, timeout=poll_s)
+            for ref in ready:
+                task = self.in_flight.pop(ref)
+                try:
+                    kind, *payload = ray.get(ref)
+                except ray.exceptions.RayTaskError as e:  # the task itself broke (e.g. ``fn`` would not unpickle)
+                    first = (str(e.cause).strip().splitlines() or [""])[0]
+                    kind, payload = "failed", [f"{type(e.cause).__name__}: {first}", str(e)]
+                except ray.exceptions.RayError as e:  # the worker or node was lost more than max_retries times
+                    first = (str(e).strip().splitlines() or [""])[0]
+                    lost = f"Ray lost the run's worker ({type(e).__name__}) after {self.max_retries} retries: {first}"
+                    kind, payload = "failed", [lost, ""]
+                on_event(kind, task.key, *payload)
+                if not pending and refill is not None:
+                    pending.extend(refill())
+
+
+class _KeepSignalHandlers:
+    """Put back SIGINT, SIGTERM and SIGHUP's handlers after the block (Ray's init and shutdown replace SIGTERM's)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __enter__(self) -> None:
+        main = threading.current_thread() is threading.main_thread()
+        self.saved = {s: signal.getsignal(s) for s in self.SIGNALS} if main else {}
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self.saved.items():
+            if handler is not None:
+                signal.signal(s, handler)
