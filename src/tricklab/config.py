@@ -615,6 +615,12 @@ class _BoundedLoader(yaml.SafeLoader):
                     None, None, "a key must be a plain value, not a list or a mapping", key_node.start_mark
                 )
             key = self.construct_object(key_node, deep=deep)
+            try:
+                hash(key)
+            except TypeError:  # a scalar tagged as a collection, e.g. `!!set a: 1`
+                raise yaml.constructor.ConstructorError(
+                    None, None, "a key must be a plain value, not a list or a mapping", key_node.start_mark
+                ) from None
             if key in seen:
                 raise yaml.constructor.ConstructorError(None, None, f"duplicate key {echo(key)}", key_node.start_mark)
             seen.add(key)

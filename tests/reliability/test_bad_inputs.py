@@ -74,6 +74,8 @@ CASES = [
      ["c.yaml", "invalid YAML", "python/object/apply"]),
     ("file_duplicate_key", ["--config", "c.yaml"], write("c.yaml", "train:\n  epochs: 2\n  epochs: 3\n"),
      ["c.yaml", "line 3", "duplicate key 'epochs'"]),
+    ("file_key_tagged_as_a_list", ["--config", "c.yaml"], write("c.yaml", "? !!seq a\n: 1\n"),
+     ["c.yaml", "a key must be a plain value"]),
     ("file_not_a_mapping", ["--config", "c.yaml"], write("c.yaml", "- model\n"), ["mapping of sections, got list"]),
     ("file_checkpoint_every_0", ["--config", "c.yaml"], write("c.yaml", "checkpoint:\n  every: 0\n"),
      ["checkpoint.every = 0", "must be >= 1"]),
