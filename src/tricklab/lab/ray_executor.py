@@ -65,8 +65,9 @@ def _is_local(address: str | None) -> bool:
 class RayPool:
     """The lab's runs as Ray tasks with ``threads`` CPUs each. Use as a context manager.
 
-    ``address``: an existing cluster (``"auto"``, ``"ray://host:10001"``, ``"host:6379"``); ``None`` starts a local
-    instance with ``cores`` CPUs (all of this machine's by default) and shuts it down on exit. A Ray already
+    ``address``: an existing cluster (``"auto"``: the one ``ray start`` started on this machine, ``"ray://host:10001"``,
+    ``"host:6379"``); ``None`` starts a new local instance with ``cores`` CPUs (all of this machine's by default) and
+    shuts it down on exit. A Ray already
     initialised in this process (``ray.init`` in a notebook) is used as it is and left running.
     """
 
@@ -97,7 +98,7 @@ class RayPool:
                 kwargs["runtime_env"] = {"env_vars": env}
             try:
                 with _KeepSignalHandlers():  # ray.init installs its own SIGTERM handler; the lab's must stay
-                    ray.init(address=self.address, **kwargs)
+                    ray.init(address=self.address or "local", **kwargs)  # "local": a new one, never a stray
             except ConnectionError as e:
                 raise TrickLabError(f"--address = {self.address!r}: no Ray cluster reachable there ({e})") from None
             self.started_ray = True
@@ -169,7 +170,7 @@ class RayPool:
                 on_event("start", task.key)
             if not self.in_flight:
                 continue
-            ready, _ = ray.wait(list(self.in_flight), num_returns=1, timeout=poll_s)
+            ready = _signal_safe(ray.wait, list(self.in_flight), num_returns=1, timeout=poll_s)[0]
             for ref in ready:
                 task = self.in_flight.pop(ref)
                 try:
@@ -184,6 +185,20 @@ class RayPool:
                 on_event(kind, task.key, *payload)
                 if not pending and refill is not None:
                     pending.extend(refill())
+
+
+def _signal_safe(call: Callable, *args, **kwargs) -> Any:
+    """``call(*args, **kwargs)``, re-raising a signal handler's exception that Ray's C++ wrapped in a SystemError.
+
+    ``ray.wait`` runs the signal handlers while it waits; what a handler raises (the lab's stop) comes out as
+    ``SystemError: ... returned a result with an exception set`` with the handler's exception as its cause.
+    """
+    try:
+        return call(*args, **kwargs)
+    except SystemError as e:
+        if isinstance(e.__cause__, BaseException) and not isinstance(e.__cause__, Exception):
+            raise e.__cause__ from None
+        raise
 
 
 class _KeepSignalHandlers:
