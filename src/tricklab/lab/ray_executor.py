@@ -119,7 +119,7 @@ class RayPool:
 
     def describe(self) -> str:
         where = f"cluster {self.address}" if self.address else "local instance"
-        return f"Ray ({where}): up to {self.slots} runs at once × {self.threads} thread(s)"
+        return f"Ray ({where}): up to {self.slots} run{'s' * (self.slots != 1)} at once × {self.threads} thread(s)"
 
     def close(self) -> None:
         """Cancel the runs still in flight (their workers are killed) and shut Ray down if this pool started it."""
