@@ -22,6 +22,7 @@ from tricklab.data import Splits, TensorBatches, as_raw_dataset, data_root, spli
 from tricklab.errors import ConfigError, TrickLabError
 from tricklab.events import Callback
 from tricklab.memory import check_training_memory
+from tricklab.train.precision import Precision
 from tricklab.train.seed import resolve_device, seed_everything, set_threads
 from tricklab.tricks.averaging import EMA, SWA
 from tricklab.tricks.clipping import GradClip
@@ -113,9 +114,17 @@ def optimizer_factory(cfg: Config) -> Callable[..., torch.optim.Optimizer]:
     sweeps it)."""
     o = cfg.optim
 
+    fused = resolve_device(cfg.train.device).type == "cuda"  # one kernel, and the guard's found_inf flag
+
     def factory(params, lr: float) -> torch.optim.Optimizer:
         return optimizer_by_name(
-            o.name, params, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay, decoupled=o.decoupled
+            o.name,
+            params,
+            lr=lr,
+            momentum=o.momentum,
+            weight_decay=o.weight_decay,
+            decoupled=o.decoupled,
+            fused=fused,
         )
 
     return factory
@@ -202,6 +211,7 @@ class Assembled:
     device: torch.device
     optimizer: torch.optim.Optimizer
     callbacks: list[Callback] = field(default_factory=list)
+    precision: Precision | None = None  # train.precision, checked against the device
 
     def member(self, k: int) -> Assembled:
         """Ensemble member ``k``: the same data, a model, optimizer and callbacks built with seed ``seed + k``."""
@@ -215,6 +225,7 @@ class Assembled:
             self.device,
             build_optimizer(cfg, model),
             build_callbacks(cfg, self.splits),
+            Precision(cfg.train.precision, self.device),
         )
 
 
@@ -224,5 +235,7 @@ def assemble(cfg: Config, splits: Splits | None = None) -> Assembled:
     set_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
     splits = splits if splits is not None else load_data(cfg)
+    precision = Precision(cfg.train.precision, device)  # fp16 on a CPU is refused here, before anything runs
     model, generator = build_model(cfg, splits, cfg.train.seed)
-    return Assembled(cfg, splits, model, generator, device, build_optimizer(cfg, model), build_callbacks(cfg, splits))
+    optimizer = build_optimizer(cfg, model)
+    return Assembled(cfg, splits, model, generator, device, optimizer, build_callbacks(cfg, splits), precision)

@@ -302,6 +302,8 @@ class TrainConfig(Section):
     threads: int = 0  # 0: all cores; at most MAX_THREADS
     nonfinite: Literal["stop", "skip"] = "stop"  # NaN/Inf in loss, inputs or gradients: stop, or skip the batch
     nonfinite_limit: int = Field(10, ge=0)  # with skip: stop once more batches than this were skipped
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # bf16 autocast (CPU, CUDA); fp16 + grad scaling (CUDA)
+    compile: bool = False  # torch.compile the model (nn.Module.compile: weights and checkpoints unchanged)
 
     @field_validator("threads")
     @classmethod
@@ -324,6 +326,21 @@ class DiagnosticsConfig(Section):
 
     every: int = Field(10, ge=1)
     steps: int = Field(200, ge=1, le=MAX_DIAGNOSTIC_STEPS)
+
+
+#: Settings added after results and checkpoints were first stored, left out of a config's hash while at these
+#: defaults: a run made before they existed is the same run (not one to redo, and its checkpoints resume).
+NEUTRAL_DEFAULTS = {("train", "precision"): "fp32", ("train", "compile"): False, ("model", "sync_bn"): False}
+
+
+def without_neutral_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` (a ``Config.to_dict()``) without the :data:`NEUTRAL_DEFAULTS` that hold their default."""
+    d = dict(config)
+    for (section, key), default in NEUTRAL_DEFAULTS.items():
+        part = d.get(section)
+        if isinstance(part, dict) and key in part and part[key] == default and type(part[key]) is type(default):
+            d[section] = {k: v for k, v in part.items() if k != key}
+    return d
 
 
 class Config(Section):
@@ -391,8 +408,10 @@ class Config(Section):
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def hash(self) -> str:
-        """A stable hash of the resolved config (same config → same hash)."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+        """A stable hash of the resolved config (same config → same hash; :data:`NEUTRAL_DEFAULTS` at their
+        default left out, so run folders and lab results from before those settings existed stay valid)."""
+        d = without_neutral_defaults(self.to_dict())
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     def with_overrides(self, overrides: dict[str, Any] | list[str]) -> Config:
         """This config with ``overrides`` applied. A new ``model.name`` takes the new model's own defaults for

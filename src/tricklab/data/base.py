@@ -78,12 +78,13 @@ class TensorBatches:
         generator: torch.Generator | None = None,
         drop_last: bool = False,
         merge_single: bool = False,
+        pin_memory: bool = False,
     ):
         if batch_size <= 0:
             raise ValueError(f"batch_size must be > 0, got {batch_size}")
         self.x, self.y, self.batch_size = x, y, batch_size
         self.shuffle, self.generator, self.drop_last = shuffle, generator, drop_last
-        self.merge_single = merge_single
+        self.merge_single, self.pin_memory = merge_single, pin_memory
 
     def __len__(self) -> int:
         n, b = len(self.y), self.batch_size
@@ -95,13 +96,18 @@ class TensorBatches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n, b, k = len(self.y), self.batch_size, len(self)
         order = torch.randperm(n, generator=self.generator) if self.shuffle else None
+        if order is not None and order.device != self.x.device:
+            order = order.to(self.x.device)  # data on a GPU: one copy of the permutation per epoch, not per batch
         for i in range(k):
             end = n if i == k - 1 and not self.drop_last else (i + 1) * b  # the last batch takes what is left
             if order is None:
-                yield self.x[i * b : end], self.y[i * b : end]
+                x, y = self.x[i * b : end], self.y[i * b : end]
             else:
                 idx = order[i * b : end]
-                yield self.x[idx], self.y[idx]
+                x, y = self.x[idx], self.y[idx]
+            if self.pin_memory:  # host data for a GPU: page-locked batches copy asynchronously (non_blocking)
+                x, y = x.pin_memory(), y.pin_memory()
+            yield x, y
 
 
 def as_raw_dataset(obj: object, name: str) -> RawDataset:

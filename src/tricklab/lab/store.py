@@ -100,8 +100,11 @@ class StoreError(TrickLabError):
 
 
 def config_key(config: dict[str, Any]) -> str:
-    """Hash of a resolved config (``Config.to_dict()``) without where it ran (threads, device): a run's identity."""
-    d = dict(config)
+    """Hash of a resolved config (``Config.to_dict()``) without where it ran (threads, device): a run's identity.
+    Settings of :data:`tricklab.config.NEUTRAL_DEFAULTS` at their default are left out too."""
+    from tricklab.config import without_neutral_defaults
+
+    d = without_neutral_defaults(config)
     d["train"] = {k: v for k, v in d.get("train", {}).items() if k not in ("threads", "device")}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 

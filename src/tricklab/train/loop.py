@@ -15,21 +15,27 @@ from tricklab.data.base import TensorBatches, TensorData
 from tricklab.errors import ConfigError, TrickLabError
 from tricklab.events import Callback, EpochTotals, FitState
 from tricklab.metrics import EPOCH, EPOCH_TIME, LR, TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS
+from tricklab.train.precision import Precision, as_precision
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def as_batches(
-    data, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None, merge_single: bool = False
+    data,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    generator: torch.Generator | None = None,
+    merge_single: bool = False,
+    pin_memory: bool = False,
 ) -> Batches:
     """Accept a TensorData, an ``(x, y)`` pair of tensors, or any re-iterable of batches (e.g. a DataLoader)."""
     if isinstance(data, TensorData):
         data = (data.x, data.y)
     if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
-        return TensorBatches(
-            data[0], data[1], batch_size, shuffle=shuffle, generator=generator, merge_single=merge_single
-        )
+        kw = {"shuffle": shuffle, "generator": generator, "merge_single": merge_single, "pin_memory": pin_memory}
+        return TensorBatches(data[0], data[1], batch_size, **kw)
     return data
 
 
@@ -47,9 +53,19 @@ def _single_example_error(batch: int, batches: Batches, error: ValueError) -> Tr
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data, *, loss_fn: LossFn = F.cross_entropy, device=None, batch_size: int = 1024):
-    """Mean loss and accuracy of ``model`` on ``data`` (eval mode; the previous mode is restored)."""
+def evaluate(
+    model: nn.Module,
+    data,
+    *,
+    loss_fn: LossFn = F.cross_entropy,
+    device=None,
+    batch_size: int = 1024,
+    precision: str | Precision = "fp32",
+):
+    """Mean loss and accuracy of ``model`` on ``data`` (eval mode; the previous mode is restored), under the
+    autocast of ``precision`` (``train.precision``)."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    autocast = as_precision(precision, device).autocast
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -57,8 +73,10 @@ def evaluate(model: nn.Module, data, *, loss_fn: LossFn = F.cross_entropy, devic
     n = 0
     for x, y in as_batches(data, batch_size, shuffle=False):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        out = model(x)
-        loss_sum += loss_fn(out, y).double() * len(y)
+        with autocast():
+            out = model(x)
+            loss = loss_fn(out, y)
+        loss_sum += loss.double() * len(y)
         correct += (out.argmax(1) == y).sum()
         n += len(y)
     model.train(was_training)
@@ -82,31 +100,115 @@ class NonFiniteError(TrickLabError):
 class NonFiniteGuard:
     """Catch NaN/Inf in the loss, the gradients or the input batch before ``optimizer.step()`` applies them.
 
-    The per-step cost is one fused check and one host sync: ``isfinite(loss + Σ_params sum(grad))`` (a NaN or
-    Inf anywhere makes the sum non-finite), about 1% of an MNIST MLP step. A NaN/Inf in an input batch is
-    caught through the loss and gradients it poisons (checking every input element would cost 4% per step).
-    Only when the check fails does :meth:`handle` look for the culprits: the loss, the inputs, and the first
-    parameter with a non-finite gradient (a sum that merely overflowed on huge finite values is let through).
-    ``policy="stop"`` raises :class:`NonFiniteError`; ``"skip"`` drops the batch (no update, not counted in the
-    epoch's train metrics) and raises once more than ``limit`` batches were skipped.
+    The per-step cost is one fused check: ``isfinite(loss + Σ_params sum(grad))`` (a NaN or Inf anywhere makes
+    the sum non-finite), about 1% of an MNIST MLP step. A NaN/Inf in an input batch is caught through the loss
+    and gradients it poisons (checking every input element would cost 4% per step).
+
+    Two ways to act on the check:
+
+    - **synchronous** (the default on CPU): the check's result is read on the host every step; when it fails
+      :meth:`handle` looks for the culprits (the loss, the inputs, the first parameter with a non-finite
+      gradient; a sum that merely overflowed on huge finite values is let through). ``policy="stop"`` raises
+      :class:`NonFiniteError`; ``"skip"`` drops the batch (no update, not counted in the epoch's train metrics)
+      and raises once more than ``limit`` batches were skipped.
+    - **deferred** (the default on CUDA, for optimizers that accept a ``found_inf`` flag: torch's fused SGD,
+      Adam and AdamW): the flag stays on the device and is handed to the optimizer, whose kernel skips the
+      update on the device — no host synchronisation per step. With ``stop`` the flag is sticky: from the first
+      bad step on every update is skipped, so the weights stay those before it ("stopped before the update"
+      holds), and the host reads the flag every ``check_every`` steps and at the end of each epoch (before
+      validation and checkpoints), then raises naming the step. With ``skip`` only the bad steps are skipped;
+      they are left out of the epoch's train metrics, and the count is read at the end of the epoch. The
+      culprit (loss, inputs or which layer) is not named in this mode: finding it needs the synchronisation
+      it avoids. Optimizers without the flag (Adagrad, RMSprop, NGD, the decoupled variants) use the
+      synchronous check.
     """
 
-    def __init__(self, model: nn.Module, policy: str = "stop", limit: int = 10):
+    def __init__(
+        self,
+        model: nn.Module,
+        policy: str = "stop",
+        limit: int = 10,
+        *,
+        optimizer: torch.optim.Optimizer | None = None,
+        deferred: bool = False,
+        check_every: int = 100,
+    ):
         if policy not in NONFINITE_POLICIES:
             raise ConfigError("train.nonfinite", policy, f"one of {', '.join(NONFINITE_POLICIES)}")
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise ConfigError("train.nonfinite_limit", limit, "an integer >= 0 (batches skipped before stopping)")
-        self.policy, self.limit = policy, limit
+        self.policy, self.limit, self.check_every = policy, limit, check_every
         self.named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.params = [p for _, p in self.named]
+        self.deferred = bool(deferred and optimizer is not None and supports_found_inf(optimizer))
+        self.bad_steps: torch.Tensor | None = None  # deferred: non-finite steps since the last host check
+        self.bad_examples: torch.Tensor | None = None  # deferred, skip: their examples (out of the epoch's count)
+        self.first_bad: torch.Tensor | None = None  # deferred: the global step of the first one (-1: none)
+        self.flag: torch.Tensor | None = None  # deferred: this step's found_inf for the optimizer
 
-    def all_finite(self, loss: torch.Tensor) -> bool:
+    def _total(self, loss: torch.Tensor) -> torch.Tensor:
         sums = [p.grad.float().sum() for p in self.params if p.grad is not None]
         total = loss.detach().float().sum()
         if sums:
             total = total + torch.stack(sums).sum()
-        return bool(torch.isfinite(total))
+        return total
 
+    def all_finite(self, loss: torch.Tensor) -> bool:
+        return bool(torch.isfinite(self._total(loss)))
+
+    # -- deferred mode ------------------------------------------------------------------------------------------
+    def mark(self, loss: torch.Tensor, step: int, examples: int) -> torch.Tensor:
+        """Deferred: this step's non-finite flag (a 0-d bool tensor on the device), set as the optimizer's
+        ``found_inf`` (sticky with ``stop``) for the coming ``step()``."""
+        bad = ~torch.isfinite(self._total(loss))
+        if self.bad_steps is None:
+            self.bad_steps = torch.zeros((), dtype=torch.long, device=bad.device)
+            self.bad_examples = torch.zeros((), dtype=torch.long, device=bad.device)
+            self.first_bad = torch.full((), -1, dtype=torch.long, device=bad.device)
+        self.first_bad = torch.where((self.first_bad < 0) & bad, step, self.first_bad)
+        self.bad_steps += bad
+        self.bad_examples += bad.long() * examples
+        skip = (self.bad_steps > 0) if self.policy == "stop" else bad
+        self.flag = skip.float()
+        return bad
+
+    def step(self, optimizer: torch.optim.Optimizer, precision: Precision) -> None:
+        """Deferred: ``optimizer.step()`` with this step's flag (the kernel skips the update when it is set)."""
+        _zero_momentum_buffers(optimizer)
+        optimizer.found_inf, optimizer.grad_scale = self.flag, None
+        try:
+            precision.step(optimizer)
+        finally:
+            del optimizer.found_inf, optimizer.grad_scale
+
+    def check(self, state: FitState, *, epoch_end: bool) -> None:
+        """Deferred: read the flags on the host (every ``check_every`` steps and at the end of an epoch)."""
+        if self.bad_steps is None:
+            return
+        n = int(self.bad_steps)
+        if not n:
+            return
+        where = f"epoch {state.epoch}, step {int(self.first_bad) + 1}"
+        if self.policy == "stop":
+            raise NonFiniteError(
+                f"non-finite values at {where} (found at a deferred check, epoch {state.epoch} step {state.step}); "
+                "every update from that step on was skipped on the device: stopped before the update "
+                "(train.nonfinite=stop; allowed: stop, skip)"
+            )
+        if not epoch_end:
+            return
+        state.nonfinite_skipped += n
+        state.totals.seen -= int(self.bad_examples)  # their loss and correct counts were masked out in fit
+        self.bad_steps.zero_()
+        self.bad_examples.zero_()
+        self.first_bad.fill_(-1)
+        if state.nonfinite_skipped > self.limit:
+            raise NonFiniteError(
+                f"non-finite values in {n} batches of epoch {state.epoch}: {state.nonfinite_skipped} batches "
+                f"skipped, more than train.nonfinite_limit={self.limit}"
+            )
+
+    # -- synchronous mode ---------------------------------------------------------------------------------------
     def culprit(self, loss: torch.Tensor, x: torch.Tensor) -> str | None:
         """What is non-finite (None when the fused check only overflowed on huge but finite gradients)."""
         found = []
@@ -138,6 +240,25 @@ class NonFiniteGuard:
             )
         state.optimizer.zero_grad(set_to_none=True)
         return True
+
+
+def _zero_momentum_buffers(optimizer: torch.optim.Optimizer) -> None:
+    """Fused SGD creates its momentum buffers uninitialised on its first step and fills them in the kernel, which
+    a set ``found_inf`` skips: a skipped first step would leave garbage behind. Zero buffers before the first
+    step give the same first update (``buf = momentum·0 + grad = grad``) and nothing to leave behind."""
+    if not isinstance(optimizer, torch.optim.SGD):
+        return
+    for group in optimizer.param_groups:
+        if group["momentum"]:
+            for p in group["params"]:
+                state = optimizer.state[p]
+                if state.get("momentum_buffer") is None:
+                    state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+
+def supports_found_inf(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer.step()`` honours a ``found_inf`` flag on the device (torch's fused optimizers)."""
+    return bool(getattr(optimizer, "_step_supports_amp_scaling", False))
 
 
 #: A run has blown up when its reported model's loss exceeds this many times ln(C), the loss of a uniform guess
@@ -208,6 +329,9 @@ def fit(
     state: FitState | None = None,
     nonfinite: str = "stop",
     nonfinite_limit: int = 10,
+    precision: str | Precision = "fp32",
+    deferred_check: bool | None = None,
+    pin_memory: bool = False,
 ) -> FitState:
     """Train ``model`` on ``train`` for ``epochs`` epochs; validate on ``val`` after each.
 
@@ -220,13 +344,19 @@ def fit(
     skips the ``state.batches_done`` batches its epoch already trained (the same ones: the data order comes
     from ``generator``, restored with it).
 
+    ``precision``: ``fp32``, ``bf16`` or ``fp16`` (CUDA only), or a :class:`~tricklab.train.precision.Precision`
+    (see :mod:`tricklab.train.precision`). ``deferred_check``: how the NaN/Inf guard acts (see
+    :class:`NonFiniteGuard`); None: deferred on CUDA for optimizers that take a ``found_inf`` flag, synchronous
+    otherwise. ``pin_memory``: tensors on the host training on a GPU: page-locked batches (see
+    :func:`tricklab.train.placement.place_splits`, which puts a dataset that fits on the GPU itself).
+
     The loop, with its events (see :mod:`tricklab.events`)::
 
         on_fit_start
         for epoch in 1..epochs:
             on_epoch_start
             for (x, y) in train:
-                loss = loss_fn(model(x), y); zero grads; loss.backward()
+                loss = loss_fn(model(x), y) under autocast; zero grads; loss.backward() (fp16: scaled, unscaled)
                 NaN/Inf in loss, x or grads: raise NonFiniteError, or skip the batch (nonfinite="skip")
                 on_after_backward                 # clip, penalize, probe; may set skip_step
                 optimizer.step() unless skip_step
@@ -245,13 +375,20 @@ def fit(
     model.to(device)
     optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=1e-3)
     # a final batch of one example joins the one before: batch norm cannot train on a lone example
-    train_batches = as_batches(train, batch_size, shuffle=True, generator=generator, merge_single=True)
+    train_batches = as_batches(
+        train, batch_size, shuffle=True, generator=generator, merge_single=True, pin_memory=pin_memory
+    )
     callbacks = sorted(callbacks, key=lambda c: getattr(c, "order", 0))
     steps = len(train_batches) if hasattr(train_batches, "__len__") else None
     if state is None:
         state = FitState(model=model, optimizer=optimizer, epochs=epochs, device=device, steps_per_epoch=steps)
     state.steps_per_epoch = state.steps_per_epoch or steps
-    guard = NonFiniteGuard(model, nonfinite, nonfinite_limit)
+    precision = as_precision(precision, device)
+    if deferred_check is None:
+        deferred_check = device.type == "cuda"
+    guard = NonFiniteGuard(model, nonfinite, nonfinite_limit, optimizer=optimizer, deferred=deferred_check)
+    if guard.deferred and precision.scaler is not None:
+        guard.deferred = False  # fp16: the scaler already skips non-finite steps; the loss is checked per step
 
     _emit(callbacks, "on_fit_start", state)
     while state.epoch < epochs and not state.stop:
@@ -265,30 +402,51 @@ def fit(
         for state.batch, (x, y) in islice(enumerate(train_batches), done, None):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             try:
-                out = model(x)
+                with precision.autocast():
+                    out = model(x)
+                    loss = loss_fn(out, y)
             except ValueError as e:  # torch's batch norm refuses one value per channel
                 if len(x) == 1:
                     raise _single_example_error(state.batch, train_batches, e) from None
                 raise
-            loss = loss_fn(out, y)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            precision.backward(loss)
+            precision.unscale(optimizer)
             state.loss, state.inputs, state.targets = loss, x, y
             state.batches_done = state.batch + 1
-            if not guard.all_finite(loss) and guard.handle(state, loss, x):
+            bad = None
+            if guard.deferred:
+                bad = guard.mark(loss, state.step, len(y))
+            elif precision.scaler is not None:  # fp16: non-finite gradients are the scaler's; the loss is ours
+                if not bool(torch.isfinite(loss.detach()).all()) and guard.handle(state, loss, x):
+                    precision.after_skipped_step(optimizer)
+                    continue
+            elif not guard.all_finite(loss) and guard.handle(state, loss, x):
                 continue  # nonfinite="skip": no update, not counted
             _emit(callbacks, "on_after_backward", state)
             if state.skip_step:
                 state.skip_step = False
+                precision.after_skipped_step(optimizer)
+            elif bad is not None:
+                guard.step(optimizer, precision)
             else:
-                optimizer.step()
+                precision.step(optimizer)
             state.step += 1
-            totals.loss_sum += loss.detach().double() * len(y)
-            totals.correct += (out.detach().argmax(1) == y).sum()
+            batch_loss = loss.detach().double() * len(y)
+            batch_correct = (out.detach().argmax(1) == y).sum()
+            if bad is not None:  # deferred: a skipped batch counts for nothing (its examples: see guard.check)
+                batch_loss = torch.where(bad, torch.zeros_like(batch_loss), batch_loss)
+                batch_correct = torch.where(bad, torch.zeros_like(batch_correct), batch_correct)
+            totals.loss_sum += batch_loss
+            totals.correct += batch_correct
             totals.seen += len(y)
+            if bad is not None and state.step % guard.check_every == 0:
+                guard.check(state, epoch_end=False)
             _emit(callbacks, "on_step_end", state)
             if state.stop:
                 break
+        if guard.deferred:  # before validation, history and checkpoints see this epoch
+            guard.check(state, epoch_end=True)
         state.batches_done = 0
         row = {
             EPOCH: state.epoch,
@@ -296,7 +454,7 @@ def fit(
             TRAIN_ACC: totals.correct.item() / max(totals.seen, 1),
         }
         if val is not None:
-            v = evaluate(state.eval_model or model, val, loss_fn=loss_fn, device=device)
+            v = evaluate(state.eval_model or model, val, loss_fn=loss_fn, device=device, precision=precision)
             row.update({VAL_LOSS: v["loss"], VAL_ACC: v["acc"]})
         row.update({LR: totals.lr, EPOCH_TIME: time.perf_counter() - totals.started})
         state.metrics = row

@@ -36,6 +36,7 @@ from tricklab.events import Callback, FitState
 from tricklab.locks import folder_lock
 from tricklab.train.checkpoint import Checkpointer, CheckpointError, StopSignals
 from tricklab.train.loop import DivergedError, NonFiniteError, blown_up, evaluate, fit
+from tricklab.train.placement import place_splits
 from tricklab.train.rundir import (
     HistoryWriter,
     check_run_dir,
@@ -179,6 +180,7 @@ def _run(
 ) -> RunResult:
     parts: Assembled = assemble(cfg)  # may still refuse the config: before anything is written
     splits, device, k_members = parts.splits, parts.device, cfg.averaging.ensemble
+    splits, where = place_splits(splits, device)  # CUDA: the whole dataset on the GPU when it fits
     if run_dir is not None and not resume:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(run_dir / "config.yaml", cfg.to_yaml().encode())
@@ -194,10 +196,15 @@ def _run(
             if k > 0:
                 parts = parts.member(k)
             model, optimizer, tricks, generator = parts.model, parts.optimizer, parts.callbacks, parts.generator
+            precision = parts.precision
+            if precision.scaler is not None:  # fp16: the scaler's state is checkpointed with the tricks'
+                tricks = [*tricks, precision]
             cbs = tricks + extra
             state = None
             model.to(device)
-            initial = evaluate(model, splits.test, device=device)["loss"]  # before training: see blown_up
+            if cfg.train.compile:  # in place: the weights, their names and the checkpoints stay the model's own
+                model.compile()
+            initial = evaluate(model, splits.test, device=device, precision=precision)["loss"]  # see blown_up
             if run_dir is not None:
                 member = k if k_members > 1 else None
                 saver = _checkpointer(cfg, run_dir, k, tricks, generator, signals, config_file)
@@ -223,6 +230,8 @@ def _run(
                     state=state,
                     nonfinite=cfg.train.nonfinite,
                     nonfinite_limit=cfg.train.nonfinite_limit,
+                    precision=precision,
+                    pin_memory=where == "pinned",
                 )
             except NonFiniteError as e:
                 if not record_divergence:
@@ -230,7 +239,7 @@ def _run(
                 diverged = str(e)
                 state.stop_reason = f"diverged: {e}"
             final = state.eval_model or model
-            test = evaluate(final, splits.test, device=device)
+            test = evaluate(final, splits.test, device=device, precision=precision)
             members.append({"test_loss": test["loss"], "test_acc": test["acc"], **_member_summary(state, tricks)})
             blown = None if diverged is not None else blown_up(test["loss"], splits.info.num_classes, initial)
             if blown is not None:  # finite but blown up: a result the lab records, an error for train

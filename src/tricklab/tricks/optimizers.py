@@ -241,13 +241,14 @@ def build_optimizer(
     momentum: float = 0.9,
     weight_decay: float = 0.0,
     decoupled: bool = False,
+    fused: bool = False,
 ) -> torch.optim.Optimizer:
     """The optimizer registered as ``name``, over the trainable parameters, with decay on weights only.
 
     Weights (``ndim >= 2``) get ``weight_decay``; biases and norm parameters go into a no-decay group.
     ``decoupled=False`` adds λw to the gradient (L2); ``decoupled=True`` shrinks ``w ← (1 − ηλ) w`` apart
     from the gradient step (Loshchilov & Hutter 2019). ``momentum`` (γ) is used by ``momentum`` and
-    ``nesterov`` only.
+    ``nesterov`` only. ``fused``: torch's fused kernel where it has one (SGD, Adam, AdamW), the default on CUDA.
 
     Example: ``build_optimizer("nesterov", model, lr=0.1, momentum=0.9, weight_decay=5e-4)``.
     """
@@ -259,7 +260,26 @@ def build_optimizer(
     if not (_is_number(weight_decay) and math.isfinite(weight_decay) and weight_decay >= 0):
         raise ConfigError("optim.weight_decay", weight_decay, "a finite number >= 0")
     params = trainable_params(params_or_model)
-    return factory(params, lr=lr, momentum=momentum, weight_decay=weight_decay, decoupled=decoupled)
+    opt = factory(params, lr=lr, momentum=momentum, weight_decay=weight_decay, decoupled=decoupled)
+    if fused:
+        _use_fused(opt)
+    return opt
+
+
+#: torch optimizers with a fused kernel that honours a ``found_inf`` flag (used as is, not subclassed).
+FUSABLE = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
+
+
+def _use_fused(opt: torch.optim.Optimizer) -> None:
+    """Switch ``opt`` to torch's fused kernel when it has one (:data:`FUSABLE`, not the decoupled subclasses):
+    one kernel per step, and a ``found_inf`` flag that skips the update on the device (the NaN/Inf guard's
+    deferred mode, :class:`tricklab.train.loop.NonFiniteGuard`)."""
+    if type(opt) not in FUSABLE:
+        return
+    for group in opt.param_groups:
+        group["fused"], group["foreach"] = True, False
+    opt.defaults["fused"], opt.defaults["foreach"] = True, False
+    opt._step_supports_amp_scaling = True
 
 
 def _is_number(x: object) -> bool:
