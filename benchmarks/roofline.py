@@ -1,0 +1,93 @@
+"""The physical limit: this machine's matmul peak (fp32, bf16) and the MLP epoch's achieved share of it.
+
+Peak: the best of ``--repeats`` timings of an n×n by n×n matmul (2n³ flops) at each thread count, for fp32
+and bf16. The job: one training epoch of tricklab's default MLP (784-512-512-10, batch 128, Adam) on MNIST's
+54,000 training examples through ``fit()`` (no validation), fp32. Its useful flops: each Linear layer of
+shape (out, in) costs 2·in·out per example forward and 4·in·out backward (the gradients of the weights and of
+the inputs), except the first layer, whose input gradient is not needed (2·in·out); the rest (activations,
+loss, Adam) is counted as zero, so the figure is a lower bound on the work done. Printed: peak GFLOP/s, the
+epoch's time and achieved GFLOP/s and the ratio. Not a test.
+
+    TRICKLAB_DATA=../shared/data .venv/bin/python benchmarks/roofline.py --threads 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from tricklab.assembly import assemble
+from tricklab.config import load_config
+from tricklab.train.loop import fit
+
+
+def matmul_peak(dtype: torch.dtype, n: int, repeats: int) -> float:
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a @ b  # warm-up
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def epoch_flops(model: nn.Module, examples: int) -> float:
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    per_example = sum(2 * m.in_features * m.out_features * (3 if i else 2) for i, m in enumerate(linears))
+    return per_example * examples
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--n", type=int, default=2048)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=3, help="epochs timed (median), after one warm-up epoch")
+    p.add_argument("--dataset", default="mnist")
+    args = p.parse_args()
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        peak32 = matmul_peak(torch.float32, args.n, args.repeats)
+        peak16 = matmul_peak(torch.bfloat16, args.n, args.repeats)
+        cfg = load_config(
+            overrides={
+                "data.name": args.dataset,
+                "train.threads": threads,
+                "train.device": "cpu",
+                "schedule.name": "constant",
+            }
+        )
+        parts = assemble(cfg)
+        state, times = None, []
+        for epoch in range(1, args.epochs + 2):
+            t = time.perf_counter()
+            state = fit(
+                parts.model,
+                parts.splits.train,
+                epochs=epoch,
+                optimizer=parts.optimizer,
+                generator=parts.generator,
+                batch_size=cfg.data.batch_size,
+                state=state,
+            )
+            if epoch > 1:
+                times.append(time.perf_counter() - t)
+        flops = epoch_flops(parts.model, len(parts.splits.train))
+        epoch_s = statistics.median(times)
+        achieved = flops / epoch_s / 1e9
+        print(f"threads {threads}: matmul peak fp32 {peak32:.1f} GFLOP/s, bf16 {peak16:.1f} GFLOP/s (n={args.n})")
+        print(
+            f"  MLP epoch ({len(parts.splits.train)} examples, {flops / 1e9:.1f} GFLOP): median {epoch_s:.2f}s, "
+            f"{achieved:.1f} GFLOP/s = {100 * achieved / peak32:.0f}% of the fp32 peak"
+        )
+
+
+if __name__ == "__main__":
+    main()
