@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 
 #: Bytes of one value: training runs in float32.
 BYTES_PER_VALUE = 4
+#: Models with weights up to this size count their activations with a real forward pass on the CPU.
+REAL_PASS_BYTES = 256 * 2**20
 #: Optimizer state tensors kept per parameter (an unknown optimizer is assumed to keep 2, as Adam does).
 OPTIMIZER_SLOTS = {"sgd": 0, "ngd": 0, "momentum": 1, "nesterov": 1, "adagrad": 1, "rmsprop": 1, "adam": 2, "adamw": 2}
 
@@ -81,9 +83,11 @@ def physical_memory() -> int | None:
 
 
 def measure_on_meta(build: Callable[[], torch.nn.Module], input_shape: tuple[int, ...]) -> tuple[int, int] | None:
-    """``(parameters, activation values per example)`` of the model ``build()`` returns, built and run on the
-    ``meta`` device (nothing allocated). None if it cannot be built there (its real build then reports why);
-    activations 0 if it cannot be run there (a plugin that needs real values)."""
+    """``(parameters, activation values per example)`` of the model ``build()`` returns, built on the ``meta``
+    device (nothing allocated) and run there, or, when its weights take at most :data:`REAL_PASS_BYTES`, run on
+    uninitialised CPU weights (a forward pass on meta costs seconds of imports the first time). None if it
+    cannot be built there (its real build then reports why); activations 0 if it cannot be run (a plugin that
+    needs real values)."""
     try:
         with torch.device("meta"):
             model = build()
@@ -99,11 +103,20 @@ def measure_on_meta(build: Callable[[], torch.nn.Module], input_shape: tuple[int
         outs = output if isinstance(output, tuple | list) else (output,)
         values += sum(t.numel() for t in outs if isinstance(t, torch.Tensor))
 
+    # A small model runs one real forward pass on uninitialised CPU weights: a forward pass on the meta device
+    # needs torch's Python meta kernels, whose first use imports torch._dynamo (5-6 s, every process).
+    device = "meta"
+    if parameters * BYTES_PER_VALUE <= REAL_PASS_BYTES:
+        try:
+            model, device = model.to_empty(device="cpu"), "cpu"
+        except Exception:  # noqa: BLE001 - a module that cannot leave the meta device: count there
+            device = "meta"
     leaves = [m for m in model.modules() if next(m.children(), None) is None]
     handles = [m.register_forward_hook(count) for m in leaves]
     try:
         model.eval()  # batch norm in training mode refuses a batch of one; the shapes are the same
-        model(torch.empty((2, *input_shape), device="meta"))
+        with torch.no_grad():
+            model(torch.zeros((2, *input_shape), device=device))
         activations = values // 2
     except Exception:
         activations = 0

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 
-import torch
 from torch import nn
 
 from tricklab.models.blocks import Block, residual_scales
@@ -48,8 +47,17 @@ class CNN(nn.Module):
             if i in pool_after:
                 layers.append(pool)
         self.features = nn.Sequential(*layers)
-        with torch.no_grad():
-            n_flat = math.prod(self.features(torch.zeros(1, *input_shape)).shape[1:])
+        # same-padded stride-1 convolutions keep the size; each pooling floors it by half (no probe forward pass:
+        # on the meta device, where the memory check builds models, that costs seconds of imports)
+        spatial = list(input_shape[1:])
+        for _ in pool_after:
+            spatial = [s // 2 for s in spatial]
+        if min(spatial) < 1:
+            raise ValueError(
+                f"cnn inputs shaped {tuple(input_shape)} are too small for {len(pool_after)} poolings by 2 "
+                f"(model.depth={depth}): use a smaller depth"
+            )
+        n_flat = width * math.prod(spatial)
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(n_flat, num_classes))
 
     def forward(self, x):

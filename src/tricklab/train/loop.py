@@ -280,7 +280,8 @@ class DivergedError(TrickLabError):
 def blown_up(loss: float, num_classes: int, initial: float | None = None, factor: float = BLOWUP_FACTOR) -> str | None:
     """Why a run has blown up, judged by the cross-entropy ``loss`` of the model it reports (on the test set after
     training, restored or averaged weights included) over ``num_classes`` classes and by ``initial``, the same
-    model's test loss before training; None if it has not.
+    model's test loss before training (on the first 2,048 test examples: ``INITIAL_LOSS_EXAMPLES`` in
+    :mod:`tricklab.train.run`); None if it has not.
 
     The rule: ``loss`` is not finite, or ``loss > factor × ln(C)`` (``factor`` = :data:`BLOWUP_FACTOR` = 100) and
     ``loss > initial``. ``ln(C)`` is the loss of a uniform prediction, a model that knows nothing. A mean loss of
