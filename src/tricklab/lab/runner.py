@@ -26,6 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from tricklab.lab.costs import longest_first
+
 
 @dataclass(frozen=True)
 class Task:
@@ -120,8 +122,8 @@ class InProcess:
         poll_s: float = 0.0,
         refill: Callable[[], list[Task]] | None = None,
     ) -> None:
-        pending = list(tasks)
-        while pending or (refill is not None and (pending := list(refill()))):
+        pending = longest_first(list(tasks))
+        while pending or (refill is not None and (pending := longest_first(list(refill())))):
             task = pending.pop(0)
             on_event("start", task.key)
             try:
@@ -188,19 +190,21 @@ class WorkerPool:
         poll_s: float = 0.2,
         refill: Callable[[], list[Task]] | None = None,
     ) -> None:
-        """Run every task; ``on_event(kind, key, *payload)`` for ``start``, ``done`` and ``failed``.
+        """Run every task, the longest first (:func:`tricklab.lab.costs.longest_first`); ``on_event(kind, key,
+        *payload)`` for ``start``, ``done`` and ``failed``.
 
         ``refill()``, when given, is asked for more tasks whenever none is waiting and a worker is idle or a run has
-        just ended (its event already delivered): ``--seeds auto`` adds seeds to the comparisons still undecided this way, without
-        waiting for the other studies' runs. The pool returns when nothing is running, waiting or refilled.
+        just ended (its event already delivered): ``--seeds auto`` adds seeds to the comparisons still undecided
+        this way, without waiting for the other studies' runs. The pool returns when nothing is running, waiting or
+        refilled.
         """
-        pending = list(tasks)
+        pending = longest_first(list(tasks))  # the longest first: no worker is left alone with one at the end
         in_flight = 0
         if not pending and refill is not None:
-            pending.extend(refill())
+            pending.extend(longest_first(refill()))
         while pending or in_flight:
             if not pending and refill is not None and any(w["task"] is None for w in self.workers):
-                pending.extend(refill())  # an idle worker: ask now, not only when the next run ends
+                pending.extend(longest_first(refill()))  # an idle worker: ask now, not only when the next run ends
             for w in self.workers:
                 if w["task"] is None and pending:
                     w["task"] = pending.pop(0)
@@ -219,7 +223,7 @@ class WorkerPool:
                     in_flight -= 1
                     on_event(kind, key, *msg[2:])
                     if not pending and refill is not None:
-                        pending.extend(refill())
+                        pending.extend(longest_first(refill()))
                 continue
             for i, w in enumerate(self.workers):  # nothing arrived: did a worker die holding a task?
                 if not w["proc"].is_alive():
@@ -229,7 +233,7 @@ class WorkerPool:
                         in_flight -= 1
                         on_event("failed", task.key, f"worker process died (exit code {code}) while running it", "")
                         if not pending and refill is not None:
-                            pending.extend(refill())
+                            pending.extend(longest_first(refill()))
 
     def _release(self, key: tuple) -> None:
         for w in self.workers:

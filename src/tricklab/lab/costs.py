@@ -1,0 +1,88 @@
+"""How long a lab run will take, relative to the others: the lab starts the longest first.
+
+A pool that starts a long run last ends with every worker but one idle while it finishes; starting the longest
+runs first (the LPT rule: longest processing time first) keeps the workers busy to the end. Only the order
+matters, so a proxy is enough::
+
+    cost = epochs × training examples × multiply-adds of one forward pass × ensemble members
+
+The multiply-adds are counted once per model configuration on a forward pass of two examples on the CPU (Linear:
+in × out per example; ConvNd: output elements × in-channels/groups × kernel size); the training examples come from
+the dataset's raw size (or ``data.subset``) less the validation share. A config whose cost cannot be estimated (a
+plugin model or dataset that cannot be built here) costs ``nan`` and goes last, in its given order.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from functools import lru_cache
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@lru_cache(maxsize=64)
+def _dataset(data_json: str) -> tuple[int, tuple[int, ...], int]:
+    """(training examples before the validation split, input shape, classes) of the dataset a ``data`` config
+    section names, loaded once."""
+    from tricklab.config import DataConfig, dataset_loader
+    from tricklab.data.base import as_raw_dataset
+    from tricklab.data.download import data_root
+
+    d = DataConfig(**json.loads(data_json))
+    raw = as_raw_dataset(dataset_loader(d.name)(**d.loader_kwargs(data_root(d.dir))), d.name)
+    return len(raw.train), tuple(raw.info.input_shape), raw.info.num_classes
+
+
+@lru_cache(maxsize=256)
+def forward_macs(model_json: str, input_shape: tuple[int, ...], classes: int) -> float:
+    """Multiply-adds of one example's forward pass through the model a ``model`` config section describes."""
+    from tricklab.config import ModelConfig, model_factory
+
+    section = ModelConfig(**json.loads(model_json))
+    model = model_factory(section.name)(input_shape, classes, **section.factory_kwargs()).eval()
+    macs = 0
+
+    def count(module: nn.Module, inputs, output) -> None:
+        nonlocal macs
+        if isinstance(module, nn.Linear):
+            macs += output.numel() * module.in_features
+        elif isinstance(module, nn.modules.conv._ConvNd):
+            k = math.prod(module.kernel_size) * module.in_channels // module.groups
+            macs += output.numel() * k
+
+    handles = [m.register_forward_hook(count) for m in model.modules()]
+    try:
+        with torch.no_grad():
+            model(torch.zeros((2, *input_shape)))
+    finally:
+        for h in handles:
+            h.remove()
+    return macs / 2
+
+
+def run_cost(config: dict[str, Any]) -> float:
+    """The relative cost of a run (a resolved config as a dict); ``nan`` when it cannot be estimated."""
+    from tricklab.config import validate
+
+    try:
+        cfg = validate(config)
+        d = cfg.data
+        source = {k: v for k, v in d.model_dump(mode="json").items() if k in ("name", "path", "kwargs", "dir")}
+        n, shape, classes = _dataset(json.dumps(source, sort_keys=True))
+        n = min(n, d.subset) if d.subset else n
+        n_train = n * (1 - d.val_fraction)
+        macs = forward_macs(json.dumps(cfg.model.model_dump(mode="json"), sort_keys=True), shape, classes)
+        return cfg.train.epochs * n_train * macs * cfg.averaging.ensemble
+    except Exception:  # noqa: BLE001 - an estimate only: a run that cannot be costed goes last
+        return math.nan
+
+
+def longest_first(tasks: list, cost=run_cost) -> list:
+    """``tasks`` (with a ``config`` dict each) sorted by :func:`run_cost`, largest first; the sort is stable and
+    runs that cannot be costed keep their order at the end."""
+    costs = [cost(t.config) for t in tasks]
+    order = sorted(range(len(tasks)), key=lambda i: (math.isnan(costs[i]), 0 if math.isnan(costs[i]) else -costs[i]))
+    return [tasks[i] for i in order]
