@@ -85,7 +85,7 @@ def physical_memory() -> int | None:
 def measure_on_meta(build: Callable[[], torch.nn.Module], input_shape: tuple[int, ...]) -> tuple[int, int] | None:
     """``(parameters, activation values per example)`` of the model ``build()`` returns, built on the ``meta``
     device (nothing allocated) and run there, or, when its weights take at most :data:`REAL_PASS_BYTES`, run on
-    uninitialised CPU weights (a forward pass on meta costs seconds of imports the first time). None if it
+    zeroed CPU weights (a forward pass on meta costs seconds of imports the first time). None if it
     cannot be built there (its real build then reports why); activations 0 if it cannot be run (a plugin that
     needs real values)."""
     try:
@@ -103,12 +103,15 @@ def measure_on_meta(build: Callable[[], torch.nn.Module], input_shape: tuple[int
         outs = output if isinstance(output, tuple | list) else (output,)
         values += sum(t.numel() for t in outs if isinstance(t, torch.Tensor))
 
-    # A small model runs one real forward pass on uninitialised CPU weights: a forward pass on the meta device
+    # A small model runs one real forward pass on zeroed CPU weights: a forward pass on the meta device
     # needs torch's Python meta kernels, whose first use imports torch._dynamo (5-6 s, every process).
     device = "meta"
     if parameters * BYTES_PER_VALUE <= REAL_PASS_BYTES:
         try:
             model, device = model.to_empty(device="cpu"), "cpu"
+            with torch.no_grad():  # garbage memory holds denormals and NaNs, which some CPUs compute slowly
+                for t in (*model.parameters(), *model.buffers()):
+                    t.zero_()
         except Exception:  # noqa: BLE001 - a module that cannot leave the meta device: count there
             device = "meta"
     leaves = [m for m in model.modules() if next(m.children(), None) is None]
