@@ -170,6 +170,7 @@ class ModelConfig(Section):
     dropout: float | None = Field(None, ge=0, lt=1)
     residual: bool | None = None
     kwargs: dict[str, Any] = {}
+    sync_bn: bool = False  # under torchrun with several processes: BatchNorm -> SyncBatchNorm (CUDA only)
 
     _act = field_validator("activation")(lambda v: v if v is None else _name_in(ACTIVATIONS, v))
     _norm = field_validator("norm")(lambda v: v if v is None else _name_in(NORMS, v))

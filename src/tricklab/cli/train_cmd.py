@@ -79,32 +79,51 @@ def resume_config(run_dir: Path, config: str | None, overrides: list[str]):
 
 
 def run_cmd(args: argparse.Namespace) -> int:
-    """Train (or resume) with the run directory locked for the whole command (see :mod:`tricklab.locks`)."""
-    if args.resume is None:
-        return _train(args)
-    if args.out is not None:
-        raise TrickLabError("--out cannot be combined with --resume: a run continues in its own directory")
-    from tricklab.locks import folder_lock
-    from tricklab.train.rundir import find_resumable
+    """Train (or resume) with the run directory locked for the whole command (see :mod:`tricklab.locks`).
 
-    run_dir = find_resumable() if args.resume == "auto" else Path(args.resume)
-    with folder_lock(run_dir, create=False) if run_dir.is_dir() else nullcontext():
-        return _train(args, run_dir)
+    Under torchrun every process runs this command and joins the job's process group for its length; rank 0
+    locks, writes and prints (:mod:`tricklab.train.distributed`). When torchrun restarts the job after a failure
+    (``--max-restarts``), ``--out DIR`` holding this job's run continues it from its newest checkpoint.
+    """
+    from tricklab.train import distributed
+
+    with distributed.session():
+        if args.resume is None and distributed.restarted_job(args.out):  # torchrun restarted this job's workers
+            args.resume, args.out = args.out, None
+        if args.resume is None:
+            return _train(args)
+        if args.out is not None:
+            raise TrickLabError("--out cannot be combined with --resume: a run continues in its own directory")
+        from tricklab.locks import folder_lock
+        from tricklab.train.rundir import find_resumable
+
+        run_dir = find_resumable() if args.resume == "auto" else Path(args.resume)
+        lock = run_dir.is_dir() and distributed.is_main()  # DDP: rank 0 holds the run directory
+        with folder_lock(run_dir, create=False) if lock else nullcontext():
+            return _train(args, run_dir)
 
 
 def _train(args: argparse.Namespace, resume_dir: Path | None = None) -> int:
     from tricklab.cli.progress import ProgressReporter
     from tricklab.config import load_config
     from tricklab.locks import folder_lock
+    from tricklab.train import distributed
     from tricklab.train.run import run
 
+    main = distributed.is_main()  # DDP: rank 0 checks the run directory and prints
     if resume_dir is not None:
         run_dir, cfg = resume_dir, resume_config(resume_dir, args.config, args.overrides)
     else:
         run_dir, cfg = args.out, load_config(args.config, args.overrides)
-        _check_out(cfg, run_dir)
-    callbacks = [ProgressReporter()]
+        if main:
+            _check_out(cfg, run_dir)
+    callbacks = [ProgressReporter()] if main else []
     probe = None
+    if args.diagnose and distributed.is_distributed():
+        raise TrickLabError(
+            "--diagnose cannot be combined with torchrun's several processes (allowed: --diagnose with one "
+            "process, or torchrun without --diagnose)"
+        )
     if args.diagnose:
         from tricklab.diagnostics.probes import ProbeCallback
 
@@ -121,6 +140,8 @@ def _train(args: argparse.Namespace, resume_dir: Path | None = None) -> int:
         if result.run_dir is not None:
             with folder_lock(result.run_dir, create=False):
                 print(f"doctor report: {write_report(doc, Path(result.run_dir) / 'doctor')}")
+    if not main:
+        return 0
     m = result.metrics
     done = f"({m['epochs_run']} epochs, {m['wall_time_s']:.1f}s)"
     print(f"test_loss {m['test_loss']:.4f}  test_acc {m['test_acc']:.4f}  {done}")

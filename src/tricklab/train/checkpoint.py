@@ -564,7 +564,8 @@ class Checkpointer(Callback):
     data-order ``generator`` state, so a mid-epoch checkpoint replays the same batch order. ``callbacks``: the
     tricks whose ``state_dict()`` is saved. :meth:`restore` puts a checkpoint back into a :class:`FitState`
     for ``fit(state=...)``; ``config_file``, the file the config to resume with was read from, is named when it
-    no longer matches the checkpoint's config hash (it was edited after the run started).
+    no longer matches the checkpoint's config hash (it was edited after the run started). ``write=False`` (the
+    ranks other than 0 of a torchrun job): restore only; write nothing, and on a stop signal stop without saving.
     """
 
     order = ORDER_CHECKPOINT
@@ -582,6 +583,7 @@ class Checkpointer(Callback):
         signals: StopSignals | None = None,
         resume_hint: str = "",
         config_file: str | Path | None = None,
+        write: bool = True,
     ):
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ConfigError("checkpoint.every", every, "must be an integer >= 1")
@@ -591,6 +593,7 @@ class Checkpointer(Callback):
         self.every, self.keep_last, self.monitor = every, keep_last, monitor
         self.config_hash, self.signals, self.resume_hint = config_hash, signals, resume_hint
         self.config_file = config_file  # where the config to resume with was read from, for the mismatch message
+        self.write = write  # DDP: False on ranks other than 0
         self.best: float | None = None
         self.best_epoch: int | None = None
         self._epoch_order: torch.Tensor | None = None  # data-order generator state at the running epoch's start
@@ -603,7 +606,7 @@ class Checkpointer(Callback):
             for group, saved in zip(state.optimizer.param_groups, self._param_groups, strict=True):
                 group.update({k: v for k, v in saved.items() if k != "params"})
             self._param_groups = None
-        if self.folder.is_dir():  # leftovers of a save that a crash or a second signal cut short
+        if self.write and self.folder.is_dir():  # leftovers of a save that a crash or a second signal cut short
             for p in self.folder.iterdir():
                 if p.name.startswith(_TEMP_PREFIXES):
                     shutil.rmtree(p, ignore_errors=True)
@@ -614,12 +617,16 @@ class Checkpointer(Callback):
 
     def on_step_end(self, state: FitState) -> None:
         if self.signals is not None and self.signals.signum is not None:
-            self._interrupt(state, self.save(state))
+            self._interrupt(state, self.save(state) if self.write else None)
 
     def on_epoch_end(self, state: FitState) -> None:
         improved = self._improved(state)
         signaled = self.signals is not None and self.signals.signum is not None
         saved = None
+        if not self.write:  # DDP: rank 0 writes
+            if signaled:
+                self._interrupt(state, None)
+            return
         if state.epoch % self.every == 0 or state.epoch >= state.epochs or state.stop or signaled:
             saved = self.save(state)
         if improved:
@@ -688,7 +695,8 @@ class Checkpointer(Callback):
         batch = state.batches_done or state.steps_per_epoch
         where = f"batch {batch} of epoch {state.epoch} (step {state.step})"
         hint = f"; continue with: {self.resume_hint}" if self.resume_hint else ""
-        raise Interrupted(f"stopped by {name} after {where}; checkpoint {str(path)!r}{hint}", self.signals.signum)
+        saved = f"checkpoint {str(path)!r}" if path is not None else "rank 0 writes the checkpoint"
+        raise Interrupted(f"stopped by {name} after {where}; {saved}{hint}", self.signals.signum)
 
     @staticmethod
     def _key(i: int, cb: Callback) -> str:

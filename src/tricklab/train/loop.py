@@ -6,6 +6,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from itertools import islice
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +17,9 @@ from tricklab.errors import ConfigError, TrickLabError
 from tricklab.events import Callback, EpochTotals, FitState
 from tricklab.metrics import EPOCH, EPOCH_TIME, LR, TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS
 from tricklab.train.precision import Precision, as_precision
+
+if TYPE_CHECKING:
+    from tricklab.train.distributed import DDP
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -155,6 +159,10 @@ class NonFiniteGuard:
 
     def all_finite(self, loss: torch.Tensor) -> bool:
         return bool(torch.isfinite(self._total(loss)))
+
+    def loss_finite(self, loss: torch.Tensor) -> bool:
+        """Whether the loss alone is finite (fp16: the grad scaler judges the gradients)."""
+        return bool(torch.isfinite(loss.detach()).all())
 
     # -- deferred mode ------------------------------------------------------------------------------------------
     def mark(self, loss: torch.Tensor, step: int, examples: int) -> torch.Tensor:
@@ -333,6 +341,7 @@ def fit(
     precision: str | Precision = "fp32",
     deferred_check: bool | None = None,
     pin_memory: bool = False,
+    ddp: DDP | None = None,
 ) -> FitState:
     """Train ``model`` on ``train`` for ``epochs`` epochs; validate on ``val`` after each.
 
@@ -343,7 +352,9 @@ def fit(
     class logits (or any output ``loss_fn`` accepts). ``state``: continue
     from a state restored from a checkpoint (see :mod:`tricklab.train.checkpoint`); a state saved mid-epoch
     skips the ``state.batches_done`` batches its epoch already trained (the same ones: the data order comes
-    from ``generator``, restored with it).
+    from ``generator``, restored with it). ``ddp``: this process is one rank of several under torchrun
+    (:mod:`tricklab.train.distributed`): it trains on its shard of each global batch through
+    ``DistributedDataParallel``, and the step totals, the NaN/Inf guard and the stop decision are agreed by all ranks.
 
     ``precision``: ``fp32``, ``bf16`` or ``fp16`` (CUDA only), or a :class:`~tricklab.train.precision.Precision`
     (see :mod:`tricklab.train.precision`). ``deferred_check``: how the NaN/Inf guard acts (see
@@ -379,6 +390,9 @@ def fit(
     train_batches = as_batches(
         train, batch_size, shuffle=True, generator=generator, merge_single=True, pin_memory=pin_memory
     )
+    net = model
+    if ddp is not None:  # DDP: this rank's shard of every global batch; forward through the DDP wrapper
+        train_batches, net = ddp.shard(train_batches), ddp.wrap(model)
     callbacks = sorted(callbacks, key=lambda c: getattr(c, "order", 0))
     steps = len(train_batches) if hasattr(train_batches, "__len__") else None
     if state is None:
@@ -387,7 +401,8 @@ def fit(
     precision = as_precision(precision, device)
     if deferred_check is None:
         deferred_check = device.type == "cuda"
-    guard = NonFiniteGuard(model, nonfinite, nonfinite_limit, optimizer=optimizer, deferred=deferred_check)
+    guard_type = NonFiniteGuard if ddp is None else ddp.guard  # DDP: its verdicts are agreed by all ranks
+    guard = guard_type(model, nonfinite, nonfinite_limit, optimizer=optimizer, deferred=deferred_check)
     if guard.deferred and precision.scaler is not None:
         guard.deferred = False  # fp16: the scaler already skips non-finite steps; the loss is checked per step
 
@@ -404,7 +419,7 @@ def fit(
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             try:
                 with precision.autocast():
-                    out = model(x)
+                    out = net(x)
                     loss = loss_fn(out, y)
             except ValueError as e:  # torch's batch norm refuses one value per channel
                 if len(x) == 1:
@@ -419,7 +434,7 @@ def fit(
             if guard.deferred:
                 bad = guard.mark(loss, state.step, len(y))
             elif precision.scaler is not None:  # fp16: non-finite gradients are the scaler's; the loss is ours
-                if not bool(torch.isfinite(loss.detach()).all()) and guard.handle(state, loss, x):
+                if not guard.loss_finite(loss) and guard.handle(state, loss, x):
                     precision.after_skipped_step(optimizer)
                     continue
             elif not guard.all_finite(loss) and guard.handle(state, loss, x):
@@ -438,9 +453,11 @@ def fit(
             if bad is not None:  # deferred: a skipped batch counts for nothing (its examples: see guard.check)
                 batch_loss = torch.where(bad, torch.zeros_like(batch_loss), batch_loss)
                 batch_correct = torch.where(bad, torch.zeros_like(batch_correct), batch_correct)
+            if ddp is not None:  # DDP: the global batch's sums (the shards are equal: len(y) × world examples)
+                batch_loss, batch_correct = ddp.reduce_totals(batch_loss, batch_correct)
             totals.loss_sum += batch_loss
             totals.correct += batch_correct
-            totals.seen += len(y)
+            totals.seen += len(y) * (1 if ddp is None else ddp.world)
             if bad is not None and state.step % guard.check_every == 0:
                 guard.check(state, epoch_end=False)
             _emit(callbacks, "on_step_end", state)
@@ -454,6 +471,8 @@ def fit(
             TRAIN_LOSS: totals.loss_sum.item() / max(totals.seen, 1),
             TRAIN_ACC: totals.correct.item() / max(totals.seen, 1),
         }
+        if ddp is not None:  # DDP: rank 0's batch-norm statistics on every rank, so all evaluate alike
+            ddp.epoch_end(model)
         if val is not None:
             v = evaluate(state.eval_model or model, val, loss_fn=loss_fn, device=device, precision=precision)
             row.update({VAL_LOSS: v["loss"], VAL_ACC: v["acc"]})
@@ -463,5 +482,7 @@ def fit(
         for cb in callbacks:
             cb.on_epoch_end(state)
             row.update(state.epoch_extras)
+        if ddp is not None:  # DDP: every rank stops if one does
+            ddp.agree_stop(state)
     _emit(callbacks, "on_fit_end", state)
     return state

@@ -34,7 +34,8 @@ from tricklab.data.download import atomic_write
 from tricklab.errors import TrickLabError
 from tricklab.events import Callback, FitState
 from tricklab.locks import folder_lock
-from tricklab.train.checkpoint import Checkpointer, CheckpointError, StopSignals
+from tricklab.train import distributed
+from tricklab.train.checkpoint import Checkpointer, CheckpointError, StopSignals, check_state, read_checkpoint
 from tricklab.train.loop import DivergedError, NonFiniteError, blown_up, evaluate, fit
 from tricklab.train.placement import place_splits
 from tricklab.train.rundir import (
@@ -110,8 +111,12 @@ def run(
     The run directory is locked while the run writes it (:mod:`tricklab.locks`): a second process is refused.
     """
     run_dir = Path(out) if out is not None else default_run_dir(cfg) if write else None
+    if distributed.is_distributed():  # DDP: rank 0's run directory (a default name holds the time)
+        run_dir = distributed.broadcast(run_dir)
     if resume and (run_dir is None or not run_dir.is_dir()):
         raise TrickLabError(f"cannot resume {str(out)!r}: not a run directory")
+    if not distributed.is_main():  # DDP: only rank 0 checks, locks and writes the run directory
+        return _run(cfg, run_dir, list(callbacks), resume, record_divergence)
     if run_dir is not None and not resume:
         check_run_dir(run_dir)
     fresh = run_dir is not None and not resume
@@ -132,8 +137,17 @@ def _resume_member(
     saver: Checkpointer, state: FitState, history_path: Path, rows: list[dict], member: int | None
 ) -> FitState | None:
     """Restore ``saver``'s newest valid checkpoint into ``state`` (None: there is none, start afresh) and
-    rewrite history.jsonl as ``rows`` (earlier members) plus the checkpoint's own, so no epoch is there twice."""
+    rewrite history.jsonl as ``rows`` (earlier members) plus the checkpoint's own, so no epoch is there twice.
+    DDP: rank 0 chooses the checkpoint (removing invalid newer ones) and the other ranks restore that one."""
+    if not distributed.is_main():
+        path = distributed.broadcast(None)
+        if path is None:
+            return None
+        saver.restore(check_state(read_checkpoint(path), path), state)
+        return state
     found = saver.resume_latest(state)
+    if distributed.is_distributed():
+        distributed.broadcast(found[0] if found is not None else None)
     if found is not None:
         for message in found[1]:
             note(message)
@@ -164,6 +178,7 @@ def _checkpointer(
     generator: torch.Generator,
     signals: StopSignals,
     config_file: Path | None = None,
+    write: bool = True,
 ) -> Checkpointer:
     """Checkpoints as ``checkpoint.*`` asks; the best epoch by early stopping's monitor, else by val_acc."""
     return Checkpointer(
@@ -177,6 +192,7 @@ def _checkpointer(
         signals=signals,
         resume_hint=f"tricklab train --resume {run_dir}",
         config_file=config_file,
+        write=write,
     )
 
 
@@ -186,10 +202,14 @@ def _run(
     parts: Assembled = assemble(cfg)  # may still refuse the config: before anything is written
     splits, device, k_members = parts.splits, parts.device, cfg.averaging.ensemble
     splits, where = place_splits(splits, device)  # CUDA: the whole dataset on the GPU when it fits
-    if run_dir is not None and not resume:
+    main = distributed.is_main()  # DDP: only rank 0 writes
+    if run_dir is not None and not resume and main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(run_dir / "config.yaml", cfg.to_yaml().encode())
         atomic_write(run_dir / "scaler.json", json.dumps(splits.scaler.to_dict()).encode())
+    if run_dir is not None and main:  # DDP: the world size and torchrun job of the run (see distributed.py)
+        for message in distributed.record_job(run_dir, resume):
+            note(message)
     start = time.perf_counter()
     history: list[dict[str, Any]] = []
     members: list[dict[str, Any]] = []
@@ -204,6 +224,7 @@ def _run(
             precision = parts.precision
             if precision.scaler is not None:  # fp16: the scaler's state is checkpointed with the tricks'
                 tricks = [*tricks, precision]
+            model = distributed.prepare_model(model, device, cfg.model.sync_bn)  # DDP: SyncBatchNorm if asked
             cbs = tricks + extra
             state = None
             model.to(device)
@@ -213,8 +234,8 @@ def _run(
             initial = evaluate(model, head, device=device, precision=precision)["loss"]  # see blown_up
             if run_dir is not None:
                 member = k if k_members > 1 else None
-                saver = _checkpointer(cfg, run_dir, k, tricks, generator, signals, config_file)
-                cbs += [HistoryWriter(run_dir / "history.jsonl", member=member), saver]
+                saver = _checkpointer(cfg, run_dir, k, tricks, generator, signals, config_file, write=main)
+                cbs += [HistoryWriter(run_dir / "history.jsonl", member=member), saver] if main else [saver]
                 if resume:
                     model.to(device)  # before the optimizer state is loaded next to the parameters
                     state = FitState(model=model, optimizer=optimizer, epochs=cfg.train.epochs, device=device)
@@ -238,6 +259,7 @@ def _run(
                     nonfinite_limit=cfg.train.nonfinite_limit,
                     precision=precision,
                     pin_memory=where == "pinned",
+                    ddp=distributed.DDP(device) if distributed.is_distributed() else None,
                 )
             except NonFiniteError as e:
                 if not record_divergence:
@@ -269,12 +291,13 @@ def _run(
     if k_members > 1 and any(m.get("diverged") for m in members):
         metrics["diverged_members"] = sum(1 for m in members if m.get("diverged"))
     metrics.update(wall_time_s=time.perf_counter() - start, config_hash=cfg.hash())
-    if run_dir is not None:
+    if run_dir is not None and main:
         atomic_write(run_dir / "metrics.json", (json.dumps(metrics, indent=2) + "\n").encode())
         for k, final in enumerate(finals):
             name = "model.safetensors" if k_members == 1 else f"model_member{k}.safetensors"
             tensors = {n: v.detach().cpu().contiguous() for n, v in final.state_dict().items()}
             atomic_write(run_dir / name, safetensors.torch.save(tensors))
+    distributed.barrier()  # DDP: the run ends on every rank once rank 0 has written it
     result = RunResult(cfg, history, metrics, run_dir, finals[0] if k_members == 1 else finals)
     if blowups and not record_divergence:  # written in full, and still never a success
         where = f"; results kept in {str(run_dir)!r} (metrics.json: diverged: true)" if run_dir is not None else ""
