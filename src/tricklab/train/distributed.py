@@ -76,7 +76,16 @@ def init_from_env() -> bool:
         backend = "cpu:gloo,cuda:nccl"
     else:
         backend = "gloo"
-    dist.init_process_group(backend=backend)
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        # torchrun's own store outlives a restart and still holds the failed try's addresses: a restarted rank
+        # could connect to a dead peer's port. Each try gets its own keys.
+        world_size, rank_ = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
+        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=False)
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        prefixed = dist.PrefixStore(f"tricklab/attempt_{attempt}", store)
+        dist.init_process_group(backend=backend, store=prefixed, rank=rank_, world_size=world_size)
+    else:
+        dist.init_process_group(backend=backend)
     return True
 
 

@@ -1,0 +1,170 @@
+"""One run on two CPU processes under torchrun (gloo): the same training as one process, written by rank 0 only,
+a NaN on one rank stops both, a SIGKILLed rank is restarted from the last checkpoint (``--max-restarts=1``), and a
+run continues with another number of processes.
+
+Each torchrun start costs a few seconds on a 2-core machine: four of them, the file stays under ~60 s. The
+tolerance of the equivalence: a 2-process update is the 1-process update up to float32 summation order (DDP
+averages the two shards' mean gradients), so after 42 SGD steps the final weights and metrics differ by
+< 1e-5 (measured: ~1e-7, see benchmarks/ddp_equivalence.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tricklab.config import load_config
+from tricklab.events import Callback
+from tricklab.train.run import run
+
+HERE = Path(__file__).resolve().parent
+OVERRIDES = [
+    "data.name=synthetic",
+    "data.val_fraction=0.125",  # 448 training examples: 14 global batches of 32, each split 16 + 16
+    "data.batch_size=32",
+    "model.width=32",
+    "model.depth=1",
+    "model.dropout=0",  # dropout masks are per-process draws: not comparable bit for bit
+    "optim.name=sgd",
+    "optim.lr=0.1",
+    "train.epochs=3",
+    "train.threads=1",
+    "train.device=cpu",
+]
+STEPS_PER_EPOCH = 14
+TOLERANCE = 1e-5  # weights and metrics, 2 processes vs 1 (float32 summation order)
+TIMEOUT = 120  # seconds a torchrun job may take before the test calls it hung
+
+
+def env(tmp: Path) -> dict[str, str]:
+    path = os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH", "")) if p)  # ddp_hooks importable
+    return dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", TRICKLAB_DATA=str(tmp))
+
+
+def torchrun(cwd: Path, *args: str, restarts: int = 0) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node=2 -m tricklab ARGS`` in ``cwd``; output in ``.stdout``."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    cmd += [f"--max-restarts={restarts}", "--monitor-interval=0.1", "-m", "tricklab", *args]
+    return subprocess.run(
+        cmd, cwd=cwd, env=env(cwd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=TIMEOUT
+    )
+
+
+def train_args(config: Path | None = None) -> list[str]:
+    sets = [a for o in OVERRIDES for a in ("--set", o)]
+    return ["train", *(["--config", str(config)] if config else []), *sets]
+
+
+def hook_config(tmp: Path, name: str, **kwargs) -> Path:
+    path = tmp / f"{name}.yaml"
+    path.write_text(json.dumps({"callbacks": [{"name": f"ddp_hooks:{name}", "kwargs": kwargs}]}))
+    return path
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(run_dir / "model.safetensors")
+
+
+def max_weight_diff(a: Path, b: Path) -> float:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    return max((wa[k].double() - wb[k].double()).abs().max().item() for k in wa)
+
+
+def metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def history(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def one(tmp_path_factory) -> Path:
+    """The 1-process run, in this process."""
+    out = tmp_path_factory.mktemp("one") / "run"
+    run(load_config(None, OVERRIDES), out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def two(tmp_path_factory) -> tuple[Path, str]:
+    """The same config on 2 processes, uninterrupted: its run directory and its output."""
+    cwd = tmp_path_factory.mktemp("two")
+    proc = torchrun(cwd, *train_args(), "--out", "run")
+    assert proc.returncode == 0, proc.stdout
+    return cwd / "run", proc.stdout
+
+
+def test_two_processes_train_what_one_does(one, two):
+    run2, _ = two
+    assert max_weight_diff(one, run2) < TOLERANCE
+    m1, m2 = metrics(one), metrics(run2)
+    for key in ("test_loss", "test_acc", "val_loss", "val_acc"):
+        assert abs(m1[key] - m2[key]) < TOLERANCE, key
+    assert m1["steps"] == m2["steps"] == 3 * STEPS_PER_EPOCH
+    for r1, r2 in zip(history(one), history(run2), strict=True):  # train metrics: the global batch's, not a shard's
+        for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr"):
+            assert abs(r1[key] - r2[key]) < TOLERANCE, (r1["epoch"], key)
+
+
+def test_only_rank_0_writes_and_prints(one, two):
+    run2, out = two
+    assert sorted(p.name for p in run2.iterdir()) == sorted([*(p.name for p in one.iterdir()), "distributed.json"])
+    assert json.loads((run2 / "distributed.json").read_text())["world_size"] == 2
+    assert [r["epoch"] for r in history(run2)] == [1, 2, 3]  # one row per epoch, not one per rank
+    assert sorted(p.name for p in (run2 / "checkpoints").iterdir()) == ["best-epoch0002", "epoch0002", "epoch0003"]
+    assert out.count("test_loss") == 1 and out.count("epoch 3 ") == 1
+
+
+def test_nan_on_one_rank_stops_every_rank(tmp_path):
+    proc = torchrun(tmp_path, *train_args(hook_config(tmp_path, "nan_at", rank=1, step=5)), "--out", "run")
+    assert proc.returncode != 0
+    errors = [line for line in proc.stdout.splitlines() if line.startswith("error: non-finite values")]
+    assert len(errors) == 2, proc.stdout  # both ranks stopped on the NaN, at the same step; neither hung
+    assert all("epoch 1, step 6" in e and "non-finite on ranks" in e for e in errors)
+    assert any(e.split(": ", 2)[2].startswith("rank 1: loss is nan") for e in errors)
+
+
+def test_sigkilled_rank_restarts_from_checkpoint_and_ends_the_same(two, tmp_path):
+    marker = tmp_path / "killed"
+    kill = hook_config(tmp_path, "kill_once", rank=1, step=STEPS_PER_EPOCH + 6, marker=str(marker))  # mid-epoch 2
+    proc = torchrun(tmp_path, *train_args(kill), "--out", "run", restarts=1)
+    assert proc.returncode == 0, proc.stdout
+    assert marker.exists() and "resuming from run/checkpoints/epoch0001" in proc.stdout
+    run2, _ = two
+    assert max_weight_diff(run2, tmp_path / "run") == 0.0  # same world size: bit-identical
+    m, m2 = metrics(tmp_path / "run"), metrics(run2)
+    assert all(m[k] == m2[k] for k in ("test_loss", "test_acc", "val_loss", "val_acc", "steps"))
+    assert [r["epoch"] for r in history(tmp_path / "run")] == [1, 2, 3]
+
+
+class _Cut(BaseException):
+    """Stands for a kill of a 1-process run."""
+
+
+class _CutAt(Callback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, state):
+        if state.step == self.step:
+            raise _Cut
+
+
+def test_resume_with_another_world_size_continues_the_run(one, tmp_path):
+    with pytest.raises(_Cut):  # one process, stopped mid-epoch 2: its last checkpoint is epoch 1's
+        run(load_config(None, OVERRIDES), tmp_path / "run", callbacks=[_CutAt(STEPS_PER_EPOCH + 6)])
+    proc = torchrun(tmp_path, "train", "--resume", "run")
+    assert proc.returncode == 0, proc.stdout
+    assert "this run was trained by 1 process and continues with 2" in proc.stdout
+    assert max_weight_diff(one, tmp_path / "run") < TOLERANCE
+    assert abs(metrics(one)["test_loss"] - metrics(tmp_path / "run")["test_loss"]) < TOLERANCE
+    assert json.loads((tmp_path / "run" / "distributed.json").read_text())["world_size"] == 2
