@@ -3,9 +3,11 @@
 A run directory holds ``config.yaml`` (the resolved config), ``history.jsonl`` (one JSON object per epoch,
 appended as each epoch ends by :class:`HistoryWriter`), ``metrics.json`` (final test metrics), ``scaler.json``
 (the input scaling fitted on the training split), ``model.safetensors`` (the final weights; safetensors never runs
-code) and ``checkpoints/`` (see :mod:`tricklab.train.checkpoint`). ``train``, ``doctor`` and ``lr-find`` name
-their folders with :func:`new_dir_name`. While a command writes a run directory it holds the folder's lock
-(``.tricklab.lock``, see :mod:`tricklab.locks`): a second process is refused, never interleaved.
+code), ``checkpoints/`` (see :mod:`tricklab.train.checkpoint`) and, for a run trained by several processes under
+torchrun, ``distributed.json`` (their number and the job's id, see :mod:`tricklab.train.distributed`). ``train``,
+``doctor`` and ``lr-find`` name their folders with :func:`new_dir_name`. While a command writes a run directory it
+holds the folder's lock (``.tricklab.lock``, see :mod:`tricklab.locks`): a second process is refused, never
+interleaved.
 """
 
 from __future__ import annotations
