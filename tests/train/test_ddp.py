@@ -2,7 +2,7 @@
 a NaN on one rank stops both, a SIGKILLed rank is restarted from the last checkpoint (``--max-restarts=1``), and a
 run continues with another number of processes.
 
-Each torchrun start costs a few seconds on a 2-core machine: four of them, the file stays under ~60 s. The
+Each torchrun start costs a few seconds on a 2-core machine: five of them (two restarted), the file takes ~60 s. The
 tolerance of the equivalence: a 2-process update is the 1-process update up to float32 summation order (DDP
 averages the two shards' mean gradients), so after 42 SGD steps the final weights and metrics differ by
 < 1e-5 (measured: ~1e-7, see benchmarks/ddp_equivalence.py).
@@ -133,12 +133,20 @@ def test_nan_on_one_rank_stops_every_rank(tmp_path):
     assert any(e.split(": ", 2)[2].startswith("rank 1: loss is nan") for e in errors)
 
 
-def test_sigkilled_rank_restarts_from_checkpoint_and_ends_the_same(two, tmp_path):
+@pytest.mark.parametrize(
+    ("rank", "step", "restart"),
+    [
+        (1, STEPS_PER_EPOCH + 6, "resuming from run/checkpoints/epoch0001"),  # mid-epoch 2
+        (0, STEPS_PER_EPOCH, "before its first checkpoint: training 'run' again"),  # epoch 1's last step
+    ],
+    ids=["rank1-mid-epoch-2", "rank0-before-first-checkpoint"],
+)
+def test_sigkilled_rank_restarts_from_checkpoint_and_ends_the_same(two, tmp_path, rank, step, restart):
     marker = tmp_path / "killed"
-    kill = hook_config(tmp_path, "kill_once", rank=1, step=STEPS_PER_EPOCH + 6, marker=str(marker))  # mid-epoch 2
+    kill = hook_config(tmp_path, "kill_once", rank=rank, step=step, marker=str(marker))
     proc = torchrun(tmp_path, *train_args(kill), "--out", "run", restarts=1)
     assert proc.returncode == 0, proc.stdout
-    assert marker.exists() and "resuming from run/checkpoints/epoch0001" in proc.stdout
+    assert marker.exists() and restart in proc.stdout
     run2, _ = two
     assert max_weight_diff(run2, tmp_path / "run") == 0.0  # same world size: bit-identical
     m, m2 = metrics(tmp_path / "run"), metrics(run2)
@@ -168,3 +176,32 @@ def test_resume_with_another_world_size_continues_the_run(one, tmp_path):
     assert max_weight_diff(one, tmp_path / "run") < TOLERANCE
     assert abs(metrics(one)["test_loss"] - metrics(tmp_path / "run")["test_loss"]) < TOLERANCE
     assert json.loads((tmp_path / "run" / "distributed.json").read_text())["world_size"] == 2
+
+
+# ----------------------------------------------------------------------------- in-process, no torchrun
+
+
+def test_shards_of_each_global_batch_are_equal_slices_that_cover_it():
+    from tricklab.data.base import TensorBatches
+    from tricklab.train.distributed import ShardedBatches
+
+    x, y = torch.arange(45.0).unsqueeze(1), torch.arange(45)
+    batches = [TensorBatches(x, y, 16, shuffle=True, generator=torch.Generator().manual_seed(0)) for _ in range(2)]
+    shards = [list(ShardedBatches(b, 2, r)) for r, b in enumerate(batches)]  # each rank its own, same-seeded order
+    whole = list(TensorBatches(x, y, 16, shuffle=True, generator=torch.Generator().manual_seed(0)))
+    assert len(ShardedBatches(batches[0], 2, 0)) == len(shards[0]) == 3
+    for (x0, _), (x1, _), (xg, _) in zip(*shards, whole, strict=True):
+        assert len(x0) == len(x1) == len(xg) // 2
+        assert torch.equal(torch.cat([x0, x1]), xg[: 2 * len(x0)])  # 13 = 6 + 6: the 13th sits the step out
+    assert len(ShardedBatches(TensorBatches(x[:33], y[:33], 16), 2, 0)) == 2  # a last batch of 1 < 2 is skipped
+
+
+def test_sync_bn_on_cpu_is_refused_in_one_line(monkeypatch):
+    from tricklab.errors import ConfigError
+    from tricklab.train import distributed
+
+    monkeypatch.setattr(distributed, "is_distributed", lambda: True)
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    with pytest.raises(ConfigError, match=r"model.sync_bn = True: needs CUDA .* use model.sync_bn=false"):
+        distributed.prepare_model(model, torch.device("cpu"), sync_bn=True)
+    assert distributed.prepare_model(model, torch.device("cpu"), sync_bn=False) is model

@@ -83,13 +83,15 @@ def run_cmd(args: argparse.Namespace) -> int:
 
     Under torchrun every process runs this command and joins the job's process group for its length; rank 0
     locks, writes and prints (:mod:`tricklab.train.distributed`). When torchrun restarts the job after a failure
-    (``--max-restarts``), ``--out DIR`` holding this job's run continues it from its newest checkpoint.
+    (``--max-restarts``), ``--out DIR`` holding this job's run continues it from its newest checkpoint (or starts it
+    again if the failed try wrote none: :func:`~tricklab.train.distributed.restart_plan`).
     """
     from tricklab.train import distributed
 
     with distributed.session():
-        if args.resume is None and distributed.restarted_job(args.out):  # torchrun restarted this job's workers
-            args.resume, args.out = args.out, None
+        if args.resume is None and distributed.restarted():  # torchrun restarted this job's workers
+            if distributed.restart_plan(args.out) == "resume":
+                args.resume, args.out = args.out, None
         if args.resume is None:
             return _train(args)
         if args.out is not None:

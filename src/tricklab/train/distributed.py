@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -319,10 +320,22 @@ def record_job(run_dir: Path, resume: bool) -> list[str]:
     return notes
 
 
-def restarted_job(run_dir: str | Path | None) -> bool:
-    """Whether ``run_dir`` is this torchrun job's own run, left by a try that failed: torchrun restarted the
-    workers (``--max-restarts``) and the run directory records this job's id. ``tricklab train --out DIR`` then
-    resumes DIR from its newest checkpoint instead of refusing a folder that is not empty."""
-    if run_dir is None or not restarted() or run_id() is None:
-        return False
-    return read_job(Path(run_dir)).get("run_id") == run_id()
+def restart_plan(run_dir: str | Path | None) -> str | None:
+    """What a torchrun worker restarted after a failure (``--max-restarts``) does with ``train --out DIR``: None if
+    DIR is not this job's own run (DIR's :data:`JOB_FILE` names another job or none: the usual checks apply),
+    ``"resume"`` from its newest checkpoint, or ``"fresh"`` when the failed try stopped before its first checkpoint
+    (rank 0 then removes that try's files and the run starts again in DIR). Rank 0 decides; every rank gets its
+    answer."""
+    plan = None
+    if is_main() and run_dir is not None and restarted() and run_id() is not None:
+        run_dir = Path(run_dir)
+        if read_job(run_dir).get("run_id") == run_id():
+            from tricklab.train.rundir import CHECKPOINTS, note, run_checkpoints
+
+            plan = "resume" if run_checkpoints(run_dir) else "fresh"
+            if plan == "fresh":  # only what tricklab train wrote before its first checkpoint
+                for name in ("history.jsonl", "scaler.json", "config.yaml", JOB_FILE):
+                    (run_dir / name).unlink(missing_ok=True)
+                shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)
+                note(f"torchrun restarted the job before its first checkpoint: training {str(run_dir)!r} again")
+    return broadcast(plan)
