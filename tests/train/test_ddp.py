@@ -205,3 +205,17 @@ def test_sync_bn_on_cpu_is_refused_in_one_line(monkeypatch):
     with pytest.raises(ConfigError, match=r"model.sync_bn = True: needs CUDA .* use model.sync_bn=false"):
         distributed.prepare_model(model, torch.device("cpu"), sync_bn=True)
     assert distributed.prepare_model(model, torch.device("cpu"), sync_bn=False) is model
+
+
+def test_sync_bn_off_keeps_the_hashes_runs_and_lab_results_had_before_the_key():
+    import hashlib
+
+    from tricklab.config import without_neutral_defaults
+    from tricklab.lab.store import config_key
+
+    cfg = load_config(None, OVERRIDES)
+    before = without_neutral_defaults(cfg.to_dict())  # as written before model.sync_bn (and other new keys) existed
+    assert "sync_bn" not in before["model"]
+    assert cfg.hash() == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:16]
+    assert config_key(cfg.to_dict()) == config_key(before)
+    assert load_config(None, [*OVERRIDES, "model.sync_bn=true"]).hash() != cfg.hash()
