@@ -51,7 +51,7 @@ import torch.distributed as dist
 from torch import nn
 
 from tricklab.data.download import atomic_write
-from tricklab.errors import ConfigError
+from tricklab.errors import ConfigError, TrickLabError
 from tricklab.events import FitState
 from tricklab.train.loop import NonFiniteGuard
 
@@ -73,7 +73,8 @@ def init_from_env() -> bool:
     if not launched() or not dist.is_available() or dist.is_initialized():
         return False
     if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank())
+        if local_rank() < torch.cuda.device_count():  # more processes than GPUs: see check_device
+            torch.cuda.set_device(local_rank())
         backend = "cpu:gloo,cuda:nccl"
     else:
         backend = "gloo"
@@ -265,12 +266,26 @@ class DDP:
         state.stop = any_rank(state.stop, self.device)
 
 
+def check_device(device: torch.device) -> None:
+    """Several ranks training on CUDA need a GPU each on their machine (NCCL refuses two ranks on one GPU)."""
+    if not is_distributed() or torch.device(device).type != "cuda":
+        return
+    gpus = torch.cuda.device_count()
+    if local_rank() >= gpus:
+        raise TrickLabError(
+            f"torchrun started process {local_rank()} of this machine, but it has {gpus} GPU{'s' * (gpus != 1)}: "
+            f"each process trains on its own GPU (allowed: --nproc_per_node <= {gpus}, or train.device=cpu)"
+        )
+
+
 def prepare_model(model: nn.Module, device: torch.device, sync_bn: bool) -> nn.Module:
-    """``model`` with its BatchNorm layers converted to SyncBatchNorm when ``sync_bn`` and there are several ranks.
+    """``model`` with its BatchNorm layers converted to SyncBatchNorm when ``sync_bn`` and there are several ranks
+    (after :func:`check_device`).
 
     SyncBatchNorm runs on CUDA only (torch's own restriction): asked for on another device it is refused here,
     before training, naming the key.
     """
+    check_device(device)
     if not (sync_bn and is_distributed()):
         return model
     if torch.device(device).type != "cuda":
