@@ -55,9 +55,6 @@ from tricklab.errors import ConfigError, TrickLabError
 from tricklab.events import FitState
 from tricklab.train.loop import NonFiniteGuard
 
-#: The environment torchrun gives each process.
-ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-
 
 def launched() -> bool:
     """Whether this process was started by torchrun (or anything else that sets its environment)."""
