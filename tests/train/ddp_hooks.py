@@ -48,3 +48,49 @@ def kill_once(rank: int, step: int, marker: str) -> Callback:
 
 def nan_at(rank: int, step: int) -> Callback:
     return _NanAt(rank, step)
+
+
+# ------------------------------------------------------------ run as a torchrun script: the deferred NaN/Inf guard
+
+
+def _deferred(policy: str, bad_step: int) -> str:
+    """Train a small MLP with fit(ddp=...) and the deferred guard (fused Adam's found_inf, as on CUDA); rank 1's
+    loss is NaN at step ``bad_step``. Returns what happened, as one line."""
+    import torch.distributed as dist
+    import torch.nn.functional as F
+
+    from tricklab.train.distributed import DDP
+    from tricklab.train.loop import NonFiniteError, fit
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(128, 8, generator=g), torch.randint(0, 3, (128,), generator=g)
+    calls = [0]
+
+    def loss_fn(out, target):
+        calls[0] += 1
+        loss = F.cross_entropy(out, target)
+        return loss * float("nan") if _rank() == 1 and calls[0] == bad_step + 1 else loss
+
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2, fused=True)
+    try:
+        state = fit(
+            model, (x, y), epochs=2, optimizer=opt, loss_fn=loss_fn, batch_size=16, generator=torch.Generator(),
+            nonfinite=policy, deferred_check=True, ddp=DDP(torch.device("cpu")),
+        )  # fmt: skip
+    except NonFiniteError as e:
+        return f"{policy}: NonFiniteError: {e}"
+    flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+    others = [torch.zeros_like(flat) for _ in range(dist.get_world_size())]
+    dist.all_gather(others, flat)
+    same = all(torch.equal(o, flat) for o in others)
+    return f"{policy}: done steps={state.step} skipped={state.nonfinite_skipped} same_weights={same}"
+
+
+if __name__ == "__main__":
+    from tricklab.train import distributed
+
+    with distributed.session():
+        for policy in ("skip", "stop"):
+            print(f"rank {_rank()} {_deferred(policy, bad_step=3)}", flush=True)

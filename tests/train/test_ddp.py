@@ -2,7 +2,7 @@
 a NaN on one rank stops both, a SIGKILLed rank is restarted from the last checkpoint (``--max-restarts=1``), and a
 run continues with another number of processes.
 
-Each torchrun start costs a few seconds on a 2-core machine: five of them (two restarted), the file takes ~60 s. The
+Each torchrun start costs a few seconds on a 2-core machine: six of them (two restarted), the file takes ~70 s. The
 tolerance of the equivalence: a 2-process update is the 1-process update up to float32 summation order (DDP
 averages the two shards' mean gradients), so after 42 SGD steps the final weights and metrics differ by
 < 1e-5 (measured: ~1e-7, see benchmarks/ddp_equivalence.py).
@@ -152,6 +152,21 @@ def test_sigkilled_rank_restarts_from_checkpoint_and_ends_the_same(two, tmp_path
     m, m2 = metrics(tmp_path / "run"), metrics(run2)
     assert all(m[k] == m2[k] for k in ("test_loss", "test_acc", "val_loss", "val_acc", "steps"))
     assert [r["epoch"] for r in history(tmp_path / "run")] == [1, 2, 3]
+
+
+def test_deferred_guard_decides_the_same_on_every_rank(tmp_path):
+    """The GPU path's guard (fused Adam's found_inf, no host sync per step), here on CPU: rank 1's loss is NaN at
+    step 4; with skip both ranks skip that update and keep equal weights, with stop both stop at the same check."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    cmd.append(str(HERE / "ddp_hooks.py"))
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env(tmp_path), capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = sorted(line for line in proc.stdout.splitlines() if line.startswith("rank "))
+    assert lines[:2] == ["rank 0 skip: done steps=16 skipped=1 same_weights=True", "rank 0 stop: NonFiniteError: "
+                         "non-finite values at epoch 1, step 4 (found at a deferred check, epoch 1 step 8); every "
+                         "update from that step on was skipped on the device: stopped before the update "
+                         "(train.nonfinite=stop; allowed: stop, skip)"], proc.stdout + proc.stderr  # fmt: skip
+    assert [line.replace("rank 1", "rank 0", 1) for line in lines[2:]] == lines[:2], proc.stdout
 
 
 class _Cut(BaseException):
