@@ -245,3 +245,17 @@ def test_ray_options_are_checked_before_anything_runs(tmp_path, capsys, monkeypa
     assert main(["lab", "--config", str(write_study(tmp_path)), "--executor", "ray", "-o", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert "--executor ray needs Ray: pip install 'tricklab[ray]'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_runs_no_node_can_hold_are_refused_not_left_waiting():
+    from tricklab.lab.ray_executor import RayPool
+    from tricklab.lab.runner import Task
+
+    cpu_run = Task(("s", "v", 0, "d"), {"train": {"device": "cpu"}})
+    with RayPool(threads=4, fn=fake_result) as pool:  # the module's Ray has 2 CPUs
+        with pytest.raises(TrickLabError, match="a run has 4 threads but the largest node has 2 CPUs; use --workers"):
+            pool.run([cpu_run], lambda *event: pytest.fail(f"nothing should start: {event}"))
+    gpu_run = Task(("s", "v", 0, "d"), {"train": {"device": "cuda"}})
+    with RayPool(threads=1, fn=fake_result) as pool:
+        with pytest.raises(TrickLabError, match="run s/v/0/d has train.device = 'cuda' but the cluster has no GPU"):
+            pool.run([gpu_run], lambda *event: pytest.fail(f"nothing should start: {event}"))

@@ -127,13 +127,27 @@ class RayPool:
         for ref in list(self.in_flight):
             try:
                 ray.cancel(ref, force=True)
-            except Exception:  # noqa: BLE001 — already finished or its worker already gone: nothing to cancel
+            except Exception:  # already finished, or its worker already gone: nothing to cancel
                 pass
         self.in_flight.clear()
         if self.started_ray:
             with _KeepSignalHandlers():
                 ray.shutdown()
             self.started_ray = False
+
+    def _check_fits(self, tasks: list[Task]) -> None:
+        """Refuse runs no node of the cluster can hold (Ray would wait for such a node forever)."""
+        nodes = [n["Resources"] for n in self.ray.nodes() if n.get("Alive")]
+        cpus = max((n.get("CPU", 0) for n in nodes), default=0)
+        if cpus < self.threads:
+            raise TrickLabError(
+                f"--executor ray: a run has {self.threads} threads but the largest node has {cpus:g} CPUs; "
+                f"use --workers to run more runs at once with fewer threads each"
+            )
+        gpu_runs = [t.key for t in tasks if t.config.get("train", {}).get("device") == "cuda"]
+        if gpu_runs and not any(n.get("GPU", 0) >= 1 for n in nodes):
+            run = "/".join(map(str, gpu_runs[0]))
+            raise TrickLabError(f"--executor ray: run {run} has train.device = 'cuda' but the cluster has no GPU")
 
     def _submit(self, task: Task) -> Any:
         device = task.config.get("train", {}).get("device", "auto")
@@ -158,6 +172,7 @@ class RayPool:
         :meth:`WorkerPool.run` does. Returns when nothing is in flight, waiting or refilled.
         """
         ray = self.ray
+        self._check_fits(tasks)
         pending = list(tasks)
         if not pending and refill is not None:
             pending.extend(refill())
