@@ -51,3 +51,17 @@ def test_the_pool_starts_the_longest_run_first():
     with InProcess(1, fn=lambda cfg: ({}, [], "h")) as pool:
         pool.run(tasks, lambda kind, key, *a: started.append(key[1]) if kind == "start" else None)
     assert started == [3, 2, 1]
+
+
+def test_workers_are_one_per_core_within_the_memory_the_runs_need():
+    from tricklab.lab.costs import run_bytes
+    from tricklab.lab.runner import plan_workers
+
+    gib = 2**30
+    assert plan_workers(10, cores=8) == (8, 1)
+    assert plan_workers(3, cores=8) == (3, 2)  # fewer runs than cores: the rest become threads
+    assert plan_workers(10, cores=8, run_bytes=4 * gib, memory=16 * gib) == (3, 2)  # 80% of 16 GiB holds 3
+    assert plan_workers(10, cores=8, processes=6, run_bytes=4 * gib, memory=16 * gib) == (6, 1)  # --workers wins
+    small = run_bytes(load_config(overrides=BASE).to_dict())
+    wide = run_bytes(load_config(overrides={**BASE, "model.width": 2048, "model.depth": 3}).to_dict())
+    assert 2**20 < small < wide  # a wider net needs more

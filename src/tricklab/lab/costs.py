@@ -80,6 +80,35 @@ def run_cost(config: dict[str, Any]) -> float:
         return math.nan
 
 
+#: What a worker process holds besides its run: the Python interpreter, torch and tricklab (measured: ~350 MB).
+PROCESS_BYTES = 400 * 2**20
+
+
+def run_bytes(config: dict[str, Any]) -> float:
+    """The memory one run needs at once: its dataset (raw and scaled copies, float32), the model's training
+    estimate (:class:`tricklab.memory.Estimate`: weights, gradients, optimizer state, copies, one batch's
+    activations) and :data:`PROCESS_BYTES`; ``nan`` when it cannot be estimated."""
+    from tricklab.config import validate
+    from tricklab.memory import OPTIMIZER_SLOTS, Estimate, measure_on_meta
+
+    try:
+        cfg = validate(config)
+        d = cfg.data
+        source = {k: v for k, v in d.model_dump(mode="json").items() if k in ("name", "path", "kwargs", "dir")}
+        n, shape, classes = _dataset(json.dumps(source, sort_keys=True))
+        data = 2 * 4 * n * math.prod(shape) * 8 / 7  # train (raw + scaled) and the test set (~1/6 more)
+        from tricklab.config import model_factory
+
+        factory = model_factory(cfg.model.name)
+        measured = measure_on_meta(lambda: factory(shape, classes, **cfg.model.factory_kwargs()), shape)
+        parameters, activations = measured or (0, 0)
+        copies = (cfg.averaging.ema is not None) + (cfg.averaging.swa_start is not None) + 1
+        est = Estimate(parameters, activations, cfg.data.batch_size, OPTIMIZER_SLOTS.get(cfg.optim.name, 2), copies)
+        return data + est.total_bytes + PROCESS_BYTES
+    except Exception:  # noqa: BLE001 - an estimate only
+        return math.nan
+
+
 def longest_first(tasks: list, cost=run_cost) -> list:
     """``tasks`` (with a ``config`` dict each) sorted by :func:`run_cost`, largest first; the sort is stable and
     runs that cannot be costed keep their order at the end."""

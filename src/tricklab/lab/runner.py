@@ -36,11 +36,25 @@ class Task:
     plugins: tuple[tuple[str, str, str], ...] = ()  # (family, name, import path) to register in the worker first
 
 
-def plan_workers(n_tasks: int, cores: int | None = None, processes: int | None = None) -> tuple[int, int]:
-    """``(processes, threads per process)`` with ``processes × threads ≤ cores``."""
+def plan_workers(
+    n_tasks: int,
+    cores: int | None = None,
+    processes: int | None = None,
+    run_bytes: float | None = None,
+    memory: int | None = None,
+) -> tuple[int, int]:
+    """``(processes, threads per process)`` with ``processes × threads ≤ cores``.
+
+    Independent runs scale better across processes (one thread each) than across threads, so by default there
+    is one process per core, no more than there are runs, and no more than fit in 80% of ``memory`` (this
+    machine's physical memory) at ``run_bytes`` each (the largest run's estimate,
+    :func:`tricklab.lab.costs.run_bytes`); the cores left over become threads. ``processes`` (``--workers``)
+    is taken as asked, within the cores."""
     cores = cores or os.cpu_count() or 1
     p = processes or cores
     p = max(1, min(p, cores, max(n_tasks, 1)))
+    if processes is None and run_bytes and run_bytes == run_bytes and memory:
+        p = max(1, min(p, int(0.8 * memory // run_bytes)))
     return p, max(1, cores // p)
 
 
