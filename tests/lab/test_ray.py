@@ -238,7 +238,11 @@ def test_ray_options_are_checked_before_anything_runs(tmp_path, capsys, monkeypa
         run_lab([study], LabOptions(executor="dask"), tmp_path / "lab", fn=fake_result)
     with pytest.raises(TrickLabError, match="max_retries = -1: must be an integer from 0 to 100"):
         run_lab([study], LabOptions(executor="ray", max_retries=-1), tmp_path / "lab", fn=fake_result)
-    assert not (tmp_path / "lab").exists()
+    with pytest.raises(TrickLabError, match=r"address = '127.0.0.1:1': nothing answers there \(Connection refused"):
+        run_lab([study], LabOptions(executor="ray", address="127.0.0.1:1"), tmp_path / "lab", fn=fake_result)
+    with pytest.raises(TrickLabError, match="address = 'head': expected host:port, ray://host:port or auto"):
+        run_lab([study], LabOptions(executor="ray", address="head"), tmp_path / "lab", fn=fake_result)
+    assert not (tmp_path / "lab").exists()  # refused before the lab folder is made, in seconds
     assert main(["lab", "dropout", "--address", "auto"]) == 2
     assert "--address = auto: only with --executor ray" in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed

@@ -24,7 +24,13 @@ from typing import Any
 
 from tricklab.config import Config, load_config
 from tricklab.errors import TrickLabError
-from tricklab.lab.ray_executor import DEFAULT_RETRIES, MAX_RETRIES, RayPool, require_ray  # imports Ray on use only
+from tricklab.lab.ray_executor import (  # imports Ray on use only
+    DEFAULT_RETRIES,
+    MAX_RETRIES,
+    RayPool,
+    check_address,
+    require_ray,
+)
 from tricklab.lab.runner import InProcess, Task, WorkerPool, execute, plan_workers
 from tricklab.lab.store import Store, config_key
 from tricklab.lab.studies import Study, describe_setup
@@ -62,6 +68,7 @@ def check_executor(opts: LabOptions) -> None:
         raise TrickLabError(f"max_retries = {opts.max_retries!r}: must be an integer from 0 to {MAX_RETRIES}")
     if opts.executor == "ray":
         require_ray()
+        check_address(opts.address)
 
 
 def run_key_hash(cfg: Config) -> str:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 import traceback
 from collections.abc import Callable
@@ -42,6 +43,22 @@ def require_ray() -> Any:
     except ImportError:
         raise TrickLabError(f"--executor ray needs Ray: {EXTRA}") from None
     return ray
+
+
+def check_address(address: str | None) -> None:
+    """Refuse at once an address where nothing listens: Ray itself would keep retrying for minutes."""
+    if address is None or address == "auto":
+        return
+    host, sep, port = address.split("://")[-1].rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise TrickLabError(f"--address = {address!r}: expected host:port, ray://host:port or auto")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as e:
+        raise TrickLabError(
+            f"--address = {address!r}: nothing answers there ({e.strerror or e}); give the address of a running "
+            "Ray cluster's head (`ray start --head` prints it), or no --address for a local instance"
+        ) from None
 
 
 def _run_one(fn: Callable, threads: int, plugins: tuple, config: dict) -> tuple:
