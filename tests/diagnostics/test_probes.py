@@ -20,6 +20,8 @@ from tricklab.diagnostics.records import (
     INPUT,
     INPUT_RMS,
     LOSS,
+    MODEL,
+    PRIOR_LOSS,
     SATURATED_FRACTION,
     UPDATE_RATIO,
     WEIGHT_GRAD_NORM,
@@ -198,3 +200,23 @@ def test_nan_in_the_input_is_named_as_the_input():
         model(x)
     nf = p.findings().first_nonfinite
     assert (nf.step, nf.layer, nf.where) == (0, None, "input")
+
+
+def test_the_callback_records_the_label_prior_loss_for_cross_entropy_only():
+    """−Σ p ln p of the labels trained on (of every ``every``-th batch): the loss of predicting the class frequencies
+    (ln 4 for 4 balanced)."""
+    x = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(64) % 4  # balanced
+    cb = ProbeCallback(every=1)
+    fit(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 4)), (x, y), epochs=2, batch_size=16, callbacks=[cb])
+    (prior,) = cb.findings().records.series(PRIOR_LOSS, MODEL)[1]
+    assert prior == pytest.approx(math.log(4))
+    y = torch.tensor([0] * 48 + [1] * 16)  # p = 3/4, 1/4
+    cb = ProbeCallback(every=1)
+    fit(mlp(), (x, y), epochs=1, batch_size=16, callbacks=[cb])
+    assert cb.findings().records.series(PRIOR_LOSS, MODEL)[1] == [
+        pytest.approx(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25)))
+    ]
+    mse = ProbeCallback(every=5, loss_fn=F.mse_loss)  # no class labels: no prior
+    fit(nn.Linear(4, 1), (x, torch.randn(64, 1)), epochs=1, batch_size=16, loss_fn=F.mse_loss, callbacks=[mse])
+    assert mse.findings().records.series(PRIOR_LOSS, MODEL)[1] == []

@@ -15,23 +15,39 @@ from torch import nn
 import tricklab
 from tricklab.diagnostics.in_pytorch import in_pytorch
 from tricklab.diagnostics.probes import ProbeCallback
-from tricklab.diagnostics.records import LOSS, MODEL, UPDATE_RATIO, WEIGHT, Findings, LayerInfo, NonFinite, Records
+from tricklab.diagnostics.records import (
+    LOSS,
+    MODEL,
+    PRIOR_LOSS,
+    UPDATE_RATIO,
+    WEIGHT,
+    WEIGHT_GRAD_NORM,
+    Findings,
+    LayerInfo,
+    NonFinite,
+    Records,
+)
 from tricklab.diagnostics.verdicts import (
     DYNAMICS_MIN_STEPS,
     FLAT_MAX_DROP,
+    LR_LOSS_RISE,
+    LR_TOO_HIGH,
     NONFINITE,
     NOT_DECREASING,
     OSC_AMPLITUDE,
     OSC_MAX_DROP,
+    OSC_REGAIN,
     OSCILLATING,
     OVERFIT_MIN_EVALS,
     OVERFIT_RISE,
     OVERFITTING,
+    PRIOR_MARGIN,
     SLOW_CONVERGENCE,
     SLOW_MAX_DROP,
     UPDATE_RATIO_MIN,
     WEIGHT_DECAY,
     diagnose,
+    merge_prescriptions,
 )
 from tricklab.metrics import TRAIN_LOSS, VAL_LOSS
 from tricklab.train.loop import fit
@@ -41,10 +57,14 @@ LAYERS = [LayerInfo("a", WEIGHT, 0), LayerInfo("act", "relu", 1), LayerInfo("b",
 L0 = math.log(10)  # the untrained loss of 10 classes
 
 
-def findings(loss=(), ratio: float | None = None, val=(), train=(), every_epoch: int = 10) -> Findings:
-    """Findings with a batch loss per step, one update ratio for both layers (every 10 steps), and per-epoch
-    validation/training losses at the last step of each ``every_epoch``-step epoch."""
+def findings(
+    loss=(), ratio: float | None = None, val=(), train=(), every_epoch: int = 10, prior: float | None = None
+) -> Findings:
+    """Findings with a batch loss per step, one update ratio for both layers (every 10 steps), per-epoch
+    validation/training losses at the last step of each ``every_epoch``-step epoch, and the label-prior loss."""
     r = Records()
+    if prior is not None:
+        r.add(PRIOR_LOSS, MODEL, max(len(loss) - 1, 0), prior)
     for step, v in enumerate(loss):
         r.add(LOSS, MODEL, step, v)
     if ratio is not None:
@@ -103,6 +123,36 @@ def test_a_bouncing_loss_that_has_halved_is_not_oscillating(drop, sick):
     assert (OSCILLATING in names(findings(loss, ratio=1e-3))) is sick
 
 
+def zigzag(regain: float, n: int = 200) -> list[float]:
+    """L0 for 20 steps, down to 0.6 L0 and flat, up by ``regain``·L0 and flat, back down to 0.6 L0: one rising leg
+    of ``regain``·L0 (the falling legs are longer), the loss not halved."""
+    low, high = 0.6 * L0, (0.6 + regain) * L0
+
+    def ramp(a: float, b: float, k: int) -> list[float]:
+        return [a + (b - a) * (i + 1) / k for i in range(k)]
+
+    out = [L0] * 20 + ramp(L0, low, 40) + [low] * 40 + ramp(low, high, 20) + [high] * 30 + ramp(high, low, 20)
+    return out + [low] * (n - len(out))
+
+
+@pytest.mark.parametrize("factor, sick", [(1.1, True), (0.9, False)])
+def test_oscillating_fires_when_the_smoothed_loss_goes_back_up_and_down_by_its_regain(factor, sick):
+    """A 10-step median that climbs back and falls again, beyond noise: the loss is not descending."""
+    f = findings(zigzag(OSC_REGAIN * factor), ratio=1e-3)
+    assert (OSCILLATING in names(f)) is sick
+    if sick:
+        assert verdict(f, OSCILLATING).figures["loss_regain"] == pytest.approx(OSC_REGAIN * factor, rel=0.05)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_noise_alone_does_not_make_a_zigzag(seed):
+    """Batch-to-batch noise (lognormal σ 0.3) on a flat or a falling loss turns no leg of the 10-step medians."""
+    rng = random.Random(seed)
+    flat = [L0 * math.exp(rng.gauss(0, 0.3)) for _ in range(200)]
+    assert OSCILLATING not in names(findings(flat, ratio=1e-3))
+    assert names(findings(healthy(200, 0.3, seed), ratio=1e-3)) == set()
+
+
 # --- slow convergence / LR too low ---------------------------------------------------------------------------------
 
 
@@ -126,6 +176,25 @@ def test_slow_convergence_raises_the_lr_to_bring_the_fastest_layer_near_1e_3():
     assert "raise the learning rate from 1e-05 to 0.01" in said["optim.lr"]
 
 
+def test_slow_convergence_from_a_starved_gradient_leaves_the_lr_to_the_signal_fix():
+    """Vanishing gradients make the steps tiny too; raising the LR with the init fix overshoots once the gradient
+    gets through, so slow convergence then prescribes nothing and the signal verdict's fix goes alone."""
+    f = findings(plateau(L0, L0 * 0.95), ratio=5e-6)
+    for step in range(0, 100, 10):
+        f.records.add(WEIGHT_GRAD_NORM, "a", step, 1e-4)
+        f.records.add(WEIGHT_GRAD_NORM, "b", step, 1.0)
+    settings = {"optim.lr": 1e-3, "init.scheme": "default", "model.norm": "none"}
+    v = verdict(f, SLOW_CONVERGENCE, settings)
+    assert v.prescription == {} and "vanishing_gradients" in v.advice
+    assert merge_prescriptions(diagnose(f, settings)) == {"init.scheme": "he_normal", "model.norm": "batch"}
+
+
+def test_slow_convergence_raises_the_lr_as_far_as_the_ratio_says_beyond_a_thousandfold():
+    """SGD lr 1e-7 on a tanh net moves its weights by ~2e-9 per step: 1e-3 is 10⁶× away (the step is linear in lr)."""
+    v = verdict(findings(plateau(L0, L0), ratio=2e-9), SLOW_CONVERGENCE, {"optim.lr": 1e-7})
+    assert v.prescription == {"optim.lr": 0.1}
+
+
 def test_without_update_ratios_slow_convergence_cannot_be_told():
     assert SLOW_CONVERGENCE not in names(findings(plateau(L0, L0 * 0.95)))
 
@@ -137,6 +206,45 @@ def test_without_update_ratios_slow_convergence_cannot_be_told():
 def test_not_decreasing_fires_below_its_drop(drop, sick):
     f = findings(plateau(L0, L0 * (1 - drop)), ratio=1e-3)
     assert (NOT_DECREASING in names(f)) is sick
+
+
+@pytest.mark.parametrize(
+    "end, sick",
+    [
+        (1 - PRIOR_MARGIN * 0.9, True),
+        (1 - PRIOR_MARGIN * 1.1, False),  # below chance: learned something
+        (1 + PRIOR_MARGIN * 0.9, True),
+        (1 + PRIOR_MARGIN * 1.1, False),  # still above chance and falling: on its way
+    ],
+)
+def test_with_class_labels_not_decreasing_means_ending_at_the_label_prior(end, sick):
+    """From above chance down to chance (random labels: ln C) is a 20% drop, but nothing learned."""
+    prior = L0
+    f = findings(plateau(1.3 * prior, end * prior), ratio=1e-3, prior=prior)
+    assert (NOT_DECREASING in names(f)) is sick
+    if sick:
+        v = verdict(f, NOT_DECREASING, {"init.scheme": "default", "model.norm": "none", "optim.lr": 0.1})
+        assert v.prescription == {} and "labels" in v.advice  # it fell to the prior: the data, not the training
+        assert v.figures["label_prior_loss"] == prior
+
+
+def test_not_decreasing_at_the_prior_prescribes_the_signal_when_flat_and_the_lr_when_the_steps_are_huge():
+    settings = {"init.scheme": "default", "model.norm": "none", "optim.lr": 0.1}
+    flat = findings(plateau(L0, L0), ratio=1e-3, prior=L0)
+    assert verdict(flat, NOT_DECREASING, settings).prescription == {"init.scheme": "he_normal", "model.norm": "batch"}
+    wild = findings(plateau(1.3 * L0, L0), ratio=0.1, prior=L0)
+    assert verdict(wild, NOT_DECREASING, settings).prescription == {"optim.lr": 0.01}
+
+
+@pytest.mark.parametrize("factor, sick", [(1.1, True), (0.9, False)])
+def test_lr_too_high_when_an_early_step_climbs_far_above_the_untrained_loss(factor, sick):
+    """Adam at a far too high LR: the update ratios look moderate after the weights blew up, the loss shows it."""
+    loss = [L0, L0 * LR_LOSS_RISE * factor, 2 * L0] + plateau(L0, 0.5 * L0, 97)
+    found = {v.name: v for v in diagnose(findings(loss, ratio=1e-3), {"optim.lr": 0.1})}
+    assert (LR_TOO_HIGH in found) is sick
+    if sick:
+        assert found[LR_TOO_HIGH].prescription == {"optim.lr": 0.01}
+        assert found[LR_TOO_HIGH].figures["early_loss_rise"] == pytest.approx(LR_LOSS_RISE * factor)
 
 
 def test_a_loss_climbing_in_big_steps_is_not_oscillating_but_not_decreasing():

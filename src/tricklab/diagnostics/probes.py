@@ -54,6 +54,7 @@ from tricklab.diagnostics.records import (
     MODEL,
     NORM,
     OTHER,
+    PRIOR_LOSS,
     RELU,
     SATURATED_FRACTION,
     SATURATION_LEVEL,
@@ -564,6 +565,8 @@ class ProbeCallback(Callback):
         check_every(every)
         self.every, self.loss_fn, self.stop_on_nonfinite = every, loss_fn, stop_on_nonfinite
         self.probe: Probe | None = None
+        self._label_counts: Tensor | None = None  # class counts of the training labels (cross-entropy only)
+        self._batches = 0  # batches seen, of which every ``every``-th has its labels counted
 
     def on_fit_start(self, state: FitState) -> None:
         self.probe = Probe(state.model, self.every, auto_step=False).attach()
@@ -579,6 +582,7 @@ class ProbeCallback(Callback):
     def on_step_end(self, state: FitState) -> None:
         self.probe.after_update()
         self.probe.set_step(state.step)
+        self._count_labels(state.targets)
 
     def on_epoch_end(self, state: FitState) -> None:
         last = max(state.step - 1, 0)  # the epoch's last step, as Doctor.observe() records per-epoch numbers
@@ -612,4 +616,37 @@ class ProbeCallback(Callback):
     def findings(self) -> Findings:
         if self.probe is None:
             raise RuntimeError("ProbeCallback.findings() before fit() ran")
-        return self.probe.findings()
+        found = self.probe.findings()
+        prior = label_prior_loss(self._label_counts)
+        if prior is not None:
+            found.records.add(PRIOR_LOSS, MODEL, max(found.steps - 1, 0), prior)
+        return found
+
+    def _count_labels(self, targets: Tensor | None) -> None:
+        """Add the class labels of every ``every``-th batch to the counts (a sample, as the other records are: the
+        plug-in entropy is off by ≈ (C − 1)/2N nats, 0.002 for 10 classes and 20 batches of 128). Cross-entropy on
+        integer labels only: the label prior is the loss of a net that learned nothing from its inputs for that
+        loss."""
+        self._batches += 1
+        if (self._batches - 1) % self.every or self.loss_fn is not F.cross_entropy or targets is None:
+            return
+        if targets.dim() != 1 or targets.dtype not in (torch.int64, torch.int32) or targets.numel() == 0:
+            return
+        old = self._label_counts
+        counts = torch.bincount(targets.detach(), minlength=0 if old is None else len(old))
+        if old is not None and len(counts) > len(old):
+            old = F.pad(old, (0, len(counts) - len(old)))
+        self._label_counts = counts if old is None else old + counts
+
+
+def label_prior_loss(counts: Tensor | None) -> float | None:
+    """−Σ p_c ln p_c over the label frequencies p: the cross-entropy of predicting them for every input, the best
+    a net can do without learning from its inputs (ln C for C balanced classes); None without labels.
+
+        >>> round(label_prior_loss(torch.tensor([5, 5, 5, 5])), 4)   # ln 4
+        1.3863
+    """
+    if counts is None or counts.sum() <= 0:
+        return None
+    p = counts[counts > 0].double() / counts.sum()
+    return float(-(p * p.log()).sum())

@@ -20,6 +20,9 @@ metric                   what
 ``update_ratio``         ‖ΔW‖ / ‖W‖ of each Linear/Conv layer across the optimizer step
 ``global_grad_norm``     ‖g‖ over every parameter, layer ``(model)``
 ``loss``                 the batch loss, layer ``(model)``
+``label_prior_loss``     cross-entropy on class labels: the entropy −Σ p_c ln p_c of the labels seen in training,
+                         the loss of predicting the class frequencies without looking at the input (layer
+                         ``(model)``, once, at the last step)
 ``input_mean`` ...       ``input_mean``, ``input_rms``, ``input_abs_max`` of the model's input, layer ``(input)``
 =======================  =====================================================================================
 
@@ -47,6 +50,7 @@ WEIGHT_GRAD_NORM = "weight_grad_norm"
 UPDATE_RATIO = "update_ratio"
 GLOBAL_GRAD_NORM = "global_grad_norm"
 LOSS = "loss"
+PRIOR_LOSS = "label_prior_loss"
 INPUT_MEAN = "input_mean"
 INPUT_RMS = "input_rms"
 INPUT_ABS_MAX = "input_abs_max"

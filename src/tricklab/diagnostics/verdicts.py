@@ -24,17 +24,25 @@ verdict                      fires when                                         
 ``badly_scaled_inputs``      median input RMS sqrt(E[x²]) above                        ``INPUT_RMS_MAX`` 10
 ``lr_too_high``              a layer's median update ratio ‖ΔW‖/‖W‖ over the first     ``UPDATE_RATIO_MAX``
                              half of the samples (a diverged net stops updating) above 0.03
+                             or a batch loss of the first tenth of the run above       ``LR_LOSS_RISE`` 3
+                             this many times the untrained loss (step 0)
 ``oscillating_loss``         median |L_t − L_{t−1}| over the second half of the run,   ``OSC_AMPLITUDE`` 0.3
-                             relative to the initial loss L₀, above
+                             relative to the initial loss L₀, above, with the sign of
+                             L_t − L_{t−1} flipping in at least                        ``OSC_MIN_FLIPS`` 0.5
+                             (of the second half's steps);
+                             or the loss smoothed by medians of 10 steps going up and  ``OSC_REGAIN`` 0.1
+                             down again, each by more than this × L₀ in all (the legs
+                             of its zigzag, turning on moves beyond 4 standard errors  ``OSC_SE`` 4
+                             of a difference of medians)
                              and the loss L_end has not halved: (L₀ − L_end)/L₀ below  ``OSC_MAX_DROP`` 0.5
-                             and the sign of L_t − L_{t−1} flips in at least           ``OSC_MIN_FLIPS`` 0.5
-                             (of the second half's steps)
 ``slow_convergence``         (L₀ − L_end)/L₀ below                                     ``SLOW_MAX_DROP`` 0.1
                              and the fastest layer's median ‖ΔW‖/‖W‖ below             ``UPDATE_RATIO_MIN``
                                                                                        1e-4
-``loss_not_decreasing``      (L₀ − L_end)/L₀ below (a rise included), the loss not     ``FLAT_MAX_DROP`` 0.01
-                             oscillating and the weights not frozen (else the two
-                             verdicts above name the cause)
+``loss_not_decreasing``      (L₀ − L_end)/L₀ below (a rise included),                  ``FLAT_MAX_DROP`` 0.01
+                             or, for cross-entropy on class labels, L_end within ±     ``PRIOR_MARGIN`` 0.05
+                             this × the label-prior loss H = −Σ p_c ln p_c (chance);
+                             the loss not oscillating and the weights not frozen (else
+                             the two verdicts above name the cause)
 ``overfitting``              validation loss above its minimum by more than            ``OVERFIT_RISE`` 0.1
                              the minimum at least k evaluations old, each since above  ``OVERFIT_PATIENCE`` 3
                              it, and the training loss fell since then by at least     ``OVERFIT_TRAIN_FALL``
@@ -77,7 +85,13 @@ Why these values:
   learning process"). Adam at its default 1e-3 gives ≈ lr/rms(W) ≈ 0.02 in the first steps of a 512-wide
   He-initialized layer and a median of ~3e-3, and trains well; a median 30× the rule of thumb rewrites a layer
   in ~30 steps. The LR prescribed is lowered by the power of 10 that brings the worst layer to
-  ``UPDATE_RATIO_TARGET`` = 0.01 or below (the ratio scales with the LR for SGD and Adam alike).
+  ``UPDATE_RATIO_TARGET`` = 0.01 or below (the ratio scales with the LR for SGD and Adam alike), at least 10×.
+  Adam or RMSprop at a far too high LR inflate the weights in their first steps, after which ‖ΔW‖/‖W‖ looks
+  moderate again (we measure medians of 0.01 at Adam lr 0.1); what still shows is the climb: a step small enough
+  for the loss's curvature lowers the loss (the descent lemma: lr < 2/λ_max; LeCun et al. 1998, §4.7), and at
+  init every example costs about the same (≈ ln C), so batch losses differ by a few percent. A batch loss 3× the
+  untrained one within the first tenth of the run is a step that climbed far out of the valley (we measure 4–36×
+  at Adam/RMSprop lr 0.05–0.1, ≤ 1.1× in healthy runs). Then the LR is lowered 10×, and the re-check shows the rest.
 - Oscillating, 0.3 of L₀ while above L₀/2: an LR past the stable limit makes each step overshoot, and the loss
   jumps by a sizeable part of its level from one step to the next instead of going down (LeCun et al. 1998,
   §4.7; Goodfellow et al. 2016, §8.3.1: too high an LR gives "violent oscillations"). Minibatch noise alone is
@@ -87,18 +101,53 @@ Why these values:
   loss must also still be above half of L₀. Batch-1 SGD can bounce this much; there too a lower LR averages the
   noise out. A bounce changes direction: noise and a too-large step both flip the sign of L_t − L_{t−1} in ~2/3
   of the steps (we measure 0.6); a loss that climbs in big steps flips rarely and is named
-  ``loss_not_decreasing`` (and, with growing gradients, exploding).
-- Slow convergence, < 10% of L₀ gone while every layer moves < 1e-4 of its norm per step: an order of magnitude
-  below the healthy ~1e-3 (Karpathy, CS231n: a ratio well below it means the LR is likely too low). Both are
-  required: a slow but healthy start on a hard task has normal update ratios, and a net that has converged moves
-  little but has long left L₀. The LR prescribed is raised by the power of 10 (at most ``LR_RAISE_MAX`` = 1e3)
-  that brings the fastest layer to ``UPDATE_RATIO_HEALTHY`` = 1e-3.
-- Loss not decreasing, < 1% of L₀ in ≥ 50 steps: a net that learns anything moves its loss by more than that.
-  A stuck net's batch loss is nearly constant (at chance every example costs about ln C), so it measures far
-  below 1%; a noisy flat series can measure a few percent either way and is then left alone (the rule errs
-  towards silence, and the other checks still look at such a run). When the weights do move, the
-  signal is not reaching the loss (init, batch norm) or the steps overshoot (a lower LR); labels that do not match
-  the inputs or a loss that does not fit the output look the same, which the advice says.
+  ``loss_not_decreasing`` (and, with growing gradients, exploding). With larger batches the step-to-step noise
+  of a healthy run (we measure median |ΔL| of 0.01–0.03 L₀ at batch 128) is as large as that of a run past the
+  stable limit (0.05 L₀), so the second test looks at the loss's level instead: medians of 10 steps average the
+  noise out (their standard error is 1.25·σ/√10, σ from the spread within the windows, relative to their level and
+  pooled over them, since minibatch noise scales with the loss), and a descent, however noisy,
+  only goes down, beyond noise, while an unstable run goes back up and down again (AUTOTRAINER's "unstable":
+  alternating maxima and minima). The medians are joined into a zigzag whose legs turn only where they move back
+  from their extreme by more than 4 standard errors of a difference of two medians: a leg runs between extremes
+  picked among ~20 medians, and the range of 20 draws of pure noise exceeds 4·√2 ≈ 5.7 of their standard
+  deviations with probability < 1% (it averages 3.7); with 2, pure noise (lognormal, σ 0.3) turned legs in 38 of
+  50 flat series. Rising and falling legs each summing to more than 0.1 L₀ is a loss that gave back a tenth of its
+  initial level. We measure 0 (the lesser sum) for 7 healthy runs and for ones that only fall or only climb, 0 for
+  50 flat noise series, and 0.31–1.1 for momentum SGD at lr 0.5–1 on mnist1d (whose full training-set loss,
+  evaluated after every step for this measurement, rose in 42–45% of the steps, by 2.5–14× its initial value in
+  all; healthy runs: 13–28% of the steps, ≤ 0.2× in all). A period-2 bounce (plain SGD at lr 2: rising in 46% of
+  the steps, 5.7× in all) is averaged out by the windows and seen only through its update ratios
+  (``lr_too_high``, same prescription).
+- Slow convergence, < 10% of L₀ gone while every layer moves < 1e-4 of its norm per step: an order of magnitude below
+  the healthy ~1e-3 (Karpathy, CS231n: a ratio well below it means the LR is likely too low). Both are required: a
+  slow but healthy start on a hard task has normal update ratios, and a net that has converged moves little but has
+  long left L₀. The LR prescribed is raised by the power of 10 that brings the fastest layer to
+  ``UPDATE_RATIO_HEALTHY`` = 1e-3: the step scales linearly with the LR for SGD (lr·g) and Adam (≈ lr), so the factor
+  is read off the ratio, not guessed (we measure ratios of 2e-9 at SGD lr 1e-7 on a tanh net, which needs 10⁶×; the
+  earlier cap of 1e3 left it slow). ``LR_RAISE_MAX`` = 1e6 only bounds a degenerate ratio — unless vanishing
+  gradients, dead ReLUs or saturation (``SIGNAL_CHECKS``) starve the gradient: then the steps are small for that
+  reason, and an LR raised together with their init/norm fix overshoots once the gradient gets through (we measured LR
+  1.0 and 5.0 prescribed with He/Glorot init, whose re-checks exploded), so it prescribes nothing and the re-check
+  shows whether the LR is still too low.
+- Loss not decreasing, < 1% of L₀ in ≥ 50 steps: a net that learns anything moves its loss by more than that. A stuck
+  net's batch loss is nearly constant (at chance every example costs about ln C), so it measures far below 1%; a noisy
+  flat series can measure a few percent either way and is then left alone (the rule errs towards silence, and the
+  other checks still look at such a run). A net that starts above chance (weights of the wrong scale give confident
+  wrong logits) first falls to chance, which is a drop without any learning: with labels that are independent of the
+  inputs we measure drops of 11–28%, from above ln C down to ≈ ln C. So for cross-entropy on class labels "decreasing"
+  means "below the label-prior loss": H = −Σ p_c ln p_c of the training labels (the probe counts them) is what
+  predicting the class frequencies costs, the best a net can do without using its inputs. A net that ends within ±5%
+  of H has learned next to nothing from them: the median of the last tenth of batch losses lies within ~1% of its mean
+  at chance, and memorizing thousands of random labels takes far longer than a short run (Zhang et al. 2017; we
+  measure 1–2% below H after 200 steps on 3600 examples), while healthy runs end at 0.0–0.6 H. A loss still far above
+  H that is falling is on its way (the other checks look at why it started so high). A loss that fell to H with
+  moderate steps shows the output layer learning the class frequencies and nothing coming from the inputs: the labels
+  may not belong to the inputs, which no training setting cures, so the verdict then prescribes nothing and says what
+  to check (a net that learns slowly can look the same in a short run, which the advice also says). Flat from the
+  start, the signal is not getting through (init, batch norm); with update ratios above ``UPDATE_RATIO_MAX`` the steps
+  overshoot (a 10× lower LR). When the weights do move, the signal is not reaching the loss (init, batch norm) or the
+  steps overshoot (a lower LR); labels that do not match the inputs or a loss that does not fit the output look the
+  same, which the advice says.
 - Overfitting, validation loss 10% above its minimum, the minimum 3 evaluations old and the training loss still
   falling: Prechelt's (1998, "Early stopping — but when?") generalization loss GL(t) = 100·(E_va(t)/E_opt(t) − 1)
   with his GL_α criterion GL > α, and his UP_s criterion (the validation error rose in s successive strips); we
@@ -118,13 +167,18 @@ Where these rules differ from the automatic-repair tools (their published code r
   as exploding. Ours read the per-step loss, so they judge within one epoch and need no accuracy target (which
   depends on the task: 0.7 is unreachable on some and trivial on others); the amplitude is relative to the loss's
   own scale, and slow convergence needs tiny update ratios too, so it names the LR as the cause rather than
-  trying fixes in turn.
+  trying fixes in turn. Our second oscillation test follows their alternating maxima and minima, on 10-step
+  medians of the loss, with a turn threshold from the measured minibatch noise instead of a fixed 0.03 of
+  accuracy, and a total (0.1 L₀ up and down) instead of a share of epochs.
 - DeepDiagnosis (Wardat et al., ICSE 2022) names symptoms such as "loss not decreasing", "accuracy not
   increasing" and invalid (NaN) loss or accuracy, per layer and iteration, and its callback rates the learning
-  rate from lr·‖ΔW‖/‖W‖ against 1e-3. Ours takes ‖ΔW‖/‖W‖ itself (the step actually taken, whatever the
-  optimizer) with a threshold one decade below the healthy 1e-3, since ratios fall under 1e-3 as a healthy run
-  converges and its LR decays, and it compares the ends of the run (medians) rather than successive values,
-  which minibatch noise trips. Our NaN locator likewise names the first layer, forward before backward.
+  rate from lr·‖ΔW‖/‖W‖ against 1e-3. Its "loss not decreasing" compares the loss with earlier iterations; ours
+  compares the end of the run with the start and, for classification, with the label-prior loss, so that falling
+  from above chance down to chance does not count as learning. Ours takes ‖ΔW‖/‖W‖ itself (the step actually
+  taken, whatever the optimizer) with a threshold one decade below the healthy 1e-3, since ratios fall under 1e-3
+  as a healthy run converges and its LR decays, and it compares the ends of the run (medians) rather than
+  successive values, which minibatch noise trips. Our NaN locator likewise names the first layer, forward before
+  backward.
 - UMLAUT (Schoop et al., CHI 2021) runs per-epoch heuristics in a Keras callback; the ones in its published
   code check a NaN loss, inputs outside [−1, 1], non-float inputs and a missing softmax. Ours name the step and
   layer of the NaN rather than the epoch, and add the loss-dynamics checks; for overfitting we ask for a
@@ -161,6 +215,7 @@ from tricklab.diagnostics.records import (
     INPUT_RMS,
     LOSS,
     MODEL,
+    PRIOR_LOSS,
     SATURATED_FRACTION,
     UPDATE_RATIO,
     WEIGHT,
@@ -191,8 +246,13 @@ OSC_MIN_FLIPS = 0.5  # ... and the step-to-step changes alternate in sign at lea
 SLOW_MAX_DROP = 0.1  # slow convergence: the smoothed loss fell by less than this fraction ...
 UPDATE_RATIO_MIN = 1e-4  # ... and even the fastest layer's median ‖ΔW‖/‖W‖ is below this
 UPDATE_RATIO_HEALTHY = 1e-3  # the LR prescribed for slow convergence brings the fastest layer to about this
-LR_RAISE_MAX = 1e3  # ... raised by at most this factor in one prescription (the re-check shows the rest)
-FLAT_MAX_DROP = 0.01  # loss not decreasing: the smoothed loss fell by less than 1% of its initial level
+LR_RAISE_MAX = 1e6  # ... raised by at most this factor in one prescription (the re-check shows the rest)
+FLAT_MAX_DROP = 0.01  # loss not decreasing: the smoothed loss fell by less than 1% of its initial level ...
+PRIOR_MARGIN = 0.05  # ... or, with class labels, it ended within ± this fraction of the label-prior loss (chance)
+LR_LOSS_RISE = 3.0  # LR too high: a batch loss of the first tenth above this × the untrained loss (step 0)
+OSC_WINDOW = 10  # oscillating: the loss smoothed by medians of this many steps ...
+OSC_SE = 4.0  # ... up and down by more than this many standard errors of a difference of two medians ...
+OSC_REGAIN = 0.1  # ... by this fraction of the initial loss in all
 OVERFIT_MIN_EVALS = 5  # validation evaluations needed
 OVERFIT_PATIENCE = 3  # the best validation loss is at least this many evaluations old, each one since above it
 OVERFIT_RISE = 0.1  # the last validation loss is this fraction above its minimum (Prechelt's GL > 10)
@@ -478,25 +538,47 @@ def check_inputs(f: Findings, s: Mapping[str, Any]) -> Verdict | None:
 
 
 @CHECKS.register(
-    LR_TOO_HIGH, help=f"median update ratio ‖ΔW‖/‖W‖ > {UPDATE_RATIO_MAX:g} (healthy ~1e-3); Karpathy CS231n"
+    LR_TOO_HIGH,
+    help=f"median update ratio ‖ΔW‖/‖W‖ > {UPDATE_RATIO_MAX:g} (healthy ~1e-3), or an early batch loss "
+    f"> {LR_LOSS_RISE:g}× the untrained loss; Karpathy CS231n",
 )
 def check_lr(f: Findings, s: Mapping[str, Any]) -> Verdict | None:
     med = _layer_medians(f, UPDATE_RATIO, first_half=True)
     bad = {name: v for name, v in med.items() if v > UPDATE_RATIO_MAX}
-    if not bad:
+    rise = _early_rise(f)
+    if not bad and rise is None:
         return None
-    worst = max(bad, key=bad.get)
-    factor = 10.0 ** math.ceil(math.log10(bad[worst] / UPDATE_RATIO_TARGET) - 1e-9)
-    fix = _lower_lr(s, max(factor, 10.0))
+    evidence, figures, factor = [], {}, 10.0
+    if bad:
+        worst = max(bad, key=bad.get)
+        factor = max(factor, 10.0 ** math.ceil(math.log10(bad[worst] / UPDATE_RATIO_TARGET) - 1e-9))
+        evidence.append(
+            f"update-to-weight ratio ‖ΔW‖/‖W‖ is {_g(bad[worst])} per step in {worst} "
+            f"(> {UPDATE_RATIO_MAX:g}; healthy ~1e-3){f'; {len(bad)} layers above' if len(bad) > 1 else ''}"
+        )
+        figures.update({"worst_update_ratio": bad[worst], "layers": len(bad)})
+    if rise is not None:
+        evidence.append(
+            f"the batch loss rose to {_g(rise[1])}× the untrained loss at step {rise[0]} (> {LR_LOSS_RISE:g}×)"
+        )
+        figures["early_loss_rise"] = rise[1]
     return Verdict(
         LR_TOO_HIGH,
-        f"update-to-weight ratio ‖ΔW‖/‖W‖ is {_g(bad[worst])} per step in {worst} "
-        f"(> {UPDATE_RATIO_MAX:g}; healthy ~1e-3){f'; {len(bad)} layers above' if len(bad) > 1 else ''}",
-        tuple(bad),
-        {"worst_update_ratio": bad[worst], "layers": len(bad)},
-        fix,
-        f"each step rewrites a large part of the weights; lower the learning rate about {max(factor, 10.0):g}×",
+        "; ".join(evidence),
+        tuple(bad) or (MODEL,),
+        figures,
+        _lower_lr(s, factor),
+        f"each step rewrites a large part of the weights or climbs out of the valley; lower the learning rate about "
+        f"{factor:g}×",
     )
+
+
+#: The checks whose problem starves the gradient: with one of them, tiny steps are its symptom, not a low LR's.
+SIGNAL_CHECKS: dict[str, Check] = {
+    VANISHING: check_vanishing,
+    DEAD_RELUS: check_dead_relus,
+    SATURATION: check_saturation,
+}
 
 
 # --- training dynamics: the loss over the run ----------------------------------------------------------------------
@@ -504,18 +586,33 @@ def check_lr(f: Findings, s: Mapping[str, Any]) -> Verdict | None:
 
 @CHECKS.register(
     OSCILLATING,
-    help=f"median |ΔL| > {OSC_AMPLITUDE:g}× the initial loss, bouncing, not halved; AUTOTRAINER (Zhang et al. 2021)",
+    help=f"median |ΔL| > {OSC_AMPLITUDE:g}× the initial loss, bouncing, or the {OSC_WINDOW}-step median loss "
+    f"climbing back {OSC_REGAIN:g}× of it; not halved; AUTOTRAINER (Zhang et al. 2021)",
 )
 def check_oscillating(f: Findings, s: Mapping[str, Any]) -> Verdict | None:
     trend = _loss_trend(f)
     if trend is None or not _oscillates(trend):
         return None
+    if trend.amplitude > OSC_AMPLITUDE and trend.flips >= OSC_MIN_FLIPS:
+        how = (
+            f"the batch loss jumps by a median {_g(trend.amplitude)}× its initial level {_g(trend.first)} from one "
+            f"step to the next (> {OSC_AMPLITUDE:g}×)"
+        )
+    else:
+        how = (
+            f"the loss, smoothed over {OSC_WINDOW} steps, went back up and down again by {_g(trend.regain)}× its "
+            f"initial level {_g(trend.first)} in all (> {OSC_REGAIN:g}×, beyond minibatch noise)"
+        )
     return Verdict(
         OSCILLATING,
-        f"the batch loss jumps by a median {_g(trend.amplitude)}× its initial level {_g(trend.first)} from one step "
-        f"to the next (> {OSC_AMPLITUDE:g}×) and fell only {trend.drop:.0%} in {trend.n} steps (< {OSC_MAX_DROP:.0%})",
+        f"{how} and fell only {trend.drop:.0%} in {trend.n} steps (< {OSC_MAX_DROP:.0%})",
         (MODEL,),
-        {"loss_amplitude": trend.amplitude, "loss_drop": trend.drop, "sign_flips": trend.flips},
+        {
+            "loss_amplitude": trend.amplitude,
+            "loss_drop": trend.drop,
+            "sign_flips": trend.flips,
+            "loss_regain": trend.regain,
+        },
         _lower_lr(s, 10.0),
         "each step overshoots the valley it is in, so the loss bounces instead of going down; lower the LR 10×",
     )
@@ -532,6 +629,16 @@ def check_slow_convergence(f: Findings, s: Mapping[str, Any]) -> Verdict | None:
     factor = min(10.0 ** math.ceil(math.log10(UPDATE_RATIO_HEALTHY / max(fastest[1], 1e-12)) - 1e-9), LR_RAISE_MAX)
     lr = s.get("optim.lr")
     fix = {"optim.lr": float(f"{lr * factor:.3g}")} if isinstance(lr, int | float) else {}
+    advice = f"the steps are too small to get anywhere in this budget; raise the learning rate about {factor:g}×"
+    starved = [name for name, check in SIGNAL_CHECKS.items() if check(f, s) is not None]
+    if starved:  # the gradient does not get through: the steps are small for that reason, not the LR's
+        fix, advice = (
+            {},
+            (
+                f"the steps are small because the gradient does not get through ({', '.join(starved)}): fix that "
+                f"first, then see whether the learning rate is still too low (it would take about {factor:g}× more)"
+            ),
+        )
     return Verdict(
         SLOW_CONVERGENCE,
         f"the loss fell only {trend.drop:.0%} in {trend.n} steps (< {SLOW_MAX_DROP:.0%}) and even the fastest layer, "
@@ -539,31 +646,61 @@ def check_slow_convergence(f: Findings, s: Mapping[str, Any]) -> Verdict | None:
         (fastest[0],),
         {"loss_drop": trend.drop, "fastest_update_ratio": fastest[1]},
         fix,
-        f"the steps are too small to get anywhere in this budget; raise the learning rate about {factor:g}×",
+        advice,
     )
 
 
 @CHECKS.register(
-    NOT_DECREASING, help=f"loss fell < {FLAT_MAX_DROP:.0%} over ≥ {DYNAMICS_MIN_STEPS} steps; DeepDiagnosis (2022)"
+    NOT_DECREASING,
+    help=f"loss fell < {FLAT_MAX_DROP:.0%} over ≥ {DYNAMICS_MIN_STEPS} steps, or ended within ±{PRIOR_MARGIN:.0%} "
+    "of the label-prior loss (chance); DeepDiagnosis (2022)",
 )
 def check_not_decreasing(f: Findings, s: Mapping[str, Any]) -> Verdict | None:
     trend, fastest = _loss_trend(f), _fastest_update(f)
-    if trend is None or trend.drop >= FLAT_MAX_DROP or _oscillates(trend):
+    if trend is None or _oscillates(trend):
         return None  # a bouncing loss is oscillating_loss
+    prior = _median(f.records.series(PRIOR_LOSS, MODEL)[1])
+    at_chance = prior is not None and prior > 0 and abs(trend.last / prior - 1) <= PRIOR_MARGIN
+    if trend.drop >= FLAT_MAX_DROP and not at_chance:
+        return None
     if fastest is not None and fastest[1] < UPDATE_RATIO_MIN:
         return None  # the weights barely move: slow_convergence names the cause
     moving = f", though the weights move ({fastest[0]}: {_g(fastest[1])} of their norm per step)" if fastest else ""
-    return Verdict(
-        NOT_DECREASING,
-        f"the loss did not go down in {trend.n} steps: {_g(trend.first)} at the start, {_g(trend.last)} at the end "
-        f"(fell {trend.drop:.1%}, < {FLAT_MAX_DROP:.0%}){moving}",
-        (MODEL,),
-        {"loss_drop": trend.drop, "loss_first": trend.first, "loss_last": trend.last},
-        _signal_fix(s) or _lower_lr(s, 10.0),
-        "the weights change but the loss does not follow: the signal does not reach the early layers (init, batch "
-        "norm) or each step overshoots (a lower LR); also check that labels match the inputs and the loss fits "
-        "the output",
-    )
+    if at_chance:
+        how = (
+            f"the loss ended at {_g(trend.last)}, within {PRIOR_MARGIN:.0%} of {_g(prior)}, the loss of predicting "
+            f"the label frequencies without looking at the input ({_g(trend.first)} at the start)"
+        )
+    else:
+        how = (
+            f"the loss did not go down in {trend.n} steps: {_g(trend.first)} at the start, {_g(trend.last)} at the "
+            f"end (fell {trend.drop:.1%}, < {FLAT_MAX_DROP:.0%})"
+        )
+    wild = fastest is not None and fastest[1] > UPDATE_RATIO_MAX  # the steps are huge: the LR first
+    # fell to the prior: the output learned the class frequencies (its gradient arrives, the optimizer works), and
+    # nothing came from the inputs: a data problem no training setting cures
+    prior_only = at_chance and not wild and trend.drop >= FLAT_MAX_DROP
+    figures = {"loss_drop": trend.drop, "loss_first": trend.first, "loss_last": trend.last}
+    if prior is not None:
+        figures["label_prior_loss"] = prior
+    if prior_only:
+        fix, advice = (
+            {},
+            (
+                "the net learned the class frequencies and nothing from the inputs: check that each label belongs "
+                "to its input (labels shuffled or misaligned with the examples) and that the inputs vary, which no "
+                "training setting cures; if they do, it learns too slowly to show in this run (a longer run, a "
+                "higher LR)"
+            ),
+        )
+    else:
+        fix = _lower_lr(s, 10.0) if wild else _signal_fix(s) or _lower_lr(s, 10.0)
+        advice = (
+            "the weights change but the loss does not follow: the signal does not reach the early layers (init, "
+            "batch norm) or each step overshoots (a lower LR); also check that labels match the inputs and the loss "
+            "fits the output"
+        )
+    return Verdict(NOT_DECREASING, how + moving, (MODEL,), figures, fix, advice)
 
 
 @CHECKS.register(
@@ -695,6 +832,7 @@ class _Trend:
     drop: float  # (first − last) / first: the fraction of the initial loss gone
     amplitude: float  # median |L_t − L_{t−1}| over the second half, / first
     flips: float  # fraction of successive differences over the second half that change sign
+    regain: float = 0.0  # the OSC_WINDOW-step median loss: the lesser of its rises and falls beyond noise, / first
 
 
 def _loss_trend(f: Findings) -> _Trend | None:
@@ -718,11 +856,65 @@ def _loss_trend(f: Findings) -> _Trend | None:
         (first - last) / first,
         statistics.median(abs(d) for d in diffs) / first,
         sum(flips) / max(len(flips), 1),
+        _regain(losses) / first,
     )
 
 
+def _regain(losses: list[float]) -> float:
+    """How far the loss went both up and down, beyond minibatch noise: the smaller of the summed rising and falling
+    legs of the zigzag through the medians M_j of ``OSC_WINDOW`` steps. A leg turns where the medians move back
+    from their extreme by more than k = ``OSC_SE`` standard errors of the difference, a median's being
+    1.25·σ_j/√w with σ_j = 1.4826·MAD, the MAD relative to M_j pooled (median) over the windows, since minibatch
+    noise scales with the loss. A descent only falls and a climb only rises: both give 0."""
+    w = OSC_WINDOW
+    windows = [losses[i : i + w] for i in range(0, len(losses) - w + 1, w)]
+    med = [statistics.median(x) for x in windows]
+    if len(med) < 2:
+        return 0.0
+    spread = statistics.median(
+        statistics.median(abs(v - m) for v in x) / m if m > 0 else 0.0 for x, m in zip(windows, med, strict=True)
+    )
+    se = [1.2533 * 1.4826 * spread * m / math.sqrt(w) for m in med]
+
+    def moved(a: int, b: int) -> float:  # how far med[b] is from med[a], beyond noise (signed, 0 within it)
+        d, noise = med[b] - med[a], OSC_SE * math.hypot(se[a], se[b])
+        return d if abs(d) > noise else 0.0
+
+    legs = {1: 0.0, -1: 0.0}
+    trend, pivot, lo, hi = 0, 0, 0, 0
+    for j in range(1, len(med)):
+        if trend == 0:  # no move beyond noise yet: from the lowest or highest median so far
+            lo, hi = (j if med[j] < med[lo] else lo), (j if med[j] > med[hi] else hi)
+            if moved(lo, j) > 0:
+                trend, pivot, ext = 1, lo, j
+            elif moved(hi, j) < 0:
+                trend, pivot, ext = -1, hi, j
+            continue
+        if (med[j] - med[ext]) * trend >= 0:
+            ext = j  # the leg goes on
+        elif moved(ext, j) * trend < 0:  # turned beyond noise
+            legs[trend] += abs(med[ext] - med[pivot])
+            trend, pivot, ext = -trend, ext, j
+    if trend:
+        legs[trend] += abs(med[ext] - med[pivot])
+    return min(legs.values())
+
+
 def _oscillates(t: _Trend) -> bool:
-    return t.amplitude > OSC_AMPLITUDE and t.drop < OSC_MAX_DROP and t.flips >= OSC_MIN_FLIPS
+    bounces = t.amplitude > OSC_AMPLITUDE and t.flips >= OSC_MIN_FLIPS
+    return (bounces or t.regain > OSC_REGAIN) and t.drop < OSC_MAX_DROP
+
+
+def _early_rise(f: Findings) -> tuple[int, float] | None:
+    """(step, ratio) of the highest batch loss in the first tenth of the run (at least 5 steps) over the untrained
+    loss of step 0, when above ``LR_LOSS_RISE``; None otherwise."""
+    steps, losses = _finite_series(f, LOSS)
+    if len(losses) < 5 or not steps or steps[0] != 0 or not losses[0] > 0:
+        return None
+    head = max(5, len(losses) // 10)
+    i = max(range(1, min(head, len(losses))), key=losses.__getitem__)
+    ratio = losses[i] / losses[0]
+    return (steps[i], ratio) if ratio > LR_LOSS_RISE else None
 
 
 def _finite_series(f: Findings, metric: str) -> tuple[list[int], list[float]]:
