@@ -24,6 +24,7 @@ from typing import Any
 
 from tricklab.config import Config, load_config
 from tricklab.errors import TrickLabError
+from tricklab.lab.costs import run_bytes
 from tricklab.lab.ray_executor import (  # imports Ray on use only
     DEFAULT_RETRIES,
     MAX_RETRIES,
@@ -35,6 +36,7 @@ from tricklab.lab.runner import InProcess, Task, WorkerPool, execute, plan_worke
 from tricklab.lab.store import Store, config_key
 from tricklab.lab.studies import Study, describe_setup
 from tricklab.locks import folder_lock
+from tricklab.memory import physical_memory
 
 DB_NAME = "results.sqlite"
 QUICK_SUBSET = 10000  # --quick: at most this many training examples on the big datasets
@@ -225,6 +227,12 @@ def run_lab(
     n_runs = sum(len(s.variants) for s in studies) * opts.seeds
     processes, threads = plan_workers(n_runs, opts.cores, opts.workers)
     planned = plan(studies, opts, threads)  # validates everything before the folder is created
+    if opts.workers is None and opts.executor == "process":  # no more processes than memory holds
+        biggest = max((run_bytes(c.to_dict()) for p in planned for k, c in p.configs.items() if k[2] == 0), default=0)
+        fitted = plan_workers(n_runs, opts.cores, None, biggest, physical_memory())
+        if fitted != (processes, threads):
+            processes, threads = fitted
+            planned = plan(studies, opts, threads)
     plugins, in_process = plugins_for_workers(planned)
     if in_process and opts.executor == "ray":
         raise TrickLabError(f"executor 'ray': {in_process}; register it in an importable module")

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tricklab.errors import TrickLabError
+from tricklab.lab.costs import longest_first
 from tricklab.lab.runner import Task, execute, register_plugins
 
 EXTRA = "pip install 'tricklab[ray]'"
@@ -190,12 +191,12 @@ class RayPool:
         """
         ray = self.ray
         self._check_fits(tasks)
-        pending = list(tasks)
+        pending = longest_first(list(tasks))
         if not pending and refill is not None:
-            pending.extend(refill())
+            pending.extend(longest_first(refill()))
         while pending or self.in_flight:
             if not pending and refill is not None and len(self.in_flight) < self.slots:
-                pending.extend(refill())  # a free slot: ask now, not only when the next run ends
+                pending.extend(longest_first(refill()))  # a free slot: ask now, not only when the next run ends
             while pending and len(self.in_flight) < self.slots:
                 task = pending.pop(0)
                 self.in_flight[self._submit(task)] = task
@@ -216,7 +217,7 @@ class RayPool:
                     kind, payload = "failed", [lost, ""]
                 on_event(kind, task.key, *payload)
                 if not pending and refill is not None:
-                    pending.extend(refill())
+                    pending.extend(longest_first(refill()))
 
 
 def _signal_safe(call: Callable, *args, **kwargs) -> Any:
