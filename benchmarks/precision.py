@@ -40,6 +40,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--dataset", default="mnist")
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    p.add_argument(
+        "--subset", type=int, default=None, help="train on this many examples (bf16 without hardware is slow)"
+    )
     args = p.parse_args()
     times: dict[str, list[float]] = {m: [] for m in args.modes}
     accs: dict[str, list[float]] = {m: [] for m in args.modes}
@@ -54,6 +57,7 @@ def main() -> None:
                     "train.device": "cpu",
                     "schedule.name": "constant",
                     "train.precision": "bf16" if mode == "bf16" else "fp32",
+                    **({"data.subset": args.subset} if args.subset else {}),
                 }
             )
             parts = assemble(cfg)
@@ -85,7 +89,11 @@ def main() -> None:
             acc = evaluate(parts.model, parts.splits.test, precision=parts.precision)["acc"]
             accs[mode].append(acc)
             print(f"seed {seed} {mode:8s} test acc {acc:.4f}", flush=True)
-    print(f"\n{args.dataset}, {args.threads} threads, {args.seeds} seeds × {args.epochs} epochs; CPU: {cpu_flags()}")
+    subset = f", {args.subset} examples" if args.subset else ""
+    print(
+        f"\n{args.dataset}{subset}, {args.threads} threads, {args.seeds} seeds × {args.epochs} epochs; "
+        f"CPU: {cpu_flags()}"
+    )
     for mode in args.modes:
         line = f"  {mode:8s} median epoch {statistics.median(times[mode]):6.2f}s"
         line += f"  mean test acc {100 * statistics.mean(accs[mode]):.2f}%"
