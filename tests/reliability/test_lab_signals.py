@@ -143,8 +143,9 @@ def test_a_signal_stops_the_lab_keeps_finished_runs_and_leaves_no_process(sig, t
 
 
 def fake_run_then_stop(config):
-    """An in-process run function: the first run finishes at once, the second is stopped by SIGTERM."""
-    if config["model"]["width"] == 16:
+    """An in-process run function: the first run (the wider: the lab starts the longest first) finishes at once,
+    the second (width 8) is stopped by SIGTERM."""
+    if config["model"]["width"] == 8:
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(30)  # the handler raises here
     return {"test_acc": 0.5}, [{"epoch": 1, "val_acc": 0.5}], run_key_hash(validate(config))
@@ -153,7 +154,11 @@ def fake_run_then_stop(config):
 def test_a_signal_stops_an_in_process_lab_too(tmp_path, monkeypatch):
     """Plugins that workers cannot import run in the lab's own process: a signal stops that run the same way."""
     study, _, _ = custom_study(
-        {"name": "tiny", "dataset": "synthetic", "variants": {"a": {"model.width": 8}, "b": {"model.width": 16}}}
+        {
+            "name": "tiny",
+            "dataset": "synthetic",
+            "variants": {"a": {"model.width": 16}, "b": {"model.width": 8}},
+        }  # a runs first: the longer
     )
     monkeypatch.setattr(lab_module, "plugins_for_workers", lambda planned: ((), "a test says so"))
     with pytest.raises(LabInterrupted) as e:
