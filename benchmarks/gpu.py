@@ -43,6 +43,21 @@ def parts_for(model: str, device: str, precision: str = "fp32", **extra):
     return parts
 
 
+def next_epoch(parts, state, epoch: int):
+    """Train ``parts`` (an assembled config) up to ``epoch`` through tricklab's ``fit()``, continuing ``state``."""
+    return fit(
+        parts.model,
+        parts.splits.train,
+        epochs=epoch,
+        optimizer=parts.optimizer,
+        generator=parts.generator,
+        batch_size=128,
+        state=state,
+        precision=parts.precision,
+        device=parts.device,
+    )
+
+
 def hand_epoch(model, opt, x, y, batch: int, generator) -> None:
     order = torch.randperm(len(y), generator=generator).to(x.device)
     for i in range(0, len(y), batch):
@@ -76,17 +91,7 @@ def steps_per_second(model_name: str, device: str, repeats: int, subset: int | N
                     parts.model, parts.optimizer, parts.splits.train.x, parts.splits.train.y, 128, parts.generator
                 )
             else:
-                state = fit(
-                    parts.model,
-                    parts.splits.train,
-                    epochs=epoch,
-                    optimizer=parts.optimizer,
-                    generator=parts.generator,
-                    batch_size=128,
-                    state=state,
-                    precision=parts.precision,
-                    device=parts.device,
-                )
+                state = next_epoch(parts, state, epoch)
                 runs[mode][1] = state
             sync(parts.device)
             if epoch > 1:
@@ -115,17 +120,7 @@ def to_99(device: str, max_epochs: int) -> None:
     sync(parts.device)
     t, state, best = time.perf_counter(), None, 0.0
     for epoch in range(1, max_epochs + 1):
-        state = fit(
-            parts.model,
-            parts.splits.train,
-            epochs=epoch,
-            optimizer=parts.optimizer,
-            generator=parts.generator,
-            batch_size=128,
-            state=state,
-            precision=parts.precision,
-            device=parts.device,
-        )
+        state = next_epoch(parts, state, epoch)
         acc = evaluate(parts.model, parts.splits.test, precision=parts.precision)["acc"]
         best = max(best, acc)
         if acc >= 0.99:
