@@ -52,7 +52,6 @@ from tricklab.train.rundir import (
 from tricklab.tricks.averaging import evaluate_ensemble
 from tricklab.tricks.early_stopping import EarlyStopping
 
-
 #: The test loss before training (the blow-up rule's reference, :func:`tricklab.train.loop.blown_up`) is taken
 #: on the first this many test examples: a reference, not a result, and a full pass costs about a second.
 INITIAL_LOSS_EXAMPLES = 2048
