@@ -146,6 +146,31 @@ def check_fits(estimate: Estimate, available: int | None, key: str, value: objec
     )
 
 
+def training_estimate(
+    cfg: Config, input_shape: tuple[int, ...], num_classes: int, train_examples: int
+) -> Estimate | None:
+    """The :class:`Estimate` of training ``cfg``'s model on inputs of ``input_shape``: counted on the meta device
+    (or zeroed CPU weights, :func:`measure_on_meta`), before the model is built; None if it cannot be built there."""
+    from tricklab.config import model_factory
+
+    factory = model_factory(cfg.model.name)
+    measured = measure_on_meta(
+        lambda: factory(tuple(input_shape), num_classes, **cfg.model.factory_kwargs()), tuple(input_shape)
+    )
+    if measured is None:
+        return None
+    parameters, activations = measured
+    copies = (cfg.averaging.ema is not None) + (cfg.averaging.swa_start is not None)
+    copies += cfg.early_stopping.enabled and cfg.early_stopping.restore_best
+    return Estimate(
+        parameters=parameters,
+        activations_per_example=activations,
+        batch_size=max(1, min(cfg.data.batch_size, train_examples)),
+        optimizer_slots=OPTIMIZER_SLOTS.get(cfg.optim.name, 2),
+        weight_copies=int(copies),
+    )
+
+
 def check_training_memory(cfg: Config, input_shape: tuple[int, ...], num_classes: int, train_examples: int) -> None:
     """Refuse ``cfg``'s model, before it is built, if training it cannot fit in this machine's physical memory
     (and the GPU's, when it trains on one): a :class:`ConfigError` naming what makes it large, with the figures.
@@ -153,25 +178,11 @@ def check_training_memory(cfg: Config, input_shape: tuple[int, ...], num_classes
     Called by :func:`tricklab.assembly.build_model`. A model that cannot be built on the meta device is let
     through: building it for real reports what is wrong with it.
     """
-    from tricklab.config import model_factory
     from tricklab.train.seed import resolve_device
 
-    factory = model_factory(cfg.model.name)
-    measured = measure_on_meta(
-        lambda: factory(tuple(input_shape), num_classes, **cfg.model.factory_kwargs()), tuple(input_shape)
-    )
-    if measured is None:
+    estimate = training_estimate(cfg, input_shape, num_classes, train_examples)
+    if estimate is None:
         return
-    parameters, activations = measured
-    copies = (cfg.averaging.ema is not None) + (cfg.averaging.swa_start is not None)
-    copies += cfg.early_stopping.enabled and cfg.early_stopping.restore_best
-    estimate = Estimate(
-        parameters=parameters,
-        activations_per_example=activations,
-        batch_size=max(1, min(cfg.data.batch_size, train_examples)),
-        optimizer_slots=OPTIMIZER_SLOTS.get(cfg.optim.name, 2),
-        weight_copies=int(copies),
-    )
     available = physical_memory()
     if resolve_device(cfg.train.device).type == "cuda":
         gpu = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory

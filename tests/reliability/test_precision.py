@@ -68,7 +68,7 @@ def test_fp16_on_a_cpu_is_one_clear_error_before_anything_is_written(tmp_path):
 
 
 def test_an_unknown_precision_is_refused_by_the_config():
-    with pytest.raises(Exception, match=r"train\.precision"):
+    with pytest.raises(ConfigError, match=r"train\.precision = .half.: must be one of"):
         load_config(overrides=[*BASE, "train.precision=half"])
 
 

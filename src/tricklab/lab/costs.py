@@ -63,6 +63,12 @@ def forward_macs(model_json: str, input_shape: tuple[int, ...], classes: int) ->
     return macs / 2
 
 
+def _dataset_of(cfg) -> tuple[int, tuple[int, ...], int]:
+    """:func:`_dataset` of a config's data source (the keys that choose the data, not how it is split)."""
+    source = {k: v for k, v in cfg.data.model_dump(mode="json").items() if k in ("name", "path", "kwargs", "dir")}
+    return _dataset(json.dumps(source, sort_keys=True))
+
+
 def run_cost(config: dict[str, Any]) -> float:
     """The relative cost of a run (a resolved config as a dict); ``nan`` when it cannot be estimated."""
     from tricklab.config import validate
@@ -70,8 +76,7 @@ def run_cost(config: dict[str, Any]) -> float:
     try:
         cfg = validate(config)
         d = cfg.data
-        source = {k: v for k, v in d.model_dump(mode="json").items() if k in ("name", "path", "kwargs", "dir")}
-        n, shape, classes = _dataset(json.dumps(source, sort_keys=True))
+        n, shape, classes = _dataset_of(cfg)
         n = min(n, d.subset) if d.subset else n
         n_train = n * (1 - d.val_fraction)
         macs = forward_macs(json.dumps(cfg.model.model_dump(mode="json"), sort_keys=True), shape, classes)
@@ -89,22 +94,14 @@ def run_bytes(config: dict[str, Any]) -> float:
     estimate (:class:`tricklab.memory.Estimate`: weights, gradients, optimizer state, copies, one batch's
     activations) and :data:`PROCESS_BYTES`; ``nan`` when it cannot be estimated."""
     from tricklab.config import validate
-    from tricklab.memory import OPTIMIZER_SLOTS, Estimate, measure_on_meta
+    from tricklab.memory import training_estimate
 
     try:
         cfg = validate(config)
-        d = cfg.data
-        source = {k: v for k, v in d.model_dump(mode="json").items() if k in ("name", "path", "kwargs", "dir")}
-        n, shape, classes = _dataset(json.dumps(source, sort_keys=True))
+        n, shape, classes = _dataset_of(cfg)
         data = 2 * 4 * n * math.prod(shape) * 8 / 7  # train (raw + scaled) and the test set (~1/6 more)
-        from tricklab.config import model_factory
-
-        factory = model_factory(cfg.model.name)
-        measured = measure_on_meta(lambda: factory(shape, classes, **cfg.model.factory_kwargs()), shape)
-        parameters, activations = measured or (0, 0)
-        copies = (cfg.averaging.ema is not None) + (cfg.averaging.swa_start is not None) + 1
-        est = Estimate(parameters, activations, cfg.data.batch_size, OPTIMIZER_SLOTS.get(cfg.optim.name, 2), copies)
-        return data + est.total_bytes + PROCESS_BYTES
+        est = training_estimate(cfg, shape, classes, n)
+        return data + (est.total_bytes if est is not None else 0) + PROCESS_BYTES
     except Exception:  # noqa: BLE001 - an estimate only
         return math.nan
 
