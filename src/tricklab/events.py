@@ -131,6 +131,9 @@ class FitState:
     loss: torch.Tensor | None = None  # the current batch's loss (after backward)
     inputs: torch.Tensor | None = None
     targets: torch.Tensor | None = None
+    # this step's gradient norms, (parameters, their 0-d norms, the global norm), once the NaN/Inf guard checked
+    # them (only when a callback sets ``wants_grad_norms``; None otherwise): a callback need not recompute them
+    grad_norms: tuple[list, list[torch.Tensor], torch.Tensor] | None = None
     metrics: dict[str, float] = field(default_factory=dict)  # the last finished epoch's history row
     history: list[dict[str, float]] = field(default_factory=list)
     epoch_extras: dict[str, float] = field(default_factory=dict)  # numbers callbacks add to this epoch's row

@@ -7,10 +7,16 @@ update ratios, input statistics; the loss and global ‖g‖ when given them), s
 on an evenly strided sample of at most ``SAMPLE_SIZE`` = 4096 outputs,
 and the first non-finite value: which step, which layer, and where (input, forward, loss, backward, weights).
 A gradient first non-finite at the output of layer X is attributed to the layer called after X, whose backward
-produced it. Norms and stds are computed on x / max|x|, so huge finite values do not overflow into false alarms.
+produced it. Norms and stds are computed so that huge finite values do not overflow into false alarms, nor tiny
+ones underflow (see :func:`scaled_stats`). The backward signal is recorded at Linear/Conv outputs; the update
+ratio of a weight of over 65,536 elements is estimated on 16,384 of them (:data:`UPDATE_SAMPLE`).
 
-On other steps every hook returns at once, so probing costs little: with :class:`ProbeCallback` every 10 steps,
-an MNIST MLP epoch takes ~1.06× as long (``benchmarks/probe_overhead.py``).
+Between sampled steps the per-layer hooks are not installed at all; what runs is one forward pre-hook on the
+model and, with an optimizer or :class:`ProbeCallback`, the step's loss and global ‖g‖ kept on the device (in
+``fit()`` the NaN/Inf guard's own gradient norms are reused) and read in batches of :data:`STEP_BATCH`. Measured
+with :class:`ProbeCallback` every 10 steps, 1 thread (``benchmarks/probe_overhead.py``,
+``benchmarks/doctor_zoo.py``): an MNIST MLP epoch takes ~1.03× as long, an MNIST-1D MLP step ~1.04×; at 2
+threads, where the matmuls halve but the probe's small operations do not, ~1.09×.
 The metric names and record types live in :mod:`tricklab.diagnostics.records` (imported again from here, so
 ``from tricklab.diagnostics.probes import Findings`` keeps working); records are plain numbers (after fastai's
 ``ActivationStats``, which samples ``every`` k steps in the same way).
@@ -92,17 +98,27 @@ HIST_BINS = 40
 #: Histograms and saturated fractions are taken on an evenly strided sample of at most this many outputs
 #: (standard error of a fraction < 0.8%), which bounds their cost on wide layers.
 SAMPLE_SIZE = 4096
+#: Every step's loss and gradient norm stay on the device and are read in batches of this many values (and at
+#: every sampled step's end), so an unsampled step costs no host synchronisation.
+STEP_BATCH = 256
+#: The update ratio ‖ΔW‖/‖W‖ of a weight with more elements than this is estimated on this many of them, drawn once
+#: at random (by a generator of the probe's own: training's random state is untouched) and the same before and after
+#: each step: copying and differencing every weight on a sampled step cost ~25% of an MNIST MLP step; the estimate's
+#: relative error is ~1/sqrt(16384) ≈ 1% for evenly spread updates (the rules compare ratios with thresholds ×3-×30
+#: apart). Weights of up to 4× as many elements are measured whole (as cheap as drawing the sample).
+UPDATE_SAMPLE = 16384
 
 
 class _Check(NamedTuple):
     """A pending finiteness test, read at the next flush (one sync for all): ``peak`` = max |x| of the tensor
-    tested, computed anyway for the statistics; it is NaN or inf exactly when some element is."""
+    tested (a 0-d tensor, or a float where it was read already), computed anyway for the statistics; it is NaN or
+    inf exactly when some element is."""
 
     step: int
     layer: str | None
     where: str
     detail: str
-    peak: Tensor
+    peak: Tensor | float
     calls: list[str]  # the modules called in that step's forward, in order (for backward attribution)
 
 
@@ -124,37 +140,87 @@ def layer_kind(module: nn.Module) -> str | None:
     return OTHER if next(module.children(), None) is None else None
 
 
-def dead_fraction(y: Tensor) -> Tensor:
+def _fraction(count: Tensor, total: int) -> Tensor | float:
+    """count / total: a float on CPU (reading it costs no synchronisation), else a 0-d tensor read later."""
+    return int(count) / total if count.device.type == "cpu" else count / total
+
+
+def dead_fraction(y: Tensor) -> Tensor | float:
     """Fraction of units (dim 1: features or channels) that are 0 for every example and position."""
-    peak = y.amax(dim=[0, *range(2, y.dim())])  # a ReLU unit is dead iff its largest output is 0
-    return 1.0 - (peak > 0).float().mean()
+    peak = y.amax(dim=0 if y.dim() == 2 else [0, *range(2, y.dim())])  # a ReLU unit is dead iff its largest output is 0
+    return 1.0 - _fraction(torch.count_nonzero(peak), peak.numel())
 
 
-def saturated_fraction(y: Tensor, kind: str) -> Tensor:
+def saturated_fraction(y: Tensor, kind: str) -> Tensor | float:
     """tanh: fraction with |y| > 0.99; sigmoid: fraction with y < 0.01 or y > 0.99."""
-    if kind == TANH:
-        return (y.abs() > SATURATION_LEVEL).float().mean()
-    return ((y - 0.5).abs() > SATURATION_LEVEL - 0.5).float().mean()
+    tail = y.abs() if kind == TANH else (y - 0.5).abs()
+    level = SATURATION_LEVEL if kind == TANH else SATURATION_LEVEL - 0.5
+    return _fraction(torch.count_nonzero(tail > level), y.numel())
 
 
-def scaled_stats(y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(std, mean, norm, peak) of ``y``: population std, mean, L2 norm and max |y|, without overflow.
+def histogram(sample: Tensor, lo: float, hi: float, bins: int) -> Tensor:
+    """Counts of ``sample`` in ``bins`` equal bins over [lo, hi]; values outside go to the edge bins, NaN to the
+    lowest (``torch.histc`` gives the same counts, ~1.6× slower on CPU)."""
+    idx = torch.nan_to_num(sample, nan=lo).sub_(lo).mul_(bins / (hi - lo)).clamp_(0, bins - 1).long()
+    return torch.bincount(idx, minlength=bins)
 
-    Computed on y / max|y|, so values up to float32's limit give finite results (a plain norm overflows
-    beyond ~1e19); ``peak`` is NaN or inf exactly when some element is. A few fast passes
-    (``torch.std_mean`` is ~10× slower on CPU).
+
+#: Below this max |x| (and above 0) the squares of the elements lose precision in float32; above
+#: ``sqrt(OVERFLOW / numel)`` their sum overflows: outside that range the statistics are taken on x / max|x|.
+SMALLEST_PLAIN = 1e-12
+OVERFLOW = 3e38
+#: The one-pass variance E[x²] − mean² is used when it is at least this fraction of E[x²] (float32 sums are good to
+#: ~1e-6 relative, so the variance keeps ~3 digits); below, the mean dominates and the two-pass formula is used.
+ONE_PASS_MIN = 1e-3
+
+
+def scaled_stats(y: Tensor, *, with_norm: bool = True) -> tuple[Any, Any, Any, Any]:
+    """(std, mean, norm, peak) of ``y``: population std, mean, L2 norm (None unless ``with_norm``) and max |y|,
+    without overflow or underflow. ``peak`` is NaN or inf exactly when some element is.
+
+    On CPU, where reading a number costs no synchronisation, they are Python floats, computed with as few passes
+    as the values allow: max |y| first (one pass); when it is in the range where float32 sums of squares are exact
+    (nearly always), the sum and the norm (two passes; a third when the mean dominates the variance, see
+    :data:`ONE_PASS_MIN`). Otherwise, and always on an accelerator (as 0-d tensors, without reading them), they
+    are taken on y / max|y|, so values up to float32's limit give finite results (a plain norm overflows beyond
+    ~1e19) and tiny ones do not underflow to 0. (``torch.std_mean`` is ~5-10× slower on CPU.)
     """
-    peak = y.abs().amax()
+    n = y.numel()
+    lo, hi = torch.aminmax(y)
+    if y.device.type == "cpu":
+        a, b = float(lo), float(hi)
+        peak = math.nan if math.isnan(a) or math.isnan(b) else max(-a, b)
+        if not math.isfinite(peak):
+            return math.nan, math.nan, (math.nan if with_norm else None), peak
+        if peak == 0.0 or SMALLEST_PLAIN <= peak <= math.sqrt(OVERFLOW / n):
+            mean, norm = float(y.sum()) / n, float(torch.linalg.vector_norm(y))
+            square = norm * norm / n
+            var = square - mean * mean
+            if var < ONE_PASS_MIN * square:
+                var = float(torch.linalg.vector_norm(y - mean)) ** 2 / n
+            return math.sqrt(var), mean, (norm if with_norm else None), peak
+        z = y / peak
+        mean = float(z.sum()) / n
+        std = float(torch.linalg.vector_norm(z - mean)) / math.sqrt(n)
+        return std * peak, mean * peak, (float(torch.linalg.vector_norm(z)) * peak if with_norm else None), peak
+    peak = torch.maximum(hi, -lo)
     z = y / peak.clamp_min(torch.finfo(y.dtype).tiny)
-    mean = z.sum() / z.numel()
-    std = torch.linalg.vector_norm(z - mean) / math.sqrt(z.numel())
-    return std * peak, mean * peak, torch.linalg.vector_norm(z) * peak, peak
+    mean = z.sum() / n
+    std = torch.linalg.vector_norm(z - mean) / math.sqrt(n)
+    return std * peak, mean * peak, (torch.linalg.vector_norm(z) * peak if with_norm else None), peak
 
 
 def scaled_norm(g: Tensor) -> tuple[Tensor, Tensor]:
     """(‖g‖₂, max |g|) without overflow (see :func:`scaled_stats`), in fewer passes."""
     peak = g.abs().amax()
     return torch.linalg.vector_norm(g / peak.clamp_min(torch.finfo(g.dtype).tiny)) * peak, peak
+
+
+def plain_norm_ok(norm: float) -> bool:
+    """Whether a plain float32 ‖g‖ is trustworthy: finite (its squares did not overflow) and not so small that
+    they may have underflowed (0 included: tiny gradients square to 0); one outside is recomputed with
+    :func:`scaled_norm`."""
+    return SMALLEST_PLAIN <= norm < math.inf
 
 
 def strided_sample(y: Tensor, most: int = SAMPLE_SIZE) -> Tensor:
@@ -170,8 +236,10 @@ class Probe:
     sets them with :meth:`set_step` instead (``auto_step=False``). With ``optimizer``, the update-to-weight
     ratio and the global gradient norm of every step come from the optimizer's step hooks.
 
-    Cost on a non-sampled step: one attribute test per hooked module and parameter (plus, with an
-    optimizer or :class:`ProbeCallback`, the global gradient norm: one fused norm and one sync).
+    Cost on a non-sampled step: the model's forward pre-hook (per-layer hooks are installed for sampled steps
+    only), plus, with an optimizer or :class:`ProbeCallback`, the global gradient norm (one fused norm, kept on
+    the device; in ``fit()`` the guard's). Until something calls :meth:`after_backward`, per-parameter gradient
+    hooks measure the weight-gradient norms; they are removed at its first call.
 
     Example::
 
@@ -201,14 +269,19 @@ class Probe:
         self._weight_params: dict[str, list[nn.Parameter]] = {}
         self._param_layer: dict[nn.Parameter, str | None] = {}
         self._handles: list[Any] = []
+        self._param_handles: list[Any] = []  # per-parameter gradient hooks: only while nobody calls after_backward
+        self._module_handles: list[Any] = []  # per-layer forward hooks: only from a sampled step's forward on
+        self._driven = False  # after_backward has been called: the gradient norms come from there
         self._next_auto = 0
         self._active = self._param_active = self._locating = False
         self._calls: list[str] = []  # names called in this step's forward, in order
         self._scalars: list[tuple[str, str, int, Tensor]] = []
-        self._hists: list[tuple[str, int, Tensor]] = []
+        self._hists: list[tuple[str, int, Tensor, int]] = []  # (layer, step, counts, sample size)
         self._param_norms: list[tuple[str | None, int, Tensor]] = []
+        self._step_values: list[tuple[str, str, int, Tensor]] = []  # every step's loss and ‖g‖, read in batches
         self._checks: list[_Check] = []
-        self._snapshot: dict[str, list[Tensor]] | None = None
+        self._snapshot: list[Tensor] | None = None  # the weights (or their sampled elements) before the step
+        self._update_idx: dict[Tensor, Tensor] = {}  # weight → the indices of its sampled elements (UPDATE_SAMPLE)
         self._snapshot_step = -1
         self._notes: list[str] = []
         for name, module in model.named_modules():
@@ -234,11 +307,10 @@ class Probe:
         if self._handles:
             return self
         self._handles.append(self.model.register_forward_pre_hook(self._root_pre_hook))
-        for module in self._kinds:
-            self._handles.append(module.register_forward_hook(self._forward_hook))
-        for p in self._param_layer:
-            if p.requires_grad:
-                self._handles.append(p.register_post_accumulate_grad_hook(self._param_hook))
+        if not self._driven:
+            for p in self._param_layer:
+                if p.requires_grad:
+                    self._param_handles.append(p.register_post_accumulate_grad_hook(self._param_hook))
         if self.optimizer is not None:
             self._handles.append(self.optimizer.register_step_pre_hook(self._optimizer_pre_hook))
             self._handles.append(self.optimizer.register_step_post_hook(lambda *_: self.after_update()))
@@ -246,10 +318,12 @@ class Probe:
 
     def detach(self) -> None:
         """Remove every hook; the records stay."""
-        self._flush()
-        for h in self._handles:
+        self._flush(everything=True)
+        for h in self._handles + self._param_handles + self._module_handles:
             h.remove()
         self._handles.clear()
+        self._param_handles.clear()
+        self._module_handles.clear()
 
     def __enter__(self) -> Probe:
         return self.attach()
@@ -261,13 +335,13 @@ class Probe:
 
     def set_step(self, step: int) -> None:
         """The index of the training step whose forward comes next; it is sampled if ``step % every == 0``."""
-        if step != self.step:
+        if step != self.step and self.sampling:
             self._flush()
         self.step, self.sampling = step, step % self.every == 0
 
     def findings(self) -> Findings:
         """Everything recorded so far, as plain data."""
-        self._flush()
+        self._flush(everything=True)
         layers = [
             LayerInfo(name, kind, self._order[name], hist_range(kind))
             for name, kind in self._kinds.values()
@@ -278,20 +352,44 @@ class Probe:
 
     # --- per-step checks (trainer or optimizer hook) -----------------------------------------------------------
 
-    @torch.no_grad()
-    def after_backward(self, loss: Tensor | None = None) -> bool:
-        """Record the loss and the global gradient norm of this step; True if a non-finite value appeared
-        that the sampled hooks did not locate (then call :meth:`locate` before the optimizer step)."""
-        grads = [p.grad for p in self._param_layer if p.grad is not None]
-        total = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
-        values = [total.float()] + ([loss.detach().float().reshape(())] if loss is not None else [])
-        numbers = torch.stack([v.to(values[0].device) for v in values]).tolist()
-        self._records.add(GLOBAL_GRAD_NORM, MODEL, self.step, numbers[0])
+    def after_backward(
+        self, loss: Tensor | None = None, checked: tuple[list, list[Tensor], Tensor] | None = None
+    ) -> bool:
+        """Record this step's loss and global gradient norm (and, on a sampled step, each layer's weight-gradient
+        norm); True if a non-finite value appeared that the sampled hooks did not locate (then call :meth:`locate`
+        before the optimizer step).
+
+        ``checked``: (parameters, their gradients' norms, the global norm) when the caller computed them and found
+        them finite, as
+        the trainer's NaN/Inf guard does: nothing is computed again, and nothing is read on the host except on
+        sampled steps. Without it the norms are computed here (one fused pass) and checked on the host.
+        """
+        if not self._driven:  # the gradient norms come from here from now on: drop the per-parameter hooks
+            self._driven = True
+            for h in self._param_handles:
+                h.remove()
+            self._param_handles.clear()
+        if checked is None:
+            params = [p for p in self._param_layer if p.grad is not None]
+            with torch.no_grad():
+                norms = list(torch._foreach_norm([p.grad for p in params])) if params else []
+                total = torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
+        else:
+            params, norms, total = checked
+        step = self.step
+        self._step_values.append((GLOBAL_GRAD_NORM, MODEL, step, total))
         if loss is not None:
-            self._records.add(LOSS, MODEL, self.step, numbers[1])
-        if self.first_nonfinite is not None or all(math.isfinite(v) for v in numbers):
+            self._step_values.append((LOSS, MODEL, step, loss.detach()))
+        if self.sampling and self._param_active and norms:
+            self._layer_grad_norms(params, norms, check=checked is None)
+        if checked is not None or self.first_nonfinite is not None:
             return False
-        if math.isfinite(numbers[-1]) and all(bool(torch.isfinite(g).all()) for g in grads):
+        ok = torch.isfinite(total if loss is None else total + loss.detach().float().reshape(()))
+        if bool(ok):
+            return False
+        if (loss is None or bool(torch.isfinite(loss.detach()).all())) and all(
+            bool(torch.isfinite(p.grad).all()) for p in params
+        ):
             return False  # huge but finite gradients whose norm overflowed
         if self.sampling:
             self._flush()
@@ -299,29 +397,75 @@ class Probe:
                 return False
         return True
 
+    def _layer_grad_norms(self, params: list[Tensor], norms: list[Tensor], *, check: bool) -> None:
+        """On a sampled step: each layer's weight-gradient norm from the per-parameter norms (one host read; a norm
+        that may have overflowed or underflowed in float32 is recomputed on g / max|g|), and, unless the caller
+        checked them, a finiteness check per layer."""
+        values = torch.stack(norms).tolist()
+        step = self.step
+        per_layer: dict[str, float] = {}
+        for p, v in zip(params, values, strict=True):
+            if not plain_norm_ok(v) and p.grad is not None:
+                v = float(scaled_norm(p.grad.detach().float())[0])
+            layer = self._param_layer.get(p)
+            if layer is not None:
+                per_layer[layer] = per_layer.get(layer, 0.0) + v * v
+        for layer in sorted(per_layer, key=lambda n: -self._order.get(n, 0)):  # backward order, as the hooks ran
+            norm = math.sqrt(per_layer[layer])
+            self._records.add(WEIGHT_GRAD_NORM, layer, step, norm)
+            if check and not math.isfinite(norm):
+                self._check(layer, WHERE_BACKWARD, f"weight gradient of {layer}", norm)
+
     def before_update(self) -> None:
-        """Snapshot the weights of every Linear/Conv layer before the optimizer step (sampled steps only)."""
+        """Snapshot the weights of every Linear/Conv layer before the optimizer step (sampled steps only; of a weight
+        larger than 4 × :data:`UPDATE_SAMPLE` elements, a fixed random sample of them)."""
         if not self.sampling or self._locating or self._snapshot_step == self.step:
             return
         with torch.no_grad():
-            self._snapshot = {name: [p.detach().clone() for p in ps] for name, ps in self._weight_params.items()}
+            self._snapshot = [v if p in self._update_idx else v.clone() for v, p in self._update_views()]
         self._snapshot_step = self.step
 
-    @torch.no_grad()
+    def _update_views(self) -> list[tuple[Tensor, Tensor]]:
+        """(the elements measured, the weight) for every weight of every Linear/Conv layer, in layer order."""
+        out = []
+        for ps in self._weight_params.values():
+            for p in ps:
+                flat = p.detach().reshape(-1)
+                idx = self._update_idx.get(p)
+                if idx is None and flat.numel() > 4 * UPDATE_SAMPLE:
+                    g = torch.Generator().manual_seed(flat.numel())
+                    idx = torch.randint(flat.numel(), (UPDATE_SAMPLE,), generator=g).sort().values.to(flat.device)
+                    self._update_idx[p] = idx
+                out.append((flat if idx is None else flat.index_select(0, idx), p))
+        return out
+
     def after_update(self) -> None:
         """Record ‖ΔW‖/‖W‖ per layer across the step just taken (sampled steps only)."""
         if self._snapshot is None:
+            if len(self._step_values) >= STEP_BATCH:
+                self._flush(everything=True)
             return
-        for name, before in self._snapshot.items():
-            now = self._weight_params[name]
-            if not before:
-                continue
-            delta = torch.stack([torch.linalg.vector_norm(p - b) for p, b in zip(now, before, strict=True)])
-            size = torch.stack([torch.linalg.vector_norm(b) for b in before])
-            ratio = torch.linalg.vector_norm(delta) / torch.linalg.vector_norm(size)
-            self._scalars.append((UPDATE_RATIO, name, self._snapshot_step, ratio))
+        with torch.no_grad():
+            self._record_updates()
         self._snapshot = None
-        self._flush()
+        self._flush(everything=True)
+
+    def _record_updates(self) -> None:
+        before, views = self._snapshot, self._update_views()
+        sizes = list(torch._foreach_norm(before))
+        torch._foreach_sub_(before, [v for v, _ in views])  # the snapshot becomes −ΔW
+        read = _read(list(torch._foreach_norm(before)) + sizes)  # one host read, on a sampled step
+        deltas, sizes = read[: len(views)], read[len(views) :]
+        # a sampled weight's sums of squares are scaled up to its size (they estimate the whole weight's)
+        scale = [p.numel() / v.numel() for v, p in views]
+        i = 0
+        for name, ps in self._weight_params.items():
+            if ps:
+                j = i + len(ps)
+                d = math.sqrt(sum(k * v * v for k, v in zip(scale[i:j], deltas[i:j], strict=True)))
+                w = math.sqrt(sum(k * v * v for k, v in zip(scale[i:j], sizes[i:j], strict=True)))
+                self._records.add(UPDATE_RATIO, name, self._snapshot_step, d / w if w else math.inf if d else math.nan)
+                i = j
 
     def locate(
         self,
@@ -390,13 +534,18 @@ class Probe:
             if self.auto_step:
                 self.set_step(self._next_auto)
                 self._next_auto += 1
-            else:
+            elif self.sampling:
                 self._flush()
             self.steps_seen = max(self.steps_seen, self.step + 1)
             self._active = self.sampling
             self._param_active = self.sampling and torch.is_grad_enabled()
         if not self._active:
+            for h in self._module_handles:  # an unsampled step runs without per-layer hooks: nothing to call
+                h.remove()
+            self._module_handles.clear()
             return
+        if not self._module_handles:  # read after each layer's forward, so they take effect in this one
+            self._module_handles = [m.register_forward_hook(self._forward_hook) for m in self._kinds]
         self._calls = []
         x = args[0] if args and isinstance(args[0], Tensor) else None
         if x is None:
@@ -413,10 +562,12 @@ class Probe:
                 (INPUT_ABS_MAX, INPUT, self.step, peak),
             ]
 
-    @torch.no_grad()
     def _forward_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
-        if not self._active or not isinstance(output, Tensor):
-            return
+        if self._active and isinstance(output, Tensor):
+            with torch.no_grad():
+                self._record_output(module, output)
+
+    def _record_output(self, module: nn.Module, output: Tensor) -> None:
         name, kind = self._kinds[module]
         step = self.step
         if name not in self._order:
@@ -429,7 +580,7 @@ class Probe:
         if self._locating or kind == OTHER:
             self._check(name, WHERE_FORWARD, f"output of {name}", yf.abs().amax())
         else:
-            std, mean, _, peak = scaled_stats(yf)
+            std, mean, _, peak = scaled_stats(yf, with_norm=False)
             self._check(name, WHERE_FORWARD, f"output of {name}", peak)
             self._scalars += [(ACT_MEAN, name, step, mean), (ACT_STD, name, step, std)]
             if kind == RELU and y.dim() >= 2:
@@ -439,25 +590,24 @@ class Probe:
                 if kind in (SIGMOID, TANH):
                     self._scalars.append((SATURATED_FRACTION, name, step, saturated_fraction(sample, kind)))
                 lo, hi = hist_range(kind)
-                counts = torch.histc(sample.clamp(lo, hi), bins=self.bins, min=lo, max=hi)
-                self._hists.append((name, step, counts / sample.numel()))
-        if output.requires_grad and (self._locating or (self.sampling and kind != OTHER)):
+                self._hists.append((name, step, histogram(sample, lo, hi, self.bins), sample.numel()))
+        if output.requires_grad and (self._locating or (self.sampling and kind == WEIGHT)):
             output.register_hook(partial(self._grad_hook, name, step, self._calls))
 
-    @torch.no_grad()
     def _grad_hook(self, name: str, step: int, calls: list[str], grad: Tensor) -> None:
         if not grad.numel():
             return
-        std, _, _, peak = scaled_stats(grad.detach().float())
+        with torch.no_grad():
+            std, _, _, peak = scaled_stats(grad.detach().float(), with_norm=False)
         self._check(name, WHERE_BACKWARD, f"gradient at the output of {name}", peak, step=step, calls=calls)
         if not self._locating:
             self._scalars.append((GRAD_STD, name, step, std))
 
-    @torch.no_grad()
     def _param_hook(self, p: nn.Parameter) -> None:
-        if self._param_active and p.grad is not None:
+        if self._param_active and not self._driven and p.grad is not None:
             layer = self._param_layer[p]
-            norm, peak = scaled_norm(p.grad.detach().float())
+            with torch.no_grad():
+                norm, peak = scaled_norm(p.grad.detach().float())
             self._param_norms.append((layer, self.step, norm))
             if layer is not None:
                 self._check(layer, WHERE_BACKWARD, f"weight gradient of {layer}", peak)
@@ -465,26 +615,28 @@ class Probe:
     def _check(
         self, layer: str | None, where: str, detail: str, peak: Tensor, *, step: int | None = None, calls=()
     ) -> None:
-        """Queue a finiteness test: ``peak`` is max |x| of the tensor tested."""
-        if self.first_nonfinite is None:
+        """Queue a finiteness test: ``peak`` is max |x| of the tensor tested (a finite number needs none)."""
+        if self.first_nonfinite is None and not (isinstance(peak, float) and math.isfinite(peak)):
             step = self.step if step is None else step
-            self._checks.append(_Check(step, layer, where, detail, peak.reshape(()), calls))
+            self._checks.append(_Check(step, layer, where, detail, peak, calls))
 
     # --- turning pending tensors into numbers (one sync) ----------------------------------------------------
 
-    @torch.no_grad()
-    def _flush(self) -> None:
+    def _flush(self, everything: bool = False) -> None:
+        """Pending tensors → numbers in the records, with one host read per kind; every step's loss and ‖g‖ only
+        with ``everything`` (a sampled step's end, ``findings()``, ``detach()``)."""
+        if self._step_values and everything:
+            self._scalars += self._step_values
+            self._step_values = []
         if self._scalars:
-            device = self._scalars[0][3].device
-            values = torch.stack([t.reshape(()).float().to(device) for *_, t in self._scalars])
-            for (metric, layer, step, _), v in zip(self._scalars, values.tolist(), strict=True):
+            values = _read([t for *_, t in self._scalars])
+            for (metric, layer, step, _), v in zip(self._scalars, values, strict=True):
                 self._records.add(metric, layer, step, v)
             self._scalars = []
         if self._hists:
-            for (layer, step, _), counts in zip(
-                self._hists, torch.stack([h for *_, h in self._hists]).tolist(), strict=True
-            ):
-                self._records.add(ACT_HIST, layer, step, counts)
+            read = torch.stack([h for _, _, h, _ in self._hists]).tolist()
+            for (layer, step, _, n), counts in zip(self._hists, read, strict=True):
+                self._records.add(ACT_HIST, layer, step, [c / n for c in counts])
             self._hists = []
         if self._param_norms:
             norms = torch.stack([t.to(self._param_norms[0][2].device) for *_, t in self._param_norms]).tolist()
@@ -503,12 +655,23 @@ class Probe:
             self._param_norms = []
         if self._checks:
             if self.first_nonfinite is None:
-                device = self._checks[0].peak.device
-                ok = torch.isfinite(torch.stack([c.peak.to(device) for c in self._checks])).tolist()
-                bad = next((c for c, good in zip(self._checks, ok, strict=True) if not good), None)
+                peaks = _read([c.peak for c in self._checks])
+                bad = next((c for c, v in zip(self._checks, peaks, strict=True) if not math.isfinite(v)), None)
                 if bad is not None:
                     self.first_nonfinite = _nonfinite(bad)
             self._checks = []
+
+
+def _read(values: list[Tensor | float]) -> list[float]:
+    """Numbers and one-element tensors (any dtype, on one device or several) → floats, with one host read."""
+    tensors = [t for t in values if isinstance(t, Tensor)]
+    if not tensors:
+        return [float(v) for v in values]
+    device = tensors[0].device
+    if not all(t.device == device and t.dim() == 0 and t.dtype == torch.float32 for t in tensors):
+        tensors = [t.reshape(()).float().to(device) for t in tensors]
+    read = iter(torch.stack(tensors).tolist())
+    return [next(read) if isinstance(v, Tensor) else float(v) for v in values]
 
 
 def _nonfinite(check: _Check) -> NonFinite:
@@ -554,6 +717,7 @@ class ProbeCallback(Callback):
     """
 
     order = ORDER_PROBE
+    wants_grad_norms = True  # fit()'s NaN/Inf guard hands over the gradient norms it checked (state.grad_norms)
 
     def __init__(
         self,
@@ -582,7 +746,8 @@ class ProbeCallback(Callback):
     def on_step_end(self, state: FitState) -> None:
         self.probe.after_update()
         self.probe.set_step(state.step)
-        self._count_labels(state.targets)
+        if state.targets is not None:
+            self.count_labels(state.targets)
 
     def on_epoch_end(self, state: FitState) -> None:
         last = max(state.step - 1, 0)  # the epoch's last step, as Doctor.observe() records per-epoch numbers
@@ -607,7 +772,7 @@ class ProbeCallback(Callback):
 
     def _check(self, state: FitState) -> None:
         p = self.probe
-        if p.after_backward(state.loss) and state.inputs is not None:
+        if p.after_backward(state.loss, state.grad_norms) and state.inputs is not None:
             p.locate(state.inputs, state.targets, self.loss_fn)
         if self.stop_on_nonfinite and p.first_nonfinite is not None and not state.stop:
             state.stop, state.skip_step = True, True
@@ -622,7 +787,7 @@ class ProbeCallback(Callback):
             found.records.add(PRIOR_LOSS, MODEL, max(found.steps - 1, 0), prior)
         return found
 
-    def _count_labels(self, targets: Tensor | None) -> None:
+    def count_labels(self, targets: Tensor | None) -> None:
         """Add the class labels of every ``every``-th batch to the counts (a sample, as the other records are: the
         plug-in entropy is off by ≈ (C − 1)/2N nats, 0.002 for 10 classes and 20 batches of 128). Cross-entropy on
         integer labels only: the label prior is the loss of a net that learned nothing from its inputs for that

@@ -15,7 +15,7 @@ metric                   what
                          (:data:`SATURATION_LEVEL`)
 ``act_hist``             activation layers: fraction of outputs in each bin over the layer's ``hist_range``
                          (:data:`HIST_RANGES`; values outside are counted in the edge bins)
-``grad_std``             std of the loss gradient w.r.t. each layer's output (the backward signal)
+``grad_std``             std of the loss gradient w.r.t. each Linear/Conv layer's output (the backward signal)
 ``weight_grad_norm``     ‖∂L/∂W‖ of each Linear/Conv layer (its parameters but the bias), before clipping
 ``update_ratio``         ‖ΔW‖ / ‖W‖ of each Linear/Conv layer across the optimizer step
 ``global_grad_norm``     ‖g‖ over every parameter, layer ``(model)``

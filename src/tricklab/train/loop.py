@@ -105,7 +105,10 @@ class NonFiniteGuard:
     """Catch NaN/Inf in the loss, the gradients or the input batch before ``optimizer.step()`` applies them.
 
     The per-step cost is one fused check: ``isfinite(loss + Σ_params sum(grad))`` (a NaN or Inf anywhere makes
-    the sum non-finite), about 1% of an MNIST MLP step. A NaN/Inf in an input batch is caught through the loss
+    the sum non-finite), about 1% of an MNIST MLP step. With ``keep_norms`` (set when a callback declares
+    ``wants_grad_norms``, as the doctor's probe does) it checks ``isfinite(loss + ‖g‖)`` from the per-parameter
+    gradient norms instead, and hands them to the callbacks as ``state.grad_norms`` once they passed, so the
+    probe does not compute them a second time. A NaN/Inf in an input batch is caught through the loss
     and gradients it poisons (checking every input element would cost 4% per step).
 
     Two ways to act on the check:
@@ -149,10 +152,19 @@ class NonFiniteGuard:
         self.bad_examples: torch.Tensor | None = None  # deferred, skip: their examples (out of the epoch's count)
         self.first_bad: torch.Tensor | None = None  # deferred: the global step of the first one (-1: none)
         self.flag: torch.Tensor | None = None  # deferred: this step's found_inf for the optimizer
+        self.keep_norms = False  # compute per-parameter gradient norms (for the probe) instead of sums
+        # this step's (parameters, their gradient norms, the global norm), with keep_norms
+        self.norms: tuple[list[nn.Parameter], list[torch.Tensor], torch.Tensor] | None = None
 
     def _total(self, loss: torch.Tensor) -> torch.Tensor:
-        sums = [p.grad.float().sum() for p in self.params if p.grad is not None]
         total = loss.detach().float().sum()
+        if self.keep_norms:
+            params = [p for p in self.params if p.grad is not None]
+            norms = list(torch._foreach_norm([p.grad for p in params])) if params else []
+            norm = torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros((), device=total.device)
+            self.norms = (params, norms, norm)
+            return total + norm
+        sums = [p.grad.float().sum() for p in self.params if p.grad is not None]
         if sums:
             total = total + torch.stack(sums).sum()
         return total
@@ -405,6 +417,7 @@ def fit(
     guard = guard_type(model, nonfinite, nonfinite_limit, optimizer=optimizer, deferred=deferred_check)
     if guard.deferred and precision.scaler is not None:
         guard.deferred = False  # fp16: the scaler already skips non-finite steps; the loss is checked per step
+    guard.keep_norms = any(getattr(cb, "wants_grad_norms", False) for cb in callbacks)
 
     _emit(callbacks, "on_fit_start", state)
     while state.epoch < epochs and not state.stop:
@@ -430,7 +443,7 @@ def fit(
             precision.unscale(optimizer)
             state.loss, state.inputs, state.targets = loss, x, y
             state.batches_done = state.batch + 1
-            bad = None
+            state.grad_norms, bad = None, None
             if guard.deferred:
                 bad = guard.mark(loss, state.step, len(y))
             elif precision.scaler is not None:  # fp16: non-finite gradients are the scaler's; the loss is ours
@@ -439,6 +452,8 @@ def fit(
                     continue
             elif not guard.all_finite(loss) and guard.handle(state, loss, x):
                 continue  # nonfinite="skip": no update, not counted
+            else:
+                state.grad_norms = guard.norms  # checked by the guard (None unless keep_norms)
             _emit(callbacks, "on_after_backward", state)
             if state.skip_step:
                 state.skip_step = False
