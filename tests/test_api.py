@@ -74,6 +74,8 @@ def test_diagnose_any_model_finds_vanishing_gradients_and_leaves_the_model_alone
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
     page = result.save(tmp_path / "doc")
     assert page.is_file() and "vanishing_gradients" in page.read_text()
+    assert "nn.init.xavier_normal_" in result.pytorch["init.scheme"]  # a model of your own: said in PyTorch
+    assert "nn.init.xavier_normal_" in page.read_text() and "In PyTorch" in page.read_text()
     assert "vanishing_gradients" in result._repr_html_()
     assert result.config is None and result.settings["optim.lr"] == 0.1
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 
 import pytest
 import torch
@@ -19,6 +20,7 @@ from tricklab.diagnostics.records import (
     INPUT_RMS,
     LOSS,
     MODEL,
+    PRIOR_LOSS,
     RELU,
     SATURATED_FRACTION,
     SIGMOID,
@@ -219,6 +221,9 @@ def test_save_writes_the_report_and_refuses_a_foreign_folder(data, tmp_path):
     assert page.name == "index.html" and "vanishing_gradients" in page.read_text()
     summary = json.loads((page.parent / "doctor.json").read_text())
     assert "xavier_normal_" in summary["pytorch"]["init.scheme"] and not summary["healthy"]
+    html = page.read_text()  # the page says it in PyTorch too, then as tricklab flags
+    assert "In PyTorch" in html and "nn.init.xavier_normal_" in html
+    assert html.index("In PyTorch") < html.index("With tricklab: <code>--set init.scheme=")
     assert doctor.save(page.parent) == page  # a doctor report folder may be written again
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
@@ -324,3 +329,44 @@ def test_each_init_call_draws_as_tricklab_s_scheme(scheme, make):
     w = m.weight.detach()
     assert w.std().item() == pytest.approx(ref.std().item(), rel=0.05)
     assert w.abs().max().item() == pytest.approx(ref.abs().max().item(), rel=0.25)
+
+
+# --- observe(labels=): the label-prior rule in a loop of your own ----------------------------------------------
+
+
+def random_label_loop(with_labels: bool):
+    """Labels independent of the inputs, a head biased far from their frequencies: the loss falls (to chance) but
+    the net learns nothing from its inputs."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(2048, 16, generator=g), torch.randint(0, 4, (2048,), generator=g)
+    net = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 4))
+    with torch.no_grad():
+        net[2].bias.copy_(torch.tensor([3.0, -1.0, -1.0, -1.0]))
+    opt = torch.optim.SGD(net.parameters(), lr=0.05)
+    with tricklab.Doctor(net, opt) as doctor:
+        for step in range(150):
+            i = (step * 64) % 2048
+            loss = F.cross_entropy(net(x[i : i + 64]), y[i : i + 64])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            doctor.observe(loss=loss.detach(), labels=y[i : i + 64] if with_labels else None)
+    return doctor
+
+
+def test_observed_labels_let_the_loop_be_judged_against_the_label_prior():
+    doctor = random_label_loop(with_labels=True)
+    prior = doctor.findings().records.series(PRIOR_LOSS, MODEL)[1]
+    assert len(prior) == 1 and prior[0] == pytest.approx(math.log(4), abs=0.01)  # 4 balanced classes
+    assert "loss_not_decreasing" in [v.name for v in doctor.verdicts()]
+    unlabelled = random_label_loop(with_labels=False)  # its loss fell (to chance): the older rule sees no problem
+    assert unlabelled.findings().records.series(PRIOR_LOSS, MODEL)[1] == []
+    assert "loss_not_decreasing" not in [v.name for v in unlabelled.verdicts()]
+
+
+@pytest.mark.parametrize("labels", [torch.zeros(4), torch.zeros(2, 2, dtype=torch.long), [0, 1]])
+def test_observe_refuses_labels_that_are_not_a_1d_integer_tensor(labels):
+    net = nn.Linear(4, 2)
+    with tricklab.Doctor(net) as doctor, pytest.raises(TrickLabError, match="1-D integer tensor"):
+        doctor.observe(labels=labels)

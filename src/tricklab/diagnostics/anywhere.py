@@ -9,7 +9,7 @@ raises (the exception goes on). The loop's numbers are bit-identical with and wi
         for x, y in batches:
             loss = F.cross_entropy(model(x), y)
             opt.zero_grad(); loss.backward(); opt.step()
-            doctor.observe(loss=loss)          # optional: feeds the loss-based checks
+            doctor.observe(loss=loss, labels=y)   # optional: feeds the loss-based checks
     print(doctor.report())                     # verdicts, the fix in PyTorch terms and as tricklab --set flags
     doctor.save("runs/my-doctor")              # the HTML report
 
@@ -30,7 +30,6 @@ The settings the verdicts read (the norm layers, the optimizer's learning rate) 
 
 from __future__ import annotations
 
-import json
 import math
 import numbers
 import time
@@ -163,9 +162,23 @@ class Doctor:
         acc: Tensor | float | None = None,
         val_loss: Tensor | float | None = None,
         val_acc: Tensor | float | None = None,
+        labels: Tensor | None = None,
     ) -> None:
         """Record the loop's own numbers against the step of the last training forward: per step (the batch
-        loss, for the loss-spike check) or per epoch. Tensors are read without a host sync per call."""
+        loss, for the loss-spike check) or per epoch. Tensors are read without a host sync per call.
+
+        ``labels``: the batch's class labels (a 1-D integer tensor), for a cross-entropy loss on them. Every
+        ``every``-th batch's are counted: their entropy is the loss of a net that learned nothing from its inputs,
+        against which "loss not decreasing" is judged (as in ``fit()``); without them that check falls back to
+        "fell by less than 1%"."""
+        if labels is not None:
+            if not isinstance(labels, Tensor) or labels.dim() != 1 or labels.is_floating_point() or labels.is_complex():
+                shape = f" of shape {tuple(labels.shape)}" if isinstance(labels, Tensor) else ""
+                raise TrickLabError(
+                    f"Doctor.observe(labels=...): got a {type(labels).__name__}{shape}; expected the batch's class "
+                    "labels, a 1-D integer tensor"
+                )
+            self._callback.count_labels(labels)
         step = self._forward_step
         for name, value in (("loss", loss), ("acc", acc), ("val_loss", val_loss), ("val_acc", val_acc)):
             if value is not None:
@@ -224,6 +237,7 @@ class Doctor:
             prescription=merge_prescriptions(verdicts),
             wall_time_s=end - self._started,
             settings=dict(self._settings),
+            pytorch=self.prescription(),
         )
 
     def report(self) -> str:
@@ -254,11 +268,7 @@ class Doctor:
             raise TrickLabError(
                 f"save({str(out)!r}): the folder already exists and is not empty; choose a new report folder"
             )
-        page = self.result().save(out)
-        summary = json.loads((out / REPORT_MARK).read_text())
-        summary["pytorch"] = self.prescription()
-        (out / REPORT_MARK).write_text(json.dumps(summary, indent=2) + "\n")
-        return page
+        return self.result().save(out)
 
     def _repr_html_(self) -> str:
         return self.result()._repr_html_()

@@ -82,7 +82,9 @@ class DoctorResult:
     """The doctor's findings: verdicts with their layers and figures, the merged prescription, the re-check.
 
     ``config`` is the examined config (None when :func:`diagnose_model` examined a model of your own, whose
-    readable ``settings`` stand in for it). ``save(dir)`` writes the HTML report; in Jupyter it renders itself.
+    readable ``settings`` stand in for it). ``pytorch``: for a model of your own, the prescription in plain
+    PyTorch, one sentence per override key (:func:`~tricklab.diagnostics.in_pytorch.in_pytorch`). ``save(dir)``
+    writes the HTML report; in Jupyter it renders itself.
     """
 
     config: Config | None
@@ -93,6 +95,7 @@ class DoctorResult:
     recheck: Recheck | None = None
     wall_time_s: float = 0.0
     settings: dict[str, Any] = field(default_factory=dict)  # what the verdicts read (settings_of(config))
+    pytorch: dict[str, str] = field(default_factory=dict)  # the prescription in PyTorch (models of your own)
 
     def save(self, out_dir: str | Path) -> Path:
         """Write the report folder (``index.html``, plots, ``doctor.json``, ``records.json``, ``signal.json``,
@@ -128,6 +131,7 @@ class DoctorResult:
             "recheck": self.recheck.to_dict() if self.recheck else None,
             "first_nonfinite": None if nf is None else nf.__dict__,
             "wall_time_s": self.wall_time_s,
+            **({"pytorch": self.pytorch} if self.pytorch else {}),
         }
 
 
@@ -429,7 +433,21 @@ def diagnose_model(
             )
             s2 = dict(settings, **{k: v for k, v in fix.items() if k in settings})
             again = Recheck(fix, [v.name for v in verdicts], diagnose(found, s2), found, not_applied=skipped)
-    return DoctorResult(None, findings, verdicts, profiles, prescription, again, time.perf_counter() - start, settings)
+    from tricklab.diagnostics.in_pytorch import in_pytorch
+    from tricklab.diagnostics.records import WEIGHT
+
+    layers = [info.name for info in findings.layers_of(WEIGHT)]
+    return DoctorResult(
+        None,
+        findings,
+        verdicts,
+        profiles,
+        prescription,
+        again,
+        time.perf_counter() - start,
+        settings,
+        pytorch=in_pytorch(prescription, model=model, layers=layers, settings=settings),
+    )
 
 
 def _first_examples(data, n: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -30,6 +30,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from tricklab.diagnostics.anywhere import Doctor
@@ -91,7 +92,7 @@ class TrickLabDoctor(pl.Callback):
             return
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if isinstance(loss, Tensor) and loss.numel() == 1:
-            self.doctor.observe(loss=loss)
+            self.doctor.observe(loss=loss, labels=_labels(batch))
         if self._stepped:  # not on the batches that only accumulate gradients
             self._stepped = False
             self.doctor.after_step()
@@ -161,3 +162,12 @@ class TrickLabDoctor(pl.Callback):
                 f"(its submodules: {children})"
             )
         return watched
+
+
+def _labels(batch: Any) -> Tensor | None:
+    """The class labels of an ``(x, y)`` batch (a 1-D integer ``y``), for the label-prior check; else None."""
+    if isinstance(batch, tuple | list) and len(batch) == 2:
+        y = batch[1]
+        if isinstance(y, Tensor) and y.dim() == 1 and not y.is_floating_point() and y.dtype != torch.bool:
+            return y
+    return None

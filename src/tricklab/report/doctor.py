@@ -206,7 +206,11 @@ def _page(result: DoctorResult, images: dict[str, Path]) -> str:
             "<h2>Verdicts</h2><table><tr><th>verdict</th><th>figures</th><th>layers</th><th>prescription</th>"
             f"<th>why</th></tr>{rows}</table>"
         )
-        parts.append(f"<p>All together: <code>{e(as_set_flags(result.prescription))}</code></p>")
+        if result.pytorch:
+            items = "".join(f"<li>{e(sentence)}</li>" for sentence in result.pytorch.values())
+            parts.append(f"<h3>In PyTorch</h3><ul>{items}</ul>")
+        parts.append(f"<p>{'With tricklab' if result.pytorch else 'All together'}: "
+                     f"<code>{e(as_set_flags(result.prescription))}</code></p>")  # fmt: skip
     if result.recheck is not None:
         r = result.recheck
         if r.error:
