@@ -220,3 +220,96 @@ def test_the_callback_records_the_label_prior_loss_for_cross_entropy_only():
     mse = ProbeCallback(every=5, loss_fn=F.mse_loss)  # no class labels: no prior
     fit(nn.Linear(4, 1), (x, torch.randn(64, 1)), epochs=1, batch_size=16, loss_fn=F.mse_loss, callbacks=[mse])
     assert mse.findings().records.series(PRIOR_LOSS, MODEL)[1] == []
+
+
+# --- the cheaper measurements are still the right numbers -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda g: torch.randn(64, 100, generator=g),  # plain path, one-pass variance
+        lambda g: 1.0 + 1e-5 * torch.randn(64, 100, generator=g),  # the mean dominates: two-pass variance
+        lambda g: 1e25 * torch.randn(64, 100, generator=g),  # squares overflow float32: on y / max|y|
+        lambda g: 1e-20 * torch.randn(64, 100, generator=g),  # squares underflow float32: on y / max|y|
+        lambda g: torch.zeros(64, 100),
+    ],
+    ids=["plain", "mean-dominated", "huge", "tiny", "zeros"],
+)
+def test_stats_match_a_float64_reference_on_every_path(make):
+    from tricklab.diagnostics.probes import scaled_stats
+
+    y = make(torch.Generator().manual_seed(0))
+    std, mean, norm, peak = scaled_stats(y)
+    ref = y.double()
+    assert std == pytest.approx(ref.std(correction=0).item(), rel=1e-4, abs=1e-30)
+    assert mean == pytest.approx(ref.mean().item(), rel=1e-4, abs=1e-3 * ref.std(correction=0).item() + 1e-30)
+    assert norm == pytest.approx(ref.norm().item(), rel=1e-4, abs=1e-30)
+    assert peak == pytest.approx(ref.abs().max().item(), rel=1e-6, abs=1e-30)
+
+
+def test_a_non_finite_element_makes_the_peak_non_finite():
+    from tricklab.diagnostics.probes import scaled_stats
+
+    for bad in (math.nan, math.inf, -math.inf):
+        y = torch.randn(10, 10)
+        y[3, 4] = bad
+        assert not math.isfinite(scaled_stats(y)[3])
+
+
+def test_the_update_ratio_of_a_large_weight_is_estimated_within_a_few_percent():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))  # 262,144 weights: sampled
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    x, y = torch.randn(256, 512), torch.randint(0, 10, (256,))
+    with Probe(model, every=1, optimizer=opt) as p:
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        before = model[0].weight.detach().clone()
+        opt.step()
+    exact = ((model[0].weight.detach() - before).norm() / before.norm()).item()
+    assert p.findings().records.get(UPDATE_RATIO, "0", 0) == pytest.approx(exact, rel=0.05)
+
+
+def test_unsampled_steps_run_without_per_layer_hooks(batch):
+    x, y = batch
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def layer_hooks() -> int:
+        return sum(len(m._forward_hooks) for m in model.modules())
+
+    seen = []
+    with Probe(model, every=3, optimizer=opt):
+        for _ in range(6):
+            loss = F.cross_entropy(model(x), y)
+            seen.append(layer_hooks())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    assert [n > 0 for n in seen] == [True, False, False, True, False, False]
+    assert layer_hooks() == 0
+
+
+def test_fit_hands_the_guards_gradient_norms_to_the_probe(batch):
+    """In fit() the NaN/Inf guard computes the gradient norms once; the probe records them (no second pass)."""
+    from tricklab.events import ORDER_PROBE
+
+    class TrueNorm(Callback):
+        order = ORDER_PROBE + 1
+
+        def __init__(self):
+            self.norms, self.handed = [], []
+
+        def on_after_backward(self, state):
+            grads = [p.grad for p in state.model.parameters() if p.grad is not None]
+            self.norms.append(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item())
+            self.handed.append(state.grad_norms is not None)
+
+    torch.manual_seed(0)
+    probe, truth = ProbeCallback(every=4), TrueNorm()
+    fit(mlp(), batch, epochs=3, batch_size=8, callbacks=[probe, truth])
+    assert all(truth.handed) and len(truth.norms) == 12
+    assert probe.findings().records.series(GLOBAL_GRAD_NORM, MODEL)[1] == pytest.approx(truth.norms, rel=1e-5)
+    assert len(probe.findings().records.series(LOSS, MODEL)[1]) == 12
