@@ -16,7 +16,8 @@ pairs, median time ratio.
 
 Measured (2026-12-02, 51 cases × 3 seeds, 200 doctor steps, on 2 CPU cores shared with other jobs, so the times
 are loaded ones; 256 s in all): detection 107/111 = 96% (target ≥ 95%), false alarms 0/42 (≤ 5%), repair 90/92 =
-98% (≥ 90%), probe overhead at every=10 +12% (≤ 5%; +17% in the run before). Per class detected: all of
+98% (≥ 90%). Probe overhead at every=10: +12% then (+17% in the run before); after the probe's cost cut (same day,
+quiet machine, 9 pairs of 300 steps, 1 thread) +4.7% (≤ 5%), with the same detection, repair and false alarms. Per class detected: all of
 vanishing, exploding, non-finite, dead ReLUs, saturation, inputs, lr_too_high, slow convergence, loss not
 decreasing, overfitting; oscillating_loss 5/9. Repaired: all but 2 of 12 slow-convergence runs (cnn-sgd1e-6-syn
 seeds 1 and 2, where vanishing_gradients also fires and the LR raise is then left out); the random-label runs get
