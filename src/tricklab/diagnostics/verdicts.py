@@ -687,10 +687,11 @@ def check_not_decreasing(f: Findings, s: Mapping[str, Any]) -> Verdict | None:
         fix, advice = (
             {},
             (
-                "the net learned the class frequencies and nothing from the inputs: check that each label belongs "
-                "to its input (labels shuffled or misaligned with the examples) and that the inputs vary, which no "
-                "training setting cures; if they do, it learns too slowly to show in this run (a longer run, a "
-                "higher LR)"
+                "the net learned the class frequencies and nothing from the inputs: when a signal verdict is also "
+                "given (saturation, vanishing gradients, dead ReLUs), the inputs do not get through: fix that first; "
+                "otherwise check that each label belongs to its input (labels shuffled or misaligned with the "
+                "examples) and that the inputs vary, which no training setting cures; if they do, it learns too "
+                "slowly to show in this run (a longer run, a higher LR)"
             ),
         )
     else:
