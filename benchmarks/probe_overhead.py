@@ -11,7 +11,8 @@ shared machines are noisy.
     TRICKLAB_DATA=../shared/data .venv/bin/python benchmarks/probe_overhead.py --pairs 5
 
 Measured 2026-12-02 (2-core AMD EPYC, quiet, 7 pairs): 1.027 at 1 thread (3.96 s vs 3.86 s), 1.086 at 2 threads
-(2.69 s vs 2.46 s); before the probe's cost cut the same day, 1.093 at 1 thread.
+(2.69 s vs 2.46 s), 1.055 at 2 threads an hour later (2.80 s vs 2.64 s); before the probe's cost cut the same day,
+1.093 at 1 thread.
 """
 
 from __future__ import annotations

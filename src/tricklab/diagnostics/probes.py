@@ -15,8 +15,8 @@ Between sampled steps the per-layer hooks are not installed at all; what runs is
 model and, with an optimizer or :class:`ProbeCallback`, the step's loss and global ‖g‖ kept on the device (in
 ``fit()`` the NaN/Inf guard's own gradient norms are reused) and read in batches of :data:`STEP_BATCH`. Measured
 with :class:`ProbeCallback` every 10 steps, 1 thread (``benchmarks/probe_overhead.py``,
-``benchmarks/doctor_zoo.py``): an MNIST MLP epoch takes ~1.03× as long, an MNIST-1D MLP step ~1.04×; at 2
-threads, where the matmuls halve but the probe's small operations do not, ~1.09×.
+``benchmarks/doctor_zoo.py``): an MNIST MLP epoch takes ~1.03× as long, an MNIST-1D MLP step ~1.045×; at 2
+threads, where the matmuls halve but the probe's small operations do not, 1.05-1.09× (varying from run to run).
 The metric names and record types live in :mod:`tricklab.diagnostics.records` (imported again from here, so
 ``from tricklab.diagnostics.probes import Findings`` keeps working); records are plain numbers (after fastai's
 ``ActivationStats``, which samples ``every`` k steps in the same way).
