@@ -160,7 +160,7 @@ def saturated_fraction(y: Tensor, kind: str) -> Tensor | float:
 
 def histogram(sample: Tensor, lo: float, hi: float, bins: int) -> Tensor:
     """Counts of ``sample`` in ``bins`` equal bins over [lo, hi]; values outside go to the edge bins, NaN to the
-    lowest (``torch.histc`` gives the same counts, ~1.6× slower on CPU)."""
+    lowest (for finite values ``torch.histc`` gives the same counts, ~1.6× slower on CPU)."""
     idx = torch.nan_to_num(sample, nan=lo).sub_(lo).mul_(bins / (hi - lo)).clamp_(0, bins - 1).long()
     return torch.bincount(idx, minlength=bins)
 
