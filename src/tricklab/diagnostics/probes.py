@@ -436,6 +436,8 @@ class Probe:
                     g = torch.Generator().manual_seed(flat.numel())
                     idx = torch.randint(flat.numel(), (UPDATE_SAMPLE,), generator=g).sort().values.to(flat.device)
                     self._update_idx[p] = idx
+                elif idx is not None and idx.device != flat.device:  # the model moved after the draw
+                    idx = self._update_idx[p] = idx.to(flat.device)
                 out.append((flat if idx is None else flat.index_select(0, idx), p))
         return out
 
