@@ -100,6 +100,16 @@ class Callback:
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
+def gradient_norms(params) -> tuple[list, list[torch.Tensor], torch.Tensor]:
+    """(the parameters that have a gradient, their gradients' L2 norms, the global norm), in one fused pass and left
+    on the device: what :attr:`FitState.grad_norms` holds."""
+    with torch.no_grad():
+        params = [p for p in params if p.grad is not None]
+        norms = list(torch._foreach_norm([p.grad for p in params])) if params else []
+        total = torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
+    return params, norms, total
+
+
 @dataclass
 class EpochTotals:
     """The running epoch's sums for its history row: summed loss, correct predictions, examples, its LR."""

@@ -365,8 +365,21 @@ def test_observed_labels_let_the_loop_be_judged_against_the_label_prior():
     assert "loss_not_decreasing" not in [v.name for v in unlabelled.verdicts()]
 
 
-@pytest.mark.parametrize("labels", [torch.zeros(4), torch.zeros(2, 2, dtype=torch.long), [0, 1]])
+@pytest.mark.parametrize(
+    "labels", [torch.zeros(4), torch.zeros(2, 2, dtype=torch.long), torch.zeros(4, dtype=torch.bool), [0, 1]]
+)
 def test_observe_refuses_labels_that_are_not_a_1d_integer_tensor(labels):
     net = nn.Linear(4, 2)
     with tricklab.Doctor(net) as doctor, pytest.raises(TrickLabError, match="1-D integer tensor"):
         doctor.observe(labels=labels)
+
+
+def test_observed_labels_of_any_integer_dtype_are_counted_and_negative_ones_refused():
+    net = nn.Linear(4, 3)
+    with tricklab.Doctor(net, every=1) as doctor:
+        net(torch.randn(8, 4))
+        doctor.observe(labels=torch.tensor([0, 1, 2, 2], dtype=torch.uint8))
+    prior = doctor.findings().records.series(PRIOR_LOSS, MODEL)[1]
+    assert prior == [pytest.approx(-(2 * 0.25 * math.log(0.25) + 0.5 * math.log(0.5)))]
+    with tricklab.Doctor(net, every=1) as doctor, pytest.raises(TrickLabError, match="class labels must be >= 0"):
+        doctor.observe(labels=torch.tensor([0, -1]))

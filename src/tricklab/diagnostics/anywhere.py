@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from tricklab.diagnostics.doctor import DoctorResult, model_settings
 from tricklab.diagnostics.in_pytorch import in_pytorch
-from tricklab.diagnostics.probes import ProbeCallback, check_every
+from tricklab.diagnostics.probes import ProbeCallback, check_every, is_class_labels
 from tricklab.diagnostics.records import LOSS, MODEL, WEIGHT, Findings
 from tricklab.diagnostics.verdicts import Verdict, as_set_flags, diagnose, merge_prescriptions
 from tricklab.errors import TrickLabError
@@ -172,7 +172,7 @@ class Doctor:
         against which "loss not decreasing" is judged (as in ``fit()``); without them that check falls back to
         "fell by less than 1%"."""
         if labels is not None:
-            if not isinstance(labels, Tensor) or labels.dim() != 1 or labels.is_floating_point() or labels.is_complex():
+            if not is_class_labels(labels):
                 shape = f" of shape {tuple(labels.shape)}" if isinstance(labels, Tensor) else ""
                 raise TrickLabError(
                     f"Doctor.observe(labels=...): got a {type(labels).__name__}{shape}; expected the batch's class "

@@ -80,8 +80,8 @@ from tricklab.diagnostics.records import (
     Records,
     hist_range,
 )
-from tricklab.errors import ConfigError
-from tricklab.events import ORDER_PROBE, Callback, FitState
+from tricklab.errors import ConfigError, TrickLabError
+from tricklab.events import ORDER_PROBE, Callback, FitState, gradient_norms
 from tricklab.metrics import NONFINITE_STEP, TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS
 from tricklab.tricks.init import INIT_LAYERS
 
@@ -359,23 +359,16 @@ class Probe:
         norm); True if a non-finite value appeared that the sampled hooks did not locate (then call :meth:`locate`
         before the optimizer step).
 
-        ``checked``: (parameters, their gradients' norms, the global norm) when the caller computed them and found
-        them finite, as
-        the trainer's NaN/Inf guard does: nothing is computed again, and nothing is read on the host except on
-        sampled steps. Without it the norms are computed here (one fused pass) and checked on the host.
+        ``checked``: what :func:`~tricklab.events.gradient_norms` returns, when the caller computed it and found it
+        finite, as the trainer's NaN/Inf guard does: nothing is computed again, and nothing is read on the host
+        except on sampled steps. Without it the norms are computed here (one fused pass) and checked on the host.
         """
         if not self._driven:  # the gradient norms come from here from now on: drop the per-parameter hooks
             self._driven = True
             for h in self._param_handles:
                 h.remove()
             self._param_handles.clear()
-        if checked is None:
-            params = [p for p in self._param_layer if p.grad is not None]
-            with torch.no_grad():
-                norms = list(torch._foreach_norm([p.grad for p in params])) if params else []
-                total = torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
-        else:
-            params, norms, total = checked
+        params, norms, total = gradient_norms(self._param_layer) if checked is None else checked
         step = self.step
         self._step_values.append((GLOBAL_GRAD_NORM, MODEL, step, total))
         if loss is not None:
@@ -422,11 +415,12 @@ class Probe:
         if not self.sampling or self._locating or self._snapshot_step == self.step:
             return
         with torch.no_grad():
-            self._snapshot = [v if p in self._update_idx else v.clone() for v, p in self._update_views()]
+            self._snapshot = [v if sampled else v.clone() for v, _, sampled in self._update_views()]
         self._snapshot_step = self.step
 
-    def _update_views(self) -> list[tuple[Tensor, Tensor]]:
-        """(the elements measured, the weight) for every weight of every Linear/Conv layer, in layer order."""
+    def _update_views(self) -> list[tuple[Tensor, Tensor, bool]]:
+        """(the elements measured, the weight, whether they are a sample: a copy, else a view of the weight) for every
+        weight of every Linear/Conv layer, in layer order."""
         out = []
         for ps in self._weight_params.values():
             for p in ps:
@@ -438,7 +432,7 @@ class Probe:
                     self._update_idx[p] = idx
                 elif idx is not None and idx.device != flat.device:  # the model moved after the draw
                     idx = self._update_idx[p] = idx.to(flat.device)
-                out.append((flat if idx is None else flat.index_select(0, idx), p))
+                out.append((flat, p, False) if idx is None else (flat.index_select(0, idx), p, True))
         return out
 
     def after_update(self) -> None:
@@ -455,11 +449,11 @@ class Probe:
     def _record_updates(self) -> None:
         before, views = self._snapshot, self._update_views()
         sizes = list(torch._foreach_norm(before))
-        torch._foreach_sub_(before, [v for v, _ in views])  # the snapshot becomes −ΔW
+        torch._foreach_sub_(before, [v for v, _, _ in views])  # the snapshot becomes −ΔW
         read = _read(list(torch._foreach_norm(before)) + sizes)  # one host read, on a sampled step
         deltas, sizes = read[: len(views)], read[len(views) :]
         # a sampled weight's sums of squares are scaled up to its size (they estimate the whole weight's)
-        scale = [p.numel() / v.numel() for v, p in views]
+        scale = [p.numel() / v.numel() for v, p, _ in views]
         i = 0
         for name, ps in self._weight_params.items():
             if ps:
@@ -606,7 +600,7 @@ class Probe:
             self._scalars.append((GRAD_STD, name, step, std))
 
     def _param_hook(self, p: nn.Parameter) -> None:
-        if self._param_active and not self._driven and p.grad is not None:
+        if self._param_active and p.grad is not None:
             layer = self._param_layer[p]
             with torch.no_grad():
                 norm, peak = scaled_norm(p.grad.detach().float())
@@ -797,13 +791,23 @@ class ProbeCallback(Callback):
         self._batches += 1
         if (self._batches - 1) % self.every or self.loss_fn is not F.cross_entropy or targets is None:
             return
-        if targets.dim() != 1 or targets.dtype not in (torch.int64, torch.int32) or targets.numel() == 0:
+        if not is_class_labels(targets) or targets.numel() == 0:
             return
+        targets = targets.detach().long()
+        if int(targets.min()) < 0:
+            raise TrickLabError(f"class labels must be >= 0; got {int(targets.min())} in a batch")
         old = self._label_counts
-        counts = torch.bincount(targets.detach(), minlength=0 if old is None else len(old))
+        counts = torch.bincount(targets, minlength=0 if old is None else len(old))
         if old is not None and len(counts) > len(old):
             old = F.pad(old, (0, len(counts) - len(old)))
         self._label_counts = counts if old is None else old + counts
+
+
+def is_class_labels(t: object) -> bool:
+    """A 1-D tensor of integers (not bool): a batch's class labels."""
+    if not isinstance(t, Tensor) or t.dim() != 1:
+        return False
+    return not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool)
 
 
 def label_prior_loss(counts: Tensor | None) -> float | None:

@@ -30,10 +30,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from tricklab.diagnostics.anywhere import Doctor
+from tricklab.diagnostics.probes import is_class_labels
 from tricklab.diagnostics.verdicts import Verdict
 from tricklab.errors import TrickLabError
 from tricklab.metrics import VAL_ACC, VAL_LOSS
@@ -166,8 +166,6 @@ class TrickLabDoctor(pl.Callback):
 
 def _labels(batch: Any) -> Tensor | None:
     """The class labels of an ``(x, y)`` batch (a 1-D integer ``y``), for the label-prior check; else None."""
-    if isinstance(batch, tuple | list) and len(batch) == 2:
-        y = batch[1]
-        if isinstance(y, Tensor) and y.dim() == 1 and not y.is_floating_point() and y.dtype != torch.bool:
-            return y
+    if isinstance(batch, tuple | list) and len(batch) == 2 and is_class_labels(batch[1]):
+        return batch[1]
     return None

@@ -14,7 +14,7 @@ from torch import nn
 
 from tricklab.data.base import TensorBatches, TensorData
 from tricklab.errors import ConfigError, TrickLabError
-from tricklab.events import Callback, EpochTotals, FitState
+from tricklab.events import Callback, EpochTotals, FitState, gradient_norms
 from tricklab.metrics import EPOCH, EPOCH_TIME, LR, TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS
 from tricklab.train.precision import Precision, as_precision
 
@@ -159,11 +159,8 @@ class NonFiniteGuard:
     def _total(self, loss: torch.Tensor) -> torch.Tensor:
         total = loss.detach().float().sum()
         if self.keep_norms:
-            params = [p for p in self.params if p.grad is not None]
-            norms = list(torch._foreach_norm([p.grad for p in params])) if params else []
-            norm = torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros((), device=total.device)
-            self.norms = (params, norms, norm)
-            return total + norm
+            self.norms = gradient_norms(self.params)
+            return total + self.norms[2]
         sums = [p.grad.float().sum() for p in self.params if p.grad is not None]
         if sums:
             total = total + torch.stack(sums).sum()
