@@ -114,7 +114,7 @@ def optimizer_factory(cfg: Config) -> Callable[..., torch.optim.Optimizer]:
     sweeps it)."""
     o = cfg.optim
 
-    fused = resolve_device(cfg.train.device).type == "cuda"  # one kernel, and the guard's found_inf flag
+    device = resolve_device(cfg.train.device)  # the model moves there after the optimizer is built
 
     def factory(params, lr: float) -> torch.optim.Optimizer:
         return optimizer_by_name(
@@ -124,7 +124,8 @@ def optimizer_factory(cfg: Config) -> Callable[..., torch.optim.Optimizer]:
             momentum=o.momentum,
             weight_decay=o.weight_decay,
             decoupled=o.decoupled,
-            fused=fused,
+            fused=True,  # one kernel per step where torch has one, and the guard's found_inf flag on CUDA
+            device=device,
         )
 
     return factory
