@@ -246,15 +246,21 @@ def test_stats_match_a_float64_reference_on_every_path(make):
     assert mean == pytest.approx(ref.mean().item(), rel=1e-4, abs=1e-3 * ref.std(correction=0).item() + 1e-30)
     assert norm == pytest.approx(ref.norm().item(), rel=1e-4, abs=1e-30)
     assert peak == pytest.approx(ref.abs().max().item(), rel=1e-6, abs=1e-30)
+    # without the peak (sum and norm only, when they allow it): the same statistics, a finite stand-in for the peak
+    std2, mean2, norm2, witness = scaled_stats(y, with_peak=False)
+    assert (std2, mean2, norm2) == pytest.approx((std, mean, norm), rel=1e-5, abs=1e-30)
+    assert math.isfinite(witness)
 
 
-def test_a_non_finite_element_makes_the_peak_non_finite():
+@pytest.mark.parametrize("with_peak", [True, False])
+def test_a_non_finite_element_makes_the_peak_non_finite(with_peak):
     from tricklab.diagnostics.probes import scaled_stats
 
     for bad in (math.nan, math.inf, -math.inf):
-        y = torch.randn(10, 10)
-        y[3, 4] = bad
-        assert not math.isfinite(scaled_stats(y)[3])
+        for scale in (1.0, 1e25, 1e-20):  # each path: plain, huge, tiny
+            y = scale * torch.randn(10, 10)
+            y[3, 4] = bad
+            assert not math.isfinite(scaled_stats(y, with_peak=with_peak)[3])
 
 
 def test_the_update_ratio_of_a_large_weight_is_estimated_within_a_few_percent():

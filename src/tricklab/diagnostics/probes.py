@@ -174,9 +174,13 @@ OVERFLOW = 3e38
 ONE_PASS_MIN = 1e-3
 
 
-def scaled_stats(y: Tensor, *, with_norm: bool = True) -> tuple[Any, Any, Any, Any]:
+def scaled_stats(y: Tensor, *, with_norm: bool = True, with_peak: bool = True) -> tuple[Any, Any, Any, Any]:
     """(std, mean, norm, peak) of ``y``: population std, mean, L2 norm (None unless ``with_norm``) and max |y|,
     without overflow or underflow. ``peak`` is NaN or inf exactly when some element is.
+
+    ``with_peak=False`` (on CPU): the fourth value only has to be finite exactly when every element is, so when the
+    sum and the norm come out finite and the norm is not tiny (nearly always) they are all that is computed (two
+    passes, the norm standing in for the peak); otherwise the path below is taken.
 
     On CPU, where reading a number costs no synchronisation, they are Python floats, computed with as few passes
     as the values allow: max |y| first (one pass); when it is in the range where float32 sums of squares are exact
@@ -186,6 +190,14 @@ def scaled_stats(y: Tensor, *, with_norm: bool = True) -> tuple[Any, Any, Any, A
     ~1e19) and tiny ones do not underflow to 0. (``torch.std_mean`` is ~5-10× slower on CPU.)
     """
     n = y.numel()
+    if not with_peak and y.device.type == "cpu" and n:
+        total, norm = float(y.sum()), float(torch.linalg.vector_norm(y))
+        if SMALLEST_PLAIN <= norm < math.inf and math.isfinite(total):
+            mean, square = total / n, norm * norm / n
+            var = square - mean * mean
+            if var < ONE_PASS_MIN * square:
+                var = float(torch.linalg.vector_norm(y - mean)) ** 2 / n
+            return math.sqrt(var), mean, (norm if with_norm else None), norm
     lo, hi = torch.aminmax(y)
     if y.device.type == "cpu":
         a, b = float(lo), float(hi)
@@ -576,8 +588,8 @@ class Probe:
         if self._locating or kind == OTHER:
             self._check(name, WHERE_FORWARD, f"output of {name}", yf.abs().amax())
         else:
-            std, mean, _, peak = scaled_stats(yf, with_norm=False)
-            self._check(name, WHERE_FORWARD, f"output of {name}", peak)
+            std, mean, _, witness = scaled_stats(yf, with_norm=False, with_peak=False)
+            self._check(name, WHERE_FORWARD, f"output of {name}", witness)
             self._scalars += [(ACT_MEAN, name, step, mean), (ACT_STD, name, step, std)]
             if kind == RELU and y.dim() >= 2:
                 self._scalars.append((DEAD_FRACTION, name, step, dead_fraction(y)))
@@ -594,8 +606,8 @@ class Probe:
         if not grad.numel():
             return
         with torch.no_grad():
-            std, _, _, peak = scaled_stats(grad.detach().float(), with_norm=False)
-        self._check(name, WHERE_BACKWARD, f"gradient at the output of {name}", peak, step=step, calls=calls)
+            std, _, _, witness = scaled_stats(grad.detach().float(), with_norm=False, with_peak=False)
+        self._check(name, WHERE_BACKWARD, f"gradient at the output of {name}", witness, step=step, calls=calls)
         if not self._locating:
             self._scalars.append((GRAD_STD, name, step, std))
 
@@ -611,7 +623,8 @@ class Probe:
     def _check(
         self, layer: str | None, where: str, detail: str, peak: Tensor, *, step: int | None = None, calls=()
     ) -> None:
-        """Queue a finiteness test: ``peak`` is max |x| of the tensor tested (a finite number needs none)."""
+        """Queue a finiteness test: ``peak`` is finite exactly when every element of the tensor tested is (its max
+        |x|, or its norm when that did not overflow); a finite float needs no test."""
         if self.first_nonfinite is None and not (isinstance(peak, float) and math.isfinite(peak)):
             step = self.step if step is None else step
             self._checks.append(_Check(step, layer, where, detail, peak, calls))
