@@ -142,6 +142,7 @@ def profile(threads: int, epochs: int, dataset: str) -> None:
     root = Path(tempfile.mkdtemp(prefix="overhead-profile-"))
     prof = cProfile.Profile()
     try:
+        tricklab_run(cfg, root / "warm-up")  # imports and first-call costs, which the timed pairs do not see either
         prof.enable()
         tricklab_run(cfg, root / "run")
         prof.disable()
