@@ -142,7 +142,8 @@ class FitState:
     inputs: torch.Tensor | None = None
     targets: torch.Tensor | None = None
     # this step's gradient norms, (parameters, their 0-d norms, the global norm), once the NaN/Inf guard checked
-    # them (only when a callback sets ``wants_grad_norms``; None otherwise): a callback need not recompute them
+    # them (only on steps where a callback's ``wants_grad_norms``, read before each check, is true; None otherwise):
+    # a callback need not recompute them
     grad_norms: tuple[list, list[torch.Tensor], torch.Tensor] | None = None
     metrics: dict[str, float] = field(default_factory=dict)  # the last finished epoch's history row
     history: list[dict[str, float]] = field(default_factory=list)

@@ -114,14 +114,14 @@ def test_only_sampled_training_steps_are_recorded_and_hooks_are_removed(batch):
     assert all(not m._forward_hooks for m in model.modules())
 
 
-def test_callback_records_loss_and_grad_norm_every_step_and_samples_the_rest(batch):
+def test_callback_records_the_loss_every_step_and_samples_the_rest(batch):
     x, y = batch
     torch.manual_seed(0)
     cb = ProbeCallback(every=4)
     fit(mlp(), (x, y), epochs=2, batch_size=8, callbacks=[cb])  # 4 steps per epoch
     r = cb.findings().records
     assert r.series(LOSS)[0] == list(range(8))
-    assert r.series(GLOBAL_GRAD_NORM)[0] == list(range(8))
+    assert r.series(GLOBAL_GRAD_NORM)[0] == [0, 4]  # fit()'s guard checks the other steps' gradients
     assert r.steps(UPDATE_RATIO) == [0, 4]
     assert r.steps(ACT_MEAN) == [0, 4]
 
@@ -298,8 +298,9 @@ def test_unsampled_steps_run_without_per_layer_hooks(batch):
     assert layer_hooks() == 0
 
 
-def test_fit_hands_the_guards_gradient_norms_to_the_probe(batch):
-    """In fit() the NaN/Inf guard computes the gradient norms once; the probe records them (no second pass)."""
+def test_fit_hands_the_guards_gradient_norms_to_the_probe_on_sampled_steps(batch):
+    """In fit() the NaN/Inf guard computes the gradient norms on the probe's sampled steps and hands them over (no
+    second pass); on the other steps it checks its cheaper sums and the probe records the loss alone."""
     from tricklab.events import ORDER_PROBE
 
     class TrueNorm(Callback):
@@ -316,6 +317,24 @@ def test_fit_hands_the_guards_gradient_norms_to_the_probe(batch):
     torch.manual_seed(0)
     probe, truth = ProbeCallback(every=4), TrueNorm()
     fit(mlp(), batch, epochs=3, batch_size=8, callbacks=[probe, truth])
-    assert all(truth.handed) and len(truth.norms) == 12
-    assert probe.findings().records.series(GLOBAL_GRAD_NORM, MODEL)[1] == pytest.approx(truth.norms, rel=1e-5)
+    sampled = [0, 4, 8]
+    assert truth.handed == [step in sampled for step in range(12)]
+    steps, norms = probe.findings().records.series(GLOBAL_GRAD_NORM, MODEL)
+    assert steps == sampled and norms == pytest.approx([truth.norms[t] for t in sampled], rel=1e-5)
     assert len(probe.findings().records.series(LOSS, MODEL)[1]) == 12
+
+
+def test_a_doctor_in_your_own_loop_records_the_gradient_norm_of_every_step(batch):
+    """Without fit()'s guard, the probe checks every step itself, and so records every step's ‖g‖."""
+    import tricklab
+
+    torch.manual_seed(0)
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = batch
+    with tricklab.Doctor(model, opt, every=4) as doctor:
+        for _ in range(6):
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+    assert doctor.findings().records.series(GLOBAL_GRAD_NORM, MODEL)[0] == list(range(6))

@@ -115,7 +115,7 @@ class Doctor:
         device = param.device if param is not None else torch.device("cpu")
         self._state = FitState(model=self.model, optimizer=self.optimizer, epochs=0, device=device)
         self._settings = _settings(self.model, self.optimizer)
-        self._callback = ProbeCallback(self.every)
+        self._callback = ProbeCallback(self.every, guarded=False)  # the loop is yours: the probe checks each step
         self._callback.on_fit_start(self._state)
         if self.optimizer is None and not self.driven:
             self._callback.probe.auto_step = True  # each training-mode forward is a step

@@ -249,9 +249,10 @@ class Probe:
     ratio and the global gradient norm of every step come from the optimizer's step hooks.
 
     Cost on a non-sampled step: the model's forward pre-hook (per-layer hooks are installed for sampled steps
-    only), plus, with an optimizer or :class:`ProbeCallback`, the global gradient norm (one fused norm, kept on
-    the device; in ``fit()`` the guard's). Until something calls :meth:`after_backward`, per-parameter gradient
-    hooks measure the weight-gradient norms; they are removed at its first call.
+    only), plus, with an optimizer, the global gradient norm (one fused norm, kept on the device). Under
+    :class:`ProbeCallback` in ``fit()``, nothing but the loss: the guard checks that step's gradients with its
+    cheaper sums, and hands over its norms on sampled steps. Until something calls :meth:`after_backward`,
+    per-parameter gradient hooks measure the weight-gradient norms; they are removed at its first call.
 
     Example::
 
@@ -290,7 +291,7 @@ class Probe:
         self._scalars: list[tuple[str, str, int, Tensor]] = []
         self._hists: list[tuple[str, int, Tensor, int]] = []  # (layer, step, counts, sample size)
         self._param_norms: list[tuple[str | None, int, Tensor]] = []
-        self._step_values: list[tuple[str, str, int, Tensor]] = []  # every step's loss and ‖g‖, read in batches
+        self._step_values: list[tuple[str, str, int, Tensor]] = []  # steps' loss and ‖g‖, read in batches
         self._checks: list[_Check] = []
         self._snapshot: list[Tensor] | None = None  # the weights (or their sampled elements) before the step
         self._update_idx: dict[Tensor, Tensor] = {}  # weight → the indices of its sampled elements (UPDATE_SAMPLE)
@@ -365,7 +366,11 @@ class Probe:
     # --- per-step checks (trainer or optimizer hook) -----------------------------------------------------------
 
     def after_backward(
-        self, loss: Tensor | None = None, checked: tuple[list, list[Tensor], Tensor] | None = None
+        self,
+        loss: Tensor | None = None,
+        checked: tuple[list, list[Tensor], Tensor] | None = None,
+        *,
+        guarded: bool = False,
     ) -> bool:
         """Record this step's loss and global gradient norm (and, on a sampled step, each layer's weight-gradient
         norm); True if a non-finite value appeared that the sampled hooks did not locate (then call :meth:`locate`
@@ -373,21 +378,26 @@ class Probe:
 
         ``checked``: what :func:`~tricklab.events.gradient_norms` returns, when the caller computed it and found it
         finite, as the trainer's NaN/Inf guard does: nothing is computed again, and nothing is read on the host
-        except on sampled steps. Without it the norms are computed here (one fused pass) and checked on the host.
+        except on sampled steps. ``guarded``: the caller's guard found this step's loss and gradients finite
+        without handing over norms (``fit()`` does so on unsampled steps, where the sums it checks cost half the
+        norms): only the loss is recorded. Otherwise the norms are computed here (one fused pass) and checked on the
+        host.
         """
         if not self._driven:  # the gradient norms come from here from now on: drop the per-parameter hooks
             self._driven = True
             for h in self._param_handles:
                 h.remove()
             self._param_handles.clear()
-        params, norms, total = gradient_norms(self._param_layer) if checked is None else checked
         step = self.step
-        self._step_values.append((GLOBAL_GRAD_NORM, MODEL, step, total))
         if loss is not None:
             self._step_values.append((LOSS, MODEL, step, loss.detach()))
+        if checked is None and guarded and not self.sampling:
+            return False
+        params, norms, total = gradient_norms(self._param_layer) if checked is None else checked
+        self._step_values.append((GLOBAL_GRAD_NORM, MODEL, step, total))
         if self.sampling and self._param_active and norms:
             self._layer_grad_norms(params, norms, check=checked is None)
-        if checked is not None or self.first_nonfinite is not None:
+        if checked is not None or guarded or self.first_nonfinite is not None:
             return False
         ok = torch.isfinite(total if loss is None else total + loss.detach().float().reshape(()))
         if bool(ok):
@@ -704,7 +714,8 @@ EPOCH_METRICS = (TRAIN_LOSS, TRAIN_ACC, VAL_LOSS, VAL_ACC)
 
 class ProbeCallback(Callback):
     """Run a :class:`Probe` inside :func:`tricklab.train.fit`: sampled stats every ``every`` steps, plus the
-    loss and global gradient norm of every step, and the exact layer and step of the first non-finite value.
+    loss of every step, the global gradient norm of the sampled ones (fit()'s NaN/Inf guard checks the others), and
+    the exact layer and step of the first non-finite value.
 
     Events: ``on_fit_start`` attaches the probe; ``on_epoch_start`` and ``on_step_end`` tell it the next
     step; ``on_after_backward`` records the loss and ‖g‖ (before clipping: ``order = ORDER_PROBE`` (-100) runs
@@ -713,7 +724,10 @@ class ProbeCallback(Callback):
     ``train_loss``, ``train_acc``, ``val_loss``, ``val_acc`` (:data:`EPOCH_METRICS`) into the records; ``on_fit_end``
     removes the hooks.
     ``state.epoch_extras`` gets ``nonfinite_step`` once a non-finite value has been seen. With
-    ``stop_on_nonfinite``, training stops there, without applying that step.
+    ``stop_on_nonfinite``, training stops there, without applying that step. ``guarded`` (the default): the loop
+    checks every step's loss and gradients for NaN/Inf before ``on_after_backward``, as ``fit()``'s guard does, so
+    the probe checks and records ‖g‖ on sampled steps only; False for a loop without such a check
+    (:class:`tricklab.Doctor`), where the probe checks every step itself.
 
     When ``fit()`` raises instead (its own non-finite guard stops before ``on_after_backward``), call
     :meth:`after_failure` with the state to locate the value and remove the hooks.
@@ -726,7 +740,12 @@ class ProbeCallback(Callback):
     """
 
     order = ORDER_PROBE
-    wants_grad_norms = True  # fit()'s NaN/Inf guard hands over the gradient norms it checked (state.grad_norms)
+
+    @property
+    def wants_grad_norms(self) -> bool:
+        """On sampled steps, fit()'s NaN/Inf guard checks the per-parameter gradient norms and hands them over
+        (``state.grad_norms``); on the others it checks its cheaper sums and the probe records the loss alone."""
+        return not self.guarded or (self.probe is not None and self.probe.sampling)
 
     def __init__(
         self,
@@ -734,9 +753,11 @@ class ProbeCallback(Callback):
         *,
         loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
         stop_on_nonfinite: bool = False,
+        guarded: bool = True,
     ):
         check_every(every)
         self.every, self.loss_fn, self.stop_on_nonfinite = every, loss_fn, stop_on_nonfinite
+        self.guarded = guarded
         self.probe: Probe | None = None
         self._label_counts: Tensor | None = None  # class counts of the training labels (cross-entropy only)
         self._batches = 0  # batches seen, of which every ``every``-th has its labels counted
@@ -749,7 +770,7 @@ class ProbeCallback(Callback):
         self.probe.set_step(state.step)
 
     def on_after_backward(self, state: FitState) -> None:
-        self._check(state)
+        self._check(state, guarded=self.guarded)  # fit()'s guard let this step through: loss and gradients finite
         self.probe.before_update()
 
     def on_step_end(self, state: FitState) -> None:
@@ -779,9 +800,9 @@ class ProbeCallback(Callback):
             self._check(state)
         self.probe.detach()
 
-    def _check(self, state: FitState) -> None:
+    def _check(self, state: FitState, guarded: bool = False) -> None:
         p = self.probe
-        if p.after_backward(state.loss, state.grad_norms) and state.inputs is not None:
+        if p.after_backward(state.loss, state.grad_norms, guarded=guarded) and state.inputs is not None:
             p.locate(state.inputs, state.targets, self.loss_fn)
         if self.stop_on_nonfinite and p.first_nonfinite is not None and not state.stop:
             state.stop, state.skip_step = True, True

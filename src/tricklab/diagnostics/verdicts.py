@@ -12,7 +12,8 @@ verdict                      fires when                                         
 ``exploding_gradients``      median ‖∂L/∂W_first‖ / ‖∂L/∂W_last‖ above                 ``EXPLODING_RATIO`` 1e3
                              std of the last layer's output / the first's above        ``ACT_RANGE`` 1e3
                              global ‖g‖: median of the last tenth of steps / first     ``GRAD_GROWTH`` 100
-                             tenth above
+                             tenth above (the steps where it was recorded: every step
+                             in a loop of your own, the sampled ones in ``fit()``)
                              a batch loss above 10× the median of the 20 before it     ``LOSS_SPIKE`` 10
                              (and above the untrained loss)
 ``vanishing_gradients``      median ‖∂L/∂W_first‖ / ‖∂L/∂W_last‖ below                 ``VANISHING_RATIO`` 0.1
