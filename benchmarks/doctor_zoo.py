@@ -14,18 +14,19 @@ pairs, median time ratio.
     TRICKLAB_DATA=/work/shared/data .venv/bin/python benchmarks/doctor_zoo.py --quick
     TRICKLAB_DATA=/work/shared/data .venv/bin/python benchmarks/doctor_zoo.py --seeds 3 --json /tmp/zoo.json
 
-Measured (2026-12-03, 51 cases × 3 seeds, 200 doctor steps, quiet 2-core machine, 168 s in all): detection 111/111 =
-100% (target ≥ 95%), false alarms 0/42 (≤ 5%), repair 94/96 = 98% (≥ 90%), probe overhead at every=10 +4.5% (9 pairs
-of 300 steps, 1 thread; ≤ 5%). Every class is detected in all its runs. Repaired: all but 2 of 12 slow-convergence
-runs (cnn-sgd1e-6-syn seeds 1 and 2, where vanishing_gradients also fires and the LR raise is then left out); the
-random-label runs get no prescription (nothing in training cures labels that do not belong to the inputs), so they
-have no re-check and are outside the repair figure. Since the run of 2026-12-02 (detection 107/111, repair 90/92,
+Measured (2026-12-03, 51 cases × 3 seeds, 200 doctor steps, quiet 2-core machine, 171 s in all): detection 111/111 =
+100% (target ≥ 95%), false alarms 0/42 (≤ 5%), repair 94/96 = 98% (≥ 90%), probe overhead at every=10 +4.1% (9 pairs of
+300 steps, 1 thread; ≤ 5%; a separate run of the same function the same hour: +5.0% over 300 steps, +5.3% over 100
+steps, where the one-time setup counts). Every class is detected in all its runs. Repaired: all but 2 of 12
+slow-convergence runs (cnn-sgd1e-6-syn seeds 1 and 2, where vanishing_gradients also fires and the LR raise is then left
+out); the random-label runs get no prescription (nothing in training cures labels that do not belong to the inputs), so
+they have no re-check and are outside the repair figure. Since the run of 2026-12-02 (detection 107/111, repair 90/92,
 overhead +4.7%): mlp-sgd2-m1d, which did not show its label, was rebuilt as mlp-momentum0.99-m1d (see the case), and
-mlp-momentum1-m1d seed 1, missed then (its loss climbed 135% and barely came back), is now detected; its setup did
-not change, but two things under it did (tricklab's optimizers now take torch's fused kernel on CPU, whose rounding
-differs from the foreach one's, and the probe's statistics skip the peak when the norm shows it finite), and we did
-not isolate which one moved this run, which swings widely at lr 1. Before (2026-12-02, the rules then): detection
-87/111 = 78%, repair 69/81 = 85%, false alarms 0/42, overhead +10–15%.
+mlp-momentum1-m1d seed 1, missed then (its loss climbed 135% and barely came back), is now detected; its setup did not
+change, but two things under it did (tricklab's optimizers now take torch's fused kernel on CPU, whose rounding differs
+from the foreach one's, and the probe's statistics skip the peak when the norm shows it finite), and we did not isolate
+which one moved this run, which swings widely at lr 1. Before (2026-12-02, the rules then): detection 87/111 = 78%,
+repair 69/81 = 85%, false alarms 0/42, overhead +10–15%.
 
 Cases whose setup was changed because they did not show their labelled problem, by a measurement other than the
 doctor's verdict (see the comments at the cases): mlp-random-labels-syn memorized synthetic's 461 examples (its

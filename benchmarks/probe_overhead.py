@@ -12,10 +12,11 @@ shared machines are noisy.
 
 Measured 2026-12-02 (2-core AMD EPYC, quiet, 7 pairs): 1.027 at 1 thread (3.96 s vs 3.86 s), 1.086 at 2 threads
 (2.69 s vs 2.46 s), 1.055 at 2 threads an hour later (2.80 s vs 2.64 s); before the probe's cost cut the same day,
-1.093 at 1 thread. 2026-12-03, 2 threads: 1.089 (2.686 s vs 2.468 s). Per step, in the same process: a sampled step
-costs ~2 ms more (its statistics are many small operations that a second thread does not speed up), and every other
-step ~0.13 ms more, the global gradient norm the probe takes from the NaN/Inf guard (``torch._foreach_norm``, 272 µs
-after a backward) in place of the guard's own sums (143 µs).
+1.093 at 1 thread. 2026-12-03, 2 threads: 1.089 (2.686 s vs 2.468 s); per step, in the same process, a sampled step
+cost ~2 ms more (its statistics are many small operations that a second thread does not speed up) and every other
+step ~0.13 ms more: the global gradient norm the probe took from the NaN/Inf guard (``torch._foreach_norm``, 272 µs
+after a backward) in place of the guard's own sums (143 µs). Since the guard hands over its norms on sampled steps
+only (same day, 7 pairs): **1.049** at 2 threads (2.622 s vs 2.518 s) and **1.024** at 1 thread (3.958 s vs 3.853 s).
 """
 
 from __future__ import annotations
