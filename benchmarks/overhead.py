@@ -7,10 +7,10 @@ work, timed from loading the data to the last file written:
 - tricklab: ``tricklab.train.run.run(cfg, run_dir)`` — data, model, the loop with its events and NaN/Inf guard,
   validation, ``history.jsonl``, a checkpoint per epoch (safetensors + manifest, fsynced), test evaluation,
   ``metrics.json`` and the weights.
-- plain: the same data function, the same initial weights and data order, the same fused Adam kernel that
-  tricklab picks (see ``tricklab.tricks.optimizers.FUSABLE``), a for-loop over shuffled index
-  slices, ``torch.no_grad`` validation, one JSON line per epoch, ``torch.save`` of model and optimizer per epoch
-  (to a temporary file, fsync, rename), test evaluation and the weights.
+- plain: the same data function, the same initial weights and data order, the same fused Adam kernel that tricklab
+  picks (see ``tricklab.tricks.optimizers.FUSABLE``) and the same batch gather (``index_select``), a for-loop over
+  shuffled index slices, ``torch.no_grad`` validation, one JSON line per epoch, ``torch.save`` of model and
+  optimizer per epoch (to a temporary file, fsync, rename), test evaluation and the weights.
 
 Runs alternate (plain, tricklab, tricklab, plain, ...) after one warm-up pair that is dropped; the median of
 the pairwise time ratios tricklab/plain is printed, at each thread count asked for. ``--profile`` prints where a
@@ -79,7 +79,7 @@ def plain_run(cfg, out: Path) -> float:
             loss_sum, correct = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.long)
             for i in range(0, n, b):
                 idx = order[i : i + b]
-                xb, yb = x[idx], y[idx]
+                xb, yb = x.index_select(0, idx), y.index_select(0, idx)  # the gather tricklab uses (x[idx]: 2× slower)
                 logits = model(xb)
                 loss = F.cross_entropy(logits, yb)
                 opt.zero_grad(set_to_none=True)
