@@ -717,12 +717,12 @@ class ProbeCallback(Callback):
     loss of every step, the global gradient norm of the sampled ones (fit()'s NaN/Inf guard checks the others), and
     the exact layer and step of the first non-finite value.
 
-    Events: ``on_fit_start`` attaches the probe; ``on_epoch_start`` and ``on_step_end`` tell it the next
-    step; ``on_after_backward`` records the loss and ‖g‖ (before clipping: ``order = ORDER_PROBE`` (-100) runs
-    it before L1 and clipping), locates a new non-finite value by re-running the step (:meth:`Probe.locate`) and
-    snapshots the weights; ``on_step_end`` records the update ratio; ``on_epoch_end`` copies the epoch's
-    ``train_loss``, ``train_acc``, ``val_loss``, ``val_acc`` (:data:`EPOCH_METRICS`) into the records; ``on_fit_end``
-    removes the hooks.
+    Events: ``on_fit_start`` attaches the probe; ``on_epoch_start`` and ``on_step_end`` tell it the next step;
+    ``on_after_backward`` records the loss and, on sampled steps, ‖g‖ (before clipping: ``order = ORDER_PROBE``
+    (-100) runs it before L1 and clipping), locates a new non-finite value by re-running the step
+    (:meth:`Probe.locate`) and snapshots the weights; ``on_step_end`` records the update ratio; ``on_epoch_end``
+    copies the epoch's ``train_loss``, ``train_acc``, ``val_loss``, ``val_acc`` (:data:`EPOCH_METRICS`) into the
+    records; ``on_fit_end`` removes the hooks.
     ``state.epoch_extras`` gets ``nonfinite_step`` once a non-finite value has been seen. With
     ``stop_on_nonfinite``, training stops there, without applying that step. ``guarded`` (the default): the loop
     checks every step's loss and gradients for NaN/Inf before ``on_after_backward``, as ``fit()``'s guard does, so
