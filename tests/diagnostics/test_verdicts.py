@@ -8,6 +8,7 @@ from tricklab.config import load_config
 from tricklab.diagnostics.doctor import run_doctor
 from tricklab.diagnostics.records import (
     DEAD_FRACTION,
+    GLOBAL_GRAD_NORM,
     INPUT,
     INPUT_RMS,
     LOSS,
@@ -26,6 +27,8 @@ from tricklab.diagnostics.verdicts import (
     DEAD_MAX,
     DEAD_RELUS,
     EXPLODING,
+    GRAD_GROWTH,
+    GRAD_GROWTH_MIN,
     LR_TOO_HIGH,
     NONFINITE,
     SATURATED_MAX,
@@ -103,6 +106,20 @@ def findings(series: dict[tuple[str, str], list[float]], kinds: dict[str, str], 
 
 
 TWO_LAYERS = {"a": WEIGHT, "act": "relu", "b": WEIGHT}
+
+
+@pytest.mark.parametrize("n, sick", [(GRAD_GROWTH_MIN, True), (GRAD_GROWTH_MIN - 1, False)])
+def test_a_growing_gradient_norm_is_judged_on_the_sampled_steps_of_a_fit(n, sick):
+    """Under fit() the global ‖g‖ is recorded on sampled steps only (every 10th here): n of them, growing from 1 to
+    1e3, are exploding gradients when there are enough of them to judge."""
+    r = Records()
+    for i in range(n):
+        r.add(GLOBAL_GRAD_NORM, MODEL, 10 * i, 10.0 ** (3 * i / (n - 1)))
+    layers = [LayerInfo(name, kind, i) for i, (name, kind) in enumerate(TWO_LAYERS.items())]
+    found = [v for v in diagnose(Findings(r, layers, every=10, steps=10 * n)) if v.name == EXPLODING]
+    assert bool(found) is sick
+    if sick:
+        assert found[0].figures["grad_norm_growth"] > GRAD_GROWTH
 
 
 @pytest.mark.parametrize("ratio, sick", [(VANISHING_RATIO * 0.8, True), (VANISHING_RATIO * 1.25, False)])

@@ -13,7 +13,8 @@ verdict                      fires when                                         
                              std of the last layer's output / the first's above        ``ACT_RANGE`` 1e3
                              global ‖g‖: median of the last tenth of steps / first     ``GRAD_GROWTH`` 100
                              tenth above (the steps where it was recorded: every step
-                             in a loop of your own, the sampled ones in ``fit()``)
+                             in a loop of your own, the sampled ones in ``fit()``; at
+                             least 10 of them)
                              a batch loss above 10× the median of the 20 before it     ``LOSS_SPIKE`` 10
                              (and above the untrained loss)
 ``vanishing_gradients``      median ‖∂L/∂W_first‖ / ‖∂L/∂W_last‖ below                 ``VANISHING_RATIO`` 0.1
@@ -231,6 +232,7 @@ VANISHING_RATIO = 0.1
 EXPLODING_RATIO = 1e3
 ACT_RANGE = 1e3
 GRAD_GROWTH = 100.0
+GRAD_GROWTH_MIN = 10  # ... judged on at least this many recorded norms (100 steps at every=10 in fit())
 LOSS_SPIKE = 10.0
 LOSS_WINDOW = 20
 DEAD_MAX = 0.5
@@ -381,7 +383,7 @@ def check_exploding(f: Findings, s: Mapping[str, Any]) -> Verdict | None:
         at_init = at_init or fwd[1] > ACT_RANGE
     _, norms = f.records.series(GLOBAL_GRAD_NORM, MODEL)
     finite = [v for v in norms if math.isfinite(v)]
-    if len(finite) >= 20:
+    if len(finite) >= GRAD_GROWTH_MIN:
         k = max(2, len(finite) // 10)
         early, late = statistics.median(finite[:k]), statistics.median(finite[-k:])
         if early > 0 and late / early > GRAD_GROWTH:
