@@ -193,11 +193,7 @@ def scaled_stats(y: Tensor, *, with_norm: bool = True, with_peak: bool = True) -
     if not with_peak and y.device.type == "cpu" and n:
         total, norm = float(y.sum()), float(torch.linalg.vector_norm(y))
         if SMALLEST_PLAIN <= norm < math.inf and math.isfinite(total):
-            mean, square = total / n, norm * norm / n
-            var = square - mean * mean
-            if var < ONE_PASS_MIN * square:
-                var = float(torch.linalg.vector_norm(y - mean)) ** 2 / n
-            return math.sqrt(var), mean, (norm if with_norm else None), norm
+            return *_plain_std_mean(y, total, norm), (norm if with_norm else None), norm
     lo, hi = torch.aminmax(y)
     if y.device.type == "cpu":
         a, b = float(lo), float(hi)
@@ -205,12 +201,8 @@ def scaled_stats(y: Tensor, *, with_norm: bool = True, with_peak: bool = True) -
         if not math.isfinite(peak):
             return math.nan, math.nan, (math.nan if with_norm else None), peak
         if peak == 0.0 or SMALLEST_PLAIN <= peak <= math.sqrt(OVERFLOW / n):
-            mean, norm = float(y.sum()) / n, float(torch.linalg.vector_norm(y))
-            square = norm * norm / n
-            var = square - mean * mean
-            if var < ONE_PASS_MIN * square:
-                var = float(torch.linalg.vector_norm(y - mean)) ** 2 / n
-            return math.sqrt(var), mean, (norm if with_norm else None), peak
+            norm = float(torch.linalg.vector_norm(y))
+            return *_plain_std_mean(y, float(y.sum()), norm), (norm if with_norm else None), peak
         z = y / peak
         mean = float(z.sum()) / n
         std = float(torch.linalg.vector_norm(z - mean)) / math.sqrt(n)
@@ -220,6 +212,17 @@ def scaled_stats(y: Tensor, *, with_norm: bool = True, with_peak: bool = True) -
     mean = z.sum() / n
     std = torch.linalg.vector_norm(z - mean) / math.sqrt(n)
     return std * peak, mean * peak, (torch.linalg.vector_norm(z) * peak if with_norm else None), peak
+
+
+def _plain_std_mean(y: Tensor, total: float, norm: float) -> tuple[float, float]:
+    """(std, mean) of ``y`` from its float32 sum and norm, where their squares are exact: one pass, or a second
+    when the mean dominates the variance (:data:`ONE_PASS_MIN`)."""
+    n = y.numel()
+    mean, square = total / n, norm * norm / n
+    var = square - mean * mean
+    if var < ONE_PASS_MIN * square:
+        var = float(torch.linalg.vector_norm(y - mean)) ** 2 / n
+    return math.sqrt(var), mean
 
 
 def scaled_norm(g: Tensor) -> tuple[Tensor, Tensor]:
