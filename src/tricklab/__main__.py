@@ -1,5 +1,3 @@
-import sys
+from tricklab.cli.main import entry
 
-from tricklab.cli.main import main
-
-sys.exit(main())
+entry()

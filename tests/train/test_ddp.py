@@ -246,3 +246,29 @@ def test_sync_bn_off_keeps_the_hashes_runs_and_lab_results_had_before_the_key():
     assert cfg.hash() == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:16]
     assert config_key(cfg.to_dict()) == config_key(before)
     assert load_config(None, [*OVERRIDES, "model.sync_bn=true"]).hash() != cfg.hash()
+
+
+def test_a_worker_that_left_its_group_exits_at_once_with_its_code_and_its_output_flushed():
+    """leave_process: the exit code and the buffered output survive ``os._exit``; the DDP tests above run it."""
+    code = (
+        "import sys; from tricklab.train import distributed as d; d._left_group = True; "
+        "sys.stdout.write('written before the exit'); d.leave_process(3); print('not reached')"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, timeout=60)
+    assert (proc.returncode, proc.stdout) == (3, "written before the exit")
+
+
+def test_leave_process_does_nothing_in_a_process_that_joined_no_group():
+    from tricklab.train import distributed
+
+    assert distributed._left_group is False
+    assert distributed.leave_process(0) is None  # still here
+
+
+def test_the_command_line_entry_exits_with_the_commands_code():
+    proc = subprocess.run([sys.executable, "-m", "tricklab", "no-such-command"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "no-such-command" in proc.stderr
+    scripts = Path(sys.executable).parent / "tricklab"
+    if scripts.exists():  # the installed console script goes through the same entry
+        proc = subprocess.run([str(scripts), "train", "--set", "nope=1"], capture_output=True, text=True)
+        assert proc.returncode != 0 and "nope" in proc.stderr
