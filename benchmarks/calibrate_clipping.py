@@ -12,7 +12,7 @@ It never runs a clipped variant: the study's rate is fixed from the baseline's b
 
 from __future__ import annotations
 
-import sys
+import argparse
 import time
 
 import tricklab
@@ -55,4 +55,6 @@ def main(datasets: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or list(SETUPS))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("datasets", nargs="*", choices=list(SETUPS), help="default: all")
+    main(parser.parse_args().datasets or list(SETUPS))

@@ -21,6 +21,7 @@ asserts < 1e-5.)
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -105,4 +106,6 @@ def main(names: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("cases", nargs="*", choices=list(CASES), help="default: all")
+    main(parser.parse_args().cases)

@@ -137,7 +137,7 @@ def main() -> None:
     p.add_argument("--device", default="cuda")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--max-epochs", type=int, default=15)
-    p.add_argument("--quick", action="store_true", help="2 repeats on 5,000 examples, 1 epoch to 99%: a smoke check")
+    p.add_argument("--quick", action="store_true", help="2 repeats on 5,000 examples, 1 epoch to 99%%: a smoke check")
     args = p.parse_args()
     repeats, subset = (2, 5000) if args.quick else (args.repeats, None)
     for model in ("mlp", "cnn"):
