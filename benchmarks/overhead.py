@@ -15,7 +15,8 @@ work, timed from loading the data to the last file written:
 Runs alternate (plain, tricklab, tricklab, plain, ...) after one warm-up pair that is dropped; the median of
 the pairwise time ratios tricklab/plain is printed, at each thread count asked for. ``--profile`` prints where a
 tricklab run's time goes (cProfile, cumulative, tricklab's own functions). Not a test: timings on shared
-machines are noisy.
+machines are noisy. ``--width 16`` runs the same comparison on a narrow net, where the difference is mostly the
+loop's own per-step cost.
 
     TRICKLAB_DATA=../shared/data .venv/bin/python benchmarks/overhead.py --pairs 7 --threads 1 2
 """
@@ -42,10 +43,9 @@ from tricklab.config import load_config
 from tricklab.train.run import run
 
 
-def config(epochs: int, threads: int, dataset: str):
-    return load_config(
-        overrides={"data.name": dataset, "train.epochs": epochs, "train.threads": threads, "train.device": "cpu"}
-    )
+def config(epochs: int, threads: int, dataset: str, width: int | None = None):
+    overrides = {"data.name": dataset, "train.epochs": epochs, "train.threads": threads, "train.device": "cpu"}
+    return load_config(overrides=overrides | ({"model.width": width} if width else {}))
 
 
 @torch.no_grad()
@@ -109,8 +109,8 @@ def tricklab_run(cfg, out: Path) -> float:
     return run(cfg, out).metrics["test_acc"]
 
 
-def measure(threads: int, pairs: int, epochs: int, dataset: str) -> None:
-    cfg = config(epochs, threads, dataset)
+def measure(threads: int, pairs: int, epochs: int, dataset: str, width: int | None = None) -> None:
+    cfg = config(epochs, threads, dataset, width)
     times: dict[str, list[float]] = {"plain": [], "tricklab": []}
     accs: dict[str, list[float]] = {"plain": [], "tricklab": []}
     root = Path(tempfile.mkdtemp(prefix="overhead-"))
@@ -128,7 +128,8 @@ def measure(threads: int, pairs: int, epochs: int, dataset: str) -> None:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     ratios = [t / p for t, p in zip(times["tricklab"], times["plain"], strict=True)]
-    print(f"threads {threads}: {pairs} pairs of {epochs}-epoch runs on {dataset}")
+    net = f", width {width}" if width else ""
+    print(f"threads {threads}: {pairs} pairs of {epochs}-epoch runs on {dataset}{net}")
     for kind in ("plain", "tricklab"):
         print(
             f"  {kind:8s} median {statistics.median(times[kind]):7.2f}s  test acc {statistics.mean(accs[kind]):.4f}"
@@ -160,12 +161,18 @@ def main() -> None:
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--dataset", default="mnist")
     p.add_argument("--profile", action="store_true", help="profile one tricklab run instead")
+    p.add_argument(
+        "--width",
+        type=int,
+        help="hidden width instead of the default 512: a narrow net (16) leaves little but the per-step Python, so "
+        "the time difference over the steps is the loop's own cost per step",
+    )
     args = p.parse_args()
     if args.profile:
         profile(args.threads[0], args.epochs, args.dataset)
         return
     for threads in args.threads:
-        measure(threads, args.pairs, args.epochs, args.dataset)
+        measure(threads, args.pairs, args.epochs, args.dataset, args.width)
 
 
 if __name__ == "__main__":
