@@ -107,7 +107,7 @@ def session() -> Iterator[None]:
             _left_group = True
 
 
-def leave_process(code: int) -> None:
+def leave_process(code: int | None) -> None:
     """End a torchrun worker that has left its process group: flush, then exit with ``code`` at once.
 
     Why not the interpreter's own teardown: once ``DistributedDataParallel`` has wrapped a model, torch keeps the
@@ -130,7 +130,7 @@ def leave_process(code: int) -> None:
             stream.flush()
         except (OSError, ValueError):  # a closed or broken pipe: nothing more can reach it
             pass
-    os._exit(code)
+    os._exit(code or 0)  # None, as sys.exit reads it: success
 
 
 def is_distributed() -> bool:
