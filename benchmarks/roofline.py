@@ -8,11 +8,12 @@ the inputs), except the first layer, whose input gradient is not needed (2·in·
 loss, Adam) is counted as zero, so the figure is a lower bound on the work done. Printed: peak GFLOP/s, the
 epoch's time and achieved GFLOP/s and the ratio. Not a test.
 
-Where the rest goes (``--profile``, on by default): the job's own matmuls alone (the step's forward and backward
+Where the rest goes (skipped with ``--no-profile``): the job's own matmuls alone (the step's forward and backward
 matrix products at its shapes, batch 128, timed in a loop without anything else: the ceiling of this job on this
 machine), and a torch.profiler table of one warm epoch's time by kind of operation (matrix products, the
-optimizer, activations, loss, the NaN/Inf guard's sums, batch gathering, the rest), with the time outside any
-torch operation (Python, the loop) as the wall time minus the operations' own time.
+optimizer, activations, loss, sums (mostly the NaN/Inf guard's; the accuracy count's too), batch gathering, the
+rest), with the time outside any torch operation (Python, the loop) as the wall time minus the operations' own
+time.
 
     TRICKLAB_DATA=../shared/data .venv/bin/python benchmarks/roofline.py --threads 1 2
 """
@@ -91,7 +92,7 @@ KINDS = {  # operation name (torch.profiler's key) -> kind; anything else is "ot
         "aten::_log_softmax_backward_data",
         "aten::nll_loss_backward",
     ),
-    "NaN/Inf guard": ("aten::sum", "aten::stack", "aten::isfinite", "aten::add", "aten::_local_scalar_dense"),
+    "sums (guard, acc)": ("aten::sum", "aten::stack", "aten::isfinite", "aten::add", "aten::_local_scalar_dense"),
     "batches": ("aten::index_select", "aten::randperm"),
 }
 

@@ -39,8 +39,10 @@ Example::
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -121,9 +123,6 @@ def leave_process(code: int | None) -> None:
     """
     if not _left_group:
         return
-    import logging
-    import sys
-
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         try:
