@@ -103,8 +103,12 @@ def stored_config(run_dir: str | Path) -> Config:
             f"--resume {str(run_dir)!r}: holds no checkpoint in {CHECKPOINTS}/ (it stopped before its first one): "
             "nothing to resume; train it again with a new --out"
         )
+    from tricklab.plugins import NotAllowedError
+
     try:
         return validate(read_yaml(run_dir / "config.yaml"))
+    except NotAllowedError as e:
+        raise TrickLabError(f"--resume {str(run_dir)!r}: {e}") from None
     except TrickLabError as e:
         raise TrickLabError(f"--resume {str(run_dir)!r}: its config.yaml is invalid: {e}") from None
 
