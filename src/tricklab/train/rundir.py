@@ -23,6 +23,7 @@ from tricklab.config import Config, read_yaml, validate
 from tricklab.errors import TrickLabError
 from tricklab.events import ORDER_HISTORY, Callback, FitState
 from tricklab.locks import LOCK_NAME, check_free
+from tricklab.plugins import NotAllowedError
 from tricklab.train.checkpoint import latest_checkpoint, list_checkpoints
 
 
@@ -103,8 +104,6 @@ def stored_config(run_dir: str | Path) -> Config:
             f"--resume {str(run_dir)!r}: holds no checkpoint in {CHECKPOINTS}/ (it stopped before its first one): "
             "nothing to resume; train it again with a new --out"
         )
-    from tricklab.plugins import NotAllowedError
-
     try:
         return validate(read_yaml(run_dir / "config.yaml"))
     except NotAllowedError as e:
