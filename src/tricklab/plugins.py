@@ -4,7 +4,8 @@ A model, dataset or callback can come from outside tricklab in three ways, all r
 when the config is validated, exactly like a built-in name:
 
 - an import path in the config: ``model.name: mypackage.nets:small_cnn`` (``module:attribute``, the attribute
-  may be dotted: ``module:Class.factory``);
+  may be dotted: ``module:Class.factory``) to a callable declared with ``@tricklab.model`` (:func:`model`),
+  ``@tricklab.dataset`` or ``@tricklab.callback``;
 - Python registration: ``tricklab.register_model("small_cnn", small_cnn)`` (or as a decorator), then
   ``model.name: small_cnn``; likewise :func:`register_dataset` and :func:`register_callback`;
 - a package entry point in the groups of :data:`ENTRY_POINT_GROUPS`, e.g. in a plugin's ``pyproject.toml``::
