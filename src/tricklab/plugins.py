@@ -126,13 +126,16 @@ def is_allowed(module: str) -> bool:
 
 def import_paths_in(data: Any, where: str = "") -> Iterator[tuple[str, str]]:
     """Every ``(key, import path)`` in ``data`` (a parsed config or study) at a key tricklab resolves as a name
-    (:data:`NAME_KEYS`), at any depth and in either form (``model: {name: ...}`` or ``model.name: ...``)."""
+    (:data:`NAME_KEYS`), at any depth and in either form (``model: {name: ...}`` or ``model.name: ...``); a plugin's
+    own arguments (under ``kwargs``) are data passed to it, never resolved, and are left out."""
     if isinstance(data, dict):
         for k, v in data.items():
             key = f"{where}.{k}" if where else str(k)
-            if isinstance(k, str) and k.rpartition(".")[2] in NAME_KEYS and is_import_path(v):
+            last = k.rpartition(".")[2] if isinstance(k, str) else None
+            if last in NAME_KEYS and is_import_path(v):
                 yield key, v
-            yield from import_paths_in(v, key)
+            if last != "kwargs":
+                yield from import_paths_in(v, key)
     elif isinstance(data, list):
         for i, v in enumerate(data):
             yield from import_paths_in(v, f"{where}[{i}]")

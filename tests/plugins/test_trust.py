@@ -232,6 +232,13 @@ def test_allowing_a_module_by_env_by_python_or_by_flag_covers_its_submodules_onl
     assert not plugins.is_allowed(name)
 
 
+def test_only_names_are_checked_not_a_plugins_own_arguments():
+    data = {"model": {"name": "a.b:f", "kwargs": {"name": "x:y"}}, "variants": {"v": {"data.kwargs": {"name": "p:q"}}}}
+    data["variants"]["v"]["callbacks"] = [{"name": "c:d", "kwargs": {"dataset": "r:s"}}]
+    found = list(plugins.import_paths_in(data))
+    assert found == [("model.name", "a.b:f"), ("variants.v.callbacks[0].name", "c:d")]
+
+
 @pytest.mark.parametrize("bad", ["", "a b", "../x", ".rel", "x:y", "1abc"])
 def test_allow_lists_take_module_names_only(bad, monkeypatch):
     with pytest.raises(TrickLabError, match="must be a module name"):
