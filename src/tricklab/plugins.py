@@ -214,34 +214,38 @@ def import_object(path: str, key: str) -> Any:
     return obj
 
 
-def _declarer(family: str) -> Callable[[Any], Any]:
-    def declare(obj: Any) -> Any:
-        if not callable(obj):
-            raise TrickLabError(f"{DECLARE[family]}: got a {type(obj).__name__}; decorate a function or a class")
-        try:
-            setattr(obj, MARK, declared_families(obj) | {family})
-        except (AttributeError, TypeError):
-            raise TrickLabError(
-                f"{DECLARE[family]}: cannot mark a {type(obj).__name__}; decorate a function or a class"
-            ) from None
-        return obj
-
-    return declare
+def _declare(obj: Any, family: str) -> Any:
+    """Mark ``obj`` a part of ``family`` (an attribute in its own ``__dict__``, read by :func:`declared_families`)."""
+    instead = "decorate a function or a class"
+    if not callable(obj):
+        raise TrickLabError(f"{DECLARE[family]}: got a {type(obj).__name__}; {instead}")
+    try:
+        setattr(obj, MARK, declared_families(obj) | {family})
+    except (AttributeError, TypeError):
+        raise TrickLabError(f"{DECLARE[family]}: cannot mark a {type(obj).__name__}; {instead}") from None
+    return obj
 
 
-model = _declarer("models")
-model.__doc__ = """Declare a model factory ``f(input_shape, num_classes, **kwargs) -> nn.Module`` that configs may name
-by import path (``model.name: mypkg.nets:small_cnn``). Example::
+def model(factory: Callable) -> Callable:
+    """Declare a model factory ``factory(input_shape, num_classes, **kwargs) -> nn.Module`` that configs may name by
+    import path (``model.name: mypkg.nets:small_cnn``); it is returned unchanged. Example::
 
-    @tricklab.model
-    def small_cnn(input_shape, num_classes, channels=16): ...
-"""
-dataset = _declarer("datasets")
-dataset.__doc__ = """Declare a dataset loader ``f(**kwargs)`` that configs may name by import path
-(``data.name: mypkg.data:blobs``); it returns the train and test sets (see :func:`tricklab.data.as_raw_dataset`)."""
-callback = _declarer("callbacks")
-callback.__doc__ = """Declare a callback factory (a :class:`tricklab.events.Callback` subclass or a function returning
-one) that configs may name by import path (``callbacks: [{name: mypkg.cbs:CountSteps}]``)."""
+        @tricklab.model
+        def small_cnn(input_shape, num_classes, channels=16): ...
+    """
+    return _declare(factory, "models")
+
+
+def dataset(loader: Callable) -> Callable:
+    """Declare a dataset loader ``loader(**kwargs)`` that configs may name by import path (``data.name:
+    mypkg.data:blobs``); it returns the train and test sets (see :func:`tricklab.data.as_raw_dataset`)."""
+    return _declare(loader, "datasets")
+
+
+def callback(factory: Callable) -> Callable:
+    """Declare a callback factory (a :class:`tricklab.events.Callback` subclass or a function returning one) that
+    configs may name by import path (``callbacks: [{name: mypkg.cbs:CountSteps}]``)."""
+    return _declare(factory, "callbacks")
 
 
 def declared_families(obj: Any) -> frozenset[str]:

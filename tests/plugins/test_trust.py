@@ -148,6 +148,25 @@ def test_registered_and_classmethod_factories_are_declared(tmp_path, monkeypatch
     assert load_config(overrides=["model.name=cls_factories:Nets.small"]).model.name == "cls_factories:Nets.small"
 
 
+def test_lab_workers_accept_a_path_declared_only_by_registration_here(tmp_path):
+    """A worker process imports the module afresh, without the registration this process made: the lab sends it."""
+    from tricklab.catalog import family
+
+    tricklab.register_model("undeclared_registered", plug.undeclared_mlp)
+    study = {
+        "name": "reg",
+        "dataset": "tricklab_testplugin:blobs",
+        "base": {"model": {"name": "tricklab_testplugin:undeclared_mlp"}, "train": {"epochs": 1, "threads": 1}},
+        "variants": {"a": {}, "b": {"optim.lr": 0.01}},
+    }
+    try:
+        lab = tricklab.run_lab(study, seeds=1, workers=1, out=tmp_path / "lab")
+    finally:
+        family("models").unregister("undeclared_registered")
+    assert "worker processes" in lab.executor
+    assert (lab.done, lab.failed) == (2, 0)
+
+
 def test_decorators_refuse_what_they_cannot_mark():
     with pytest.raises(TrickLabError, match="@tricklab.model: got a int"):
         tricklab.model(42)
