@@ -690,7 +690,12 @@ def read_text_file(path: str | Path, what: str = "config file", limit: int = MAX
 def read_yaml(path: str | Path) -> dict:
     """Read a YAML config file safely (no python tags) and within bounds: at most :data:`MAX_CONFIG_BYTES` of a
     regular file, nested at most :data:`MAX_DEPTH` deep, at most :data:`MAX_NODES` values with aliases expanded.
-    Errors are one line naming the file and the line."""
+    Errors are one line naming the file and the line.
+
+    Every config, study and run folder's ``config.yaml`` is read here, so here an import path the file names
+    (``model.name: pkg.mod:factory``) is refused unless its module is allowed
+    (:func:`tricklab.plugins.check_file_paths`): a file is data, and nothing it names is imported before that check.
+    """
     p = Path(path)
     raw = read_text_file(p)
     try:
@@ -706,6 +711,7 @@ def read_yaml(path: str | Path) -> dict:
         return {}
     if not isinstance(data, dict):
         raise TrickLabError(f"config file {str(p)!r} must hold a mapping of sections, got {type(data).__name__}")
+    plugins.check_file_paths(data, f"config file {str(p)!r}")
     return data
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from tricklab.cli.common import add_allow_arg
+
 EXIT_RUNS_FAILED = 1
 MAX_SEEDS, MAX_WORKERS = 1000, 1024  # beyond these a lab has no meaning on any machine
 
@@ -48,6 +50,7 @@ def add_parser(sub) -> None:
         help="with --executor ray: retries of a run whose worker process or node was lost (default 3; a run that "
         "raises is never retried)",
     )
+    add_allow_arg(p)
     p.set_defaults(func=run_cmd)
 
 

@@ -455,11 +455,12 @@ SIGNAL_BATCH = 256
 
 def plugins_for_workers(planned: list[Planned]) -> tuple[tuple[tuple[str, str, str], ...], str | None]:
     """How worker processes get the plugins the runs use: Python-registered ones are registered again in each
-    worker from their import paths; an import path names its module itself. A plugin defined in ``__main__``
-    (a notebook cell, a script) cannot be imported by a worker: then the runs go in this process, and the
-    second value says why (shown in the progress line)."""
+    worker from their import paths; an import path names its module itself, and the worker finds it declared
+    there (``@tricklab.model``), or registered again under its path when only a registration in this process
+    declared it. A plugin defined in ``__main__`` (a notebook cell, a script) cannot be imported by a worker: then
+    the runs go in this process, and the second value says why (shown in the progress line)."""
     from tricklab.catalog import family
-    from tricklab.plugins import importable_path, is_import_path
+    from tricklab.plugins import declared_families, import_object, importable_path, is_import_path
 
     found: dict[tuple[str, str], str] = {}
     for p in planned:
@@ -472,7 +473,8 @@ def plugins_for_workers(planned: list[Planned]) -> tuple[tuple[tuple[str, str, s
                 if is_import_path(name):
                     if name.partition(":")[0] == "__main__":
                         return (), f"{fam[:-1]} {name!r} is defined in __main__; worker processes cannot import it"
-                    found[(fam, name)] = ""
+                    marked = fam in declared_families(import_object(name, f"{fam} plugin {name!r}"))
+                    found[(fam, name)] = "" if marked else name
                     continue
                 entry = family(fam).entry(name)
                 if not entry.source or entry.source.startswith("plugin "):  # built in, or an installed entry point
