@@ -547,22 +547,18 @@ def _check_file(path: Path, readonly: bool) -> None:
 
 
 def _connect_readonly(path: Path) -> sqlite3.Connection:
-    """Open ``path`` for reading only (no journal or WAL file is created beside it).
+    """Open ``path`` for reading only: nothing is created beside it and nothing in it changes.
 
-    A WAL database read through SQLite needs its shared-memory file beside it; in a folder this user cannot write
-    (a published lab, made read-only) it cannot be made, so the file is then read as immutable: no locks and no
-    journal, the database taken as it is on disk.
+    A database without a write-ahead log beside it was closed cleanly by its last writer, and the commands that
+    read it hold or check the lab folder's lock (:mod:`tricklab.locks`), so it is read as immutable: SQLite then
+    takes no locks and creates no ``-shm``/``-wal`` files (it would leave them behind a read-only connection, and
+    cannot create them at all in a read-only folder, e.g. a published lab). With a log beside it (a writer at work,
+    or one that was killed) it is opened ``mode=ro``, so the log's committed transactions are read too.
     """
     uri = f"file:{quote(os.path.abspath(path))}?mode=ro"
-    db = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None)
-    try:
-        db.execute("PRAGMA schema_version").fetchall()
-        return db
-    except sqlite3.OperationalError:
-        db.close()
-        if os.access(os.path.dirname(os.path.abspath(path)), os.W_OK):
-            raise
-    return sqlite3.connect(uri + "&immutable=1", uri=True, isolation_level=None)
+    if not os.path.lexists(f"{path}-wal"):
+        return sqlite3.connect(uri + "&immutable=1", uri=True, isolation_level=None)
+    return sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None)
 
 
 def _move_away(path: Path) -> str:
