@@ -379,9 +379,7 @@ def plot_stem(study: str, dataset: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", f"{study}-{dataset}")
 
 
-def build_report(
-    lab_dir: str | Path, console=None, *, out_dir: str | Path | None = None, force: bool = False
-) -> Path:
+def build_report(lab_dir: str | Path, console=None, *, out_dir: str | Path | None = None, force: bool = False) -> Path:
     """Analyse every study in ``lab_dir``'s database, draw the plots and write ``report.html``; return its path.
 
     ``out_dir`` (default: ``lab_dir``) receives ``report.html`` and ``plots/``, so a read-only lab can be rendered
