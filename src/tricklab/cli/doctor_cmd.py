@@ -57,13 +57,17 @@ def run_cmd(args: argparse.Namespace) -> int:
 
     result = run_doctor(cfg, prepared, recheck=not args.no_recheck, progress=StepProgress)
 
+    from tricklab.outputs import write_file
     from tricklab.report.doctor import write_report
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(cfg.to_yaml())
-    (out / "doctor.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
-    (out / "records.json").write_text(json.dumps(result.findings.to_dict()) + "\n")
-    (out / "signal.json").write_text(json.dumps([p.to_dict() for p in result.signal]) + "\n")
+    files = {
+        "config.yaml": cfg.to_yaml(),
+        "doctor.json": json.dumps(result.to_dict(), indent=2) + "\n",
+        "records.json": json.dumps(result.findings.to_dict()) + "\n",
+        "signal.json": json.dumps([p.to_dict() for p in result.signal]) + "\n",
+    }
+    for name, text in files.items():  # new files in the new report folder: nothing there is replaced
+        write_file(out / name, text)
     page = write_report(result, out)
     print_result(result)
     print(f"report: {page}")

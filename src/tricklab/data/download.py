@@ -21,7 +21,6 @@ import hashlib
 import http.client
 import io
 import os
-import secrets
 import stat
 import urllib.error
 import urllib.request
@@ -31,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tricklab.errors import DataError
+from tricklab.outputs import atomic_write
 
 ENV_DATA = "TRICKLAB_DATA"
 ENV_MIRRORS = "TRICKLAB_MIRRORS"  # comma-separated base URLs, tried instead of the built-in mirrors
@@ -144,25 +144,6 @@ def _inflate(raw: bytes, spec: RemoteFile, where: str) -> tuple[bytes, str]:
     if not header_checked:
         raise DataError(f"{where} is corrupt: its content ({got} bytes) is too short for its header")
     return b"".join(chunks), sha.hexdigest()
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder: fsync, then os.replace.
-
-    The file gets the usual permissions (0666 less the umask), not the owner-only 0600 of ``mkstemp``, so a
-    shared data cache or run directory stays readable by the people it is shared with.
-    """
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.part"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _download(url: str, limit: int) -> bytes:
