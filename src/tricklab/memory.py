@@ -31,6 +31,8 @@ from tricklab.errors import ConfigError
 if TYPE_CHECKING:
     from tricklab.config import Config
 
+#: Where Linux says how much memory is available (:func:`available_memory`).
+MEMINFO = "/proc/meminfo"
 #: Bytes of one value: training runs in float32.
 BYTES_PER_VALUE = 4
 #: Models with weights up to this size count their activations with a real forward pass on the CPU.
@@ -75,8 +77,27 @@ def human_bytes(n: float) -> str:
 
 def physical_memory() -> int | None:
     """This machine's physical memory in bytes (``os.sysconf``), or None where the OS does not say."""
+    return _sysconf_bytes("SC_PHYS_PAGES")
+
+
+def available_memory() -> int | None:
+    """Bytes of memory a new allocation can have now without swapping: ``MemAvailable`` of ``/proc/meminfo``
+    (free memory plus the caches the kernel can drop), else ``os.sysconf``'s free pages (which leave the caches
+    out), else the physical memory; None where the OS says none of them."""
     try:
-        pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        with open(MEMINFO, "rb") as f:
+            for line in f.read(1 << 16).splitlines():
+                if line.startswith(b"MemAvailable:"):
+                    fields = line.split()
+                    return int(fields[1]) * (1024 if fields[2:3] == [b"kB"] else 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return _sysconf_bytes("SC_AVPHYS_PAGES") or physical_memory()
+
+
+def _sysconf_bytes(name: str) -> int | None:
+    try:
+        pages, page_size = os.sysconf(name), os.sysconf("SC_PAGE_SIZE")
     except (AttributeError, ValueError, OSError):
         return None
     return pages * page_size if pages > 0 and page_size > 0 else None
