@@ -26,6 +26,7 @@ from tricklab.cli.main import main
 from tricklab.data import DATASETS, as_raw_dataset, local
 from tricklab.data.base import MAX_CLASSES, DatasetInfo, RawDataset, TensorData
 from tricklab.errors import MAX_MESSAGE, DataError
+from tricklab.train import seed
 
 npz = DATASETS.get("npz")
 csv = DATASETS.get("csv")
@@ -317,3 +318,30 @@ def test_a_csv_line_longer_than_the_bound_is_refused(tmp_path):
     path.write_text("a,label\n" + "1," * (local.MAX_CSV_LINE // 2 + 1) + "0\n")
     with pytest.raises(DataError, match=r"wide\.csv: line 2 is longer than 4,194,304 characters"):
         csv(tmp_path, path=path)
+
+
+# --- 7. threads ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def two_cores(monkeypatch):
+    """This process may run on 2 cores, and no thread count was warned about yet."""
+    monkeypatch.setattr(seed.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(seed, "_capped", set())
+
+
+def test_threads_beyond_the_cores_are_capped_with_one_warning(two_cores, capsys):
+    assert seed.set_threads(1024) == 2 and torch.get_num_threads() == 2
+    assert capsys.readouterr().err == "warning: train.threads=1024 but this process may use 2 cores; using 2 threads\n"
+    assert seed.set_threads(1024) == 2 and capsys.readouterr().err == ""  # once per process
+    assert seed.set_threads(2) == 2 and seed.set_threads(1) == 1 and seed.set_threads(0) == 2
+    assert capsys.readouterr().err == ""
+
+
+def test_train_with_1024_threads_on_two_cores_trains_on_two(workdir, two_cores, capsys):
+    sets = ["data.name=synthetic", "model.width=8", "model.depth=1", "train.epochs=1", "train.threads=1024"]
+    rc = main(["train", *[a for s in sets for a in ("--set", s)]])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert err.count("warning: train.threads=1024 but this process may use 2 cores; using 2 threads") == 1, err
+    assert torch.get_num_threads() == 2
