@@ -22,11 +22,15 @@ import pytest
 import torch
 
 from tricklab import memory
+from tricklab.assembly import build_model, load_data
 from tricklab.cli.main import main
+from tricklab.config import load_config
 from tricklab.data import DATASETS, as_raw_dataset, local
 from tricklab.data.base import MAX_CLASSES, DatasetInfo, RawDataset, TensorData
-from tricklab.errors import MAX_MESSAGE, DataError
+from tricklab.errors import MAX_MESSAGE, ConfigError, DataError
+from tricklab.models import MODELS
 from tricklab.train import seed
+from tricklab.train.placement import nbytes
 
 npz = DATASETS.get("npz")
 csv = DATASETS.get("csv")
@@ -345,3 +349,97 @@ def test_train_with_1024_threads_on_two_cores_trains_on_two(workdir, two_cores, 
     assert rc == 0, err
     assert err.count("warning: train.threads=1024 but this process may use 2 cores; using 2 threads") == 1, err
     assert torch.get_num_threads() == 2
+
+
+# --- 5. the memory check: overflow, free memory, the dataset, models that cannot be built on meta --------
+
+
+SYNTH = ["data.name=synthetic", "train.threads=1", "train.epochs=1"]
+
+
+def test_a_width_too_large_for_torch_to_count_is_refused_not_let_through(workdir, capsys):
+    before = rss_kib()
+    line = one_line_error(capsys, ["train", "--set", "data.name=synthetic", "--set", "model.width=2000000000"])
+    assert line.startswith(
+        "error: model.width = 2000000000: the model is too large to count: a tensor of it would hold more than "
+        "2⁶³ bytes (RuntimeError: Storage size calculation overflowed"
+    ), line
+    assert rss_kib() - before < 100 * 1024, "it allocated the model"
+    assert not (workdir / "runs").exists()
+
+
+def test_figures_beyond_the_float_range_are_written_not_overflowed():
+    est = memory.Estimate(parameters=10**400, activations_per_example=10**300, batch_size=128, optimizer_slots=2)
+    with pytest.raises(ConfigError) as err:
+        memory.check_fits(est, 2**30, "model.width", 1, "adam")
+    assert str(err.value) == (
+        "model.width = 1: the model needs ~1e+400 parameters and ~1.3e+302 activation values for a batch of 128 "
+        "(~1.4e+386 PiB to train with adam); this machine has 1 GiB available"
+    )
+
+
+def test_the_check_compares_with_the_memory_available_not_the_machine_s_total(meminfo):
+    cfg = load_config(overrides=[*SYNTH, "model.width=256", "model.depth=2"])
+    splits = load_data(cfg)
+    meminfo(GiB)
+    model, _ = build_model(cfg, splits, 0)
+    params = sum(p.numel() for p in model.parameters())
+    meminfo(2**20)  # 64 GiB in all, 1 MiB of it available
+    with pytest.raises(ConfigError) as err:
+        build_model(cfg, splits, 0)
+    held = memory.human_bytes(nbytes(splits))
+    assert str(err.value).startswith(f"model.width = 256: the model needs ~{params:.2g} parameters"), err.value
+    assert str(err.value).endswith(
+        f"to train with adam); this machine has 1 MiB available besides the dataset's {held}"
+    )
+
+
+def test_the_estimate_holds_the_dataset_which_a_loaded_dataset_already_took_from_what_is_available():
+    est = memory.Estimate(
+        parameters=1000, activations_per_example=50, batch_size=8, optimizer_slots=2, data_bytes=10**6
+    )
+    assert est.total_bytes == 4 * 1000 * 4 + 4 * 50 * 8 + 10**6
+    memory.check_fits(est, est.total_bytes, "model.width", 8, "adam")  # nothing loaded yet: all of it must fit
+    memory.check_fits(est, est.total_bytes - 10**6, "model.width", 8, "adam", held=10**6)  # the data is loaded
+    with pytest.raises(ConfigError, match="this machine has 17.2 KiB available besides the dataset's 977 KiB$"):
+        memory.check_fits(est, est.total_bytes - 10**6 - 1, "model.width", 8, "adam", held=10**6)
+
+
+def test_build_model_counts_the_splits_as_held(monkeypatch):
+    seen = []
+    monkeypatch.setattr(memory, "check_fits", lambda est, available, *a, **kw: seen.append((est, kw)))
+    cfg = load_config(overrides=[*SYNTH, "model.width=16", "model.depth=1"])
+    splits = load_data(cfg)
+    build_model(cfg, splits, 0)
+    ((est, kw),) = seen
+    assert est.data_bytes == kw["held"] == nbytes(splits) > 0
+
+
+@pytest.fixture
+def meta_shy():
+    """``meta_shy``: a registered model that refuses to be built on the meta device (it needs real values)."""
+
+    def factory(input_shape, num_classes, hidden=4):
+        if torch.empty(0).device.type == "meta":
+            raise RuntimeError("this model needs real values to build")
+        return torch.nn.Sequential(
+            torch.nn.Flatten(), torch.nn.Linear(math.prod(input_shape), hidden), torch.nn.Linear(hidden, num_classes)
+        )
+
+    MODELS.register("meta_shy", factory, source="test")
+    yield "meta_shy"
+    MODELS.unregister("meta_shy")
+
+
+def test_a_model_that_cannot_be_built_on_meta_is_checked_once_built(meta_shy, meminfo):
+    cfg = load_config(overrides=[*SYNTH, "model.name=meta_shy", "model.kwargs={hidden: 100000}"])
+    splits = load_data(cfg)
+    meminfo(2**20)
+    with pytest.raises(ConfigError) as err:
+        build_model(cfg, splits, 0)  # 6.9 M parameters, ~110 MiB with adam: more than 1 MiB
+    assert str(err.value).startswith("model.name = 'meta_shy': the model needs ~6.9e+06 parameters"), err.value
+    assert "to train with adam); this machine has 1 MiB available" in str(err.value)
+    meminfo(GiB)
+    model, _ = build_model(cfg, splits, 0)
+    assert model.training and all(m.training for m in model.modules())  # counting left its modes alone
+    assert memory.check_training_memory(cfg, (1, 8, 8), 4, 100) is False  # it could not be counted on meta
