@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tricklab import memory
 from tricklab.assembly import build_model, load_data
@@ -27,7 +29,7 @@ from tricklab.cli.main import main
 from tricklab.config import load_config
 from tricklab.data import DATASETS, as_raw_dataset, local
 from tricklab.data.base import MAX_CLASSES, DatasetInfo, RawDataset, TensorData
-from tricklab.errors import MAX_MESSAGE, ConfigError, DataError
+from tricklab.errors import MAX_MESSAGE, ConfigError, DataError, TrickLabError
 from tricklab.models import MODELS
 from tricklab.train import seed
 from tricklab.train.placement import nbytes
@@ -443,3 +445,107 @@ def test_a_model_that_cannot_be_built_on_meta_is_checked_once_built(meta_shy, me
     model, _ = build_model(cfg, splits, 0)
     assert model.training and all(m.training for m in model.modules())  # counting left its modes alone
     assert memory.check_training_memory(cfg, (1, 8, 8), 4, 100) is False  # it could not be counted on meta
+
+
+# --- fuzz: hostile .npy headers and CSV text ----------------------------------------------------------------
+
+FUZZ = settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
+)
+DESCRS = [
+    "<f8", ">f8", "<f4", "<f2", "|u1", "|i1", "<i8", "<u8", "<u4", "|b1", "<c16", "|O", "<U3", "|S2", "<M8[s]",
+    "|V0", "|V8", [("a", "<f4")], [("a", "|O")],
+]  # fmt: skip
+sides = st.one_of(st.integers(0, 6), st.integers(0, 2**44), st.sampled_from([2**31 - 1, 2**32, 2**63 - 1, -1]))
+
+
+@st.composite
+def npy_members(draw) -> tuple[bytes, int | None]:
+    """An .npy member: any shape and dtype in its header, a few real bytes, and a declared size that is true,
+    agrees with the header or is anything."""
+    shape = tuple(draw(st.lists(sides, max_size=4)))
+    descr = draw(st.sampled_from(DESCRS))
+    buf = io.BytesIO()
+    writer = draw(st.sampled_from([np.lib.format.write_array_header_1_0, np.lib.format.write_array_header_2_0]))
+    writer(buf, {"descr": descr, "fortran_order": draw(st.booleans()), "shape": shape})
+    header = buf.getvalue()
+    size = max(0, math.prod(shape)) * np.dtype(descr).itemsize
+    data = bytes(size) if size <= 256 and draw(st.booleans()) else draw(st.binary(max_size=48))
+    declared = draw(st.one_of(st.none(), st.just(len(header) + size), st.integers(0, 2**45)))
+    return header + data, (min(declared, 2**64 - 1) if declared is not None else None)
+
+
+def a_valid_member(a: np.ndarray) -> tuple[bytes, None]:
+    buf = io.BytesIO()
+    np.save(buf, a)
+    return buf.getvalue(), None
+
+
+VALID = {
+    "x_train.npy": a_valid_member(np.arange(24.0).reshape(8, 3)),
+    "y_train.npy": a_valid_member(np.arange(8) % 2),
+    "x_test.npy": a_valid_member(np.ones((4, 3))),
+    "y_test.npy": a_valid_member(np.arange(4) % 2),
+}
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory):
+    return tmp_path_factory.mktemp("hostile-fuzz")
+
+
+def ends_in_bounds(fn) -> None:
+    """``fn()`` returns or raises tricklab's one-line error, never another exception, and RSS stays bounded."""
+    before = rss_kib()
+    try:
+        fn()
+    except TrickLabError as e:
+        assert str(e) and "\n" not in str(e) and len(str(e)) <= MAX_MESSAGE, repr(str(e))
+    assert rss_kib() - before < 200 * 1024, f"RSS grew by {(rss_kib() - before) // 1024} MiB"
+
+
+@FUZZ
+@given(
+    hostile=st.dictionaries(st.sampled_from(list(VALID)), npy_members(), min_size=1, max_size=4),
+    available=st.sampled_from([2**16, 2**24, 2**36, None]),
+)
+def test_npz_headers_load_within_bounds_or_fail_in_one_line(scratch, hostile, available):
+    path = scratch / "fuzz.npz"
+    path.write_bytes(zip_of({**VALID, **hostile}))
+    with pytest.MonkeyPatch.context() as mp:
+        if available is not None:
+            (scratch / "meminfo").write_text(f"MemAvailable: {available // 1024} kB\n")
+            mp.setattr(memory, "MEMINFO", str(scratch / "meminfo"))
+        ends_in_bounds(lambda: npz(scratch, path=path))
+
+
+CSV_CELLS = ["0", "1", "2", "-1", "0.5", "1e9", "1e400", "-1e30", "nan", "99999", "100000", "18446744073709551615", ""]
+CSV_TOKENS = [
+    "a", "label", ",", ";", "\n", "\r\n", '"', "0", "1", "7", "-1", "0.5", "1e9", "1e400", "-1e30", "nan", "inf",
+    "18446744073709551615", "9" * 30, " ", "", "\ufeff", "\x00", "x,label\n", "0,1\n", "1,0\n",
+]  # fmt: skip
+
+
+@FUZZ
+@given(
+    body=st.one_of(
+        st.lists(st.sampled_from(CSV_TOKENS), max_size=60).map("".join),
+        st.lists(st.lists(st.sampled_from(CSV_CELLS), min_size=2, max_size=2).map(",".join), max_size=20).map(
+            "\n".join
+        ),
+    ),
+    available=st.sampled_from([2**12, 2**20, None]),
+    num_classes=st.one_of(st.none(), st.sampled_from([2, 3, MAX_CLASSES, MAX_CLASSES + 1, 10**9])),
+)
+def test_csv_text_loads_within_bounds_or_fails_in_one_line(scratch, body, available, num_classes):
+    path = scratch / "fuzz.csv"
+    path.write_text("x,label\n0,0\n1,1\n2,0\n3,1\n4,0\n" + body)
+    with pytest.MonkeyPatch.context() as mp:
+        if available is not None:
+            (scratch / "meminfo").write_text(f"MemAvailable: {available // 1024} kB\n")
+            mp.setattr(memory, "MEMINFO", str(scratch / "meminfo"))
+        ends_in_bounds(lambda: csv(scratch, path=path, num_classes=num_classes))
