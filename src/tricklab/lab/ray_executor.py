@@ -19,6 +19,7 @@ Ray is imported here only, on first use; it comes with ``pip install 'tricklab[r
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import socket
@@ -29,7 +30,7 @@ from typing import Any
 
 from tricklab.errors import TrickLabError
 from tricklab.lab.costs import longest_first
-from tricklab.lab.runner import Task, execute, register_plugins
+from tricklab.lab.runner import PoolLost, Task, execute, register_plugins
 
 EXTRA = "pip install 'tricklab[ray]'"
 DEFAULT_RETRIES = 3  # --max-retries: how often a run is retried after its worker process or node was lost
@@ -46,20 +47,47 @@ def require_ray() -> Any:
     return ray
 
 
-def check_address(address: str | None) -> None:
-    """Refuse at once an address where nothing listens: Ray itself would keep retrying for minutes."""
+#: Seconds an ``--address`` has to answer (connect, then the first bytes of a reply) before the lab refuses it.
+ANSWER_TIMEOUT_S = 10.0
+#: What a gRPC client sends first (the HTTP/2 connection preface and an empty SETTINGS frame, RFC 9113 §3.4). Ray's
+#: GCS and its Ray Client server are gRPC servers: they answer with their own SETTINGS frame at once.
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
+def check_address(address: str | None, timeout_s: float | None = None) -> None:
+    """Refuse at once, in one line, an address Ray would wait on for minutes: nothing listens there, or something
+    accepts the connection but does not answer a gRPC client's first message within ``timeout_s`` (default
+    :data:`ANSWER_TIMEOUT_S`); and a ``ray://`` address without Ray Client's ``grpcio`` installed."""
     if address is None or address == "auto":
         return
     host, sep, port = address.split("://")[-1].rpartition(":")
     if not sep or not host or not port.isdigit():
         raise TrickLabError(f"--address = {address!r}: expected host:port, ray://host:port or auto")
+    if address.startswith("ray://") and importlib.util.find_spec("grpc") is None:
+        raise TrickLabError(f"--address = {address!r}: a ray:// address needs Ray Client (grpcio): {EXTRA}")
+    timeout_s = ANSWER_TIMEOUT_S if timeout_s is None else timeout_s
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
-    except OSError as e:
+        conn = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s)
+    except OSError as e:  # refused, no route, or no reply to the connection itself within timeout_s
+        why = f"no connection within {timeout_s:g} s" if isinstance(e, TimeoutError) else e.strerror or e
         raise TrickLabError(
-            f"--address = {address!r}: nothing answers there ({e.strerror or e}); give the address of a running "
-            "Ray cluster's head (`ray start --head` prints it), or no --address for a local instance"
+            f"--address = {address!r}: nothing answers there ({why}); give the address of a running Ray cluster's "
+            "head (`ray start --head` prints it), or no --address for a local instance"
         ) from None
+    try:
+        with conn:
+            conn.sendall(_H2_PREFACE)
+            answered = bool(conn.recv(64))
+    except TimeoutError:
+        answered = None
+    except OSError:  # reset by the peer
+        answered = False
+    if not answered:
+        how = f"does not answer within {timeout_s:g} s" if answered is None else "closes them without answering"
+        raise TrickLabError(
+            f"--address = {address!r}: it accepts connections but {how} (not a Ray cluster's head, or one too busy "
+            "to serve); give the address `ray start --head` printed, or no --address for a local instance"
+        )
 
 
 def _run_one(fn: Callable, threads: int, plugins: tuple, config: dict) -> tuple:
@@ -102,6 +130,7 @@ class RayPool:
         self.threads, self.fn, self.address, self.max_retries = threads, fn, address, max_retries
         self.max_in_flight, self.cores = max_in_flight, cores
         self.started_ray = False
+        self.lost = False  # Ray on this machine died: nothing left to cancel or shut down cleanly
         self.slots = 1
         self.in_flight: dict[Any, Task] = {}  # object ref → its task
 
@@ -125,7 +154,6 @@ class RayPool:
             self.slots = max(1, cpus // max(1, self.threads))
             if self.max_in_flight:
                 self.slots = min(self.slots, self.max_in_flight)
-            self._fn_ref = ray.put(self.fn)
             self._remote = ray.remote(_run_one)
         except BaseException:
             self.close()
@@ -142,7 +170,7 @@ class RayPool:
     def close(self) -> None:
         """Cancel the runs still in flight (their workers are killed) and shut Ray down if this pool started it."""
         ray = self.ray
-        for ref in list(self.in_flight):
+        for ref in list(self.in_flight) if not self.lost else ():
             try:
                 ray.cancel(ref, force=True)
             except Exception:  # already finished, or its worker already gone: nothing to cancel
@@ -175,7 +203,7 @@ class RayPool:
             max_retries=self.max_retries,
             retry_exceptions=False,
             name="tricklab:" + "/".join(map(str, task.key)),
-        ).remote(self._fn_ref, self.threads, task.plugins, task.config)
+        ).remote(self.fn, self.threads, task.plugins, task.config)
 
     def run(
         self,
@@ -208,6 +236,13 @@ class RayPool:
                 task = self.in_flight.pop(ref)
                 try:
                     kind, *payload = ray.get(ref)
+                except ray.exceptions.LocalRayletDiedError:  # Ray on this machine is gone: no run can go on
+                    self.in_flight[ref] = task  # still unfinished: the lab puts it back to pending
+                    self.lost = True
+                    raise PoolLost(
+                        "Ray's raylet on this machine died (the process that runs Ray's workers here: killed, or out "
+                        "of memory); its runs were lost with it"
+                    ) from None
                 except ray.exceptions.RayTaskError as e:  # the task itself broke (e.g. ``fn`` would not unpickle)
                     first = (str(e.cause).strip().splitlines() or [""])[0]
                     kind, payload = "failed", [f"{type(e.cause).__name__}: {first}", str(e)]
