@@ -24,6 +24,7 @@ import os
 import signal
 import socket
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -34,6 +35,9 @@ from tricklab.lab.runner import PoolLost, Task, execute, register_plugins
 
 EXTRA = "pip install 'tricklab[ray]'"
 DEFAULT_RETRIES = 3  # --max-retries: how often a run is retried after its worker process or node was lost
+#: Seconds the GCS (the Ray head's directory of the cluster) may refuse connections before the lab stops: Ray's own
+#: driver waits 60 s for it and then ends this process with exit code 1 and no word (``QuickExit``).
+GCS_LOST_S = 5.0
 MAX_RETRIES = 100
 _LOCAL = ("127.0.0.1", "localhost", "local", "auto")
 
@@ -131,6 +135,9 @@ class RayPool:
         self.max_in_flight, self.cores = max_in_flight, cores
         self.started_ray = False
         self.lost = False  # Ray on this machine died: nothing left to cancel or shut down cleanly
+        self.gcs: tuple[str, int] | None = None  # the GCS's host and port, watched while runs are in flight
+        self._gcs_down_since: float | None = None
+        self._gcs_checked = 0.0
         self.slots = 1
         self.in_flight: dict[Any, Task] = {}  # object ref → its task
 
@@ -155,6 +162,7 @@ class RayPool:
             if self.max_in_flight:
                 self.slots = min(self.slots, self.max_in_flight)
             self._remote = ray.remote(_run_one)
+            self.gcs = _gcs_address(ray)
         except BaseException:
             self.close()
             raise
@@ -232,6 +240,8 @@ class RayPool:
             if not self.in_flight:
                 continue
             ready = _signal_safe(ray.wait, list(self.in_flight), num_returns=1, timeout=poll_s)[0]
+            if not ready:
+                self._check_gcs()
             for ref in ready:
                 task = self.in_flight.pop(ref)
                 try:
@@ -240,8 +250,8 @@ class RayPool:
                     self.in_flight[ref] = task  # still unfinished: the lab puts it back to pending
                     self.lost = True
                     raise PoolLost(
-                        "Ray's raylet on this machine died (the process that runs Ray's workers here: killed, or out "
-                        "of memory); its runs were lost with it"
+                        "Ray's raylet on this machine died (killed, out of memory, or one of Ray's agent processes "
+                        "died and took it along); its runs were lost with it"
                     ) from None
                 except ray.exceptions.RayTaskError as e:  # the task itself broke (e.g. ``fn`` would not unpickle)
                     first = (str(e.cause).strip().splitlines() or [""])[0]
@@ -253,6 +263,39 @@ class RayPool:
                 on_event(kind, task.key, *payload)
                 if not pending and refill is not None:
                     pending.extend(longest_first(refill()))
+
+    def _check_gcs(self, every_s: float = 1.0) -> None:
+        """Once a second: PoolLost once the GCS has refused connections for :data:`GCS_LOST_S` seconds (killed, or
+        its machine gone), before Ray's driver code ends this process without a word."""
+        now = time.monotonic()
+        if self.gcs is None or now - self._gcs_checked < every_s:
+            return
+        self._gcs_checked = now
+        try:
+            socket.create_connection(self.gcs, timeout=every_s).close()
+        except OSError as e:
+            self._gcs_down_since = self._gcs_down_since or now
+            if now - self._gcs_down_since >= GCS_LOST_S:
+                self.lost = True
+                host, port = self.gcs
+                raise PoolLost(
+                    f"Ray's GCS at {host}:{port} (the head of the Ray instance, which every worker reports to) "
+                    f"has not answered for {now - self._gcs_down_since:.0f} s ({e.strerror or e}): it died or its "
+                    "machine is gone; the runs in flight were lost with it"
+                ) from None
+        else:
+            self._gcs_down_since = None
+
+
+def _gcs_address(ray: Any) -> tuple[str, int] | None:
+    """The host and port of the GCS this driver reports to, or None (a Ray Client driver talks to its server only)."""
+    try:
+        if ray.util.client.ray.is_connected():
+            return None
+        host, _, port = str(ray.get_runtime_context().gcs_address).rpartition(":")
+        return (host.strip("[]"), int(port)) if host and port.isdigit() else None
+    except Exception:  # a Ray without these attributes: no watch, Ray's own behaviour
+        return None
 
 
 def _signal_safe(call: Callable, *args, **kwargs) -> Any:
