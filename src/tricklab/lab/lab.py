@@ -32,7 +32,7 @@ from tricklab.lab.ray_executor import (  # imports Ray on use only
     check_address,
     require_ray,
 )
-from tricklab.lab.runner import InProcess, Task, WorkerPool, execute, plan_workers
+from tricklab.lab.runner import InProcess, PoolLost, Task, WorkerPool, execute, plan_workers
 from tricklab.lab.store import Store, config_key
 from tricklab.lab.studies import Study, describe_setup
 from tricklab.locks import folder_lock
@@ -316,7 +316,10 @@ def run_lab(
                         with _pool(opts, in_process, processes, threads, fn) as pool:
                             if opts.executor == "ray":  # runs at once: what the cluster holds, known once joined
                                 counts["processes"], counts["executor"] = pool.slots, pool.describe()
-                            pool.run(tasks, on_event, refill=refill)
+                            try:
+                                pool.run(tasks, on_event, refill=refill)
+                            except PoolLost as e:  # before the pool closes: closing a dead Ray may end this process
+                                raise PoolLost(_lost(store, out, str(e), counts, started)) from None
                 finally:  # a stopped lab's session counts too: its finished runs took that time
                     if counts["done"] or counts["failed"]:
                         from tricklab.lab.machine import machine_info
@@ -447,6 +450,17 @@ def _stopped(out: Path, signum: int, counts: dict[str, Any], started: dict[tuple
         f"lab stopped by {name}: {done} finished run{'s' * (done != 1)} kept{before}, {running} running "
         f"run{'s' * (running != 1)} marked unfinished, {left} not started; {workers}rerun the same command to finish "
         f"them (lab folder {out})"
+    )
+
+
+def _lost(store: Store, out: Path, what: str, counts: dict[str, Any], started: dict[tuple, float]) -> str:
+    """The executor died (:class:`PoolLost`): put the running rows back to pending; the one line to say."""
+    for key in started:
+        store.mark_unfinished(key, f"{what}; a rerun redoes it")
+    done, running = counts["done"], len(started)
+    return (
+        f"lab stopped: {what}; {done} finished run{'s' * (done != 1)} kept, {running} running "
+        f"run{'s' * (running != 1)} put back to pending; rerun the same command to finish them (lab folder {out})"
     )
 
 

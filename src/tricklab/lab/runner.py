@@ -26,7 +26,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from tricklab.errors import TrickLabError
 from tricklab.lab.costs import longest_first
+
+
+class PoolLost(TrickLabError):
+    """The executor itself died under the lab (Ray's raylet on this machine killed, say), not one of its runs: no
+    run can go on. The lab puts its running runs back to pending and says so; rerunning the command redoes them."""
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 from collections.abc import Iterator
@@ -93,16 +94,51 @@ def init_from_env() -> bool:
 _left_group = False  # this process joined torchrun's group and left it: end it with leave_process()
 
 
+class PeerLost(TrickLabError):
+    """Another process of this run died, or its connection dropped, while this one waited on it in a collective (an
+    all-reduce of gradients, of the loss, of the stop flag): the run cannot go on on this rank either."""
+
+
+#: What gloo says when the process at the other end of a connection is gone (its transport's errors).
+_GLOO_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "Timed out waiting")
+
+
+def peer_lost(error: BaseException) -> PeerLost | None:
+    """The one-line :class:`PeerLost` for ``error`` if it is a collective that failed because a peer went away
+    (gloo's transport errors, torch's ``DistError``), else None."""
+    if not isinstance(error, RuntimeError):
+        return None
+    text = str(error).strip()
+    if not (isinstance(error, getattr(dist, "DistError", ())) or any(s in text for s in _GLOO_LOST)):
+        return None
+    what = re.sub(r"^\[[^\]]*\] ", "", text.splitlines()[0] if text else type(error).__name__)  # gloo's [file:line]
+    what = what.split(". ")[0].rstrip(".")
+    n, r = world(), rank()
+    who = f"rank {1 - r}" if n == 2 else "another rank"
+    return PeerLost(
+        f"rank {r} of {n}: lost {who} of this run mid-training ({what}); this rank stops too. The lost rank's own "
+        "output, or torchrun's summary, says why it died; with --max-restarts torchrun restarts the job from its "
+        "last checkpoint"
+    )
+
+
 @contextmanager
 def session() -> Iterator[None]:
     """Join torchrun's process group for the life of a command, and leave it at the end (``destroy_process_group``).
 
-    A process that joined one here should end through :func:`leave_process` (the command line's entry does).
+    A collective that fails because another rank died becomes a one-line :class:`PeerLost` (gloo's own error is a
+    long C++ and Python traceback). A process that joined a group here should end through :func:`leave_process`
+    (the command line's entry does).
     """
     global _left_group
     joined = init_from_env()
     try:
         yield
+    except RuntimeError as e:
+        lost = peer_lost(e) if joined else None
+        if lost is None:
+            raise
+        raise lost from None
     finally:
         if joined and dist.is_initialized():
             dist.destroy_process_group()
