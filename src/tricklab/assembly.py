@@ -54,7 +54,8 @@ def load_data(cfg: Config) -> Splits:
 
 def build_model(cfg: Config, splits: Splits, seed: int) -> tuple[torch.nn.Module, torch.Generator]:
     """Seed everything with ``seed``, build the model, check it and initialize it; return it and the data-order
-    generator. A model that is not an ``nn.Module`` or whose output is not ``(batch, num_classes)`` logits is a
+    generator. A model that is not an ``nn.Module``, has no trainable parameter or whose output is not
+    ``(batch, num_classes)`` logits is a
     :class:`ConfigError` naming ``model.name``; one whose training cannot fit in memory is refused before it is
     built (:func:`tricklab.memory.check_training_memory`)."""
     info = splits.info
@@ -74,6 +75,8 @@ def build_model(cfg: Config, splits: Splits, seed: int) -> tuple[torch.nn.Module
         ) from None
     if not isinstance(model, torch.nn.Module):
         raise ConfigError("model.name", name, f"returned a {type(model).__name__}, not a torch.nn.Module")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ConfigError("model.name", name, "built a model with no trainable parameter: there is nothing to train")
     check_output(model, splits.train.x[:CHECK_BATCH], info.num_classes, name)
     initialize(cfg, model, splits)
     return model, generator
