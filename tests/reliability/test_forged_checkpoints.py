@@ -76,6 +76,10 @@ def optimizer_moment(meta, tensors):
     tensors[name] = torch.zeros(3, 3)
 
 
+def optimizer_lr(meta, tensors):
+    meta["optimizer"]["param_groups"][0]["lr"] = "fast"
+
+
 def mid_epoch_without_totals(meta, tensors):
     meta["position"].update(epoch=2, batches_done=1, step=meta["position"]["step"] - 1)
     meta["fit"]["history"] = meta["fit"]["history"][:1]
@@ -95,6 +99,7 @@ FORGED = {
     "model_shape": (model_tensor(lambda t: torch.zeros(3, 5)), "model: the weights of a different model (shape: "),
     "model_dtype": (model_tensor(lambda t: t.double()), "float64 != float32)"),
     "optimizer_shape": (optimizer_moment, "optimizer.state.0.exp_avg has shape (3, 3), its parameter"),
+    "optimizer_lr": (optimizer_lr, "optimizer.param_groups.0.lr = 'fast', where this optimizer has 0.001"),
     "mid_epoch_no_totals": (mid_epoch_without_totals, "fit.totals = None"),
     "best_epoch": (best_epoch, "checkpointer.best_epoch = 40, but 2 epochs finished"),
 }
@@ -167,8 +172,13 @@ def test_nothing_is_loaded_from_a_checkpoint_that_does_not_fit(trained):
     [
         (["averaging.ema=0.9"], "average", "average: the weights of a different model (shape: "),
         (["early_stopping.enabled=true"], "best_weights", "best_weights: the weights of a different model"),
+        (
+            ["averaging.swa_start=1"],
+            "averaged",
+            "averaged: the weights of a different model (shape: n_averaged (2, 2) != ()",
+        ),
     ],
-    ids=["ema", "early_stopping"],
+    ids=["ema", "early_stopping", "swa"],
 )
 def test_a_callbacks_copy_of_the_weights_is_checked_too(extra, key, says, tmp_path, capsys, monkeypatch):
     run(load_config(overrides=BASE + extra), tmp_path / "run")

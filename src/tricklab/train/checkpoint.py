@@ -462,6 +462,24 @@ def _listed(keys: Sequence[str], limit: int = 8) -> str:
     return ", ".join(keys[:limit]) + more
 
 
+def _same_kind(own: Any, saved: Any) -> bool:
+    """Whether ``saved`` can stand where an optimizer holds ``own``: a finite number for a number, a flag (or
+    None) for a flag or None, a sequence of as many for a sequence, a string for a string."""
+    if own is None or isinstance(own, bool):
+        return saved is None or isinstance(saved, bool)
+    if isinstance(own, int | float):
+        return isinstance(saved, int | float) and not isinstance(saved, bool) and math.isfinite(saved)
+    if isinstance(own, tuple | list):
+        return (
+            isinstance(saved, tuple | list)
+            and len(saved) == len(own)
+            and all(_same_kind(a, b) for a, b in zip(own, saved, strict=True))
+        )
+    if isinstance(own, str):
+        return isinstance(saved, str)
+    return True  # a tensor hyper-parameter (a capturable LR): torch checks it
+
+
 def check_weights(model: nn.Module, weights: dict[str, torch.Tensor], what: str) -> None:
     """Refuse ``weights`` of a different model (keys, shapes, dtypes listed); ``model`` is left untouched."""
     mismatch = weights_mismatch(model.state_dict(), weights)
@@ -472,14 +490,24 @@ def check_weights(model: nn.Module, weights: dict[str, torch.Tensor], what: str)
 def optimizer_mismatch(optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> str | None:
     """How a saved ``optimizer.state_dict()`` does not fit ``optimizer``, or None.
 
-    Its parameter groups must hold as many parameters each; its per-parameter state must belong to those
-    parameters, and every tensor in it be a number (a step count) or a floating tensor of its parameter's shape:
-    what every optimizer of tricklab keeps (SGD's momentum, Adagrad's sums, RMSprop's and Adam's moments).
+    Its parameter groups must hold as many parameters each, and every hyper-parameter of this optimizer's groups
+    with a value of the same kind (a finite number for a number, a flag for a flag, a pair for betas); its
+    per-parameter state must belong to those parameters, and every tensor in it be a number (a step count) or a
+    floating tensor of its parameter's shape: what every optimizer of tricklab keeps (SGD's momentum, Adagrad's
+    sums, RMSprop's and Adam's moments).
     """
     own_groups, saved_groups = optimizer.param_groups, saved["param_groups"]
     own_sizes, saved_sizes = [len(g["params"]) for g in own_groups], [len(g["params"]) for g in saved_groups]
     if own_sizes != saved_sizes:
         return f"optimizer.param_groups hold {saved_sizes} parameters, this run's optimizer {own_sizes}"
+    for k, (own, group) in enumerate(zip(own_groups, saved_groups, strict=True)):
+        for key, value in own.items():
+            if key == "params":
+                continue
+            if key not in group:
+                return f"optimizer.param_groups.{k}.{key} is missing"
+            if not _same_kind(value, group[key]):
+                return f"optimizer.param_groups.{k}.{key} = {echo(group[key])}, where this optimizer has {echo(value)}"
     ids = [i for g in saved_groups for i in g["params"]]
     if len(set(ids)) != len(ids):
         return "optimizer.param_groups name a parameter twice"
