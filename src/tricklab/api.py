@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tricklab.config import Config, load_config, validate
-from tricklab.errors import TrickLabError
+from tricklab.errors import TrickLabError, wrong_type
 
 ConfigLike = Config | Mapping[str, Any] | str | Path | None
 
@@ -81,6 +82,8 @@ def run(
     """
     from tricklab.train.run import run as run_config
 
+    if out is not None and not isinstance(out, str | os.PathLike):
+        raise wrong_type("out", out, "a run directory's path (str or os.PathLike) or None")
     cfg = as_config(config, overrides)
     cbs = list(callbacks)
     if progress:

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from tricklab import plugins
 from tricklab.data import DATASETS
-from tricklab.errors import ConfigError, TrickLabError, echo
+from tricklab.errors import ConfigError, TrickLabError, echo, wrong_type
 from tricklab.models import BUILTIN_MODULE, MODEL_SHAPE, MODELS
 from tricklab.plugins import CALLBACKS
 from tricklab.registry import Registry
@@ -717,6 +717,8 @@ def read_yaml(path: str | Path) -> dict:
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | list[str] = ()) -> Config:
     """The resolved config: defaults ← YAML file ← ``--set`` overrides, validated once at the end."""
+    if path is not None and not isinstance(path, str | os.PathLike):
+        raise wrong_type("path", path, "a YAML file's path (str or os.PathLike) or None")
     data = read_yaml(path) if path else {}
     for key, value in _pairs(overrides or []):
         _set_path(data, key, value)

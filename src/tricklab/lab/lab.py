@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tricklab.config import Config, load_config
-from tricklab.errors import TrickLabError
+from tricklab.errors import TrickLabError, echo
 from tricklab.lab.costs import run_bytes
 from tricklab.lab.ray_executor import (  # imports Ray on use only
     DEFAULT_RETRIES,
@@ -124,7 +124,8 @@ def plan(studies: list[Study], opts: LabOptions, threads: int = 1) -> list[Plann
     """Resolve and validate every run's config before anything runs (a bad study fails here, exit 2).
 
     A study's base or variant that sets ``data.name`` to another dataset than the lab's is refused: its runs
-    would train on one dataset while the table and the database say another.
+    would train on one dataset while the table and the database say another. So are variants that read other data
+    (:func:`check_same_data`).
     """
     out = []
     for study in studies:
@@ -133,8 +134,34 @@ def plan(studies: list[Study], opts: LabOptions, threads: int = 1) -> list[Plann
         for v in study.variants:
             for seed in range(opts.seeds):
                 p.configs[(study.name, v.name, seed, dataset)] = run_config(study, v.name, dataset, opts, seed, threads)
+        check_same_data(study.name, {key[1]: cfg for key, cfg in p.configs.items()})
         out.append(p)
     return out
+
+
+#: The keys of the data section that say which examples and classes a run reads. Variants of a study must agree on
+#: them: their test accuracies are compared as if measured on one test set. The other keys (scale, batch_size,
+#: subset, val_fraction) are how the same data is fed, which a study may vary (the scaling and batch-size studies do).
+DATA_IDENTITY = ("name", "path", "kwargs", "dir")
+
+
+def check_same_data(study: str, configs: dict[str, Config]) -> None:
+    """Refuse a study whose variants (``configs``: variant → config) read different data, naming the first two that
+    differ and the keys (:data:`DATA_IDENTITY`): their results would be compared as if on one dataset."""
+    first: tuple[str, dict[str, Any]] | None = None
+    for variant, cfg in configs.items():
+        data = {k: getattr(cfg.data, k) for k in DATA_IDENTITY}
+        if first is None:
+            first = (variant, data)
+            continue
+        keys = [k for k in DATA_IDENTITY if data[k] != first[1][k]]
+        if keys:
+            differ = ", ".join(f"data.{k} = {echo(first[1][k])} vs {echo(data[k])}" for k in keys)
+            raise TrickLabError(
+                f"study {study!r}: variants {first[0]!r} and {variant!r} read different data ({differ}); the variants "
+                f"of a study are compared on one test set, so they must agree on data.{', data.'.join(DATA_IDENTITY)} "
+                "(make a study per dataset)"
+            )
 
 
 def run_config(study: Study, variant: str, dataset: str, opts: LabOptions, seed: int, threads: int) -> Config:

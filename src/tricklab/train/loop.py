@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tricklab.data.base import TensorBatches, TensorData
-from tricklab.errors import ConfigError, TrickLabError
+from tricklab.errors import ConfigError, TrickLabError, wrong_type
 from tricklab.events import Callback, EpochTotals, FitState, gradient_norms
 from tricklab.metrics import EPOCH, EPOCH_TIME, LR, TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS
 from tricklab.train.precision import Precision, as_precision
@@ -33,13 +34,19 @@ def as_batches(
     generator: torch.Generator | None = None,
     merge_single: bool = False,
     pin_memory: bool = False,
+    name: str = "data",
 ) -> Batches:
-    """Accept a TensorData, an ``(x, y)`` pair of tensors, or any re-iterable of batches (e.g. a DataLoader)."""
+    """Accept a TensorData, an ``(x, y)`` pair of tensors, or any re-iterable of batches (e.g. a DataLoader);
+    anything else is refused in one line naming the argument ``name``."""
     if isinstance(data, TensorData):
         data = (data.x, data.y)
     if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
         kw = {"shuffle": shuffle, "generator": generator, "merge_single": merge_single, "pin_memory": pin_memory}
         return TensorBatches(data[0], data[1], batch_size, **kw)
+    if not isinstance(data, Iterable) or isinstance(data, str | bytes | torch.Tensor):
+        raise wrong_type(
+            name, data, "a TensorData, an (x, y) pair of tensors or an iterable of (x, y) batches such as a DataLoader"
+        )
     return data
 
 
@@ -67,15 +74,22 @@ def evaluate(
     precision: str | Precision = "fp32",
 ):
     """Mean loss and accuracy of ``model`` on ``data`` (eval mode; the previous mode is restored), under the
-    autocast of ``precision`` (``train.precision``)."""
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    autocast of ``precision`` (``train.precision``). ``data``: as :func:`fit` takes it; a model that is not a
+    module or data of another kind is refused in one line."""
+    if not isinstance(model, nn.Module):
+        raise wrong_type("model", model, "a torch.nn.Module")
+    batches = as_batches(data, batch_size, shuffle=False)
+    if device is None:
+        first = next(itertools.chain(model.parameters(), model.buffers()), None)  # a model may hold neither
+        device = first.device if first is not None else "cpu"
+    device = torch.device(device)
     autocast = as_precision(precision, device).autocast
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
     n = 0
-    for x, y in as_batches(data, batch_size, shuffle=False):
+    for x, y in batches:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast():
             out = model(x)
@@ -399,8 +413,10 @@ def fit(
     optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=1e-3)
     # a final batch of one example joins the one before: batch norm cannot train on a lone example
     train_batches = as_batches(
-        train, batch_size, shuffle=True, generator=generator, merge_single=True, pin_memory=pin_memory
+        train, batch_size, shuffle=True, generator=generator, merge_single=True, pin_memory=pin_memory, name="train"
     )
+    if val is not None:
+        as_batches(val, batch_size, shuffle=False, name="val")  # refused now, not after the first epoch
     net = model
     if ddp is not None:  # DDP: this rank's shard of every global batch; forward through the DDP wrapper
         train_batches, net = ddp.shard(train_batches), ddp.wrap(model)
