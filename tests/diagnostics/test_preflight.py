@@ -221,12 +221,14 @@ def test_a_loader_s_first_batch_is_used_and_bad_arguments_are_one_line_errors(ba
 
 def test_initial_loss_fails_only_beyond_its_tolerance_and_names_the_cause():
     ln10 = math.log(10)
-    tol = max(1.0, ln10 / 2)
-    assert judge_initial_loss(ln10 + tol - 0.01, 10, (0, 9)).status == PASS
-    assert judge_initial_loss(ln10 + tol + 0.01, 10, (0, 9)).status == FAIL
+    assert judge_initial_loss(ln10 + 0.9, 10, (0, 9)).text == f"loss at init {ln10 + 0.9:.3g}, ln C = ln 10 = 2.3"
+    high = judge_initial_loss(ln10 + 3.99, 10, (0, 9), logit_std=2.9)
+    assert high.status == PASS and "a little high (logits of std 2.9)" in high.text
+    assert judge_initial_loss(ln10 + 4.01, 10, (0, 9)).status == FAIL
+    assert judge_initial_loss(math.log(1000) * 2 - 0.01, 1000, (0, 999)).status == PASS  # ln C nats above
     big = judge_initial_loss(40.0, 10, (0, 9), logit_std=30.0, input_std=80.0, last_layer="fc3")
     assert "`fc3` is scaled too large" in big.text and "inputs (std 80) are not standardized" in big.text
-    small_logits = judge_initial_loss(6.0, 10, (0, 9), logit_std=0.5)
+    small_logits = judge_initial_loss(7.0, 10, (0, 9), logit_std=0.5)
     assert small_logits.status == FAIL and "not the logits the loss expects" in small_logits.text
     low = judge_initial_loss(0.05, 10, (0, 9))
     assert low.status == PASS and "below chance" in low.text

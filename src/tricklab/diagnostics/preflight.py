@@ -54,10 +54,15 @@ from tricklab.errors import TrickLabError
 CHECKS = ("initial_loss", "gradient_reach", "batch_independence", "outputs_are_logits", "overfit_one_batch")
 PASS, FAIL, SKIP = "pass", "fail", "skip"
 
-#: The initial loss fails when it exceeds ln C by more than this many nats, or by half of ln C if that is more:
-#: logits of standard deviation s at init add about s²/2 to ln C, so 1 nat allows s up to about 1.4, which
-#: default PyTorch inits on standardized inputs stay well below.
-INITIAL_LOSS_TOLERANCE = 1.0
+#: The initial loss fails when it exceeds ln C by more than this many nats, or by ln C if that is more. Logits
+#: of std s at init add to ln C about 1.5 nats at s = 2 and 4.2 at s = 4 (10 classes, Gaussian logits), and
+#: He-initialized last layers give s of 1 to 3: tricklab's own models at their default settings (mlp, cnn,
+#: resnet, inception, with and without batch norm, on mnist, mnist1d and synthetic, 3 seeds) start 0.05 to 3.1
+#: nats above ln C and train well, so only a grossly scaled output (a last layer ×10, raw 0–255 inputs) fails.
+INITIAL_LOSS_FAIL = 4.0
+#: Between this many nats above ln C and the failure, the check passes with a note (Karpathy's "init well":
+#: a smaller last layer skips the first steps spent shrinking the logits); as far below, with a note too.
+INITIAL_LOSS_NOTE = 1.0
 #: Logits whose standard deviation at init exceeds this are named as the reason for a high initial loss.
 LARGE_LOGIT_STD = 2.0
 #: Inputs whose standard deviation exceeds this are named as unscaled (standardized inputs have std 1).
@@ -236,10 +241,11 @@ def judge_initial_loss(
 ) -> CheckResult:
     """The loss at init against ln C (C = ``num_outputs``, the output's width along dim 1). Fails, naming the
     likely cause: labels outside 0…C−1 (``loss`` is then None: cross-entropy cannot be computed), a
-    ``num_classes`` other than the model's outputs, or a loss more than ``max(1, ln C / 2)`` nats above ln C —
-    logits too large (``logit_std``: the last layer ``last_layer`` scaled too large or inputs of std
-    ``input_std`` not standardized) or outputs that are not the logits the loss expects. A loss well below
-    ln C passes with a note (a trained model, or labels that can be read off the inputs)."""
+    ``num_classes`` other than the model's outputs, or a loss more than ``max(4, ln C)`` nats above ln C
+    (:data:`INITIAL_LOSS_FAIL`) — logits too large (``logit_std``: the last layer ``last_layer`` scaled too large
+    or inputs of std ``input_std`` not standardized) or outputs that are not the logits the loss expects. A loss
+    more than 1 nat above or below ln C passes with a note (logits a little large; a trained model, or labels
+    that can be read off the inputs)."""
     name = "initial_loss"
     lo, hi = label_range
     figures: dict[str, Any] = {"num_outputs": num_outputs, "label_min": lo, "label_max": hi}
@@ -272,7 +278,7 @@ def judge_initial_loss(
             "NaN/Inf in the inputs",
             figures,
         )
-    tolerance = max(INITIAL_LOSS_TOLERANCE, expected / 2)
+    tolerance = max(INITIAL_LOSS_FAIL, expected)
     if loss < 0:
         return CheckResult(
             name,
@@ -302,7 +308,15 @@ def judge_initial_loss(
             "or sigmoid on the last layer) and pass them to `F.cross_entropy`",
             figures,
         )
-    if loss < expected - tolerance:
+    if loss > expected + INITIAL_LOSS_NOTE:
+        return CheckResult(
+            name,
+            PASS,
+            f"{where}: a little high (logits of std {_fmt(logit_std)}); a smaller last layer (zero init) starts at "
+            "ln C and saves the first steps spent shrinking the logits",
+            figures,
+        )
+    if loss < expected - INITIAL_LOSS_NOTE:
         return CheckResult(
             name,
             PASS,
@@ -397,7 +411,7 @@ def judge_gradient_reach(
         parts.append(
             f"no gradient reaches {_names(cut)}: the graph is cut after {first} (the first "
             "layer behind the cut) — a `.detach()`, `.data`, `torch.no_grad()` or a cast to int between it and the "
-            "next layer; remove it so that the gradient flows back"
+            "next layer, or an output of it that never reaches the loss; remove it so that the gradient flows back"
         )
     if unused:
         modules = sorted({_owner(n) for n in unused})
