@@ -214,6 +214,10 @@ def test_a_loader_s_first_batch_is_used_and_bad_arguments_are_one_line_errors(ba
         preflight(make(), batch, steps=0)
     with pytest.raises(tricklab.TrickLabError, match="loss_fn: returned"):
         preflight(make(), batch, lambda out, y: F.cross_entropy(out, y, reduction="none"))
+    with pytest.raises(tricklab.TrickLabError, match=r"loss_fn: raised ValueError on outputs \(16, 4\)"):
+        preflight(make(), batch, lambda out, y: F.cross_entropy(out, y[:3]))
+    with pytest.raises(tricklab.TrickLabError, match=r"model: forward raised RuntimeError on inputs \(16, 5\)"):
+        preflight(make(), (batch[0][:, :5], batch[1]))
 
 
 # -- the pure cores, on both sides of their thresholds --------------------------------------------------------

@@ -194,7 +194,13 @@ def _copy(model: nn.Module) -> nn.Module:
 
 
 def _scalar_loss(loss_fn: LossFn, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    loss = loss_fn(out, y)
+    try:
+        loss = loss_fn(out, y)
+    except Exception as e:
+        raise TrickLabError(
+            f"loss_fn: raised {type(e).__name__} on outputs {tuple(out.shape)} and labels {tuple(y.shape)} "
+            f"{str(y.dtype).removeprefix('torch.')}: {e}"
+        ) from None
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
         got = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
         raise TrickLabError(f"loss_fn: returned {got}; expected a scalar loss tensor (reduction='mean' or 'sum')")
@@ -798,17 +804,24 @@ def preflight(
         torch.manual_seed(seed)
         work = _copy(model)
         work.train()
-        order, out = _forward_order(work, lambda: work(x))
+        try:
+            with torch.no_grad():
+                order, out = _forward_order(work, lambda: work(x))
+        except Exception as e:
+            raise TrickLabError(
+                f"model: forward raised {type(e).__name__} on inputs {tuple(x.shape)} "
+                f"{str(x.dtype).removeprefix('torch.')}: {e}"
+            ) from None
         if not isinstance(out, torch.Tensor):
             raise TrickLabError(f"model: forward returned a {type(out).__name__}; preflight needs a tensor output")
         classes = is_classification(out, y)
         labels_ok = not classes or (int(y.min()) >= 0 and int(y.max()) < out.shape[1])
         checks = [check_initial_loss(out, y, loss_fn, x=x, num_classes=num_classes, last_layer=(order or [None])[-1])]
         if labels_ok:
-            checks.append(check_gradient_reach(_copy(model).train(), x, y, loss_fn))
+            checks.append(check_gradient_reach(work, x, y, loss_fn))
         else:
             checks.append(_needs_loss("gradient_reach"))
-        checks.append(check_batch_independence(_copy(model), x))
+        checks.append(check_batch_independence(work, x))
         checks.append(check_outputs(out, y, loss_fn))
         if labels_ok:
             checks.append(check_overfit(model, x, y, loss_fn, steps=steps, lrs=lrs, target=overfit_target))
