@@ -4,6 +4,7 @@ left as it was; ``tricklab doctor --preflight`` prints one line per check and ex
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 import torch
@@ -309,7 +310,9 @@ def test_doctor_preflight_prints_one_line_per_check_writes_nothing_and_exits_0(t
     from tricklab.cli.main import main
 
     monkeypatch.chdir(tmp_path)
+    started = time.process_time()
     assert main(["doctor", "--preflight", *SMALL]) == 0
+    assert time.process_time() - started < 20  # seconds of CPU (one thread), not a training run
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "tricklab preflight: 5 of 5 checks passed"
     assert [line.split()[:2] for line in lines[1:]] == [["PASS", f"{name}:"] for name in CHECKS]
