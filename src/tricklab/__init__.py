@@ -39,6 +39,8 @@ _EXPORTS = {
     "RunResult": "tricklab.train.run",
     "DoctorResult": "tricklab.diagnostics.doctor",
     "Doctor": "tricklab.diagnostics.anywhere",
+    "preflight": "tricklab.diagnostics.preflight",
+    "PreflightResult": "tricklab.diagnostics.preflight",
     "Config": "tricklab.config",
     "load_config": "tricklab.config",
     "assemble": "tricklab.assembly",
