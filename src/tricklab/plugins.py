@@ -51,8 +51,6 @@ CALLBACKS: Registry = Registry("callback")
 
 #: Entry-point group of each registry family that accepts plugins.
 ENTRY_POINT_GROUPS = {"models": "tricklab.models", "datasets": "tricklab.datasets", "callbacks": "tricklab.callbacks"}
-
-
 #: Environment variable naming the modules (comma-separated) whose import paths a file may name.
 ALLOW_ENV = "TRICKLAB_ALLOW_MODULES"
 #: What each family's objects declare themselves with, for messages.
