@@ -363,6 +363,10 @@ def test_the_lab_refuses_a_database_that_is_a_link(lab, tmp_path):
         Store(lab / DB_NAME)
     with Store(lab / DB_NAME, readonly=True) as store:  # reading through a link to a regular file is fine
         assert len(store.rows()) == 4
+    os.mkfifo(tmp_path / "fifo.sqlite")
+    for readonly in (False, True):  # opening a FIFO would hang: refused from its file type alone
+        with pytest.raises(StoreError, match="fifo.sqlite: is a FIFO"):
+            Store(tmp_path / "fifo.sqlite", readonly=readonly)
 
 
 # --- a read-only published lab is rendered elsewhere ----------------------------------------------------------------

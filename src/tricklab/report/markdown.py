@@ -338,7 +338,8 @@ def _outcome(v, label: str) -> str:
     return md(label)
 
 
-_MD_SPECIAL = re.compile(r"([\\`*_~$])")
+# formatting characters; an underscore inside a word (``he_normal``) never is one in GitHub's Markdown: left as is
+_MD_SPECIAL = re.compile(r"([\\`*~$]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9]))")
 _HTML_START = re.compile(r"<(?=[A-Za-z/!?])")  # what GitHub would read as an HTML tag, comment or declaration
 _ENTITY = re.compile(r"&(?=#?[A-Za-z0-9]+;)")  # what it would read as a character reference
 
