@@ -9,10 +9,14 @@ driver's ``TRICKLAB_DATA`` is passed to the workers of a Ray instance on this ma
 
 Faults: a worker process or node lost mid-run is retried by Ray (``max_retries`` times, then the run is reported
 failed); a run that raises is reported failed at once, never retried (``retry_exceptions=False``, and the task
-catches its run's exception and returns it). The pool submits at most as many tasks as the cluster has room for
-(its CPUs ÷ the runs' threads, or ``max_in_flight``) and reports ``start`` on submission, so a started run is one the
-cluster can schedule now and the progress line's "running" means running; the rest wait in the driver, where
-``refill`` (``--seeds auto``) can still add to them.
+catches its run's exception and returns it). Ray itself lost (the raylet on this machine died, or the GCS refuses
+connections for :data:`GCS_LOST_S`) ends :meth:`RayPool.run` with :class:`~tricklab.lab.runner.PoolLost` before
+Ray's own driver code would end this process with exit code 1 and no word.
+
+The pool submits at most as many tasks as the cluster has room for (its CPUs ÷ the runs' threads, or
+``max_in_flight``) and reports ``start`` on submission, so a started run is one the cluster can schedule now and the
+progress line's "running" means running; the rest wait in the driver, where ``refill`` (``--seeds auto``) can still
+add to them.
 
 Ray is imported here only, on first use; it comes with ``pip install 'tricklab[ray]'``.
 """
