@@ -14,10 +14,12 @@ import copy
 import sys
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from tricklab.events import Callback, EpochTotals, FitState
 from tricklab.train.loop import NonFiniteError, fit
+from tricklab.train.precision import Precision
 
 KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr")
 
@@ -87,6 +89,18 @@ class Log(Callback):
         self.events.append("f")
 
 
+def _scaled(init_scale: float) -> Precision:
+    """fp16's gradient scaler, on the CPU: fp16 autocast needs CUDA, so the scaler stands alone here, but the way
+    through the step (scaled backward, unscale, the loss-only guard, the scaler's step) is fp16's."""
+    precision = Precision("fp32", "cpu")
+    precision.scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)
+    return precision
+
+
+def _quadrupled(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return 4 * F.cross_entropy(out, y)
+
+
 def _rows(state: FitState) -> list[str]:
     """Each history row's numbers (:data:`KEYS`), exactly: ``float.hex``, space-separated."""
     return [" ".join(float(r[k]).hex() for k in KEYS if k in r) for r in state.history]
@@ -154,7 +168,8 @@ def _resumed() -> dict:
 
 def scenarios() -> dict[str, dict]:
     """Each way through the step: the synchronous guard (clean, skip, stop), the deferred on-device one (fused
-    Adam's ``found_inf``: skip, stop), bf16 autocast, a callback's ``skip_step``, gradient norms handed to the
+    Adam's ``found_inf``: skip, stop), fp16's gradient scaler (its own skipped steps; a NaN loss skipped or
+    stopped), bf16 autocast, a callback's ``skip_step``, gradient norms handed to the
     callbacks, a final batch of one merged into the one before, and a mid-epoch resume."""
     x, y = _data(97, 1)  # 6 batches of 16 and a lone example merged into the sixth
     val = _data(40, 2)
@@ -171,6 +186,12 @@ def scenarios() -> dict[str, dict]:
         ),
         "deferred_stop": _run("fused_adam", Poisoned(*poisoned, k=3, epochs=(2,)), deferred_check=True),
         "bf16": _run("sgd", (x.float(), y), val=(val[0].float(), val[1]), precision="bf16", epochs=2, dtype="float"),
+        "scaler_overflow": _run(  # the first 2 scaled losses overflow: the scaler skips them, halving its scale
+            "sgd", (x.float(), y), val=(val[0].float(), val[1]), precision=_scaled(2.0**127), dtype="float",
+            loss_fn=_quadrupled,
+        ),  # fmt: skip
+        "scaler_skip": _run("sgd", Poisoned(*poisoned, k=2, epochs=(1, 2)), nonfinite="skip", precision=_scaled(256)),
+        "scaler_stop": _run("sgd", Poisoned(*poisoned, k=2, epochs=(2,)), precision=_scaled(256)),
         "resumed": _resumed(),
     }
 
@@ -300,6 +321,41 @@ PINNED: dict[str, dict] = {
             "0x1.6b79f80000000p-2", "0x1.01955a0000000p-1", "0x1.dab6ae0000000p-2", "0x1.90381e0000000p-2",
             "0x1.3187260000000p-2", "0x1.7173d00000000p-2",
         ],
+    },
+    "scaler_overflow": {
+        "history": [
+
+            "0x1.230687db0d322p+2 0x1.4741fab8be054p-2 0x1.1ccadc0000000p+2 0x1.6666666666666p-2 0x1.999999999999ap-4",
+            "0x1.2c34fc2f8151dp+2 0x1.9bb61a6449e5ap-2 0x1.2117ac0000000p+2 0x1.0000000000000p-2 0x1.999999999999ap-4",
+            "0x1.1da485376c34dp+2 0x1.7c0a8e83f5718p-2 0x1.09d1d60000000p+2 0x1.0cccccccccccdp-1 0x1.999999999999ap-4",
+        ],
+        "steps": 18,
+        "skipped": 0,
+        "weights": "0x1.6100589800000p-2",
+        "events": "FEbsbsbsbsbsbseEbsbsbsbsbsbseEbsbsbsbsbsbsef",
+        "norms": [],
+    },
+    "scaler_skip": {
+        "history": [
+            "0x1.2b6b0e6105924p+0 0x1.4cccccccccccdp-2 0x1.999999999999ap-4",
+            "0x1.17f84ce483003p+0 0x1.8cccccccccccdp-2 0x1.999999999999ap-4",
+            "0x1.15d3c2e3ee72cp+0 0x1.a000000000000p-2 0x1.999999999999ap-4",
+        ],
+        "steps": 16,
+        "skipped": 2,
+        "weights": "-0x1.10628b7392850p+1",
+        "events": "FEbsbsbsbsbseEbsbsbsbsbseEbsbsbsbsbsbsef",
+        "norms": [],
+    },
+    "scaler_stop": {
+        "error": (
+            "non-finite values at epoch 2, step 9, batch 3: loss is nan; input batch has 1 non-finite "
+            "values; first non-finite gradient in '0.weight'; stopped before the update "
+            "(train.nonfinite=stop; allowed: stop, skip)"
+        ),
+        "weights": "-0x1.7957286e229e9p+0",
+        "events": "FEbsbsbsbsbsbseEbsbs",
+        "norms": [],
     },
     "resumed": {
         "history": [
