@@ -16,13 +16,14 @@ How the processes (ranks) share one run, so that N processes train the model one
   Training"). A global batch of ``n`` not divisible by ``N`` loses its last ``n mod N`` examples for that step
   (with ``data.batch_size`` divisible by ``N`` only an epoch's last batch can); a batch smaller than ``N`` is
   skipped;
-* the train loss and accuracy of each step are summed over ranks (:meth:`DDP.reduce_totals`): the history shows the
+* the train loss and accuracy of each step are summed over ranks (:meth:`DDP.reduce`): the history shows the
   global batch's numbers, the ones one process would show;
 * every rank evaluates the whole validation and test sets itself, on identical weights and (after
   :meth:`DDP.epoch_end` broadcasts rank 0's batch-norm statistics) identical buffers, so every rank gets the same
   metrics and early stopping decides the same everywhere; the stop flag is still all-reduced to be sure;
-* the NaN/Inf guard all-reduces its "finite" flag before deciding (:class:`DistributedGuard`): when one rank sees
-  a NaN, every rank stops with :class:`~tricklab.train.loop.NonFiniteError` (or skips the batch), none hangs;
+* the NaN/Inf guard's verdicts are all-reduced before it decides (:meth:`DDP.any_nonfinite`, :meth:`DDP.any_rank`,
+  :meth:`DDP.name_ranks`): when one rank sees a NaN, every rank stops with
+  :class:`~tricklab.train.guards.NonFiniteError` (or skips the batch), none hangs;
 * only rank 0 writes: history, checkpoints (atomically), metrics, final weights, and only it prints; the others
   read the checkpoint rank 0 chose when resuming.
 
@@ -56,7 +57,7 @@ from torch import nn
 from tricklab.data.download import atomic_write
 from tricklab.errors import ConfigError, TrickLabError
 from tricklab.events import FitState
-from tricklab.train.loop import NonFiniteGuard
+from tricklab.train.strategy import Batches, StepTotals
 
 
 def launched() -> bool:
@@ -270,58 +271,32 @@ class ShardedBatches:
                 yield x[rows], y[rows]
 
 
-class DistributedGuard(NonFiniteGuard):
-    """:class:`NonFiniteGuard` whose verdicts are the same on every rank: the fused check is all-reduced (MAX of
-    "non-finite"; on CUDA the reduction stays on the device, so the deferred mode keeps its no-host-sync step),
-    and so are the loss check (fp16) and the question "is anything really non-finite". A NaN seen on one rank
-    stops (or skips the batch on) every rank, and the error names the ranks that saw it."""
-
-    def _total(self, loss: torch.Tensor) -> torch.Tensor:
-        total = super()._total(loss)
-        bad = (~torch.isfinite(total)).float()
-        dist.all_reduce(bad, op=dist.ReduceOp.MAX)
-        return torch.where(bad > 0, torch.full_like(total, float("nan")), total)
-
-    def loss_finite(self, loss: torch.Tensor) -> bool:
-        return not any_rank(not super().loss_finite(loss), loss.device)
-
-    def mark(self, loss: torch.Tensor, step: int, examples: int) -> torch.Tensor:
-        return super().mark(loss, step, examples * world())  # the global batch's examples (equal shards)
-
-    def culprit(self, loss: torch.Tensor, x: torch.Tensor) -> str | None:
-        own = super().culprit(loss, x)
-        seen = torch.zeros(world(), device=loss.device)
-        seen[rank()] = 1.0 if own is not None else 0.0
-        dist.all_reduce(seen)
-        ranks = [r for r, s in enumerate(seen.tolist()) if s > 0]
-        if not ranks:
-            return None
-        where = f"non-finite on rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))} of {world()}"
-        return f"rank {rank()}: {own}; {where}" if own is not None else f"rank {rank()}: {where}"
-
-
 class DDP:
-    """What :func:`~tricklab.train.loop.fit` does differently on one rank of several (its ``ddp`` argument)."""
-
-    guard = DistributedGuard
+    """The :class:`~tricklab.train.strategy.Strategy` of one rank of several: what
+    :func:`~tricklab.train.loop.fit` does differently here (its ``ddp`` argument)."""
 
     def __init__(self, device: torch.device):
         self.device = torch.device(device)
         self.world, self.rank = world(), rank()
+
+    def prepare(self, model: nn.Module, batches: Batches) -> tuple[nn.Module, ShardedBatches]:
+        """This rank's shard of every global batch, and the model wrapped to run the forward pass through."""
+        return self.wrap(model), self.shard(batches)
 
     def wrap(self, model: nn.Module) -> nn.Module:
         """The model wrapped in ``DistributedDataParallel`` (forward through it: backward averages gradients)."""
         ids = [self.device.index if self.device.index is not None else local_rank()]
         return nn.parallel.DistributedDataParallel(model, device_ids=ids if self.device.type == "cuda" else None)
 
-    def shard(self, batches) -> ShardedBatches:
+    def shard(self, batches: Batches) -> ShardedBatches:
         return ShardedBatches(batches, self.world, self.rank)
 
-    def reduce_totals(self, loss_sum: torch.Tensor, correct: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """This step's loss sum and correct count summed over ranks: the global batch's (on the device, no sync)."""
+    def reduce(self, loss_sum: torch.Tensor, correct: torch.Tensor, examples: int) -> StepTotals:
+        """This step's loss sum and correct count summed over ranks: the global batch's (on the device, no sync);
+        its examples: ``world`` equal shards."""
         t = torch.stack([loss_sum.double(), correct.double()])
         dist.all_reduce(t)
-        return t[0], t[1].round().long()
+        return t[0], t[1].round().long(), examples * self.world
 
     def epoch_end(self, model: nn.Module) -> None:
         """Before evaluation: rank 0's buffers everywhere (each rank updated its batch-norm statistics on its shard)."""
@@ -330,6 +305,30 @@ class DDP:
     def agree_stop(self, state: FitState) -> None:
         """Stop on every rank if any rank's callbacks stopped (they decide on identical metrics; this makes sure)."""
         state.stop = any_rank(state.stop, self.device)
+
+    def any_nonfinite(self, total: torch.Tensor) -> torch.Tensor:
+        """The guard's check, NaN on every rank if it is non-finite on any (MAX of "non-finite", all-reduced; on
+        CUDA it stays on the device, so the deferred guard keeps its step without a host sync)."""
+        bad = (~torch.isfinite(total)).float()
+        dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        return torch.where(bad > 0, torch.full_like(total, float("nan")), total)
+
+    def any_rank(self, flag: bool, device: torch.device) -> bool:
+        return any_rank(flag, device)
+
+    def name_ranks(self, culprit: str | None, device: torch.device) -> str | None:
+        """This rank's culprit and the ranks that found one, e.g. ``rank 0: non-finite on rank 1 of 2``."""
+        seen = torch.zeros(world(), device=device)
+        seen[rank()] = 1.0 if culprit is not None else 0.0
+        dist.all_reduce(seen)
+        ranks = [r for r, s in enumerate(seen.tolist()) if s > 0]
+        if not ranks:
+            return None
+        where = f"non-finite on rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))} of {world()}"
+        return f"rank {rank()}: {culprit}; {where}" if culprit is not None else f"rank {rank()}: {where}"
+
+    def __repr__(self) -> str:
+        return f"DDP(rank {self.rank} of {self.world}, {str(self.device)!r})"
 
 
 def check_device(device: torch.device) -> None:
