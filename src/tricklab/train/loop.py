@@ -239,7 +239,8 @@ def fit(
     _emit(callbacks, "on_fit_start", state)
     while state.epoch < epochs and not state.stop:
         if state.batches_done == 0:  # a new epoch (a state saved mid-epoch continues its own)
-            _start_epoch(state, callbacks, device)
+            _start_epoch(state, device)
+            _emit(callbacks, "on_epoch_start", state)
         totals, done = state.totals, state.batches_done
         model.train()
         for state.batch, (x, y) in islice(enumerate(batches), done, None):
@@ -268,7 +269,7 @@ def fit(
         guard.epoch_end(state)  # before validation, history and checkpoints see this epoch
         state.batches_done = 0
         strategy.epoch_end(model)
-        state.metrics = row = _epoch_row(state, totals, state.eval_model or model, val, loss_fn, device, precision)
+        state.metrics = row = _epoch_row(state, totals, model, val, loss_fn, device, precision)
         state.history.append(row)
         for cb in callbacks:
             cb.on_epoch_end(state)
@@ -303,11 +304,11 @@ def _fit_state(state: FitState | None, model, optimizer, epochs: int, device: to
     return state
 
 
-def _start_epoch(state: FitState, callbacks: Sequence[Callback], device: torch.device) -> None:
+def _start_epoch(state: FitState, device: torch.device) -> None:
+    """The next epoch, its extras and totals at zero."""
     state.epoch += 1
     state.epoch_extras = {}
     state.totals = EpochTotals.zeros(state.lr, device)
-    _emit(callbacks, "on_epoch_start", state)
 
 
 def _forward(net: nn.Module, loss_fn: LossFn, precision: Precision, x, y, batch: int, batches: Batches):
@@ -333,14 +334,15 @@ def _count(totals: EpochTotals, guard: StepGuard, strategy: Strategy, loss, out,
 
 
 def _epoch_row(state: FitState, totals: EpochTotals, model: nn.Module, val, loss_fn, device, precision) -> dict:
-    """The epoch's history row: its train totals, ``model`` evaluated on ``val``, the learning rate and the time."""
+    """The epoch's history row: its train totals, the model evaluated on ``val`` (``state.eval_model`` if a callback
+    set one, else ``model``), the learning rate and the epoch's time."""
     row = {
         EPOCH: state.epoch,
         TRAIN_LOSS: totals.loss_sum.item() / max(totals.seen, 1),
         TRAIN_ACC: totals.correct.item() / max(totals.seen, 1),
     }
     if val is not None:
-        v = evaluate(model, val, loss_fn=loss_fn, device=device, precision=precision)
+        v = evaluate(state.eval_model or model, val, loss_fn=loss_fn, device=device, precision=precision)
         row.update({VAL_LOSS: v["loss"], VAL_ACC: v["acc"]})
     row.update({LR: totals.lr, EPOCH_TIME: time.perf_counter() - totals.started})
     return row
