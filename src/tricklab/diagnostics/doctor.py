@@ -41,7 +41,7 @@ from tricklab.diagnostics.signal import SignalProfile, compare_inits
 from tricklab.diagnostics.verdicts import Verdict, diagnose, merge_prescriptions, settings_of
 from tricklab.errors import TrickLabError, wrong_type
 from tricklab.events import ORDER_STOP_AFTER, Callback, FitState
-from tricklab.train.loop import fit
+from tricklab.train.loop import check_trainable, fit
 
 #: Examples in the batch that measures signal propagation at init.
 SIGNAL_BATCH = 256
@@ -469,13 +469,8 @@ def _check_model(model: object, optimizer: object) -> None:
     on the meta device (shapes without data); and an optimizer that is not one."""
     if not isinstance(model, torch.nn.Module):
         raise TrickLabError(f"model: got a {type(model).__name__}, not a torch.nn.Module")
-    params = list(model.parameters())
-    if not any(p.requires_grad for p in params):
-        raise TrickLabError(
-            f"model: the {type(model).__name__} has no trainable parameter (requires_grad): there is nothing to train "
-            "or diagnose"
-        )
-    if any(t.is_meta for t in (*params, *model.buffers())):
+    check_trainable(model)
+    if any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers())):
         raise TrickLabError(
             f"model: the {type(model).__name__}'s tensors are on the meta device (shapes without data); materialize "
             "it first, e.g. model.to_empty(device='cpu') and initialize its weights"
