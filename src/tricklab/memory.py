@@ -172,11 +172,17 @@ def count_activations(model: torch.nn.Module, input_shape: tuple[int, ...], devi
 
 
 def check_fits(
-    estimate: Estimate, available: int | None, key: str, value: object, optimizer: str, held: int = 0
+    estimate: Estimate,
+    available: int | None,
+    key: str,
+    value: object,
+    optimizer: str,
+    held: int = 0,
+    machine: str = "this machine",
 ) -> None:
-    """Refuse a training setup whose :class:`Estimate` exceeds ``available`` bytes, naming ``key = value`` and
-    the figures; ``held``: bytes of the estimate already in memory (the dataset, once loaded), which ``available``
-    no longer counts. Nothing is checked when ``available`` is None."""
+    """Refuse a training setup whose :class:`Estimate` exceeds ``available`` bytes of ``machine``, naming
+    ``key = value`` and the figures; ``held``: bytes of the estimate already in memory (the dataset, once loaded),
+    which ``available`` no longer counts. Nothing is checked when ``available`` is None."""
     if available is None or estimate.total_bytes <= available + held:
         return
     acts = estimate.activations_per_example * estimate.batch_size
@@ -188,7 +194,7 @@ def check_fits(
     raise ConfigError(
         key,
         value,
-        f"the model needs {needs} (~{human_bytes(training)} to train with {optimizer}); this machine has {has}",
+        f"the model needs {needs} (~{human_bytes(training)} to train with {optimizer}); {machine} has {has}",
     )
 
 
@@ -254,11 +260,11 @@ def check_training_memory(
     """Refuse ``cfg``'s model, before it is built, if training it cannot fit in the memory available now: a
     :class:`ConfigError` naming what makes it large, with the figures.
 
-    On the CPU the estimate holds the weights, gradients, optimizer state, weight copies, one batch's
-    activations and the dataset's tensors (``data_bytes``, train, validation and test as they are held),
-    compared with :func:`available_memory` plus ``data_bytes``: the dataset is loaded before the model is built,
-    so the memory available no longer counts it. On a GPU the same estimate without the dataset is compared
-    with the GPU's free memory (the dataset moves there only when it fits in half of what is then free,
+    The estimate holds the weights, gradients, optimizer state, weight copies, one batch's activations and the
+    dataset's tensors (``data_bytes``: train, validation and test as they are held), compared with
+    :func:`available_memory` plus ``data_bytes``: the dataset is loaded before the model is built, so the memory
+    available no longer counts it. Training on a GPU, the same estimate without the dataset must also fit in the
+    GPU's free memory (the dataset moves there only when it fits in half of what is then free,
     :mod:`tricklab.train.placement`). Integer arithmetic: no size can overflow.
 
     A model so large that torch cannot count it (a tensor of more than 2⁶³ bytes: ``model.width=2000000000``)
@@ -298,9 +304,8 @@ def _check(cfg: Config, estimate: Estimate) -> None:
     from tricklab.train.seed import resolve_device
 
     key, value = _key(cfg, estimate)
+    check_fits(estimate, available_memory(), key, value, cfg.optim.name, held=estimate.data_bytes)
     if resolve_device(cfg.train.device).type == "cuda":
         free = torch.cuda.mem_get_info(torch.cuda.current_device())[0]
         without_data = dataclasses.replace(estimate, data_bytes=0)
-        check_fits(without_data, free, key, value, cfg.optim.name)
-    else:
-        check_fits(estimate, available_memory(), key, value, cfg.optim.name, held=estimate.data_bytes)
+        check_fits(without_data, free, key, value, cfg.optim.name, machine="the GPU")

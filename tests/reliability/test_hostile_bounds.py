@@ -356,7 +356,7 @@ def test_train_with_1024_threads_on_two_cores_trains_on_two(workdir, two_cores, 
 # --- 5. the memory check: overflow, free memory, the dataset, models that cannot be built on meta --------
 
 
-SYNTH = ["data.name=synthetic", "train.threads=1", "train.epochs=1"]
+SYNTH = ["data.name=synthetic", "train.threads=1", "train.epochs=1", "train.device=cpu"]
 
 
 def test_a_width_too_large_for_torch_to_count_is_refused_not_let_through(workdir, capsys):
@@ -415,6 +415,20 @@ def test_build_model_counts_the_splits_as_held(monkeypatch):
     build_model(cfg, splits, 0)
     ((est, kw),) = seen
     assert est.data_bytes == kw["held"] == nbytes(splits) > 0
+
+
+def test_training_on_a_gpu_must_also_fit_in_its_free_memory(monkeypatch, meminfo):
+    """No GPU needed: torch.cuda says how much is free, and the device resolves to cuda."""
+    cfg = load_config(overrides=[*SYNTH, "model.width=256", "model.depth=2"])
+    splits = load_data(cfg)
+    meminfo(GiB)  # the host has room
+    monkeypatch.setattr(seed, "resolve_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2**20, 80 * GiB))  # 1 MiB of 80 GiB free
+    with pytest.raises(ConfigError, match=r"^model\.width = 256: the model needs .* the GPU has 1 MiB available$"):
+        memory.check_training_memory(cfg, (1, 8, 8), 4, len(splits.train), nbytes(splits))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (GiB, 80 * GiB))
+    assert memory.check_training_memory(cfg, (1, 8, 8), 4, len(splits.train), nbytes(splits)) is True
 
 
 @pytest.fixture
