@@ -120,27 +120,35 @@ def measure_on_meta(build: Callable[[], torch.nn.Module], input_shape: tuple[int
 
 def count_on_meta(build: Callable[[], torch.nn.Module], input_shape: tuple[int, ...]) -> tuple[int, int]:
     """``(parameters, activation values per example)`` of the model ``build()`` returns, built on the ``meta``
-    device (nothing allocated) and run there, or, when its weights take at most :data:`REAL_PASS_BYTES`, run on
-    zeroed CPU weights (a forward pass on meta costs seconds of imports the first time). Raises what building
-    it there raised (a TypeError if it is not an ``nn.Module``); activations 0 if it cannot be run (a plugin
-    that needs real values)."""
+    device and run where :func:`build_to_count` leaves it. Raises what building it there raised (a TypeError if
+    it is not an ``nn.Module``); activations 0 if it cannot be run (a plugin that needs real values)."""
+    model, device = build_to_count(build)
+    parameters = sum(p.numel() for p in model.parameters())
+    return parameters, count_activations(model, input_shape, device)
+
+
+def build_to_count(build: Callable[[], torch.nn.Module]) -> tuple[torch.nn.Module, str]:
+    """``(model, device)``: what ``build()`` returns, built on the ``meta`` device (nothing allocated, so even a
+    model of 10¹¹ parameters is built in milliseconds), then, when its weights take at most
+    :data:`REAL_PASS_BYTES`, given zeroed CPU weights (a forward pass on meta costs seconds of imports the first
+    time). For counting only: shapes are right, values are not. Raises what building it there raised (a
+    TypeError if it is not an ``nn.Module``)."""
     with torch.device("meta"):
         model = build()
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"it returned a {type(model).__name__}, not a torch.nn.Module")
-    parameters = sum(p.numel() for p in model.parameters())
-    # A small model runs one real forward pass on zeroed CPU weights: a forward pass on the meta device
-    # needs torch's Python meta kernels, whose first use imports torch._dynamo (5-6 s, every process).
-    device = "meta"
-    if parameters * BYTES_PER_VALUE <= REAL_PASS_BYTES:
-        try:
-            model, device = model.to_empty(device="cpu"), "cpu"
-            with torch.no_grad():  # garbage memory holds denormals and NaNs, which some CPUs compute slowly
-                for t in (*model.parameters(), *model.buffers()):
-                    t.zero_()
-        except Exception:  # noqa: BLE001 - a module that cannot leave the meta device: count there
-            device = "meta"
-    return parameters, count_activations(model, input_shape, device)
+    if sum(p.numel() for p in model.parameters()) * BYTES_PER_VALUE > REAL_PASS_BYTES:
+        return model, "meta"
+    # A small model runs its forward pass on zeroed CPU weights: a forward pass on the meta device needs
+    # torch's Python meta kernels, whose first use imports torch._dynamo (5-6 s, every process).
+    try:
+        model = model.to_empty(device="cpu")
+        with torch.no_grad():  # garbage memory holds denormals and NaNs, which some CPUs compute slowly
+            for t in (*model.parameters(), *model.buffers()):
+                t.zero_()
+    except Exception:  # noqa: BLE001 - a module that cannot leave the meta device: count there
+        return model, "meta"
+    return model, "cpu"
 
 
 def count_activations(model: torch.nn.Module, input_shape: tuple[int, ...], device: torch.device | str) -> int:

@@ -10,6 +10,7 @@ The memory available is made small or large by pointing :data:`tricklab.memory.M
 from __future__ import annotations
 
 import io
+import json
 import math
 import resource
 import struct
@@ -30,6 +31,7 @@ from tricklab.config import load_config
 from tricklab.data import DATASETS, as_raw_dataset, local
 from tricklab.data.base import MAX_CLASSES, DatasetInfo, RawDataset, TensorData
 from tricklab.errors import MAX_MESSAGE, ConfigError, DataError, TrickLabError
+from tricklab.lab import costs
 from tricklab.models import MODELS
 from tricklab.train import seed
 from tricklab.train.placement import nbytes
@@ -563,3 +565,11 @@ def test_csv_text_loads_within_bounds_or_fails_in_one_line(scratch, body, availa
             (scratch / "meminfo").write_text(f"MemAvailable: {available // 1024} kB\n")
             mp.setattr(memory, "MEMINFO", str(scratch / "meminfo"))
         ends_in_bounds(lambda: csv(scratch, path=path, num_classes=num_classes))
+
+
+def test_the_lab_costs_a_large_variant_without_allocating_it():
+    cfg = load_config(overrides=[*SYNTH, "model.width=20000", "model.depth=2"])  # 1.6 GB of float32 weights
+    before = rss_kib()
+    macs = costs.forward_macs(json.dumps(cfg.model.model_dump(mode="json"), sort_keys=True), (1, 8, 8), 4)
+    assert rss_kib() - before < 200 * 1024, "it allocated the model to count its multiply-adds"
+    assert macs == 64 * 20000 + 20000 * 20000 + 20000 * 4  # Linear: in × out per example
