@@ -7,12 +7,12 @@ model of 10¹¹ parameters is counted in milliseconds; one forward pass there co
 
 with P parameters (the weights and their gradients: 2P), k optimizer state tensors per parameter (Adam 2,
 momentum 1, SGD 0: :data:`OPTIMIZER_SLOTS`), c further copies of the weights (EMA, SWA, the best weights
-early stopping restores), A activation values per example kept for the backward pass (the outputs of every
-leaf module) and B the batch size; 4 bytes per float32 value, plus the dataset's tensors as they are held.
-What does not fit in the memory available now (``MemAvailable``, or the GPU's free memory) is refused with
-the figures, before anything is allocated (``model.width=1e9`` would otherwise ask for 256 GB and die
-halfway). The sums are Python integers: no size overflows, and a model too large for torch itself to count
-is refused, never let through::
+early stopping restores, the members of an ensemble trained before the last), A activation values per example
+kept for the backward pass (the outputs of every leaf module) and B the batch size; 4 bytes per float32
+value, plus the dataset's tensors as they are held. What does not fit in the memory available now
+(``MemAvailable``, and the GPU's free memory) is refused with the figures, before anything is allocated
+(``model.width=1e9`` would otherwise ask for 256 GB and die halfway). The sums are Python integers: no size
+overflows, and a model too large for torch itself to count is refused, never let through::
 
     >>> est = Estimate(parameters=2_100_000_000, activations_per_example=3_000, batch_size=128, optimizer_slots=2)
     >>> human_bytes(est.total_bytes)
@@ -53,7 +53,7 @@ class Estimate:
     activations_per_example: int
     batch_size: int
     optimizer_slots: int
-    weight_copies: int = 0  # EMA, SWA, best weights
+    weight_copies: int = 0  # EMA, SWA, best weights, the ensemble's earlier members
     data_bytes: int = 0  # the dataset's tensors as they are held
 
     @property
@@ -234,6 +234,7 @@ def _builder(cfg: Config, input_shape: tuple[int, ...], num_classes: int) -> Cal
 def _estimate(cfg: Config, parameters: int, activations: int, train_examples: int, data_bytes: int) -> Estimate:
     copies = (cfg.averaging.ema is not None) + (cfg.averaging.swa_start is not None)
     copies += cfg.early_stopping.enabled and cfg.early_stopping.restore_best
+    copies += cfg.averaging.ensemble - 1  # the members trained before the last one are kept to be evaluated together
     return Estimate(
         parameters=parameters,
         activations_per_example=activations,

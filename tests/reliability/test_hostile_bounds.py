@@ -573,3 +573,12 @@ def test_the_lab_costs_a_large_variant_without_allocating_it():
     macs = costs.forward_macs(json.dumps(cfg.model.model_dump(mode="json"), sort_keys=True), (1, 8, 8), 4)
     assert rss_kib() - before < 200 * 1024, "it allocated the model to count its multiply-adds"
     assert macs == 64 * 20000 + 20000 * 20000 + 20000 * 4  # Linear: in × out per example
+
+
+def test_an_ensemble_s_earlier_members_count_as_weight_copies():
+    one = memory.training_estimate(load_config(overrides=[*SYNTH, "model.width=16"]), (1, 8, 8), 4, 100)
+    three = memory.training_estimate(
+        load_config(overrides=[*SYNTH, "model.width=16", "averaging.ensemble=3"]), (1, 8, 8), 4, 100
+    )
+    assert (one.weight_copies, three.weight_copies) == (0, 2)  # the run keeps every member to evaluate them together
+    assert three.weight_bytes - one.weight_bytes == 2 * 4 * one.parameters
