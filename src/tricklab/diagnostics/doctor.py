@@ -41,6 +41,7 @@ from tricklab.diagnostics.signal import SignalProfile, compare_inits
 from tricklab.diagnostics.verdicts import Verdict, diagnose, merge_prescriptions, settings_of
 from tricklab.errors import TrickLabError, wrong_type
 from tricklab.events import ORDER_STOP_AFTER, Callback, FitState
+from tricklab.outputs import atomic_write
 from tricklab.train.loop import check_trainable, fit
 
 #: Examples in the batch that measures signal propagation at init.
@@ -107,10 +108,10 @@ class DoctorResult:
         try:
             out.mkdir(parents=True, exist_ok=True)
             if self.config is not None:
-                (out / "config.yaml").write_text(self.config.to_yaml())
-            (out / "doctor.json").write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-            (out / "records.json").write_text(json.dumps(self.findings.to_dict()) + "\n")
-            (out / "signal.json").write_text(json.dumps([p.to_dict() for p in self.signal]) + "\n")
+                atomic_write(out / "config.yaml", self.config.to_yaml().encode())
+            atomic_write(out / "doctor.json", (json.dumps(self.to_dict(), indent=2) + "\n").encode())
+            atomic_write(out / "records.json", (json.dumps(self.findings.to_dict()) + "\n").encode())
+            atomic_write(out / "signal.json", (json.dumps([p.to_dict() for p in self.signal]) + "\n").encode())
             return write_report(self, out)
         except OSError as e:
             raise TrickLabError(f"save({str(out)!r}): cannot write the report there ({e.strerror or e})") from None
