@@ -7,12 +7,12 @@ model of 10¹¹ parameters is counted in milliseconds; one forward pass there co
 
 with P parameters (the weights and their gradients: 2P), k optimizer state tensors per parameter (Adam 2,
 momentum 1, SGD 0: :data:`OPTIMIZER_SLOTS`), c further copies of the weights (EMA, SWA, the best weights
-early stopping restores), A activation values per example kept for the backward pass (the outputs of every
-leaf module) and B the batch size; 4 bytes per float32 value, plus the dataset's tensors as they are held.
-What does not fit in the memory available now (``MemAvailable``, or the GPU's free memory) is refused with
-the figures, before anything is allocated (``model.width=1e9`` would otherwise ask for 256 GB and die
-halfway). The sums are Python integers: no size overflows, and a model too large for torch itself to count
-is refused, never let through::
+early stopping restores, the members of an ensemble trained before the last), A activation values per example
+kept for the backward pass (the outputs of every leaf module) and B the batch size; 4 bytes per float32
+value, plus the dataset's tensors as they are held. What does not fit in the memory available now
+(``MemAvailable``, and the GPU's free memory) is refused with the figures, before anything is allocated
+(``model.width=1e9`` would otherwise ask for 256 GB and die halfway). The sums are Python integers: no size
+overflows, and a model too large for torch itself to count is refused, never let through::
 
     >>> est = Estimate(parameters=2_100_000_000, activations_per_example=3_000, batch_size=128, optimizer_slots=2)
     >>> human_bytes(est.total_bytes)
@@ -53,7 +53,7 @@ class Estimate:
     activations_per_example: int
     batch_size: int
     optimizer_slots: int
-    weight_copies: int = 0  # EMA, SWA, best weights
+    weight_copies: int = 0  # EMA, SWA, best weights, the ensemble's earlier members
     data_bytes: int = 0  # the dataset's tensors as they are held
 
     @property
@@ -120,27 +120,35 @@ def measure_on_meta(build: Callable[[], torch.nn.Module], input_shape: tuple[int
 
 def count_on_meta(build: Callable[[], torch.nn.Module], input_shape: tuple[int, ...]) -> tuple[int, int]:
     """``(parameters, activation values per example)`` of the model ``build()`` returns, built on the ``meta``
-    device (nothing allocated) and run there, or, when its weights take at most :data:`REAL_PASS_BYTES`, run on
-    zeroed CPU weights (a forward pass on meta costs seconds of imports the first time). Raises what building
-    it there raised (a TypeError if it is not an ``nn.Module``); activations 0 if it cannot be run (a plugin
-    that needs real values)."""
+    device and run where :func:`build_to_count` leaves it. Raises what building it there raised (a TypeError if
+    it is not an ``nn.Module``); activations 0 if it cannot be run (a plugin that needs real values)."""
+    model, device = build_to_count(build)
+    parameters = sum(p.numel() for p in model.parameters())
+    return parameters, count_activations(model, input_shape, device)
+
+
+def build_to_count(build: Callable[[], torch.nn.Module]) -> tuple[torch.nn.Module, str]:
+    """``(model, device)``: what ``build()`` returns, built on the ``meta`` device (nothing allocated, so even a
+    model of 10¹¹ parameters is built in milliseconds), then, when its weights take at most
+    :data:`REAL_PASS_BYTES`, given zeroed CPU weights (a forward pass on meta costs seconds of imports the first
+    time). For counting only: shapes are right, values are not. Raises what building it there raised (a
+    TypeError if it is not an ``nn.Module``)."""
     with torch.device("meta"):
         model = build()
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"it returned a {type(model).__name__}, not a torch.nn.Module")
-    parameters = sum(p.numel() for p in model.parameters())
-    # A small model runs one real forward pass on zeroed CPU weights: a forward pass on the meta device
-    # needs torch's Python meta kernels, whose first use imports torch._dynamo (5-6 s, every process).
-    device = "meta"
-    if parameters * BYTES_PER_VALUE <= REAL_PASS_BYTES:
-        try:
-            model, device = model.to_empty(device="cpu"), "cpu"
-            with torch.no_grad():  # garbage memory holds denormals and NaNs, which some CPUs compute slowly
-                for t in (*model.parameters(), *model.buffers()):
-                    t.zero_()
-        except Exception:  # noqa: BLE001 - a module that cannot leave the meta device: count there
-            device = "meta"
-    return parameters, count_activations(model, input_shape, device)
+    if sum(p.numel() for p in model.parameters()) * BYTES_PER_VALUE > REAL_PASS_BYTES:
+        return model, "meta"
+    # A small model runs its forward pass on zeroed CPU weights: a forward pass on the meta device needs
+    # torch's Python meta kernels, whose first use imports torch._dynamo (5-6 s, every process).
+    try:
+        model = model.to_empty(device="cpu")
+        with torch.no_grad():  # garbage memory holds denormals and NaNs, which some CPUs compute slowly
+            for t in (*model.parameters(), *model.buffers()):
+                t.zero_()
+    except Exception:  # noqa: BLE001 - a module that cannot leave the meta device: count there
+        return model, "meta"
+    return model, "cpu"
 
 
 def count_activations(model: torch.nn.Module, input_shape: tuple[int, ...], device: torch.device | str) -> int:
@@ -172,11 +180,17 @@ def count_activations(model: torch.nn.Module, input_shape: tuple[int, ...], devi
 
 
 def check_fits(
-    estimate: Estimate, available: int | None, key: str, value: object, optimizer: str, held: int = 0
+    estimate: Estimate,
+    available: int | None,
+    key: str,
+    value: object,
+    optimizer: str,
+    held: int = 0,
+    machine: str = "this machine",
 ) -> None:
-    """Refuse a training setup whose :class:`Estimate` exceeds ``available`` bytes, naming ``key = value`` and
-    the figures; ``held``: bytes of the estimate already in memory (the dataset, once loaded), which ``available``
-    no longer counts. Nothing is checked when ``available`` is None."""
+    """Refuse a training setup whose :class:`Estimate` exceeds ``available`` bytes of ``machine``, naming
+    ``key = value`` and the figures; ``held``: bytes of the estimate already in memory (the dataset, once loaded),
+    which ``available`` no longer counts. Nothing is checked when ``available`` is None."""
     if available is None or estimate.total_bytes <= available + held:
         return
     acts = estimate.activations_per_example * estimate.batch_size
@@ -188,7 +202,7 @@ def check_fits(
     raise ConfigError(
         key,
         value,
-        f"the model needs {needs} (~{human_bytes(training)} to train with {optimizer}); this machine has {has}",
+        f"the model needs {needs} (~{human_bytes(training)} to train with {optimizer}); {machine} has {has}",
     )
 
 
@@ -220,6 +234,7 @@ def _builder(cfg: Config, input_shape: tuple[int, ...], num_classes: int) -> Cal
 def _estimate(cfg: Config, parameters: int, activations: int, train_examples: int, data_bytes: int) -> Estimate:
     copies = (cfg.averaging.ema is not None) + (cfg.averaging.swa_start is not None)
     copies += cfg.early_stopping.enabled and cfg.early_stopping.restore_best
+    copies += cfg.averaging.ensemble - 1  # the members trained before the last one are kept to be evaluated together
     return Estimate(
         parameters=parameters,
         activations_per_example=activations,
@@ -254,11 +269,11 @@ def check_training_memory(
     """Refuse ``cfg``'s model, before it is built, if training it cannot fit in the memory available now: a
     :class:`ConfigError` naming what makes it large, with the figures.
 
-    On the CPU the estimate holds the weights, gradients, optimizer state, weight copies, one batch's
-    activations and the dataset's tensors (``data_bytes``, train, validation and test as they are held),
-    compared with :func:`available_memory` plus ``data_bytes``: the dataset is loaded before the model is built,
-    so the memory available no longer counts it. On a GPU the same estimate without the dataset is compared
-    with the GPU's free memory (the dataset moves there only when it fits in half of what is then free,
+    The estimate holds the weights, gradients, optimizer state, weight copies, one batch's activations and the
+    dataset's tensors (``data_bytes``: train, validation and test as they are held), compared with
+    :func:`available_memory` plus ``data_bytes``: the dataset is loaded before the model is built, so the memory
+    available no longer counts it. Training on a GPU, the same estimate without the dataset must also fit in the
+    GPU's free memory (the dataset moves there only when it fits in half of what is then free,
     :mod:`tricklab.train.placement`). Integer arithmetic: no size can overflow.
 
     A model so large that torch cannot count it (a tensor of more than 2⁶³ bytes: ``model.width=2000000000``)
@@ -298,9 +313,8 @@ def _check(cfg: Config, estimate: Estimate) -> None:
     from tricklab.train.seed import resolve_device
 
     key, value = _key(cfg, estimate)
+    check_fits(estimate, available_memory(), key, value, cfg.optim.name, held=estimate.data_bytes)
     if resolve_device(cfg.train.device).type == "cuda":
         free = torch.cuda.mem_get_info(torch.cuda.current_device())[0]
         without_data = dataclasses.replace(estimate, data_bytes=0)
-        check_fits(without_data, free, key, value, cfg.optim.name)
-    else:
-        check_fits(estimate, available_memory(), key, value, cfg.optim.name, held=estimate.data_bytes)
+        check_fits(without_data, free, key, value, cfg.optim.name, machine="the GPU")

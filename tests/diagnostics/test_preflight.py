@@ -213,6 +213,8 @@ def test_a_loader_s_first_batch_is_used_and_bad_arguments_are_one_line_errors(ba
         preflight(make(), batch[0])
     with pytest.raises(tricklab.TrickLabError, match="steps = 0"):
         preflight(make(), batch, steps=0)
+    with pytest.raises(tricklab.TrickLabError, match="overfit_examples = 0"):
+        preflight(make(), batch, overfit_examples=0)
     with pytest.raises(tricklab.TrickLabError, match="loss_fn: returned"):
         preflight(make(), batch, lambda out, y: F.cross_entropy(out, y, reduction="none"))
     with pytest.raises(tricklab.TrickLabError, match=r"loss_fn: raised ValueError on outputs \(16, 4\)"):
@@ -316,7 +318,7 @@ def test_doctor_preflight_prints_one_line_per_check_writes_nothing_and_exits_0(t
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "tricklab preflight: 5 of 5 checks passed"
     assert [line.split()[:2] for line in lines[1:]] == [["PASS", f"{name}:"] for name in CHECKS]
-    assert "one batch of 64 fitted" in lines[5]
+    assert "one batch of 32 fitted" in lines[5]  # the first 32 of the 64
     assert list(tmp_path.iterdir()) == []
 
 

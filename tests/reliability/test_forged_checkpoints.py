@@ -76,6 +76,11 @@ def optimizer_moment(meta, tensors):
     tensors[name] = torch.zeros(3, 3)
 
 
+def optimizer_one_number(meta, tensors):
+    state = meta["optimizer"]["state"]["$items"][0][1]
+    tensors[state["exp_avg_sq"]["$tensor"]] = torch.zeros(1)  # would broadcast against its parameter's gradient
+
+
 def optimizer_lr(meta, tensors):
     meta["optimizer"]["param_groups"][0]["lr"] = "fast"
 
@@ -99,6 +104,7 @@ FORGED = {
     "model_shape": (model_tensor(lambda t: torch.zeros(3, 5)), "model: the weights of a different model (shape: "),
     "model_dtype": (model_tensor(lambda t: t.double()), "float64 != float32)"),
     "optimizer_shape": (optimizer_moment, "optimizer.state.0.exp_avg has shape (3, 3), its parameter"),
+    "optimizer_one_number": (optimizer_one_number, "optimizer.state.0.exp_avg_sq has shape (1,), its parameter"),
     "optimizer_lr": (optimizer_lr, "optimizer.param_groups.0.lr = 'fast', where this optimizer has 0.001"),
     "mid_epoch_no_totals": (mid_epoch_without_totals, "fit.totals = None"),
     "best_epoch": (best_epoch, "checkpointer.best_epoch = 40, but 2 epochs finished"),

@@ -151,6 +151,17 @@ def test_evaluate_a_model_with_no_parameters_on_the_cpu():
     assert 0 <= result["acc"] <= 1
 
 
+@pytest.mark.parametrize(
+    ("model", "says"),
+    [(NoParameters, "model: the NoParameters has no trainable parameter"), (lambda: 42, "model = 42: got an int")],
+    ids=["no_parameters", "int"],
+)
+def test_fit_refuses_a_model_it_cannot_train(model, says):
+    with pytest.raises(TrickLabError) as err:
+        tricklab.fit(model(), (X, Y), epochs=1)
+    one_line(err, says)
+
+
 def test_fit_refuses_validation_data_of_another_kind_before_training():
     model = linear()
     before = [p.clone() for p in model.parameters()]

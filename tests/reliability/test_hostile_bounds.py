@@ -10,6 +10,7 @@ The memory available is made small or large by pointing :data:`tricklab.memory.M
 from __future__ import annotations
 
 import io
+import json
 import math
 import resource
 import struct
@@ -30,6 +31,7 @@ from tricklab.config import load_config
 from tricklab.data import DATASETS, as_raw_dataset, local
 from tricklab.data.base import MAX_CLASSES, DatasetInfo, RawDataset, TensorData
 from tricklab.errors import MAX_MESSAGE, ConfigError, DataError, TrickLabError
+from tricklab.lab import costs
 from tricklab.models import MODELS
 from tricklab.train import seed
 from tricklab.train.placement import nbytes
@@ -356,7 +358,7 @@ def test_train_with_1024_threads_on_two_cores_trains_on_two(workdir, two_cores, 
 # --- 5. the memory check: overflow, free memory, the dataset, models that cannot be built on meta --------
 
 
-SYNTH = ["data.name=synthetic", "train.threads=1", "train.epochs=1"]
+SYNTH = ["data.name=synthetic", "train.threads=1", "train.epochs=1", "train.device=cpu"]
 
 
 def test_a_width_too_large_for_torch_to_count_is_refused_not_let_through(workdir, capsys):
@@ -415,6 +417,20 @@ def test_build_model_counts_the_splits_as_held(monkeypatch):
     build_model(cfg, splits, 0)
     ((est, kw),) = seen
     assert est.data_bytes == kw["held"] == nbytes(splits) > 0
+
+
+def test_training_on_a_gpu_must_also_fit_in_its_free_memory(monkeypatch, meminfo):
+    """No GPU needed: torch.cuda says how much is free, and the device resolves to cuda."""
+    cfg = load_config(overrides=[*SYNTH, "model.width=256", "model.depth=2"])
+    splits = load_data(cfg)
+    meminfo(GiB)  # the host has room
+    monkeypatch.setattr(seed, "resolve_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2**20, 80 * GiB))  # 1 MiB of 80 GiB free
+    with pytest.raises(ConfigError, match=r"^model\.width = 256: the model needs .* the GPU has 1 MiB available$"):
+        memory.check_training_memory(cfg, (1, 8, 8), 4, len(splits.train), nbytes(splits))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (GiB, 80 * GiB))
+    assert memory.check_training_memory(cfg, (1, 8, 8), 4, len(splits.train), nbytes(splits)) is True
 
 
 @pytest.fixture
@@ -549,3 +565,20 @@ def test_csv_text_loads_within_bounds_or_fails_in_one_line(scratch, body, availa
             (scratch / "meminfo").write_text(f"MemAvailable: {available // 1024} kB\n")
             mp.setattr(memory, "MEMINFO", str(scratch / "meminfo"))
         ends_in_bounds(lambda: csv(scratch, path=path, num_classes=num_classes))
+
+
+def test_the_lab_costs_a_large_variant_without_allocating_it():
+    cfg = load_config(overrides=[*SYNTH, "model.width=20000", "model.depth=2"])  # 1.6 GB of float32 weights
+    before = rss_kib()
+    macs = costs.forward_macs(json.dumps(cfg.model.model_dump(mode="json"), sort_keys=True), (1, 8, 8), 4)
+    assert rss_kib() - before < 200 * 1024, "it allocated the model to count its multiply-adds"
+    assert macs == 64 * 20000 + 20000 * 20000 + 20000 * 4  # Linear: in × out per example
+
+
+def test_an_ensemble_s_earlier_members_count_as_weight_copies():
+    one = memory.training_estimate(load_config(overrides=[*SYNTH, "model.width=16"]), (1, 8, 8), 4, 100)
+    three = memory.training_estimate(
+        load_config(overrides=[*SYNTH, "model.width=16", "averaging.ensemble=3"]), (1, 8, 8), 4, 100
+    )
+    assert (one.weight_copies, three.weight_copies) == (0, 2)  # the run keeps every member to evaluate them together
+    assert three.weight_bytes - one.weight_bytes == 2 * 4 * one.parameters

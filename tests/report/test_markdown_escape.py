@@ -182,4 +182,5 @@ def test_an_unquoted_tilde_is_yaml_null_and_refused_in_one_line(tmp_path, capsys
     assert main(["lab", "--config", str(tmp_path / "study.yaml"), "--out", str(tmp_path / "lab")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: study.") and "Traceback" not in err
+    assert "YAML reads an unquoted ~ as null: quote it ('~')" in err
     assert not (tmp_path / "lab").exists()

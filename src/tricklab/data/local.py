@@ -336,7 +336,8 @@ def csv(
     stored = p.stat().st_size
     _check_load_size(str(p), stored, 0, f"the file holds {human_bytes(stored)}")
     available = available_memory()
-    max_cells = MAX_DATA_BYTES // 2 if available is None else int(MEMORY_FRACTION * available) // CSV_BYTES_PER_CELL
+    # Without a figure for the memory available, the file's size (checked just above) bounds its cells.
+    max_cells = math.inf if available is None else int(MEMORY_FRACTION * available) // CSV_BYTES_PER_CELL
     try:
         with p.open(newline="", encoding="utf-8-sig") as f:
             rows = csvlib.reader(_bounded_lines(f, str(p)), delimiter=delimiter)
@@ -361,7 +362,7 @@ def csv(
                     raise DataError(
                         f"{p}: more than {len(lines):,} rows of {len(header)} columns need more than "
                         f"{human_bytes(max_cells * CSV_BYTES_PER_CELL)} to load, {MEMORY_FRACTION:.0%} of the "
-                        f"{human_bytes(available or 0)} of memory available"
+                        f"{human_bytes(available)} of memory available"
                     )
                 try:
                     values.extend([float(c) for c in row])

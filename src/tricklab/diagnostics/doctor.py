@@ -41,7 +41,8 @@ from tricklab.diagnostics.signal import SignalProfile, compare_inits
 from tricklab.diagnostics.verdicts import Verdict, diagnose, merge_prescriptions, settings_of
 from tricklab.errors import TrickLabError, wrong_type
 from tricklab.events import ORDER_STOP_AFTER, Callback, FitState
-from tricklab.train.loop import fit
+from tricklab.outputs import atomic_write
+from tricklab.train.loop import check_trainable, fit
 
 #: Examples in the batch that measures signal propagation at init.
 SIGNAL_BATCH = 256
@@ -107,10 +108,10 @@ class DoctorResult:
         try:
             out.mkdir(parents=True, exist_ok=True)
             if self.config is not None:
-                (out / "config.yaml").write_text(self.config.to_yaml())
-            (out / "doctor.json").write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-            (out / "records.json").write_text(json.dumps(self.findings.to_dict()) + "\n")
-            (out / "signal.json").write_text(json.dumps([p.to_dict() for p in self.signal]) + "\n")
+                atomic_write(out / "config.yaml", self.config.to_yaml().encode())
+            atomic_write(out / "doctor.json", (json.dumps(self.to_dict(), indent=2) + "\n").encode())
+            atomic_write(out / "records.json", (json.dumps(self.findings.to_dict()) + "\n").encode())
+            atomic_write(out / "signal.json", (json.dumps([p.to_dict() for p in self.signal]) + "\n").encode())
             return write_report(self, out)
         except OSError as e:
             raise TrickLabError(f"save({str(out)!r}): cannot write the report there ({e.strerror or e})") from None
@@ -469,13 +470,8 @@ def _check_model(model: object, optimizer: object) -> None:
     on the meta device (shapes without data); and an optimizer that is not one."""
     if not isinstance(model, torch.nn.Module):
         raise TrickLabError(f"model: got a {type(model).__name__}, not a torch.nn.Module")
-    params = list(model.parameters())
-    if not any(p.requires_grad for p in params):
-        raise TrickLabError(
-            f"model: the {type(model).__name__} has no trainable parameter (requires_grad): there is nothing to train "
-            "or diagnose"
-        )
-    if any(t.is_meta for t in (*params, *model.buffers())):
+    check_trainable(model)
+    if any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers())):
         raise TrickLabError(
             f"model: the {type(model).__name__}'s tensors are on the meta device (shapes without data); materialize "
             "it first, e.g. model.to_empty(device='cpu') and initialize its weights"

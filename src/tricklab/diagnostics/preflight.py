@@ -18,8 +18,8 @@ state and its train/eval mode are left as they were):
    expects logits (``cross_entropy`` applies ``log_softmax`` itself), or logits given to one that expects
    log-probabilities (``nll_loss``). What the loss expects is measured, not guessed from its name: a loss
    over logits does not change when a constant is added to every logit of a row.
-5. ``overfit_one_batch``: Adam on a copy fits this one batch to near-zero loss within a step budget. A model
-   that cannot memorize one batch will not learn the data set.
+5. ``overfit_one_batch``: Adam on a copy fits the batch (its first :data:`OVERFIT_EXAMPLES` examples) to
+   near-zero loss within a step budget. A model that cannot memorize one batch will not learn the data set.
 
 Each check is a function with a pure core that judges plain tensors and numbers (``judge_*``), so every
 verdict is testable without a model. A failed check is one line: the cause, with its figures, and the fix
@@ -78,6 +78,9 @@ OVERFIT_FRACTION = 0.01
 OVERFIT_LRS = (3e-3, 1e-2, 1e-3)
 #: Steps per learning rate of the overfit check.
 OVERFIT_STEPS = 200
+#: Examples the overfit check fits: the batch's first ones (Karpathy 2019: "as little as two"); a few dozen keep
+#: it fast on a large model and still need every layer to learn.
+OVERFIT_EXAMPLES = 32
 #: Examples whose gradients the batch-independence check charts (first, middle and last of the batch).
 INDEPENDENCE_ROWS = 3
 
@@ -772,6 +775,7 @@ def preflight(
     steps: int = OVERFIT_STEPS,
     lrs: Sequence[float] = OVERFIT_LRS,
     overfit_target: float | None = None,
+    overfit_examples: int = OVERFIT_EXAMPLES,
     seed: int = 0,
 ) -> PreflightResult:
     """Run the pre-flight checks (:data:`CHECKS`) of ``model`` on one ``batch`` and return a
@@ -781,14 +785,16 @@ def preflight(
     ``loss_fn(output, y)`` defaults to ``F.cross_entropy``. ``num_classes``, when given, is checked against
     the model's outputs. ``steps``, ``lrs``: the overfit check's budget per Adam learning rate;
     ``overfit_target``: the loss it must reach (default 1% of ln C; set it for a loss whose floor is above 0,
-    e.g. with label smoothing). Everything runs on copies under :func:`torch.random.fork_rng` seeded with
-    ``seed``: the model's parameters, gradients, buffers and mode, and the global RNG state, are left as they
-    were.
+    e.g. with label smoothing); ``overfit_examples``: how many of the batch's first examples it fits.
+    Everything runs on copies under :func:`torch.random.fork_rng` seeded with ``seed``: the model's
+    parameters, gradients, buffers and mode, and the global RNG state, are left as they were.
     """
     if not isinstance(model, nn.Module):
         raise TrickLabError(f"model: got a {type(model).__name__}; expected a torch.nn.Module")
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise TrickLabError(f"steps = {steps!r}: the overfit check's step budget must be an integer ≥ 1")
+    if not isinstance(overfit_examples, int) or isinstance(overfit_examples, bool) or overfit_examples < 1:
+        raise TrickLabError(f"overfit_examples = {overfit_examples!r}: must be an integer ≥ 1")
     if not lrs or any(not (isinstance(lr, (int, float)) and lr > 0) for lr in lrs):
         raise TrickLabError(f"lrs = {list(lrs)!r}: Adam learning rates must be positive numbers, at least one")
     loss_fn = loss_fn or F.cross_entropy
@@ -824,7 +830,8 @@ def preflight(
         checks.append(check_batch_independence(work, x))
         checks.append(check_outputs(out, y, loss_fn))
         if labels_ok:
-            checks.append(check_overfit(model, x, y, loss_fn, steps=steps, lrs=lrs, target=overfit_target))
+            k = overfit_examples
+            checks.append(check_overfit(model, x[:k], y[:k], loss_fn, steps=steps, lrs=lrs, target=overfit_target))
         else:
             checks.append(_needs_loss("overfit_one_batch"))
     _explain(checks)

@@ -36,7 +36,7 @@ from tricklab.lab.runner import InProcess, PoolLost, Task, WorkerPool, execute, 
 from tricklab.lab.store import Store, config_key
 from tricklab.lab.studies import Study, describe_setup
 from tricklab.locks import folder_lock
-from tricklab.memory import physical_memory
+from tricklab.memory import available_memory
 
 DB_NAME = "results.sqlite"
 QUICK_SUBSET = 10000  # --quick: at most this many training examples on the big datasets
@@ -256,7 +256,7 @@ def run_lab(
     planned = plan(studies, opts, threads)  # validates everything before the folder is created
     if opts.workers is None and opts.executor == "process":  # no more processes than memory holds
         biggest = max((run_bytes(c.to_dict()) for p in planned for k, c in p.configs.items() if k[2] == 0), default=0)
-        fitted = plan_workers(n_runs, opts.cores, None, biggest, physical_memory())
+        fitted = plan_workers(n_runs, opts.cores, None, biggest, available_memory())
         if fitted != (processes, threads):
             processes, threads = fitted
             planned = plan(studies, opts, threads)

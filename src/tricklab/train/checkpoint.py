@@ -492,8 +492,8 @@ def optimizer_mismatch(optimizer: torch.optim.Optimizer, saved: dict[str, Any]) 
 
     Its parameter groups must hold as many parameters each, and every hyper-parameter of this optimizer's groups
     with a value of the same kind (a finite number for a number, a flag for a flag, a pair for betas); its
-    per-parameter state must belong to those parameters, and every tensor in it be a number (a step count) or a
-    floating tensor of its parameter's shape: what every optimizer of tricklab keeps (SGD's momentum, Adagrad's
+    per-parameter state must belong to those parameters, and every tensor in it be the step count (one number) or
+    a floating tensor of its parameter's shape: what every optimizer of tricklab keeps (SGD's momentum, Adagrad's
     sums, RMSprop's and Adam's moments).
     """
     own_groups, saved_groups = optimizer.param_groups, saved["param_groups"]
@@ -522,9 +522,9 @@ def optimizer_mismatch(optimizer: torch.optim.Optimizer, saved: dict[str, Any]) 
             if not isinstance(value, torch.Tensor):
                 continue
             where = f"optimizer.state.{i}.{key}"
-            if value.numel() == 1 and value.dim() <= 1 and (key == "step" or value.shape != p.shape):
-                if not (value.is_floating_point() or value.dtype in (torch.int32, torch.int64)):
-                    return f"{where}: a {str(value.dtype).removeprefix('torch.')} number"
+            if key == "step":
+                if value.numel() != 1 or not (value.is_floating_point() or value.dtype in (torch.int32, torch.int64)):
+                    return f"{where}: a {str(value.dtype).removeprefix('torch.')} tensor of shape {tuple(value.shape)}"
                 continue
             if tuple(value.shape) != tuple(p.shape):
                 return f"{where} has shape {tuple(value.shape)}, its parameter {tuple(p.shape)}"

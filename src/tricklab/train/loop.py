@@ -48,6 +48,16 @@ def as_batches(
     return data
 
 
+def check_trainable(model: object) -> None:
+    """Refuse, in one line, a model that is not an ``nn.Module`` or has no trainable parameter (nothing to fit)."""
+    if not isinstance(model, nn.Module):
+        raise wrong_type("model", model, "a torch.nn.Module")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise TrickLabError(
+            f"model: the {type(model).__name__} has no trainable parameter (requires_grad): there is nothing to train"
+        )
+
+
 def _single_example_error(batch: int, batches: Batches, error: ValueError) -> TrickLabError:
     """The model refused a batch of one example (batch norm does): a batch size of 1, a training set of 1, or a
     batch of one from the caller's own iterable (a DataLoader without ``drop_last``)."""
@@ -223,6 +233,7 @@ def fit(
     train_acc, val_loss, val_acc, lr, epoch_time_s`` and whatever callbacks added; the names are constants in
     :mod:`tricklab.metrics`).
     """
+    check_trainable(model)
     device = torch.device(device)
     model.to(device)
     optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=1e-3)

@@ -44,8 +44,8 @@ _capped: set[tuple[int, int]] = set()
 
 def set_threads(threads: int) -> int:
     """Use ``threads`` intra-op threads (0: every usable core), never more than :func:`usable_cores`: threads
-    beyond the cores only wait for each other (``train.threads=1024`` on 2 cores runs about 1000× slower). A
-    capped count is said once per process, in one line on stderr. Returns the number in use."""
+    beyond the cores only wait for each other, and every step slows by orders of magnitude. A capped count is
+    said once per process, in one line on stderr. Returns the number in use."""
     cores = usable_cores()
     n = min(threads or cores, cores)
     if threads > cores and (threads, n) not in _capped:
