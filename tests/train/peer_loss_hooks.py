@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 
+import tricklab
 from tricklab.events import Callback
 
 
@@ -21,5 +22,6 @@ class _KillAt(Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+@tricklab.callback
 def kill_at(rank: int, step: int) -> Callback:
     return _KillAt(rank, step)

@@ -19,6 +19,11 @@ GLOO = (
 )
 
 
+def allowing(tmp: Path) -> dict[str, str]:
+    """The DDP tests' environment, with the module this test's config file names allowed (the trust rule)."""
+    return {**env(tmp), "TRICKLAB_ALLOW_MODULES": "peer_loss_hooks"}
+
+
 def test_a_survivor_of_a_killed_rank_stops_with_one_line_naming_it(tmp_path: Path):
     config = tmp_path / "kill.yaml"
     hook = {"name": "peer_loss_hooks:kill_at", "kwargs": {"rank": 1, "step": 5}}  # rank 1, mid-epoch 1
@@ -29,7 +34,7 @@ def test_a_survivor_of_a_killed_rank_stops_with_one_line_naming_it(tmp_path: Pat
     # --monitor-interval: torchrun notices the lost rank (and stops the survivor) at most that late; the survivor
     # notices at once, at its next all-reduce
     proc = subprocess.run(
-        cmd, cwd=tmp_path, env=env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cmd, cwd=tmp_path, env=allowing(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         timeout=TIMEOUT,
     )  # fmt: skip
     assert proc.returncode != 0
