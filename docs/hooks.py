@@ -19,10 +19,12 @@ The notebooks in ``examples/`` are added to the site's files, so mkdocs-jupyter 
 from __future__ import annotations
 
 import ast
+import importlib.util
 import inspect
 import logging
 import re
 import textwrap
+import types
 import typing
 from pathlib import Path
 
@@ -31,6 +33,10 @@ from mkdocs.plugins import event_priority
 from mkdocs.structure.files import File
 
 REPO = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("griffe_rst", Path(__file__).with_name("griffe_rst.py"))
+_griffe_rst = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_griffe_rst)
+rst_to_markdown = _griffe_rst.rst_to_markdown  # Sphinx roles and `::` blocks of docstrings, as Markdown
 log = logging.getLogger("mkdocs.hooks.tricklab")
 
 
@@ -69,17 +75,16 @@ def _comments(cls) -> dict[str, str]:
 
 
 def _type_name(annotation) -> str:
+    """``int | None`` → "an integer, or null"; ``Literal["a", "b"]`` → "`a`, `b`"."""
     if typing.get_origin(annotation) is typing.Literal:
-        return "one of " + ", ".join(f"`{a}`" for a in typing.get_args(annotation))
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if typing.get_origin(annotation) in (typing.Union, getattr(__import__("types"), "UnionType", None)) and args:
-        inner = " or ".join(_type_name(a) for a in args)
-        return f"{inner}, or null" if type(None) in typing.get_args(annotation) else inner
-    if typing.get_origin(annotation) is dict:
-        return "mapping"
-    if typing.get_origin(annotation) is tuple:
-        return "list"
-    return getattr(annotation, "__name__", str(annotation))
+        return ", ".join(f"`{a}`" for a in typing.get_args(annotation))
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        inner = " or ".join(_type_name(a) for a in args if a is not type(None))
+        return f"{inner}, or `null`" if type(None) in args else inner
+    words = {int: "an integer", float: "a number", bool: "`true` or `false`", str: "a string", dict: "a mapping",
+             tuple: "a list"}
+    return words.get(typing.get_origin(annotation) or annotation, getattr(annotation, "__name__", str(annotation)))
 
 
 def _bounds(field) -> str:
@@ -153,6 +158,13 @@ NOTES = {
 }
 
 
+def _names_as_code(valid: str) -> str:
+    """``mlp, cnn, or an import path package.module:callable`` → the names and the path as code."""
+    names, _, path = valid.partition(", or an import path ")
+    shown = ", ".join(f"`{n.strip()}`" for n in names.split(",") if n.strip())
+    return f"{shown}, or an import path `{path}`" if path else shown
+
+
 def _yaml(value) -> str:
     """A default as it is written in a YAML config: ``null``, ``true``, ``0.001``, ``mnist``, ``{}``, ``[]``."""
     if isinstance(value, tuple):
@@ -170,22 +182,17 @@ def config_reference() -> str:
 
     default = Config()
     seen: set[str] = set()
-    out = [
-        "Every key, generated from the config schema (`tricklab.config`) when this site is built. "
-        "A YAML file of these sections, or `--set section.key=value` on the command line (values parsed as YAML); "
-        "unknown keys are refused.",
-        "",
-    ]
+    out = []
     for section, field in Config.model_fields.items():
         model = field.annotation
         if typing.get_origin(model) is tuple:  # callbacks: a list of {name, kwargs}
             model = typing.get_args(model)[0]
         doc = inspect.getdoc(model) or ""
         comments = _comments(model)
-        out += [f"### `{section}`", "", doc, ""]
+        out += [f"### `{section}`", "", rst_to_markdown(doc), ""]
         if section in _comments(Config):
             out += [_comments(Config)[section], ""]
-        out += ["| key | type | default | allowed | what |", "|---|---|---|---|---|"]
+        out += ["| key | default | allowed | what |", "|---|---|---|---|"]
         for name, sub in model.model_fields.items():
             key = f"{section}.{name}"
             if section == "callbacks":
@@ -193,12 +200,14 @@ def config_reference() -> str:
             else:
                 value = getattr(getattr(default, section), name)
             shown = "per model" if section == "model" and name in MODEL_SHAPE else f"`{_yaml(value)}`"
-            allowed = _bounds(sub)
-            if sub.annotation is str and section != "callbacks":
-                allowed = _names_allowed(key) or "any string"
+            allowed = ", ".join(filter(None, [_type_name(sub.annotation), _bounds(sub)]))
+            if str in (sub.annotation, *typing.get_args(sub.annotation)) and section != "callbacks":
+                names = _names_as_code(_names_allowed(key))
+                if names:
+                    allowed = f"{names}, or `null`" if type(None) in typing.get_args(sub.annotation) else names
             what = sub.description or comments.get(name) or NOTES.get(key, "")
             seen.add(key)
-            out.append(f"| `{key}` | {_md(_type_name(sub.annotation))} | {shown} | {_md(allowed)} | {_md(what)} |")
+            out.append(f"| `{key}` | {shown} | {_md(allowed)} | {_md(what)} |")
         out.append("")
     out += [
         "### Each model's own defaults",
@@ -314,26 +323,32 @@ def verdict_table() -> str:
         raise ValueError(f"the verdicts docstring's table lacks the check(s) {', '.join(missing)}")
     out = [
         "Generated from `tricklab.diagnostics.verdicts` when this site is built: the checks registered in `CHECKS`, "
-        "in the order they run, the rules and thresholds of the module's docstring (each threshold checked against "
-        "the constant in the code), the figures each verdict reports, and the source its threshold rests on.",
+        "in the order they run, each with its rule in short (the help `tricklab` prints), the thresholds of the "
+        "module's docstring (each checked against the constant in the code), the figures its verdict reports, and "
+        "the source the rule rests on. The full rules and the reasons for each threshold follow the table.",
         "",
-        "| verdict | fires when | threshold | figures reported | summary and citation |",
+        "| verdict | fires when | thresholds | figures reported | source |",
         "|---|---|---|---|---|",
     ]
     sections = []
     for name in verdicts.CHECKS.names():
         rule, thresholds = table[name]
         figures = _reported_figures(verdicts.CHECKS.get(name))
-        summary = verdicts.CHECKS.help(name)
+        short, _, source = verdicts.CHECKS.help(name).rpartition("; ")
+        if not short:
+            short, source = source, "—"
         out.append(
-            f"| [`{name}`](#{name.replace('_', '-')}) | {_md(' '.join(rule))} | "
+            f"| [`{name}`](#{name.replace('_', '-')}) | {_md(short)} | "
             f"{'<br>'.join(_thresholds(thresholds, verdicts))} | {', '.join(f'`{k}`' for k in figures) or '—'} | "
-            f"{_md(summary)} |"
+            f"{_md(source)} |"
         )
         prefix = WHY.get(name)
         reason = next((text for head, text in why.items() if prefix and head.startswith(prefix)), None)
         sections += [f"### `{name}` {{#{name.replace('_', '-')}}}", "", f"**Rule.** {' '.join(rule)}", ""]
         sections += [f"**Threshold.** {'; '.join(_thresholds(thresholds, verdicts))}.", ""]
+        if figures:
+            shown = ", ".join(f"`{k}`" for k in figures)
+            sections += [f"**Evidence.** `Verdict.figures` holds {shown}, beside the layers it names.", ""]
         if reason:
             sections += [f"**Why this value.** {reason}", ""]
         elif name != verdicts.NONFINITE:
@@ -345,7 +360,11 @@ def verdict_table() -> str:
     intro = intro[: intro.index("=====")].strip()
     after = doc.split("=" * 20)[-1]
     after = after[after.index("\n") :].split("Why these values:")[0].strip()
-    return "\n".join([*out, "", intro, "", after, "", "## Each verdict", "", *sections])
+    compared = "Where these rules differ" + doc.split("Where these rules differ", 1)[1]
+    return rst_to_markdown(
+        "\n".join([*out, "", intro, "", after, "", "## Each verdict", "", *sections, "## Compared with other tools",
+                   "", compared])
+    )
 
 
 # --- the API reference and the names ------------------------------------------------------------------------------
