@@ -76,7 +76,10 @@ def test_the_config_reference_has_every_key_of_the_schema(site):
 
     row = next(r for r in html.split("<tr>") if "<code>optim.name</code>" in r)
     for name in FAMILIES["optimizers"].names():
-        assert name in row
+        assert f"<code>{name}</code>" in row
+    # bounds come from the fields' constraints: model.dropout is Field(None, ge=0, lt=1)
+    row = next(r for r in html.split("<tr>") if "<code>model.dropout</code>" in r)
+    assert "≥ 0, &lt; 1" in row
 
 
 def test_every_verdict_of_the_doctor_has_its_rule_threshold_and_figures(site):
@@ -90,13 +93,18 @@ def test_every_verdict_of_the_doctor_has_its_rule_threshold_and_figures(site):
     assert "Pascanu et al. 2013" in html and "Prechelt" in html
 
 
-def test_a_threshold_the_docstring_gets_wrong_fails_the_build():
+def load_hooks():
     pytest.importorskip("mkdocs", reason="the docs extra is not installed: pip install -c constraints.txt -e '.[docs]'")
     sys.path.insert(0, str(REPO / "docs"))
     try:
         import hooks
     finally:
         sys.path.remove(str(REPO / "docs"))
+    return hooks
+
+
+def test_a_threshold_the_docstring_gets_wrong_fails_the_build():
+    hooks = load_hooks()
     from tricklab.diagnostics import verdicts
 
     assert hooks._thresholds(["``EXPLODING_RATIO`` 1e3"], verdicts) == ["`EXPLODING_RATIO` = 1000"]
@@ -104,6 +112,19 @@ def test_a_threshold_the_docstring_gets_wrong_fails_the_build():
         hooks._thresholds(["``EXPLODING_RATIO`` 1e4"], verdicts)
     with pytest.raises(ValueError, match="NO_SUCH_LIMIT"):
         hooks._thresholds(["``NO_SUCH_LIMIT`` 3"], verdicts)
+
+
+def test_a_check_the_docstring_table_does_not_describe_fails_the_build():
+    hooks = load_hooks()
+    from tricklab.diagnostics.verdicts import CHECKS
+
+    CHECKS.register("undocumented_check", help="fires never", source="a test")(lambda findings, settings: None)
+    try:
+        with pytest.raises(ValueError, match="lacks the check\\(s\\) undocumented_check"):
+            hooks.verdict_table()
+    finally:
+        CHECKS.unregister("undocumented_check")
+    assert "undocumented_check" not in hooks.verdict_table()
 
 
 def test_the_notebook_is_rendered_with_its_outputs_and_the_results_with_their_plots(site):
