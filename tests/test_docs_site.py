@@ -20,18 +20,37 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.docs
 
 
+def mkdocs_build(config, out):
+    """``mkdocs build --strict`` as CI runs it (not ``--quiet``: that hides the warnings strict mode counts)."""
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}  # Material's banner about its end of life, not our build's
+    return subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file", str(config), "--site-dir", str(out)],
+        cwd=Path(config).parent, env=env, capture_output=True, text=True, timeout=300,
+    )
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     pytest.importorskip("mkdocs", reason="the docs extra is not installed: pip install -c constraints.txt -e '.[docs]'")
     out = tmp_path_factory.mktemp("site")
-    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}  # Material's banner about its end of life, not our build's
-    proc = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "--config-file", str(REPO / "mkdocs.yml"),
-         "--site-dir", str(out)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-    )
+    proc = mkdocs_build(REPO / "mkdocs.yml", out)
     assert proc.returncode == 0, f"mkdocs build --strict failed:\n{proc.stdout}\n{proc.stderr}"
     return out
+
+
+def test_a_broken_link_fails_the_build_as_it_is_run_here(tmp_path):
+    pytest.importorskip("mkdocs", reason="the docs extra is not installed: pip install -c constraints.txt -e '.[docs]'")
+    import yaml
+
+    ours = yaml.safe_load((REPO / "mkdocs.yml").read_text())
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "index.md").write_text("# home\n\nSee [the guide](guide.md#no-such-section).\n")
+    (tmp_path / "docs" / "guide.md").write_text("# guide\n\nSee [nowhere](no-such-page.md).\n")
+    config = {"site_name": "t", "validation": ours["validation"], "markdown_extensions": ["toc"]}
+    (tmp_path / "mkdocs.yml").write_text(yaml.safe_dump(config))
+    proc = mkdocs_build(tmp_path / "mkdocs.yml", tmp_path / "site")
+    assert proc.returncode != 0
+    assert "no-such-page.md" in proc.stderr and "no-such-section" in proc.stderr
 
 
 def page(site, name):
