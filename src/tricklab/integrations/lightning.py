@@ -96,7 +96,7 @@ class TrickLabDoctor(pl.Callback):
         if self._stepped:  # not on the batches that only accumulate gradients
             self._stepped = False
             self.doctor.after_step()
-            if self.doctor.steps == 0:
+            if self.doctor.steps == 0 and not self.doctor.forward_steps:  # an eval-mode forward is a verdict
                 name = f"{type(pl_module).__name__}.{self.module}" if self.module else type(pl_module).__name__
                 raise TrickLabError(
                     f"TrickLabDoctor: training_step did not call {name}'s forward; call it there (self(x)), or "
