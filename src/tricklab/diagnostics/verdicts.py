@@ -18,6 +18,8 @@ verdict                      fires when                                         
                              a batch loss above 10× the median of the 20 before it     ``LOSS_SPIKE`` 10
                              (and above the untrained loss)
 ``vanishing_gradients``      median ‖∂L/∂W_first‖ / ‖∂L/∂W_last‖ below                 ``VANISHING_RATIO`` 0.1
+                             and the same ratio per √fan-in below (each norm divided   ``VANISHING_PER_FAN_IN``
+                             by √ of its layer's inputs per unit, where recorded)      0.3
                              std of the last layer's output / the first's below        1 / ``ACT_RANGE``
 ``saturation``               a sigmoid/tanh layer's median fraction of outputs in the  ``SATURATED_MAX`` 0.25
                              tails (sigmoid y ∉ [0.01, 0.99], tanh |y| > 0.99) above
@@ -67,7 +69,12 @@ Why these values:
   can shrink it by 4^-20 ≈ 1e-12 (Hochreiter 1991; Glorot & Bengio 2010, Fig. 7). With He or Glorot init
   (with or without batch norm) we measure first/last ratios of 0.5 to 8 at depths 2–30; a 20-layer sigmoid
   net with N(0, 1) weights gives 0.015, with Glorot init and no norm 1e-12. One order of magnitude below the
-  last layer is outside normal variation.
+  last layer is outside normal variation. But the norm of ∂L/∂W = δxᵀ (summed over the batch and a conv's
+  positions) also grows with √fan_in for the same backward signal δ, so the raw ratio is also low when the first
+  layer has far fewer inputs per unit than the last: an MNIST CNN with batch norm, healthy, whose first layer is a
+  3×3 conv on one channel (fan-in 9) and whose head reads 32×7×7 maps (fan-in 1568), measures 0.087 raw and 1.15
+  per √fan-in. So the ratio must also be below 0.3 per √fan-in: we measure ≤ 0.11 for nets whose signal does
+  vanish (12 sigmoid layers at N(0, 1); the zoo's vanishing cases: 0.0) and 0.74–12 for the zoo's healthy nets.
 - Exploding, 1e3: gradients growing towards the input make the first layers' steps huge (Pascanu et al.
   2013). Batch norm alone grows them ≈ 1.2× per layer at init (Yang et al. 2019, "A mean field theory of
   batch normalization": we measure ~260× over 30 ReLU layers) and such nets still train, so only growth
