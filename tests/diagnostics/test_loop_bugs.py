@@ -204,7 +204,7 @@ def test_training_in_eval_mode_with_dropout_is_a_verdict_not_an_exception():
     assert v.figures["eval_steps"] == 59 and v.first_step == 1 and "2" in v.layers
     text = doctor.report()  # the report renders, with the fix
     assert "model.train()" in text
-    assert lb.EVAL_MODE_TRAINING not in names(run(dropout=0.3))
+    assert names(run(dropout=0.3)) == []  # the same net and loop in training mode
 
 
 def test_a_model_in_eval_mode_for_every_step_still_gets_its_verdict():
@@ -336,7 +336,7 @@ def test_weight_decay_far_above_the_gradient_is_named():
     assert v.figures["decay_over_grad"] > lb.DECAY_DOMINATES and v.figures["weight_decay"] == 3.0
     healthy = run(weight_decay=5e-4)
     ratios = healthy.findings().records.series(lb.LOOP_DECAY, MODEL)[1]
-    assert max(ratios) < 1 and lb.WEIGHT_DECAY_DOMINATES not in names(healthy)
+    assert max(ratios) < 1 and names(healthy) == []
 
 
 # --- 11. clipping that dominates ----------------------------------------------------------------------------------
@@ -347,7 +347,7 @@ def test_clipping_every_step_by_a_large_factor_is_named():
     v = next(v for v in doctor.verdicts() if v.name == lb.CLIPPING_DOMINATES)
     assert v.figures["clip_factor"] > 100
     healthy = run(max_norm=5.0)  # clips a spike now and then, if ever
-    assert lb.CLIPPING_DOMINATES not in names(healthy)
+    assert names(healthy) == []
     assert max(healthy.findings().records.series(lb.LOOP_CLIP, MODEL)[1]) == pytest.approx(1.0)
 
 
@@ -386,7 +386,7 @@ def test_an_output_of_n_by_1_against_targets_of_n_is_named():
     doctor = regression(broadcast=True)
     v = doctor.verdicts()[0]
     assert v.name == lb.LOSS_BROADCASTS and "(32, 1)" in v.summary and v.first_step == 0
-    assert lb.LOSS_BROADCASTS not in names(regression(broadcast=False))  # the output squeezed: the same shapes
+    assert names(regression(broadcast=False)) == []  # the output squeezed: the same shapes
 
 
 def test_the_same_batch_every_step_is_named():
@@ -525,3 +525,47 @@ def test_the_doctors_output_never_raises_for_a_bug_it_can_describe(bug, tmp_path
     assert result.to_dict()["verdicts"][0]["first_step"] is not None
     assert doctor.save(tmp_path / "report").is_file()
     assert not math.isnan(len(doctor.prescription()))
+
+
+# --- the Lightning callback ---------------------------------------------------------------------------------------
+
+
+def test_the_lightning_callback_names_a_loop_bug_and_its_healthy_twin_gets_none():
+    pl = pytest.importorskip("lightning")
+    from tricklab.integrations.lightning import TrickLabDoctor
+
+    class Lit(pl.LightningModule):
+        def __init__(self, partial: bool):
+            super().__init__()
+            self.net, self.partial = net(), partial
+
+        def forward(self, x):
+            return self.net(x)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return F.cross_entropy(self(x), y)
+
+        def configure_optimizers(self):  # the bug: an optimizer over the last layer only
+            return torch.optim.SGD(self.net[-1].parameters() if self.partial else self.parameters(), lr=0.1)
+
+    x, y = data()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32, shuffle=True)
+    found = {}
+    for partial in (True, False):
+        doctor = TrickLabDoctor(every=2, verbose=False)
+        trainer = pl.Trainer(
+            max_epochs=4,
+            accelerator="cpu",
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[doctor],
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.fit(Lit(partial), loader)
+        found[partial] = doctor.verdicts()
+    assert found[True][0].name == lb.PARAMS_NOT_IN_OPTIMIZER and "net.0.weight" in found[True][0].summary
+    assert found[False] == []

@@ -152,6 +152,12 @@ class Doctor:
         """The gradients of this step are complete and the weights not yet updated."""
         self._callback.on_after_backward(self._state)
 
+    def before_backward(self, loss: Tensor) -> None:
+        """The loss about to be backpropagated (a framework calls this when driven): its autograd graph is read for
+        an element-wise loss that broadcast the output against a target of another shape."""
+        if self._callback is not None and self._callback.watch is not None and isinstance(loss, Tensor):
+            self._callback.watch.loss(loss, self._forward_step)
+
     def after_step(self) -> None:
         """The optimizer step was taken: the next forward belongs to the next step."""
         self._state.step += 1

@@ -6,6 +6,7 @@ It runs a :class:`~tricklab.diagnostics.anywhere.Doctor` over ``trainer.fit``, d
 Lightning hook                 the doctor
 =============================  ======================================================================================
 ``on_train_start``             hooks the LightningModule (or its submodule ``module``) and reads the optimizer's LR
+``on_before_backward``         the loss's autograd graph, read for a loss that broadcast output and target
 ``on_before_optimizer_step``   after backward, before the update (and before Lightning's gradient clipping): the
                                global gradient norm, the first non-finite value, the weights before the update
 ``on_train_batch_end``         the step's end (update ratios), and the batch loss from ``training_step``'s output
@@ -79,6 +80,10 @@ class TrickLabDoctor(pl.Callback):
         optimizers = trainer.optimizers
         optimizer = optimizers[0] if len(optimizers) == 1 else None  # several (GANs): no LR in the settings
         self.doctor = Doctor(watched, optimizer, self.every, driven=True).attach()
+
+    def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor) -> None:
+        if self.doctor is not None:
+            self.doctor.before_backward(loss)  # its graph: a loss that broadcast output and target
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
         if self.doctor is not None:
