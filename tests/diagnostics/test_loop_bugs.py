@@ -405,6 +405,18 @@ def test_tricklabs_own_loop_raises_none_of_the_loop_verdicts():
     result = diagnose_model(net(), (x[:64], y[:64]), steps=30, every=2, batch_size=64, recheck=False, signal=False)
     assert not {v.name for v in result.verdicts} & set(lb.LOOP_CHECKS.names()) - {lb.LABELS_INDEPENDENT}
     assert result.findings.records.series(lb.LOOP_INPUT_HASH, MODEL)[1] == []
+    assert result.findings.records.series(lb.LOOP_BASE_LR, MODEL)[1] == []  # its schedules are stepped as written
+
+
+def test_tricklab_diagnose_names_an_optimizer_whose_lr_is_zero():
+    from tricklab.diagnostics.doctor import diagnose_model
+
+    x, y = data()
+    model = net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    result = diagnose_model(model, (x, y), optimizer=opt, steps=20, every=2, batch_size=64, recheck=False, signal=False)
+    assert [v.name for v in result.verdicts if v.cause is None] == [lb.STEP_CHANGES_NOTHING]
+    assert "learning rate is 0" in result.verdicts[0].summary
 
 
 def test_a_model_of_your_own_that_outputs_probabilities_is_named_by_tricklab_diagnose():

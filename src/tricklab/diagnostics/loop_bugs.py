@@ -32,7 +32,8 @@ verdict                          fires when                                     
 ``lr_schedule_runaway``          the LR the optimizer used was below this × its peak for more     ``LR_COLLAPSE`` 1e-3
                                  than this share of the sampled steps (collapsed), or above this  ``LR_COLLAPSE_SHARE``
                                  × the LR it was built with (exploded); the schedulers attached   0.25; ``LR_EXPLODE``
-                                 to the optimizer are named with their step counts                100
+                                 to the optimizer are named with their step counts (not judged in 100
+                                 ``fit()``, which steps its schedules as they are written)
 ``batches_not_shuffled``         two labels of one batch are equal far more often than two of the ``SHUFFLE_EXCESS``
                                  whole stream: (c − q)/(1 − q) above, with c the within-batch     0.5
                                  rate, q = Σ p_c² (at least ``SHUFFLE_MIN_BATCHES`` = 3 batches and

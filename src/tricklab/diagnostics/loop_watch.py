@@ -12,7 +12,7 @@ product). On sampled steps (every ``every``-th) only: a max |g| per parameter te
 one host read), the LR of each param group, ‖W‖ and ‖g‖ of the decayed groups, ‖g‖ after backward (per-tensor hooks
 for that step) and at the step, whether the output rows are distributions, and, at the first backward after it,
 whether ``.grad`` was zeroed (a tensor hook per parameter, for that one backward). The things ``fit()`` guarantees
-(``zero_grad``, training mode, a new batch each step) are not watched there.
+(``zero_grad``, training mode, a new batch each step, schedules stepped as written) are not watched there.
 """
 
 from __future__ import annotations
@@ -105,6 +105,7 @@ class LoopWatch:
                 self._owners[name or type(m).__name__] = own
         if optimizer is not None:
             self._check_unoptimized(mine)
+        if optimizer is not None and not own_loop:  # fit() steps its schedules as written: no runaway to judge
             base = max(float(g.get("initial_lr", g["lr"])) for g in optimizer.param_groups)
             records.add(LOOP_BASE_LR, MODEL, 0, base)
 
