@@ -220,6 +220,16 @@ def test_a_model_in_eval_mode_for_every_step_still_gets_its_verdict():
     assert doctor.steps == 0  # no training-mode forward, yet no exception:
     assert names(doctor) == [lb.EVAL_MODE_TRAINING]
     assert "eval mode" in doctor.report()
+    plain = nn.Sequential(nn.Linear(D, 32), nn.ReLU(), nn.Linear(32, C)).eval()  # eval mode changes nothing here,
+    opt = torch.optim.SGD(plain.parameters(), lr=0.05)  # and the probes saw no training forward: it says so
+    with tricklab.Doctor(plain, opt, every=2) as doctor:
+        for step in range(4):
+            loss = F.cross_entropy(plain(x[step * 32 : step * 32 + 32]), y[step * 32 : step * 32 + 32])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with pytest.raises(tricklab.TrickLabError, match="saw 4 optimizer steps but no forward .* in training mode"):
+        doctor.verdicts()
 
 
 def test_eval_mode_below_the_share_is_not_flagged():

@@ -26,6 +26,13 @@ How it measures: a :class:`~tricklab.diagnostics.probes.ProbeCallback`, driven t
   Lightning callback, :mod:`tricklab.integrations.lightning`).
 
 The settings the verdicts read (the norm layers, the optimizer's learning rate) are taken on entry.
+
+Besides the model's problems, the doctor checks the loop itself (:mod:`~tricklab.diagnostics.loop_bugs`: gradients
+that are never zeroed, parameters in no param group, a cut graph, a step that changes nothing, training forwards in
+eval mode, probabilities fed to the loss, a runaway LR schedule, unshuffled batches, labels that do not belong to
+their inputs, weight decay or clipping that swamps the gradient, a loss that broadcast, the same batch every step).
+A loop bug that explains a symptom is the verdict, and the symptom is shown as its consequence with no fix of its
+own. A loop whose forwards all ran in eval mode gets the ``eval_mode_training`` verdict, not an exception.
 """
 
 from __future__ import annotations
@@ -217,13 +224,14 @@ class Doctor:
     def verdicts(self) -> list[Verdict]:
         """The problems found (an empty list: healthy), as ``tricklab doctor`` names them."""
         findings = self.findings()
-        if findings.steps == 0 and not self.forward_steps:  # the loop's checks need the steps' forwards, in any mode
+        found = diagnose(findings, self._settings) if findings.steps or self.forward_steps else []
+        if findings.steps == 0 and not found:  # nothing probed and no loop bug that says why: nothing to judge
             taken = f"{self._state.step} optimizer steps but " if self._state.step else ""
             raise TrickLabError(
                 f"Doctor: saw {taken}no forward of the {type(self.model).__name__} in training mode; call "
                 "model.train() and run the model inside the `with` block (the model you pass must be the one called)"
             )
-        return diagnose(findings, self._settings)
+        return found
 
     def overrides(self) -> dict[str, Any]:
         """The verdicts' prescription as tricklab config overrides, e.g. ``{"model.norm": "batch"}``."""
