@@ -6,12 +6,13 @@ A :class:`LoopWatch` runs inside :class:`~tricklab.diagnostics.probes.ProbeCallb
 hook on the model, the step's "after backward" (:meth:`before_step`) and its end (:meth:`after_step`), and the
 batch's labels or targets when the loop gives them.
 
-What it costs. Every step: a Python flag per forward (was the model in training mode), and on the first forward of
-steps t and t+1 of each sampled step a hash of the input (a strided sample of ≤ ``HASH_SIZE`` elements and a dot
-product). On sampled steps (every ``every``-th) only: a max |g| per parameter tensor (which layers got a gradient,
-one host read), the LR of each param group, ‖W‖ and ‖g‖ of the decayed groups, ‖g‖ after backward (per-tensor hooks
-for that step) and at the step, whether the output rows are distributions, and, at the first backward after it,
-whether ``.grad`` was zeroed (a tensor hook per parameter, for that one backward). The things ``fit()`` guarantees
+What it costs. Every step: a few Python flags (was the model in training mode), and on the first forward of steps
+t and t+1 of each sampled step a hash of the input (a strided sample of ≤ ``HASH_SIZE`` elements and a dot
+product). On sampled steps (every ``every``-th): the LR of each param group. On audited ones (the first
+``AUDIT_FIRST`` sampled steps, then every ``AUDIT_EVERY``-th): a max |g| per parameter tensor (which layers got a
+gradient, one host read), ‖W‖ and ‖g‖ of the decayed groups, ‖g‖ after backward (per-tensor hooks for that step) and
+at the step, whether the output rows are distributions, and, at the first backward after it, whether ``.grad`` was
+zeroed (a tensor hook per parameter, for that one backward). The things ``fit()`` guarantees
 (``zero_grad``, training mode, a new batch each step, schedules stepped as written) are not watched there.
 """
 
@@ -48,10 +49,17 @@ from tricklab.diagnostics.loop_bugs import (
     LOOP_UNOPTIMIZED,
     PROB_TOLERANCE,
 )
+from tricklab.diagnostics.probes import _read
 from tricklab.diagnostics.records import MODEL, Records
 
 #: The input hash reads at most this many elements of the batch, evenly strided.
 HASH_SIZE = 1024
+#: The checks that read every gradient or the output (which layers got a gradient, zeroing, clipping, decay,
+#: distributions) run on the first ``AUDIT_FIRST`` sampled steps and then on every ``AUDIT_EVERY``-th: the bugs they
+#: look for are in the loop's code, there from the start, and a pass over every gradient on each sampled step would
+#: cost as much as the probe's own statistics.
+AUDIT_FIRST = 5
+AUDIT_EVERY = 5
 #: Modules whose behaviour differs between train and eval mode.
 MODE_LAYERS = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
 
@@ -159,19 +167,21 @@ class LoopWatch:
             lr = max(float(g["lr"]) for g in self.optimizer.param_groups)
             self._lrs.append(lr)
             self.records.add(LOOP_LR, MODEL, step, lr)
-            self._grad_states(step)
-            self._decay(step)
-            if self.own_loop:  # fit(): this event runs before its clipping
-                self._preclip_total = _total_norm([p.grad for p in self._params if p.grad is not None])
-            elif self._preclip:
-                self._preclip_total = torch.stack([n.float() for n in self._preclip.values()]).square().sum().sqrt()
+            if self._audited(step):
+                self._grad_states(step)
+                self._decay(step)
+                if self.own_loop:  # fit(): this event runs before its clipping
+                    self._preclip_total = _total_norm([p.grad for p in self._params if p.grad is not None])
+                elif self._preclip:
+                    total = torch.stack([n.float() for n in self._preclip.values()]).square().sum().sqrt()
+                    self._preclip_total = total
             self._preclip = {}
         self._flush()
 
     def after_step(self) -> None:
         """The optimizer step was taken (the next forward belongs to the next step)."""
         step = self._step()
-        if self.optimizer is not None and self._sampled(step):
+        if self.optimizer is not None and self._audited(step):
             grads = [p.grad for p in self._params if p.grad is not None]
             if self._preclip_total is not None and grads:
                 with torch.no_grad():
@@ -218,7 +228,7 @@ class LoopWatch:
             x = args[0] if args and isinstance(args[0], Tensor) else None
             if x is not None and not self.own_loop and step % self.every in (0, 1):
                 self._pending.append((LOOP_INPUT_HASH, step, self._hash(x), float))
-            if self._sampled(step) and not self.own_loop and self.optimizer is not None:
+            if self._audited(step) and not self.own_loop and self.optimizer is not None:
                 self._drop_hooks(self._preclip_hooks)
                 self._preclip_hooks += [p.register_post_accumulate_grad_hook(self._preclip_hook) for p in self._params]
         self._fwd_training |= module.training
@@ -227,7 +237,7 @@ class LoopWatch:
         if not torch.is_grad_enabled() or not isinstance(output, Tensor):
             return
         step = self._step()
-        if step == self._output_step or not self._sampled(step):
+        if step == self._output_step or not self._audited(step):
             return
         if output.dim() == 2 and output.shape[1] >= 2 and output.is_floating_point() and output.numel():
             self._output_step = step
@@ -257,6 +267,11 @@ class LoopWatch:
 
     def _sampled(self, step: int) -> bool:
         return step % self.every == 0
+
+    def _audited(self, step: int) -> bool:
+        """A sampled step on which the checks that read every gradient run (:data:`AUDIT_FIRST`, AUDIT_EVERY)."""
+        k, rest = divmod(step, self.every)
+        return rest == 0 and (k < AUDIT_FIRST or k % AUDIT_EVERY == 0)
 
     @staticmethod
     def _drop_hooks(handles: list[Any]) -> None:
@@ -340,8 +355,6 @@ class LoopWatch:
         """Pending tensors → records, with one host read."""
         if not self._pending:
             return
-        from tricklab.diagnostics.probes import _read
-
         values = _read([t for _, _, t, _ in self._pending])
         for (metric, step, _, wrap), v in zip(self._pending, values, strict=True):
             self.records.add(metric, MODEL, step, wrap(v))
@@ -379,7 +392,9 @@ def broadcast_in_loss(node: Any, depth: int = 0) -> list[int] | None:
 
 
 def _total_norm(tensors: list[Tensor]) -> Tensor:
-    """‖(t₁, t₂, ...)‖₂ as a 0-d float tensor."""
+    """‖(t₁, t₂, ...)‖₂ as a 0-d float tensor (0 for no tensors)."""
+    if not tensors:
+        return torch.zeros(())
     norms = torch._foreach_norm([t.detach().float() for t in tensors])
     return torch.stack(list(norms)).square().sum().sqrt()
 
