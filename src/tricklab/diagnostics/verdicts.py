@@ -464,6 +464,7 @@ def check_nonfinite(f: Findings, s: Mapping[str, Any]) -> Verdict | None:
         if bad_data
         else "a value overflowed: at step 0 the scale of the weights is wrong (He/Glorot init, batch norm); "
         "later the updates grew too large: clip the gradient norm and lower the LR",
+        first_step=nf.step,
     )
 
 
