@@ -350,6 +350,19 @@ def test_weight_decay_far_above_the_gradient_is_named():
     assert max(ratios) < 1 and names(healthy) == []
 
 
+def test_the_decay_rule_reads_the_first_sample_before_the_decay_has_shrunk_the_weights():
+    def findings(ratios):
+        f = Findings(Records(), [], 10, 50)
+        for t, r in zip(range(0, 50, 10), ratios, strict=False):
+            f.records.add(lb.LOOP_DECAY, MODEL, t, r)
+        f.records.add(lb.LOOP_DECAY_SETTING, MODEL, 0, {"weight_decay": 1.0, "decoupled": False})
+        return f
+
+    assert lb.check_decay(findings([11.0, 1.0, 1.0]), {}).first_step == 0  # then λW only balances the gradient
+    assert lb.check_decay(findings([9.0, 1.0, 1.0]), {}) is None
+    assert lb.check_decay(findings([0.01, 11.0, 12.0]), {}) is None  # a gradient that fell later: not the decay
+
+
 # --- 11. clipping that dominates ----------------------------------------------------------------------------------
 
 

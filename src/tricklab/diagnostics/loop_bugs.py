@@ -41,9 +41,10 @@ verdict                          fires when                                     
 ``labels_independent_of_inputs`` the loss fell to the label-prior loss (what predicting the class   ``PRIOR_MARGIN``
                                  frequencies costs) and stays there, the weights moving and no    0.05 (verdicts.py)
                                  signal problem in the way
-``weight_decay_dominates``       median λ‖W‖ / ‖∇L‖ over the sampled steps above (AdamW, whose     ``DECAY_DOMINATES``
-                                 decay is decoupled: λ‖W‖ / √n, n the weights' count, the norm of 10
-                                 Adam's early ±1 steps)
+``weight_decay_dominates``       λ‖W‖ / ‖∇L‖ at the first sampled step (before the decay has      ``DECAY_DOMINATES``
+                                 shrunk the weights: once it has, λW only balances the gradient) 10
+                                 above (AdamW, whose decay is decoupled: λ‖W‖ / √n, n the
+                                 weights' count, the norm of Adam's early ±1 steps)
 ``clipping_dominates``           median ‖g‖ before clipping / after above (not a GradScaler's      ``CLIP_DOMINATES``
                                  constant power of two)                                           10
 ``loss_broadcasts``              an element-wise loss (F.mse_loss, l1, smooth_l1, huber, bce)     any
@@ -103,7 +104,8 @@ LOOP_OUTPUT = "loop_output_kind"  # sampled steps: 0 other, 1 probabilities, 2 l
 LOOP_LAST_MODULE = "loop_last_module"  # once: the class name of the model's last child module
 LOOP_LABEL_PAIRS = "loop_label_pairs"  # sampled batches: [equal label pairs, label pairs]
 LOOP_LABEL_POOLED = "loop_label_pooled"  # at the end: Σ p_c² of the labels counted
-LOOP_DECAY = "loop_decay_ratio"  # sampled steps: λ‖W‖ / ‖∇L‖ (decoupled: / √n)
+LOOP_DECAY = "loop_decay_ratio"  # audited steps: λ‖W‖ / ‖∇L‖ (decoupled: / √n)
+LOOP_DECAYED_NORM = "loop_decayed_norm"  # audited steps: ‖W‖ of the parameters that decay
 LOOP_DECAY_SETTING = "loop_decay_setting"  # once: {"weight_decay": the largest λ, "decoupled": bool}
 LOOP_CLIP = "loop_clip_factor"  # sampled steps: ‖g‖ after backward / ‖g‖ the step used
 LOOP_PRECLIP = "loop_preclip_norm"  # sampled steps: ‖g‖ after backward
@@ -140,7 +142,6 @@ SHUFFLE_EXCESS = 0.5
 SHUFFLE_MIN_BATCHES = 3
 SHUFFLE_MIN_PAIRS = 200
 DECAY_DOMINATES = 10.0
-DECAY_MIN_SAMPLES = 2
 CLIP_DOMINATES = 10.0
 CLIP_MIN_SAMPLES = 2
 SAME_BATCH_SHARE = 0.9
@@ -431,29 +432,28 @@ def check_labels_independent(f: Findings, s: Mapping[str, Any]) -> Verdict | Non
     )
 
 
-@LOOP_CHECKS.register(WEIGHT_DECAY_DOMINATES, help="the decay term λ‖W‖ ≫ ‖∇L‖")
+@LOOP_CHECKS.register(WEIGHT_DECAY_DOMINATES, help="the decay term λ‖W‖ ≫ ‖∇L‖ before training")
 def check_decay(f: Findings, s: Mapping[str, Any]) -> Verdict | None:
     steps, ratios = f.records.series(LOOP_DECAY, MODEL)
-    ratios_ok = [v for v in ratios if math.isfinite(v)]
-    if len(ratios_ok) < DECAY_MIN_SAMPLES:
-        return None
-    med = statistics.median(ratios_ok)
-    if med <= DECAY_DOMINATES:
+    if not ratios or not math.isfinite(ratios[0]) or ratios[0] <= DECAY_DOMINATES:
         return None
     setting = (_once(f, LOOP_DECAY_SETTING) or (0, {}))[1]
     wd = setting.get("weight_decay", float("nan"))
     against = "√n (Adam's unit step; AdamW decays apart from it)" if setting.get("decoupled") else "‖∇L‖"
-    first = next(t for t, v in zip(steps, ratios, strict=True) if v > DECAY_DOMINATES)
+    norms = [v for v in f.records.series(LOOP_DECAYED_NORM, MODEL)[1] if math.isfinite(v)]
+    shrink = norms[-1] / norms[0] if len(norms) > 1 and norms[0] > 0 else None
+    shrunk = f"; ‖W‖ went from {_g(norms[0])} to {_g(norms[-1])}" if shrink is not None else ""
     return Verdict(
         WEIGHT_DECAY_DOMINATES,
-        f"weight decay's pull λ‖W‖ is a median {_g(med)}× {against} over {len(ratios_ok)} sampled steps "
-        f"(weight_decay = {_g(wd)}; > {DECAY_DOMINATES:g}×): each step mostly shrinks the weights towards 0",
+        f"at step {steps[0]}, weight decay's pull λ‖W‖ was {_g(ratios[0])}× {against} (weight_decay = {_g(wd)}; > "
+        f"{DECAY_DOMINATES:g}×): the steps shrink the weights towards 0 until the decay only balances the gradient"
+        + shrunk,
         (MODEL,),
-        {"decay_over_grad": med, "weight_decay": wd},
+        {"decay_over_grad": ratios[0], "weight_decay": wd, **({"weight_norm_ratio": shrink} if shrink else {})},
         {},
         "weight_decay is set orders of magnitude too high (a typo such as 1e-1 for 1e-4, or an L2 term added to the "
         "loss on top of the optimizer's)",
-        first_step=first,
+        first_step=steps[0],
         code="a weight decay the gradient can work against: `weight_decay=5e-4` (SGD) or `1e-2` (AdamW) where you "
         "build the optimizer, and no extra L2 term in the loss",
     )
@@ -544,6 +544,7 @@ def _always(f: Findings, metric: str, test: Any) -> bool:
 EXPLAINS: dict[str, tuple[str, ...]] = {
     GRADIENTS_ACCUMULATE: (
         "exploding_gradients",
+        "vanishing_gradients",
         "non_finite_values",
         "lr_too_high",
         "dead_relus",
@@ -553,7 +554,8 @@ EXPLAINS: dict[str, tuple[str, ...]] = {
         "slow_convergence",
     ),
     STEP_CHANGES_NOTHING: ("slow_convergence", "loss_not_decreasing", LABELS_INDEPENDENT),
-    PARAMS_NOT_IN_OPTIMIZER: ("slow_convergence", "loss_not_decreasing", LABELS_INDEPENDENT),
+    # the layers left out keep their large early gradients while the trained ones fit: a first/last ratio that grows
+    PARAMS_NOT_IN_OPTIMIZER: ("slow_convergence", "loss_not_decreasing", "exploding_gradients", LABELS_INDEPENDENT),
     GRADIENT_CUT: ("vanishing_gradients", "slow_convergence", "loss_not_decreasing", LABELS_INDEPENDENT),
     EVAL_MODE_TRAINING: (
         "exploding_gradients",
@@ -582,8 +584,24 @@ EXPLAINS: dict[str, tuple[str, ...]] = {
         "dead_relus",
         LABELS_INDEPENDENT,
     ),
-    BATCHES_NOT_SHUFFLED: ("oscillating_loss", "loss_not_decreasing", "exploding_gradients", LABELS_INDEPENDENT),
-    WEIGHT_DECAY_DOMINATES: ("slow_convergence", "loss_not_decreasing", "vanishing_gradients", LABELS_INDEPENDENT),
+    # batches of one class pull the net towards that class at each step: large, alternating updates
+    BATCHES_NOT_SHUFFLED: (
+        "oscillating_loss",
+        "loss_not_decreasing",
+        "exploding_gradients",
+        "lr_too_high",
+        "dead_relus",
+        LABELS_INDEPENDENT,
+    ),
+    # the weights collapse towards 0: each step shrinks them by lr·λ (a large update ratio), the signal fades
+    WEIGHT_DECAY_DOMINATES: (
+        "slow_convergence",
+        "loss_not_decreasing",
+        "vanishing_gradients",
+        "lr_too_high",
+        "dead_relus",
+        LABELS_INDEPENDENT,
+    ),
     CLIPPING_DOMINATES: ("slow_convergence", "loss_not_decreasing", LABELS_INDEPENDENT),
     LOSS_BROADCASTS: ("slow_convergence", "loss_not_decreasing", "oscillating_loss"),
     SAME_BATCH: ("overfitting", "oscillating_loss"),
@@ -593,21 +611,25 @@ EXPLAINS: dict[str, tuple[str, ...]] = {
 }
 
 
+#: The causes that act before the first update, so that they can explain what was wrong at init.
+AT_INIT_CAUSES = ("badly_scaled_inputs", EVAL_MODE_TRAINING)
+
+
 def _explains(cause: str, v: Verdict) -> bool:
     """Whether ``cause`` explains verdict ``v``: a symptom it lists, except what was already wrong before training
-    (gradients exploding at init, a NaN at step 0: the weights' scale, not the LR)."""
+    (gradients exploding at init, a NaN at step 0: the weights' or the inputs' scale), which only a cause that acts
+    before the first update explains (:data:`AT_INIT_CAUSES`)."""
     if v.name not in EXPLAINS.get(cause, ()):
         return False
-    if cause == "lr_too_high" and v.name == "exploding_gradients" and v.figures.get("at_init"):
-        return False
-    if cause == "lr_too_high" and v.name == "non_finite_values" and v.figures.get("nonfinite_step") == 0:
-        return False
-    return True
+    before_training = (v.name == "exploding_gradients" and v.figures.get("at_init")) or (
+        v.name == "non_finite_values" and v.figures.get("nonfinite_step") == 0
+    )
+    return not before_training or cause in AT_INIT_CAUSES
 
 
 def explain(verdicts: list[Verdict]) -> list[Verdict]:
-    """Causes first, each with the symptoms it explains after it as its consequences (``cause`` set, prescription
-    withheld); verdicts that nothing explains keep their place."""
+    """Causes, the loop's first, each followed by the symptoms it explains as its consequences (``cause`` set,
+    prescription withheld); verdicts that nothing explains are causes of their own."""
     names = {v.name for v in verdicts}
     cause_of: dict[str, str] = {}  # symptom → its cause; a cause is never itself explained (EXPLAINS lists the
     for cause in EXPLAINS:  # causes so that whatever explains a cause comes before it), so these are root causes
@@ -617,11 +639,12 @@ def explain(verdicts: list[Verdict]) -> list[Verdict]:
             if v.name != cause and v.name not in cause_of and _explains(cause, v):
                 cause_of[v.name] = cause
     out = []
-    for v in verdicts:
+    loop_first = sorted(verdicts, key=lambda v: v.name not in LOOP_CHECKS)  # stable: each group keeps its order
+    for v in loop_first:
         if v.name in cause_of:
             continue
         out.append(v)
-        for w in verdicts:
+        for w in loop_first:
             if cause_of.get(w.name) == v.name:
                 advice = f"a consequence of {v.name}: fix that first. {w.advice}"
                 out.append(dataclasses.replace(w, cause=v.name, prescription={}, advice=advice))

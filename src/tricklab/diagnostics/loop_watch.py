@@ -34,6 +34,7 @@ from tricklab.diagnostics.loop_bugs import (
     LOOP_CLIP,
     LOOP_DECAY,
     LOOP_DECAY_SETTING,
+    LOOP_DECAYED_NORM,
     LOOP_EVAL,
     LOOP_GRAD_STATE,
     LOOP_INPUT_HASH,
@@ -334,16 +335,19 @@ class LoopWatch:
         decoupled = isinstance(self.optimizer, torch.optim.AdamW) or any(
             g.get("decoupled_weight_decay") for g in groups
         )
-        pull, grads, n = [], [], 0
+        weights, pull, grads, n = [], [], [], 0  # per group: ‖W_g‖ and λ_g‖W_g‖
         for g in groups:
             ps = [p for p in g["params"] if p.requires_grad]
             if ps:
-                pull.append(float(g["weight_decay"]) * _total_norm([p.detach() for p in ps]))
+                norm = _total_norm([p.detach() for p in ps])
+                weights.append(norm)
+                pull.append(float(g["weight_decay"]) * norm)
                 grads += [p.grad for p in ps if p.grad is not None]
                 n += sum(p.numel() for p in ps)
         if not pull:
             return
         decay = torch.stack(pull).square().sum().sqrt()
+        self._pending.append((LOOP_DECAYED_NORM, step, torch.stack(weights).square().sum().sqrt(), float))
         against = torch.tensor(math.sqrt(n)) if decoupled else _total_norm(grads) if grads else None
         if against is None:
             return
