@@ -385,6 +385,29 @@ def test_a_grad_scalers_constant_power_of_two_is_not_clipping():
     assert lb.check_clipping(f, {}) is not None
 
 
+@pytest.mark.parametrize(("max_norm", "named"), [(1e-3, True), (5.0, False)])
+def test_clipping_behind_a_grad_scalers_unscale_is_judged_without_the_scale(max_norm, named):
+    x, y = data()
+    model = net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu")  # backward sees the loss × 65536; unscale_ divides the gradient back
+    with tricklab.Doctor(model, opt, every=2) as doctor:
+        for step in range(40):
+            i = (step * 32) % N
+            loss = F.cross_entropy(model(x[i : i + 32]), y[i : i + 32])
+            opt.zero_grad()
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+            scaler.step(opt)
+            scaler.update()
+    if named:
+        assert causes(doctor) == [lb.CLIPPING_DOMINATES]
+        assert doctor.findings().records.series(lb.LOOP_AMP_SCALE, MODEL)[1] == [65536.0]
+    else:
+        assert names(doctor) == []
+
+
 # --- 12. shapes that broadcast, the same batch every step ---------------------------------------------------------
 
 

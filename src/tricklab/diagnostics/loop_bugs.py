@@ -45,8 +45,9 @@ verdict                          fires when                                     
                                  shrunk the weights: once it has, λW only balances the gradient) 10
                                  above (AdamW, whose decay is decoupled: λ‖W‖ / √n, n the
                                  weights' count, the norm of Adam's early ±1 steps)
-``clipping_dominates``           median ‖g‖ before clipping / after above (not a GradScaler's      ``CLIP_DOMINATES``
-                                 constant power of two)                                           10
+``clipping_dominates``           median ‖g‖ before clipping / after above (divided by the scale   ``CLIP_DOMINATES``
+                                 of a GradScaler, whose unscale_ also divides it; a factor that   10
+                                 is a power of two at every step is a scale, not clipping)
 ``loss_broadcasts``              an element-wise loss (F.mse_loss, l1, smooth_l1, huber, bce)     any
                                  expanded its input to its target's shape: (N, 1) against (N,)
                                  gives (N, N) (read off the loss's autograd graph)
@@ -108,7 +109,8 @@ LOOP_DECAY = "loop_decay_ratio"  # audited steps: λ‖W‖ / ‖∇L‖ (decoup
 LOOP_DECAYED_NORM = "loop_decayed_norm"  # audited steps: ‖W‖ of the parameters that decay
 LOOP_DECAY_SETTING = "loop_decay_setting"  # once: {"weight_decay": the largest λ, "decoupled": bool}
 LOOP_CLIP = "loop_clip_factor"  # sampled steps: ‖g‖ after backward / ‖g‖ the step used
-LOOP_PRECLIP = "loop_preclip_norm"  # sampled steps: ‖g‖ after backward
+LOOP_PRECLIP = "loop_preclip_norm"  # audited steps: ‖g‖ after backward
+LOOP_AMP_SCALE = "loop_amp_scale"  # at the end, when the gradient shrank: a GradScaler's scale (its unscale_ divides)
 LOOP_INPUT_HASH = "loop_input_hash"  # steps t and t+1 of each sample: a hash of the input batch
 LOOP_BROADCAST = "loop_broadcast"  # once: the shape of the loss input that the loss expanded to its target's
 
@@ -462,6 +464,8 @@ def check_decay(f: Findings, s: Mapping[str, Any]) -> Verdict | None:
 @LOOP_CHECKS.register(CLIPPING_DOMINATES, help="gradient clipping rescales every step by a large factor")
 def check_clipping(f: Findings, s: Mapping[str, Any]) -> Verdict | None:
     steps, factors = f.records.series(LOOP_CLIP, MODEL)
+    amp = (_once(f, LOOP_AMP_SCALE) or (0, 1.0))[1]  # a GradScaler's unscale_ divides by its scale: not clipping
+    factors = [v / amp for v in factors]
     ok = [v for v in factors if math.isfinite(v) and v > 0]
     if len(ok) < CLIP_MIN_SAMPLES:
         return None
@@ -470,8 +474,8 @@ def check_clipping(f: Findings, s: Mapping[str, Any]) -> Verdict | None:
         return None
     exp = math.log2(ok[0])
     if all(abs(math.log2(v) - round(exp)) < 1e-3 for v in ok):
-        return None  # a GradScaler's unscale_ (a constant power of two), not clipping
-    pre = statistics.median(v for v in f.records.series(LOOP_PRECLIP, MODEL)[1] if math.isfinite(v))
+        return None  # a scale that changed during the run (a power of two at every step), not clipping
+    pre = statistics.median(v for v in f.records.series(LOOP_PRECLIP, MODEL)[1] if math.isfinite(v)) / amp
     first = next(t for t, v in zip(steps, factors, strict=True) if v > CLIP_DOMINATES)
     return Verdict(
         CLIPPING_DOMINATES,

@@ -28,7 +28,9 @@ import torch
 from torch import Tensor, nn
 
 from tricklab.diagnostics.loop_bugs import (
+    CLIP_DOMINATES,
     LOOP_ACCUMULATED,
+    LOOP_AMP_SCALE,
     LOOP_BASE_LR,
     LOOP_BROADCAST,
     LOOP_CLIP,
@@ -139,6 +141,11 @@ class LoopWatch:
         self._flush()
         self.records.add(LOOP_STEPS, MODEL, 0, self.steps)
         self.records.add(LOOP_EVAL, MODEL, 0, [self.eval_steps, self.forward_steps, self._first_eval])
+        clipped = [v for v in self.records.series(LOOP_CLIP)[1] if v > CLIP_DOMINATES]
+        if clipped and not self.own_loop and not self.records.series(LOOP_AMP_SCALE)[1]:
+            scale = grad_scale()  # a GradScaler's scale also divides the gradient between backward and step
+            if scale is not None:
+                self.records.add(LOOP_AMP_SCALE, MODEL, 0, scale)
         if self.optimizer is not None and len(set(self._lrs)) > 1 and not self.records.series(LOOP_SCHEDULERS)[1]:
             found = schedulers_of(self.optimizer)  # at the end of the loop, while the schedulers still exist
             if found:
@@ -401,6 +408,15 @@ def _total_norm(tensors: list[Tensor]) -> Tensor:
         return torch.zeros(())
     norms = torch._foreach_norm([t.detach().float() for t in tensors])
     return torch.stack(list(norms)).square().sum().sqrt()
+
+
+def grad_scale() -> float | None:
+    """The scale of the enabled ``torch.amp.GradScaler`` alive in this process (the largest, if several), or None.
+    Found among the live objects, once, when the gradient shrank between backward and the step."""
+    kind = torch.amp.GradScaler  # type(o), not isinstance: that would wake lazy module proxies
+    scalers = [o for o in gc.get_objects() if issubclass(type(o), kind) and o.is_enabled()]
+    scales = [float(o.get_scale()) for o in scalers]
+    return max(scales) if scales else None
 
 
 def schedulers_of(optimizer: torch.optim.Optimizer) -> list[list[Any]]:
