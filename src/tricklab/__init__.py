@@ -9,7 +9,8 @@ stays fast). Example::
     doctor = tricklab.diagnose(net, (torch.randn(128, 1, 40), torch.randint(0, 10, (128,))), steps=20)
 
 ``tricklab.register_model`` / ``register_dataset`` / ``register_callback`` make your own by name in any config;
-see the README's "Your own model and data".
+``@tricklab.model`` / ``@tricklab.dataset`` / ``@tricklab.callback`` let a config name them by import path
+(``mypkg.nets:small_cnn``); see the README's "Your own model and data".
 """
 
 from __future__ import annotations
@@ -29,11 +30,17 @@ _EXPORTS = {
     "register_model": "tricklab.api",
     "register_dataset": "tricklab.api",
     "register_callback": "tricklab.api",
+    "model": "tricklab.plugins",
+    "dataset": "tricklab.plugins",
+    "callback": "tricklab.plugins",
+    "allow_modules": "tricklab.plugins",
     "as_config": "tricklab.api",
     "LabResult": "tricklab.api",
     "RunResult": "tricklab.train.run",
     "DoctorResult": "tricklab.diagnostics.doctor",
     "Doctor": "tricklab.diagnostics.anywhere",
+    "preflight": "tricklab.diagnostics.preflight",
+    "PreflightResult": "tricklab.diagnostics.preflight",
     "Config": "tricklab.config",
     "load_config": "tricklab.config",
     "assemble": "tricklab.assembly",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -16,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from tricklab.config import Config, load_config, validate
-from tricklab.errors import TrickLabError
+from tricklab.errors import TrickLabError, wrong_type
+from tricklab.outputs import Kind, write_file
 
 ConfigLike = Config | Mapping[str, Any] | str | Path | None
 
@@ -81,6 +83,8 @@ def run(
     """
     from tricklab.train.run import run as run_config
 
+    if out is not None and not isinstance(out, str | os.PathLike):
+        raise wrong_type("out", out, "a run directory's path (str or os.PathLike) or None")
     cfg = as_config(config, overrides)
     cbs = list(callbacks)
     if progress:
@@ -151,15 +155,19 @@ class LabResult:
     failures: list[tuple[tuple, str]] = field(default_factory=list)
     executor: str = ""
 
-    def to_csv(self, path: str | Path | None = None) -> str:
-        """The records as CSV text; also written to ``path`` when given."""
+    def to_csv(self, path: str | Path | None = None, *, force: bool = False) -> str:
+        """The records as CSV text; also written to ``path`` when given: a new path, or a table this method
+        wrote before (by its header); another existing file only with ``force=True``, never a link, FIFO or
+        device (:mod:`tricklab.outputs`)."""
         buf = io.StringIO()
         cols = list(self.records[0]) if self.records else list(RECORD_COLUMNS)
         w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
         w.writeheader()
         w.writerows(self.records)
         if path is not None:
-            Path(path).write_text(buf.getvalue())
+            if not isinstance(path, str | os.PathLike):
+                raise wrong_type("path", path, "a file's path (str or os.PathLike) or None")
+            write_file(path, buf.getvalue(), LAB_TABLE, force=force, label=f"to_csv({str(path)!r})")
         return buf.getvalue()
 
     def _repr_html_(self) -> str:
@@ -168,6 +176,9 @@ class LabResult:
         style = page[page.index("<style>") : page.index("</style>") + len("</style>")]
         return f"<div class='tricklab-lab'>{style.replace('body{', '.tricklab-lab{')}{body}</div>"
 
+
+#: A lab table that :meth:`LabResult.to_csv` wrote, known by its header's first columns.
+LAB_TABLE = Kind("lab table written by tricklab", b"study,dataset,variant,", at_start=True)
 
 RECORD_COLUMNS = (
     "study",

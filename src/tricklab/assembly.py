@@ -21,7 +21,8 @@ from tricklab.config import Config, callback_factory, dataset_loader, model_fact
 from tricklab.data import Splits, TensorBatches, as_raw_dataset, data_root, split_and_scale
 from tricklab.errors import ConfigError, TrickLabError
 from tricklab.events import Callback
-from tricklab.memory import check_training_memory
+from tricklab.memory import check_built_model, check_training_memory
+from tricklab.train.placement import nbytes
 from tricklab.train.precision import Precision
 from tricklab.train.seed import resolve_device, seed_everything, set_threads
 from tricklab.tricks.averaging import EMA, SWA
@@ -54,11 +55,14 @@ def load_data(cfg: Config) -> Splits:
 
 def build_model(cfg: Config, splits: Splits, seed: int) -> tuple[torch.nn.Module, torch.Generator]:
     """Seed everything with ``seed``, build the model, check it and initialize it; return it and the data-order
-    generator. A model that is not an ``nn.Module`` or whose output is not ``(batch, num_classes)`` logits is a
-    :class:`ConfigError` naming ``model.name``; one whose training cannot fit in memory is refused before it is
-    built (:func:`tricklab.memory.check_training_memory`)."""
+    generator. A model that is not an ``nn.Module``, has no trainable parameter or whose output is not
+    ``(batch, num_classes)`` logits is a :class:`ConfigError` naming ``model.name``; one whose training, with the
+    dataset, cannot fit in memory is refused before it is built (:func:`tricklab.memory.check_training_memory`), or,
+    if it cannot be built on the meta device, once it is built and before anything else is allocated
+    (:func:`~tricklab.memory.check_built_model`)."""
     info = splits.info
-    check_training_memory(cfg, tuple(info.input_shape), info.num_classes, len(splits.train))
+    shape, n_train, data_bytes = tuple(info.input_shape), len(splits.train), nbytes(splits)
+    checked = check_training_memory(cfg, shape, info.num_classes, n_train, data_bytes)
     generator = seed_everything(seed)
     name = cfg.model.name
     try:
@@ -74,6 +78,10 @@ def build_model(cfg: Config, splits: Splits, seed: int) -> tuple[torch.nn.Module
         ) from None
     if not isinstance(model, torch.nn.Module):
         raise ConfigError("model.name", name, f"returned a {type(model).__name__}, not a torch.nn.Module")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ConfigError("model.name", name, "built a model with no trainable parameter: there is nothing to train")
+    if not checked:
+        check_built_model(cfg, model, shape, n_train, data_bytes)
     check_output(model, splits.train.x[:CHECK_BATCH], info.num_classes, name)
     initialize(cfg, model, splits)
     return model, generator

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from tricklab import plugins
 from tricklab.data import DATASETS
-from tricklab.errors import ConfigError, TrickLabError, echo
+from tricklab.errors import ConfigError, TrickLabError, echo, wrong_type
 from tricklab.models import BUILTIN_MODULE, MODEL_SHAPE, MODELS
 from tricklab.plugins import CALLBACKS
 from tricklab.registry import Registry
@@ -690,7 +690,12 @@ def read_text_file(path: str | Path, what: str = "config file", limit: int = MAX
 def read_yaml(path: str | Path) -> dict:
     """Read a YAML config file safely (no python tags) and within bounds: at most :data:`MAX_CONFIG_BYTES` of a
     regular file, nested at most :data:`MAX_DEPTH` deep, at most :data:`MAX_NODES` values with aliases expanded.
-    Errors are one line naming the file and the line."""
+    Errors are one line naming the file and the line.
+
+    Every config, study and run folder's ``config.yaml`` is read here, so here an import path the file names
+    (``model.name: pkg.mod:factory``) is refused unless its module is allowed
+    (:func:`tricklab.plugins.check_file_paths`): a file is data, and nothing it names is imported before that check.
+    """
     p = Path(path)
     raw = read_text_file(p)
     try:
@@ -706,11 +711,14 @@ def read_yaml(path: str | Path) -> dict:
         return {}
     if not isinstance(data, dict):
         raise TrickLabError(f"config file {str(p)!r} must hold a mapping of sections, got {type(data).__name__}")
+    plugins.check_file_paths(data, f"config file {str(p)!r}")
     return data
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | list[str] = ()) -> Config:
     """The resolved config: defaults ← YAML file ← ``--set`` overrides, validated once at the end."""
+    if path is not None and not isinstance(path, str | os.PathLike):
+        raise wrong_type("path", path, "a YAML file's path (str or os.PathLike) or None")
     data = read_yaml(path) if path else {}
     for key, value in _pairs(overrides or []):
         _set_path(data, key, value)

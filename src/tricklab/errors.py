@@ -47,6 +47,12 @@ def echo(value: object, limit: int = MAX_VALUE) -> str:
     return one_line(text, limit)
 
 
+def a_type(value: object) -> str:
+    """The type of ``value`` with its article, for messages: ``an int``, ``a tuple``."""
+    name = type(value).__name__
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
+
+
 class TrickLabError(Exception):
     """An error caused by the user's input (config, CLI arguments, data files).
 
@@ -81,6 +87,15 @@ class UnknownNameError(TrickLabError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return self.args[0]
+
+
+def wrong_type(argument: str, value: object, allowed: str) -> TrickLabError:
+    """The one-line error for an argument of the wrong type, naming it, the value and its type, and what is allowed::
+
+    >>> str(wrong_type("out", 42, "a path (str or os.PathLike)"))
+    'out = 42: got an int; expected a path (str or os.PathLike)'
+    """
+    return TrickLabError(f"{one_line(argument, MAX_VALUE)} = {echo(value)}: got {a_type(value)}; expected {allowed}")
 
 
 class DataError(TrickLabError):

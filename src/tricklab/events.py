@@ -99,6 +99,49 @@ class Callback:
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
+    def check_state_dict(self, state: dict[str, Any], model: nn.Module) -> str | None:
+        """The first way ``state`` (read from a checkpoint) does not fit this callback training ``model``, or None.
+
+        Called before anything of a checkpoint is loaded, so that a forged or foreign one is refused whole. A
+        callback that keeps copies of the weights (EMA, SWA, the best epoch's) checks them with
+        :func:`weights_mismatch`.
+        """
+        return None
+
+
+def weights_mismatch(own: dict[str, torch.Tensor], weights: object, prefix: str = "") -> str | None:
+    """How ``weights`` differs from the state dict ``own`` (keys, shapes, dtypes), or None if it fits exactly.
+
+    ``prefix``: the keys of ``weights`` are ``own``'s with this in front (an ``AveragedModel``'s ``module.``).
+    """
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        return "not a dict of tensors"
+    want = {prefix + k: v for k, v in own.items()}
+    missing = sorted(want.keys() - weights.keys())
+    unexpected = sorted(weights.keys() - want.keys())
+    common = sorted(want.keys() & weights.keys())
+    shapes = [
+        f"{k} {tuple(weights[k].shape)} != {tuple(want[k].shape)}"
+        for k in common
+        if tuple(weights[k].shape) != tuple(want[k].shape)
+    ]
+    dtypes = [
+        f"{k} {str(weights[k].dtype).removeprefix('torch.')} != {str(want[k].dtype).removeprefix('torch.')}"
+        for k in common
+        if weights[k].dtype != want[k].dtype
+    ]
+    parts = [
+        f"{label}: {_listed(keys)}"
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape", shapes), ("dtype", dtypes))
+        if keys
+    ]
+    return f"the weights of a different model ({'; '.join(parts)})" if parts else None
+
+
+def _listed(keys: list[str], limit: int = 8) -> str:
+    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
 
 def gradient_norms(params) -> tuple[list, list[torch.Tensor], torch.Tensor]:
     """(the parameters that have a gradient, their gradients' L2 norms, the global norm), in one fused pass and left

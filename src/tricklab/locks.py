@@ -56,7 +56,11 @@ def folder_lock(folder: str | Path, *, create: bool = True, label: str = "") -> 
     """
     folder = Path(folder)
     label = label or str(folder)
-    if folder.exists() and not folder.is_dir():
+    try:
+        is_file = folder.exists() and not folder.is_dir()
+    except OSError as e:  # a name too long, a folder this user may not look into
+        raise TrickLabError(f"{label}: cannot use that folder ({_reason(e)}); choose another path") from None
+    if is_file:
         raise TrickLabError(f"{label}: is a file, not a folder; give a folder path (it is created if missing)")
     if create:
         try:

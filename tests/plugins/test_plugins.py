@@ -33,7 +33,8 @@ def registry_cleanup():
             family(f).unregister(name)
 
 
-def test_import_paths_for_model_and_dataset_train_and_write_a_run(tmp_path):
+def test_import_paths_for_model_and_dataset_train_and_write_a_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRICKLAB_ALLOW_MODULES", "tricklab_testplugin")  # to read the run's config.yaml back
     cfg = load_config(overrides=[f"model.name={SMALL}", f"data.name={BLOBS}", "model.kwargs={hidden: 8}", *TINY])
     result = tricklab.run(cfg, out=tmp_path / "run")
     assert result.metrics["test_acc"] > 0.8  # well separated blobs
@@ -152,7 +153,8 @@ def test_lab_cli_with_a_custom_study_naming_a_plugin(tmp_path):
 
     study = tmp_path / "study.yaml"
     study.write_text(yaml.safe_dump(lab_study("cli-plug", SMALL)))
-    assert cli("lab", "--config", str(study), "--seeds", "2", "--workers", "1", "--out", str(tmp_path / "lab")) == 0
+    lab = ["lab", "--config", str(study), "--seeds", "2", "--workers", "1", "--out", str(tmp_path / "lab")]
+    assert cli(*lab, "--allow-module", "tricklab_testplugin") == 0  # a study file names it: the user allows it
     assert (tmp_path / "lab" / "report.html").is_file()
 
 

@@ -211,7 +211,7 @@ def test_a_model_that_cannot_fit_is_refused_before_it_is_built_with_the_figures(
 
 
 def test_memory_refusal_names_the_batch_size_when_activations_dominate(monkeypatch):
-    monkeypatch.setattr(memory, "physical_memory", lambda: 2**20)  # a 1 MiB machine
+    monkeypatch.setattr(memory, "available_memory", lambda: 2**20)  # a machine with 1 MiB available
     cfg = load_config(overrides=[*SYNTH, "model.name=cnn", "data.batch_size=512"])
     with pytest.raises(ConfigError, match=r"^data\.batch_size = 512: the model needs .* activation values"):
         assemble(cfg)

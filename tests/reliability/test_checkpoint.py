@@ -198,7 +198,7 @@ def test_restoring_sets_every_rng_back(tmp_path):
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     gen = torch.Generator().manual_seed(5)
     saver = Checkpointer(tmp_path, generator=gen)
-    state = FitState(model=model, optimizer=opt, epochs=3, device=torch.device("cpu"), epoch=1)
+    state = FitState(model=model, optimizer=opt, epochs=3, device=torch.device("cpu"), epoch=1, history=[{"epoch": 1}])
     path = saver.save(state)
     draws = (random.random(), np.random.rand(), torch.rand(1), torch.rand(1, generator=gen))
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+import tricklab
 from tricklab.events import Callback
 
 
@@ -43,10 +44,12 @@ class _NanAt(Callback):
                 next(state.model.parameters()).fill_(float("nan"))
 
 
+@tricklab.callback
 def kill_once(rank: int, step: int, marker: str) -> Callback:
     return _KillOnce(rank, step, marker)
 
 
+@tricklab.callback
 def nan_at(rank: int, step: int) -> Callback:
     return _NanAt(rank, step)
 

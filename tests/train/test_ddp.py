@@ -45,7 +45,14 @@ TIMEOUT = 120  # seconds a torchrun job may take before the test calls it hung
 
 def env(tmp: Path) -> dict[str, str]:
     path = os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH", "")) if p)  # ddp_hooks importable
-    return dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", TRICKLAB_DATA=str(tmp))
+    return dict(
+        os.environ,
+        PYTHONPATH=path,
+        OMP_NUM_THREADS="1",
+        PYTHONUNBUFFERED="1",
+        TRICKLAB_DATA=str(tmp),
+        TRICKLAB_ALLOW_MODULES="ddp_hooks",  # hook_config's files name ddp_hooks:...
+    )
 
 
 def torchrun(cwd: Path, *args: str, restarts: int = 0) -> subprocess.CompletedProcess:

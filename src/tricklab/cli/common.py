@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -18,7 +19,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
-    """``--config FILE`` and repeatable ``--set KEY=VALUE``."""
+    """``--config FILE``, repeatable ``--set KEY=VALUE`` and ``--allow-module MODULE``."""
     p.add_argument("--config", "-c", metavar="FILE", help="YAML config file")
     p.add_argument(
         "--set",
@@ -29,6 +30,51 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a config value, e.g. --set optim.lr=0.01 (repeatable)",
     )
+    add_allow_arg(p)
+
+
+def add_allow_arg(p: argparse.ArgumentParser) -> None:
+    """Repeatable ``--allow-module MODULE``: import paths read from files may name it (see :mod:`tricklab.plugins`)."""
+    p.add_argument(
+        "--allow-module",
+        dest="allow_modules",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="let import paths in config, study and run-folder files name MODULE and its submodules (repeatable; "
+        "also env TRICKLAB_ALLOW_MODULES=a,b); allowing a module runs its code",
+    )
+
+
+def command_line_modules(args: argparse.Namespace) -> frozenset[str]:
+    """The modules the user trusts on this command line: ``--allow-module`` and the modules of import paths they
+    typed themselves (``--set model.name=mypkg.nets:small_cnn``, ``lab --dataset mypkg.data:blobs``), so that a
+    file restating them (a run folder's config.yaml on ``--resume``) is read."""
+    from tricklab import plugins
+
+    allowed = set(plugins.module_list(getattr(args, "allow_modules", None) or [], "--allow-module"))
+    typed: dict[str, object] = {"dataset": getattr(args, "dataset", None)}
+    if getattr(args, "overrides", None):
+        from tricklab.config import _pairs
+
+        typed.update(_pairs(args.overrides))
+    for _, path in plugins.import_paths_in(typed):
+        module = path.partition(":")[0]
+        if plugins.is_module_name(module):
+            allowed.add(module)
+    return frozenset(allowed)
+
+
+def is_folder(path: Path, label: str) -> bool:
+    """Whether ``path`` is a folder (following links); False if nothing is there. An OS error while looking (a
+    name too long, a folder that may not be searched) is one line naming ``label`` and the path."""
+    try:
+        return stat.S_ISDIR(os.stat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except (OSError, ValueError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise TrickLabError(f"{label} {str(path)!r}: {reason}; choose another path") from None
 
 
 def check_out_folder(path: Path, instead: str, label: str | None = None) -> None:

@@ -7,6 +7,12 @@ report folder: ``index.html`` (self-contained), the plots, ``doctor.json`` (verd
 probe's numbers per layer and step), ``signal.json`` and ``config.yaml``.
 
 Exit codes: 0 healthy; 4 problems found (:data:`EXIT_PROBLEMS`); 2 bad input (nothing is written).
+
+``tricklab doctor --preflight`` instead runs the pre-flight checks of :mod:`tricklab.diagnostics.preflight` on
+the config's model at initialization and one training batch (``data.batch_size`` examples), in seconds and
+without a training run, prints one line per check and writes nothing. ``--steps`` is then the overfit check's
+step budget per learning rate. Exit codes: 0 all passed; 1 a check failed (:data:`EXIT_PREFLIGHT_FAILED`);
+2 bad input.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from tricklab.cli.common import add_config_args, check_out_folder
 
 #: Exit code when the doctor found problems (0: healthy, 2: bad input).
 EXIT_PROBLEMS = 4
+#: Exit code of ``--preflight`` when a check failed (0: all passed or skipped, 2: bad input).
+EXIT_PREFLIGHT_FAILED = 1
 
 
 def add_parser(sub) -> None:
@@ -31,6 +39,11 @@ def add_parser(sub) -> None:
         "--steps", type=int, metavar="N", help="training steps to probe, 1 to 100000 (diagnostics.steps, default 200)"
     )
     p.add_argument("--no-recheck", action="store_true", help="do not re-run with the prescription applied")
+    p.add_argument(
+        "--preflight",
+        action="store_true",
+        help="only the pre-flight checks on one batch at init, in seconds; writes nothing (exit 1: a check failed)",
+    )
     p.set_defaults(func=run_cmd)
 
 
@@ -44,6 +57,8 @@ def run_cmd(args: argparse.Namespace) -> int:
     if args.steps is not None and not 1 <= args.steps <= MAX_DIAGNOSTIC_STEPS:
         allowed = f"an integer from 1 to {MAX_DIAGNOSTIC_STEPS} (training steps to probe: diagnostics.steps)"
         raise ConfigError("--steps", args.steps, allowed)
+    if args.preflight:
+        return run_preflight(args)
     overrides = list(args.overrides) + ([f"diagnostics.steps={args.steps}"] if args.steps is not None else [])
     cfg = load_config(args.config, overrides)
     out = Path(args.out) if args.out else default_run_dir(cfg, "doctor")
@@ -57,18 +72,44 @@ def run_cmd(args: argparse.Namespace) -> int:
 
     result = run_doctor(cfg, prepared, recheck=not args.no_recheck, progress=StepProgress)
 
+    from tricklab.outputs import write_file
     from tricklab.report.doctor import write_report
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(cfg.to_yaml())
-    (out / "doctor.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
-    (out / "records.json").write_text(json.dumps(result.findings.to_dict()) + "\n")
-    (out / "signal.json").write_text(json.dumps([p.to_dict() for p in result.signal]) + "\n")
+    files = {
+        "config.yaml": cfg.to_yaml(),
+        "doctor.json": json.dumps(result.to_dict(), indent=2) + "\n",
+        "records.json": json.dumps(result.findings.to_dict()) + "\n",
+        "signal.json": json.dumps([p.to_dict() for p in result.signal]) + "\n",
+    }
+    for name, text in files.items():  # new files in the new report folder: nothing there is replaced
+        write_file(out / name, text)
     page = write_report(result, out)
     print_result(result)
     print(f"report: {page}")
     return 0 if result.healthy else EXIT_PROBLEMS
 
+
+def run_preflight(args: argparse.Namespace) -> int:
+    """``doctor --preflight``: the config's model and first training batch, built by
+    :func:`tricklab.assembly.assemble`, through :func:`tricklab.diagnostics.preflight.preflight`."""
+    from tricklab.assembly import assemble
+    from tricklab.config import load_config
+    from tricklab.diagnostics.preflight import preflight
+    from tricklab.errors import ConfigError
+
+    for flag, given in (("--out", args.out), ("--no-recheck", args.no_recheck)):
+        if given:
+            raise ConfigError(flag, given, "--preflight writes nothing and re-checks nothing; leave it out")
+    cfg = load_config(args.config, list(args.overrides))
+    prepared = assemble(cfg)
+    train = prepared.splits.train
+    n = min(cfg.data.batch_size, len(train))
+    model = prepared.model.to(prepared.device)
+    batch = (train.x[:n].to(prepared.device), train.y[:n].to(prepared.device))
+    steps = {} if args.steps is None else {"steps": args.steps}
+    result = preflight(model, batch, num_classes=prepared.splits.info.num_classes, seed=cfg.train.seed, **steps)
+    print(result)
+    return 0 if result.ok else EXIT_PREFLIGHT_FAILED
 
 
 def print_result(result) -> None:

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+
+from tricklab.cli.common import add_allow_arg
 
 EXIT_RUNS_FAILED = 1
 MAX_SEEDS, MAX_WORKERS = 1000, 1024  # beyond these a lab has no meaning on any machine
@@ -48,6 +51,7 @@ def add_parser(sub) -> None:
         help="with --executor ray: retries of a run whose worker process or node was lost (default 3; a run that "
         "raises is never retried)",
     )
+    add_allow_arg(p)
     p.set_defaults(func=run_cmd)
 
 
@@ -135,6 +139,13 @@ def run_cmd(args: argparse.Namespace) -> int:
         max_retries=DEFAULT_RETRIES if args.max_retries is None else args.max_retries,
     )
     out = args.out or f"labs/{args.dataset or studies[0].dataset}"
+    from tricklab.cli.common import is_folder
+    from tricklab.outputs import HTML_REPORT, check_target
+    from tricklab.report.lab_report import db_files
+
+    # the report written at the end: refused now, not after the runs (a link, a folder, a page tricklab did not write)
+    if is_folder(Path(out), "--out"):
+        check_target(Path(out) / "report.html", HTML_REPORT, inputs=db_files(Path(out)))
     console = Console() if sys.stdout.isatty() else Console(width=160)
     progress = LabProgress(console)
     try:

@@ -53,8 +53,8 @@ def run_cmd(args: argparse.Namespace) -> int:
     from tricklab.cli.progress import StepProgress
     from tricklab.config import load_config
     from tricklab.data import TensorBatches
-    from tricklab.data.download import atomic_write
     from tricklab.errors import ConfigError, TrickLabError
+    from tricklab.outputs import atomic_write, draw_file
     from tricklab.report.lr_find import plot_lr_find
     from tricklab.train.rundir import default_run_dir
     from tricklab.tricks.lr_finder import lr_range_test
@@ -97,7 +97,7 @@ def run_cmd(args: argparse.Namespace) -> int:
         "smoothed": result.smoothed,
     }
     atomic_write(out / "lr_find.json", (json.dumps(record, indent=1) + "\n").encode())
-    plot = plot_lr_find(result, out / "lr_find.png")
+    plot = draw_file(out / "lr_find.png", lambda p: plot_lr_find(result, p))
     print(f"suggested lr {result.suggestion:.3g} (steepest descent; min/10 gives {result.lr_min_div10:.3g})")
     print(f"clarity: {result.verdict} ({result.clarity:.2f}): {result.reason}")
     print(f"plot: {plot}")

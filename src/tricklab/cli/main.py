@@ -10,8 +10,8 @@ import importlib
 import sys
 import traceback
 
-from tricklab import __version__
-from tricklab.cli.common import ArgumentParser
+from tricklab import __version__, plugins
+from tricklab.cli.common import ArgumentParser, command_line_modules
 from tricklab.errors import TrickLabError
 
 COMMANDS = ("train", "doctor", "lab", "report", "lr-find", "list")  # modules tricklab.cli.<name>_cmd, in help order
@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = [a for a in argv if a != "--debug"]  # accepted anywhere on the line
     try:
         args = build_parser().parse_args(argv)
-        return args.func(args)
+        with plugins.allowing(command_line_modules(args)):
+            return args.func(args)
     except TrickLabError as e:
         if debug:
             traceback.print_exc()

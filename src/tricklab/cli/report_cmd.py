@@ -1,19 +1,30 @@
 """``tricklab report DIR``: re-render a lab's table, plots and HTML report from its database.
 
-``--markdown [FILE]`` also writes the lab's findings as GitHub-flavoured Markdown (default ``DIR/results.md``),
-its plots in ``<stem>-plots/`` beside it: ``tricklab report labs/mnist --markdown docs/results.md`` makes the
-page the project publishes (:mod:`tricklab.report.markdown`).
+``--markdown [FILE]`` also writes the lab's findings as GitHub-flavoured Markdown (default ``results.md`` in the
+report's folder), its plots in ``<stem>-plots/`` beside it: ``tricklab report labs/mnist --markdown
+docs/results.md`` makes the page the project publishes (:mod:`tricklab.report.markdown`). ``--out OUT`` writes
+``report.html`` and ``plots/`` into OUT instead of DIR, so a lab folder that is read-only (a published one) is
+rendered elsewhere; the database is only ever read.
 
-Exit codes: 0 written; 2 no lab there, its database unreadable (named, with how to start afresh), the lab
-folder in use by another process, or a Markdown FILE that is a folder or cannot be written.
+No output replaces a file tricklab did not write (:mod:`tricklab.outputs`): a path that exists must be a report
+or plot of tricklab's own, or ``--force`` is needed for another regular file; a link, a folder, a device and the
+lab's database are refused whatever the flags.
+
+Exit codes: 0 written; 2 no lab there, its database unreadable or not tricklab's (named, with how to start
+afresh), the lab folder in use by another process, a read-only lab folder without ``--out``, or an output path
+that may not be written (named, with why).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-DEFAULT_MARKDOWN = "results.md"  # inside DIR
+from tricklab.cli.common import is_folder
+from tricklab.errors import TrickLabError
+
+DEFAULT_MARKDOWN = "results.md"  # inside the report's folder (DIR, or OUT with --out)
 
 
 def add_parser(sub) -> None:
@@ -24,32 +35,55 @@ def add_parser(sub) -> None:
         nargs="?",
         const="",
         metavar="FILE",
-        help=f"also write the findings as Markdown, plots beside it (default FILE: DIR/{DEFAULT_MARKDOWN})",
+        help=f"also write the findings as Markdown, plots beside it (default FILE: {DEFAULT_MARKDOWN} beside "
+        "report.html)",
+    )
+    p.add_argument(
+        "--out", "-o", metavar="OUT", help="write report.html and plots/ into OUT instead of DIR (DIR is only read)"
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace existing regular files that tricklab did not write (never links, devices or the database)",
     )
     p.set_defaults(func=run_cmd)
 
 
 def run_cmd(args: argparse.Namespace) -> int:
-    """Re-render, holding the lab folder's lock (a lab still running there is named, not raced)."""
-    from contextlib import nullcontext
+    """Re-render, holding the lock of the folder written (a lab still running in DIR is named, not raced)."""
+    from contextlib import ExitStack
     from pathlib import Path
 
     from rich.console import Console
 
-    from tricklab.locks import folder_lock
-    from tricklab.report.lab_report import build_report
+    from tricklab.locks import check_free, folder_lock
+    from tricklab.report.lab_report import DB_NAME, build_report, db_files
 
     lab_dir = Path(args.lab_dir)
+    if not is_folder(lab_dir, "DIR"):
+        raise TrickLabError(f"{str(lab_dir)!r} holds no lab results ({DB_NAME} not found); run `tricklab lab` first")
+    out_dir = Path(args.out) if args.out else lab_dir
+    if args.out:
+        is_folder(out_dir, "--out")
+    elif not os.access(lab_dir, os.W_OK):
+        raise TrickLabError(
+            f"{lab_dir}: the lab folder is read-only; render its report elsewhere with --out DIR "
+            f"(e.g. tricklab report {lab_dir} --out {lab_dir.name}-report)"
+        )
     markdown = None
     if args.markdown is not None:
         from tricklab.report.markdown import build_markdown, check_target
 
-        markdown = Path(args.markdown) if args.markdown else lab_dir / DEFAULT_MARKDOWN
-        check_target(markdown)  # before any work
-    with folder_lock(lab_dir, create=False) if lab_dir.is_dir() else nullcontext():
-        path = build_report(lab_dir, console=Console() if sys.stdout.isatty() else Console(width=160))
+        markdown = Path(args.markdown) if args.markdown else out_dir / DEFAULT_MARKDOWN
+        own = [out_dir / "report.html", *db_files(lab_dir)]
+        check_target(markdown, force=args.force, inputs=own)  # before any work
+    with ExitStack() as stack:
+        check_free(lab_dir)  # a lab at work in DIR is named; the lock is taken where the report is written
+        stack.enter_context(folder_lock(out_dir, create=True, label=f"--out {str(out_dir)!r}" if args.out else ""))
+        console = Console() if sys.stdout.isatty() else Console(width=160)
+        path = build_report(lab_dir, console=console, out_dir=out_dir, force=args.force)
         if markdown is not None:
-            markdown = build_markdown(lab_dir, markdown)
+            markdown = build_markdown(lab_dir, markdown, force=args.force, inputs=[path])
     print(f"report: {path}")
     if markdown is not None:
         print(f"markdown: {markdown}")

@@ -16,7 +16,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from tricklab.cli.common import add_config_args, check_out_folder
+from tricklab.cli.common import add_config_args, check_out_folder, is_folder
 from tricklab.errors import TrickLabError
 
 
@@ -53,7 +53,7 @@ def _check_out(cfg, out: str | None) -> None:
 
     path = Path(out) if out is not None else default_run_dir(cfg)
     label = None if out is not None else f"the run directory {str(path)!r}"
-    if path.is_dir():
+    if is_folder(path, "--out" if out is not None else "the run directory"):
         check_free(path)  # a run being written there now: name the process that writes it
         if is_empty(path):
             return  # empty but for a lock file left by a killed process: a new run may go there
@@ -100,7 +100,7 @@ def run_cmd(args: argparse.Namespace) -> int:
         from tricklab.train.rundir import find_resumable
 
         run_dir = find_resumable() if args.resume == "auto" else Path(args.resume)
-        lock = run_dir.is_dir() and distributed.is_main()  # DDP: rank 0 holds the run directory
+        lock = is_folder(run_dir, "--resume") and distributed.is_main()  # DDP: rank 0 holds the run directory
         with folder_lock(run_dir, create=False) if lock else nullcontext():
             return _train(args, run_dir)
 

@@ -8,6 +8,13 @@ from dataclasses import dataclass, field
 
 import torch
 
+#: The most classes a dataset may have. Each class costs an output unit of the model, a class name and a
+#: per-class count, so one label of 10⁹ in a 3 KB file would otherwise ask for gigabytes before training starts;
+#: 100,000 is over four times ImageNet-21k's 21,841 classes.
+MAX_CLASSES = 100_000
+#: Label dtypes torch has few kernels for (``max`` fails on uint64) and whose ``.long()`` wraps 2⁶³ and above.
+_UNSIGNED = (torch.uint16, torch.uint32, torch.uint64)
+
 
 @dataclass(frozen=True)
 class DatasetInfo:
@@ -122,6 +129,7 @@ def as_raw_dataset(obj: object, name: str) -> RawDataset:
     from tricklab.errors import DataError
 
     if isinstance(obj, RawDataset):
+        _check_info(obj.info, name)
         return obj
     if isinstance(obj, dict):
         missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in obj]
@@ -145,6 +153,28 @@ def as_raw_dataset(obj: object, name: str) -> RawDataset:
     if num_classes < 2:
         raise DataError(f"dataset {name!r}: all labels are 0; at least 2 classes are needed")
     return RawDataset(train, test, DatasetInfo(name, tuple(train.x.shape[1:]), num_classes))
+
+
+def _check_info(info: DatasetInfo, name: str) -> None:
+    """A loader's own :class:`DatasetInfo`: 2 to :data:`MAX_CLASSES` classes and at least one input feature."""
+    from tricklab.errors import DataError
+
+    n = info.num_classes
+    if isinstance(n, bool) or not isinstance(n, int) or not 2 <= n <= MAX_CLASSES:
+        raise DataError(f"dataset {name!r}: num_classes = {n!r}; a dataset has 2 to {MAX_CLASSES:,} classes")
+    if math.prod(info.input_shape) == 0:
+        raise DataError(f"dataset {name!r}: inputs of shape {tuple(info.input_shape)} hold no features")
+
+
+def largest_label_error(where: str, label: object, at: str = "") -> str:
+    """The message for a label beyond the largest class index (:data:`MAX_CLASSES` − 1)."""
+    value = float(label)  # a CSV's labels are read as floats: 1000000000.0 is shown as 1000000000
+    if value.is_integer() and abs(value) < 2**53:
+        label = int(value)
+    return (
+        f"{where}: label {label}{at} is too large: tricklab takes at most {MAX_CLASSES:,} classes "
+        f"(labels 0..{MAX_CLASSES - 1})"
+    )
 
 
 def _as_tensor_data(part: object, name: str, which: str) -> TensorData:
@@ -172,6 +202,8 @@ def _as_tensor_data(part: object, name: str, which: str) -> TensorData:
         raise DataError(f"{where}: x and y must be tensors or numeric arrays ({e})") from None
     if x.ndim < 2 or y.ndim != 1:
         raise DataError(f"{where}: x must be (N, ...) and y (N,), got {tuple(x.shape)} and {tuple(y.shape)}")
+    if math.prod(x.shape[1:]) == 0:
+        raise DataError(f"{where}: x has shape {tuple(x.shape)}: its examples hold no features")
     if len(x) != len(y):
         raise DataError(f"{where}: x has {len(x)} examples but y has {len(y)}")
     if len(y) == 0:
@@ -189,6 +221,9 @@ def _as_tensor_data(part: object, name: str, which: str) -> TensorData:
             raise DataError(f"{where}: labels must be integers 0 … C−1")
     elif y.dtype == torch.bool or y.is_complex():
         raise DataError(f"{where}: labels must be integers 0 … C−1, got {y.dtype}")
+    top = y.cpu().numpy().max() if y.dtype in _UNSIGNED else y.max().item()
+    if top > MAX_CLASSES - 1:  # checked before .long(), which wraps uint64 ≥ 2⁶³ and floats beyond int64
+        raise DataError(largest_label_error(where, top))
     y = y.long()
     if int(y.min()) < 0:
         raise DataError(f"{where}: label {int(y.min())} is negative; labels must be 0 … C−1")

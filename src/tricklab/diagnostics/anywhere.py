@@ -47,7 +47,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from tricklab.diagnostics.doctor import DoctorResult, model_settings
+from tricklab.diagnostics.doctor import DoctorResult, model_settings, report_folder
 from tricklab.diagnostics.in_pytorch import in_pytorch
 from tricklab.diagnostics.loop_bugs import loop_fixes
 from tricklab.diagnostics.probes import ProbeCallback, check_every, is_class_labels
@@ -300,7 +300,7 @@ class Doctor:
         """Write the HTML report folder (``index.html``, plots, ``doctor.json`` with the PyTorch prescription,
         ``records.json``); return the page's path. The folder is created; a non-empty folder that holds no
         doctor report is refused."""
-        out = Path(out_dir)
+        out = report_folder(out_dir)
         if out.exists() and not out.is_dir():
             raise TrickLabError(f"save({str(out)!r}): it is a file, not a folder; choose a folder")
         if out.is_dir() and any(out.iterdir()) and not (out / REPORT_MARK).is_file():

@@ -23,6 +23,7 @@ import copy
 import itertools
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,9 +39,10 @@ from tricklab.data import Splits, TensorBatches, TensorData
 from tricklab.diagnostics.probes import Findings, ProbeCallback
 from tricklab.diagnostics.signal import SignalProfile, compare_inits
 from tricklab.diagnostics.verdicts import Verdict, diagnose, merge_prescriptions, settings_of
-from tricklab.errors import TrickLabError
+from tricklab.errors import TrickLabError, wrong_type
 from tricklab.events import ORDER_STOP_AFTER, Callback, FitState
-from tricklab.train.loop import fit
+from tricklab.outputs import atomic_write
+from tricklab.train.loop import check_trainable, fit
 
 #: Examples in the batch that measures signal propagation at init.
 SIGNAL_BATCH = 256
@@ -102,14 +104,17 @@ class DoctorResult:
         ``config.yaml`` when there is a config); return the page's path."""
         from tricklab.report.doctor import write_report
 
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        if self.config is not None:
-            (out / "config.yaml").write_text(self.config.to_yaml())
-        (out / "doctor.json").write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        (out / "records.json").write_text(json.dumps(self.findings.to_dict()) + "\n")
-        (out / "signal.json").write_text(json.dumps([p.to_dict() for p in self.signal]) + "\n")
-        return write_report(self, out)
+        out = report_folder(out_dir)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            if self.config is not None:
+                atomic_write(out / "config.yaml", self.config.to_yaml().encode())
+            atomic_write(out / "doctor.json", (json.dumps(self.to_dict(), indent=2) + "\n").encode())
+            atomic_write(out / "records.json", (json.dumps(self.findings.to_dict()) + "\n").encode())
+            atomic_write(out / "signal.json", (json.dumps([p.to_dict() for p in self.signal]) + "\n").encode())
+            return write_report(self, out)
+        except OSError as e:
+            raise TrickLabError(f"save({str(out)!r}): cannot write the report there ({e.strerror or e})") from None
 
     def _repr_html_(self) -> str:
         from tricklab.report.doctor import inline_html
@@ -358,13 +363,13 @@ def diagnose_model(
     check_every(every)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise TrickLabError(f"steps = {steps!r}: must be an integer >= 1")
-    if not isinstance(model, torch.nn.Module):
-        raise TrickLabError(f"model: got a {type(model).__name__}, not a torch.nn.Module")
+    _check_model(model, optimizer)
     start = time.perf_counter()
     if isinstance(data, TensorData):
         data = (data.x, data.y)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     x, y = _first_examples(data, SIGNAL_BATCH)
+    _check_batch(model, x, y, loss_fn, device)
     optimizer = optimizer if optimizer is not None else optimizer_by_name("adam", model, lr=1e-3)
     if not any(p is q for g in optimizer.param_groups for p in g["params"] for q in model.parameters()):
         raise TrickLabError("optimizer: it holds none of the model's parameters; build it on model.parameters()")
@@ -449,6 +454,81 @@ def diagnose_model(
         settings,
         pytorch={**loop_fixes(verdicts), **in_pytorch(prescription, model=model, layers=layers, settings=settings)},
     )
+
+
+def report_folder(out_dir: object) -> Path:
+    """``out_dir`` of ``save(out_dir)`` as a path; anything but a str or ``os.PathLike`` is refused in one line."""
+    try:
+        if isinstance(out_dir, str | os.PathLike):
+            return Path(out_dir)
+    except TypeError:  # an os.PathLike of bytes
+        pass
+    raise wrong_type("out_dir", out_dir, "a folder's path (str or os.PathLike)")
+
+
+def _check_model(model: object, optimizer: object) -> None:
+    """Refuse, in one line, a model the doctor cannot train: not a module, no trainable parameter, or parameters
+    on the meta device (shapes without data); and an optimizer that is not one."""
+    if not isinstance(model, torch.nn.Module):
+        raise TrickLabError(f"model: got a {type(model).__name__}, not a torch.nn.Module")
+    check_trainable(model)
+    if any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers())):
+        raise TrickLabError(
+            f"model: the {type(model).__name__}'s tensors are on the meta device (shapes without data); materialize "
+            "it first, e.g. model.to_empty(device='cpu') and initialize its weights"
+        )
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise wrong_type("optimizer", optimizer, "a torch.optim.Optimizer or None")
+
+
+def _check_batch(model: torch.nn.Module, x: object, y: object, loss_fn: Callable, device: torch.device) -> None:
+    """Refuse, in one line, data and a model whose first batch the loss cannot take: inputs or labels that are not
+    tensors; with the default cross-entropy, labels that are not integer class indices of the model's logits; a
+    forward pass that fails or returns no tensor (a tuple: return only the logits). One forward pass in eval mode,
+    without gradients: no randomness drawn, no statistics updated."""
+    for name, t in (("inputs x", x), ("labels y", y)):
+        if not isinstance(t, torch.Tensor):
+            raise wrong_type(f"data: the {name} of a batch", t, "a torch.Tensor")
+    cross_entropy = loss_fn is F.cross_entropy
+    if cross_entropy and (y.dtype not in (torch.int64, torch.uint8) or y.dim() != 1):  # what torch's loss takes
+        raise TrickLabError(
+            f"data: labels y are a {tuple(y.shape)} {str(y.dtype).removeprefix('torch.')} tensor; cross-entropy takes "
+            "a 1-D int64 (or uint8) tensor of class indices (y.long()), or pass a loss_fn for other targets"
+        )
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x.to(device))
+    except Exception as e:  # noqa: BLE001 - the user's forward, on the user's data
+        raise TrickLabError(
+            f"model: its forward pass on inputs of shape {tuple(x.shape)} raised {type(e).__name__}: {e}"
+        ) from None
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor):
+        raise TrickLabError(
+            f"model: it returned a {type(out).__name__}; the doctor needs a tensor of class logits (batch, classes): "
+            "make forward return only the logits"
+        )
+    if cross_entropy:
+        if out.dim() != 2 or len(out) != len(x):
+            raise TrickLabError(
+                f"model: it maps inputs {tuple(x.shape)} to {tuple(out.shape)}; cross-entropy needs logits of shape "
+                f"({len(x)}, classes)"
+            )
+        low, high = int(y.min()), int(y.max())
+        if low < 0 or high >= out.shape[1]:
+            raise TrickLabError(
+                f"data: labels y range over {low}..{high}; the model's {out.shape[1]} logits take class indices "
+                f"0..{out.shape[1] - 1}"
+            )
+        return
+    try:
+        with torch.no_grad():
+            loss_fn(out, y.to(device))
+    except Exception as e:  # noqa: BLE001 - the user's loss on the user's data
+        raise TrickLabError(f"loss_fn(model(x), y) on the first batch raised {type(e).__name__}: {e}") from None
 
 
 def _first_examples(data, n: int) -> tuple[torch.Tensor, torch.Tensor]:

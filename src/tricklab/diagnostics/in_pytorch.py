@@ -28,7 +28,7 @@ from tricklab.registry import Registry
 from tricklab.tricks.activations import ACTIVATIONS
 from tricklab.tricks.clipping import CLIP_MODES
 from tricklab.tricks.init import INIT_LAYERS, INITIALIZERS
-from tricklab.tricks.norms import NORMS, group_count
+from tricklab.tricks.norms import MIN_DENSE_GROUP, NORMS, group_count
 from tricklab.tricks.scaling import SCALINGS
 
 #: init.scheme → the PyTorch call that sets the weight of one Linear/Conv layer ``m`` as tricklab's scheme of that
@@ -129,7 +129,8 @@ def model_norm(value: str, ctx: Context) -> str:
         generic = {
             "batch": "`nn.BatchNorm1d(out_features)` (`nn.BatchNorm2d(out_channels)` after a Conv2d)",
             "layer": "`nn.LayerNorm(out_features)` (`nn.GroupNorm(1, out_channels)` after a Conv)",
-            "group": "`nn.GroupNorm(groups, out_channels)` (groups: the largest divisor ≤ 32)",
+            "group": "`nn.GroupNorm(groups, out_channels)` (groups: the largest divisor ≤ 32; after a Linear, one "
+            f"that leaves ≥ {MIN_DENSE_GROUP} features a group)",
         }[value]
         return f"insert {generic} after each hidden Linear/Conv layer, before its activation{cite}"
     by_module: dict[str, list[str]] = {}
@@ -269,7 +270,8 @@ def _norm_module(value: str, m: nn.Module) -> str:
         return f"nn.BatchNorm{'2d' if conv2d else '1d'}({n})"
     if value == "layer":
         return f"nn.LayerNorm({n})" if isinstance(m, nn.Linear) else f"nn.GroupNorm(1, {n})"
-    return f"nn.GroupNorm({group_count(n)}, {n})"
+    dense = isinstance(m, nn.Linear)
+    return f"nn.GroupNorm({group_count(n, min_per_group=MIN_DENSE_GROUP if dense else 1)}, {n})"
 
 
 def _clip_threshold(ctx: Context) -> float:

@@ -6,10 +6,12 @@ matters, so a proxy is enough::
 
     cost = epochs × training examples × multiply-adds of one forward pass × ensemble members
 
-The multiply-adds are counted once per model configuration on a forward pass of two examples on the CPU (Linear:
-in × out per example; ConvNd: output elements × in-channels/groups × kernel size); the training examples come from
-the dataset's raw size (or ``data.subset``) less the validation share. A config whose cost cannot be estimated (a
-plugin model or dataset that cannot be built here) costs ``nan`` and goes last, in its given order.
+The multiply-adds are counted once per model configuration on a forward pass of two examples, on the meta device
+or on zeroed CPU weights up to 256 MiB (:func:`tricklab.memory.build_to_count`: a variant too large to train is
+not allocated to be costed), Linear: in × out per example; ConvNd: output elements × in-channels/groups × kernel
+size. The training examples come from the dataset's raw size (or ``data.subset``) less the validation share. A
+config whose cost cannot be estimated (a plugin model or dataset that cannot be built here) costs ``nan`` and goes
+last, in its given order.
 """
 
 from __future__ import annotations
@@ -40,9 +42,15 @@ def _dataset(data_json: str) -> tuple[int, tuple[int, ...], int]:
 def forward_macs(model_json: str, input_shape: tuple[int, ...], classes: int) -> float:
     """Multiply-adds of one example's forward pass through the model a ``model`` config section describes."""
     from tricklab.config import ModelConfig, model_factory
+    from tricklab.memory import build_to_count
 
     section = ModelConfig(**json.loads(model_json))
-    model = model_factory(section.name)(input_shape, classes, **section.factory_kwargs()).eval()
+    build = lambda: model_factory(section.name)(input_shape, classes, **section.factory_kwargs())  # noqa: E731
+    try:  # on the meta device: a variant too large to train must not be allocated here to be costed
+        model, device = build_to_count(build)
+    except Exception:  # noqa: BLE001 - a plugin that needs real values is built for real
+        model, device = build(), "cpu"
+    model.eval()
     macs = 0
 
     def count(module: nn.Module, inputs, output) -> None:
@@ -56,7 +64,7 @@ def forward_macs(model_json: str, input_shape: tuple[int, ...], classes: int) ->
     handles = [m.register_forward_hook(count) for m in model.modules()]
     try:
         with torch.no_grad():
-            model(torch.zeros((2, *input_shape)))
+            model(torch.zeros((2, *input_shape), device=device))
     finally:
         for h in handles:
             h.remove()

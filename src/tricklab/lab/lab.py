@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tricklab.config import Config, load_config
-from tricklab.errors import TrickLabError
+from tricklab.errors import TrickLabError, echo
 from tricklab.lab.costs import run_bytes
 from tricklab.lab.ray_executor import (  # imports Ray on use only
     DEFAULT_RETRIES,
@@ -32,11 +32,11 @@ from tricklab.lab.ray_executor import (  # imports Ray on use only
     check_address,
     require_ray,
 )
-from tricklab.lab.runner import InProcess, Task, WorkerPool, execute, plan_workers
+from tricklab.lab.runner import InProcess, PoolLost, Task, WorkerPool, execute, plan_workers
 from tricklab.lab.store import Store, config_key
 from tricklab.lab.studies import Study, describe_setup
 from tricklab.locks import folder_lock
-from tricklab.memory import physical_memory
+from tricklab.memory import available_memory
 
 DB_NAME = "results.sqlite"
 QUICK_SUBSET = 10000  # --quick: at most this many training examples on the big datasets
@@ -124,7 +124,8 @@ def plan(studies: list[Study], opts: LabOptions, threads: int = 1) -> list[Plann
     """Resolve and validate every run's config before anything runs (a bad study fails here, exit 2).
 
     A study's base or variant that sets ``data.name`` to another dataset than the lab's is refused: its runs
-    would train on one dataset while the table and the database say another.
+    would train on one dataset while the table and the database say another. So are variants that read other data
+    (:func:`check_same_data`).
     """
     out = []
     for study in studies:
@@ -133,8 +134,34 @@ def plan(studies: list[Study], opts: LabOptions, threads: int = 1) -> list[Plann
         for v in study.variants:
             for seed in range(opts.seeds):
                 p.configs[(study.name, v.name, seed, dataset)] = run_config(study, v.name, dataset, opts, seed, threads)
+        check_same_data(study.name, {key[1]: cfg for key, cfg in p.configs.items()})
         out.append(p)
     return out
+
+
+#: The keys of the data section that say which examples and classes a run reads. Variants of a study must agree on
+#: them: their test accuracies are compared as if measured on one test set. The other keys (scale, batch_size,
+#: subset, val_fraction) are how the same data is fed, which a study may vary (the scaling and batch-size studies do).
+DATA_IDENTITY = ("name", "path", "kwargs", "dir")
+
+
+def check_same_data(study: str, configs: dict[str, Config]) -> None:
+    """Refuse a study whose variants (``configs``: variant → config) read different data, naming the first two that
+    differ and the keys (:data:`DATA_IDENTITY`): their results would be compared as if on one dataset."""
+    first: tuple[str, dict[str, Any]] | None = None
+    for variant, cfg in configs.items():
+        data = {k: getattr(cfg.data, k) for k in DATA_IDENTITY}
+        if first is None:
+            first = (variant, data)
+            continue
+        keys = [k for k in DATA_IDENTITY if data[k] != first[1][k]]
+        if keys:
+            differ = ", ".join(f"data.{k} = {echo(first[1][k])} vs {echo(data[k])}" for k in keys)
+            raise TrickLabError(
+                f"study {study!r}: variants {first[0]!r} and {variant!r} read different data ({differ}); the variants "
+                f"of a study are compared on one test set, so they must agree on data.{', data.'.join(DATA_IDENTITY)} "
+                "(make a study per dataset)"
+            )
 
 
 def run_config(study: Study, variant: str, dataset: str, opts: LabOptions, seed: int, threads: int) -> Config:
@@ -229,7 +256,7 @@ def run_lab(
     planned = plan(studies, opts, threads)  # validates everything before the folder is created
     if opts.workers is None and opts.executor == "process":  # no more processes than memory holds
         biggest = max((run_bytes(c.to_dict()) for p in planned for k, c in p.configs.items() if k[2] == 0), default=0)
-        fitted = plan_workers(n_runs, opts.cores, None, biggest, physical_memory())
+        fitted = plan_workers(n_runs, opts.cores, None, biggest, available_memory())
         if fitted != (processes, threads):
             processes, threads = fitted
             planned = plan(studies, opts, threads)
@@ -316,7 +343,10 @@ def run_lab(
                         with _pool(opts, in_process, processes, threads, fn) as pool:
                             if opts.executor == "ray":  # runs at once: what the cluster holds, known once joined
                                 counts["processes"], counts["executor"] = pool.slots, pool.describe()
-                            pool.run(tasks, on_event, refill=refill)
+                            try:
+                                pool.run(tasks, on_event, refill=refill)
+                            except PoolLost as e:  # before the pool closes: closing a dead Ray may end this process
+                                raise PoolLost(_lost(store, out, str(e), counts, started)) from None
                 finally:  # a stopped lab's session counts too: its finished runs took that time
                     if counts["done"] or counts["failed"]:
                         from tricklab.lab.machine import machine_info
@@ -450,16 +480,28 @@ def _stopped(out: Path, signum: int, counts: dict[str, Any], started: dict[tuple
     )
 
 
+def _lost(store: Store, out: Path, what: str, counts: dict[str, Any], started: dict[tuple, float]) -> str:
+    """The executor died (:class:`PoolLost`): put the running rows back to pending; the one line to say."""
+    for key in started:
+        store.mark_unfinished(key, f"{what}; a rerun redoes it")
+    done, running = counts["done"], len(started)
+    return (
+        f"lab stopped: {what}; {done} finished run{'s' * (done != 1)} kept, {running} running "
+        f"run{'s' * (running != 1)} put back to pending; rerun the same command to finish them (lab folder {out})"
+    )
+
+
 SIGNAL_BATCH = 256
 
 
 def plugins_for_workers(planned: list[Planned]) -> tuple[tuple[tuple[str, str, str], ...], str | None]:
     """How worker processes get the plugins the runs use: Python-registered ones are registered again in each
-    worker from their import paths; an import path names its module itself. A plugin defined in ``__main__``
-    (a notebook cell, a script) cannot be imported by a worker: then the runs go in this process, and the
-    second value says why (shown in the progress line)."""
+    worker from their import paths; an import path names its module itself, and the worker finds it declared
+    there (``@tricklab.model``), or registered again under its path when only a registration in this process
+    declared it. A plugin defined in ``__main__`` (a notebook cell, a script) cannot be imported by a worker: then
+    the runs go in this process, and the second value says why (shown in the progress line)."""
     from tricklab.catalog import family
-    from tricklab.plugins import importable_path, is_import_path
+    from tricklab.plugins import declared_families, import_object, importable_path, is_import_path
 
     found: dict[tuple[str, str], str] = {}
     for p in planned:
@@ -472,7 +514,8 @@ def plugins_for_workers(planned: list[Planned]) -> tuple[tuple[tuple[str, str, s
                 if is_import_path(name):
                     if name.partition(":")[0] == "__main__":
                         return (), f"{fam[:-1]} {name!r} is defined in __main__; worker processes cannot import it"
-                    found[(fam, name)] = ""
+                    marked = fam in declared_families(import_object(name, f"{fam} plugin {name!r}"))
+                    found[(fam, name)] = "" if marked else name
                     continue
                 entry = family(fam).entry(name)
                 if not entry.source or entry.source.startswith("plugin "):  # built in, or an installed entry point

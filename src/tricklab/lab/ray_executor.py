@@ -9,30 +9,39 @@ driver's ``TRICKLAB_DATA`` is passed to the workers of a Ray instance on this ma
 
 Faults: a worker process or node lost mid-run is retried by Ray (``max_retries`` times, then the run is reported
 failed); a run that raises is reported failed at once, never retried (``retry_exceptions=False``, and the task
-catches its run's exception and returns it). The pool submits at most as many tasks as the cluster has room for
-(its CPUs ÷ the runs' threads, or ``max_in_flight``) and reports ``start`` on submission, so a started run is one the
-cluster can schedule now and the progress line's "running" means running; the rest wait in the driver, where
-``refill`` (``--seeds auto``) can still add to them.
+catches its run's exception and returns it). Ray itself lost (the raylet on this machine died, or the GCS refuses
+connections for :data:`GCS_LOST_S`) ends :meth:`RayPool.run` with :class:`~tricklab.lab.runner.PoolLost` before
+Ray's own driver code would end this process with exit code 1 and no word.
+
+The pool submits at most as many tasks as the cluster has room for (its CPUs ÷ the runs' threads, or
+``max_in_flight``) and reports ``start`` on submission, so a started run is one the cluster can schedule now and the
+progress line's "running" means running; the rest wait in the driver, where ``refill`` (``--seeds auto``) can still
+add to them.
 
 Ray is imported here only, on first use; it comes with ``pip install 'tricklab[ray]'``.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import socket
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any
 
 from tricklab.errors import TrickLabError
 from tricklab.lab.costs import longest_first
-from tricklab.lab.runner import Task, execute, register_plugins
+from tricklab.lab.runner import PoolLost, Task, execute, register_plugins
 
 EXTRA = "pip install 'tricklab[ray]'"
 DEFAULT_RETRIES = 3  # --max-retries: how often a run is retried after its worker process or node was lost
+#: Seconds the GCS (the Ray head's directory of the cluster) may refuse connections before the lab stops: Ray's own
+#: driver waits 60 s for it and then ends this process with exit code 1 and no word (``QuickExit``).
+GCS_LOST_S = 5.0
 MAX_RETRIES = 100
 _LOCAL = ("127.0.0.1", "localhost", "local", "auto")
 
@@ -46,20 +55,47 @@ def require_ray() -> Any:
     return ray
 
 
-def check_address(address: str | None) -> None:
-    """Refuse at once an address where nothing listens: Ray itself would keep retrying for minutes."""
+#: Seconds an ``--address`` has to answer (connect, then the first bytes of a reply) before the lab refuses it.
+ANSWER_TIMEOUT_S = 10.0
+#: What a gRPC client sends first (the HTTP/2 connection preface and an empty SETTINGS frame, RFC 9113 §3.4). Ray's
+#: GCS and its Ray Client server are gRPC servers: they answer with their own SETTINGS frame at once.
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
+def check_address(address: str | None, timeout_s: float | None = None) -> None:
+    """Refuse at once, in one line, an address Ray would wait on for minutes: nothing listens there, or something
+    accepts the connection but does not answer a gRPC client's first message within ``timeout_s`` (default
+    :data:`ANSWER_TIMEOUT_S`); and a ``ray://`` address without Ray Client's ``grpcio`` installed."""
     if address is None or address == "auto":
         return
     host, sep, port = address.split("://")[-1].rpartition(":")
     if not sep or not host or not port.isdigit():
         raise TrickLabError(f"--address = {address!r}: expected host:port, ray://host:port or auto")
+    if address.startswith("ray://") and importlib.util.find_spec("grpc") is None:
+        raise TrickLabError(f"--address = {address!r}: a ray:// address needs Ray Client (grpcio): {EXTRA}")
+    timeout_s = ANSWER_TIMEOUT_S if timeout_s is None else timeout_s
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
-    except OSError as e:
+        conn = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s)
+    except OSError as e:  # refused, no route, or no reply to the connection itself within timeout_s
+        why = f"no connection within {timeout_s:g} s" if isinstance(e, TimeoutError) else e.strerror or e
         raise TrickLabError(
-            f"--address = {address!r}: nothing answers there ({e.strerror or e}); give the address of a running "
-            "Ray cluster's head (`ray start --head` prints it), or no --address for a local instance"
+            f"--address = {address!r}: nothing answers there ({why}); give the address of a running Ray cluster's "
+            "head (`ray start --head` prints it), or no --address for a local instance"
         ) from None
+    try:
+        with conn:
+            conn.sendall(_H2_PREFACE)
+            answered = bool(conn.recv(64))
+    except TimeoutError:
+        answered = None
+    except OSError:  # reset by the peer
+        answered = False
+    if not answered:
+        how = f"does not answer within {timeout_s:g} s" if answered is None else "closes them without answering"
+        raise TrickLabError(
+            f"--address = {address!r}: it accepts connections but {how} (not a Ray cluster's head, or one too busy "
+            "to serve); give the address `ray start --head` printed, or no --address for a local instance"
+        )
 
 
 def _run_one(fn: Callable, threads: int, plugins: tuple, config: dict) -> tuple:
@@ -102,6 +138,10 @@ class RayPool:
         self.threads, self.fn, self.address, self.max_retries = threads, fn, address, max_retries
         self.max_in_flight, self.cores = max_in_flight, cores
         self.started_ray = False
+        self.lost = False  # Ray on this machine died: nothing left to cancel or shut down cleanly
+        self.gcs: tuple[str, int] | None = None  # the GCS's host and port, watched while runs are in flight
+        self._gcs_down_since: float | None = None
+        self._gcs_checked = 0.0
         self.slots = 1
         self.in_flight: dict[Any, Task] = {}  # object ref → its task
 
@@ -125,8 +165,8 @@ class RayPool:
             self.slots = max(1, cpus // max(1, self.threads))
             if self.max_in_flight:
                 self.slots = min(self.slots, self.max_in_flight)
-            self._fn_ref = ray.put(self.fn)
             self._remote = ray.remote(_run_one)
+            self.gcs = _gcs_address(ray)
         except BaseException:
             self.close()
             raise
@@ -142,7 +182,7 @@ class RayPool:
     def close(self) -> None:
         """Cancel the runs still in flight (their workers are killed) and shut Ray down if this pool started it."""
         ray = self.ray
-        for ref in list(self.in_flight):
+        for ref in list(self.in_flight) if not self.lost else ():
             try:
                 ray.cancel(ref, force=True)
             except Exception:  # already finished, or its worker already gone: nothing to cancel
@@ -175,7 +215,7 @@ class RayPool:
             max_retries=self.max_retries,
             retry_exceptions=False,
             name="tricklab:" + "/".join(map(str, task.key)),
-        ).remote(self._fn_ref, self.threads, task.plugins, task.config)
+        ).remote(self.fn, self.threads, task.plugins, task.config)
 
     def run(
         self,
@@ -204,10 +244,19 @@ class RayPool:
             if not self.in_flight:
                 continue
             ready = _signal_safe(ray.wait, list(self.in_flight), num_returns=1, timeout=poll_s)[0]
+            if not ready:
+                self._check_gcs()
             for ref in ready:
                 task = self.in_flight.pop(ref)
                 try:
                     kind, *payload = ray.get(ref)
+                except ray.exceptions.LocalRayletDiedError:  # Ray on this machine is gone: no run can go on
+                    self.in_flight[ref] = task  # still unfinished: the lab puts it back to pending
+                    self.lost = True
+                    raise PoolLost(
+                        "Ray's raylet on this machine died (killed, out of memory, or one of Ray's agent processes "
+                        "died and took it along); its runs were lost with it"
+                    ) from None
                 except ray.exceptions.RayTaskError as e:  # the task itself broke (e.g. ``fn`` would not unpickle)
                     first = (str(e.cause).strip().splitlines() or [""])[0]
                     kind, payload = "failed", [f"{type(e.cause).__name__}: {first}", str(e)]
@@ -218,6 +267,39 @@ class RayPool:
                 on_event(kind, task.key, *payload)
                 if not pending and refill is not None:
                     pending.extend(longest_first(refill()))
+
+    def _check_gcs(self, every_s: float = 1.0) -> None:
+        """Once a second: PoolLost once the GCS has refused connections for :data:`GCS_LOST_S` seconds (killed, or
+        its machine gone), before Ray's driver code ends this process without a word."""
+        now = time.monotonic()
+        if self.gcs is None or now - self._gcs_checked < every_s:
+            return
+        self._gcs_checked = now
+        try:
+            socket.create_connection(self.gcs, timeout=every_s).close()
+        except OSError as e:
+            self._gcs_down_since = self._gcs_down_since or now
+            if now - self._gcs_down_since >= GCS_LOST_S:
+                self.lost = True
+                host, port = self.gcs
+                raise PoolLost(
+                    f"Ray's GCS at {host}:{port} (the head of the Ray instance, which every worker reports to) "
+                    f"has not answered for {now - self._gcs_down_since:.0f} s ({e.strerror or e}): it died or its "
+                    "machine is gone; the runs in flight were lost with it"
+                ) from None
+        else:
+            self._gcs_down_since = None
+
+
+def _gcs_address(ray: Any) -> tuple[str, int] | None:
+    """The host and port of the GCS this driver reports to, or None (a Ray Client driver talks to its server only)."""
+    try:
+        if ray.util.client.ray.is_connected():
+            return None
+        host, _, port = str(ray.get_runtime_context().gcs_address).rpartition(":")
+        return (host.strip("[]"), int(port)) if host and port.isdigit() else None
+    except Exception:  # a Ray without these attributes: no watch, Ray's own behaviour
+        return None
 
 
 def _signal_safe(call: Callable, *args, **kwargs) -> Any:

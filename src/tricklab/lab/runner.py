@@ -26,7 +26,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from tricklab.errors import TrickLabError
 from tricklab.lab.costs import longest_first
+
+
+class PoolLost(TrickLabError):
+    """The executor itself died under the lab (Ray's raylet on this machine killed, say), not one of its runs: no
+    run can go on. The lab puts its running runs back to pending and says so; rerunning the command redoes them."""
 
 
 @dataclass(frozen=True)
@@ -46,8 +52,8 @@ def plan_workers(
     """``(processes, threads per process)`` with ``processes × threads ≤ cores``.
 
     Independent runs scale better across processes (one thread each) than across threads, so by default there
-    is one process per core, no more than there are runs, and no more than fit in 80% of ``memory`` (this
-    machine's physical memory) at ``run_bytes`` each (the largest run's estimate,
+    is one process per core, no more than there are runs, and no more than fit in 80% of ``memory`` (the
+    memory available, :func:`tricklab.memory.available_memory`) at ``run_bytes`` each (the largest run's estimate,
     :func:`tricklab.lab.costs.run_bytes`); the cores left over become threads. ``processes`` (``--workers``)
     is taken as asked, within the cores."""
     cores = cores or os.cpu_count() or 1

@@ -20,12 +20,15 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import shlex
 import sqlite3
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from tricklab.errors import TrickLabError
 
@@ -72,6 +75,8 @@ CREATE TABLE IF NOT EXISTS sessions (
 );
 """
 TABLES = ("runs", "studies", "signals", "sessions")
+# a database opened read-only must hold these; the others are read as empty when missing (older labs lack them)
+REQUIRED_TABLES = ("runs", "studies")
 
 
 @dataclass
@@ -113,6 +118,53 @@ def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _fraction(v: Any, nan: bool) -> bool:
+    """An accuracy: a number in [0, 1] (NaN too when ``nan``)."""
+    return _number(v) and (0 <= v <= 1 or (nan and math.isnan(v)))
+
+
+def _loss(v: Any) -> bool:
+    """A loss: a number ≥ 0, NaN or +inf (what a diverged run records)."""
+    return _number(v) and not v < 0
+
+
+def _seconds(v: Any) -> bool:
+    return _number(v) and math.isfinite(v) and v >= 0
+
+
+# what each number the lab stores may hold, and the words for it; a key that is absent (or None) is not checked
+_RANGES = {
+    "test_acc": (lambda v: _fraction(v, nan=False), "an accuracy in [0, 1]"),
+    "best_val_acc": (lambda v: _fraction(v, nan=True), "an accuracy in [0, 1] or NaN"),
+    "val_acc": (lambda v: _fraction(v, nan=True), "an accuracy in [0, 1] or NaN"),
+    "train_acc": (lambda v: _fraction(v, nan=True), "an accuracy in [0, 1] or NaN"),
+    "member_test_acc_mean": (lambda v: _fraction(v, nan=True), "an accuracy in [0, 1] or NaN"),
+    "test_loss": (_loss, "a loss ≥ 0, NaN or inf"),
+    "val_loss": (_loss, "a loss ≥ 0, NaN or inf"),
+    "train_loss": (_loss, "a loss ≥ 0, NaN or inf"),
+    "wall_time_s": (_seconds, "a finite number of seconds ≥ 0"),
+    "epoch_time_s": (_seconds, "a finite number of seconds ≥ 0"),
+    "epoch": (_count, "an integer ≥ 0"),
+    "epochs_run": (_count, "an integer ≥ 0"),
+    "steps": (_count, "an integer ≥ 0"),
+    "member": (_count, "an integer ≥ 0"),
+    "ensemble": (_count, "an integer ≥ 0"),
+    "diverged_members": (_count, "an integer ≥ 0"),
+}
+
+
+def _check_ranges(where: str, d: dict) -> str | None:
+    for k, (ok, allowed) in _RANGES.items():
+        v = d.get(k)
+        if v is not None and not ok(v):
+            return f"{where}{k}: expected {allowed}, got {v!r}"[:200]
+    return None
+
+
 def _check_metrics(m: Any) -> str | None:
     if m is None:
         return None
@@ -123,7 +175,7 @@ def _check_metrics(m: Any) -> str | None:
             return f"metrics.{k}: expected a number, got {m[k]!r}"[:200]
     if "test_acc" in m and m["test_acc"] is None:
         return "metrics.test_acc: expected a number, got None"
-    return None
+    return _check_ranges("metrics.", m)
 
 
 def _check_history(h: Any) -> str | None:
@@ -137,6 +189,9 @@ def _check_history(h: Any) -> str | None:
                 return f"history[{i}].{k}: expected a number, got {r[k]!r}"[:200]
         if "val_acc" in r and "epoch" not in r:
             return f"history[{i}]: val_acc without its epoch"
+        problem = _check_ranges(f"history[{i}].", r)
+        if problem:
+            return problem
     return None
 
 
@@ -151,8 +206,8 @@ def _check_spec(spec: Any) -> str | None:
     if spec.get("baseline") not in variants:
         return "spec.baseline: expected one of the variants"
     target = spec.get("target_val_acc")
-    if target is not None and not _number(target):
-        return f"spec.target_val_acc: expected a number, got {target!r}"[:200]
+    if target is not None and not _fraction(target, nan=False):
+        return f"spec.target_val_acc: expected an accuracy in [0, 1], got {target!r}"[:200]
     overrides = spec.get("overrides", {})
     if not isinstance(overrides, dict) or not all(isinstance(o, dict) for o in overrides.values()):
         return "spec.overrides: expected an object of objects"
@@ -184,8 +239,8 @@ def _check_session(command: Any, started_at: Any, wall_time_s: Any, runs_done: A
 def _check_signal(data: Any) -> str | None:
     if not isinstance(data, dict) or not isinstance(data.get("forward_std"), list):
         return "signal: expected an object with a forward_std list"
-    if not all(_number(v) for v in data["forward_std"]):
-        return "signal.forward_std: expected numbers"
+    if not all(_loss(v) for v in data["forward_std"]):
+        return "signal.forward_std: expected numbers ≥ 0 (NaN or inf where the signal blew up)"
     return None
 
 
@@ -195,21 +250,31 @@ class Store:
     Every failure of SQLite and every row that does not hold what the lab writes raise :class:`StoreError`.
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, readonly: bool = False):
         self.path = Path(path)
         self.db = None
-        if self.path.is_dir():
-            raise StoreError(f"{self.path}: is a folder, not a results database; move it away to start afresh")
+        self.readonly = readonly
+        self._tables: set[str] = set(TABLES)
+        _check_file(self.path, readonly)
         with self._errors():
-            self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)  # autocommit; explicit txns
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
+            if readonly:
+                self.db = _connect_readonly(self.path)
+            else:
+                self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)  # autocommit; explicit txns
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=FULL")
             problems = [r[0] for r in self.db.execute("PRAGMA quick_check").fetchall()]
             if problems != ["ok"]:
                 raise sqlite3.DatabaseError(f"integrity check failed: {'; '.join(map(str, problems))[:200]}")
-            self.db.executescript(SCHEMA)
-            for table, found in _columns(self.db).items():  # another program's tables of the same names?
-                if found != _SCHEMA_COLUMNS[table]:
+            if not readonly:
+                self.db.executescript(SCHEMA)
+            columns = _columns(self.db)
+            self._tables = {t for t, found in columns.items() if found}
+            missing = [t for t in REQUIRED_TABLES if t not in self._tables]
+            if missing:
+                raise sqlite3.DatabaseError(f"no {' or '.join(missing)} table: not the schema tricklab creates")
+            for table, found in columns.items():  # another program's tables of the same names?
+                if found and found != _SCHEMA_COLUMNS[table]:
                     raise sqlite3.DatabaseError(f"table {table} has columns {', '.join(found)[:120]}")
 
     def close(self) -> None:
@@ -335,6 +400,8 @@ class Store:
             name = f"run {'/'.join(map(str, r[:4]))}"
             if not (isinstance(r[2], int) and all(isinstance(x, str) for x in (r[0], r[1], r[3], r[4]))):
                 raise self._bad(name, "wrong column types")
+            if not (_count(r[2]) and _count(r[10])):
+                raise self._bad(name, f"seed {r[2]!r} and attempts {str(r[10])[:20]!r}: expected integers ≥ 0")
             if r[6] not in ("pending", "running", "done", "failed"):
                 raise self._bad(name, f"unknown status {str(r[6])[:40]!r}")
             config = self._json(r[5], name, lambda c: None if isinstance(c, dict) else "config: not a JSON object")
@@ -371,6 +438,8 @@ class Store:
         )
 
     def signal(self, study: str, variant: str, dataset: str, config_hash: str) -> dict | None:
+        if "signals" not in self._tables:
+            return None
         found = self._fetch(
             "SELECT data FROM signals WHERE study=? AND variant=? AND dataset=? AND config_hash=?",
             (study, variant, dataset, config_hash),
@@ -396,6 +465,8 @@ class Store:
     def sessions(self) -> list[dict[str, Any]]:
         """Every recorded lab invocation, oldest first: dicts of command, started_at, wall_time_s, runs_done and
         machine (none for a lab from before sessions were recorded)."""
+        if "sessions" not in self._tables:
+            return []
         found = self._fetch(
             "SELECT id, command, started_at, wall_time_s, runs_done, machine FROM sessions ORDER BY started_at, id"
         )
@@ -432,6 +503,62 @@ def _schema_columns() -> dict[str, list[str]]:
 
 
 _SCHEMA_COLUMNS = _schema_columns()
+
+
+_KINDS = {
+    stat.S_IFIFO: "a FIFO (named pipe)",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
+
+
+def _check_file(path: Path, readonly: bool) -> None:
+    """Refuse what SQLite must not be given: a folder, a device or FIFO (reading ``/dev/zero`` makes SQLite create
+    ``/dev/zero-journal``), a link when writing, or, when only reading, a missing or empty file (SQLite would
+    read it as an empty database, and a report of it would replace a good one with an empty page)."""
+    try:
+        link = os.lstat(path)
+        st = os.stat(path)
+    except FileNotFoundError:
+        if readonly:
+            raise StoreError(f"{path}: no such results database") from None
+        if os.path.lexists(path):
+            raise StoreError(f"{path}: is a broken symbolic link, not a results database; remove it") from None
+        return
+    except OSError as e:
+        raise StoreError(f"{path}: cannot read or write the results database ({e.strerror or e})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise StoreError(f"{path}: is a folder, not a results database; move it away to start afresh")
+    if not stat.S_ISREG(st.st_mode):
+        what = _KINDS.get(stat.S_IFMT(st.st_mode), "not a regular file")
+        via = " (through a symbolic link)" if stat.S_ISLNK(link.st_mode) else ""
+        raise StoreError(f"{path}: is {what}{via}, not a results database file; move it away to start afresh")
+    if not readonly and stat.S_ISLNK(link.st_mode):
+        raise StoreError(
+            f"{path}: is a symbolic link; the lab writes its results database only as a regular file in its "
+            f"folder (copy the database there, or move the link away to start afresh)"
+        )
+    if readonly and st.st_size == 0:
+        raise StoreError(
+            f"{path}: is empty (0 bytes), not a tricklab results database; move it away to start afresh "
+            f"({_move_away(path)}: every run is then recomputed)"
+        )
+
+
+def _connect_readonly(path: Path) -> sqlite3.Connection:
+    """Open ``path`` for reading only: nothing is created beside it and nothing in it changes.
+
+    A database without a write-ahead log beside it was closed cleanly by its last writer, and the commands that
+    read it hold or check the lab folder's lock (:mod:`tricklab.locks`), so it is read as immutable: SQLite then
+    takes no locks and creates no ``-shm``/``-wal`` files (it would leave them behind a read-only connection, and
+    cannot create them at all in a read-only folder, e.g. a published lab). With a log beside it (a writer at work,
+    or one that was killed) it is opened ``mode=ro``, so the log's committed transactions are read too.
+    """
+    uri = f"file:{quote(os.path.abspath(path))}?mode=ro"
+    if not os.path.lexists(f"{path}-wal"):
+        return sqlite3.connect(uri + "&immutable=1", uri=True, isolation_level=None)
+    return sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None)
 
 
 def _move_away(path: Path) -> str:

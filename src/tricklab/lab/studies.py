@@ -501,6 +501,16 @@ def custom_study(raw: dict[str, Any]) -> tuple[Study, int | None, int | None]:
         target_val_acc: float | None = Field(None, gt=0, le=1)
         margin: float | None = Field(None, gt=0, le=100)  # ± pp of test accuracy deemed of no practical effect
 
+    variants = raw.get("variants") if isinstance(raw, dict) else None
+    for name in variants if isinstance(variants, dict) else ():
+        if not isinstance(name, str):
+            shown = "~" if name is None else name
+            raise ConfigError(
+                "study.variants",
+                name,
+                f"a variant's name must be text; YAML reads an unquoted {shown!s} as "
+                f"{'null' if name is None else 'a ' + type(name).__name__}: quote it ('{shown!s}')",
+            )
     try:
         spec = Spec.model_validate(raw)
     except ValidationError as err:

@@ -26,6 +26,7 @@ from tricklab.diagnostics.doctor import DoctorResult  # noqa: E402
 from tricklab.diagnostics.records import ACT_HIST, WEIGHT, WEIGHT_GRAD_NORM, Findings  # noqa: E402
 from tricklab.diagnostics.signal import SignalProfile  # noqa: E402
 from tricklab.diagnostics.verdicts import as_set_flags  # noqa: E402
+from tricklab.outputs import DOCTOR_REPORT, PNG, check_target, draw_file, write_file  # noqa: E402
 
 GRAD_HEATMAP = "grad_norm_heatmap.png"
 ACT_HISTOGRAMS = "activation_histograms.png"
@@ -146,20 +147,28 @@ def plot_signal(profiles: list[SignalProfile], path: str | Path, highlight: str 
     return Path(path)
 
 
-def write_report(result: DoctorResult, out_dir: str | Path) -> Path:
-    """Write the three plots and ``index.html`` (self-contained: images embedded) into ``out_dir``."""
+def write_report(result: DoctorResult, out_dir: str | Path, force: bool = False) -> Path:
+    """Write the three plots and ``index.html`` (self-contained: images embedded) into ``out_dir``.
+
+    Each file goes through :mod:`tricklab.outputs`: an existing one is replaced only when it is tricklab's own (a
+    doctor page, a PNG) or with ``force``; a link, folder or device at its path is refused (one line, exit 2).
+    """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    images = {
-        "Gradient norm per layer over steps": plot_grad_heatmap(result.findings, out / GRAD_HEATMAP),
-        "Activation histograms over time": plot_activation_histograms(result.findings, out / ACT_HISTOGRAMS),
-        "Signal propagation at initialization": plot_signal(
-            result.signal, out / SIGNAL_PLOT, highlight=result.settings.get("init.scheme")
+    targets = {GRAD_HEATMAP: PNG, ACT_HISTOGRAMS: PNG, SIGNAL_PLOT: PNG, PAGE: DOCTOR_REPORT}
+    for name, kind in targets.items():  # every refusal before anything is written
+        check_target(out / name, kind, force=force)
+    highlight = result.settings.get("init.scheme")
+    draws = {
+        "Gradient norm per layer over steps": (lambda p: plot_grad_heatmap(result.findings, p), GRAD_HEATMAP),
+        "Activation histograms over time": (lambda p: plot_activation_histograms(result.findings, p), ACT_HISTOGRAMS),
+        "Signal propagation at initialization": (
+            lambda p: plot_signal(result.signal, p, highlight=highlight),
+            SIGNAL_PLOT,
         ),
     }
-    page = out / PAGE
-    page.write_text(_page(result, {title: p for title, p in images.items() if p is not None}), encoding="utf-8")
-    return page
+    images = {title: draw_file(out / name, draw, PNG, force=force) for title, (draw, name) in draws.items()}
+    page = _page(result, {title: p for title, p in images.items() if p is not None})
+    return write_file(out / PAGE, page, DOCTOR_REPORT, force=force)
 
 
 # --- helpers ------------------------------------------------------------------------------------------------------

@@ -11,6 +11,9 @@ from __future__ import annotations
 import base64
 import html
 import math
+import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -23,9 +26,11 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from rich.table import Table  # noqa: E402
 from rich.text import Text  # noqa: E402
 
+from tricklab.errors import TrickLabError  # noqa: E402
 from tricklab.lab.analysis import BEST_VAL_ACC, EPOCHS_TO_TARGET, TEST_ACC, WALL_TIME, StudyStats, analyse  # noqa: E402
 from tricklab.lab.stats import BETTER, EQUIVALENT, OUTCOMES, UNDECIDED, WORSE, Interval, fmt_p  # noqa: E402
 from tricklab.lab.store import Store  # noqa: E402
+from tricklab.outputs import HTML_REPORT, PNG, check_target, draw_file, write_file  # noqa: E402
 
 DB_NAME = "results.sqlite"
 
@@ -161,12 +166,12 @@ def table_rows(s: StudyStats) -> list[list[str]]:
 
 def rich_table(s: StudyStats) -> Table:
     target = f", target val acc {s.target:.0%}" if s.target else ""
-    t = Table(title=f"{s.study} on {s.dataset}{target}", title_justify="left")
+    t = Table(title=Text(f"{s.study} on {s.dataset}{target}"), title_justify="left")
     for c in COLUMNS:
         t.add_column(c, justify="left" if c == "variant" else "right", no_wrap=c in NO_WRAP)
     t.caption = "mean ± half-width of the 95% Student-t interval over seeds. " + rule(s)
     for v, r in zip(s.variants, table_rows(s), strict=True):
-        cells: list[str | Text] = list(r)
+        cells: list[Text] = [Text(c) for c in r]  # names from the database are text, never rich markup
         if v.decision is not None:
             cells[OUTCOME_COLUMN] = Text(r[OUTCOME_COLUMN], style=COLOURS[v.decision.outcome][2])
         t.add_row(*cells)
@@ -183,13 +188,13 @@ def plot_curves(s: StudyStats, path: Path) -> Path:
         n = min(len(c) for c in curves)
         arr = np.array([c[:n] for c in curves]) * 100
         x = np.arange(1, n + 1)
-        (line,) = ax.plot(x, arr.mean(0), label=v.name, marker="o" if n < 4 else None)
+        (line,) = ax.plot(x, arr.mean(0), label=_plain(v.name), marker="o" if n < 4 else None)
         if len(curves) > 1:
             ax.fill_between(x, arr.min(0), arr.max(0), alpha=0.2, color=line.get_color())
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("validation accuracy (%)")
-    ax.set_title(f"{s.study} on {s.dataset}: validation accuracy (band: min–max over seeds)")
+    ax.set_title(_plain(f"{s.study} on {s.dataset}: validation accuracy (band: min–max over seeds)"))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
     return _save(fig, path)
@@ -198,7 +203,7 @@ def plot_curves(s: StudyStats, path: Path) -> Path:
 def plot_bars(s: StudyStats, path: Path) -> Path:
     """Final test accuracy per variant: mean with its 95% confidence interval, dots for single seeds."""
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(s.variants) + 1.5))
-    names = [v.name for v in s.variants]
+    names = [_plain(v.name) for v in s.variants]
     means = [v.intervals[TEST_ACC].mean * 100 for v in s.variants]
     errs = [v.intervals[TEST_ACC].half_width * 100 if v.intervals[TEST_ACC].n > 1 else 0 for v in s.variants]
     y = np.arange(len(names))
@@ -214,7 +219,7 @@ def plot_bars(s: StudyStats, path: Path) -> Path:
     ax.set_yticks(y, names)
     ax.invert_yaxis()
     ax.set_xlabel("test accuracy (%): mean, 95% CI, one dot per seed")
-    ax.set_title(f"{s.study} on {s.dataset}: test accuracy, coloured by outcome vs baseline", fontsize=9)
+    ax.set_title(_plain(f"{s.study} on {s.dataset}: test accuracy, coloured by outcome vs baseline"), fontsize=9)
     shown = [BASELINE] + [o for o in OUTCOMES if any(v.decision and v.decision.outcome == o for v in s.variants)]
     labels = {EQUIVALENT: f"equivalent (±{s.margin_pp:g} pp)", BASELINE: "baseline"}
     colours = {o: c[3] for o, c in COLOURS.items()} | {BASELINE: BASELINE_COLOUR}
@@ -232,14 +237,19 @@ def plot_signal(study: str, dataset: str, signals: dict[str, dict], path: Path) 
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, sig in signals.items():
         std = [max(float(s), 1e-30) for s in sig["forward_std"]]
-        ax.plot(range(1, len(std) + 1), std, marker=".", label=name)
+        ax.plot(range(1, len(std) + 1), std, marker=".", label=_plain(name))
     ax.set_yscale("log")
     ax.set_xlabel("layer (forward order)")
     ax.set_ylabel("std of each layer's output at init")
-    ax.set_title(f"{study} on {dataset}: signal at initialization (one data batch)")
+    ax.set_title(_plain(f"{study} on {dataset}: signal at initialization (one data batch)"))
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, ncol=2)
     return _save(fig, path)
+
+
+def _plain(text: str) -> str:
+    """``text`` shown as it is by matplotlib: a ``$`` would start mathtext (and a bad formula raises)."""
+    return str(text).replace("$", r"\$")
 
 
 def _save(fig, path: Path) -> Path:
@@ -316,50 +326,101 @@ def _legend() -> str:
     return ", ".join(spans[:-1]) + " or " + spans[-1]
 
 
-def build_report(lab_dir: str | Path, console=None) -> Path:
-    """Analyse every study in ``lab_dir``'s database, draw the plots and write ``report.html``; return its path."""
+@dataclass
+class LabFindings:
+    """What a lab's database says, read and checked in full before anything is drawn: its recorded sessions, and
+    per study its statistics, stored spec, stored command and the per-variant signal at init (if recorded)."""
+
+    sessions: list[dict]
+    studies: list[tuple[StudyStats, dict, str, dict[str, dict]]]
+
+
+def db_files(lab_dir: Path) -> list[Path]:
+    """The lab's database and the journals SQLite keeps beside it: inputs no output may replace."""
+    db = lab_dir / DB_NAME
+    return [db, *(db.with_name(DB_NAME + s) for s in ("-wal", "-shm", "-journal"))]
+
+
+def read_lab(lab_dir: str | Path) -> LabFindings:
+    """Read and analyse every study of ``lab_dir``'s database, opened read-only (one-line errors: StoreError)."""
     lab_dir = Path(lab_dir)
     db = lab_dir / DB_NAME
-    if not db.exists():
-        from tricklab.errors import TrickLabError
-
+    if not os.path.lexists(db):
         raise TrickLabError(f"{str(lab_dir)!r} holds no lab results ({DB_NAME} not found); run `tricklab lab` first")
-    plots_dir = lab_dir / "plots"
-    sections, all_stats = [], []
-    with Store(db) as store:
+    with Store(db, readonly=True) as store:
+        sessions = store.sessions()
+        studies = []
         for study, dataset, spec, command in store.studies():
             rows = [r for r in store.rows(study, dataset) if r.variant in spec["variants"]]
-            s = analyse(study, dataset, spec, rows)
-            all_stats.append(s)
-            stem = f"{study}-{dataset}".replace(" ", "_")
-            plots = [
-                (plot_curves(s, plots_dir / f"{stem}-curves.png"), f"{study} validation curves"),
-                (plot_bars(s, plots_dir / f"{stem}-test-acc.png"), f"{study} test accuracy"),
-            ]
+            signals = {}
             if spec.get("init_signal"):
-                signals = {}
                 for v in spec["variants"]:
                     row = next((r for r in rows if r.variant == v), None)
                     sig = store.signal(study, v, dataset, row.config_hash) if row else None
                     if sig:
                         signals[v] = sig
-                if signals:
-                    plots.append(
-                        (
-                            plot_signal(study, dataset, signals, plots_dir / f"{stem}-signal.png"),
-                            f"{study} signal at init",
-                        )
-                    )
-            sections.append(study_html(s, spec, command, plots))
-            if console is not None:
-                console.print(rich_table(s))
-                for v in s.variants:
-                    if v.decision:
-                        console.print(Text("  " + v.verdict, style=COLOURS[v.decision.outcome][2]))
+            studies.append((analyse(study, dataset, spec, rows), spec, command, signals))
+    return LabFindings(sessions, studies)
+
+
+def check_not_emptied(found: LabFindings, lab_dir: Path, page: Path) -> None:
+    """Refuse to replace an existing report with an empty one: a database without a single study beside a
+    report that exists is far more likely emptied by accident than a lab that never ran a study."""
+    if not found.studies and os.path.lexists(page):
+        raise TrickLabError(
+            f"{lab_dir / DB_NAME}: holds no study (its studies table is empty), so {page} is kept; "
+            "delete that file to render an empty report"
+        )
+
+
+def plot_stem(study: str, dataset: str) -> str:
+    """The plots' file-name stem for a study: only letters, digits, '.', '_' and '-' (a name from the database
+    can never make a path leave the plots folder)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", f"{study}-{dataset}")
+
+
+def build_report(lab_dir: str | Path, console=None, *, out_dir: str | Path | None = None, force: bool = False) -> Path:
+    """Analyse every study in ``lab_dir``'s database, draw the plots and write ``report.html``; return its path.
+
+    ``out_dir`` (default: ``lab_dir``) receives ``report.html`` and ``plots/``, so a read-only lab can be rendered
+    elsewhere. The database is read and checked in full first; then every file to write is checked
+    (:mod:`tricklab.outputs`: a new path, or tricklab's own report or a PNG; ``force`` replaces another regular
+    file; never a link, device, folder or the database), so a refusal leaves every existing file as it was.
+    """
+    lab_dir = Path(lab_dir)
+    out_dir = Path(out_dir) if out_dir is not None else lab_dir
+    found = read_lab(lab_dir)
+    out = out_dir / "report.html"
+    inputs = db_files(lab_dir)
+    check_target(out, HTML_REPORT, force=force, inputs=inputs)
+    check_not_emptied(found, lab_dir, out)
+    plots_dir = out_dir / "plots"
+    planned = []
+    for s, spec, command, signals in found.studies:
+        stem = plot_stem(s.study, s.dataset)
+        draws = [
+            (lambda p, s=s: plot_curves(s, p), plots_dir / f"{stem}-curves.png", f"{s.study} validation curves"),
+            (lambda p, s=s: plot_bars(s, p), plots_dir / f"{stem}-test-acc.png", f"{s.study} test accuracy"),
+        ]
+        if signals:
+            draws.append(
+                (
+                    lambda p, s=s, sig=signals: plot_signal(s.study, s.dataset, sig, p),
+                    plots_dir / f"{stem}-signal.png",
+                    f"{s.study} signal at init",
+                )
+            )
+        for _, path, _ in draws:
+            check_target(path, PNG, force=force, inputs=inputs)
+        planned.append((s, spec, command, draws))
+    sections = []
+    for s, spec, command, draws in planned:
+        plots = [(draw_file(path, draw, PNG, force=force, inputs=inputs), alt) for draw, path, alt in draws]
+        sections.append(study_html(s, spec, command, plots))
     toc = "".join(
         f'<li><a href="#{html.escape(s.study)}-{html.escape(s.dataset)}">{html.escape(s.study)} on '
         f"{html.escape(s.dataset)}</a></li>"
-        for s in all_stats
+        for s, *_ in found.studies
     )
     page = (
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>tricklab lab report</title><style>{CSS}</style>"
@@ -369,8 +430,11 @@ def build_report(lab_dir: str | Path, console=None) -> Path:
         f"{_legend()}. Every number here is computed from the runs in <code>{DB_NAME}</code>.</p>"
         f"<ul>{toc}</ul>{''.join(sections)}</body></html>"
     )
-    out = lab_dir / "report.html"
-    tmp = out.with_suffix(".html.part")
-    tmp.write_text(page)
-    tmp.replace(out)
+    write_file(out, page, HTML_REPORT, force=force, inputs=inputs)
+    if console is not None:
+        for s, *_ in found.studies:
+            console.print(rich_table(s))
+            for v in s.variants:
+                if v.decision:
+                    console.print(Text("  " + v.verdict, style=COLOURS[v.decision.outcome][2]))
     return out

@@ -15,24 +15,30 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shlex
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from tricklab import outputs
 from tricklab.errors import TrickLabError
-from tricklab.lab.analysis import StudyStats, analyse
+from tricklab.lab.analysis import StudyStats
 from tricklab.lab.stats import ALPHA, BETTER, EQUIVALENT, WORSE
-from tricklab.lab.store import RunRow, Store
+from tricklab.outputs import MARKDOWN, PNG
 from tricklab.report.lab_report import (
     COLUMNS,
-    DB_NAME,
     OUTCOME_COLUMN,
+    check_not_emptied,
+    db_files,
     plot_bars,
     plot_curves,
     plot_signal,
+    plot_stem,
+    read_lab,
     rule,
     table_rows,
 )
@@ -46,80 +52,57 @@ PLOT_SUFFIXES = ("-curves.png", "-test-acc.png", "-signal.png")
 LAB_FLAGS = frozenset({"--quick", "-h", "--help"})
 
 
-def build_markdown(lab_dir: str | Path, out_file: str | Path) -> Path:
+def build_markdown(
+    lab_dir: str | Path, out_file: str | Path, *, force: bool = False, inputs: Iterable[str | Path] = ()
+) -> Path:
     """Write ``out_file`` (Markdown) and its plots in ``<stem>-plots/`` beside it from ``lab_dir``'s database.
 
-    Returns the path written. The page is replaced atomically; plots of studies no longer in the database are
-    removed from the plots folder.
+    Returns the path written. The database is read and checked in full first, then every file to write is checked
+    (:func:`check_target`); the page is replaced atomically, and plots of studies no longer in the database are
+    removed from the plots folder. ``inputs``: more files the page must never replace (the command's other outputs).
     """
     lab_dir, out = Path(lab_dir), Path(out_file)
-    db = lab_dir / DB_NAME
-    if not db.exists():
-        raise TrickLabError(f"{str(lab_dir)!r} holds no lab results ({DB_NAME} not found); run `tricklab lab` first")
-    check_target(out)
-    with Store(db) as store:
-        sessions = store.sessions()
-        found = []
-        for study, dataset, spec, command in store.studies():
-            rows = [r for r in store.rows(study, dataset) if r.variant in spec["variants"]]
-            found.append((analyse(study, dataset, spec, rows), spec, command, _signals(store, spec, rows)))
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        plots_dir = out.parent / f"{out.stem}-plots"
-        drawn = [_plots(s, signals, plots_dir) for s, _, _, signals in found]
-        _remove_stale(plots_dir, {p.name for plots in drawn for p, _ in plots})
-        text = render(sessions, [(s, spec, cmd, plots) for (s, spec, cmd, _), plots in zip(found, drawn, strict=True)])
-        tmp = out.with_name(out.name + ".part")
-        tmp.write_text(text, encoding="utf-8", newline="\n")
-        tmp.replace(out)
-    except OSError as e:
-        raise TrickLabError(f"{out}: cannot write the Markdown report ({e.strerror or e})") from None
-    return out
+    inputs = [*db_files(lab_dir), *inputs]
+    check_target(out, force=force, inputs=inputs)
+    found = read_lab(lab_dir)
+    check_not_emptied(found, lab_dir, out)
+    plots_dir = out.parent / f"{out.stem}-plots"
+    planned = [_plots(s, signals, plots_dir) for s, _, _, signals in found.studies]
+    for plots in planned:
+        for _, path, _ in plots:
+            outputs.check_target(path, PNG, force=force, inputs=inputs)
+    drawn = [
+        [(outputs.draw_file(path, draw, PNG, force=force, inputs=inputs), alt) for draw, path, alt in plots]
+        for plots in planned
+    ]
+    _remove_stale(plots_dir, {p.name for plots in drawn for p, _ in plots})
+    text = render(
+        found.sessions, [(s, spec, cmd, plots) for (s, spec, cmd, _), plots in zip(found.studies, drawn, strict=True)]
+    )
+    return outputs.write_file(out, text, MARKDOWN, force=force, inputs=inputs)
 
 
-def check_target(out: Path) -> None:
-    """Refuse, in one line, a Markdown target that is a folder or lies under a file."""
-    if out.is_dir():
+def check_target(out: Path, *, force: bool = False, inputs: Iterable[str | Path] = ()) -> None:
+    """Refuse, in one line, a Markdown target that may not take the page (:func:`tricklab.outputs.check_target`):
+    a folder, a path under a file, a link, a device, an input, or a file that is not a page tricklab wrote (unless
+    ``force``)."""
+    if os.path.isdir(out) and not os.path.islink(out):
         raise TrickLabError(f"{out}: is a folder; name the Markdown file to write, e.g. {out / 'results.md'}")
-    for parent in out.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise TrickLabError(f"{out}: {parent} is a file, not a folder")
-            break
+    outputs.check_target(out, MARKDOWN, force=force, inputs=inputs)
 
 
-def _signals(store: Store, spec: dict, rows: list[RunRow]) -> dict[str, dict]:
-    """Per-variant activation std at init (seed 0's config) for studies that record it, as the HTML report draws."""
-    if not spec.get("init_signal"):
-        return {}
-    out = {}
-    for v in spec["variants"]:
-        row = next((r for r in rows if r.variant == v), None)
-        sig = store.signal(row.study, v, row.dataset, row.config_hash) if row else None
-        if sig:
-            out[v] = sig
-    return out
-
-
-def _plots(s: StudyStats, signals: dict[str, dict], plots_dir: Path) -> list[tuple[Path, str]]:
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{s.study}-{s.dataset}")
+def _plots(s: StudyStats, signals: dict[str, dict], plots_dir: Path) -> list[tuple[Callable, Path, str]]:
+    """The plots of one study: (draw function, file, alt text)."""
+    stem = plot_stem(s.study, s.dataset)
     where = f"{s.study} on {s.dataset}"
     plots = [
-        (_atomic(lambda p: plot_curves(s, p), plots_dir / f"{stem}-curves.png"), f"{where}: validation accuracy"),
-        (_atomic(lambda p: plot_bars(s, p), plots_dir / f"{stem}-test-acc.png"), f"{where}: test accuracy"),
+        (lambda p: plot_curves(s, p), plots_dir / f"{stem}-curves.png", f"{where}: validation accuracy"),
+        (lambda p: plot_bars(s, p), plots_dir / f"{stem}-test-acc.png", f"{where}: test accuracy"),
     ]
     if signals:
-        path = _atomic(lambda p: plot_signal(s.study, s.dataset, signals, p), plots_dir / f"{stem}-signal.png")
-        plots.append((path, f"{where}: signal at initialization"))
+        draw = lambda p: plot_signal(s.study, s.dataset, signals, p)  # noqa: E731
+        plots.append((draw, plots_dir / f"{stem}-signal.png", f"{where}: signal at initialization"))
     return plots
-
-
-def _atomic(draw, path: Path) -> Path:
-    """``draw(tmp)`` into a temporary file beside ``path``, then put it in place."""
-    tmp = path.with_name(path.stem + ".part.png")
-    draw(tmp)
-    tmp.replace(path)
-    return path
 
 
 def _remove_stale(plots_dir: Path, keep: set[str]) -> None:
@@ -140,7 +123,7 @@ def render(sessions: list[dict], studies: list[tuple[StudyStats, dict, str, list
     (the plots folder's name and the file's).
     """
     datasets = list(dict.fromkeys(s.dataset for s, *_ in studies))
-    lines = [f"# tricklab results{': ' + ', '.join(datasets) if datasets else ''}", ""]
+    lines = [f"# tricklab results{': ' + ', '.join(md(d) for d in datasets) if datasets else ''}", ""]
     lines += _header(sessions, [s for s, *_ in studies], [cmd for _, _, cmd, _ in studies])
     if not studies:
         return "\n".join(lines + ["No study is recorded in this lab yet.", ""])
@@ -166,10 +149,10 @@ def _header(sessions: list[dict], stats: list[StudyStats], study_commands: list[
     ]
     machines = list(dict.fromkeys(json.dumps(x["machine"], sort_keys=True) for x in sessions if x["machine"]))
     if len(machines) == 1:
-        out.append(f"- **Machine:** {machine_text(json.loads(machines[0]))}")
+        out.append(f"- **Machine:** {md(machine_text(json.loads(machines[0])))}")
     elif machines:
         out.append("- **Machines:**")
-        out += [f"  - {machine_text(json.loads(m))}" for m in machines]
+        out += [f"  - {md(machine_text(json.loads(m)))}" for m in machines]
     else:
         out.append("- **Machine:** not recorded (this lab ran before tricklab recorded its sessions)")
     out.append(f"- **Wall time:** {sessions_text(sessions)}")
@@ -254,27 +237,27 @@ def _summary(studies) -> list[str]:
         "|:--|:--|--:|--:|:--|--:|",
     ]
     for s, _, _, _ in studies:
-        link = f"[{_title(s)}](#{anchor(_title(s))})"
+        link = f"[{md(_title(s), brackets=True)}](#{anchor(_title(s))})"
         for v, row in zip(s.variants, table_rows(s), strict=True):
             if v.comparison is None:
                 continue
             cells = [
                 link,
-                f"{v.name} vs {v.baseline}",
-                row[DIFF_COLUMN],
-                row[P_COLUMN],
+                md(f"{v.name} vs {v.baseline}"),
+                md(row[DIFF_COLUMN]),
+                md(row[P_COLUMN]),
                 _outcome(v, row[OUTCOME_COLUMN]),
-                row[SEEDS_COLUMN],
+                md(row[SEEDS_COLUMN]),
             ]
             out.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     return out
 
 
 def _section(s: StudyStats, spec: dict, command: str, plots: list[tuple[Path, str]]) -> list[str]:
-    out = [f"## {_title(s)}", ""]
+    out = [f"## {md(_title(s))}", ""]
     doc = spec.get("doc", "").strip()
     if doc:
-        out += [doc, ""]
+        out += [prose(doc), ""]
     if s.target:
         out += [f"Target validation accuracy (for *epochs to target*): {s.target:.0%}.", ""]
     if s.pending:
@@ -282,22 +265,21 @@ def _section(s: StudyStats, spec: dict, command: str, plots: list[tuple[Path, st
     out.append("| " + " | ".join(COLUMNS) + " |")
     out.append("|" + "|".join(":--" if c in LEFT_COLUMNS else "--:" for c in COLUMNS) + "|")
     for v, row in zip(s.variants, table_rows(s), strict=True):
-        cells = list(row)
+        cells = [md(c) for c in row]
         cells[OUTCOME_COLUMN] = _outcome(v, row[OUTCOME_COLUMN])
         out.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     out += ["", "Mean ± half-width of the 95% Student-t interval over seeds. " + rule(s), ""]
     verdicts = [v.verdict for v in s.variants if v.comparison is not None]
     if verdicts:
-        out += [f"- {text}" for text in verdicts] + [""]
+        out += [f"- {md(text)}" for text in verdicts] + [""]
     for path, alt in plots:
-        out += [f"![{alt}]({quote(path.parent.name + '/' + path.name)})", ""]
+        out += [f"![{md(alt, brackets=True)}]({quote(path.parent.name + '/' + path.name)})", ""]
     overrides = spec.get("overrides", {})
     if overrides:
         out += ["<details><summary>Exact configs (overrides of the defaults; seed = 0 … seeds − 1)</summary>", ""]
-        out.append("```")
-        for name, o in overrides.items():
-            out += [f"{name}:"] + [f"  {k}: {val}" for k, val in o.items()]
-        out += ["```", "", "</details>", ""]
+        block = [f"{name}:" + "".join(f"\n  {k}: {val}" for k, val in o.items()) for name, o in overrides.items()]
+        fence = _fence("\n".join(block), 3)
+        out += [fence, *block, fence, "", "</details>", ""]
     out += [f"**Reproduce:** {_command(reproduce_command(command, s.study))}", ""]
     return out
 
@@ -352,8 +334,35 @@ def anchor(heading: str) -> str:
 def _outcome(v, label: str) -> str:
     """The outcome cell as text: decided outcomes in bold (``**better**``), undecided and baselines plain."""
     if v.decision is not None and v.decision.outcome in (BETTER, WORSE, EQUIVALENT):
-        return f"**{label}**"
-    return label
+        return f"**{md(label)}**"
+    return md(label)
+
+
+# formatting characters; an underscore inside a word (``he_normal``) never is one in GitHub's Markdown: left as is
+_MD_SPECIAL = re.compile(r"([\\`*~$]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9]))")
+_HTML_START = re.compile(r"<(?=[A-Za-z/!?])")  # what GitHub would read as an HTML tag, comment or declaration
+_ENTITY = re.compile(r"&(?=#?[A-Za-z0-9]+;)")  # what it would read as a character reference
+
+
+def prose(text: str) -> str:
+    """Text from the database shown as Markdown prose (a study's description): kept as written, but an HTML tag or
+    a character reference in it is shown as text, never rendered."""
+    return _HTML_START.sub("&lt;", _ENTITY.sub("&amp;", str(text)))
+
+
+def md(text: str, brackets: bool = False) -> str:
+    """Text from the database (a variant's or study's name, a verdict) shown literally in Markdown: on one line,
+    with every character that GitHub-flavoured Markdown would read as formatting escaped (emphasis, code,
+    strikethrough, math, HTML, a link's ``](``). ``brackets`` escapes ``[`` and ``]`` too (inside a link's text).
+    Pipes are escaped by the table cell that holds the text."""
+    out = prose(_MD_SPECIAL.sub(r"\\\1", " ".join(str(text).split()))).replace("](", "]\\(")
+    return out.replace("[", "\\[").replace("]", "\\]") if brackets else out
+
+
+def _fence(text: str, least: int) -> str:
+    """A run of backticks longer than any in ``text`` (at least ``least``): it opens and closes code around it."""
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    return "`" * max(least, longest + 1)
 
 
 def _cell(text: str) -> str:
@@ -361,10 +370,13 @@ def _cell(text: str) -> str:
 
 
 def _command(command: str) -> str:
+    """A command line as inline code, on one line, whatever backticks it holds."""
     if not command:
         return "the Python API (`tricklab.run_lab`)"
-    ticks = "``" if "`" in command else "`"
-    return f"{ticks}{command}{ticks}"
+    command = " ".join(command.split())
+    ticks = _fence(command, 1)
+    pad = " " if command.startswith("`") or command.endswith("`") else ""
+    return f"{ticks}{pad}{command}{pad}{ticks}"
 
 
 def _date(ts: float, minutes: bool = False) -> str:

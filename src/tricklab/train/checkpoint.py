@@ -56,8 +56,8 @@ from torch import nn
 
 from tricklab import __version__
 from tricklab.errors import ConfigError, TrickLabError, echo
-from tricklab.events import ORDER_CHECKPOINT, Callback, EpochTotals, FitState
-from tricklab.metrics import VAL_ACC
+from tricklab.events import ORDER_CHECKPOINT, Callback, EpochTotals, FitState, weights_mismatch
+from tricklab.metrics import EPOCH, VAL_ACC
 
 FORMAT = "tricklab-checkpoint/1"
 TENSORS, META, MANIFEST = "tensors.safetensors", "meta.json", "MANIFEST.json"
@@ -462,23 +462,75 @@ def _listed(keys: Sequence[str], limit: int = 8) -> str:
     return ", ".join(keys[:limit]) + more
 
 
+def _same_kind(own: Any, saved: Any) -> bool:
+    """Whether ``saved`` can stand where an optimizer holds ``own``: a finite number for a number, a flag (or
+    None) for a flag or None, a sequence of as many for a sequence, a string for a string."""
+    if own is None or isinstance(own, bool):
+        return saved is None or isinstance(saved, bool)
+    if isinstance(own, int | float):
+        return isinstance(saved, int | float) and not isinstance(saved, bool) and math.isfinite(saved)
+    if isinstance(own, tuple | list):
+        return (
+            isinstance(saved, tuple | list)
+            and len(saved) == len(own)
+            and all(_same_kind(a, b) for a, b in zip(own, saved, strict=True))
+        )
+    if isinstance(own, str):
+        return isinstance(saved, str)
+    return True  # a tensor hyper-parameter (a capturable LR): torch checks it
+
+
 def check_weights(model: nn.Module, weights: dict[str, torch.Tensor], what: str) -> None:
-    """Refuse ``weights`` of a different model, listing mismatched keys; ``model`` is left untouched."""
-    own = model.state_dict()
-    missing = sorted(own.keys() - weights.keys())
-    unexpected = sorted(weights.keys() - own.keys())
-    shapes = sorted(
-        f"{k} {tuple(weights[k].shape)} != {tuple(own[k].shape)}"
-        for k in own.keys() & weights.keys()
-        if tuple(weights[k].shape) != tuple(own[k].shape)
-    )
-    parts = [
-        f"{label}: {_listed(keys)}"
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape", shapes))
-        if keys
-    ]
-    if parts:
-        raise CheckpointError(f"{what} holds the weights of a different model ({'; '.join(parts)})")
+    """Refuse ``weights`` of a different model (keys, shapes, dtypes listed); ``model`` is left untouched."""
+    mismatch = weights_mismatch(model.state_dict(), weights)
+    if mismatch is not None:
+        raise CheckpointError(f"{what} holds {mismatch}")
+
+
+def optimizer_mismatch(optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> str | None:
+    """How a saved ``optimizer.state_dict()`` does not fit ``optimizer``, or None.
+
+    Its parameter groups must hold as many parameters each, and every hyper-parameter of this optimizer's groups
+    with a value of the same kind (a finite number for a number, a flag for a flag, a pair for betas); its
+    per-parameter state must belong to those parameters, and every tensor in it be the step count (one number) or
+    a floating tensor of its parameter's shape: what every optimizer of tricklab keeps (SGD's momentum, Adagrad's
+    sums, RMSprop's and Adam's moments).
+    """
+    own_groups, saved_groups = optimizer.param_groups, saved["param_groups"]
+    own_sizes, saved_sizes = [len(g["params"]) for g in own_groups], [len(g["params"]) for g in saved_groups]
+    if own_sizes != saved_sizes:
+        return f"optimizer.param_groups hold {saved_sizes} parameters, this run's optimizer {own_sizes}"
+    for k, (own, group) in enumerate(zip(own_groups, saved_groups, strict=True)):
+        for key, value in own.items():
+            if key == "params":
+                continue
+            if key not in group:
+                return f"optimizer.param_groups.{k}.{key} is missing"
+            if not _same_kind(value, group[key]):
+                return f"optimizer.param_groups.{k}.{key} = {echo(group[key])}, where this optimizer has {echo(value)}"
+    ids = [i for g in saved_groups for i in g["params"]]
+    if len(set(ids)) != len(ids):
+        return "optimizer.param_groups name a parameter twice"
+    params = dict(zip(ids, (p for g in own_groups for p in g["params"]), strict=True))
+    for i, entry in saved["state"].items():
+        if i not in params:
+            return f"optimizer.state.{i}: no parameter {i} in optimizer.param_groups"
+        if not isinstance(entry, dict):
+            return f"optimizer.state.{i} = {echo(entry)}: not a dict"
+        p = params[i]
+        for key, value in entry.items():
+            if not isinstance(value, torch.Tensor):
+                continue
+            where = f"optimizer.state.{i}.{key}"
+            if key == "step":
+                if value.numel() != 1 or not (value.is_floating_point() or value.dtype in (torch.int32, torch.int64)):
+                    return f"{where}: a {str(value.dtype).removeprefix('torch.')} tensor of shape {tuple(value.shape)}"
+                continue
+            if tuple(value.shape) != tuple(p.shape):
+                return f"{where} has shape {tuple(value.shape)}, its parameter {tuple(p.shape)}"
+            if not value.is_floating_point():
+                return f"{where} is {str(value.dtype).removeprefix('torch.')}, not floating point"
+    return None
 
 
 # ------------------------------------------------------------------------------------------- RNG states
@@ -563,7 +615,9 @@ class Checkpointer(Callback):
     writes ``epoch<N-1>-batch<B>`` and raises :class:`Interrupted`. ``on_epoch_start`` remembers the
     data-order ``generator`` state, so a mid-epoch checkpoint replays the same batch order. ``callbacks``: the
     tricks whose ``state_dict()`` is saved. :meth:`restore` puts a checkpoint back into a :class:`FitState`
-    for ``fit(state=...)``; ``config_file``, the file the config to resume with was read from, is named when it
+    for ``fit(state=...)`` once :meth:`check_fit` found that it fits the run; ``steps_per_epoch``: the most batches
+    an epoch of the run trains (None: the state's own, if it has one), which bounds a checkpoint's position;
+    ``config_file``, the file the config to resume with was read from, is named when it
     no longer matches the checkpoint's config hash (it was edited after the run started). ``write=False`` (the
     ranks other than 0 of a torchrun job): restore only; write nothing, and on a stop signal stop without saving.
     """
@@ -584,6 +638,7 @@ class Checkpointer(Callback):
         resume_hint: str = "",
         config_file: str | Path | None = None,
         write: bool = True,
+        steps_per_epoch: int | None = None,
     ):
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ConfigError("checkpoint.every", every, "must be an integer >= 1")
@@ -594,6 +649,7 @@ class Checkpointer(Callback):
         self.config_hash, self.signals, self.resume_hint = config_hash, signals, resume_hint
         self.config_file = config_file  # where the config to resume with was read from, for the mismatch message
         self.write = write  # DDP: False on ranks other than 0
+        self.steps_per_epoch = steps_per_epoch  # at most this many batches an epoch: bounds a checkpoint's position
         self.best: float | None = None
         self.best_epoch: int | None = None
         self._epoch_order: torch.Tensor | None = None  # data-order generator state at the running epoch's start
@@ -704,18 +760,84 @@ class Checkpointer(Callback):
 
     # restoring
 
+    def check_fit(self, ckpt: dict[str, Any], state: FitState, path: Path | None = None) -> None:
+        """Refuse checkpoint ``ckpt`` (read from ``path``) unless it fits this run: one line naming the file and the
+        first mismatch (:class:`CheckpointError`); nothing is loaded.
+
+        A checkpoint passes :func:`check_state` (its types and ranges) and its sha256 even when forged with a
+        recomputed manifest, so what it claims is checked against the run it is loaded into: its position against
+        the config (``epoch`` ≤ ``state.epochs``; ``batches_done`` ≤ the batches of an epoch; ``step`` no more
+        than the batches trained by then), its history (one row per finished epoch, numbered 1, 2, ...), its
+        best epoch (one that finished), and every tensor against what it is loaded into: the model's (names,
+        shapes, dtypes), the optimizer's (:func:`optimizer_mismatch`) and each callback's
+        (:meth:`~tricklab.events.Callback.check_state_dict`).
+        """
+        problem = self._mismatch(ckpt, state)
+        if problem is not None:
+            where = f"checkpoint {str(path)!r}" if path is not None else "the checkpoint"
+            raise CheckpointError(
+                f"{where} does not fit this run: {problem}; it was not written by tricklab for this config, or was "
+                "modified"
+            )
+
+    def _mismatch(self, ckpt: dict[str, Any], state: FitState) -> str | None:
+        pos, fit = ckpt["position"], ckpt["fit"]
+        epoch, batches, step = pos["epoch"], pos["batches_done"], pos["step"]
+        if epoch > state.epochs:
+            return f"position.epoch = {epoch}, but this run trains {state.epochs} epochs (train.epochs)"
+        per_epoch = self.steps_per_epoch or state.steps_per_epoch
+        if batches > 0 and epoch == 0:
+            return f"position.batches_done = {batches} before the first epoch started (position.epoch = 0)"
+        if per_epoch is not None and batches > per_epoch:
+            return f"position.batches_done = {batches}, but an epoch of this run has {per_epoch} batches"
+        finished = epoch - (batches > 0)
+        if per_epoch is not None and step > finished * per_epoch + batches:
+            return f"position.step = {step}, more than the {finished * per_epoch + batches} batches trained by then"
+        epochs = [row.get(EPOCH) for row in fit["history"]]
+        if epochs != list(range(1, finished + 1)):
+            return (
+                f"fit.history holds epochs {_listed([str(e) for e in epochs]) or 'none'}, but position.epoch = "
+                f"{epoch} says {finished} finished"
+            )
+        if batches > 0 and fit["totals"] is None:
+            return "fit.totals = None, but a checkpoint taken within an epoch holds the running epoch's totals"
+        best_epoch = ckpt["checkpointer"]["best_epoch"]
+        if best_epoch is not None and not 1 <= best_epoch <= finished:
+            return f"checkpointer.best_epoch = {best_epoch}, but {finished} epochs finished"
+        mismatch = weights_mismatch(state.model.state_dict(), ckpt["model"])
+        if mismatch is not None:
+            return f"model: {mismatch}"
+        mismatch = optimizer_mismatch(state.optimizer, ckpt["optimizer"])
+        if mismatch is not None:
+            return mismatch
+        keys = [self._key(i, cb) for i, cb in enumerate(self.callbacks)]
+        if list(ckpt["callbacks"]) != keys:
+            return f"callbacks: it holds {list(ckpt['callbacks'])}, this run has {keys}"
+        for key, cb, saved in zip(keys, self.callbacks, ckpt["callbacks"].values(), strict=True):
+            mismatch = cb.check_state_dict(saved, state.model)
+            if mismatch is not None:
+                return f"callbacks.{key}: {mismatch}"
+        return None
+
     def resume_latest(self, state: FitState) -> tuple[Path, list[str]] | None:
         """Restore the newest valid checkpoint of :attr:`folder` into ``state``; None if there is none.
 
         Newer checkpoints that failed verification are removed (noted), so that they can neither shadow the
         ones written from here on nor survive pruning in their place.
         """
-        found = latest_checkpoint(self.folder, check=check_state)
+
+        def fits(tree: dict[str, Any], path: Path) -> dict[str, Any]:
+            tree = check_state(tree, path)
+            if not self.config_hash or tree["config_hash"] == self.config_hash:  # else restore says the config changed
+                self.check_fit(tree, state, path)
+            return tree
+
+        found = latest_checkpoint(self.folder, check=fits)
         if found is None:
             return None
         path, ckpt, notes = found
         try:
-            notes += self.restore(ckpt, state)
+            notes += self.restore(ckpt, state, path)
         except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError) as e:
             # a state the schema cannot see into (optimizer or trick state) that does not fit this run
             raise CheckpointError(
@@ -727,11 +849,12 @@ class Checkpointer(Callback):
                 _remove(newer)
         return path, notes
 
-    def restore(self, ckpt: dict[str, Any], state: FitState) -> list[str]:
-        """Put checkpoint ``ckpt`` into ``state`` (its model, optimizer), the callbacks, RNGs and generator.
+    def restore(self, ckpt: dict[str, Any], state: FitState, path: Path | None = None) -> list[str]:
+        """Put checkpoint ``ckpt`` (read from ``path``) into ``state`` (its model, optimizer), the callbacks, RNGs
+        and generator.
 
-        Everything is checked before anything changes: a checkpoint of another model, another config or
-        another set of callbacks is refused with :class:`CheckpointError` and the model is left untouched.
+        Everything is checked before anything changes: a checkpoint of another config, or one that does not fit
+        this run (:meth:`check_fit`), is refused with :class:`CheckpointError` and the model is left untouched.
         Returns notes for the user (e.g. different library versions).
         """
         notes = []
@@ -747,17 +870,8 @@ class Checkpointer(Callback):
                 f"this config differs from the one the checkpoint was written with ({hashes}); resume with the "
                 "config stored in the run directory"
             )
-        check_weights(state.model, ckpt["model"], "checkpoint")
+        self.check_fit(ckpt, state, path)
         saved_groups = ckpt["optimizer"]["param_groups"]
-        own_groups = state.optimizer.param_groups
-        if [len(g["params"]) for g in saved_groups] != [len(g["params"]) for g in own_groups]:
-            raise CheckpointError("checkpoint holds the state of a different optimizer (parameter groups differ)")
-        keys = [self._key(i, cb) for i, cb in enumerate(self.callbacks)]
-        if list(ckpt["callbacks"]) != keys:
-            raise CheckpointError(
-                f"checkpoint holds callbacks {list(ckpt['callbacks'])}, this run has {keys}; "
-                "resume with the config stored in the run directory"
-            )
         if ckpt["versions"] != versions():
             notes.append(f"checkpoint written with {ckpt['versions']}, resuming with {versions()}")
 

@@ -16,13 +16,14 @@ How the processes (ranks) share one run, so that N processes train the model one
   Training"). A global batch of ``n`` not divisible by ``N`` loses its last ``n mod N`` examples for that step
   (with ``data.batch_size`` divisible by ``N`` only an epoch's last batch can); a batch smaller than ``N`` is
   skipped;
-* the train loss and accuracy of each step are summed over ranks (:meth:`DDP.reduce_totals`): the history shows the
+* the train loss and accuracy of each step are summed over ranks (:meth:`DDP.reduce`): the history shows the
   global batch's numbers, the ones one process would show;
 * every rank evaluates the whole validation and test sets itself, on identical weights and (after
   :meth:`DDP.epoch_end` broadcasts rank 0's batch-norm statistics) identical buffers, so every rank gets the same
   metrics and early stopping decides the same everywhere; the stop flag is still all-reduced to be sure;
-* the NaN/Inf guard all-reduces its "finite" flag before deciding (:class:`DistributedGuard`): when one rank sees
-  a NaN, every rank stops with :class:`~tricklab.train.loop.NonFiniteError` (or skips the batch), none hangs;
+* the NaN/Inf guard's verdicts are all-reduced before it decides (:meth:`DDP.any_nonfinite`, :meth:`DDP.any_rank`,
+  :meth:`DDP.name_ranks`): when one rank sees a NaN, every rank stops with
+  :class:`~tricklab.train.guards.NonFiniteError` (or skips the batch), none hangs;
 * only rank 0 writes: history, checkpoints (atomically), metrics, final weights, and only it prints; the others
   read the checkpoint rank 0 chose when resuming.
 
@@ -41,6 +42,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 from collections.abc import Iterator
@@ -55,7 +57,7 @@ from torch import nn
 from tricklab.data.download import atomic_write
 from tricklab.errors import ConfigError, TrickLabError
 from tricklab.events import FitState
-from tricklab.train.loop import NonFiniteGuard
+from tricklab.train.strategy import Batches, StepTotals
 
 
 def launched() -> bool:
@@ -93,16 +95,51 @@ def init_from_env() -> bool:
 _left_group = False  # this process joined torchrun's group and left it: end it with leave_process()
 
 
+class PeerLost(TrickLabError):
+    """Another process of this run died, or its connection dropped, while this one waited on it in a collective (an
+    all-reduce of gradients, of the loss, of the stop flag): the run cannot go on on this rank either."""
+
+
+#: What gloo says when the process at the other end of a connection is gone (its transport's errors).
+_GLOO_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "Timed out waiting")
+
+
+def peer_lost(error: BaseException) -> PeerLost | None:
+    """The one-line :class:`PeerLost` for ``error`` if it is a collective that failed because a peer went away
+    (gloo's transport errors, torch's ``DistError``), else None."""
+    if not isinstance(error, RuntimeError):
+        return None
+    text = str(error).strip()
+    if not (isinstance(error, getattr(dist, "DistError", ())) or any(s in text for s in _GLOO_LOST)):
+        return None
+    what = re.sub(r"^\[[^\]]*\] ", "", text.splitlines()[0] if text else type(error).__name__)  # gloo's [file:line]
+    what = what.split(". ")[0].rstrip(".")
+    n, r = world(), rank()
+    who = f"rank {1 - r}" if n == 2 else "another rank"
+    return PeerLost(
+        f"rank {r} of {n}: lost {who} of this run mid-training ({what}); this rank stops too. The lost rank's own "
+        "output, or torchrun's summary, says why it died; with --max-restarts torchrun restarts the job from its "
+        "last checkpoint"
+    )
+
+
 @contextmanager
 def session() -> Iterator[None]:
     """Join torchrun's process group for the life of a command, and leave it at the end (``destroy_process_group``).
 
-    A process that joined one here should end through :func:`leave_process` (the command line's entry does).
+    A collective that fails because another rank died becomes a one-line :class:`PeerLost` (gloo's own error is a
+    long C++ and Python traceback). A process that joined a group here should end through :func:`leave_process`
+    (the command line's entry does).
     """
     global _left_group
     joined = init_from_env()
     try:
         yield
+    except RuntimeError as e:
+        lost = peer_lost(e) if joined else None
+        if lost is None:
+            raise
+        raise lost from None
     finally:
         if joined and dist.is_initialized():
             dist.destroy_process_group()
@@ -234,58 +271,32 @@ class ShardedBatches:
                 yield x[rows], y[rows]
 
 
-class DistributedGuard(NonFiniteGuard):
-    """:class:`NonFiniteGuard` whose verdicts are the same on every rank: the fused check is all-reduced (MAX of
-    "non-finite"; on CUDA the reduction stays on the device, so the deferred mode keeps its no-host-sync step),
-    and so are the loss check (fp16) and the question "is anything really non-finite". A NaN seen on one rank
-    stops (or skips the batch on) every rank, and the error names the ranks that saw it."""
-
-    def _total(self, loss: torch.Tensor) -> torch.Tensor:
-        total = super()._total(loss)
-        bad = (~torch.isfinite(total)).float()
-        dist.all_reduce(bad, op=dist.ReduceOp.MAX)
-        return torch.where(bad > 0, torch.full_like(total, float("nan")), total)
-
-    def loss_finite(self, loss: torch.Tensor) -> bool:
-        return not any_rank(not super().loss_finite(loss), loss.device)
-
-    def mark(self, loss: torch.Tensor, step: int, examples: int) -> torch.Tensor:
-        return super().mark(loss, step, examples * world())  # the global batch's examples (equal shards)
-
-    def culprit(self, loss: torch.Tensor, x: torch.Tensor) -> str | None:
-        own = super().culprit(loss, x)
-        seen = torch.zeros(world(), device=loss.device)
-        seen[rank()] = 1.0 if own is not None else 0.0
-        dist.all_reduce(seen)
-        ranks = [r for r, s in enumerate(seen.tolist()) if s > 0]
-        if not ranks:
-            return None
-        where = f"non-finite on rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))} of {world()}"
-        return f"rank {rank()}: {own}; {where}" if own is not None else f"rank {rank()}: {where}"
-
-
 class DDP:
-    """What :func:`~tricklab.train.loop.fit` does differently on one rank of several (its ``ddp`` argument)."""
-
-    guard = DistributedGuard
+    """The :class:`~tricklab.train.strategy.Strategy` of one rank of several: what
+    :func:`~tricklab.train.loop.fit` does differently here (its ``ddp`` argument)."""
 
     def __init__(self, device: torch.device):
         self.device = torch.device(device)
         self.world, self.rank = world(), rank()
+
+    def prepare(self, model: nn.Module, batches: Batches) -> tuple[nn.Module, ShardedBatches]:
+        """This rank's shard of every global batch, and the model wrapped to run the forward pass through."""
+        return self.wrap(model), self.shard(batches)
 
     def wrap(self, model: nn.Module) -> nn.Module:
         """The model wrapped in ``DistributedDataParallel`` (forward through it: backward averages gradients)."""
         ids = [self.device.index if self.device.index is not None else local_rank()]
         return nn.parallel.DistributedDataParallel(model, device_ids=ids if self.device.type == "cuda" else None)
 
-    def shard(self, batches) -> ShardedBatches:
+    def shard(self, batches: Batches) -> ShardedBatches:
         return ShardedBatches(batches, self.world, self.rank)
 
-    def reduce_totals(self, loss_sum: torch.Tensor, correct: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """This step's loss sum and correct count summed over ranks: the global batch's (on the device, no sync)."""
+    def reduce(self, loss_sum: torch.Tensor, correct: torch.Tensor, examples: int) -> StepTotals:
+        """This step's loss sum and correct count summed over ranks: the global batch's (on the device, no sync);
+        its examples: ``world`` equal shards."""
         t = torch.stack([loss_sum.double(), correct.double()])
         dist.all_reduce(t)
-        return t[0], t[1].round().long()
+        return t[0], t[1].round().long(), examples * self.world
 
     def epoch_end(self, model: nn.Module) -> None:
         """Before evaluation: rank 0's buffers everywhere (each rank updated its batch-norm statistics on its shard)."""
@@ -294,6 +305,30 @@ class DDP:
     def agree_stop(self, state: FitState) -> None:
         """Stop on every rank if any rank's callbacks stopped (they decide on identical metrics; this makes sure)."""
         state.stop = any_rank(state.stop, self.device)
+
+    def any_nonfinite(self, total: torch.Tensor) -> torch.Tensor:
+        """The guard's check, NaN on every rank if it is non-finite on any (MAX of "non-finite", all-reduced; on
+        CUDA it stays on the device, so the deferred guard keeps its step without a host sync)."""
+        bad = (~torch.isfinite(total)).float()
+        dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        return torch.where(bad > 0, torch.full_like(total, float("nan")), total)
+
+    def any_rank(self, flag: bool, device: torch.device) -> bool:
+        return any_rank(flag, device)
+
+    def name_ranks(self, culprit: str | None, device: torch.device) -> str | None:
+        """This rank's culprit and the ranks that found one, e.g. ``rank 0: non-finite on rank 1 of 2``."""
+        seen = torch.zeros(world(), device=device)
+        seen[rank()] = 1.0 if culprit is not None else 0.0
+        dist.all_reduce(seen)
+        ranks = [r for r, s in enumerate(seen.tolist()) if s > 0]
+        if not ranks:
+            return None
+        where = f"non-finite on rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))} of {world()}"
+        return f"rank {rank()}: {culprit}; {where}" if culprit is not None else f"rank {rank()}: {where}"
+
+    def __repr__(self) -> str:
+        return f"DDP(rank {self.rank} of {self.world}, {str(self.device)!r})"
 
 
 def check_device(device: torch.device) -> None:

@@ -18,6 +18,7 @@ marked ``diverged`` instead.
 from __future__ import annotations
 
 import json
+import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -142,7 +143,7 @@ def _resume_member(
         path = distributed.broadcast(None)
         if path is None:
             return None
-        saver.restore(check_state(read_checkpoint(path), path), state)
+        saver.restore(check_state(read_checkpoint(path), path), state, path)
         return state
     found = saver.resume_latest(state)
     if distributed.is_distributed():
@@ -178,8 +179,13 @@ def _checkpointer(
     signals: StopSignals,
     config_file: Path | None = None,
     write: bool = True,
+    train_examples: int | None = None,
 ) -> Checkpointer:
-    """Checkpoints as ``checkpoint.*`` asks; the best epoch by early stopping's monitor, else by val_acc."""
+    """Checkpoints as ``checkpoint.*`` asks; the best epoch by early stopping's monitor, else by val_acc.
+
+    ``train_examples``: the size of the training set, whose ⌈n / batch size⌉ batches an epoch bound the position a
+    checkpoint may claim (an upper bound: a merged last batch or a DDP shard makes an epoch shorter, never longer).
+    """
     return Checkpointer(
         checkpoint_folder(run_dir, member, cfg.averaging.ensemble),
         callbacks=tricks,
@@ -192,6 +198,7 @@ def _checkpointer(
         resume_hint=f"tricklab train --resume {run_dir}",
         config_file=config_file,
         write=write,
+        steps_per_epoch=math.ceil(train_examples / cfg.data.batch_size) if train_examples else None,
     )
 
 
@@ -233,7 +240,17 @@ def _run(
             initial = evaluate(model, head, device=device, precision=precision)["loss"]  # see blown_up
             if run_dir is not None:
                 member = k if k_members > 1 else None
-                saver = _checkpointer(cfg, run_dir, k, tricks, generator, signals, config_file, write=main)
+                saver = _checkpointer(
+                    cfg,
+                    run_dir,
+                    k,
+                    tricks,
+                    generator,
+                    signals,
+                    config_file,
+                    write=main,
+                    train_examples=len(splits.train),
+                )
                 cbs += [HistoryWriter(run_dir / "history.jsonl", member=member), saver] if main else [saver]
                 if resume:
                     model.to(device)  # before the optimizer state is loaded next to the parameters

@@ -23,6 +23,7 @@ from tricklab.config import Config, read_yaml, validate
 from tricklab.errors import TrickLabError
 from tricklab.events import ORDER_HISTORY, Callback, FitState
 from tricklab.locks import LOCK_NAME, check_free
+from tricklab.plugins import NotAllowedError
 from tricklab.train.checkpoint import latest_checkpoint, list_checkpoints
 
 
@@ -105,6 +106,8 @@ def stored_config(run_dir: str | Path) -> Config:
         )
     try:
         return validate(read_yaml(run_dir / "config.yaml"))
+    except NotAllowedError as e:
+        raise TrickLabError(f"--resume {str(run_dir)!r}: {e}") from None
     except TrickLabError as e:
         raise TrickLabError(f"--resume {str(run_dir)!r}: its config.yaml is invalid: {e}") from None
 

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import SWALR, AveragedModel, update_bn
 
 from tricklab.errors import ConfigError
-from tricklab.events import ORDER_AVERAGING, Callback, FitState
+from tricklab.events import ORDER_AVERAGING, Callback, FitState, weights_mismatch
 
 
 def _is_number(x: object) -> bool:
@@ -118,6 +118,16 @@ class EMA(Callback):
 
     def state_dict(self) -> dict[str, Any]:
         return {"average": None if self.average is None else self.average.state_dict(), "updates": self.updates}
+
+    def check_state_dict(self, state: dict[str, Any], model: nn.Module) -> str | None:
+        if set(state) != {"average", "updates"}:
+            return f"holds {sorted(state)}, an EMA holds ['average', 'updates']"
+        if not _is_int(state["updates"]) or state["updates"] < 0:
+            return f"updates = {state['updates']!r}: not a count"
+        if state["average"] is None:
+            return None
+        mismatch = weights_mismatch(model.state_dict(), state["average"])
+        return None if mismatch is None else f"average: {mismatch}"
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.updates = int(state.get("updates", 0))
@@ -230,6 +240,17 @@ class SWA(Callback):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._pending = dict(state)
+
+    def check_state_dict(self, state: dict[str, Any], model: nn.Module) -> str | None:
+        if not set(state) <= {"averaged", "scheduler"}:
+            return f"holds {sorted(state)}, SWA holds 'averaged' and 'scheduler'"
+        if "averaged" not in state:
+            return None
+        # an AveragedModel's state: the model's under "module.", and its count of snapshots
+        own = {f"module.{k}": v for k, v in model.state_dict().items()}
+        own["n_averaged"] = torch.zeros((), dtype=torch.long)
+        mismatch = weights_mismatch(own, state["averaged"])
+        return None if mismatch is None else f"averaged: {mismatch}"
 
 
 # ---------------------------------------------------------------------------------------------- ensembles

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from tricklab.errors import ConfigError
-from tricklab.events import ORDER_EARLY_STOPPING, Callback, FitState
+from tricklab.errors import ConfigError, echo
+from tricklab.events import ORDER_EARLY_STOPPING, Callback, FitState, weights_mismatch
 from tricklab.metrics import VAL_ACC, VAL_LOSS
 
 MONITORS = (VAL_LOSS, VAL_ACC)
@@ -172,3 +172,14 @@ class EarlyStopping(Callback):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.stopper.load_state_dict(state["stopper"])
         self.best_weights = state["best_weights"]
+
+    def check_state_dict(self, state: dict[str, Any], model: nn.Module) -> str | None:
+        if set(state) != {"stopper", "best_weights"}:
+            return f"holds {sorted(state)}, early stopping holds ['best_weights', 'stopper']"
+        stopper, own = state["stopper"], self.stopper.state_dict()
+        if not isinstance(stopper, dict) or set(stopper) != set(own):
+            return f"stopper: holds {echo(stopper)}, not the keys {sorted(own)}"
+        if state["best_weights"] is None:
+            return None
+        mismatch = weights_mismatch(model.state_dict(), state["best_weights"])
+        return None if mismatch is None else f"best_weights: {mismatch}"

@@ -12,7 +12,8 @@ none     identity
 batch    y = γ (x − μ_B)/√(σ²_B + ε) + β, statistics per feature over the batch   Ioffe & Szegedy 2015
 layer    same, statistics per example over all features               Ba et al. 2016
 weight   w = g · v/‖v‖ per output unit (torch parametrization)        Salimans & Kingma 2016
-group    statistics per example over groups of channels (32 or fewer) Wu & He 2018
+group    statistics per example over ≤ 32 groups of channels      Wu & He 2018
+         (dense features: ≥ 8 a group, see group_count)
 ======== ============================================================ ===========================
 
 Example::
@@ -58,14 +59,32 @@ def weight_normalization(layer: nn.Module, features: int, dims: int):
     return weight_norm(layer, name="weight", dim=0), None
 
 
-def group_count(features: int, max_groups: int = 32) -> int:
-    """The largest divisor of ``features`` that is ≤ ``max_groups`` (Wu & He 2018 use 32 groups)."""
-    return max(g for g in range(1, min(max_groups, features) + 1) if features % g == 0)
+#: The fewest dense features a group norm group holds (see :func:`group_count`).
+MIN_DENSE_GROUP = 8
 
 
-@NORMS.register("group", help="(x−μ)/σ per example over groups of ≤32 channels; Wu & He 2018")
+def group_count(features: int, max_groups: int = 32, min_per_group: int = 1) -> int:
+    """The largest divisor ``g`` of ``features`` with ``g ≤ max_groups`` and ``features / g ≥ min_per_group`` (1 if
+    ``features < min_per_group``: one group, which is layer norm).
+
+    Wu & He 2018 use 32 groups of several channels each, and find one channel a group (instance norm) the worst of
+    their sweep (their Table 3). A conv channel still has all its positions to normalize over; a dense feature has
+    one number per example, so a group of ``k`` dense features is ``k`` numbers: normalizing them removes their mean
+    and scale, 2 of ``k`` degrees of freedom: a group of 1 is a constant (only β passes: the net cannot learn), a
+    group of 2 only its sign. Dense layers therefore use groups of at least :data:`MIN_DENSE_GROUP` = 8 features
+    (three quarters of each group's numbers kept, as many groups as 32 still allow at width 256 and above):
+    width 32 → 4 groups of 8, width 16 → 2, width 8 or less → 1.
+
+    >>> group_count(512), group_count(32), group_count(32, min_per_group=8), group_count(6, min_per_group=8)
+    (32, 32, 4, 1)
+    """
+    most = min(max_groups, max(features // max(min_per_group, 1), 1))
+    return max(g for g in range(1, most + 1) if features % g == 0)
+
+
+@NORMS.register("group", help="(x−μ)/σ per example over ≤32 groups (dense: ≥8 features each); Wu & He 2018")
 def group_norm(layer: nn.Module, features: int, dims: int):
-    return layer, nn.GroupNorm(group_count(features), features)
+    return layer, nn.GroupNorm(group_count(features, min_per_group=MIN_DENSE_GROUP if dims == 0 else 1), features)
 
 
 NORM_POSITIONS = ("before_activation", "after_activation")
@@ -76,4 +95,4 @@ def norm_has_bias(name: str) -> bool:
     return name in ("none", "weight")
 
 
-__all__ = ["NORMS", "NORM_POSITIONS", "group_count", "norm_has_bias", "ChannelLayerNorm"]
+__all__ = ["NORMS", "NORM_POSITIONS", "MIN_DENSE_GROUP", "group_count", "norm_has_bias", "ChannelLayerNorm"]
