@@ -179,5 +179,7 @@ def test_prescriptions_merge_to_the_lowest_lr_and_print_as_set_flags():
     )
     verdicts = diagnose(f, {"optim.lr": 1.0, "init.scheme": "he_normal", "model.norm": "batch"})
     merged = merge_prescriptions(verdicts)
-    assert merged["optim.lr"] == min(v.prescription["optim.lr"] for v in verdicts)
+    # the loss spike (exploding_gradients) is lr_too_high's consequence: its own prescription is withheld
+    assert [(v.name, v.cause) for v in verdicts] == [("lr_too_high", None), ("exploding_gradients", "lr_too_high")]
+    assert merged["optim.lr"] == min(v.prescription["optim.lr"] for v in verdicts if v.cause is None)
     assert as_set_flags({"model.residual": True, "optim.lr": 0.01}) == "--set model.residual=true --set optim.lr=0.01"

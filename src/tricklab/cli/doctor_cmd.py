@@ -123,11 +123,15 @@ def print_result(result) -> None:
         return
     print(f"{len(result.verdicts)} problem(s) found {where}:")
     for v in result.verdicts:
-        print(f"  {v.name}: {v.summary}")
+        when = f" (a consequence of {v.cause})" if v.cause else ""
+        when += f" (certain at step {v.first_step})" if v.first_step is not None else ""
+        print(f"  {v.name}{when}: {v.summary}")
         if v.layers:
             more = f" (+{len(v.layers) - 4} more)" if len(v.layers) > 4 else ""
             print(f"      layers: {', '.join(v.layers[:4])}{more}")
         print(f"      why: {v.advice}")
+        if v.code and v.cause is None:
+            print(f"      fix: {v.code}")
         if v.prescription:
             print(f"      prescription: {as_set_flags(v.prescription)}")
     if result.prescription:

@@ -26,6 +26,13 @@ How it measures: a :class:`~tricklab.diagnostics.probes.ProbeCallback`, driven t
   Lightning callback, :mod:`tricklab.integrations.lightning`).
 
 The settings the verdicts read (the norm layers, the optimizer's learning rate) are taken on entry.
+
+Besides the model's problems, the doctor checks the loop itself (:mod:`~tricklab.diagnostics.loop_bugs`: gradients
+that are never zeroed, parameters in no param group, a cut graph, a step that changes nothing, training forwards in
+eval mode, probabilities fed to the loss, a runaway LR schedule, unshuffled batches, labels that do not belong to
+their inputs, weight decay or clipping that swamps the gradient, a loss that broadcast, the same batch every step).
+A loop bug that explains a symptom is the verdict, and the symptom is shown as its consequence with no fix of its
+own. A loop whose forwards all ran in eval mode gets the ``eval_mode_training`` verdict, not an exception.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from torch import Tensor, nn
 
 from tricklab.diagnostics.doctor import DoctorResult, model_settings, report_folder
 from tricklab.diagnostics.in_pytorch import in_pytorch
+from tricklab.diagnostics.loop_bugs import loop_fixes
 from tricklab.diagnostics.probes import ProbeCallback, check_every, is_class_labels
 from tricklab.diagnostics.records import LOSS, MODEL, WEIGHT, Findings
 from tricklab.diagnostics.verdicts import Verdict, as_set_flags, diagnose, merge_prescriptions
@@ -151,6 +159,12 @@ class Doctor:
         """The gradients of this step are complete and the weights not yet updated."""
         self._callback.on_after_backward(self._state)
 
+    def before_backward(self, loss: Tensor) -> None:
+        """The loss about to be backpropagated (a framework calls this when driven): its autograd graph is read for
+        an element-wise loss that broadcast the output against a target of another shape."""
+        if self._callback is not None and self._callback.watch is not None and isinstance(loss, Tensor):
+            self._callback.watch.loss(loss, self._forward_step)
+
     def after_step(self) -> None:
         """The optimizer step was taken: the next forward belongs to the next step."""
         self._state.step += 1
@@ -170,7 +184,10 @@ class Doctor:
         ``labels``: the batch's class labels (a 1-D integer tensor), for a cross-entropy loss on them. Every
         ``every``-th batch's are counted: their entropy is the loss of a net that learned nothing from its inputs,
         against which "loss not decreasing" is judged (as in ``fit()``); without them that check falls back to
-        "fell by less than 1%"."""
+        "fell by less than 1%". They also show batches that hold one class at a time (data not shuffled).
+
+        Pass ``loss`` as the tensor the loop computed (detached or not): its autograd graph shows an element-wise
+        loss that broadcast the output against a target of another shape ((N, 1) against (N,) gives (N, N))."""
         if labels is not None:
             if not is_class_labels(labels):
                 shape = f" of shape {tuple(labels.shape)}" if isinstance(labels, Tensor) else ""
@@ -179,6 +196,8 @@ class Doctor:
                     "labels, a 1-D integer tensor"
                 )
             self._callback.count_labels(labels)
+        if isinstance(loss, Tensor) and self._callback.watch is not None:
+            self._callback.watch.loss(loss, self._forward_step)
         step = self._forward_step
         for name, value in (("loss", loss), ("acc", acc), ("val_loss", val_loss), ("val_acc", val_acc)):
             if value is not None:
@@ -205,22 +224,33 @@ class Doctor:
     def verdicts(self) -> list[Verdict]:
         """The problems found (an empty list: healthy), as ``tricklab doctor`` names them."""
         findings = self.findings()
-        if findings.steps == 0:
+        found = diagnose(findings, self._settings) if findings.steps or self.forward_steps else []
+        if findings.steps == 0 and not found:  # nothing probed and no loop bug that says why: nothing to judge
             taken = f"{self._state.step} optimizer steps but " if self._state.step else ""
             raise TrickLabError(
                 f"Doctor: saw {taken}no forward of the {type(self.model).__name__} in training mode; call "
                 "model.train() and run the model inside the `with` block (the model you pass must be the one called)"
             )
-        return diagnose(findings, self._settings)
+        return found
 
     def overrides(self) -> dict[str, Any]:
         """The verdicts' prescription as tricklab config overrides, e.g. ``{"model.norm": "batch"}``."""
         return merge_prescriptions(self.verdicts())
 
     def prescription(self) -> dict[str, str]:
-        """The prescription in plain PyTorch: override key → what to change in your code, naming the layers."""
+        """The prescription in plain PyTorch: for a bug of the loop, its verdict's name → the code that fixes it;
+        then override key → what to change in your code, naming the layers."""
+        verdicts = self.verdicts()
         layers = [info.name for info in self.findings().layers_of(WEIGHT)]
-        return in_pytorch(self.overrides(), model=self.model, layers=layers, settings=self._settings)
+        overrides = merge_prescriptions(verdicts)
+        said = in_pytorch(overrides, model=self.model, layers=layers, settings=self._settings)
+        return {**loop_fixes(verdicts), **said}
+
+    @property
+    def forward_steps(self) -> int:
+        """Optimizer steps whose forward the doctor saw, in training or eval mode."""
+        watch = None if self._callback is None else self._callback.watch
+        return 0 if watch is None else watch.forward_steps
 
     def set_flags(self) -> str:
         """The prescription for a tricklab run: ``--set init.scheme=glorot_normal --set model.norm=batch``."""
@@ -243,18 +273,27 @@ class Doctor:
     def report(self) -> str:
         """The verdicts, their figures and layers, and the prescription in PyTorch and as ``--set`` flags."""
         verdicts, f = self.verdicts(), self.findings()
-        where = f"in {f.steps} steps (probes every {f.every} steps)"
+        where = f"in {max(f.steps, self.forward_steps)} steps (probes every {f.every} steps)"
         if not verdicts:
             return f"tricklab doctor: healthy, no problems found {where}"
-        lines = [f"tricklab doctor: {len(verdicts)} problem(s) found {where}:"]
-        for v in verdicts:
-            lines.append(f"  {v.name}: {v.summary}")
-            if v.layers:
+        causes = [v for v in verdicts if v.cause is None]
+        lines = [f"tricklab doctor: {len(causes)} problem(s) found {where}:"]
+        for v in causes:
+            first = f" (certain at step {v.first_step})" if v.first_step is not None else ""
+            lines.append(f"  {v.name}{first}: {v.summary}")
+            if v.layers and v.layers != (MODEL,):
                 more = f" (+{len(v.layers) - 4} more)" if len(v.layers) > 4 else ""
                 lines.append(f"      layers: {', '.join(v.layers[:4])}{more}")
+            if v.code:
+                lines.append(f"      cause: {v.advice}")
+            after = [w.name for w in verdicts if w.cause == v.name]
+            if after:
+                lines.append(f"      its consequences (their fixes withheld): {', '.join(after)}")
         lines.append("In PyTorch:")
         lines += [f"  - {sentence}" for sentence in self.prescription().values()]
-        lines.append(f"With tricklab: {self.set_flags()}")
+        flags = self.set_flags()
+        if flags:
+            lines.append(f"With tricklab: {flags}")
         return "\n".join(lines)
 
     def save(self, out_dir: str | Path) -> Path:

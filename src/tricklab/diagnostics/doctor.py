@@ -439,6 +439,7 @@ def diagnose_model(
             s2 = dict(settings, **{k: v for k, v in fix.items() if k in settings})
             again = Recheck(fix, [v.name for v in verdicts], diagnose(found, s2), found, not_applied=skipped)
     from tricklab.diagnostics.in_pytorch import in_pytorch
+    from tricklab.diagnostics.loop_bugs import loop_fixes
     from tricklab.diagnostics.records import WEIGHT
 
     layers = [info.name for info in findings.layers_of(WEIGHT)]
@@ -451,7 +452,7 @@ def diagnose_model(
         again,
         time.perf_counter() - start,
         settings,
-        pytorch=in_pytorch(prescription, model=model, layers=layers, settings=settings),
+        pytorch={**loop_fixes(verdicts), **in_pytorch(prescription, model=model, layers=layers, settings=settings)},
     )
 
 

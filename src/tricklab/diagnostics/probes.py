@@ -37,12 +37,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from functools import partial
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tricklab.diagnostics.loop_bugs import LOOP_LABEL_POOLED
 from tricklab.diagnostics.records import (
     ACT_HIST,
     ACT_MEAN,
@@ -68,6 +69,7 @@ from tricklab.diagnostics.records import (
     TANH,
     UPDATE_RATIO,
     WEIGHT,
+    WEIGHT_FAN_IN,
     WEIGHT_GRAD_NORM,
     WHERE_BACKWARD,
     WHERE_FORWARD,
@@ -84,6 +86,9 @@ from tricklab.errors import ConfigError, TrickLabError
 from tricklab.events import ORDER_PROBE, Callback, FitState, gradient_norms
 from tricklab.metrics import NONFINITE_STEP, TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS
 from tricklab.tricks.init import INIT_LAYERS
+
+if TYPE_CHECKING:
+    from tricklab.diagnostics.loop_watch import LoopWatch
 
 #: The activation modules the probes recognize, by kind.
 ACTIVATION_KINDS: dict[type[nn.Module], str] = {
@@ -358,6 +363,9 @@ class Probe:
     def findings(self) -> Findings:
         """Everything recorded so far, as plain data."""
         self._flush(everything=True)
+        for name, params in self._weight_params.items():
+            if name in self._order and params and name not in self._records.layers(WEIGHT_FAN_IN):
+                self._records.add(WEIGHT_FAN_IN, name, 0, params[0].numel() // max(params[0].shape[0], 1))
         layers = [
             LayerInfo(name, kind, self._order[name], hist_range(kind))
             for name, kind in self._kinds.values()
@@ -762,12 +770,19 @@ class ProbeCallback(Callback):
         self.every, self.loss_fn, self.stop_on_nonfinite = every, loss_fn, stop_on_nonfinite
         self.guarded = guarded
         self.probe: Probe | None = None
+        self.watch: LoopWatch | None = None  # the loop's invariants (tricklab.diagnostics.loop_watch)
         self._label_counts: Tensor | None = None  # class counts of the training labels (cross-entropy only)
         self._batches = 0  # batches seen, of which every ``every``-th has its labels counted
 
     def on_fit_start(self, state: FitState) -> None:
+        from tricklab.diagnostics.loop_watch import LoopWatch
+
         self.probe = Probe(state.model, self.every, auto_step=False).attach()
         self.probe.set_step(state.step)
+        probe = self.probe
+        self.watch = LoopWatch(
+            state.model, state.optimizer, probe._records, self.every, step=lambda: probe.step, own_loop=self.guarded
+        ).attach()
 
     def on_epoch_start(self, state: FitState) -> None:
         self.probe.set_step(state.step)
@@ -775,9 +790,13 @@ class ProbeCallback(Callback):
     def on_after_backward(self, state: FitState) -> None:
         self._check(state, guarded=self.guarded)  # fit()'s guard let this step through: loss and gradients finite
         self.probe.before_update()
+        self.watch.before_step()
+        if state.loss is not None:
+            self.watch.loss(state.loss)
 
     def on_step_end(self, state: FitState) -> None:
         self.probe.after_update()
+        self.watch.after_step()
         self.probe.set_step(state.step)
         if state.targets is not None:
             self.count_labels(state.targets)
@@ -793,6 +812,7 @@ class ProbeCallback(Callback):
             state.epoch_extras[NONFINITE_STEP] = self.probe.first_nonfinite.step
 
     def on_fit_end(self, state: FitState) -> None:
+        self.watch.detach()
         self.probe.detach()
 
     def after_failure(self, state: FitState) -> None:
@@ -801,6 +821,8 @@ class ProbeCallback(Callback):
             return
         if state.loss is not None and self.probe.step == state.step:
             self._check(state)
+        if self.watch is not None:
+            self.watch.detach()
         self.probe.detach()
 
     def _check(self, state: FitState, guarded: bool = False) -> None:
@@ -814,10 +836,14 @@ class ProbeCallback(Callback):
     def findings(self) -> Findings:
         if self.probe is None:
             raise RuntimeError("ProbeCallback.findings() before fit() ran")
+        if self.watch is not None:
+            self.watch.finish()
         found = self.probe.findings()
         prior = label_prior_loss(self._label_counts)
         if prior is not None:
             found.records.add(PRIOR_LOSS, MODEL, max(found.steps - 1, 0), prior)
+            p = self._label_counts.double() / self._label_counts.sum()
+            found.records.add(LOOP_LABEL_POOLED, MODEL, 0, float((p * p).sum()))
         return found
 
     def count_labels(self, targets: Tensor | None) -> None:
@@ -833,6 +859,8 @@ class ProbeCallback(Callback):
         targets = targets.detach().long()
         if int(targets.min()) < 0:
             raise TrickLabError(f"class labels must be >= 0; got {int(targets.min())} in a batch")
+        if self.watch is not None:
+            self.watch.labels(targets)
         old = self._label_counts
         counts = torch.bincount(targets, minlength=0 if old is None else len(old))
         if old is not None and len(counts) > len(old):

@@ -17,6 +17,8 @@ metric                   what
                          (:data:`HIST_RANGES`; values outside are counted in the edge bins)
 ``grad_std``             std of the loss gradient w.r.t. each Linear/Conv layer's output (the backward signal)
 ``weight_grad_norm``     ‖∂L/∂W‖ of each Linear/Conv layer (its parameters but the bias), before clipping
+``weight_fan_in``        each Linear/Conv layer's fan-in (weights per output unit: in_features, in_channels·k·k),
+                         (recorded once, at step 0)
 ``update_ratio``         ‖ΔW‖ / ‖W‖ of each Linear/Conv layer across the optimizer step
 ``global_grad_norm``     ‖g‖ over every parameter, layer ``(model)``
 ``loss``                 the batch loss, layer ``(model)``
@@ -47,6 +49,7 @@ SATURATED_FRACTION = "saturated_fraction"
 ACT_HIST = "act_hist"
 GRAD_STD = "grad_std"
 WEIGHT_GRAD_NORM = "weight_grad_norm"
+WEIGHT_FAN_IN = "weight_fan_in"
 UPDATE_RATIO = "update_ratio"
 GLOBAL_GRAD_NORM = "global_grad_norm"
 LOSS = "loss"

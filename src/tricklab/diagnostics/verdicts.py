@@ -18,6 +18,8 @@ verdict                      fires when                                         
                              a batch loss above 10× the median of the 20 before it     ``LOSS_SPIKE`` 10
                              (and above the untrained loss)
 ``vanishing_gradients``      median ‖∂L/∂W_first‖ / ‖∂L/∂W_last‖ below                 ``VANISHING_RATIO`` 0.1
+                             and the same ratio per √fan-in below (each norm divided   ``VANISHING_PER_FAN_IN``
+                             by √ of its layer's inputs per unit, where recorded)      0.3
                              std of the last layer's output / the first's below        1 / ``ACT_RANGE``
 ``saturation``               a sigmoid/tanh layer's median fraction of outputs in the  ``SATURATED_MAX`` 0.25
                              tails (sigmoid y ∉ [0.01, 0.99], tanh |y| > 0.99) above
@@ -67,7 +69,13 @@ Why these values:
   can shrink it by 4^-20 ≈ 1e-12 (Hochreiter 1991; Glorot & Bengio 2010, Fig. 7). With He or Glorot init
   (with or without batch norm) we measure first/last ratios of 0.5 to 8 at depths 2–30; a 20-layer sigmoid
   net with N(0, 1) weights gives 0.015, with Glorot init and no norm 1e-12. One order of magnitude below the
-  last layer is outside normal variation.
+  last layer is outside normal variation. But the norm of ∂L/∂W = δxᵀ (summed over the batch and a conv's
+  positions) also grows with √fan_in for the same backward signal δ, so the raw ratio is also low when the first
+  layer has far fewer inputs per unit than the last: an MNIST CNN with batch norm, healthy, whose first layer is a
+  3×3 conv on one channel (fan-in 9) and whose head reads 32×7×7 maps (fan-in 1568), measures 0.087 raw and 1.15
+  per √fan-in. So the ratio must also be below 0.3 per √fan-in: we measure ≤ 0.11 for nets whose signal does
+  vanish (12 sigmoid layers at N(0, 1): 0.055 raw; the zoo's five vanishing cases: 0.000) and 0.56–12 for the
+  zoo's 15 healthy nets (seed 0; raw, they go down to 0.11, a 1-D CNN, close to the old rule's threshold).
 - Exploding, 1e3: gradients growing towards the input make the first layers' steps huge (Pascanu et al.
   2013). Batch norm alone grows them ≈ 1.2× per layer at init (Yang et al. 2019, "A mean field theory of
   batch normalization": we measure ~260× over 30 ReLU layers) and such nets still train, so only growth
@@ -221,6 +229,7 @@ from tricklab.diagnostics.records import (
     SATURATED_FRACTION,
     UPDATE_RATIO,
     WEIGHT,
+    WEIGHT_FAN_IN,
     WEIGHT_GRAD_NORM,
     WHERE_INPUT,
     Findings,
@@ -229,6 +238,7 @@ from tricklab.metrics import TRAIN_LOSS, VAL_LOSS
 from tricklab.registry import Registry
 
 VANISHING_RATIO = 0.1
+VANISHING_PER_FAN_IN = 0.3  # ... and the same ratio per √fan-in below this (not an effect of the layers' sizes)
 EXPLODING_RATIO = 1e3
 ACT_RANGE = 1e3
 GRAD_GROWTH = 100.0
@@ -298,6 +308,9 @@ class Verdict:
     figures: dict[str, float] = field(default_factory=dict)
     prescription: dict[str, Any] = field(default_factory=dict)  # config overrides, e.g. {"model.norm": "batch"}
     advice: str = ""
+    first_step: int | None = None  # the step at which the rule was first certain (None: judged on the whole run)
+    code: str = ""  # the fix as PyTorch code, for a bug of the loop itself (no config override cures it)
+    cause: str | None = None  # the verdict that explains this one: a consequence, its prescription withheld
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "layers": list(self.layers)}
@@ -308,16 +321,21 @@ CHECKS: Registry[Check] = Registry("doctor check")
 
 
 def diagnose(findings: Findings, settings: Mapping[str, Any] | None = None) -> list[Verdict]:
-    """Run every check in :data:`CHECKS` on ``findings``; an empty list means healthy.
+    """Run every check in :data:`CHECKS` and the loop checks (:mod:`~tricklab.diagnostics.loop_bugs`) on
+    ``findings``; an empty list means healthy. A symptom that a found cause explains follows it as its consequence
+    (``Verdict.cause`` set, its prescription withheld: :func:`~tricklab.diagnostics.loop_bugs.explain`).
 
     ``settings``: the run's config values by full key (``model.activation``, ``model.norm``,
     ``model.residual``, ``init.scheme``, ``optim.lr``, ``clip.mode``, ``data.scale``, ``optim.weight_decay``,
     ``early_stopping.enabled``), used to tailor the prescriptions; the activation is inferred from the layers when
     absent.
     """
+    from tricklab.diagnostics.loop_bugs import LOOP_CHECKS, explain  # it imports this module
+
     s = dict(settings or {})
     s.setdefault("model.activation", _main_activation(findings))
-    return [v for name in CHECKS for v in [CHECKS.get(name)(findings, s)] if v is not None]
+    found = [v for checks in (CHECKS, LOOP_CHECKS) for name in checks for v in [checks.get(name)(findings, s)] if v]
+    return explain(found)
 
 
 def merge_prescriptions(verdicts: Iterable[Verdict]) -> dict[str, Any]:
@@ -399,6 +417,7 @@ def check_exploding(f: Findings, s: Mapping[str, Any]) -> Verdict | None:
         dynamic = True
     if not evidence:
         return None
+    figures["at_init"] = float(at_init)
     fix: dict[str, Any] = {}
     if at_init or not dynamic:
         fix.update(_signal_fix(s))
@@ -445,6 +464,7 @@ def check_nonfinite(f: Findings, s: Mapping[str, Any]) -> Verdict | None:
         if bad_data
         else "a value overflowed: at step 0 the scale of the weights is wrong (He/Glorot init, batch norm); "
         "later the updates grew too large: clip the gradient norm and lower the LR",
+        first_step=nf.step,
     )
 
 
@@ -454,14 +474,16 @@ def check_nonfinite(f: Findings, s: Mapping[str, Any]) -> Verdict | None:
 )
 def check_vanishing(f: Findings, s: Mapping[str, Any]) -> Verdict | None:
     evidence, layers, figures = [], [], {}
-    depth = _depth_ratio(f, WEIGHT_GRAD_NORM)
-    if depth is not None and depth[0] < VANISHING_RATIO:
+    depth, per_fan_in = _depth_ratio(f, WEIGHT_GRAD_NORM), _depth_ratio(f, WEIGHT_GRAD_NORM, per_fan_in=True)
+    if depth is not None and depth[0] < VANISHING_RATIO and per_fan_in[0] < VANISHING_PER_FAN_IN:
         evidence.append(
             f"first-layer gradient norm is {_g(depth[0])}× the last layer's (< {VANISHING_RATIO:g}×, median over "
-            f"{depth[2]} samples)"
+            f"{depth[2]} samples), {_g(per_fan_in[0])}× per √fan-in (< {VANISHING_PER_FAN_IN:g}×: not the layers' "
+            "sizes)"
         )
         layers += _layers_below(f, WEIGHT_GRAD_NORM, VANISHING_RATIO)
         figures["grad_ratio_first_last"] = depth[0]
+        figures["grad_ratio_per_fan_in"] = per_fan_in[0]
     fwd = _depth_ratio(f, ACT_STD, last_over_first=True)
     if fwd is not None and fwd[0] < 1 / ACT_RANGE:
         evidence.append(f"forward signal std shrinks to {_g(fwd[0])}× from the first layer to the last")
@@ -653,6 +675,20 @@ def check_slow_convergence(f: Findings, s: Mapping[str, Any]) -> Verdict | None:
     )
 
 
+def prior_only(f: Findings) -> tuple[_Trend, float] | None:
+    """(trend, label-prior loss) when the loss fell to the label prior with moderate steps: the output layer learned
+    the class frequencies and nothing came from the inputs; None otherwise (or when the weights barely move, or the
+    loss bounces: the verdicts of those name the cause)."""
+    trend, fastest = _loss_trend(f), _fastest_update(f)
+    if trend is None or _oscillates(trend) or (fastest is not None and fastest[1] < UPDATE_RATIO_MIN):
+        return None
+    prior = _median(f.records.series(PRIOR_LOSS, MODEL)[1])
+    if prior is None or not prior > 0 or abs(trend.last / prior - 1) > PRIOR_MARGIN:
+        return None
+    wild = fastest is not None and fastest[1] > UPDATE_RATIO_MAX
+    return (trend, prior) if not wild and trend.drop >= FLAT_MAX_DROP else None
+
+
 @CHECKS.register(
     NOT_DECREASING,
     help=f"loss fell < {FLAT_MAX_DROP:.0%} over ≥ {DYNAMICS_MIN_STEPS} steps, or ended within ±{PRIOR_MARGIN:.0%} "
@@ -761,13 +797,25 @@ def _main_activation(f: Findings) -> str:
     return max(set(kinds), key=kinds.count) if kinds else "relu"
 
 
-def _depth_ratio(f: Findings, metric: str, last_over_first: bool = False) -> tuple[float, float, int] | None:
+def _depth_ratio(
+    f: Findings, metric: str, last_over_first: bool = False, per_fan_in: bool = False
+) -> tuple[float, float, int] | None:
     """(median, first-sample value, samples) of metric[first] / metric[last] over the sampled steps (or the
-    inverse), between the first and last Linear/Conv layers; None with fewer than two such layers."""
+    inverse), between the first and last Linear/Conv layers; None with fewer than two such layers.
+
+    ``per_fan_in``: each layer's value divided by √(its fan-in) first, where recorded (:data:`WEIGHT_FAN_IN`): for
+    y = Wx, ∂L/∂W = δxᵀ summed over the batch (and a conv's positions), so ‖∂L/∂W‖ grows with √fan_in for the same
+    backward signal δ, and a 3×3 conv on one channel (fan-in 9) looks starved beside a head on 32×7×7 maps (fan-in
+    1568) that gets the same signal."""
     weights = f.layers_of(WEIGHT)
     if len(weights) < 2:
         return None
     first, last = weights[0].name, weights[-1].name
+    scale = 1.0
+    if per_fan_in:
+        fans = [f.records.get(WEIGHT_FAN_IN, name, 0) for name in (first, last)]
+        if all(isinstance(v, int | float) and v > 0 for v in fans):
+            scale = math.sqrt(fans[1] / fans[0])
     ratios = []
     for step in f.records.steps(metric):
         a, b = f.records.get(metric, first, step), f.records.get(metric, last, step)
@@ -775,7 +823,7 @@ def _depth_ratio(f: Findings, metric: str, last_over_first: bool = False) -> tup
             continue
         num, den = (b, a) if last_over_first else (a, b)
         if den > 0:
-            ratios.append(num / den)
+            ratios.append(num / den * scale)
     return (statistics.median(ratios), ratios[0], len(ratios)) if ratios else None
 
 

@@ -6,6 +6,7 @@ It runs a :class:`~tricklab.diagnostics.anywhere.Doctor` over ``trainer.fit``, d
 Lightning hook                 the doctor
 =============================  ======================================================================================
 ``on_train_start``             hooks the LightningModule (or its submodule ``module``) and reads the optimizer's LR
+``on_before_backward``         the loss's autograd graph, read for a loss that broadcast output and target
 ``on_before_optimizer_step``   after backward, before the update (and before Lightning's gradient clipping): the
                                global gradient norm, the first non-finite value, the weights before the update
 ``on_train_batch_end``         the step's end (update ratios), and the batch loss from ``training_step``'s output
@@ -80,6 +81,10 @@ class TrickLabDoctor(pl.Callback):
         optimizer = optimizers[0] if len(optimizers) == 1 else None  # several (GANs): no LR in the settings
         self.doctor = Doctor(watched, optimizer, self.every, driven=True).attach()
 
+    def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor) -> None:
+        if self.doctor is not None:
+            self.doctor.before_backward(loss)  # its graph: a loss that broadcast output and target
+
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
         if self.doctor is not None:
             self.doctor.after_backward()
@@ -96,7 +101,7 @@ class TrickLabDoctor(pl.Callback):
         if self._stepped:  # not on the batches that only accumulate gradients
             self._stepped = False
             self.doctor.after_step()
-            if self.doctor.steps == 0:
+            if self.doctor.steps == 0 and not self.doctor.forward_steps:  # an eval-mode forward is a verdict
                 name = f"{type(pl_module).__name__}.{self.module}" if self.module else type(pl_module).__name__
                 raise TrickLabError(
                     f"TrickLabDoctor: training_step did not call {name}'s forward; call it there (self(x)), or "

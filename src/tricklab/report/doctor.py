@@ -185,6 +185,13 @@ def _ticks(set_ticks, set_labels, labels: list[str], most: int) -> None:
     set_labels([labels[i] for i in positions], fontsize="x-small")
 
 
+def _when(v) -> str:
+    """Under a verdict's name: the cause it is a consequence of, or the step at which it was first certain."""
+    if v.cause:
+        return f"<br><small>a consequence of {html.escape(v.cause)}</small>"
+    return f"<br><small>certain at step {v.first_step}</small>" if v.first_step is not None else ""
+
+
 def _page(result: DoctorResult, images: dict[str, Path]) -> str:
     e = html.escape
     f = result.findings
@@ -207,8 +214,9 @@ def _page(result: DoctorResult, images: dict[str, Path]) -> str:
         parts.append(f"<p class='bad'>First non-finite value: {e(str(f.first_nonfinite))}</p>")
     if result.verdicts:
         rows = "".join(
-            f"<tr><td><b>{e(v.name)}</b></td><td>{e(v.summary)}</td><td>{e(_short(v.layers))}</td>"
-            f"<td><code>{e(as_set_flags(v.prescription))}</code></td><td>{e(v.advice)}</td></tr>"
+            f"<tr><td><b>{e(v.name)}</b>{_when(v)}</td><td>{e(v.summary)}</td><td>{e(_short(v.layers))}</td>"
+            f"<td><code>{e(as_set_flags(v.prescription) or (v.code if v.cause is None else ''))}</code></td>"
+            f"<td>{e(v.advice)}</td></tr>"
             for v in result.verdicts
         )
         parts.append(
