@@ -10,6 +10,7 @@ with Markdown made from the code, so these pages cannot drift from it:
   thresholds from that module's docstring table (each documented threshold checked against the constant in the
   code: a mismatch, or a check missing from the table, fails the build), the figures it reports, its citation
   and the justification of its threshold;
+- ``loop-bugs``: the same for the loop checks of ``tricklab.diagnostics.loop_bugs`` (``LOOP_CHECKS``);
 - ``api``: one ``::: module.name`` block (rendered by mkdocstrings) for every public name of ``tricklab``;
 - ``names``: every registered name of every family, with its help, as ``tricklab list`` prints them.
 
@@ -267,16 +268,19 @@ def _rst_table(doc: str) -> dict[str, tuple[list[str], list[str]]]:
     return rows
 
 
-def _thresholds(lines: list[str], module) -> list[str]:
-    """``EXPLODING_RATIO`` 1e3 → "`EXPLODING_RATIO` = 1000", checked against the constant in the code."""
+def _thresholds(lines: list[str], module, also=()) -> list[str]:
+    """``EXPLODING_RATIO`` 1e3 → "`EXPLODING_RATIO` = 1000", checked against the constant in the code (of
+    ``module``, or of a module in ``also`` when the docstring names it there)."""
     text = " ".join(lines)
     out = []
     for name, documented in re.findall(r"``([A-Z_]+)``\s*([0-9][0-9.e+-]*)?", text):
-        if not hasattr(module, name):
-            raise ValueError(f"verdicts docstring names {name}, which tricklab.diagnostics.verdicts does not define")
-        value = getattr(module, name)
+        owner = next((m for m in (module, *also) if hasattr(m, name)), None)
+        if owner is None:
+            raise ValueError(f"{module.__name__} docstring names {name}, which it does not define")
+        module_of_name = owner
+        value = getattr(module_of_name, name)
         if documented and float(documented) != float(value):
-            raise ValueError(f"verdicts docstring says {name} = {documented}, the code has {value!r}")
+            raise ValueError(f"{module.__name__} docstring says {name} = {documented}, the code has {value!r}")
         out.append(f"`{name}` = {value:g}" if isinstance(value, float) else f"`{name}` = {value}")
     return out or [text]
 
@@ -367,6 +371,35 @@ def verdict_table() -> str:
     )
 
 
+def loop_bug_table() -> str:
+    """The loop checks of ``tricklab.diagnostics.loop_bugs`` (registered in ``LOOP_CHECKS``), from that module's
+    docstring table in the same way as :func:`verdict_table`; a check missing from the table fails the build."""
+    from tricklab.diagnostics import loop_bugs, verdicts
+
+    doc = inspect.getdoc(loop_bugs) or ""
+    table = _rst_table(doc)
+    missing = [name for name in loop_bugs.LOOP_CHECKS.names() if name not in table]
+    if missing:
+        raise ValueError(f"the loop_bugs docstring's table lacks the check(s) {', '.join(missing)}")
+    out = [
+        "Generated from `tricklab.diagnostics.loop_bugs` when this site is built: the loop checks registered in "
+        "`LOOP_CHECKS`, each with its rule and the thresholds of the module's docstring (each checked against the "
+        "constant in the code).",
+        "",
+        "| verdict | what is wrong | fires when | thresholds |",
+        "|---|---|---|---|",
+    ]
+    for name in loop_bugs.LOOP_CHECKS.names():
+        rule, thresholds = table[name]
+        out.append(
+            f"| `{name}` | {_md(loop_bugs.LOOP_CHECKS.help(name))} | {_md(' '.join(rule))} | "
+            f"{'<br>'.join(_thresholds(thresholds, loop_bugs, also=(verdicts,)))} |"
+        )
+    after = doc.split("=" * 20)[-1]
+    after = after[after.index("\n") :].strip()
+    return rst_to_markdown("\n".join([*out, "", after]))
+
+
 # --- the API reference and the names ------------------------------------------------------------------------------
 
 #: Headings of the API page; a public name not listed here still appears, under "Other names".
@@ -446,3 +479,4 @@ def callback_order() -> str:
 
 
 GENERATORS["callback-order"] = callback_order
+GENERATORS["loop-bugs"] = loop_bug_table

@@ -112,6 +112,15 @@ def test_every_verdict_of_the_doctor_has_its_rule_threshold_and_figures(site):
     assert "Pascanu et al. 2013" in html and "Prechelt" in html
 
 
+def test_every_loop_bug_the_doctor_names_is_on_the_verdicts_page(site):
+    from tricklab.diagnostics.loop_bugs import DECAY_DOMINATES, LOOP_CHECKS
+
+    html = page(site, "verdicts")
+    for name in LOOP_CHECKS.names():
+        assert f"<code>{name}</code>" in html, f"no row for loop check {name}"
+    assert f"DECAY_DOMINATES</code> = {DECAY_DOMINATES:g}" in html
+
+
 def load_hooks():
     pytest.importorskip("mkdocs", reason="the docs extra is not installed: pip install -c constraints.txt -e '.[docs]'")
     sys.path.insert(0, str(REPO / "docs"))
