@@ -113,6 +113,7 @@ class TrackerLogger(Callback):
         self._last_step = 0
         self._members = 0
         self._buffer: list[tuple[int, Any, float]] = []
+        self._epoch_keys: set[str] = set()
 
     # --- the run's life ---------------------------------------------------------------------------------------
     def start(self, config: dict[str, Any], run_dir: Path | None, label: str = "") -> None:
@@ -123,7 +124,8 @@ class TrackerLogger(Callback):
     def finish(self, metrics: dict[str, Any] | None = None, status: str = "FINISHED") -> None:
         """Send the final metrics, the hyperparameters with them, the run folder as artifacts; close the run."""
         if self.opened and not self.failed:
-            final = {f"{k}": v for k, v in numbers(metrics or {}).items()}
+            # the final metrics the epoch rows did not already send (val_acc, val_loss: the last epoch's)
+            final = {k: v for k, v in numbers(metrics or {}).items() if k not in self._epoch_keys}
             self._safe("finish", self._finish, final, status)
         if self.opened:
             try:
@@ -159,6 +161,7 @@ class TrackerLogger(Callback):
         step = state.step + self._offset
         self._last_step = step
         row = {f"{self.prefix}{k}": v for k, v in numbers(state.metrics).items()}
+        self._epoch_keys.update(row)
         self._safe("log", self._scalars, row, step)
 
     def on_fit_end(self, state: FitState) -> None:
@@ -271,6 +274,29 @@ def verdict_text(v: Any) -> str:
 
 
 # --- TensorBoard -------------------------------------------------------------------------------------------------
+def _quiet_writer_threads() -> None:
+    """Keep the traceback of TensorBoard's event-writer thread off the screen when a write fails (a full disk).
+
+    That thread stores the error and raises it again in the training thread at the next write, where the logger
+    warns in one line; printed from the thread too, the user would see a traceback for a run that goes on. Every
+    other thread's errors reach the previous hook unchanged. Installed once per process.
+    """
+    import threading
+
+    from tensorboard.summary.writer.event_file_writer import _AsyncWriterThread
+
+    previous = threading.excepthook
+    if getattr(previous, "tricklab_quiet", False):
+        return
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if not isinstance(args.thread, _AsyncWriterThread):
+            previous(args)
+
+    hook.tricklab_quiet = True  # type: ignore[attr-defined]
+    threading.excepthook = hook
+
+
 @LOGGERS.register("tensorboard", help="TensorBoard event files in RUN_DIR/tensorboard/ (extra: tensorboard)")
 class TensorBoardLogger(TrackerLogger):
     """``torch.utils.tensorboard.SummaryWriter`` into ``RUN_DIR/tensorboard``: scalars per step and epoch, the config
@@ -285,6 +311,7 @@ class TensorBoardLogger(TrackerLogger):
 
         if self.run_dir is None:
             raise TrickLabError("tensorboard: needs a run folder to write its event files into")
+        _quiet_writer_threads()
         self.writer = SummaryWriter(log_dir=str(self.run_dir / self.FOLDER))
 
     def _scalars(self, values: dict[str, float], step: int) -> None:
@@ -504,10 +531,10 @@ class WandbLogger(TrackerLogger):
             import wandb
 
             art = wandb.Artifact(f"run-{self.run.id}", type="run-folder")
-            for p in sorted(self.run_dir.iterdir()):
-                if p.name in ("wandb", ".tricklab.lock"):
-                    continue
-                art.add_dir(str(p), name=p.name) if p.is_dir() else art.add_file(str(p), name=p.name)
+            for p in sorted(self.run_dir.rglob("*")):  # file by file: add_dir prints a line per folder
+                rel = p.relative_to(self.run_dir)
+                if p.is_file() and rel.parts[0] not in ("wandb", ".tricklab.lock"):
+                    art.add_file(str(p), name=rel.as_posix())
             self.run.log_artifact(art)
 
     def _doctor(self, result: Any) -> None:
@@ -565,26 +592,38 @@ class WandbLogger(TrackerLogger):
 
 
 def wandb_records(run_folder: str | Path) -> list[dict[str, Any]]:
-    """The records of an offline W&B run's ``.wandb`` file, each as ``{"type": ..., **fields}`` (history rows,
-    alerts, config, summary): how a test or a user reads back what an offline run recorded."""
+    """The records of an offline W&B run's ``.wandb`` file, each as ``{"type": ..., **fields}`` (``history`` rows,
+    ``alert``, ``config``, ``summary``, ...): how a test or a user reads back what an offline run recorded.
+
+    The file is a LevelDB-style log (what ``wandb sync`` uploads): a 7-byte header (``:W&B``, magic ``0xBEE1``,
+    version 0), then 32 KiB blocks of chunks, each ``crc32 (4) | length (2) | type (1) | data`` with type 1 a whole
+    record and 2/3/4 its first/middle/last part; each record is a ``wandb_internal_pb2.Record``.
+    """
     from google.protobuf.json_format import MessageToDict
     from wandb.proto import wandb_internal_pb2
-    from wandb.sdk.internal import datastore
 
     files = sorted(Path(run_folder).glob("*.wandb"))
     if not files:
         raise TrickLabError(f"{str(run_folder)!r} holds no .wandb file")
-    ds = datastore.DataStore()
-    ds.open_for_scan(str(files[0]))
-    out = []
-    while True:
-        data = ds.scan_data()
-        if data is None:
-            break
-        rec = wandb_internal_pb2.Record()
-        rec.ParseFromString(data)
-        kind = rec.WhichOneof("record_type")
-        out.append({"type": kind, **MessageToDict(getattr(rec, kind))} if kind else {"type": None})
+    data = files[0].read_bytes()
+    if data[:4] != b":W&B":
+        raise TrickLabError(f"{str(files[0])!r} is not a W&B run file")
+    block, pos, parts, out = 32768, 7, b"", []
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:  # a block's tail too short for a chunk header is padding
+            pos += left
+            continue
+        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
+        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
+        if kind == 0 and length == 0:
+            continue
+        parts = chunk if kind in (1, 2) else parts + chunk
+        if kind in (1, 4):
+            rec = wandb_internal_pb2.Record()
+            rec.ParseFromString(parts)
+            what = rec.WhichOneof("record_type")
+            out.append({"type": what, **MessageToDict(getattr(rec, what))} if what else {"type": None})
     return out
 
 
