@@ -168,7 +168,8 @@ def _events(folder: Path):
 
 def test_tensorboard_gets_steps_epochs_final_metrics_hparams_and_the_doctors_statistics(workdir, capsys):
     code = main(["train", *flags(VANISHING), "--diagnose", "--logger", "tensorboard", "--out", "r"])
-    assert code == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 0 and "warning:" not in err, err
     acc = _events(workdir / "r" / "tensorboard")
     tags = acc.Tags()
     metrics = json.loads((workdir / "r" / "metrics.json").read_text())
@@ -201,7 +202,8 @@ def _mlflow(uri: str):
 
 def test_mlflow_logs_params_metrics_per_step_and_the_run_folder_into_a_local_store(workdir, capsys):
     code = main(["train", *flags(TINY), "--logger", "mlflow", "--out", "r"])
-    assert code == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 0 and "warning:" not in err, err
     client, runs = _mlflow((workdir / "mlruns").as_uri())  # the default store: ./mlruns
     (r,) = runs
     metrics = json.loads((workdir / "r" / "metrics.json").read_text())
@@ -217,7 +219,9 @@ def test_mlflow_logs_params_metrics_per_step_and_the_run_folder_into_a_local_sto
 
 
 @pytest.mark.slow
-def test_mlflow_lab_is_a_parent_run_with_a_child_per_variant_and_seed_and_the_table(workdir, capsys, monkeypatch):
+def test_a_lab_is_a_parent_run_with_a_child_per_variant_and_seed_and_the_table_in_each_tracker(
+    workdir, capsys, monkeypatch
+):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", (workdir / "store").as_uri())  # respected
     study = {
         "name": "tiny",
@@ -233,8 +237,10 @@ def test_mlflow_lab_is_a_parent_run_with_a_child_per_variant_and_seed_and_the_ta
             section, key = k.split(".")
             study["base"][section][key] = v
     (workdir / "study.yaml").write_text(yaml.safe_dump(study))
-    code = main(["lab", "--config", "study.yaml", "--workers", "1", "--out", "lab", "--logger", "mlflow"])
-    assert code == 0, capsys.readouterr().err
+    trackers = ["--logger", "mlflow", "--logger", "tensorboard", "--logger", "wandb"]
+    code = main(["lab", "--config", "study.yaml", "--workers", "1", "--out", "lab", *trackers])
+    err = capsys.readouterr().err
+    assert code == 0 and "warning:" not in err, err
     client, runs = _mlflow((workdir / "store").as_uri())
     (parent,) = [r for r in runs if r.data.tags.get("tricklab") == "lab"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
@@ -251,6 +257,44 @@ def test_mlflow_lab_is_a_parent_run_with_a_child_per_variant_and_seed_and_the_ta
     assert m["tiny.sgd.test_acc_mean"] == pytest.approx(sum(r.data.metrics["test_acc"] for r in sgd) / 2)
     assert parent.data.tags["tiny.sgd.outcome"] in ("better", "worse", "equivalent", "undecided")
     assert parent.data.tags["tiny.adam.outcome"] == "baseline"
+    files = {a.path for a in client.list_artifacts(parent.info.run_id, "lab")}
+    assert files == {"lab/tiny.json"}
+
+    acc = _events(workdir / "lab" / "tensorboard" / "tiny" / "sgd" / "seed1")
+    (sgd1,) = [r for r in sgd if r.data.tags["seed"] == "1"]
+    assert acc.Scalars("final/test_acc")[0].value == pytest.approx(sgd1.data.metrics["test_acc"])
+    table = _events(workdir / "lab" / "tensorboard").Tensors("lab/tiny/text_summary")[0]
+    text = table.tensor_proto.string_val[0].decode()
+    assert "| variant |" in text and "| sgd |" in text
+
+    runs = {}
+    for folder in (workdir / "lab" / "wandb").glob("offline-run-*"):
+        records = wandb_records(folder)
+        (run_record,) = [r for r in records if r["type"] == "run"]
+        runs[run_record["displayName"]] = (run_record, records)
+    assert sorted(runs) == ["lab lab", "tiny/adam/seed0", "tiny/adam/seed1", "tiny/sgd/seed0", "tiny/sgd/seed1"]
+    assert {r["runGroup"] for r, _ in runs.values()} == {"lab-lab"}
+    lab_history = [i for r in runs["lab lab"][1] if r["type"] == "history" for i in r["item"]]
+    assert any(_key(i).startswith("lab/tiny") and "table" in i["valueJson"] for i in lab_history)
+
+
+@pytest.mark.slow
+def test_doctor_command_sends_statistics_verdicts_and_its_report_to_mlflow(workdir, capsys):
+    code = main(["doctor", *flags(VANISHING), "--steps", "30", "--no-recheck", "--out", "d", "--logger", "mlflow"])
+    err = capsys.readouterr().err
+    assert code == 4 and "warning:" not in err, err  # problems found
+    client, runs = _mlflow((workdir / "mlruns").as_uri())
+    (r,) = runs
+    assert r.data.tags["doctor.verdicts"] == "vanishing_gradients" and r.data.tags["doctor.healthy"] == "false"
+    history_steps = [
+        m.step for m in client.get_metric_history(r.info.run_id, "doctor.weight_grad_norm.hidden.0.body.0")
+    ]
+    assert history_steps and history_steps == sorted(set(history_steps)) and history_steps[-1] <= 30
+    assert r.data.metrics["problems"] == 1
+    files = {a.path for a in client.list_artifacts(r.info.run_id)}
+    assert {"index.html", "doctor.json", "records.json", "config.yaml"} <= files
+    logged = json.loads(Path(client.download_artifacts(r.info.run_id, "doctor/doctor.json", str(workdir))).read_text())
+    assert [v["name"] for v in logged["verdicts"]] == ["vanishing_gradients"]
 
 
 # --- Weights & Biases ----------------------------------------------------------------------------------------------
@@ -262,7 +306,8 @@ def _key(item: dict) -> str:
 @pytest.mark.slow
 def test_wandb_offline_run_holds_config_history_summary_and_each_verdict_as_an_alert(workdir, capsys):
     code = main(["train", *flags(VANISHING), "--diagnose", "--logger", "wandb", "--out", "r"])
-    assert code == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 0 and "warning:" not in err, err
     (folder,) = (workdir / "r" / "wandb").glob("offline-run-*")  # offline with no API key and no network
     records = wandb_records(folder)
     metrics = json.loads((workdir / "r" / "metrics.json").read_text())

@@ -87,6 +87,11 @@ def flat_params(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _plain(v: Any) -> Any:
+    """NaN (no comparison, no interval) as JSON's null."""
+    return None if isinstance(v, float) and v != v else v
+
+
 def numbers(row: dict[str, Any]) -> dict[str, float]:
     """The finite-or-not numbers of a row (booleans and text left out)."""
     return {k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -483,9 +488,8 @@ class MLflowLogger(TrackerLogger):
                     v = mlflow_key(row["variant"])
                     self._metrics(pid, {f"{s}.{v}.{k}": x for k, x in row.items() if isinstance(x, float)}, 0)
                     self.client.set_tag(pid, f"{s}.{v}.outcome", row["outcome"] or "baseline")
-                self.client.log_table(
-                    pid, {c: [r.get(c) for r in study["records"]] for c in TABLE_KEYS}, f"lab/{study['study']}.json"
-                )
+                rows = [[_plain(r.get(c)) for c in TABLE_KEYS] for r in study["records"]]  # MLflow's table JSON
+                self.client.log_dict(pid, {"columns": list(TABLE_KEYS), "data": rows}, f"lab/{study['study']}.json")
             self.client.set_terminated(pid, "FINISHED")
         except BaseException:
             self.client.set_terminated(pid, "FAILED")
@@ -510,7 +514,7 @@ class WandbLogger(TrackerLogger):
         directory.mkdir(parents=True, exist_ok=True)
         return wandb.init(
             project=os.environ.get("WANDB_PROJECT") or "tricklab",
-            dir=str(directory),
+            dir=str(directory.absolute()),  # the W&B service (shared by the process) has a working folder of its own
             mode=wandb_mode(),
             reinit="create_new",
             settings=wandb.Settings(silent=True, console="off", x_disable_stats=True),
