@@ -139,6 +139,18 @@ def test_loggers_do_not_change_the_config_hash():
     assert logged.train.loggers == ("tensorboard", "mlflow") and logged.hash() == plain.hash()
 
 
+def test_a_resumed_run_may_add_a_logger_its_stored_config_did_not_name(workdir, capsys):
+    assert main(["train", *flags(TINY), "--out", "r"]) == 0
+    code = main(["train", "--resume", "r", "--logger", "tensorboard"])
+    err = capsys.readouterr().err
+    assert code == 0 and "warning:" not in err, err
+    acc = _events(workdir / "r" / "tensorboard")
+    assert acc.Scalars("final/test_acc")[0].value == pytest.approx(
+        json.loads((workdir / "r" / "metrics.json").read_text())["test_acc"]
+    )
+    assert load_config("r/config.yaml").train.loggers == ()  # the stored config stays as it was
+
+
 def test_a_logger_whose_package_is_missing_is_one_line_naming_the_extra(workdir, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # what Python does for a package that is not installed
     code = main(["train", *flags(TINY), "--logger", "wandb", "--out", "r"])
