@@ -18,7 +18,7 @@ from tricklab.cli.main import main
 from tricklab.config import load_config
 from tricklab.errors import ConfigError
 from tricklab.events import Callback, FitState
-from tricklab.integrations.loggers import ORDER_LOGGERS, wandb_records
+from tricklab.integrations.loggers import ORDER_LOGGERS, TABLE_KEYS, wandb_records
 from tricklab.train.run import run
 from tricklab.train.rundir import CSVWriter
 
@@ -264,13 +264,19 @@ def test_a_lab_is_a_parent_run_with_a_child_per_variant_and_seed_and_the_table_i
     ]
     assert all("test_acc" in r.data.metrics and r.data.params["optim.name"] in ("adam", "sgd") for r in children)
     m = parent.data.metrics
-    assert {"tiny.sgd.test_acc_mean", "tiny.sgd.ci_lo", "tiny.sgd.ci_hi", "tiny.sgd.delta", "tiny.sgd.p"} <= set(m)
+    assert {"tiny.sgd.test_acc_mean", "tiny.sgd.ci_lo", "tiny.sgd.ci_hi", "tiny.sgd.delta"} <= set(m)
+    assert "tiny.adam.delta" not in m  # the baseline has no Δ: no metric rather than NaN
     sgd = [r for r in children if r.data.params["optim.name"] == "sgd"]
     assert m["tiny.sgd.test_acc_mean"] == pytest.approx(sum(r.data.metrics["test_acc"] for r in sgd) / 2)
-    assert parent.data.tags["tiny.sgd.outcome"] in ("better", "worse", "equivalent", "undecided")
+    sgd_outcome = parent.data.tags["tiny.sgd.outcome"]
+    assert sgd_outcome in ("better", "worse", "equivalent", "undecided")
     assert parent.data.tags["tiny.adam.outcome"] == "baseline"
     files = {a.path for a in client.list_artifacts(parent.info.run_id, "lab")}
     assert files == {"lab/tiny.json"}
+    table = json.loads(Path(client.download_artifacts(parent.info.run_id, "lab/tiny.json", str(workdir))).read_text())
+    assert table["columns"] == list(TABLE_KEYS) and [r[0] for r in table["data"]] == ["adam", "sgd"]
+    row = dict(zip(table["columns"], table["data"][1], strict=True))
+    assert row["test_acc_mean"] == pytest.approx(m["tiny.sgd.test_acc_mean"]) and row["outcome"] == sgd_outcome
 
     acc = _events(workdir / "lab" / "tensorboard" / "tiny" / "sgd" / "seed1")
     (sgd1,) = [r for r in sgd if r.data.tags["seed"] == "1"]

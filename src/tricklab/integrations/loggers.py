@@ -486,7 +486,8 @@ class MLflowLogger(TrackerLogger):
                 s = mlflow_key(study["study"])
                 for row in study["records"]:
                     v = mlflow_key(row["variant"])
-                    self._metrics(pid, {f"{s}.{v}.{k}": x for k, x in row.items() if isinstance(x, float)}, 0)
+                    values = {f"{s}.{v}.{k}": x for k, x in row.items() if isinstance(x, float) and x == x}  # NaN: none
+                    self._metrics(pid, values, 0)
                     self.client.set_tag(pid, f"{s}.{v}.outcome", row["outcome"] or "baseline")
                 rows = [[_plain(r.get(c)) for c in TABLE_KEYS] for r in study["records"]]  # MLflow's table JSON
                 self.client.log_dict(pid, {"columns": list(TABLE_KEYS), "data": rows}, f"lab/{study['study']}.json")
