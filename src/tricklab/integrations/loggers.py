@@ -100,9 +100,9 @@ def numbers(row: dict[str, Any]) -> dict[str, float]:
 class TrackerLogger(Callback):
     """One tracker, fed by the training events and by the run, the doctor and the lab; subclasses talk to it.
 
-    Subclasses implement ``_open``, ``_scalars``, ``_close`` and, where the tracker has them, ``_hparams``,
-    ``_doctor``, ``_artifacts`` and ``_lab``. Every call goes through :meth:`_safe`: the first exception disables
-    the logger with one warning line, and the run goes on.
+    Subclasses implement ``_open``, ``_scalars``, ``_close`` and, where the tracker has them, ``_finish``,
+    ``_artifacts``, ``_doctor``, ``_steps`` and ``lab``. Every call goes through :meth:`_safe`: the first exception
+    disables the logger with one warning line, and the run goes on.
     """
 
     order = ORDER_LOGGERS
@@ -135,7 +135,7 @@ class TrackerLogger(Callback):
         if self.opened:
             try:
                 self._close(status)
-            except Exception:  # noqa: S110 - a tracker that cannot close has warned (or will never be read)
+            except Exception:  # a tracker that cannot close has warned already, or failed while closing: nothing to add
                 pass
         self.opened = False
 
@@ -182,10 +182,16 @@ class TrackerLogger(Callback):
         steps, losses, lrs = zip(*self._buffer, strict=True)
         self._buffer = []
         values = torch.stack([v.float().reshape(()) for v in losses]).cpu().tolist()  # one sync for the batch
-        for step, loss, lr in zip(steps, values, lrs, strict=True):
-            values = {f"{self.prefix}loss_step": loss, f"{self.prefix}lr_step": lr}
-            if not self._safe("log", self._scalars, values, step):
-                return
+        rows = [
+            (step, {f"{self.prefix}loss_step": loss, f"{self.prefix}lr_step": lr})
+            for step, loss, lr in zip(steps, values, lrs, strict=True)
+        ]
+        self._safe("log", self._steps, rows)
+
+    def _steps(self, rows: list[tuple[int, dict[str, float]]]) -> None:
+        """Several steps' values at once (a tracker with a batch call overrides this)."""
+        for step, values in rows:
+            self._scalars(values, step)
 
     # --- failures ---------------------------------------------------------------------------------------------
     def _safe(self, what: str, fn: Callable, *args: Any) -> bool:
@@ -449,6 +455,14 @@ class MLflowLogger(TrackerLogger):
 
     def _scalars(self, values: dict[str, float], step: int) -> None:
         self._metrics(self.run_id, values, step)
+
+    def _steps(self, rows: list[tuple[int, dict[str, float]]]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            self.run_id, metrics=[Metric(mlflow_key(k), v, now, s) for s, vals in rows for k, v in vals.items()]
+        )
 
     def _artifacts(self, run_dir: Path) -> None:
         self.client.log_artifacts(self.run_id, str(run_dir))
