@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -294,7 +295,7 @@ def test_a_lab_is_a_parent_run_with_a_child_per_variant_and_seed_and_the_table_i
 
     runs = {}
     for folder in (workdir / "lab" / "wandb").glob("offline-run-*"):
-        records = wandb_records(folder)
+        records = written_records(folder)
         (run_record,) = [r for r in records if r["type"] == "run"]
         runs[run_record["displayName"]] = (run_record, records)
     assert sorted(runs) == ["lab lab", "tiny/adam/seed0", "tiny/adam/seed1", "tiny/sgd/seed0", "tiny/sgd/seed1"]
@@ -323,6 +324,17 @@ def test_doctor_command_sends_statistics_verdicts_and_its_report_to_mlflow(workd
 
 
 # --- Weights & Biases ----------------------------------------------------------------------------------------------
+def written_records(folder: Path, deadline_s: float = 60.0) -> list[dict]:
+    """The records of an offline W&B run once its writer has finished: ``run.finish()`` returns before W&B's own
+    service has written the file out, so this waits (boundedly) for the run's ``exit`` record."""
+    end = time.monotonic() + deadline_s
+    while True:
+        records = wandb_records(folder)
+        if any(r["type"] == "exit" for r in records) or time.monotonic() > end:
+            return records
+        time.sleep(0.2)
+
+
 def _key(item: dict) -> str:
     """The name of an item of a W&B history or summary record (``key``, or ``nestedKey`` parts joined)."""
     return item.get("key") or "/".join(item["nestedKey"])
@@ -334,7 +346,7 @@ def test_wandb_offline_run_holds_config_history_summary_and_each_verdict_as_an_a
     err = capsys.readouterr().err
     assert code == 0 and "warning:" not in err, err
     (folder,) = (workdir / "r" / "wandb").glob("offline-run-*")  # offline with no API key and no network
-    records = wandb_records(folder)
+    records = written_records(folder)
     metrics = json.loads((workdir / "r" / "metrics.json").read_text())
     (run_record,) = [r for r in records if r["type"] == "run"]
     config = {u["key"]: json.loads(u["valueJson"]) for u in run_record["config"]["update"]}
