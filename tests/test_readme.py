@@ -48,18 +48,27 @@ def test_model_defaults_table_matches_the_factories():
                              str(m.residual).lower()], row
 
 
+#: Pages whose Python examples run with the README's (the README points to them for the details).
+EXAMPLE_PAGES = ("README.md", "docs/your-own.md")
+
+
 def test_every_python_example_in_the_readme_runs(tmp_path, monkeypatch):
-    """Each ```python block runs as written (in a scratch folder, MNIST-1D cached there)."""
-    blocks = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
-    assert len(blocks) >= 2
+    """Each ```python block of the README and of :data:`EXAMPLE_PAGES` runs as written (in a scratch folder,
+    MNIST-1D cached there), in order."""
+    blocks = [
+        (page, block)
+        for page in EXAMPLE_PAGES
+        for block in re.findall(r"```python\n(.*?)```", (REPO / page).read_text(), flags=re.S)
+    ]
+    assert sum(page == "README.md" for page, _ in blocks) >= 2 and len({p for p, _ in blocks}) == len(EXAMPLE_PAGES)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TRICKLAB_DATA", str(tmp_path / "data"))
     from tricklab.catalog import family
 
     added = {f: set(family(f).names()) for f in ("models", "datasets")}
     try:
-        for i, block in enumerate(blocks):
-            exec(compile(block, f"README.md python block {i + 1}", "exec"), {"__name__": f"readme_{i}"})
+        for i, (page, block) in enumerate(blocks):
+            exec(compile(block, f"{page} python block {i + 1}", "exec"), {"__name__": f"readme_{i}"})
     finally:
         for f, names in added.items():
             for name in set(family(f).names()) - names:
