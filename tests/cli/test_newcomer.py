@@ -254,6 +254,20 @@ def test_bad_or_misplaced_flags_give_one_line(argv, fragments, workdir, capsys):
     assert not (workdir / "runs").exists() and not (workdir / "labs").exists()
 
 
+def test_a_flag_overrides_the_config_file_as_set_does(workdir, capsys):
+    (workdir / "my.yaml").write_text("train: {epochs: 3, seed: 9}\n")
+    train = yaml.safe_load(printed_config(capsys, "--config", "my.yaml", "--epochs", "2"))["train"]
+    assert (train["epochs"], train["seed"]) == (2, 9)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is here: the runs could train on it")
+def test_lab_device_cuda_without_a_gpu_is_refused_before_any_run(workdir, capsys):
+    assert main(["lab", "dropout", "--dataset", "synthetic", "--device", "cuda"]) == 2
+    line = error_line(capsys)
+    assert "--device = 'cuda': no CUDA device is available here" in line and "--executor ray" in line
+    assert not (workdir / "labs").exists()
+
+
 def test_doctor_takes_seed_and_device(workdir, capsys):
     argv = ["doctor", *TINY, "--steps", "4", "--no-recheck", "--seed", "5", "--device", "cpu", "--out", "doc"]
     assert main(argv) in (0, 4)

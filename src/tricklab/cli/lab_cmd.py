@@ -133,6 +133,16 @@ def run_cmd(args: argparse.Namespace) -> int:
         max_seeds = args.max_seeds or CAP
         if max_seeds < FIRST:
             raise TrickLabError(f"--max-seeds = {max_seeds}: must be at least {FIRST}, the first look's seeds")
+    if args.device == "cuda" and args.executor == "process":  # the runs would train here: refused now, not per run
+        from tricklab.errors import ConfigError
+        from tricklab.train.seed import resolve_device
+
+        try:
+            resolve_device(args.device)
+        except ConfigError as e:
+            raise ConfigError(
+                "--device", args.device, f"{e.allowed} (or --executor ray on a cluster with GPUs)"
+            ) from None
     if args.dataset is not None:
         from tricklab.data import DATASETS
 
