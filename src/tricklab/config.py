@@ -17,7 +17,7 @@ import math
 import os
 import stat
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -473,10 +473,47 @@ _ALLOWED = {
 
 
 def _field_names(key_path: tuple) -> list[str]:
-    model: type[BaseModel] = Config
+    model: Any = Config
     for part in key_path:
-        model = model.model_fields[part].annotation  # type: ignore[assignment]
+        if str(part).isdigit():  # an item of a list of sections (callbacks.0)
+            continue
+        model = model.model_fields[part].annotation
+        items = [a for a in get_args(model) if isinstance(a, type) and issubclass(a, BaseModel)]
+        model = items[0] if items else model  # tuple[CallbackSpec, ...]: the item's keys
     return list(model.model_fields)
+
+
+def _section_keys() -> list[str]:
+    """Every key one level into a section (``optim.lr``), and the top-level keys that are not sections."""
+    keys = []
+    for name, field in Config.model_fields.items():
+        section = field.annotation
+        is_section = isinstance(section, type) and issubclass(section, BaseModel)
+        keys += [f"{name}.{k}" for k in section.model_fields] if is_section else [name]
+    return keys
+
+
+def _close_keys(loc: tuple[str, ...], value: Any, valid: list[str]) -> str:
+    """The did-you-mean of the unknown key ``loc`` (``valid``: the keys allowed beside it), quoted, or "".
+
+    A misspelled section (``optimm: {lr: 0.1}``) gets the closest section. Otherwise the key is looked up by its
+    last part among the keys of every section: the same name in another section (``lr`` or ``train.lr`` ->
+    ``optim.lr``; several when it is in several), else the closest spelling (``optim.lrr`` -> ``optim.lr``,
+    ``epoch`` -> ``train.epochs``), the key's own section first among equally close ones.
+    """
+    leaf, where = loc[-1], loc[:-1]
+    if len(where) > 1 or not where and isinstance(value, dict):  # within a nested mapping, or a section's name
+        close = difflib.get_close_matches(leaf, valid, n=1, cutoff=0.6)
+        return repr(".".join((*where, close[0]))) if close else ""
+    keys = _section_keys()
+    own = where[0] if where else None
+    same = [k for k in keys if k.rpartition(".")[2] == leaf and k.partition(".")[0] != own]
+    if same:
+        quoted = [repr(k) for k in same]
+        return quoted[0] if len(same) == 1 else f"one of {', '.join(quoted)}"
+    ratio = {k: difflib.SequenceMatcher(None, leaf, k.rpartition(".")[2]).ratio() for k in keys}
+    best = sorted((k for k in keys if ratio[k] >= 0.6), key=lambda k: (-ratio[k], k.partition(".")[0] != own))
+    return repr(best[0]) if best else ""
 
 
 def _one_line(err: ValidationError, data: Any = None) -> ConfigError:
@@ -489,8 +526,8 @@ def _one_line(err: ValidationError, data: Any = None) -> ConfigError:
     key = ".".join(loc)
     if e["type"] == "extra_forbidden":
         valid = _field_names(loc[:-1])
-        close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.6)
-        hint = f"did you mean {'.'.join(loc[:-1] + (close[0],))!r}? " if close else ""
+        close = _close_keys(loc, e["input"], valid)
+        hint = f"did you mean {close}? " if close else ""
         return ConfigError(key, e["input"], f"unknown key; {hint}valid keys here: {', '.join(valid)}")
     if e["type"] == "literal_error":
         return ConfigError(key, e["input"], f"must be one of {e['ctx']['expected']}")

@@ -171,7 +171,51 @@ class EpochTotals:
 
 @dataclass
 class FitState:
-    """Everything the loop knows; callbacks read it and may set the few writable flags."""
+    """Everything the loop knows; callbacks read it and may set the few writable flags.
+
+    Read by callbacks:
+
+    - ``model``, ``optimizer``: what is trained (the model on ``device``); ``lr``: the first parameter group's LR.
+    - ``epochs``: the epochs the run trains; ``epoch``: the running one, 1-based (0 before the first).
+    - ``step``: optimizer steps taken so far, over the whole run; ``batch``: the batch's index within its epoch;
+      ``steps_per_epoch``: batches per epoch (None for an iterable without a length).
+    - ``loss``, ``inputs``, ``targets``: this batch's loss (a tensor with its graph; use ``loss.detach()``), inputs
+      and labels, set before ``on_after_backward``.
+    - ``grad_norms``: this step's (parameters, their gradients' 0-d norms, the global norm), computed once by the
+      NaN/Inf guard on steps where a callback's ``wants_grad_norms`` is true, else None.
+    - ``metrics``: the last finished epoch's history row (``train_loss``, ``train_acc``, ``val_loss``,
+      ``val_acc``, ``lr``, ``epoch_time_s``, and earlier callbacks' extras); ``history``: every row so far.
+    - ``nonfinite_skipped``: batches skipped for NaN/Inf so far (``train.nonfinite=skip``).
+    - ``batches_done``, ``totals``: how far the running epoch got and its running sums, so that a state saved
+      between two steps resumes exactly (:mod:`tricklab.train.checkpoint`); a callback rarely needs them.
+
+    Written by callbacks:
+
+    - ``epoch_extras``: numbers to add to this epoch's history row (``history.jsonl``), in ``on_epoch_end``.
+    - ``stop`` (and ``stop_reason``, a sentence): end training after this step or epoch.
+    - ``skip_step``: in ``on_after_backward``, leave this batch's update out.
+    - ``eval_model``: evaluate through other weights (an EMA or SWA average) instead of ``model``.
+
+    Example::
+
+        from tricklab.events import Callback
+
+        class StopAtAccuracy(Callback):  # record each epoch's last batch loss; stop at a validation accuracy
+            def __init__(self, target):
+                self.target = target
+
+            def on_step_end(self, state):
+                self.last_loss = state.loss.detach()  # a tensor: no wait for the device on every step
+
+            def on_epoch_end(self, state):
+                state.epoch_extras["last_batch_loss"] = self.last_loss.item()  # a new column of the history
+                if state.metrics["val_acc"] >= self.target:
+                    state.stop, state.stop_reason = True, f"val_acc reached {self.target} in epoch {state.epoch}"
+
+        config = {"data.name": "mnist1d", "data.subset": 2000, "train.epochs": 20}
+        result = tricklab.run(config, write=False, callbacks=[StopAtAccuracy(0.3)])
+        print(result.metrics["epochs_run"], result.history[-1]["last_batch_loss"])  # stopped before epoch 20
+    """
 
     model: nn.Module
     optimizer: torch.optim.Optimizer

@@ -124,3 +124,102 @@ def check_out_folder(path: Path, instead: str, label: str | None = None) -> None
         raise TrickLabError(
             f"{label}: cannot write into {where} ({e.strerror or e}); choose a writable folder with --out"
         ) from None
+
+
+def examples(lines: tuple[tuple[str, str], ...], after: str = "") -> dict:
+    """``add_parser`` keyword arguments that end a command's ``--help`` with ``lines`` of (command, what it does),
+    then the line ``after``.
+
+    Each command keeps its examples in ``EXAMPLES``; a test parses and checks every one, so they stay runnable.
+    """
+    text = "\n".join(f"  # {what}\n  {command}" for command, what in lines)
+    epilog = f"examples:\n{text}" + (f"\n\n{after}" if after else "")
+    return {"epilog": epilog, "formatter_class": argparse.RawDescriptionHelpFormatter}
+
+
+def _training_flags() -> dict[str, tuple[str, dict]]:
+    """flag -> (the config key it stands for, its add_argument keyword arguments), from the config schema."""
+    import typing
+
+    from tricklab.config import MAX_EPOCHS, MAX_SEED, TrainConfig
+
+    devices = typing.get_args(TrainConfig.model_fields["device"].annotation)
+    return {
+        "--epochs": (
+            "train.epochs",
+            {"type": int, "metavar": "N", "help": f"epochs to train, 1 to {MAX_EPOCHS}: --set train.epochs=N"},
+        ),
+        "--seed": (
+            "train.seed",
+            {
+                "type": int,
+                "metavar": "N",
+                "help": f"seed of the weights, the split and the data order, 0 to {MAX_SEED}: --set train.seed=N",
+            },
+        ),
+        "--device": (
+            "train.device",
+            {
+                "choices": devices,
+                "help": "where to train (auto: cuda when available, else cpu): --set train.device=DEVICE",
+            },
+        ),
+    }
+
+
+class _Refused(argparse.Action):
+    """A flag a command does not take, refused in one line saying what to use instead (hidden from ``--help``)."""
+
+    def __init__(self, option_strings, dest, reason: str = "", **kwargs):
+        super().__init__(option_strings, dest, nargs="?", help=argparse.SUPPRESS, **kwargs)
+        self.reason = reason
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        raise TrickLabError(f"{parser.prog}: {option_string} is not taken here: {self.reason}")
+
+
+def add_training_args(
+    p: argparse.ArgumentParser,
+    flags=("--epochs", "--seed", "--device"),
+    refused=None,
+    title="shorthands for --set (a flag and a --set of the same key are refused together)",
+) -> None:
+    """The flags shared by the commands that train: each of ``flags`` is a shorthand for one ``--set`` key
+    (``--epochs N`` is ``--set train.epochs=N``, likewise ``--seed`` and ``--device``); giving both a flag and a
+    ``--set`` of its key is refused (:func:`with_training_flags`). ``refused`` maps a flag the command does not
+    take to what to use instead, so that ``doctor --epochs`` says to use ``--steps``. ``title`` heads the flags in
+    ``--help``."""
+    table = _training_flags()
+    group = p.add_argument_group(title)
+    for flag in flags:
+        key, kwargs = table[flag]
+        group.add_argument(flag, dest=flag[2:], default=None, **kwargs)
+    for flag, reason in (refused or {}).items():
+        p.add_argument(flag, action=_Refused, reason=reason, dest=f"refused_{flag[2:]}")
+
+
+def with_training_flags(args: argparse.Namespace) -> list[str]:
+    """``args.overrides`` (the ``--set`` pairs) followed by the training flags given, as ``key=value``.
+
+    A flag's value is checked here against its key's bounds, so that an error names the flag. A flag given with a
+    ``--set`` of its own key is refused in one line: the two would say different things, or one of them nothing.
+    """
+    from tricklab.config import _pairs, validate
+    from tricklab.errors import ConfigError
+
+    overrides = list(getattr(args, "overrides", None) or [])
+    set_keys = {key: value for key, value in _pairs(overrides)}
+    out = list(overrides)
+    for flag, (key, _) in _training_flags().items():
+        value = getattr(args, flag[2:], None)
+        if value is None:
+            continue
+        if key in set_keys:
+            raise TrickLabError(f"{flag} {value} and --set {key}={set_keys[key]} both set {key}: give one of them")
+        section, name = key.split(".")
+        try:
+            validate({section: {name: value}})
+        except ConfigError as e:
+            raise ConfigError(f"{flag} ({key})", value, e.allowed) from None
+        out.append(f"{key}={value}")
+    return out

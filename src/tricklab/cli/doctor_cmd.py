@@ -21,7 +21,15 @@ import argparse
 import json
 from pathlib import Path
 
-from tricklab.cli.common import add_config_args, add_logger_arg, check_out_folder, with_loggers
+from tricklab.cli.common import (
+    add_config_args,
+    add_logger_arg,
+    add_training_args,
+    check_out_folder,
+    examples,
+    with_loggers,
+    with_training_flags,
+)
 
 #: Exit code when the doctor found problems (0: healthy, 2: bad input).
 EXIT_PROBLEMS = 4
@@ -29,11 +37,26 @@ EXIT_PROBLEMS = 4
 EXIT_PREFLIGHT_FAILED = 1
 
 
+EXAMPLES = (
+    (
+        "tricklab doctor --set model.depth=20 --set model.activation=sigmoid --set init.scheme=standard_normal",
+        "a deep sigmoid net that cannot train: verdicts, prescription, re-check",
+    ),
+    ("tricklab doctor --config configs/quickstart.yaml --steps 100 --seed 1", "a shorter probe run, another seed"),
+    ("tricklab doctor --preflight --config configs/quickstart.yaml", "the pre-flight checks only, in seconds"),
+)
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser(
-        "doctor", help="diagnose vanishing/exploding gradients and prescribe tricks (exit 4: problems found)"
+        "doctor",
+        help="diagnose vanishing/exploding gradients and prescribe tricks (exit 4: problems found)",
+        **examples(EXAMPLES),
     )
     add_config_args(p)
+    add_training_args(
+        p, ("--seed", "--device"), {"--epochs": "the doctor trains --steps steps (diagnostics.steps); use --steps N"}
+    )
     p.add_argument("--out", "-o", metavar="DIR", help="report folder (default: a new folder under runs/)")
     p.add_argument(
         "--steps", type=int, metavar="N", help="training steps to probe, 1 to 100000 (diagnostics.steps, default 200)"
@@ -55,6 +78,7 @@ def run_cmd(args: argparse.Namespace) -> int:
     from tricklab.errors import ConfigError
     from tricklab.train.rundir import default_run_dir
 
+    args.overrides = with_training_flags(args)
     if args.steps is not None and not 1 <= args.steps <= MAX_DIAGNOSTIC_STEPS:
         allowed = f"an integer from 1 to {MAX_DIAGNOSTIC_STEPS} (training steps to probe: diagnostics.steps)"
         raise ConfigError("--steps", args.steps, allowed)

@@ -12,14 +12,24 @@ import argparse
 import sys
 from pathlib import Path
 
-from tricklab.cli.common import add_allow_arg, add_logger_arg
+from tricklab.cli.common import add_allow_arg, add_logger_arg, add_training_args, examples
 
 EXIT_RUNS_FAILED = 1
 MAX_SEEDS, MAX_WORKERS = 1000, 1024  # beyond these a lab has no meaning on any machine
 
 
+EXAMPLES = (
+    ("tricklab lab init depth --dataset mnist1d --seeds 5", "two of the lesson's studies on MNIST-1D, offline"),
+    ("tricklab lab dropout --quick --device cpu", "a preview of the dropout study: ¼ of the epochs, 2 seeds"),
+    ("tricklab lab all --dataset mnist1d --seeds auto", "every study; more seeds only where still undecided"),
+    ("tricklab lab clipping --dataset mnist1d --epochs 3", "every run of the study for 3 epochs"),
+)
+
+
 def add_parser(sub) -> None:
-    p = sub.add_parser("lab", help="train with and without each trick over seeds; report mean ± CI and verdicts")
+    p = sub.add_parser(
+        "lab", help="train with and without each trick over seeds; report mean ± CI and verdicts", **examples(EXAMPLES)
+    )
     p.add_argument(
         "studies", nargs="*", metavar="STUDY", help="built-in studies to run, or 'all' (see tricklab list studies)"
     )
@@ -32,7 +42,7 @@ def add_parser(sub) -> None:
         "still undecided (a group-sequential design, valid under this optional stopping) up to --max-seeds",
     )
     p.add_argument("--max-seeds", type=int, metavar="N", help="with --seeds auto: the most seeds per variant (10)")
-    p.add_argument("--epochs", type=int, help="override every study's epochs")
+    p.add_argument("--epochs", type=int, metavar="N", help="every run trains N epochs (train.epochs)")
     p.add_argument("--quick", action="store_true", help="a preview: ¼ of the epochs, 2 seeds, ≤10k training examples")
     p.add_argument("--workers", type=int, help="parallel worker processes (default: one per core)")
     p.add_argument("--out", "-o", metavar="DIR", help="lab directory (default: labs/<dataset>)")
@@ -50,6 +60,12 @@ def add_parser(sub) -> None:
         metavar="N",
         help="with --executor ray: retries of a run whose worker process or node was lost (default 3; a run that "
         "raises is never retried)",
+    )
+    add_training_args(
+        p,
+        ("--device",),
+        {"--seed": "a lab trains seeds 0 to N-1 of every variant; choose N with --seeds N"},
+        "where every run trains (train.device; not part of a run's identity: finished runs are kept)",
     )
     add_allow_arg(p)
     add_logger_arg(p)
@@ -125,6 +141,16 @@ def run_cmd(args: argparse.Namespace) -> int:
         max_seeds = args.max_seeds or CAP
         if max_seeds < FIRST:
             raise TrickLabError(f"--max-seeds = {max_seeds}: must be at least {FIRST}, the first look's seeds")
+    if args.device == "cuda" and args.executor == "process":  # the runs would train here: refused now, not per run
+        from tricklab.errors import ConfigError
+        from tricklab.train.seed import resolve_device
+
+        try:
+            resolve_device(args.device)
+        except ConfigError as e:
+            raise ConfigError(
+                "--device", args.device, f"{e.allowed} (or --executor ray on a cluster with GPUs)"
+            ) from None
     if args.dataset is not None:
         from tricklab.data import DATASETS
 
@@ -145,6 +171,7 @@ def run_cmd(args: argparse.Namespace) -> int:
         executor=args.executor,
         address=args.address,
         max_retries=DEFAULT_RETRIES if args.max_retries is None else args.max_retries,
+        device=args.device,
     )
     out = args.out or f"labs/{args.dataset or studies[0].dataset}"
     from tricklab.cli.common import is_folder

@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import argparse
 
+from tricklab.cli.common import examples
+
+EXAMPLES = (
+    ("tricklab list", "every family: datasets, models, inits, optimizers, schedules, studies, ..."),
+    ("tricklab list optimizers", "one family, each name with what it does"),
+    ("tricklab list studies", "the studies tricklab lab can run"),
+)
+
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("list", help="list registered names (datasets, models, inits, optimizers, ...)")
+    p = sub.add_parser(
+        "list", help="list registered names (datasets, models, inits, optimizers, ...)", **examples(EXAMPLES)
+    )
     p.add_argument("family", nargs="?", help="one registry to list (default: all)")
     p.set_defaults(func=run_cmd)
 

@@ -14,16 +14,28 @@ import argparse
 import json
 from pathlib import Path
 
-from tricklab.cli.common import add_config_args
+from tricklab.cli.common import add_config_args, add_training_args, examples, with_training_flags
 
 DEFAULT_STEPS = 100
 #: The longest sweep: the curve the suggestion is read from is resolved long before this many steps.
 MAX_STEPS = 10_000
 
 
+EXAMPLES = (
+    ("tricklab lr-find --config configs/quickstart.yaml", "the suggested LR for the quickstart's MLP, and its plot"),
+    ("tricklab lr-find --set optim.name=momentum --steps 200 --seed 1", "SGD with momentum, a longer sweep"),
+    ("tricklab lr-find --set model.name=cnn --out runs/cnn-lr", "a conv net on MNIST, the plot into runs/cnn-lr"),
+)
+
+
 def add_parser(sub) -> None:
-    p = sub.add_parser("lr-find", help="LR range test: suggest a learning rate and plot loss against LR")
+    p = sub.add_parser(
+        "lr-find", help="LR range test: suggest a learning rate and plot loss against LR", **examples(EXAMPLES)
+    )
     add_config_args(p)
+    add_training_args(
+        p, ("--seed", "--device"), {"--epochs": "lr-find sweeps the LR over --steps batches; use --steps N"}
+    )
     p.add_argument(
         "--out", "-o", metavar="DIR", help="where to save the plot (default: a new folder under runs/)"
     )
@@ -60,7 +72,7 @@ def run_cmd(args: argparse.Namespace) -> int:
     from tricklab.tricks.lr_finder import lr_range_test
 
     # Everything that can fail on bad input comes before the output folder is created.
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, with_training_flags(args))
     if not 2 <= args.steps <= MAX_STEPS:
         allowed = f"an integer from 2 to {MAX_STEPS} (training batches to sweep the LR over)"
         raise ConfigError("--steps", args.steps, allowed)

@@ -11,14 +11,26 @@ import sys
 import traceback
 
 from tricklab import __version__, plugins
-from tricklab.cli.common import ArgumentParser, command_line_modules
+from tricklab.cli.common import ArgumentParser, command_line_modules, examples
 from tricklab.errors import TrickLabError
 
-COMMANDS = ("train", "doctor", "lab", "report", "lr-find", "list")  # modules tricklab.cli.<name>_cmd, in help order
+#: The commands, in help order: modules tricklab.cli.<name>_cmd.
+COMMANDS = ("train", "doctor", "lab", "report", "lr-find", "list", "config")
+
+EXAMPLES = (
+    ("tricklab train --config configs/quickstart.yaml", "train one model (offline, about half a minute)"),
+    ("tricklab doctor --config configs/quickstart.yaml", "why it trains the way it does, and what to change"),
+    ("tricklab lab dropout --dataset mnist1d --quick", "what a trick does, over seeds"),
+    ("tricklab config --defaults", "every config key, its default and what it allows"),
+)
 
 
 def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(prog="tricklab", description="Make deep networks train, show why, measure each trick.")
+    parser = ArgumentParser(
+        prog="tricklab",
+        description="Make deep networks train, show why, measure each trick.",
+        **examples(EXAMPLES, "tricklab COMMAND --help: what the command takes, with examples"),
+    )
     parser.add_argument("--version", action="version", version=f"tricklab {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)

@@ -21,14 +21,21 @@ import argparse
 import os
 import sys
 
-from tricklab.cli.common import is_folder
+from tricklab.cli.common import examples, is_folder
 from tricklab.errors import TrickLabError
 
 DEFAULT_MARKDOWN = "results.md"  # inside the report's folder (DIR, or OUT with --out)
+EXAMPLES = (
+    ("tricklab report labs/mnist1d", "re-render the report of the lab in labs/mnist1d"),
+    ("tricklab report labs/mnist1d --markdown", "also its findings as Markdown: labs/mnist1d/results.md"),
+    ("tricklab report labs/mnist1d --out site", "render it into site/, leaving the lab folder as it is"),
+)
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("report", help="re-render a lab directory's report from its results database")
+    p = sub.add_parser(
+        "report", help="re-render a lab directory's report from its results database", **examples(EXAMPLES)
+    )
     p.add_argument("lab_dir", metavar="DIR")
     p.add_argument(
         "--markdown",

@@ -16,13 +16,30 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from tricklab.cli.common import add_config_args, add_logger_arg, check_out_folder, is_folder, with_loggers
+from tricklab.cli.common import (
+    add_config_args,
+    add_logger_arg,
+    add_training_args,
+    check_out_folder,
+    examples,
+    is_folder,
+    with_loggers,
+    with_training_flags,
+)
 from tricklab.errors import TrickLabError
+
+EXAMPLES = (
+    ("tricklab train --config configs/quickstart.yaml", "an MLP on MNIST-1D: offline, about half a minute"),
+    ("tricklab train --set data.name=mnist1d --epochs 3 --seed 1", "--epochs/--seed/--device: shorthands for --set"),
+    ("tricklab train --set model.name=cnn --set optim.lr=0.01 --out runs/cnn", "a conv net on MNIST at another LR"),
+    ("tricklab train --resume auto", "continue the newest run from its last checkpoint"),
+)
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("train", help="train one config and write a run directory")
+    p = sub.add_parser("train", help="train one config and write a run directory", **examples(EXAMPLES))
     add_config_args(p)
+    add_training_args(p)
     p.add_argument("--out", "-o", metavar="DIR", help="the run directory (default: a new folder under runs/)")
     p.add_argument(
         "--resume",
@@ -89,6 +106,7 @@ def run_cmd(args: argparse.Namespace) -> int:
     """
     from tricklab.train import distributed
 
+    args.overrides = with_training_flags(args)
     with distributed.session():
         if args.resume is None and distributed.restarted():  # torchrun restarted this job's workers
             if distributed.restart_plan(args.out) == "resume":

@@ -54,6 +54,7 @@ class LabOptions:
     executor: str = "process"  # one of EXECUTORS: worker processes here, or Ray tasks (tricklab.lab.ray_executor)
     address: str | None = None  # --executor ray: an existing cluster's address; None starts a local Ray instance
     max_retries: int = DEFAULT_RETRIES  # --executor ray: retries of a run whose worker process or node was lost
+    device: str | None = None  # train.device of every run (not part of a run's identity); None: each study's own
 
 
 EXECUTORS = ("process", "ray")
@@ -82,6 +83,8 @@ def study_overrides(study: Study, variant_name: str, dataset: str, opts: LabOpti
     o = study.overrides(study.variant(variant_name), dataset)
     if opts.epochs is not None:
         o["train.epochs"] = opts.epochs
+    if opts.device is not None:
+        o["train.device"] = opts.device
     if opts.quick:
         o["train.epochs"] = max(1, math.ceil(o.get("train.epochs", 5) / 4)) if opts.epochs is None else opts.epochs
         if dataset in ("mnist", "fashion-mnist"):
