@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from tricklab import plugins
 from tricklab.data import DATASETS
 from tricklab.errors import ConfigError, TrickLabError, echo, wrong_type
+from tricklab.integrations.loggers import LOGGERS
 from tricklab.models import BUILTIN_MODULE, MODEL_SHAPE, MODELS
 from tricklab.plugins import CALLBACKS
 from tricklab.registry import Registry
@@ -305,6 +306,19 @@ class TrainConfig(Section):
     nonfinite_limit: int = Field(10, ge=0)  # with skip: stop once more batches than this were skipped
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # bf16 autocast (CPU, CUDA); fp16 + grad scaling (CUDA)
     compile: bool = False  # torch.compile the model (nn.Module.compile: weights and checkpoints unchanged)
+    loggers: tuple[str, ...] = ()  # also log to these trackers (tricklab.integrations.loggers): tensorboard, ...
+
+    @field_validator("loggers")
+    @classmethod
+    def _loggers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            try:
+                _name_in(LOGGERS, name)
+            except ValueError as e:
+                raise ValueError(f"{name!r} is an {e}") from None
+        if len(set(value)) < len(value):
+            raise ValueError("names a logger twice; list each once")
+        return value
 
     @field_validator("threads")
     @classmethod
@@ -332,11 +346,19 @@ class DiagnosticsConfig(Section):
 #: Settings added after results and checkpoints were first stored, left out of a config's hash while at these
 #: defaults: a run made before they existed is the same run (not one to redo, and its checkpoints resume).
 NEUTRAL_DEFAULTS = {("train", "precision"): "fp32", ("train", "compile"): False, ("model", "sync_bn"): False}
+#: Settings that say where a run is reported, not what it computes: never part of a config's hash, so a run logged
+#: to a tracker is the same run (a lab's finished result, a checkpoint to resume) as one that is not.
+UNHASHED = {("train", "loggers")}
 
 
 def without_neutral_defaults(config: dict[str, Any]) -> dict[str, Any]:
-    """``config`` (a ``Config.to_dict()``) without the :data:`NEUTRAL_DEFAULTS` that hold their default."""
+    """``config`` (a ``Config.to_dict()``) without the :data:`NEUTRAL_DEFAULTS` that hold their default and
+    without the :data:`UNHASHED` settings."""
     d = dict(config)
+    for section, key in UNHASHED:
+        part = d.get(section)
+        if isinstance(part, dict) and key in part:
+            d[section] = {k: v for k, v in part.items() if k != key}
     for (section, key), default in NEUTRAL_DEFAULTS.items():
         part = d.get(section)
         if isinstance(part, dict) and key in part and part[key] == default and type(part[key]) is type(default):

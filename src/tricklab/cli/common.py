@@ -33,6 +33,26 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     add_allow_arg(p)
 
 
+def add_logger_arg(p: argparse.ArgumentParser) -> None:
+    """Repeatable ``--logger NAME``: also log to TensorBoard, MLflow or W&B (added to ``train.loggers``)."""
+    p.add_argument(
+        "--logger",
+        dest="loggers",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also log to tensorboard, mlflow or wandb (repeatable; adds to train.loggers; each needs its extra, "
+        "e.g. pip install 'tricklab[tensorboard]')",
+    )
+
+
+def with_loggers(cfg, names: list[str]):
+    """``cfg`` with the ``--logger`` names added to its ``train.loggers`` (checked like the config key)."""
+    if not names:
+        return cfg
+    return cfg.with_overrides({"train.loggers": list(dict.fromkeys([*cfg.train.loggers, *names]))})
+
+
 def add_allow_arg(p: argparse.ArgumentParser) -> None:
     """Repeatable ``--allow-module MODULE``: import paths read from files may name it (see :mod:`tricklab.plugins`)."""
     p.add_argument(

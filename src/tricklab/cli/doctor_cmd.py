@@ -21,7 +21,7 @@ import argparse
 import json
 from pathlib import Path
 
-from tricklab.cli.common import add_config_args, check_out_folder
+from tricklab.cli.common import add_config_args, add_logger_arg, check_out_folder, with_loggers
 
 #: Exit code when the doctor found problems (0: healthy, 2: bad input).
 EXIT_PROBLEMS = 4
@@ -44,6 +44,7 @@ def add_parser(sub) -> None:
         action="store_true",
         help="only the pre-flight checks on one batch at init, in seconds; writes nothing (exit 1: a check failed)",
     )
+    add_logger_arg(p)
     p.set_defaults(func=run_cmd)
 
 
@@ -60,7 +61,10 @@ def run_cmd(args: argparse.Namespace) -> int:
     if args.preflight:
         return run_preflight(args)
     overrides = list(args.overrides) + ([f"diagnostics.steps={args.steps}"] if args.steps is not None else [])
-    cfg = load_config(args.config, overrides)
+    cfg = with_loggers(load_config(args.config, overrides), args.loggers)
+    from tricklab.integrations.loggers import Loggers
+
+    loggers = Loggers(cfg.train.loggers)  # a missing package is refused here, before anything runs
     out = Path(args.out) if args.out else default_run_dir(cfg, "doctor")
     check_out_folder(
         out,
@@ -84,6 +88,10 @@ def run_cmd(args: argparse.Namespace) -> int:
     for name, text in files.items():  # new files in the new report folder: nothing there is replaced
         write_file(out / name, text)
     page = write_report(result, out)
+    if loggers:  # the report folder is the logged run's folder: statistics, verdicts, and the folder as artifacts
+        loggers.start(cfg.to_dict(), out, f"doctor {out.name}")
+        loggers.doctor(result)
+        loggers.finish({"healthy": float(result.healthy), "problems": float(len(result.verdicts))})
     print_result(result)
     print(f"report: {page}")
     return 0 if result.healthy else EXIT_PROBLEMS
@@ -97,7 +105,7 @@ def run_preflight(args: argparse.Namespace) -> int:
     from tricklab.diagnostics.preflight import preflight
     from tricklab.errors import ConfigError
 
-    for flag, given in (("--out", args.out), ("--no-recheck", args.no_recheck)):
+    for flag, given in (("--out", args.out), ("--no-recheck", args.no_recheck), ("--logger", args.loggers)):
         if given:
             raise ConfigError(flag, given, "--preflight writes nothing and re-checks nothing; leave it out")
     cfg = load_config(args.config, list(args.overrides))

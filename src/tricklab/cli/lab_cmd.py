@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from tricklab.cli.common import add_allow_arg
+from tricklab.cli.common import add_allow_arg, add_logger_arg
 
 EXIT_RUNS_FAILED = 1
 MAX_SEEDS, MAX_WORKERS = 1000, 1024  # beyond these a lab has no meaning on any machine
@@ -52,6 +52,7 @@ def add_parser(sub) -> None:
         "raises is never retried)",
     )
     add_allow_arg(p)
+    add_logger_arg(p)
     p.set_defaults(func=run_cmd)
 
 
@@ -88,6 +89,13 @@ def run_cmd(args: argparse.Namespace) -> int:
     from tricklab.report.lab_report import build_report
 
     studies, file_seeds, file_epochs = _studies(args)
+    if args.loggers:
+        from tricklab.config import validate
+
+        validate({"train": {"loggers": args.loggers}})  # unknown or repeated names refused like train.loggers
+        from tricklab.integrations.loggers import Loggers
+
+        Loggers(args.loggers)  # a missing package is refused here, before any run
     from tricklab.config import MAX_EPOCHS
 
     auto = args.seeds == "auto"
@@ -162,6 +170,10 @@ def run_cmd(args: argparse.Namespace) -> int:
             progress._status.stop()
         raise
     report = result.finished
+    if args.loggers:  # every done run of the lab (skipped ones too) and its table, from the lab's database
+        from tricklab.integrations.loggers import log_lab
+
+        log_lab(args.loggers, out)
     for key, err in result.failures:
         print(f"failed: {'/'.join(map(str, key))}: {err}", file=sys.stderr)
     print(

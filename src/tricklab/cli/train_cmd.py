@@ -16,7 +16,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from tricklab.cli.common import add_config_args, check_out_folder, is_folder
+from tricklab.cli.common import add_config_args, add_logger_arg, check_out_folder, is_folder, with_loggers
 from tricklab.errors import TrickLabError
 
 
@@ -36,6 +36,7 @@ def add_parser(sub) -> None:
         help="probe activations and gradients every diagnostics.every steps; print the doctor's verdicts and "
         "write its report to RUN_DIR/doctor/",
     )
+    add_logger_arg(p)
     p.set_defaults(func=run_cmd)
 
 
@@ -108,15 +109,15 @@ def run_cmd(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace, resume_dir: Path | None = None) -> int:
     from tricklab.cli.progress import ProgressReporter
     from tricklab.config import load_config
-    from tricklab.locks import folder_lock
     from tricklab.train import distributed
     from tricklab.train.run import run
 
     main = distributed.is_main()  # DDP: rank 0 checks the run directory and prints
     if resume_dir is not None:
         run_dir, cfg = resume_dir, resume_config(resume_dir, args.config, args.overrides)
+        cfg = with_loggers(cfg, args.loggers)  # where a run is logged is not part of it: resumed runs may add one
     else:
-        run_dir, cfg = args.out, load_config(args.config, args.overrides)
+        run_dir, cfg = args.out, with_loggers(load_config(args.config, args.overrides), args.loggers)
         if main:
             _check_out(cfg, run_dir)
     callbacks = [ProgressReporter()] if main else []
@@ -131,7 +132,32 @@ def _train(args: argparse.Namespace, resume_dir: Path | None = None) -> int:
 
         probe = ProbeCallback(cfg.diagnostics.every)
         callbacks.append(probe)
-    result = run(cfg, run_dir, callbacks=callbacks, resume=args.resume is not None)
+    from tricklab.integrations.loggers import Loggers
+
+    loggers = Loggers(cfg.train.loggers if main else ())  # a missing package is refused here, before training
+    try:
+        result = run(cfg, run_dir, callbacks=callbacks, resume=args.resume is not None, loggers=loggers)
+    except BaseException as e:
+        failed = getattr(e, "result", None)
+        loggers.finish(failed.metrics if failed is not None else None, "FAILED")
+        raise
+    try:
+        _report(cfg, result, probe, loggers)
+    finally:
+        loggers.finish(result.metrics)
+    if not main:
+        return 0
+    m = result.metrics
+    done = f"({m['epochs_run']} epochs, {m['wall_time_s']:.1f}s)"
+    print(f"test_loss {m['test_loss']:.4f}  test_acc {m['test_acc']:.4f}  {done}")
+    print(f"run directory: {result.run_dir}")
+    return 0
+
+
+def _report(cfg, result, probe, loggers) -> None:
+    """``--diagnose``: print the doctor's verdicts, write its report into the run directory, send it to the loggers."""
+    from tricklab.locks import folder_lock
+
     if probe is not None:
         from tricklab.cli.doctor_cmd import print_result
         from tricklab.diagnostics.doctor import diagnose_training
@@ -142,10 +168,4 @@ def _train(args: argparse.Namespace, resume_dir: Path | None = None) -> int:
         if result.run_dir is not None:
             with folder_lock(result.run_dir, create=False):
                 print(f"doctor report: {write_report(doc, Path(result.run_dir) / 'doctor')}")
-    if not main:
-        return 0
-    m = result.metrics
-    done = f"({m['epochs_run']} epochs, {m['wall_time_s']:.1f}s)"
-    print(f"test_loss {m['test_loss']:.4f}  test_acc {m['test_acc']:.4f}  {done}")
-    print(f"run directory: {result.run_dir}")
-    return 0
+        loggers.doctor(doc)

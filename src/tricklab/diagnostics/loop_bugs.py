@@ -36,13 +36,13 @@ verdict                          fires when                                     
                                  ``fit()``, which steps its schedules as they are written)
 ``batches_not_shuffled``         two labels of one batch are equal far more often than two of the ``SHUFFLE_EXCESS``
                                  whole stream: (c − q)/(1 − q) above, with c the within-batch     0.5
-                                 rate, q = Σ p_c² (at least ``SHUFFLE_MIN_BATCHES`` = 3 batches and
-                                 ``SHUFFLE_MIN_PAIRS`` = 200 label pairs)
+                                 rate, q = Σ p_c² (at least ``SHUFFLE_MIN_BATCHES`` = 3 batches
+                                 and ``SHUFFLE_MIN_PAIRS`` = 200 label pairs)
 ``labels_independent_of_inputs`` the loss fell to the label-prior loss (what predicting the class   ``PRIOR_MARGIN``
                                  frequencies costs) and stays there, the weights moving and no    0.05 (verdicts.py)
                                  signal problem in the way
 ``weight_decay_dominates``       λ‖W‖ / ‖∇L‖ at the first sampled step (before the decay has      ``DECAY_DOMINATES``
-                                 shrunk the weights: once it has, λW only balances the gradient) 10
+                                 shrunk the weights: once it has, λW only balances the gradient)  10
                                  above (AdamW, whose decay is decoupled: λ‖W‖ / √n, n the
                                  weights' count, the norm of Adam's early ±1 steps)
 ``clipping_dominates``           median ‖g‖ before clipping / after above (divided by the scale   ``CLIP_DOMINATES``
@@ -51,8 +51,9 @@ verdict                          fires when                                     
 ``loss_broadcasts``              an element-wise loss (F.mse_loss, l1, smooth_l1, huber, bce)     any
                                  expanded its input to its target's shape: (N, 1) against (N,)
                                  gives (N, N) (read off the loss's autograd graph)
-``same_batch_every_step``        the input of step t+1 is the input of step t in at least this     ``SAME_BATCH_SHARE``
-                                 share of the checked pairs (at least ``SAME_BATCH_MIN_PAIRS`` = 3) 0.9
+``same_batch_every_step``        the input of step t+1 is the input of step t in at least this    ``SAME_BATCH_SHARE``
+                                 share of the checked pairs (at least ``SAME_BATCH_MIN_PAIRS`` =  0.9
+                                 3)
 ===============================  ===============================================================  ====================
 
 Sampled steps are every ``every``-th (the LR and the input hash are read there); the checks that read every

@@ -8,5 +8,9 @@ module                                         what                         inst
 :mod:`tricklab.integrations.lightning`         ``TrickLabDoctor``: the      ``pip install 'tricklab[lightning]'``
                                                doctor as a Lightning
                                                callback
+:mod:`tricklab.integrations.loggers`           ``train.loggers`` /          ``pip install 'tricklab[tensorboard]'``
+                                               ``--logger``: runs, doctors  (``[mlflow]``, ``[wandb]``)
+                                               and labs in TensorBoard,
+                                               MLflow, W&B
 =============================================  ===========================  =====================================
 """

@@ -34,18 +34,21 @@ from tricklab.data.base import TensorBatches, TensorData
 from tricklab.data.download import atomic_write
 from tricklab.errors import TrickLabError
 from tricklab.events import Callback, FitState
+from tricklab.integrations.loggers import Loggers
 from tricklab.locks import folder_lock
 from tricklab.train import distributed
 from tricklab.train.checkpoint import Checkpointer, CheckpointError, StopSignals, check_state, read_checkpoint
 from tricklab.train.loop import DivergedError, NonFiniteError, blown_up, evaluate, fit
 from tricklab.train.placement import place_splits
 from tricklab.train.rundir import (
+    CSVWriter,
     HistoryWriter,
     check_run_dir,
     checkpoint_folder,
     default_run_dir,
     discard,
     first_missing,
+    hparams_yaml,
     is_empty,
     note,
     run_checkpoints,
@@ -97,6 +100,7 @@ def run(
     write: bool = True,
     resume: bool = False,
     record_divergence: bool = False,
+    loggers: Loggers | None = None,
 ) -> RunResult:
     """Train ``cfg`` end to end; with ``write``, into run directory ``out`` (default: a new folder under runs/).
 
@@ -109,14 +113,44 @@ def run(
     "this setup diverges" is what some studies show).
     A bad-input error (exit code 2) raised before the first checkpoint leaves no run directory behind.
     The run directory is locked while the run writes it (:mod:`tricklab.locks`): a second process is refused.
+    ``loggers``: the trackers to log to (:mod:`tricklab.integrations.loggers`), started here with the run
+    directory and left open for the caller to log more (the doctor's verdicts) and finish; by default those of
+    ``train.loggers``, finished here with the final metrics (status ``FAILED`` when the run raised).
     """
+    own = loggers is None
+    if own:  # a logger whose package is missing is refused here, before anything is written
+        loggers = Loggers(cfg.train.loggers if distributed.is_main() else ())
+    try:
+        result = _locked_run(cfg, out, list(callbacks), write, resume, record_divergence, loggers)
+    except DivergedError as e:
+        if own:
+            loggers.finish(e.result.metrics, "FAILED")
+        raise
+    except BaseException:
+        if own:
+            loggers.finish(None, "FAILED")
+        raise
+    if own:
+        loggers.finish(result.metrics)
+    return result
+
+
+def _locked_run(
+    cfg: Config,
+    out: str | Path | None,
+    callbacks: list[Callback],
+    write: bool,
+    resume: bool,
+    record_divergence: bool,
+    loggers: Loggers,
+) -> RunResult:
     run_dir = Path(out) if out is not None else default_run_dir(cfg) if write else None
     if distributed.is_distributed():  # DDP: rank 0's run directory (a default name holds the time)
         run_dir = distributed.broadcast(run_dir)
     if resume and (run_dir is None or not run_dir.is_dir()):
         raise TrickLabError(f"cannot resume {str(out)!r}: not a run directory")
     if not distributed.is_main():  # DDP: only rank 0 checks, locks and writes the run directory
-        return _run(cfg, run_dir, list(callbacks), resume, record_divergence)
+        return _run(cfg, run_dir, list(callbacks), resume, record_divergence, loggers)
     if run_dir is not None and not resume:
         check_run_dir(run_dir)
     fresh = run_dir is not None and not resume
@@ -125,7 +159,7 @@ def run(
         if fresh:
             check_run_dir(run_dir)  # again, locked: another process may have finished a run there meanwhile
         try:
-            return _run(cfg, run_dir, list(callbacks), resume, record_divergence)
+            return _run(cfg, run_dir, list(callbacks), resume, record_divergence, loggers)
         except BaseException as e:
             bad_input = isinstance(e, TrickLabError) and e.exit_code == 2 and not isinstance(e, CheckpointError)
             if fresh and run_dir.exists() and not run_checkpoints(run_dir) and (bad_input or is_empty(run_dir)):
@@ -203,7 +237,12 @@ def _checkpointer(
 
 
 def _run(
-    cfg: Config, run_dir: Path | None, extra: list[Callback], resume: bool, record_divergence: bool = False
+    cfg: Config,
+    run_dir: Path | None,
+    extra: list[Callback],
+    resume: bool,
+    record_divergence: bool = False,
+    loggers: Loggers | None = None,
 ) -> RunResult:
     parts: Assembled = assemble(cfg)  # may still refuse the config: before anything is written
     splits, device, k_members = parts.splits, parts.device, cfg.averaging.ensemble
@@ -213,6 +252,12 @@ def _run(
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(run_dir / "config.yaml", cfg.to_yaml().encode())
         atomic_write(run_dir / "scaler.json", json.dumps(splits.scaler.to_dict()).encode())
+        atomic_write(run_dir / "hparams.yaml", hparams_yaml(cfg).encode())  # beside metrics.csv, as Lightning's
+    if loggers and main:
+        for lg in loggers.loggers:
+            if not lg.opened:
+                lg.start(cfg.to_dict(), run_dir)
+        extra = [*extra, *loggers.callbacks]
     if run_dir is not None and main:  # DDP: the world size and torchrun job of the run (see distributed.py)
         for message in distributed.record_job(run_dir, resume):
             note(message)
@@ -251,7 +296,8 @@ def _run(
                     write=main,
                     train_examples=len(splits.train),
                 )
-                cbs += [HistoryWriter(run_dir / "history.jsonl", member=member), saver] if main else [saver]
+                writers = [HistoryWriter(run_dir / "history.jsonl", member), CSVWriter(run_dir / "metrics.csv", member)]
+                cbs += [*writers, saver] if main else [saver]
                 if resume:
                     model.to(device)  # before the optimizer state is loaded next to the parameters
                     state = FitState(model=model, optimizer=optimizer, epochs=cfg.train.epochs, device=device)

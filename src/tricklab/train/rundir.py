@@ -1,17 +1,20 @@
 """Run directories: their names, the checks before writing into one, what they hold and how to find them again.
 
-A run directory holds ``config.yaml`` (the resolved config), ``history.jsonl`` (one JSON object per epoch,
-appended as each epoch ends by :class:`HistoryWriter`), ``metrics.json`` (final test metrics), ``scaler.json``
-(the input scaling fitted on the training split), ``model.safetensors`` (the final weights; safetensors never runs
-code), ``checkpoints/`` (see :mod:`tricklab.train.checkpoint`) and, for a run trained by several processes under
-torchrun, ``distributed.json`` (their number and the job's id, see :mod:`tricklab.train.distributed`). ``train``,
-``doctor`` and ``lr-find`` name their folders with :func:`new_dir_name`. While a command writes a run directory it
-holds the folder's lock (``.tricklab.lock``, see :mod:`tricklab.locks`): a second process is refused, never
-interleaved.
+A run directory holds ``config.yaml`` (the resolved config), ``history.jsonl`` (one JSON object per epoch, appended
+as each epoch ends by :class:`HistoryWriter`), ``metrics.json`` (final test metrics), ``scaler.json`` (the input
+scaling fitted on the training split), ``metrics.csv`` and ``hparams.yaml`` (the history and the config in the
+layout of Lightning's ``CSVLogger``, see :class:`CSVWriter`), ``model.safetensors`` (the final weights; safetensors
+never runs code), ``checkpoints/`` (see :mod:`tricklab.train.checkpoint`) and, for a run trained by several
+processes under torchrun, ``distributed.json`` (their number and the job's id, see
+:mod:`tricklab.train.distributed`). ``train``, ``doctor`` and ``lr-find`` name their folders with
+:func:`new_dir_name`. While a command writes a run directory it holds the folder's lock (``.tricklab.lock``, see
+:mod:`tricklab.locks`): a second process is refused, never interleaved.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import shutil
@@ -20,6 +23,7 @@ from datetime import datetime
 from pathlib import Path
 
 from tricklab.config import Config, read_yaml, validate
+from tricklab.data.download import atomic_write
 from tricklab.errors import TrickLabError
 from tricklab.events import ORDER_HISTORY, Callback, FitState
 from tricklab.locks import LOCK_NAME, check_free
@@ -41,6 +45,67 @@ class HistoryWriter(Callback):
             f.write(json.dumps(row) + "\n")
             f.flush()
             os.fsync(f.fileno())
+
+
+class CSVWriter(Callback):
+    """Keep ``metrics.csv`` in the layout of Lightning's ``CSVLogger``: one row per epoch, columns ``epoch``, ``step``
+    (optimizer steps taken so far), then the history's metrics in sorted order (``member`` too for an ensemble), an
+    empty cell where a row has no value. Readable by anything that reads Lightning's logs
+    (``pandas.read_csv(run_dir / "metrics.csv")``).
+
+    Lightning sorts every column name, ``epoch`` and ``step`` among them, and numbers epochs from 0; here ``epoch`` and
+    ``step`` come first and ``epoch`` is the history's (from 1), so that it matches ``history.jsonl``. The file is
+    rewritten whole (atomically) after each epoch: a resumed run replaces the rows of the epochs it trains again, as
+    ``history.jsonl`` does.
+    """
+
+    order = ORDER_HISTORY
+
+    FIRST = ("epoch", "step")
+
+    def __init__(self, path: Path, member: int | None = None):
+        self.path, self.member = path, member
+
+    def on_epoch_end(self, state: FitState) -> None:
+        row = {"epoch": state.epoch, "step": state.step, **state.metrics}
+        if self.member is not None:
+            row["member"] = self.member
+        kept = [r for r in read_csv_rows(self.path) if not _same_or_later(r, row)]
+        rows = [*kept, {k: v for k, v in row.items() if isinstance(v, (int, float, str))}]
+        atomic_write(self.path, csv_text(rows, self.FIRST).encode())
+
+
+def _same_or_later(old: dict[str, str], new: dict) -> bool:
+    """Whether ``old`` (a row read back) is of the same member as ``new`` and of its epoch or a later one."""
+    same_member = old.get("member", "") == ("" if new.get("member") is None else str(new["member"]))
+    try:
+        return same_member and int(old.get("epoch") or 0) >= int(new["epoch"])
+    except ValueError:
+        return False
+
+
+def read_csv_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a ``metrics.csv`` (none when there is no file yet)."""
+    try:
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+    except FileNotFoundError:
+        return []
+
+
+def csv_text(rows: list[dict], first: tuple[str, ...]) -> str:
+    """``rows`` as CSV: the ``first`` columns, then every other key of any row, sorted; missing values empty."""
+    keys = sorted({k for r in rows for k in r} - set(first))
+    out = io.StringIO()
+    w = csv.DictWriter(out, fieldnames=[*first, *keys], lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    return out.getvalue()
+
+
+def hparams_yaml(cfg: Config) -> str:
+    """``hparams.yaml`` as Lightning's ``CSVLogger`` writes it beside ``metrics.csv``: the run's resolved config."""
+    return cfg.to_yaml()
 
 
 def new_dir_name(label: str, base: Path = Path("runs")) -> Path:
