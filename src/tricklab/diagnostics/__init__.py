@@ -2,7 +2,9 @@
 
 :mod:`~tricklab.diagnostics.records` holds the metric names and the plain record types, with no hooks;
 :mod:`~tricklab.diagnostics.probes` the hooks that fill them; :mod:`~tricklab.diagnostics.verdicts` reads
-records only. The doctor (:mod:`tricklab.diagnostics.doctor`, ``tricklab doctor``) puts them together; plots
+records only; :mod:`~tricklab.diagnostics.loop_watch` records the invariants of the training loop itself and
+:mod:`~tricklab.diagnostics.loop_bugs` names the loop's bugs from them (and puts the causes before the symptoms they
+explain). The doctor (:mod:`tricklab.diagnostics.doctor`, ``tricklab doctor``) puts them together; plots
 and the HTML page live in :mod:`tricklab.report.doctor`. :class:`~tricklab.diagnostics.anywhere.Doctor` brings the
 same verdicts to a training loop of your own (``with Doctor(model, optimizer):``).
 

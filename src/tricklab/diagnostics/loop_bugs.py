@@ -11,24 +11,24 @@ This module imports no torch.
 ===============================  ===============================================================  ====================
 verdict                          fires when                                                        threshold (constant)
 ===============================  ===============================================================  ====================
-``gradients_accumulate``         at the first backward after a sampled step, some parameter's     ``ACCUM_MIN_CHECKS``
+``gradients_accumulate``         at the first backward after an audited step, some parameter's    ``ACCUM_MIN_CHECKS``
                                  ``.grad`` still holds the previous step's gradient (not None, not 2
                                  zero), at this many checks: ``zero_grad`` is missing or zeroes
                                  another optimizer's parameters
 ``params_not_in_optimizer``      parameters that require grad are in no param group of the        ``UNOPTIMIZED_MIN``
                                  optimizer (named, with their share of the weights)               1 tensor
 ``gradient_cut``                 a layer called in the forward whose ``.grad`` is None (or         ``CUT_MIN_SAMPLES``
-                                 exactly 0, when no dead ReLU layer explains it) at every sampled 2
+                                 exactly 0, when no dead ReLU layer explains it) at every audited 2
                                  step, while others get one: a ``.detach()`` / ``torch.no_grad()``
                                  cuts the graph; the layer behind the cut is named
-``step_changes_nothing``         at every sampled step (at least this many) the step has nothing  ``CUT_MIN_SAMPLES``
+``step_changes_nothing``         at every audited step (at least this many) the step has nothing  ``CUT_MIN_SAMPLES``
                                  to apply: every gradient None (step before backward), every      2
                                  gradient exactly 0 (zero_grad between backward and step), or the
                                  LR 0 in every param group
 ``eval_mode_training``           more than this share of the optimizer steps ran their forward    ``EVAL_MAX_SHARE``
                                  with the model in eval mode, and it has dropout or batch norm    0.05
 ``probabilities_to_loss``        the output rows are ≥ 0 and sum to 1 (probabilities) at this     ``PROB_MIN_SHARE``
-                                 share of the sampled steps                                       0.5
+                                 share of the audited steps                                       0.5
 ``lr_schedule_runaway``          the LR the optimizer used was below this × its peak for more     ``LR_COLLAPSE`` 1e-3
                                  than this share of the sampled steps (collapsed), or above this  ``LR_COLLAPSE_SHARE``
                                  × the LR it was built with (exploded); the schedulers attached   0.25; ``LR_EXPLODE``
@@ -55,6 +55,11 @@ verdict                          fires when                                     
                                  share of the checked pairs (at least ``SAME_BATCH_MIN_PAIRS`` =  0.9
                                  3)
 ===============================  ===============================================================  ====================
+
+Sampled steps are every ``every``-th (the LR and the input hash are read there); the checks that read every
+gradient or the output run on the audited ones: the first five sampled steps, then every fifth
+(:data:`~tricklab.diagnostics.loop_watch.AUDIT_FIRST`), since the bugs they look for are in the loop's code from the
+start. Not checked: a fixed (unshuffled) but not sorted order that repeats every epoch, which costs little.
 
 Why these values: most invariants are exact (a zeroed gradient is None or 0; a parameter is in a param group or
 not; the same input hashes the same), so the thresholds only ask for the invariant to fail more than once, that
