@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from tricklab.config import MAX_THREADS, Config
+from tricklab.integrations.loggers import LOGGERS
 from tricklab.models import MODEL_SHAPE
 
 #: Keys whose value is a registered name: the family listed by ``tricklab list FAMILY``, and what else is allowed.
@@ -41,6 +42,8 @@ NOTES: dict[str, str] = {
     "data.subset": "use only this many training examples",
     "model.kwargs": "a plugin model's own keyword arguments",
     "train.threads": f"0 (every core) to {MAX_THREADS}",
+    "train.loggers": f"a list of trackers to also log to, each at most once: {', '.join(LOGGERS.names())} (install "
+    "the extra of the same name); not part of a run's identity",
     "callbacks": "a list of {name: NAME, kwargs: {...}}: registered callbacks (tricklab list callbacks) or import "
     "paths package.module:factory",
 }
