@@ -64,3 +64,18 @@ def test_doctor_save_never_writes_through_a_link_in_its_folder(tmp_path):
         result.save(out)
     assert "\n" not in str(err.value)
     assert target.read_text() == "precious\n"
+
+
+@pytest.mark.parametrize(
+    ("model", "says"),
+    [
+        (lambda: nn.Identity(), "Doctor: model: the Identity has no trainable parameter"),
+        (lambda: nn.Linear(8, 4).to("meta"), "Doctor: model: the Linear's tensors are on the meta device"),
+        (lambda: "net", "Doctor: model: got a str, not a torch.nn.Module"),
+    ],
+    ids=["no_parameters", "meta_device", "not_a_module"],
+)
+def test_doctor_refuses_a_model_it_cannot_watch_when_made(model, says):
+    with pytest.raises(TrickLabError) as err:
+        tricklab.Doctor(model())
+    assert str(err.value).startswith(says) and "\n" not in str(err.value)

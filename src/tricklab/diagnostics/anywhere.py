@@ -47,7 +47,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from tricklab.diagnostics.doctor import DoctorResult, model_settings, report_folder
+from tricklab.diagnostics.doctor import DoctorResult, check_model, model_settings, report_folder
 from tricklab.diagnostics.in_pytorch import in_pytorch
 from tricklab.diagnostics.loop_bugs import loop_fixes
 from tricklab.diagnostics.probes import ProbeCallback, check_every, is_class_labels
@@ -92,8 +92,10 @@ class Doctor:
         driven: bool = False,
     ):
         check_every(every)
-        if not isinstance(model, nn.Module):
-            raise TrickLabError(f"Doctor: model is a {type(model).__name__}, not a torch.nn.Module")
+        try:
+            check_model(model, optimizer)
+        except TrickLabError as e:
+            raise TrickLabError(f"Doctor: {e}") from None
         if optimizer is not None:
             mine = {id(p) for p in model.parameters()}
             if not any(id(p) in mine for g in optimizer.param_groups for p in g["params"]):

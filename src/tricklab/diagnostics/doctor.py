@@ -363,7 +363,7 @@ def diagnose_model(
     check_every(every)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise TrickLabError(f"steps = {steps!r}: must be an integer >= 1")
-    _check_model(model, optimizer)
+    check_model(model, optimizer)
     start = time.perf_counter()
     if isinstance(data, TensorData):
         data = (data.x, data.y)
@@ -466,7 +466,7 @@ def report_folder(out_dir: object) -> Path:
     raise wrong_type("out_dir", out_dir, "a folder's path (str or os.PathLike)")
 
 
-def _check_model(model: object, optimizer: object) -> None:
+def check_model(model: object, optimizer: object) -> None:
     """Refuse, in one line, a model the doctor cannot train: not a module, no trainable parameter, or parameters
     on the meta device (shapes without data); and an optimizer that is not one."""
     if not isinstance(model, torch.nn.Module):
