@@ -25,13 +25,8 @@ from typing import Any
 from tricklab.config import Config, load_config
 from tricklab.errors import TrickLabError, echo
 from tricklab.lab.costs import run_bytes
-from tricklab.lab.ray_executor import (  # imports Ray on use only
-    DEFAULT_RETRIES,
-    MAX_RETRIES,
-    RayPool,
-    check_address,
-    require_ray,
-)
+from tricklab.lab.ray_executor import RayPool  # imports Ray on use only
+from tricklab.lab.request import EXECUTORS, LabOptions, check_executor  # noqa: F401  (the lab's options, here too)
 from tricklab.lab.runner import InProcess, PoolLost, Task, WorkerPool, execute, plan_workers
 from tricklab.lab.store import Store, config_key
 from tricklab.lab.studies import Study, describe_setup
@@ -40,37 +35,6 @@ from tricklab.memory import available_memory
 
 DB_NAME = "results.sqlite"
 QUICK_SUBSET = 10000  # --quick: at most this many training examples on the big datasets
-
-
-@dataclass(frozen=True)
-class LabOptions:
-    dataset: str | None = None  # None: each study's own
-    seeds: int = 3  # seeds per variant; with ``max_seeds``: the first look's seeds
-    max_seeds: int | None = None  # ``--seeds auto``: add seeds to undecided comparisons up to this cap
-    epochs: int | None = None
-    quick: bool = False
-    workers: int | None = None
-    cores: int | None = None
-    executor: str = "process"  # one of EXECUTORS: worker processes here, or Ray tasks (tricklab.lab.ray_executor)
-    address: str | None = None  # --executor ray: an existing cluster's address; None starts a local Ray instance
-    max_retries: int = DEFAULT_RETRIES  # --executor ray: retries of a run whose worker process or node was lost
-
-
-EXECUTORS = ("process", "ray")
-
-
-def check_executor(opts: LabOptions) -> None:
-    """Refuse a bad executor, an address or retries without Ray, and ``--executor ray`` without Ray installed."""
-    if opts.executor not in EXECUTORS:
-        raise TrickLabError(f"executor = {opts.executor!r}: must be one of {', '.join(EXECUTORS)}")
-    if opts.executor != "ray" and opts.address is not None:
-        raise TrickLabError(f"address = {opts.address!r}: only with executor 'ray'")
-    bad_retries = isinstance(opts.max_retries, bool) or not isinstance(opts.max_retries, int)
-    if bad_retries or not 0 <= opts.max_retries <= MAX_RETRIES:
-        raise TrickLabError(f"max_retries = {opts.max_retries!r}: must be an integer from 0 to {MAX_RETRIES}")
-    if opts.executor == "ray":
-        require_ray()
-        check_address(opts.address)
 
 
 def run_key_hash(cfg: Config) -> str:
