@@ -219,50 +219,47 @@ def lab_records(lab_dir: str | Path) -> list[dict[str, Any]]:
     look that decided it; ``decision_ci_low``/``_high``: the interval the outcome rests on (the repeated 95%
     interval of the sequential procedure, else the t interval ``diff_ci_low``/``_high``).
     """
-    from tricklab.lab.analysis import TEST_ACC, analyse
-    from tricklab.lab.lab import DB_NAME
-    from tricklab.lab.store import Store
+    from tricklab.lab.analysis import TEST_ACC
+    from tricklab.lab.results import results
 
     records = []
-    with Store(Path(lab_dir) / DB_NAME) as store:
-        for study, dataset, spec, _ in store.studies():
-            rows = [r for r in store.rows(study, dataset) if r.variant in spec["variants"]]
-            s = analyse(study, dataset, spec, rows)
-            for v in s.variants:
-                iv, c = v.intervals[TEST_ACC], v.comparison
-                records.append(
-                    dict(
-                        zip(
-                            RECORD_COLUMNS,
-                            (
-                                study,
-                                dataset,
-                                v.name,
-                                v.baseline,
-                                len(v.seeds),
-                                len(v.failed),
-                                len(v.diverged),
-                                iv.mean,
-                                iv.lo,
-                                iv.hi,
-                                c.diff.mean if c else None,
-                                c.diff.lo if c else None,
-                                c.diff.hi if c else None,
-                                c.p if c else None,
-                                c.significant if c else None,
-                                v.decision.p_holm if c else None,
-                                v.decision.outcome if c else "baseline",
-                                c.prob_improvement if c else None,
-                                v.decision.seeds_needed if c else None,
-                                v.decision.decided_at if c else None,
-                                *_decision_interval(v),
-                                s.margin_pp,
-                                v.verdict,
-                            ),
-                            strict=True,
-                        )
+    for r in results(lab_dir).studies:
+        s, study, dataset = r.stats, r.study, r.dataset
+        for v in s.variants:
+            iv, c = v.intervals[TEST_ACC], v.comparison
+            records.append(
+                dict(
+                    zip(
+                        RECORD_COLUMNS,
+                        (
+                            study,
+                            dataset,
+                            v.name,
+                            v.baseline,
+                            len(v.seeds),
+                            len(v.failed),
+                            len(v.diverged),
+                            iv.mean,
+                            iv.lo,
+                            iv.hi,
+                            c.diff.mean if c else None,
+                            c.diff.lo if c else None,
+                            c.diff.hi if c else None,
+                            c.p if c else None,
+                            c.significant if c else None,
+                            v.decision.p_holm if c else None,
+                            v.decision.outcome if c else "baseline",
+                            c.prob_improvement if c else None,
+                            v.decision.seeds_needed if c else None,
+                            v.decision.decided_at if c else None,
+                            *_decision_interval(v),
+                            s.margin_pp,
+                            v.verdict,
+                        ),
+                        strict=True,
                     )
                 )
+            )
     return records
 
 
@@ -312,6 +309,7 @@ def run_lab(
     """
     from rich.console import Console
 
+    from tricklab.lab.events import LabCounts
     from tricklab.lab.lab import run_lab as run_studies
     from tricklab.lab.progress import LabProgress
     from tricklab.lab.request import PYTHON, lab_folder, lab_options
@@ -354,8 +352,8 @@ def run_lab(
     on_progress = LabProgress(console, live=False) if progress else None
     executor: dict[str, str] = {}
 
-    def track(counts: dict) -> None:
-        executor["executor"] = counts.get("executor", "")
+    def track(counts: LabCounts) -> None:
+        executor["executor"] = counts.executor
         if on_progress:
             on_progress(counts)
 
