@@ -321,6 +321,7 @@ class Schedule:
             self.on_progress(replace(self.counts, **once))
 
     def run(self) -> None:
+        """Queue the runs not done, run them to the end (or a stop), and record the session in the database."""
         with Store(self.out / DB_NAME) as store:
             self.store = store
             tasks = self.queue(store)
@@ -431,11 +432,11 @@ class _Refill:
     the database are reused, so a rerun of the same command continues where the last one stopped. A run that
     failed in this lab is not queued again (its comparison waits for the next rerun)."""
 
-    def __init__(self, lab: Schedule):
-        self.lab = lab
-        self.planned, self.specs, self.outstanding = lab.lab.planned, lab.specs, lab.outstanding
-        self.opts, self.threads, self.plugins = lab.opts, lab.lab.threads, lab.lab.plugins
-        self.store = lab.store
+    def __init__(self, schedule: Schedule):
+        self.schedule, lab = schedule, schedule.lab
+        self.planned, self.specs, self.outstanding = lab.planned, schedule.specs, schedule.outstanding
+        self.opts, self.threads, self.plugins = schedule.opts, lab.threads, lab.plugins
+        self.store = schedule.store
         self.closed: set[tuple[str, str]] = set()
         self.queued: set[tuple] = {k for keys in self.outstanding.values() for k in keys}
         self.counted: set[tuple] = {k for p in self.planned for k in p.configs}  # the first look's runs: counted
@@ -470,7 +471,7 @@ class _Refill:
             if not added:
                 self.closed.add(sk)
                 continue
-            self.lab.add(total=len(added))
+            self.schedule.add(total=len(added))
             top = max(t.key[2] for t in added) + 1
             self.note(
                 f"seeds auto: {p.study.name} on {p.dataset}: {len(added)} more runs, up to {top} seeds, "
@@ -497,10 +498,10 @@ class _Refill:
             cfg = self.config(p, key)
             if self.store.ensure(*key, config=cfg.to_dict(), config_hash=run_key_hash(cfg)).status == "done":
                 self.counted.add(key)
-                self.lab.add(skipped=1)
+                self.schedule.add(skipped=1)
 
     def note(self, text: str) -> None:
-        self.lab.progress(note=text)
+        self.schedule.progress(note=text)
 
 
 SIGNAL_BATCH = 256
