@@ -219,50 +219,47 @@ def lab_records(lab_dir: str | Path) -> list[dict[str, Any]]:
     look that decided it; ``decision_ci_low``/``_high``: the interval the outcome rests on (the repeated 95%
     interval of the sequential procedure, else the t interval ``diff_ci_low``/``_high``).
     """
-    from tricklab.lab.analysis import TEST_ACC, analyse
-    from tricklab.lab.lab import DB_NAME
-    from tricklab.lab.store import Store
+    from tricklab.lab.analysis import TEST_ACC
+    from tricklab.lab.results import results
 
     records = []
-    with Store(Path(lab_dir) / DB_NAME) as store:
-        for study, dataset, spec, _ in store.studies():
-            rows = [r for r in store.rows(study, dataset) if r.variant in spec["variants"]]
-            s = analyse(study, dataset, spec, rows)
-            for v in s.variants:
-                iv, c = v.intervals[TEST_ACC], v.comparison
-                records.append(
-                    dict(
-                        zip(
-                            RECORD_COLUMNS,
-                            (
-                                study,
-                                dataset,
-                                v.name,
-                                v.baseline,
-                                len(v.seeds),
-                                len(v.failed),
-                                len(v.diverged),
-                                iv.mean,
-                                iv.lo,
-                                iv.hi,
-                                c.diff.mean if c else None,
-                                c.diff.lo if c else None,
-                                c.diff.hi if c else None,
-                                c.p if c else None,
-                                c.significant if c else None,
-                                v.decision.p_holm if c else None,
-                                v.decision.outcome if c else "baseline",
-                                c.prob_improvement if c else None,
-                                v.decision.seeds_needed if c else None,
-                                v.decision.decided_at if c else None,
-                                *_decision_interval(v),
-                                s.margin_pp,
-                                v.verdict,
-                            ),
-                            strict=True,
-                        )
+    for r in results(lab_dir).studies:
+        s, study, dataset = r.stats, r.study, r.dataset
+        for v in s.variants:
+            iv, c = v.intervals[TEST_ACC], v.comparison
+            records.append(
+                dict(
+                    zip(
+                        RECORD_COLUMNS,
+                        (
+                            study,
+                            dataset,
+                            v.name,
+                            v.baseline,
+                            len(v.seeds),
+                            len(v.failed),
+                            len(v.diverged),
+                            iv.mean,
+                            iv.lo,
+                            iv.hi,
+                            c.diff.mean if c else None,
+                            c.diff.lo if c else None,
+                            c.diff.hi if c else None,
+                            c.p if c else None,
+                            c.significant if c else None,
+                            v.decision.p_holm if c else None,
+                            v.decision.outcome if c else "baseline",
+                            c.prob_improvement if c else None,
+                            v.decision.seeds_needed if c else None,
+                            v.decision.decided_at if c else None,
+                            *_decision_interval(v),
+                            s.margin_pp,
+                            v.verdict,
+                        ),
+                        strict=True,
                     )
                 )
+            )
     return records
 
 
@@ -287,7 +284,7 @@ def run_lab(
     progress: bool = True,
     executor: str = "process",
     address: str | None = None,
-    max_retries: int = 3,
+    max_retries: int | None = None,
 ) -> LabResult:
     """Run studies over seeds as ``tricklab lab`` does; return a :class:`LabResult`.
 
@@ -301,8 +298,8 @@ def run_lab(
 
     ``executor="ray"`` runs each (study, variant, seed) as a Ray task (``pip install 'tricklab[ray]'``): on a local
     Ray instance, on the cluster at ``address`` (``"auto"``, ``"ray://head:10001"``), or on the Ray this process
-    already initialised; a run whose worker or node is lost is retried up to ``max_retries`` times, a run that
-    raises is recorded failed. Results are written here only, and are the same as with ``executor="process"``.
+    already initialised; a run whose worker or node is lost is retried up to ``max_retries`` times (default 3), a run
+    that raises is recorded failed. Results are written here only, and are the same as with ``executor="process"``.
 
     Example::
 
@@ -312,9 +309,10 @@ def run_lab(
     """
     from rich.console import Console
 
-    from tricklab.lab.lab import LabOptions
+    from tricklab.lab.events import LabCounts
     from tricklab.lab.lab import run_lab as run_studies
     from tricklab.lab.progress import LabProgress
+    from tricklab.lab.request import PYTHON, lab_folder, lab_options
     from tricklab.lab.studies import STUDIES, Study, custom_study, load_custom_study
     from tricklab.report.lab_report import build_report
 
@@ -335,40 +333,27 @@ def run_lab(
         raise TrickLabError(
             f"study: got {study!r}; expected a study name, a list of names, a YAML path, a mapping or a Study"
         )
-    auto = seeds == "auto"
-    if max_seeds is not None and not auto:
-        raise TrickLabError(f"max_seeds = {max_seeds!r}: only with seeds='auto'")
-    if auto:
-        from tricklab.lab.sequential import CAP, FIRST
-
-        seeds, max_seeds = FIRST, CAP if max_seeds is None else max_seeds
-        if isinstance(max_seeds, bool) or not isinstance(max_seeds, int) or not FIRST <= max_seeds <= 1000:
-            raise TrickLabError(f"max_seeds = {max_seeds!r}: must be an integer from {FIRST} to 1000")
-    for key, v, top in (("seeds", seeds, 1000), ("epochs", epochs, 1_000_000), ("workers", workers, 1024)):
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= top):
-            raise TrickLabError(f"{key} = {v!r}: must be an integer from 1 to {top}")
-    if dataset is not None:
-        from tricklab.config import dataset_loader
-
-        dataset_loader(dataset)
-    opts = LabOptions(
+    opts = lab_options(
+        PYTHON,
         dataset=dataset,
-        seeds=seeds or file_seeds or (2 if quick else 3),
+        seeds=seeds,
         max_seeds=max_seeds,
-        epochs=epochs or file_epochs,
+        epochs=epochs,
         quick=quick,
         workers=workers,
         executor=executor,
         address=address,
         max_retries=max_retries,
+        file_seeds=file_seeds,
+        file_epochs=file_epochs,
     )
-    out = Path(out) if out is not None else Path("labs") / (dataset or studies[0].dataset).replace(":", "_")
+    out = lab_folder(out, dataset, studies)
     console = Console(file=sys.stdout, width=120, force_terminal=False, force_jupyter=False)
     on_progress = LabProgress(console, live=False) if progress else None
     executor: dict[str, str] = {}
 
-    def track(counts: dict) -> None:
-        executor["executor"] = counts.get("executor", "")
+    def track(counts: LabCounts) -> None:
+        executor["executor"] = counts.executor
         if on_progress:
             on_progress(counts)
 

@@ -49,7 +49,7 @@ def test_the_pool_starts_the_longest_run_first():
     configs = [load_config(overrides={**BASE, "train.epochs": e}).to_dict() for e in (1, 3, 2)]
     tasks = [Task(("run", e), cfg) for e, cfg in zip((1, 3, 2), configs, strict=True)]
     with InProcess(1, fn=lambda cfg: ({}, [], "h")) as pool:
-        pool.run(tasks, lambda kind, key, *a: started.append(key[1]) if kind == "start" else None)
+        pool.run(tasks, lambda e: started.append(e.key[1]) if e.kind == "start" else None)  # a typed RunEvent
     assert started == [3, 2, 1]
 
 

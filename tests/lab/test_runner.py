@@ -26,7 +26,7 @@ def test_an_idle_worker_gets_refilled_work_while_a_long_run_is_still_running():
     with WorkerPool(2, 1, fn=sleepy) as pool:
         pool.run(
             [Task(("long",), {"sleep": 3.0})],
-            lambda kind, key, *a: events.append((kind, key, time.monotonic() - t0)),
+            lambda e: events.append((e.kind, e.key, time.monotonic() - t0)),  # a typed RunEvent
             poll_s=0.05,
             refill=refill,
         )

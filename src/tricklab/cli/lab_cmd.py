@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from tricklab.cli.common import add_allow_arg, add_logger_arg, add_training_args, examples
 
 EXIT_RUNS_FAILED = 1
-MAX_SEEDS, MAX_WORKERS = 1000, 1024  # beyond these a lab has no meaning on any machine
 
 
 EXAMPLES = (
@@ -99,9 +97,9 @@ def _int(flag: str, text: str, alternative: str = "") -> int:
 def run_cmd(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from tricklab.errors import TrickLabError
-    from tricklab.lab.lab import LabOptions, command_line, run_lab
+    from tricklab.lab.lab import command_line, run_lab
     from tricklab.lab.progress import LabProgress
+    from tricklab.lab.request import SHELL, lab_folder, lab_options
     from tricklab.report.lab_report import build_report
 
     studies, file_seeds, file_epochs = _studies(args)
@@ -112,35 +110,6 @@ def run_cmd(args: argparse.Namespace) -> int:
         from tricklab.integrations.loggers import Loggers
 
         Loggers(args.loggers)  # a missing package is refused here, before any run
-    from tricklab.config import MAX_EPOCHS
-
-    auto = args.seeds == "auto"
-    seeds_n = None if auto or args.seeds is None else _int("--seeds", args.seeds, "or 'auto'")
-    if args.max_seeds is not None and not auto:
-        raise TrickLabError(f"--max-seeds = {args.max_seeds}: only with --seeds auto")
-    bounds = (
-        ("--seeds", seeds_n, MAX_SEEDS),
-        ("--max-seeds", args.max_seeds, MAX_SEEDS),
-        ("--epochs", args.epochs, MAX_EPOCHS),
-        ("--workers", args.workers, MAX_WORKERS),
-    )
-    for flag, v, top in bounds:
-        if v is not None and not 1 <= v <= top:
-            raise TrickLabError(f"{flag} = {v}: must be 1 to {top}")
-    for flag, v in (("--address", args.address), ("--max-retries", args.max_retries)):
-        if v is not None and args.executor != "ray":
-            raise TrickLabError(f"{flag} = {v}: only with --executor ray (got --executor {args.executor})")
-    from tricklab.lab.ray_executor import DEFAULT_RETRIES, MAX_RETRIES
-
-    if args.max_retries is not None and not 0 <= args.max_retries <= MAX_RETRIES:
-        raise TrickLabError(f"--max-retries = {args.max_retries}: must be 0 to {MAX_RETRIES}")
-    max_seeds = None
-    if auto:
-        from tricklab.lab.sequential import CAP, FIRST
-
-        max_seeds = args.max_seeds or CAP
-        if max_seeds < FIRST:
-            raise TrickLabError(f"--max-seeds = {max_seeds}: must be at least {FIRST}, the first look's seeds")
     if args.device == "cuda" and args.executor == "process":  # the runs would train here: refused now, not per run
         from tricklab.errors import ConfigError
         from tricklab.train.seed import resolve_device
@@ -151,36 +120,30 @@ def run_cmd(args: argparse.Namespace) -> int:
             raise ConfigError(
                 "--device", args.device, f"{e.allowed} (or --executor ray on a cluster with GPUs)"
             ) from None
-    if args.dataset is not None:
-        from tricklab.data import DATASETS
-
-        DATASETS.get(args.dataset)
-    if auto:
-        from tricklab.lab.sequential import FIRST
-
-        seeds = FIRST
-    else:
-        seeds = seeds_n or file_seeds or (2 if args.quick else 3)
-    opts = LabOptions(
+    seeds = args.seeds if args.seeds in (None, "auto") else _int("--seeds", args.seeds, "or 'auto'")
+    opts = lab_options(
+        SHELL,
         dataset=args.dataset,
         seeds=seeds,
-        max_seeds=max_seeds,
-        epochs=args.epochs or file_epochs,
+        max_seeds=args.max_seeds,
+        epochs=args.epochs,
         quick=args.quick,
         workers=args.workers,
         executor=args.executor,
         address=args.address,
-        max_retries=DEFAULT_RETRIES if args.max_retries is None else args.max_retries,
+        max_retries=args.max_retries,
+        file_seeds=file_seeds,
+        file_epochs=file_epochs,
         device=args.device,
     )
-    out = args.out or f"labs/{args.dataset or studies[0].dataset}"
+    out = lab_folder(args.out or None, args.dataset, studies)
     from tricklab.cli.common import is_folder
     from tricklab.outputs import HTML_REPORT, check_target
     from tricklab.report.lab_report import db_files
 
     # the report written at the end: refused now, not after the runs (a link, a folder, a page tricklab did not write)
-    if is_folder(Path(out), "--out"):
-        check_target(Path(out) / "report.html", HTML_REPORT, inputs=db_files(Path(out)))
+    if is_folder(out, "--out"):
+        check_target(out / "report.html", HTML_REPORT, inputs=db_files(out))
     console = Console() if sys.stdout.isatty() else Console(width=160)
     progress = LabProgress(console)
     try:

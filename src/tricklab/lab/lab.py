@@ -18,21 +18,18 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from tricklab.config import Config, load_config
 from tricklab.errors import TrickLabError, echo
 from tricklab.lab.costs import run_bytes
-from tricklab.lab.ray_executor import (  # imports Ray on use only
-    DEFAULT_RETRIES,
-    MAX_RETRIES,
-    RayPool,
-    check_address,
-    require_ray,
-)
-from tricklab.lab.runner import InProcess, PoolLost, Task, WorkerPool, execute, plan_workers
+from tricklab.lab.events import LabCounts, RunDone, RunEvent, RunKey, RunStarted
+from tricklab.lab.ray_executor import RayPool  # imports Ray on use only
+from tricklab.lab.request import EXECUTORS, LabOptions, check_executor  # noqa: F401  (the lab's options, here too)
+from tricklab.lab.runner import Executor, InProcess, PoolLost, Task, WorkerPool, execute, plan_workers
+from tricklab.lab.spec import StudySpec
 from tricklab.lab.store import Store, config_key
 from tricklab.lab.studies import Study, describe_setup
 from tricklab.locks import folder_lock
@@ -40,38 +37,6 @@ from tricklab.memory import available_memory
 
 DB_NAME = "results.sqlite"
 QUICK_SUBSET = 10000  # --quick: at most this many training examples on the big datasets
-
-
-@dataclass(frozen=True)
-class LabOptions:
-    dataset: str | None = None  # None: each study's own
-    seeds: int = 3  # seeds per variant; with ``max_seeds``: the first look's seeds
-    max_seeds: int | None = None  # ``--seeds auto``: add seeds to undecided comparisons up to this cap
-    epochs: int | None = None
-    quick: bool = False
-    workers: int | None = None
-    cores: int | None = None
-    executor: str = "process"  # one of EXECUTORS: worker processes here, or Ray tasks (tricklab.lab.ray_executor)
-    address: str | None = None  # --executor ray: an existing cluster's address; None starts a local Ray instance
-    max_retries: int = DEFAULT_RETRIES  # --executor ray: retries of a run whose worker process or node was lost
-    device: str | None = None  # train.device of every run (not part of a run's identity); None: each study's own
-
-
-EXECUTORS = ("process", "ray")
-
-
-def check_executor(opts: LabOptions) -> None:
-    """Refuse a bad executor, an address or retries without Ray, and ``--executor ray`` without Ray installed."""
-    if opts.executor not in EXECUTORS:
-        raise TrickLabError(f"executor = {opts.executor!r}: must be one of {', '.join(EXECUTORS)}")
-    if opts.executor != "ray" and opts.address is not None:
-        raise TrickLabError(f"address = {opts.address!r}: only with executor 'ray'")
-    bad_retries = isinstance(opts.max_retries, bool) or not isinstance(opts.max_retries, int)
-    if bad_retries or not 0 <= opts.max_retries <= MAX_RETRIES:
-        raise TrickLabError(f"max_retries = {opts.max_retries!r}: must be an integer from 0 to {MAX_RETRIES}")
-    if opts.executor == "ray":
-        require_ray()
-        check_address(opts.address)
 
 
 def run_key_hash(cfg: Config) -> str:
@@ -95,25 +60,25 @@ def study_overrides(study: Study, variant_name: str, dataset: str, opts: LabOpti
     return o
 
 
-def study_spec(study: Study, dataset: str, opts: LabOptions) -> dict[str, Any]:
+def study_spec(study: Study, dataset: str, opts: LabOptions) -> StudySpec:
     """What the report needs to know of a study, stored beside its runs (so ``tricklab report`` needs no code)."""
     base = load_config(overrides=study_overrides(study, study.baseline, dataset, opts, 0))
-    return {
-        "name": study.name,
-        "doc": study.description(dataset, describe_setup(base, dataset)),
-        "dataset": dataset,
-        "baseline": study.baseline,
-        "variants": [v.name for v in study.variants],
-        "baselines": {v.name: study.baseline_of(v) for v in study.variants},
-        "overrides": {
+    return StudySpec(
+        name=study.name,
+        doc=study.description(dataset, describe_setup(base, dataset)),
+        dataset=dataset,
+        baseline=study.baseline,
+        variants=tuple(v.name for v in study.variants),
+        baselines={v.name: study.baseline_of(v) for v in study.variants},
+        overrides={
             v.name: study_overrides(study, v.name, dataset, opts, 0) | {"train.seed": "<seed>"} for v in study.variants
         },
-        "target_val_acc": study.target_val_acc.get(dataset),
-        "init_signal": study.init_signal,
-        "seeds": opts.seeds,
-        "margin": study.margin.get(dataset),
-        **({"sequential": {"first": opts.seeds, "cap": opts.max_seeds}} if opts.max_seeds else {}),
-    }
+        target_val_acc=study.target_val_acc.get(dataset),
+        init_signal=study.init_signal,
+        seeds=opts.seeds,
+        margin=study.margin.get(dataset),
+        sequential={"first": opts.seeds, "cap": opts.max_seeds} if opts.max_seeds else None,
+    )
 
 
 @dataclass
@@ -136,7 +101,9 @@ def plan(studies: list[Study], opts: LabOptions, threads: int = 1) -> list[Plann
         p = Planned(study, dataset)
         for v in study.variants:
             for seed in range(opts.seeds):
-                p.configs[(study.name, v.name, seed, dataset)] = run_config(study, v.name, dataset, opts, seed, threads)
+                p.configs[RunKey(study.name, v.name, seed, dataset)] = run_config(
+                    study, v.name, dataset, opts, seed, threads
+                )
         check_same_data(study.name, {key[1]: cfg for key, cfg in p.configs.items()})
         out.append(p)
     return out
@@ -237,26 +204,28 @@ class StopOnSignals:
             raise _Stop(signum)
 
 
-def run_lab(
-    studies: list[Study],
-    opts: LabOptions,
-    out: str | Path,
-    *,
-    command: str = "",
-    on_progress: Callable[[dict], None] | None = None,
-    fn: Callable = execute,
-    finish: Callable[[Path], Any] | None = None,
-) -> LabRun:
-    """Run every unfinished run of ``studies`` into the database of lab directory ``out``.
+@dataclass(frozen=True)
+class LabPlan:
+    """What a lab will run, resolved and checked before its folder is touched: every run's config (per study), how
+    many runs go at once and with how many threads each, the plugins workers register, and why the runs go in this
+    process (``in_process``), if they must."""
 
-    ``out`` is locked from its creation until ``finish(out)`` (e.g. writing the report) has returned; its result
-    is :attr:`LabRun.finished`. ``fn(config) -> (metrics, history, config_hash)`` trains one run (in a worker).
-    A stop signal raises :class:`LabInterrupted` once the workers are stopped and the database says what ran.
+    planned: list[Planned]
+    processes: int
+    threads: int
+    plugins: tuple[tuple[str, str, str], ...]
+    in_process: str | None
+
+
+def plan_lab(studies: list[Study], opts: LabOptions) -> LabPlan:
+    """Plan a lab: check the executor, resolve every run's config and fit the workers to the cores and memory.
+
+    A bad study, option or plugin fails here in one line (exit 2), before anything is written.
     """
     check_executor(opts)
     n_runs = sum(len(s.variants) for s in studies) * opts.seeds
     processes, threads = plan_workers(n_runs, opts.cores, opts.workers)
-    planned = plan(studies, opts, threads)  # validates everything before the folder is created
+    planned = plan(studies, opts, threads)
     if opts.workers is None and opts.executor == "process":  # no more processes than memory holds
         biggest = max((run_bytes(c.to_dict()) for p in planned for k, c in p.configs.items() if k[2] == 0), default=0)
         fitted = plan_workers(n_runs, opts.cores, None, biggest, available_memory())
@@ -268,121 +237,194 @@ def run_lab(
         raise TrickLabError(f"executor 'ray': {in_process}; register it in an importable module")
     if in_process:
         processes, threads = 1, opts.cores or os.cpu_count() or 1
-    out = Path(out)
-    start, started_at = time.perf_counter(), time.time()
-    counts: dict[str, Any] = {
-        "total": 0,
-        "done": 0,
-        "failed": 0,
-        "running": 0,
-        "skipped": 0,
-        "processes": processes,
-        "threads": threads,
-        "times": [],
-        "executor": f"in-process ({in_process})"
-        if in_process
-        else f"Ray ({opts.address or 'local instance'}) × {threads} thread(s) per run"
-        if opts.executor == "ray"
-        else f"{processes} worker processes × {threads} thread(s)",
-    }
-    started: dict[tuple, float] = {}  # the runs running now → when they started
-    failures: list[tuple[tuple, str]] = []
+    return LabPlan(planned, processes, threads, plugins, in_process)
 
-    def failed(key: tuple, error: str) -> None:
-        counts["failed"] += 1
-        counts["running"] = max(0, counts["running"] - (1 if key in started else 0))
-        started.pop(key, None)
-        failures.append((key, error))
 
-    with folder_lock(out), StopOnSignals():
+def run_lab(
+    studies: list[Study],
+    opts: LabOptions,
+    out: str | Path,
+    *,
+    command: str = "",
+    on_progress: Callable[[LabCounts], None] | None = None,
+    fn: Callable = execute,
+    finish: Callable[[Path], Any] | None = None,
+) -> LabRun:
+    """Run every unfinished run of ``studies`` into the database of lab directory ``out``: plan, schedule, finish.
+
+    :func:`plan_lab` checks everything before the folder is created; :class:`Schedule` records each study's spec,
+    queues the runs not done yet, runs them on the executor and records every :data:`~tricklab.lab.events.RunEvent`,
+    handing ``on_progress`` a :class:`~tricklab.lab.events.LabCounts` after each; ``finish(out)`` (e.g. writing the
+    report) runs last, its result in :attr:`LabRun.finished`. ``out`` is locked from its creation until ``finish``
+    has returned. ``fn(config) -> (metrics, history, config_hash)`` trains one run (in a worker). A stop signal raises
+    :class:`LabInterrupted` once the workers are stopped and the database says what ran.
+    """
+    lab = plan_lab(studies, opts)
+    schedule = Schedule(lab, opts, Path(out), executor(opts, lab, fn), command=command, on_progress=on_progress)
+    with folder_lock(schedule.out), StopOnSignals():
         try:
-            with Store(out / DB_NAME) as store:
-                tasks = []
-                specs: dict[tuple[str, str], dict[str, Any]] = {}
-                outstanding: dict[tuple[str, str], set[tuple]] = {}  # queued or running runs, per study
-                for p in planned:
-                    specs[(p.study.name, p.dataset)] = spec = study_spec(p.study, p.dataset, opts)
-                    outstanding[(p.study.name, p.dataset)] = set()
-                    store.save_study(p.study.name, p.dataset, spec, command)
-                    for key, cfg in p.configs.items():
-                        row = store.ensure(*key, config=cfg.to_dict(), config_hash=run_key_hash(cfg))
-                        if row.status == "done":
-                            counts["skipped"] += 1
-                        else:
-                            tasks.append(Task(key, cfg.to_dict(), plugins))
-                            outstanding[(key[0], key[3])].add(key)
-                counts["total"] = len(tasks)
-                refill = None
-                if opts.max_seeds:
-                    refill = _Refill(planned, specs, outstanding, store, opts, threads, plugins, counts, on_progress)
-                    tasks = tasks or refill()
-
-                def on_event(kind: str, key: tuple, *payload) -> None:
-                    if kind != "start":
-                        outstanding[(key[0], key[3])].discard(key)
-                    if kind == "start":
-                        store.mark_running(key)
-                        started[key] = time.perf_counter()
-                        counts["running"] += 1
-                    elif kind == "done":  # payload: metrics, history, the hash of the config the run used
-                        refused = store.mark_done(key, *payload)
-                        if refused:
-                            failed(key, refused)
-                        else:
-                            counts["done"] += 1
-                            counts["running"] = max(0, counts["running"] - 1)
-                            counts["times"].append(time.perf_counter() - started.pop(key, time.perf_counter()))
-                    else:
-                        store.mark_failed(
-                            key, payload[0] + ("\n" + payload[1] if len(payload) > 1 and payload[1] else "")
-                        )
-                        failed(key, payload[0])
-                    if on_progress:
-                        on_progress(counts)
-
-                record_signals(planned, store)
-                try:
-                    if tasks:
-                        with _pool(opts, in_process, processes, threads, fn) as pool:
-                            if opts.executor == "ray":  # runs at once: what the cluster holds, known once joined
-                                counts["processes"], counts["executor"] = pool.slots, pool.describe()
-                            try:
-                                pool.run(tasks, on_event, refill=refill)
-                            except PoolLost as e:  # before the pool closes: closing a dead Ray may end this process
-                                raise PoolLost(_lost(store, out, str(e), counts, started)) from None
-                finally:  # a stopped lab's session counts too: its finished runs took that time
-                    if counts["done"] or counts["failed"]:
-                        from tricklab.lab.machine import machine_info
-
-                        store.record_session(
-                            command, started_at, time.perf_counter() - start, counts["done"], machine_info()
-                        )
-                if on_progress:
-                    on_progress(counts | {"finished": True})
-            result = LabRun(
-                out, counts["done"], counts["failed"], counts["skipped"], time.perf_counter() - start, failures
-            )
+            schedule.run()
+            result = schedule.result()
             if finish is not None:
-                result.finished = finish(out)
+                result.finished = finish(schedule.out)
             return result
         except _Stop as stop:
-            raise LabInterrupted(_stopped(out, stop.signum, counts, started), stop.signum) from None
+            raise LabInterrupted(schedule.stopped(stop.signum), stop.signum) from None
 
 
-def _pool(opts: LabOptions, in_process: str | None, processes: int, threads: int, fn: Callable):
+def executor(opts: LabOptions, lab: LabPlan, fn: Callable) -> Executor:
     """The executor that runs the lab's tasks: in this process, worker processes here, or Ray tasks."""
-    if in_process:
-        return InProcess(threads, fn)
+    if lab.in_process:
+        return InProcess(lab.threads, fn, why=lab.in_process)
     if opts.executor == "ray":
         return RayPool(
-            threads,
+            lab.threads,
             fn,
             address=opts.address,
             max_retries=opts.max_retries,
             max_in_flight=opts.workers,
             cores=opts.cores,
         )
-    return WorkerPool(processes, threads, fn)
+    return WorkerPool(lab.processes, lab.threads, fn)
+
+
+class Schedule:
+    """A planned lab running into its database: saves each study's spec, queues the runs not done yet (``--seeds
+    auto``: :class:`_Refill` queues more), runs them on ``pool`` and records each run event, keeping the counts that
+    ``on_progress`` is handed (:class:`~tricklab.lab.events.LabCounts`)."""
+
+    def __init__(
+        self,
+        lab: LabPlan,
+        opts: LabOptions,
+        out: Path,
+        pool: Executor,
+        *,
+        command: str = "",
+        on_progress: Callable[[LabCounts], None] | None = None,
+    ):
+        self.lab, self.opts, self.out, self.pool = lab, opts, out, pool
+        self.command, self.on_progress = command, on_progress
+        self.counts = LabCounts(processes=lab.processes, threads=lab.threads, executor=pool.describe())
+        self.started: dict[tuple, float] = {}  # the runs running now → when they started
+        self.failures: list[tuple[tuple, str]] = []
+        self.specs: dict[tuple[str, str], StudySpec] = {}
+        self.outstanding: dict[tuple[str, str], set[tuple]] = {}  # queued or running runs, per study
+        self.t0, self.started_at = time.perf_counter(), time.time()
+        self.store: Store | None = None
+
+    def add(self, **deltas: int) -> None:
+        """Add to counts (``total=3``, ``skipped=1``)."""
+        self.counts = replace(self.counts, **{k: getattr(self.counts, k) + n for k, n in deltas.items()})
+
+    def progress(self, **once: Any) -> None:
+        """Hand the counts to ``on_progress``, with ``once`` (a note, the event, finished) for this call only."""
+        if self.on_progress:
+            self.on_progress(replace(self.counts, **once))
+
+    def run(self) -> None:
+        """Queue the runs not done, run them to the end (or a stop), and record the session in the database."""
+        with Store(self.out / DB_NAME) as store:
+            self.store = store
+            tasks = self.queue(store)
+            refill = None
+            if self.opts.max_seeds:
+                refill = _Refill(self)
+                tasks = tasks or refill()
+            record_signals(self.lab.planned, store)
+            try:
+                if tasks:
+                    with self.pool as pool:  # Ray: how many runs at once is known once joined
+                        self.counts = replace(self.counts, processes=pool.slots, executor=pool.describe())
+                        try:
+                            pool.run(tasks, self.on_event, refill=refill)
+                        except PoolLost as e:  # before the pool closes: closing a dead Ray may end this process
+                            raise PoolLost(self.lost(str(e))) from None
+            finally:  # a stopped lab's session counts too: its finished runs took that time
+                if self.counts.done or self.counts.failed:
+                    from tricklab.lab.machine import machine_info
+
+                    wall = time.perf_counter() - self.t0
+                    store.record_session(self.command, self.started_at, wall, self.counts.done, machine_info())
+            self.progress(finished=True)
+
+    def queue(self, store: Store) -> list[Task]:
+        """Save each study's spec and a row per run; the runs not done yet, as tasks (the done ones are skipped)."""
+        tasks = []
+        for p in self.lab.planned:
+            sk = (p.study.name, p.dataset)
+            self.specs[sk] = spec = study_spec(p.study, p.dataset, self.opts)
+            self.outstanding[sk] = set()
+            store.save_study(p.study.name, p.dataset, spec, self.command)
+            for key, cfg in p.configs.items():
+                row = store.ensure(*key, config=cfg.to_dict(), config_hash=run_key_hash(cfg))
+                if row.status == "done":
+                    self.add(skipped=1)
+                else:
+                    tasks.append(Task(key, cfg.to_dict(), self.lab.plugins))
+                    self.outstanding[sk].add(key)
+        self.add(total=len(tasks))
+        return tasks
+
+    def on_event(self, event: RunEvent) -> None:
+        """Record one run's event in the database and the counts, then report progress."""
+        key, store, c = event.key, self.store, self.counts
+        assert store is not None
+        if isinstance(event, RunStarted):
+            store.mark_running(key)
+            self.started[key] = time.perf_counter()
+            self.counts = replace(c, running=c.running + 1)
+        elif isinstance(event, RunDone):
+            self.outstanding[(key[0], key[3])].discard(key)
+            refused = store.mark_done(key, event.metrics, event.history, event.config_hash)
+            if refused:
+                self.failed(key, refused)
+            else:
+                took = time.perf_counter() - self.started.pop(key, time.perf_counter())
+                self.counts = replace(c, done=c.done + 1, running=max(0, c.running - 1), times=(*c.times, took))
+        else:
+            self.outstanding[(key[0], key[3])].discard(key)
+            store.mark_failed(key, event.error + ("\n" + event.detail if event.detail else ""))
+            self.failed(key, event.error)
+        self.progress(event=event)
+
+    def failed(self, key: tuple, error: str) -> None:
+        c = self.counts
+        self.counts = replace(c, failed=c.failed + 1, running=max(0, c.running - (1 if key in self.started else 0)))
+        self.started.pop(key, None)
+        self.failures.append((key, error))
+
+    def result(self) -> LabRun:
+        c = self.counts
+        return LabRun(self.out, c.done, c.failed, c.skipped, time.perf_counter() - self.t0, self.failures)
+
+    def stopped(self, signum: int) -> str:
+        """After a stop signal (workers already stopped): put the running rows back to pending; the line to say."""
+        name = signal.Signals(signum).name
+        if self.started:
+            with Store(self.out / DB_NAME) as store:
+                for key in self.started:
+                    store.mark_unfinished(key, f"stopped by {name} while running; a rerun redoes it")
+        c, running = self.counts, len(self.started)
+        left = max(0, c.total - c.done - c.failed - running)
+        before = f" (+{c.skipped} done before)" if c.skipped else ""
+        return (
+            f"lab stopped by {name}: {c.done} finished run{'s' * (c.done != 1)} kept{before}, {running} running "
+            f"run{'s' * (running != 1)} marked unfinished, {left} not started; {self.pool.stopped}rerun the same "
+            f"command to finish them (lab folder {self.out})"
+        )
+
+    def lost(self, what: str) -> str:
+        """The executor died (:class:`PoolLost`): put the running rows back to pending; the one line to say."""
+        assert self.store is not None
+        for key in self.started:
+            self.store.mark_unfinished(key, f"{what}; a rerun redoes it")
+        done, running = self.counts.done, len(self.started)
+        return (
+            f"lab stopped: {what}; {done} finished run{'s' * (done != 1)} kept, {running} running "
+            f"run{'s' * (running != 1)} put back to pending; rerun the same command to finish them (lab folder "
+            f"{self.out})"
+        )
 
 
 class _Refill:
@@ -392,17 +434,19 @@ class _Refill:
     the database are reused, so a rerun of the same command continues where the last one stopped. A run that
     failed in this lab is not queued again (its comparison waits for the next rerun)."""
 
-    def __init__(self, planned, specs, outstanding, store, opts, threads, plugins, counts, on_progress):
-        self.planned, self.specs, self.outstanding, self.store = planned, specs, outstanding, store
-        self.opts, self.threads, self.plugins = opts, threads, plugins
-        self.counts, self.on_progress = counts, on_progress
+    def __init__(self, schedule: Schedule):
+        self.schedule, lab = schedule, schedule.lab
+        self.planned, self.specs, self.outstanding = lab.planned, schedule.specs, schedule.outstanding
+        self.opts, self.threads, self.plugins = schedule.opts, lab.threads, lab.plugins
+        self.store = schedule.store
         self.closed: set[tuple[str, str]] = set()
-        self.queued: set[tuple] = {k for keys in outstanding.values() for k in keys}
-        self.counted: set[tuple] = {k for p in planned for k in p.configs}  # the first look's runs: counted already
+        self.queued: set[tuple] = {k for keys in self.outstanding.values() for k in keys}
+        self.counted: set[tuple] = {k for p in self.planned for k in p.configs}  # the first look's runs: counted
         self.refreshed: set[tuple[str, str]] = set()
 
     def __call__(self) -> list[Task]:
-        from tricklab.lab.analysis import analyse, seeds_to_run
+        from tricklab.lab.analysis import seeds_to_run
+        from tricklab.lab.results import study_result
 
         new: list[Task] = []
         for p in self.planned:
@@ -411,15 +455,14 @@ class _Refill:
                 continue
             if sk not in self.refreshed:
                 self.refresh(p)
-            spec = self.specs[sk]
-            rows = [r for r in self.store.rows(*sk) if r.variant in spec["variants"]]
-            stats = analyse(p.study.name, p.dataset, spec, rows)
+            found = study_result(self.store, *sk, self.specs[sk])
+            stats, rows = found.stats, found.rows
             open_ = [v.name for v in stats.variants if v.decision and v.decision.resolves == "next look"]
             done = {(r.variant, r.seed) for r in rows if r.status == "done"}
             added = []
             for variant, n in seeds_to_run(stats).items():
                 for seed in range(n):
-                    key = (p.study.name, variant, seed, p.dataset)
+                    key = RunKey(p.study.name, variant, seed, p.dataset)
                     if (variant, seed) in done or key in self.queued:
                         continue
                     cfg = self.config(p, key)
@@ -430,7 +473,7 @@ class _Refill:
             if not added:
                 self.closed.add(sk)
                 continue
-            self.counts["total"] += len(added)
+            self.schedule.add(total=len(added))
             top = max(t.key[2] for t in added) + 1
             self.note(
                 f"seeds auto: {p.study.name} on {p.dataset}: {len(added)} more runs, up to {top} seeds, "
@@ -449,49 +492,18 @@ class _Refill:
         against today's configs (a changed config resets its row, never reused) and counted as already done."""
         sk = (p.study.name, p.dataset)
         self.refreshed.add(sk)
-        cap, variants = self.opts.max_seeds or 0, set(self.specs[sk]["variants"])
+        cap, variants = self.opts.max_seeds or 0, set(self.specs[sk].variants)
         for r in self.store.rows(*sk):
-            key = (p.study.name, r.variant, r.seed, p.dataset)
+            key = RunKey(p.study.name, r.variant, r.seed, p.dataset)
             if r.variant not in variants or r.seed >= cap or key in self.counted:
                 continue
             cfg = self.config(p, key)
             if self.store.ensure(*key, config=cfg.to_dict(), config_hash=run_key_hash(cfg)).status == "done":
                 self.counted.add(key)
-                self.counts["skipped"] += 1
+                self.schedule.add(skipped=1)
 
     def note(self, text: str) -> None:
-        if self.on_progress:
-            self.on_progress(self.counts | {"note": text})
-
-
-def _stopped(out: Path, signum: int, counts: dict[str, Any], started: dict[tuple, float]) -> str:
-    """After a stop signal (workers already stopped): put the running rows back to pending; the one line to say."""
-    name = signal.Signals(signum).name
-    if started:
-        with Store(out / DB_NAME) as store:
-            for key in started:
-                store.mark_unfinished(key, f"stopped by {name} while running; a rerun redoes it")
-    done, running = counts["done"], len(started)
-    left = max(0, counts["total"] - done - counts["failed"] - running)
-    before = f" (+{counts['skipped']} done before)" if counts["skipped"] else ""
-    stopped = {"in-process": "", "Ray": "Ray tasks cancelled; "}
-    workers = next((v for k, v in stopped.items() if counts["executor"].startswith(k)), "worker processes stopped; ")
-    return (
-        f"lab stopped by {name}: {done} finished run{'s' * (done != 1)} kept{before}, {running} running "
-        f"run{'s' * (running != 1)} marked unfinished, {left} not started; {workers}rerun the same command to finish "
-        f"them (lab folder {out})"
-    )
-
-
-def _lost(store: Store, out: Path, what: str, counts: dict[str, Any], started: dict[tuple, float]) -> str:
-    """The executor died (:class:`PoolLost`): put the running rows back to pending; the one line to say."""
-    for key in started:
-        store.mark_unfinished(key, f"{what}; a rerun redoes it")
-    done, running = counts["done"], len(started)
-    return (
-        f"lab stopped: {what}; {done} finished run{'s' * (done != 1)} kept, {running} running "
-        f"run{'s' * (running != 1)} put back to pending; rerun the same command to finish them (lab folder {out})"
-    )
+        self.schedule.progress(note=text)
 
 
 SIGNAL_BATCH = 256

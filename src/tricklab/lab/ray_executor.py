@@ -35,6 +35,7 @@ from typing import Any
 
 from tricklab.errors import TrickLabError
 from tricklab.lab.costs import longest_first
+from tricklab.lab.events import RunDone, RunEvent, RunFailed, RunStarted
 from tricklab.lab.runner import PoolLost, Task, execute, register_plugins
 
 EXTRA = "pip install 'tricklab[ray]'"
@@ -111,19 +112,27 @@ def _run_one(fn: Callable, threads: int, plugins: tuple, config: dict) -> tuple:
     return ("done", metrics, history, config_hash)
 
 
+def _event(key: tuple, outcome: tuple) -> RunEvent:
+    """The event of a run from what :func:`_run_one` returned (plain tuples cross the cluster)."""
+    kind, *payload = outcome
+    return RunDone(key, *payload) if kind == "done" else RunFailed(key, *payload)
+
+
 def _is_local(address: str | None) -> bool:
     """Whether ``address`` names a Ray instance on this machine (``None``: one this pool starts)."""
     return address is None or address.split("://")[-1].rsplit(":", 1)[0] in _LOCAL
 
 
 class RayPool:
-    """The lab's runs as Ray tasks with ``threads`` CPUs each. Use as a context manager.
+    """The lab's runs as Ray tasks with ``threads`` CPUs each: an :class:`~tricklab.lab.runner.Executor`.
 
     ``address``: an existing cluster (``"auto"``: the one ``ray start`` started on this machine, ``"ray://host:10001"``,
     ``"host:6379"``); ``None`` starts a new local instance with ``cores`` CPUs (all of this machine's by default) and
     shuts it down on exit. A Ray already
     initialised in this process (``ray.init`` in a notebook) is used as it is and left running.
     """
+
+    stopped = "Ray tasks cancelled; "
 
     def __init__(
         self,
@@ -143,6 +152,7 @@ class RayPool:
         self._gcs_down_since: float | None = None
         self._gcs_checked = 0.0
         self.slots = 1
+        self.joined = False  # entered: the cluster's room (slots) is known
         self.in_flight: dict[Any, Task] = {}  # object ref → its task
 
     def __enter__(self) -> RayPool:
@@ -167,6 +177,7 @@ class RayPool:
                 self.slots = min(self.slots, self.max_in_flight)
             self._remote = ray.remote(_run_one)
             self.gcs = _gcs_address(ray)
+            self.joined = True
         except BaseException:
             self.close()
             raise
@@ -176,6 +187,8 @@ class RayPool:
         self.close()
 
     def describe(self) -> str:
+        if not self.joined:  # before joining, its room is not known yet
+            return f"Ray ({self.address or 'local instance'}) × {self.threads} thread(s) per run"
         where = f"cluster {self.address}" if self.address else "local instance"
         return f"Ray ({where}): up to {self.slots} run{'s' * (self.slots != 1)} at once × {self.threads} thread(s)"
 
@@ -220,11 +233,11 @@ class RayPool:
     def run(
         self,
         tasks: list[Task],
-        on_event: Callable[..., None],
+        on_event: Callable[[RunEvent], None],
         poll_s: float = 0.2,
         refill: Callable[[], list[Task]] | None = None,
     ) -> None:
-        """Run every task; ``on_event(kind, key, *payload)`` for ``start`` (on submission), ``done`` and ``failed``.
+        """Run every task; ``on_event(event)`` for each run's start (on submission), end and failure.
 
         ``refill()`` is asked for more tasks whenever none is waiting and a slot is free or a run has just ended, as
         :meth:`WorkerPool.run` does. Returns when nothing is in flight, waiting or refilled.
@@ -240,7 +253,7 @@ class RayPool:
             while pending and len(self.in_flight) < self.slots:
                 task = pending.pop(0)
                 self.in_flight[self._submit(task)] = task
-                on_event("start", task.key)
+                on_event(RunStarted(task.key))
             if not self.in_flight:
                 continue
             ready = _signal_safe(ray.wait, list(self.in_flight), num_returns=1, timeout=poll_s)[0]
@@ -249,7 +262,7 @@ class RayPool:
             for ref in ready:
                 task = self.in_flight.pop(ref)
                 try:
-                    kind, *payload = ray.get(ref)
+                    event = _event(task.key, ray.get(ref))
                 except ray.exceptions.LocalRayletDiedError:  # Ray on this machine is gone: no run can go on
                     self.in_flight[ref] = task  # still unfinished: the lab puts it back to pending
                     self.lost = True
@@ -259,12 +272,12 @@ class RayPool:
                     ) from None
                 except ray.exceptions.RayTaskError as e:  # the task itself broke (e.g. ``fn`` would not unpickle)
                     first = (str(e.cause).strip().splitlines() or [""])[0]
-                    kind, payload = "failed", [f"{type(e.cause).__name__}: {first}", str(e)]
+                    event = RunFailed(task.key, f"{type(e.cause).__name__}: {first}", str(e))
                 except ray.exceptions.RayError as e:  # the worker or node was lost more than max_retries times
                     first = (str(e).strip().splitlines() or [""])[0]
                     lost = f"Ray lost the run's worker ({type(e).__name__}) after {self.max_retries} retries: {first}"
-                    kind, payload = "failed", [lost, ""]
-                on_event(kind, task.key, *payload)
+                    event = RunFailed(task.key, lost)
+                on_event(event)
                 if not pending and refill is not None:
                     pending.extend(longest_first(refill()))
 

@@ -24,10 +24,11 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from tricklab.errors import TrickLabError
 from tricklab.lab.costs import longest_first
+from tricklab.lab.events import RunDone, RunEvent, RunFailed, RunStarted
 
 
 class PoolLost(TrickLabError):
@@ -37,9 +38,39 @@ class PoolLost(TrickLabError):
 
 @dataclass(frozen=True)
 class Task:
-    key: tuple
+    key: tuple  # a RunKey: (study, variant, seed, dataset)
     config: dict[str, Any]
     plugins: tuple[tuple[str, str, str], ...] = ()  # (family, name, import path) to register in the worker first
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """What runs a lab's tasks: :class:`InProcess`, :class:`WorkerPool` or :class:`~tricklab.lab.ray_executor.RayPool`.
+
+    Used as a context manager (entering starts the workers or joins Ray; leaving stops them). ``slots``: how many runs
+    go at once (known for Ray once joined); ``describe()``: how the runs execute, in words, for the progress line;
+    ``stopped``: what a stop signal did to its runs, in words (``"worker processes stopped; "``).
+    ``run(tasks, on_event, refill=...)`` runs every task, the longest first, and reports each with a
+    :data:`~tricklab.lab.events.RunEvent`; ``refill()``, when given, is asked for more tasks whenever none is waiting
+    and a slot is free or a run has just ended; it returns when nothing is running, waiting or refilled.
+    """
+
+    slots: int
+    stopped: str
+
+    def __enter__(self) -> Executor: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+    def describe(self) -> str: ...
+
+    def run(
+        self,
+        tasks: list[Task],
+        on_event: Callable[[RunEvent], None],
+        poll_s: float = ...,
+        refill: Callable[[], list[Task]] | None = None,
+    ) -> None: ...
 
 
 def plan_workers(
@@ -94,14 +125,14 @@ def _worker(tasks: mp.Queue, results: mp.Queue, threads: int, fn: Callable, pare
         task = tasks.get()
         if task is None:
             return
-        results.put(("start", task.key, os.getpid()))
+        results.put(RunStarted(task.key))
         try:
             register_plugins(task.plugins)
             metrics, history, config_hash = fn(task.config)
-            results.put(("done", task.key, metrics, history, config_hash))
+            results.put(RunDone(task.key, metrics, history, config_hash))
         except BaseException as e:  # report everything, including SystemExit from deep inside a run
             tb = traceback.format_exc(limit=-3)
-            results.put(("failed", task.key, f"{type(e).__name__}: {e}", tb))
+            results.put(RunFailed(task.key, f"{type(e).__name__}: {e}", tb))
 
 
 def register_plugins(plugins: tuple[tuple[str, str, str], ...]) -> None:
@@ -117,11 +148,17 @@ def register_plugins(plugins: tuple[tuple[str, str, str], ...]) -> None:
 
 class InProcess:
     """The lab's runs one after another in this process, with every core's threads: for plugins that worker
-    processes cannot import (a model defined in a notebook cell or a script's ``__main__``). Same interface as
-    :class:`WorkerPool`; a run that raises is reported as failed and the others go on."""
+    processes cannot import (a model defined in a notebook cell or a script's ``__main__``; ``why`` says which, for
+    the progress line). An :class:`Executor`; a run that raises is reported as failed and the others go on."""
 
-    def __init__(self, threads: int, fn: Callable[[dict], tuple[dict, list, str]] = execute):
-        self.threads, self.fn = threads, fn
+    slots = 1
+    stopped = ""
+
+    def __init__(self, threads: int, fn: Callable[[dict], tuple[dict, list, str]] = execute, why: str = ""):
+        self.threads, self.fn, self.why = threads, fn, why
+
+    def describe(self) -> str:
+        return f"in-process ({self.why})"
 
     def __enter__(self) -> InProcess:
         import torch
@@ -138,24 +175,26 @@ class InProcess:
     def run(
         self,
         tasks: list[Task],
-        on_event: Callable[..., None],
+        on_event: Callable[[RunEvent], None],
         poll_s: float = 0.0,
         refill: Callable[[], list[Task]] | None = None,
     ) -> None:
         pending = longest_first(list(tasks))
         while pending or (refill is not None and (pending := longest_first(list(refill())))):
             task = pending.pop(0)
-            on_event("start", task.key)
+            on_event(RunStarted(task.key))
             try:
                 metrics, history, config_hash = self.fn(task.config)
             except Exception as e:  # not BaseException: a stop signal ends the lab, not just this run
-                on_event("failed", task.key, f"{type(e).__name__}: {e}", traceback.format_exc(limit=-3))
+                on_event(RunFailed(task.key, f"{type(e).__name__}: {e}", traceback.format_exc(limit=-3)))
             else:
-                on_event("done", task.key, metrics, history, config_hash)
+                on_event(RunDone(task.key, metrics, history, config_hash))
 
 
 class WorkerPool:
-    """``processes`` spawned workers with ``threads`` torch threads each. Use as a context manager."""
+    """``processes`` spawned workers with ``threads`` torch threads each: an :class:`Executor`."""
+
+    stopped = "worker processes stopped; "
 
     def __init__(self, processes: int, threads: int, fn: Callable[[dict], tuple[dict, list, str]] = execute):
         self.processes, self.threads, self.fn = processes, threads, fn
@@ -174,6 +213,13 @@ class WorkerPool:
 
     def __exit__(self, *exc) -> None:
         self.close(force=exc[0] is not None)
+
+    @property
+    def slots(self) -> int:
+        return self.processes
+
+    def describe(self) -> str:
+        return f"{self.processes} worker processes × {self.threads} thread(s)"
 
     def pids(self) -> list[int]:
         """The worker processes' ids."""
@@ -206,12 +252,12 @@ class WorkerPool:
     def run(
         self,
         tasks: list[Task],
-        on_event: Callable[..., None],
+        on_event: Callable[[RunEvent], None],
         poll_s: float = 0.2,
         refill: Callable[[], list[Task]] | None = None,
     ) -> None:
-        """Run every task, the longest first (:func:`tricklab.lab.costs.longest_first`); ``on_event(kind, key,
-        *payload)`` for ``start``, ``done`` and ``failed``.
+        """Run every task, the longest first (:func:`tricklab.lab.costs.longest_first`); ``on_event(event)`` for each
+        run's start, end and failure (:data:`~tricklab.lab.events.RunEvent`).
 
         ``refill()``, when given, is asked for more tasks whenever none is waiting and a worker is idle or a run has
         just ended (its event already delivered): ``--seeds auto`` adds seeds to the comparisons still undecided
@@ -235,15 +281,12 @@ class WorkerPool:
             except queue.Empty:
                 msg = None
             if msg is not None:
-                kind, key = msg[0], msg[1]
-                if kind == "start":
-                    on_event("start", key)
-                else:
-                    self._release(key)
+                if not isinstance(msg, RunStarted):
+                    self._release(msg.key)
                     in_flight -= 1
-                    on_event(kind, key, *msg[2:])
-                    if not pending and refill is not None:
-                        pending.extend(longest_first(refill()))
+                on_event(msg)
+                if not isinstance(msg, RunStarted) and not pending and refill is not None:
+                    pending.extend(longest_first(refill()))
                 continue
             for i, w in enumerate(self.workers):  # nothing arrived: did a worker die holding a task?
                 if not w["proc"].is_alive():
@@ -251,7 +294,7 @@ class WorkerPool:
                     self.workers[i] = self._spawn()
                     if task is not None:
                         in_flight -= 1
-                        on_event("failed", task.key, f"worker process died (exit code {code}) while running it", "")
+                        on_event(RunFailed(task.key, f"worker process died (exit code {code}) while running it"))
                         if not pending and refill is not None:
                             pending.extend(longest_first(refill()))
 

@@ -31,6 +31,7 @@ from typing import Any
 from urllib.parse import quote
 
 from tricklab.errors import TrickLabError
+from tricklab.lab.spec import StudySpec
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -415,20 +416,21 @@ class Store:
             out.append(RunRow(r[0], r[1], r[2], r[3], r[4], config, r[6], metrics, history, r[9], r[10], r[11], r[12]))
         return out
 
-    def save_study(self, study: str, dataset: str, spec: dict, command: str) -> None:
+    def save_study(self, study: str, dataset: str, spec: StudySpec | dict, command: str) -> None:
+        stored = spec.to_dict() if isinstance(spec, StudySpec) else spec
         self._exec(
             "INSERT OR REPLACE INTO studies (study, dataset, spec, command, updated_at) VALUES (?, ?, ?, ?, ?)",
-            (study, dataset, json.dumps(spec), command, time.time()),
+            (study, dataset, json.dumps(stored), command, time.time()),
         )
 
-    def studies(self) -> list[tuple[str, str, dict, str]]:
+    def studies(self) -> list[tuple[str, str, StudySpec, str]]:
         found = self._fetch("SELECT study, dataset, spec, command FROM studies ORDER BY updated_at, study")
         out = []
         for s, d, spec, cmd in found:
             name = f"study {s}/{d}"
             if not all(isinstance(x, str) for x in (s, d, cmd)):
                 raise self._bad(name, "wrong column types")
-            out.append((s, d, self._json(spec, name, _check_spec), cmd))
+            out.append((s, d, StudySpec.from_dict(self._json(spec, name, _check_spec)), cmd))
         return out
 
     def save_signal(self, study: str, variant: str, dataset: str, config_hash: str, data: dict) -> None:

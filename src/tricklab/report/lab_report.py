@@ -13,7 +13,6 @@ import html
 import math
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -27,12 +26,11 @@ from rich.table import Table  # noqa: E402
 from rich.text import Text  # noqa: E402
 
 from tricklab.errors import TrickLabError  # noqa: E402
-from tricklab.lab.analysis import BEST_VAL_ACC, EPOCHS_TO_TARGET, TEST_ACC, WALL_TIME, StudyStats, analyse  # noqa: E402
+from tricklab.lab.analysis import BEST_VAL_ACC, EPOCHS_TO_TARGET, TEST_ACC, WALL_TIME, StudyStats  # noqa: E402
+from tricklab.lab.results import DB_NAME, LabResults, results  # noqa: E402
+from tricklab.lab.spec import StudySpec  # noqa: E402
 from tricklab.lab.stats import BETTER, EQUIVALENT, OUTCOMES, UNDECIDED, WORSE, Interval, fmt_p  # noqa: E402
-from tricklab.lab.store import Store  # noqa: E402
 from tricklab.outputs import HTML_REPORT, PNG, check_target, draw_file, write_file  # noqa: E402
-
-DB_NAME = "results.sqlite"
 
 # one colour per outcome: (HTML text, HTML background, terminal style, plot)
 COLOURS = {
@@ -284,7 +282,7 @@ def _verdict_class(v) -> str:
     return v.decision.outcome if v.decision else ""
 
 
-def study_html(s: StudyStats, spec: dict, command: str, plots: list[tuple[Path, str]]) -> str:
+def study_html(s: StudyStats, spec: StudySpec, command: str, plots: list[tuple[Path, str]]) -> str:
     h = [
         f'<h2 id="{html.escape(s.study)}-{html.escape(s.dataset)}">{html.escape(s.study)} on '
         f"{html.escape(s.dataset)}</h2>"
@@ -326,44 +324,13 @@ def _legend() -> str:
     return ", ".join(spans[:-1]) + " or " + spans[-1]
 
 
-@dataclass
-class LabFindings:
-    """What a lab's database says, read and checked in full before anything is drawn: its recorded sessions, and
-    per study its statistics, stored spec, stored command and the per-variant signal at init (if recorded)."""
-
-    sessions: list[dict]
-    studies: list[tuple[StudyStats, dict, str, dict[str, dict]]]
-
-
 def db_files(lab_dir: Path) -> list[Path]:
     """The lab's database and the journals SQLite keeps beside it: inputs no output may replace."""
     db = lab_dir / DB_NAME
     return [db, *(db.with_name(DB_NAME + s) for s in ("-wal", "-shm", "-journal"))]
 
 
-def read_lab(lab_dir: str | Path) -> LabFindings:
-    """Read and analyse every study of ``lab_dir``'s database, opened read-only (one-line errors: StoreError)."""
-    lab_dir = Path(lab_dir)
-    db = lab_dir / DB_NAME
-    if not os.path.lexists(db):
-        raise TrickLabError(f"{str(lab_dir)!r} holds no lab results ({DB_NAME} not found); run `tricklab lab` first")
-    with Store(db, readonly=True) as store:
-        sessions = store.sessions()
-        studies = []
-        for study, dataset, spec, command in store.studies():
-            rows = [r for r in store.rows(study, dataset) if r.variant in spec["variants"]]
-            signals = {}
-            if spec.get("init_signal"):
-                for v in spec["variants"]:
-                    row = next((r for r in rows if r.variant == v), None)
-                    sig = store.signal(study, v, dataset, row.config_hash) if row else None
-                    if sig:
-                        signals[v] = sig
-            studies.append((analyse(study, dataset, spec, rows), spec, command, signals))
-    return LabFindings(sessions, studies)
-
-
-def check_not_emptied(found: LabFindings, lab_dir: Path, page: Path) -> None:
+def check_not_emptied(found: LabResults, lab_dir: Path, page: Path) -> None:
     """Refuse to replace an existing report with an empty one: a database without a single study beside a
     report that exists is far more likely emptied by accident than a lab that never ran a study."""
     if not found.studies and os.path.lexists(page):
@@ -389,14 +356,15 @@ def build_report(lab_dir: str | Path, console=None, *, out_dir: str | Path | Non
     """
     lab_dir = Path(lab_dir)
     out_dir = Path(out_dir) if out_dir is not None else lab_dir
-    found = read_lab(lab_dir)
+    found = results(lab_dir)
     out = out_dir / "report.html"
     inputs = db_files(lab_dir)
     check_target(out, HTML_REPORT, force=force, inputs=inputs)
     check_not_emptied(found, lab_dir, out)
     plots_dir = out_dir / "plots"
     planned = []
-    for s, spec, command, signals in found.studies:
+    for r in found.studies:
+        s, spec, command, signals = r.stats, r.spec, r.command, r.signals
         stem = plot_stem(s.study, s.dataset)
         draws = [
             (lambda p, s=s: plot_curves(s, p), plots_dir / f"{stem}-curves.png", f"{s.study} validation curves"),
@@ -420,7 +388,7 @@ def build_report(lab_dir: str | Path, console=None, *, out_dir: str | Path | Non
     toc = "".join(
         f'<li><a href="#{html.escape(s.study)}-{html.escape(s.dataset)}">{html.escape(s.study)} on '
         f"{html.escape(s.dataset)}</a></li>"
-        for s, *_ in found.studies
+        for s in (r.stats for r in found.studies)
     )
     page = (
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>tricklab lab report</title><style>{CSS}</style>"
@@ -432,7 +400,7 @@ def build_report(lab_dir: str | Path, console=None, *, out_dir: str | Path | Non
     )
     write_file(out, page, HTML_REPORT, force=force, inputs=inputs)
     if console is not None:
-        for s, *_ in found.studies:
+        for s in (r.stats for r in found.studies):
             console.print(rich_table(s))
             for v in s.variants:
                 if v.decision:

@@ -27,6 +27,7 @@ from urllib.parse import quote
 from tricklab import outputs
 from tricklab.errors import TrickLabError
 from tricklab.lab.analysis import StudyStats
+from tricklab.lab.results import results
 from tricklab.lab.stats import ALPHA, BETTER, EQUIVALENT, WORSE
 from tricklab.outputs import MARKDOWN, PNG
 from tricklab.report.lab_report import (
@@ -38,7 +39,6 @@ from tricklab.report.lab_report import (
     plot_curves,
     plot_signal,
     plot_stem,
-    read_lab,
     rule,
     table_rows,
 )
@@ -64,10 +64,10 @@ def build_markdown(
     lab_dir, out = Path(lab_dir), Path(out_file)
     inputs = [*db_files(lab_dir), *inputs]
     check_target(out, force=force, inputs=inputs)
-    found = read_lab(lab_dir)
+    found = results(lab_dir)
     check_not_emptied(found, lab_dir, out)
     plots_dir = out.parent / f"{out.stem}-plots"
-    planned = [_plots(s, signals, plots_dir) for s, _, _, signals in found.studies]
+    planned = [_plots(r.stats, r.signals, plots_dir) for r in found.studies]
     for plots in planned:
         for _, path, _ in plots:
             outputs.check_target(path, PNG, force=force, inputs=inputs)
@@ -77,7 +77,7 @@ def build_markdown(
     ]
     _remove_stale(plots_dir, {p.name for plots in drawn for p, _ in plots})
     text = render(
-        found.sessions, [(s, spec, cmd, plots) for (s, spec, cmd, _), plots in zip(found.studies, drawn, strict=True)]
+        found.sessions, [(r.stats, r.spec, r.command, plots) for r, plots in zip(found.studies, drawn, strict=True)]
     )
     return outputs.write_file(out, text, MARKDOWN, force=force, inputs=inputs)
 
