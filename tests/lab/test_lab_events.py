@@ -48,10 +48,15 @@ def test_in_process_reports_typed_events_in_order():
     events = []
     with InProcess(1, fake) as pool:
         pool.run([Task(("a",), {"model": {"width": 8}}), Task(("b",), {"model": {"width": 10}})], events.append)
-    assert [type(e) for e in events] == [RunStarted, RunDone, RunStarted, RunFailed]
-    assert [e.kind for e in events] == ["start", "done", "start", "failed"]  # the names code may match on
-    assert events[1].metrics["test_acc"] == pytest.approx(0.8) and len(events[1].config_hash) == 16
-    assert events[3].error == "RuntimeError: this variant always fails" and "Traceback" in events[3].detail
+    # each run starts, then ends, before the next starts; which of the two runs goes first is the pool's choice
+    by_run = {e.key: [x for x in events if x.key == e.key] for e in events}
+    assert [type(e) for e in by_run[("a",)]] == [RunStarted, RunDone], events
+    assert [type(e) for e in by_run[("b",)]] == [RunStarted, RunFailed], events
+    assert events[0].key == events[1].key and events[2].key == events[3].key  # one run at a time in one process
+    assert [e.kind for e in by_run[("a",)] + by_run[("b",)]] == ["start", "done", "start", "failed"]  # names matched on
+    done, failed = by_run[("a",)][1], by_run[("b",)][1]
+    assert done.metrics["test_acc"] == pytest.approx(0.8) and len(done.config_hash) == 16
+    assert failed.error == "RuntimeError: this variant always fails" and "Traceback" in failed.detail
 
 
 def test_a_lab_hands_its_progress_frozen_counts_that_follow_its_events(tmp_path):

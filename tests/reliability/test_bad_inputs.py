@@ -120,7 +120,7 @@ CASES = [
     ("resume_config_typo", ["--resume", "run"], the_run(write("run/config.yaml", "model:\n  widht: 8\n")),
      ["config.yaml is invalid", "did you mean 'model.width'?"]),
     ("resume_no_value", ["--resume"], None, ["--resume", "expected one argument"]),
-    ("unknown_argument", ["--epochs", "3"], None, ["unrecognized arguments: --epochs 3"]),
+    ("unknown_argument", ["--learning-rate", "3"], None, ["unrecognized arguments: --learning-rate 3"]),
     # --- data files ---
     ("data_folder_without_files", ["--set", "data.name=mnist"], write("cache/mnist/README", "no data here"),
      ["mnist: train-images-idx3-ubyte.gz is not in", "could not be downloaded", DEAD, "point data.dir"]),

@@ -690,14 +690,15 @@ TABLE_KEYS = ("variant", "seeds", "test_acc_mean", "ci_lo", "ci_hi", "delta", "d
 
 
 def lab_tables(findings: Any) -> list[dict[str, Any]]:
-    """Each study of a lab (:func:`tricklab.report.lab_report.read_lab`) as its printed table (``columns``, ``rows``)
+    """Each study of a lab (:func:`tricklab.lab.results.results`) as its printed table (``columns``, ``rows``)
     and as numbers per variant (``records``: mean test accuracy and its 95% CI, Δ against the baseline with its CI,
     p (Holm-adjusted when the study decided it) and the outcome)."""
     from tricklab.lab.analysis import TEST_ACC
     from tricklab.report.lab_report import COLUMNS, outcome_label, table_rows
 
     out = []
-    for s, _spec, _command, _signals in findings.studies:
+    for study in findings.studies:
+        s = study.stats
         records = []
         for v in s.variants:
             acc = v.intervals[TEST_ACC]
@@ -735,14 +736,14 @@ def log_lab(names: Iterable[str], lab_dir: str | Path) -> None:
     The runs come from the lab's database, so runs a rerun skipped as already done are logged too. A logger that
     fails warns once and the others go on (the lab's results are already safe in its database).
     """
+    from tricklab.lab.results import DB_NAME, results
     from tricklab.lab.store import Store
-    from tricklab.report.lab_report import DB_NAME, read_lab
 
     group = Loggers(names)
     if not group:
         return
     lab_dir = Path(lab_dir)
-    findings = read_lab(lab_dir)
+    findings = results(lab_dir)
     with Store(lab_dir / DB_NAME, readonly=True) as store:
         runs = [r for r in store.rows() if r.status == "done"]
     for lg in group.loggers:
