@@ -200,15 +200,16 @@ def done(s: Setup, model: nn.Module, doctor, task: str = "classify") -> dict[str
         metric = "r2"
     else:
         score, metric = (out.argmax(1) == s.yv).float().mean().item(), "acc"
-    names, steps, error = [], {}, None
+    names, steps, causes, error = [], {}, {}, None
     try:
         for v in doctor.verdicts():
             names.append(v.name)
             steps[v.name] = first_step(v)
+            causes[v.name] = getattr(v, "cause", None)  # the verdict that explains this one, where the doctor says
     except Exception as e:  # noqa: BLE001  the doctor failing at the end of a loop is a result too
         error = f"{type(e).__name__}: {e}"
-    return {"verdicts": names, "first_steps": steps, "error": error, "score": score, "metric": metric,
-            "doctor_steps": doctor.steps}  # fmt: skip
+    return {"verdicts": names, "first_steps": steps, "causes": causes, "error": error, "score": score,
+            "metric": metric, "doctor_steps": doctor.steps}  # fmt: skip
 
 
 def digit_value(y: torch.Tensor) -> torch.Tensor:
@@ -851,7 +852,7 @@ def run_case(case: Case, seed: int, bug: bool, steps: int = 200) -> dict[str, An
     try:
         out = case.loop(s, bug)
     except Exception as e:  # noqa: BLE001  a loop that crashes is a result too: recorded, not hidden
-        out = {"verdicts": [], "first_steps": {}, "error": f"{type(e).__name__}: {e}", "score": None,
+        out = {"verdicts": [], "first_steps": {}, "causes": {}, "error": f"{type(e).__name__}: {e}", "score": None,
                "metric": None, "doctor_steps": None}  # fmt: skip
     names = out["verdicts"]
     rec = {"case": case.name, "role": "bug" if bug else "twin", "seed": seed, "data": case.data,
@@ -861,6 +862,8 @@ def run_case(case: Case, seed: int, bug: bool, steps: int = 200) -> dict[str, An
     rec["false_alarm"] = bool(not bug and names)
     hits = [out["first_steps"].get(n) for n in case.expected if n in names]
     rec["first_step"] = min((h for h in hits if h is not None), default=None)
+    # one cause, one fix: the expected cause named and every other verdict shown as its consequence
+    rec["alone"] = rec["named"] and all(n in case.expected or out["causes"].get(n) for n in names)
     return rec
 
 
@@ -884,7 +887,7 @@ def summarize(rows: list[dict[str, Any]], wall: float) -> str:
         by_case[r["case"]][r["role"]].append(r)
     cases = {c.name: c for c in ZOO}
     out = [f"{'case':<38} {'expected':<30} {'real':>4} {'runs':>4} {'named':>5} {'first':>5}  {'bug/twin score':<15} "
-           f"{'shows':<5} {'twin alarms':<11} other verdicts (bug runs)"]  # fmt: skip
+           f"{'shows':<5} {'twin alarms':<11} other verdicts in the bug runs (name<-cause: a consequence)"]  # fmt: skip
     steps_by_verdict: dict[str, list[int]] = defaultdict(list)
     not_shown = []
     for name, roles in by_case.items():
@@ -895,7 +898,12 @@ def summarize(rows: list[dict[str, Any]], wall: float) -> str:
             for v in case.expected:
                 if v in r["verdicts"] and r["first_steps"].get(v) is not None:
                     steps_by_verdict[v].append(r["first_steps"][v])
-        others = Counter(v for r in bugs for v in r["verdicts"] if v not in case.expected)
+        others = Counter(
+            v + (f"<-{r['causes'][v]}" if r["causes"].get(v) else "")
+            for r in bugs
+            for v in r["verdicts"]
+            if v not in case.expected
+        )
         errors = [r["error"] for r in bugs + twins if r["error"]]
         b = [r["score"] for r in bugs if r["score"] is not None]
         t = [r["score"] for r in twins if r["score"] is not None]
@@ -917,6 +925,8 @@ def summarize(rows: list[dict[str, Any]], wall: float) -> str:
     if bugs:
         n = sum(r["named"] for r in bugs)
         out.append(f"cause named in bug runs: {n}/{len(bugs)} = {n / len(bugs):.1%} (target ≥ {TARGETS['named']:.0%})")
+        alone = sum(r["alone"] for r in bugs)
+        out.append(f"... with every other verdict shown as its consequence (one cause, one fix): {alone}/{len(bugs)}")
         any_v = sum(bool(r["verdicts"]) for r in bugs)
         out.append(f"bug runs with any verdict at all: {any_v}/{len(bugs)} = {any_v / len(bugs):.1%}")
     if twins:

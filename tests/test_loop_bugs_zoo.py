@@ -64,13 +64,14 @@ def test_three_cases_run_and_give_well_formed_records(tmp_path, mnist_root):
         assert r["score"] is not None and math.isfinite(r["score"]), r  # the loop ran to its end
         assert r["metric"] == ("r2" if r["case"].startswith("mse") else "acc")
         assert isinstance(r["verdicts"], list) and all(isinstance(v, str) for v in r["verdicts"])
-        assert set(r["first_steps"]) == set(r["verdicts"])
+        assert set(r["first_steps"]) == set(r["verdicts"]) == set(r["causes"])
         assert r["first_step"] is None or isinstance(r["first_step"], int)
         assert r["error"] is None or isinstance(r["error"], str)
         assert 1 <= r["doctor_steps"] <= 5  # training-mode steps the doctor saw (fewer when the loop trains in eval)
         if r["role"] == "bug":
             assert r["expected"] and r["named"] == any(v in r["verdicts"] for v in r["expected"])
             assert r["false_alarm"] is False
+            assert r["alone"] is False or r["named"]
         else:
             assert r["expected"] == [] and r["named"] is False
             assert r["false_alarm"] == bool(r["verdicts"])
