@@ -765,15 +765,18 @@ ZOO: list[Case] = [
     # Two names: the loss re-made as a leaf cuts the graph (3) and leaves every gradient None (4), at once.
     _c("loss-rewrapped-m1d-mlp", ("step_changes_nothing", "gradient_cut"), M1, loss_rewrapped,
        "issue 21 item 4 (every gradient None): torch.tensor(loss.item(), requires_grad=True)"),
-    # 5 eval_mode_training
+    # 5 eval_mode_training. Neither case shows its bug by accuracy in 200 steps (measured over 3 seeds: 0.89 against
+    # the twin's 0.88 with dropout 0.5 switched off; 0.49 against 0.49 with batch norm on its running statistics):
+    # the harm of training without dropout or batch statistics comes later, as overfitting or drift, and the labels
+    # stay as set before running.
     _c("eval-after-validation-mnist-dropout", "eval_mode_training", M, eval_mode_after_validation,
        "https://github.com/ThilinaRajapakse/simpletransformers/issues/941 (model left in eval mode after the "
        "evaluation during training)", real=True, quick=True,
-       note="dropout off may cost no accuracy in 200 steps: see the measured gap"),
+       note="not worse than its twin in 200 steps (accuracy 0.89 against 0.88, 3 seeds)"),
     _c("eval-after-validation-m1d-bn", "eval_mode_training", M1, eval_mode_after_validation,
        "https://github.com/shubhamagarwal92/mmd/issues/14 (model.eval() in evaluate, model.train() never called "
        "again)", real=True, arch="mlp_bn", dropout=0.0,
-       note="batch norm on running statistics may cost no accuracy in 200 steps: see the measured gap"),
+       note="not worse than its twin in 200 steps (accuracy 0.49 against 0.49, 3 seeds)"),
     # 6 probabilities_to_loss
     _c("softmax-ce-mnist-mlp", "probabilities_to_loss", M, probabilities_to_ce,
        "https://discuss.pytorch.org/t/cross-entropy-loss-is-not-decreasing/43814 (softmax passed to "
@@ -787,6 +790,8 @@ ZOO: list[Case] = [
     _c("softmax-twice-mnist-logreg", "probabilities_to_loss", M, softmax_then_nll,
        "https://github.com/Lightning-Universe/lightning-bolts/issues/654 (LogisticRegression: "
        "nll_loss(log_softmax(softmax(linear(x)))))", real=True, lr=0.002),
+    # Not worse than its twin, by arithmetic (accuracy 0.39 against 0.39 over 3 seeds): kept because the issue and
+    # the contract name log_softmax before cross_entropy as this bug; it measures whether the doctor calls it.
     _c("log-softmax-ce-m1d-mlp", "probabilities_to_loss", M1, probabilities_to_ce,
        "https://github.com/bhanML/Co-teaching/issues/4 (log_softmax fed to cross_entropy); " + KARPATHY_TWEET,
        last="log_softmax",
@@ -856,7 +861,8 @@ def run_case(case: Case, seed: int, bug: bool, steps: int = 200) -> dict[str, An
                "metric": None, "doctor_steps": None}  # fmt: skip
     names = out["verdicts"]
     rec = {"case": case.name, "role": "bug" if bug else "twin", "seed": seed, "data": case.data,
-           "expected": list(case.expected) if bug else [], "real": case.real, "source": case.source, **out,
+           "expected": list(case.expected) if bug else [], "real": case.real, "source": case.source,
+           "note": case.note, **out,
            "wall_s": time.perf_counter() - start}  # fmt: skip
     rec["named"] = bool(bug and any(n in names for n in case.expected))
     rec["false_alarm"] = bool(not bug and names)
@@ -960,7 +966,8 @@ def main(argv: list[str] | None = None) -> None:
         p.error(f"--seeds {args.seeds} / --steps {args.steps}: both must be at least 1")
     if args.list:
         for c in ZOO:
-            print(f"{c.name:<38} {'|'.join(c.expected):<40} {'real' if c.real else '    '} {c.source}")
+            note = f" [{c.note}]" if c.note else ""
+            print(f"{c.name:<38} {'|'.join(c.expected):<40} {'real' if c.real else '    '} {c.source}{note}")
         return
     torch.set_num_threads(1)
     cases = select(args.cases) if args.cases else [c for c in ZOO if c.quick] if args.quick else ZOO
