@@ -953,6 +953,20 @@ def summarize(rows: list[dict[str, Any]], wall: float) -> str:
     return "\n".join(out)
 
 
+def totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The figures of the issue's targets, for the JSON: causes named, false alarms, median first step per verdict."""
+    bugs = [r for r in rows if r["role"] == "bug"]
+    twins = [r for r in rows if r["role"] == "twin"]
+    steps: dict[str, list[int]] = defaultdict(list)
+    for r in bugs:
+        for v in r["expected"]:
+            if v in r["verdicts"] and r["first_steps"].get(v) is not None:
+                steps[v].append(r["first_steps"][v])
+    return {"bug_runs": len(bugs), "named": sum(r["named"] for r in bugs), "alone": sum(r["alone"] for r in bugs),
+            "twin_runs": len(twins), "false_alarms": sum(r["false_alarm"] for r in twins),
+            "median_first_step": {v: statistics.median(steps[v]) if steps[v] else None for v in LOOP_BUGS}}  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=3, help="seeds per case (default 3)")
@@ -988,7 +1002,7 @@ def main(argv: list[str] | None = None) -> None:
     print(summarize(rows, wall))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"rows": rows, "wall_s": wall, "args": vars(args)}, f, indent=1)
+            json.dump({"totals": totals(rows), "rows": rows, "wall_s": wall, "args": vars(args)}, f, indent=1)
     sys.stdout.flush()
 
 

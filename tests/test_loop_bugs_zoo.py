@@ -57,7 +57,11 @@ def test_three_cases_run_and_give_well_formed_records(tmp_path, mnist_root):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "cause named in bug runs:" in proc.stdout and "false alarms on healthy twins:" in proc.stdout
-    rows = json.loads(out.read_text())["rows"]
+    saved = json.loads(out.read_text())
+    rows = saved["rows"]
+    assert saved["totals"]["bug_runs"] == saved["totals"]["twin_runs"] == len(CASES)
+    assert saved["totals"]["named"] == sum(r["named"] for r in rows)
+    assert saved["totals"]["false_alarms"] == sum(r["false_alarm"] for r in rows)
     assert sorted((r["case"], r["role"]) for r in rows) == sorted((c, role) for c in CASES for role in ("bug", "twin"))
     for r in rows:
         assert r["seed"] == 0
