@@ -879,7 +879,7 @@ def select(pattern: str) -> list[Case]:
     chosen = [c for c in ZOO if any(fnmatch.fnmatch(c.name, p if any(ch in p for ch in "*?[") else f"*{p}*")
                                     for p in pats)]  # fmt: skip
     if not chosen:
-        raise SystemExit(f"error: --cases {pattern!r} matches no case; the cases are: {', '.join(c.name for c in ZOO)}")
+        raise ValueError(f"--cases {pattern!r} matches no case; the cases are: {', '.join(c.name for c in ZOO)}")
     return chosen
 
 
@@ -984,7 +984,10 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{c.name:<38} {'|'.join(c.expected):<40} {'real' if c.real else '    '} {c.source}{note}")
         return
     torch.set_num_threads(1)
-    cases = select(args.cases) if args.cases else [c for c in ZOO if c.quick] if args.quick else ZOO
+    try:
+        cases = select(args.cases) if args.cases else [c for c in ZOO if c.quick] if args.quick else ZOO
+    except ValueError as e:
+        p.error(str(e))
     seeds = range(1 if args.quick else args.seeds)
     start = time.perf_counter()
     rows = []

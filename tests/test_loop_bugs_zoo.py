@@ -42,7 +42,7 @@ def test_case_patterns_select_by_glob_or_substring_and_refuse_no_match():
     zoo = _zoo_module()
     assert [c.name for c in zoo.select("softmax-ce*")] == ["softmax-ce-mnist-mlp", "softmax-ce-m1d-cnn"]
     assert {c.name for c in zoo.select("mse")} == {"mse-broadcast-mnist-mlp", "mse-broadcast-m1d-cnn"}
-    with pytest.raises(SystemExit, match="matches no case"):
+    with pytest.raises(ValueError, match="matches no case"):
         zoo.select("no-such-case")
 
 
