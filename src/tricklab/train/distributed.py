@@ -150,12 +150,11 @@ def leave_process(code: int | None) -> None:
     """End a torchrun worker that has left its process group: flush, then exit with ``code`` at once.
 
     Why not the interpreter's own teardown: once ``DistributedDataParallel`` has wrapped a model, torch keeps the
-    gloo process group alive after :func:`~torch.distributed.destroy_process_group` (its worker threads run on;
-    measured on torch 2.13: 10 references to the group remain after the wrapper is gone, the two
-    ``pt_gloo_runloop`` threads and ``gloo_tcp_loop`` stay). Those threads meet the interpreter's teardown, and
-    now and then the process aborts there ("terminate called without an active exception", SIGABRT, raised on a
-    thread that is not Python's while the main thread has no Python frame left) after its work is done and
-    written: once in CI, and 2 times in 230 two-process runs on this 2-core machine under load. ``os._exit``
+    gloo process group alive after :func:`~torch.distributed.destroy_process_group`: references to the group
+    remain after the wrapper is gone, and its ``pt_gloo_runloop`` and ``gloo_tcp_loop`` threads stay. Those threads
+    meet the interpreter's teardown, and now and then the process aborts there ("terminate called without an active
+    exception", SIGABRT, on a thread that is not Python's) after its work is done and written (how often it was
+    seen is in the git history of this function). ``os._exit``
     skips that teardown. Returns (does nothing) in a process that did not join a group through :func:`session`.
     """
     if not _left_group:
