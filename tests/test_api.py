@@ -24,7 +24,7 @@ def test_every_public_name_resolves_and_import_stays_light():
 
 
 def test_fit_and_evaluate_are_the_loop_s():
-    from tricklab.train.loop import evaluate, fit
+    from tricklab.engine.loop import evaluate, fit
 
     assert tricklab.fit is fit and tricklab.evaluate is evaluate
 

@@ -22,8 +22,8 @@ __version__ = "0.1.0"
 
 #: Public name → module it lives in.
 _EXPORTS = {
-    "fit": "tricklab.train.loop",
-    "evaluate": "tricklab.train.loop",
+    "fit": "tricklab.engine.loop",
+    "evaluate": "tricklab.engine.loop",
     "run": "tricklab.api",
     "diagnose": "tricklab.api",
     "run_lab": "tricklab.api",
@@ -36,7 +36,7 @@ _EXPORTS = {
     "allow_modules": "tricklab.plugins",
     "as_config": "tricklab.api",
     "LabResult": "tricklab.api",
-    "RunResult": "tricklab.train.run",
+    "RunResult": "tricklab.runner",
     "DoctorResult": "tricklab.diagnostics.doctor",
     "Doctor": "tricklab.diagnostics.anywhere",
     "preflight": "tricklab.diagnostics.preflight",

@@ -1,6 +1,6 @@
 """The public functions behind ``import tricklab``: run a config, diagnose any model, run a lab, register plugins.
 
-Each is a thin door onto the same code the CLI runs (:mod:`tricklab.assembly`, :mod:`tricklab.train.run`,
+Each is a thin door onto the same code the CLI runs (:mod:`tricklab.assembly`, :mod:`tricklab.runner`,
 :mod:`tricklab.diagnostics.doctor`, :mod:`tricklab.lab`); bad input raises :class:`tricklab.ConfigError` or
 :class:`tricklab.TrickLabError` with the same one-line messages the CLI prints.
 """
@@ -68,12 +68,12 @@ def run(
     callbacks: Iterable[Any] = (),
     progress: bool = False,
 ):
-    """Train a whole config as ``tricklab train`` does; return a :class:`~tricklab.train.run.RunResult`
+    """Train a whole config as ``tricklab train`` does; return a :class:`~tricklab.runner.RunResult`
     (``history``, ``metrics``, ``run_dir``, ``model``).
 
     ``config``: a ``Config``, a mapping (``{"model": {"name": "cnn"}}`` or dotted keys), a YAML path or None.
     ``write=False`` keeps everything in memory (no run directory). ``progress``: one line per epoch. A run
-    that stops on NaN/Inf or blows up raises (:class:`~tricklab.train.loop.NonFiniteError`, ``DivergedError``
+    that stops on NaN/Inf or blows up raises (:class:`~tricklab.engine.loop.NonFiniteError`, ``DivergedError``
     with the result attached), as ``tricklab train`` exits 3.
 
     Example::
@@ -81,7 +81,7 @@ def run(
         result = tricklab.run({"data.name": "mnist1d", "train.epochs": 2}, write=False)
         print(result.metrics["test_acc"], result.history[-1]["val_acc"])
     """
-    from tricklab.train.run import run as run_config
+    from tricklab.runner import run as run_config
 
     if out is not None and not isinstance(out, str | os.PathLike):
         raise wrong_type("out", out, "a run directory's path (str or os.PathLike) or None")

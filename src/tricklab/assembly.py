@@ -19,12 +19,12 @@ import torch
 
 from tricklab.config import Config, callback_factory, dataset_loader, model_factory
 from tricklab.data import Splits, TensorBatches, as_raw_dataset, data_root, split_and_scale
+from tricklab.engine.placement import nbytes
+from tricklab.engine.precision import Precision
+from tricklab.engine.seed import resolve_device, seed_everything, set_threads
 from tricklab.errors import ConfigError, TrickLabError
 from tricklab.events import Callback
 from tricklab.memory import check_built_model, check_training_memory
-from tricklab.train.placement import nbytes
-from tricklab.train.precision import Precision
-from tricklab.train.seed import resolve_device, seed_everything, set_threads
 from tricklab.tricks.averaging import EMA, SWA
 from tricklab.tricks.clipping import GradClip
 from tricklab.tricks.early_stopping import EarlyStopping

@@ -39,10 +39,10 @@ from tricklab.data import Splits, TensorBatches, TensorData
 from tricklab.diagnostics.probes import Findings, ProbeCallback
 from tricklab.diagnostics.signal import SignalProfile, compare_inits
 from tricklab.diagnostics.verdicts import Verdict, diagnose, merge_prescriptions, settings_of
+from tricklab.engine.loop import check_trainable, fit
 from tricklab.errors import TrickLabError, wrong_type
 from tricklab.events import ORDER_STOP_AFTER, Callback, FitState
 from tricklab.outputs import atomic_write
-from tricklab.train.loop import check_trainable, fit
 
 #: Examples in the batch that measures signal propagation at init.
 SIGNAL_BATCH = 256
@@ -357,7 +357,7 @@ def diagnose_model(
     Your ``model`` and ``optimizer`` are not changed: the doctor trains deep copies of them.
     """
     from tricklab.diagnostics.probes import check_every
-    from tricklab.train.seed import seed_everything
+    from tricklab.engine.seed import seed_everything
     from tricklab.tricks.optimizers import build_optimizer as optimizer_by_name
 
     check_every(every)

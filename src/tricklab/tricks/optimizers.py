@@ -283,7 +283,7 @@ FUSABLE: dict[str, tuple[type, ...]] = {
 def _use_fused(opt: torch.optim.Optimizer, device_type: str) -> None:
     """Switch ``opt`` to torch's fused kernel when it has one on ``device_type`` (:data:`FUSABLE`): one kernel
     per step, and a ``found_inf`` flag that skips the update on the device (the NaN/Inf guard's deferred mode,
-    :class:`tricklab.train.guards.DeferredGuard`)."""
+    :class:`tricklab.engine.guards.DeferredGuard`)."""
     if type(opt) not in FUSABLE.get(device_type, ()):
         return
     for group in opt.param_groups:
