@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tricklab.config import Config, callback_factory, dataset_loader, model_factory
+from tricklab.config import Config
 from tricklab.data import Splits, TensorBatches, as_raw_dataset, data_root, split_and_scale
 from tricklab.engine.placement import nbytes
 from tricklab.engine.precision import Precision
@@ -42,9 +42,8 @@ CHECK_BATCH = 2
 def load_data(cfg: Config) -> Splits:
     """The config's dataset (built-in, registered or an import path), split and scaled."""
     d = cfg.data
-    loader = dataset_loader(d.name)
     try:
-        raw = loader(**d.loader_kwargs(data_root(d.dir)))
+        raw = d.loader(**d.loader_kwargs(data_root(d.dir)))
     except TrickLabError:
         raise
     except Exception as e:  # a plugin's own failure: say whose, in one line
@@ -66,7 +65,7 @@ def build_model(cfg: Config, splits: Splits, seed: int) -> tuple[torch.nn.Module
     generator = seed_everything(seed)
     name = cfg.model.name
     try:
-        model = model_factory(name)(tuple(info.input_shape), info.num_classes, **cfg.model.factory_kwargs())
+        model = cfg.model.factory(tuple(info.input_shape), info.num_classes, **cfg.model.factory_kwargs())
     except TrickLabError:
         raise
     except Exception as e:
@@ -184,7 +183,7 @@ def outside_callbacks(cfg: Config) -> list[Callback]:
     out: list[Callback] = []
     for i, spec in enumerate(cfg.callbacks):
         try:
-            cb = callback_factory(spec.name)(**spec.kwargs)
+            cb = spec.factory(**spec.kwargs)
         except TrickLabError:
             raise
         except Exception as e:

@@ -16,11 +16,23 @@ import json
 import math
 import os
 import stat
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from tricklab import plugins
 from tricklab.data import DATASETS
@@ -58,8 +70,42 @@ def _name_in(registry: Registry, value: str) -> str:
     return value
 
 
+#: The names resolved so far in the validation under way, ``(family, name) → object`` (None: no validation).
+_RESOLVED: ContextVar[dict[tuple[str, str], Any] | None] = ContextVar("tricklab_resolved", default=None)
+
+
+@contextmanager
+def _one_resolution(known: dict[tuple[str, str], Any] | None = None) -> Iterator[None]:
+    """Within the ``with`` block (one validation), each name resolves once: the section validators that read the
+    same ``model.name`` (its defaults, its signature, ``init.scheme``'s default) share one lookup. ``known``: the
+    objects a config already resolved, so that a copy of it with other overrides does not resolve them again."""
+    if _RESOLVED.get() is not None:
+        yield
+        return
+    token = _RESOLVED.set(dict(known or {}))
+    try:
+        yield
+    finally:
+        _RESOLVED.reset(token)
+
+
+def _resolve(registry: Registry, family: str, name: str, key: str) -> Callable:
+    """The callable called ``name`` (see :func:`tricklab.plugins.resolve`), looked up once per validation."""
+    memo = _RESOLVED.get()
+    if memo is not None and (family, name) in memo:
+        return memo[(family, name)]
+    found = plugins.check_callable(plugins.resolve(registry, family, name, key), key, name)
+    if memo is not None:
+        memo[(family, name)] = found
+    return found
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def __init__(self, **data: Any) -> None:
+        with _one_resolution():  # a section built directly (``ModelConfig(name=...)``) resolves its name once too
+            super().__init__(**data)
 
     @field_validator("*", mode="before")
     @classmethod
@@ -101,10 +147,11 @@ class DataConfig(Section):
     subset: int | None = Field(None, gt=0)  # use only this many training examples
 
     _scale = field_validator("scale")(lambda v: _name_in(SCALINGS, v))
+    _loader_fn: Callable | None = PrivateAttr(None)  # what data.name resolved to when validated
 
     @model_validator(mode="after")
     def _loader(self) -> DataConfig:
-        loader = dataset_loader(self.name)
+        loader = self._loader_fn = dataset_loader(self.name)
         plugins.json_plain(self.kwargs, "data.kwargs")
         if self.path is not None and not plugins.accepts(loader, "path"):
             raise ConfigError("data.path", self.path, f"dataset {self.name!r} reads no file; leave data.path unset")
@@ -118,9 +165,14 @@ class DataConfig(Section):
         plugins.check_call(loader, (), kwargs, "data.kwargs", _label(self.name), self.kwargs)
         return self
 
+    @property
+    def loader(self) -> Callable:
+        """The dataset loader ``name`` resolved to when this section was validated (never looked up again)."""
+        return _resolved(self._loader_fn, "data.name")
+
     def loader_kwargs(self, root: Any) -> dict[str, Any]:
         """The keyword arguments the loader is called with: ``root`` and ``path`` where it takes them, ``kwargs``."""
-        loader = dataset_loader(self.name)
+        loader = self.loader
         kwargs = dict(self.kwargs)
         if self.path is not None:
             kwargs["path"] = self.path
@@ -129,14 +181,22 @@ class DataConfig(Section):
         return kwargs
 
 
-def dataset_loader(name: str):
-    """The loader of dataset ``name`` (registered or an import path), checked to be callable."""
-    return plugins.check_callable(plugins.resolve(DATASETS, "datasets", name, "data.name"), "data.name", name)
+def _resolved(found: Callable | None, key: str) -> Callable:
+    if found is None:  # only a section made without validation (model_construct) lacks it
+        raise TrickLabError(f"{key}: this config section was not validated; build it with tricklab.config.validate")
+    return found
 
 
-def model_factory(name: str):
-    """The factory of model ``name`` (registered or an import path), checked to be callable."""
-    return plugins.check_callable(plugins.resolve(MODELS, "models", name, "model.name"), "model.name", name)
+def dataset_loader(name: str) -> Callable:
+    """The loader of dataset ``name`` (registered or an import path), checked to be callable. A validated config
+    holds it already (:attr:`DataConfig.loader`)."""
+    return _resolve(DATASETS, "datasets", name, "data.name")
+
+
+def model_factory(name: str) -> Callable:
+    """The factory of model ``name`` (registered or an import path), checked to be callable. A validated config
+    holds it already (:attr:`ModelConfig.factory`)."""
+    return _resolve(MODELS, "models", name, "model.name")
 
 
 def is_builtin_model(name: object) -> bool:
@@ -175,6 +235,7 @@ class ModelConfig(Section):
 
     _act = field_validator("activation")(lambda v: v if v is None else _name_in(ACTIVATIONS, v))
     _norm = field_validator("norm")(lambda v: v if v is None else _name_in(NORMS, v))
+    _factory: Callable | None = PrivateAttr(None)  # what model.name resolved to when validated
 
     @model_validator(mode="before")
     @classmethod
@@ -188,7 +249,7 @@ class ModelConfig(Section):
 
     @model_validator(mode="after")
     def _check_factory(self) -> ModelConfig:
-        factory = model_factory(self.name)
+        factory = self._factory = model_factory(self.name)
         plugins.json_plain(self.kwargs, "model.kwargs")
         for key in MODEL_SHAPE:
             value = getattr(self, key)
@@ -204,6 +265,11 @@ class ModelConfig(Section):
                 raise ConfigError(f"model.kwargs.{key}", self.kwargs[key], f"set model.{key} instead")
         plugins.check_call(factory, ((1,), 2), self.factory_kwargs(), "model.kwargs", _label(self.name), self.kwargs)
         return self
+
+    @property
+    def factory(self) -> Callable:
+        """The model factory ``name`` resolved to when this section was validated (never looked up again)."""
+        return _resolved(self._factory, "model.name")
 
     def factory_kwargs(self) -> dict[str, Any]:
         """The keyword arguments the model factory is called with: the shape keys set, and ``kwargs``."""
@@ -223,19 +289,25 @@ class CallbackSpec(Section):
 
     name: str
     kwargs: dict[str, Any] = {}
+    _factory: Callable | None = PrivateAttr(None)  # what name resolved to when validated
 
     @model_validator(mode="after")
     def _check(self) -> CallbackSpec:
-        factory = callback_factory(self.name)
+        factory = self._factory = callback_factory(self.name)
         plugins.json_plain(self.kwargs, "callbacks.kwargs")
         plugins.check_call(factory, (), self.kwargs, "callbacks.kwargs", _label(self.name))
         return self
 
+    @property
+    def factory(self) -> Callable:
+        """The callback factory ``name`` resolved to when this spec was validated (never looked up again)."""
+        return _resolved(self._factory, "callbacks.name")
 
-def callback_factory(name: str):
-    """The factory of callback ``name`` (registered or an import path), checked to be callable."""
-    found = plugins.resolve(CALLBACKS, "callbacks", name, "callbacks.name")
-    return plugins.check_callable(found, "callbacks.name", name)
+
+def callback_factory(name: str) -> Callable:
+    """The factory of callback ``name`` (registered or an import path), checked to be callable. A validated config
+    holds it already (:attr:`CallbackSpec.factory`)."""
+    return _resolve(CALLBACKS, "callbacks", name, "callbacks.name")
 
 
 class OptimConfig(Section):
@@ -444,13 +516,19 @@ class Config(Section):
             _set_path(data, key, value)
         model = data.get("model")
         if isinstance(model, dict) and model.get("name") != self.model.name:
-            old, given = plugins.keyword_defaults(model_factory(self.model.name)), {k for k, _ in pairs}
+            old, given = plugins.keyword_defaults(self.model.factory), {k for k, _ in pairs}
             data["model"] = {
                 k: v
                 for k, v in model.items()
                 if f"model.{k}" in given or not (k in MODEL_SHAPE and (v is None or k in old and v == old[k]))
             }
-        return validate(data)
+        return validate(data, like=self)
+
+    def resolved(self) -> dict[tuple[str, str], Callable]:
+        """``(family, name) → object`` of every name this config resolved when it was validated."""
+        out = {("datasets", self.data.name): self.data.loader, ("models", self.model.name): self.model.factory}
+        out.update({("callbacks", c.name): c.factory for c in self.callbacks})
+        return out
 
 
 _ALLOWED = {
@@ -566,14 +644,21 @@ def _non_string_key(loc: tuple, bad: Any, data: Any) -> ConfigError:
     return ConfigError(key, value, f"a key must be a name, but YAML read {spelled} as {kind} (quote it){valid}")
 
 
-def validate(data: Any) -> Config:
-    """Build a :class:`Config` from a plain mapping, raising a one-line :class:`ConfigError`."""
+def validate(data: Any, like: Config | None = None) -> Config:
+    """Build a :class:`Config` from a plain mapping, raising a one-line :class:`ConfigError`.
+
+    Each name (``data.name``, ``model.name``, each callback's) is resolved once, here, and the config carries
+    the objects (:attr:`DataConfig.loader`, :attr:`ModelConfig.factory`, :attr:`CallbackSpec.factory`): what
+    builds the run never looks a name up again. ``like``: a validated config whose resolved names are reused
+    where ``data`` names the same ones (a copy of it with overrides).
+    """
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise TrickLabError(f"config must be a mapping of sections, got {type(data).__name__}")
     try:
-        return Config.model_validate(data)
+        with _one_resolution(like.resolved() if like is not None else None):
+            return Config.model_validate(data)
     except ValidationError as err:
         raise _one_line(err, data) from None
     except ConfigError as err:  # cross-field checks name their key themselves
