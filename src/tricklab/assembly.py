@@ -25,13 +25,9 @@ from tricklab.engine.seed import resolve_device, seed_everything, set_threads
 from tricklab.errors import ConfigError, TrickLabError
 from tricklab.events import Callback
 from tricklab.memory import check_built_model, check_training_memory
-from tricklab.tricks.averaging import EMA, SWA
-from tricklab.tricks.clipping import GradClip
-from tricklab.tricks.early_stopping import EarlyStopping
+from tricklab.tricks.family import TRICKS, BuildContext
 from tricklab.tricks.init import apply_init
 from tricklab.tricks.optimizers import build_optimizer as optimizer_by_name
-from tricklab.tricks.regularization import L1Penalty
-from tricklab.tricks.schedules import LRSchedule
 
 #: Training examples LSUV calibrates on.
 LSUV_BATCH = 256
@@ -142,40 +138,31 @@ def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimize
     return optimizer_factory(cfg)(model, cfg.optim.lr)
 
 
+def _context(cfg: Config, splits: Splits | None) -> BuildContext:
+    def train_batches() -> TensorBatches:
+        if splits is None:
+            raise TrickLabError("this trick needs the training data: build it with build_callbacks(cfg, splits)")
+        return TensorBatches(splits.train.x, splits.train.y, cfg.data.batch_size, merge_single=True)
+
+    return BuildContext(train_batches)
+
+
+def family_callbacks(cfg: Config, splits: Splits | None, every_step: bool = False) -> list[Callback]:
+    """The callbacks of every trick family (:data:`tricklab.tricks.family.TRICKS`) the config sets, in the families'
+    order; ``every_step``: only those that act on every step's gradients."""
+    ctx = _context(cfg, splits)
+    return [cb for f in TRICKS.entries() if f.obj.every_step or not every_step for cb in f.obj.callbacks(cfg, ctx)]
+
+
 def step_callbacks(cfg: Config) -> list[Callback]:
     """The tricks that act on every step's gradients (L1, clipping): all a short probed run needs."""
-    cbs: list[Callback] = []
-    if cfg.optim.l1 > 0:
-        cbs.append(L1Penalty(cfg.optim.l1))
-    if cfg.clip.mode != "none":
-        cbs.append(GradClip(cfg.clip.mode, cfg.clip.threshold))
-    return cbs
+    return family_callbacks(cfg, None, every_step=True)
 
 
 def build_callbacks(cfg: Config, splits: Splits) -> list[Callback]:
     """Every trick callback the config asks for, then its outside ``callbacks`` (each one's ``order`` fixes
     when it runs)."""
-    cbs = step_callbacks(cfg)
-    s = cfg.schedule
-    if s.name != "constant":
-        opts = dict(
-            warmup_epochs=s.warmup_epochs, min_lr=s.min_lr, factor=s.factor, patience=s.patience, monitor=s.monitor
-        )
-        if s.gamma is not None:
-            opts["gamma"] = s.gamma
-        if s.step_size is not None:
-            opts["step_size"] = s.step_size
-        cbs.append(LRSchedule(s.name, **opts))
-    e = cfg.early_stopping
-    if e.enabled:
-        cbs.append(EarlyStopping(e.monitor, e.patience, e.min_delta, e.restore_best))
-    a = cfg.averaging
-    if a.ema is not None:
-        cbs.append(EMA(a.ema, warmup=a.ema_warmup))
-    if a.swa_start is not None:
-        bn = TensorBatches(splits.train.x, splits.train.y, cfg.data.batch_size, merge_single=True)  # no batch of 1
-        cbs.append(SWA(a.swa_start, bn_batches=bn, swa_lr=a.swa_lr))
-    return cbs + outside_callbacks(cfg)
+    return family_callbacks(cfg, splits) + outside_callbacks(cfg)
 
 
 def outside_callbacks(cfg: Config) -> list[Callback]:

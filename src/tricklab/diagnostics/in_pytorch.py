@@ -3,7 +3,9 @@
 A verdict prescribes config overrides (``{"init.scheme": "glorot_normal", "model.norm": "batch"}``), which a
 tricklab run applies with ``--set``; someone with a model and loop of their own needs the PyTorch lines that
 do the same. :data:`TRANSLATIONS` holds one translator per override key (a test enumerates every key the
-verdicts can prescribe and every registered value of it), and :func:`in_pytorch` applies them::
+verdicts can prescribe and every registered value of it): a trick family's keys come from its own module
+(:attr:`tricklab.tricks.family.TrickFamily.translations`), the model's and the init's are here. :func:`in_pytorch`
+applies them::
 
     in_pytorch({"clip.mode": "norm", "clip.threshold": 1.0, "optim.lr": 0.01}, settings={"optim.lr": 0.1})
     # {"clip.mode": "clip the gradient norm: `torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1)` ...",
@@ -26,7 +28,7 @@ from torch import nn
 from tricklab.diagnostics.probes import ACTIVATION_KINDS
 from tricklab.registry import Registry
 from tricklab.tricks.activations import ACTIVATIONS
-from tricklab.tricks.clipping import CLIP_MODES
+from tricklab.tricks.family import TRICKS
 from tricklab.tricks.init import INIT_LAYERS, INITIALIZERS
 from tricklab.tricks.norms import MIN_DENSE_GROUP, NORMS, group_count
 from tricklab.tricks.scaling import SCALINGS
@@ -101,6 +103,11 @@ def in_pytorch(
 
 
 # --- the translators -------------------------------------------------------------------------------------------
+# Each trick family says its own keys (tricklab.tricks.family.TrickFamily.translations); the rest are here.
+
+for _entry in TRICKS.entries():
+    for _key, _translate in _entry.obj.translations.items():
+        TRANSLATIONS.register(_key, _translate)
 
 
 @TRANSLATIONS.register("init.scheme", help="nn.init calls on every Linear/Conv layer")
@@ -164,71 +171,6 @@ def model_activation(value: str, ctx: Context) -> str:
     return f"replace the activations ({old}) with {new}{cite}"
 
 
-@TRANSLATIONS.register("clip.mode", help="clip_grad_norm_ / clip_grad_value_ before optimizer.step()")
-def clip_mode(value: str, ctx: Context) -> str:
-    CLIP_MODES.get(value)
-    t = _clip_threshold(ctx)
-    where = "between `loss.backward()` and `optimizer.step()`"
-    if value == "none":
-        return "remove the gradient clipping (the `clip_grad_norm_` / `clip_grad_value_` call before the step)"
-    if value == "norm":
-        return (
-            f"clip the gradient norm: `torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm={t:g})` "
-            f"{where} (Pascanu et al. 2013)"
-        )
-    if value == "value":
-        return (
-            f"clip each gradient element: `torch.nn.utils.clip_grad_value_(model.parameters(), clip_value={t:g})` "
-            f"{where} (Mikolov 2012)"
-        )
-    return (
-        "clip unit-wise, adaptively (PyTorch has no built-in): `from tricklab.tricks.clipping import "
-        f"adaptive_clip_, agc_parameters`, then `adaptive_clip_(agc_parameters(model), clipping={t:g})` {where} "
-        "(Brock et al. 2021)"
-    )
-
-
-@TRANSLATIONS.register("clip.threshold", help="the threshold of the clipping call")
-def clip_threshold(value: float, ctx: Context) -> str | None:
-    if "clip.mode" in ctx.overrides:
-        return None  # the clip.mode sentence has it
-    arg = "clip_value" if ctx.settings.get("clip.mode") == "value" else "max_norm"
-    return f"clip at {value:g}: `{arg}={value:g}` in your `torch.nn.utils.clip_grad_*_` call"
-
-
-@TRANSLATIONS.register("optim.lr", help="param_groups[i]['lr']")
-def optim_lr(value: float, ctx: Context) -> str:
-    old = ctx.settings.get("optim.lr")
-    if not isinstance(old, int | float):
-        change = f"set the learning rate to {value:g}"
-    else:
-        change = f"{'lower' if value < old else 'raise'} the learning rate from {old:g} to {value:g}"
-    return (
-        f'{change}: `for g in optimizer.param_groups: g["lr"] = {value:g}` (or `lr={value:g}` where you build '
-        "the optimizer; a scheduler then scales it)"
-    )
-
-
-@TRANSLATIONS.register("optim.weight_decay", help="L2 penalty λ·‖W‖² (Krogh & Hertz 1992)")
-def optim_weight_decay(value: float, ctx: Context) -> str:
-    return (
-        f"add weight decay {value:g}: `weight_decay={value:g}` where you build the optimizer (for Adam, "
-        f"`torch.optim.AdamW(model.parameters(), lr=..., weight_decay={value:g})` decouples it; Loshchilov & "
-        "Hutter 2019)"
-    )
-
-
-@TRANSLATIONS.register("early_stopping.enabled", help="stop at the best validation loss (Prechelt 1998)")
-def early_stopping_enabled(value: bool, ctx: Context) -> str:
-    if not value:
-        return "train for the whole budget, without early stopping"
-    return (
-        "stop early: after each epoch `if val_loss < best: best, best_state = val_loss, "
-        "copy.deepcopy(model.state_dict())`, stop after 5 epochs without a new best, then "
-        "`model.load_state_dict(best_state)`"
-    )
-
-
 @TRANSLATIONS.register("data.scale", help="scale the inputs with the training set's statistics")
 def data_scale(value: str, ctx: Context) -> str:
     SCALINGS.get(value)
@@ -273,6 +215,3 @@ def _norm_module(value: str, m: nn.Module) -> str:
     dense = isinstance(m, nn.Linear)
     return f"nn.GroupNorm({group_count(n, min_per_group=MIN_DENSE_GROUP if dense else 1)}, {n})"
 
-
-def _clip_threshold(ctx: Context) -> float:
-    return float(ctx.overrides.get("clip.threshold", ctx.settings.get("clip.threshold", 1.0)))

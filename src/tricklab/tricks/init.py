@@ -26,11 +26,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from pydantic import field_validator
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from tricklab.errors import ConfigError
 from tricklab.registry import Registry
+from tricklab.sections import Section, name_in
+from tricklab.tricks.family import TRICKS, TrickFamily
 
 #: The layers whose weights a scheme sets; their biases are set to 0. Norm layers are left alone.
 INIT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
@@ -309,3 +312,20 @@ def _output_variance(model: nn.Module, layer: nn.Module, data: Tensor) -> float:
     finally:
         hook.remove()
     return float(outputs[0].float().var())
+
+# --- the family: config section, applied by the assembly to the built model -----------------------------------------
+
+
+class InitConfig(Section):
+    """How the weights start (applied to every Linear/Conv layer after the model is built)."""
+
+    scheme: str = "he_normal"  # when unset: he_normal for tricklab's models, "default" (the model's own) for plugins
+
+    _scheme = field_validator("scheme")(lambda v: name_in(INITIALIZERS, v))
+
+
+TRICKS.register(
+    "init",
+    TrickFamily(InitConfig),
+    help="weight initialization, applied to every Linear/Conv layer once the model is built (apply_init)",
+)
