@@ -92,3 +92,14 @@ def test_assembly_builds_what_validation_resolved(resolutions):
         family("models").unregister("resolve_once_net")
     assert isinstance(parts.model, nn.Sequential) and parts.model[1].out_features == 4
     assert cfg.model.factory is first
+
+
+def test_an_ensemble_checks_its_memory_with_one_model_built_on_meta(tmp_path, resolutions, monkeypatch):
+    """The first check counts every member's weights: the later members are not built a second time to count."""
+    from tricklab import memory
+
+    builds = []
+    count = memory.count_on_meta
+    monkeypatch.setattr(memory, "count_on_meta", lambda *a, **k: builds.append(1) or count(*a, **k))
+    _train(tmp_path, "data.name=synthetic", "model.width=8", "model.depth=1", "averaging.ensemble=3")
+    assert len(builds) == 1

@@ -48,16 +48,19 @@ def load_data(cfg: Config) -> Splits:
     return split_and_scale(raw, val_fraction=d.val_fraction, scale=d.scale, subset=d.subset, seed=cfg.train.seed)
 
 
-def build_model(cfg: Config, splits: Splits, seed: int) -> tuple[torch.nn.Module, torch.Generator]:
+def build_model(
+    cfg: Config, splits: Splits, seed: int, check_memory: bool = True
+) -> tuple[torch.nn.Module, torch.Generator]:
     """Seed everything with ``seed``, build the model, check it and initialize it; return it and the data-order
     generator. A model that is not an ``nn.Module``, has no trainable parameter or whose output is not
     ``(batch, num_classes)`` logits is a :class:`ConfigError` naming ``model.name``; one whose training, with the
     dataset, cannot fit in memory is refused before it is built (:func:`tricklab.memory.check_training_memory`), or,
     if it cannot be built on the meta device, once it is built and before anything else is allocated
-    (:func:`~tricklab.memory.check_built_model`)."""
+    (:func:`~tricklab.memory.check_built_model`). ``check_memory=False``: the check was made for this config
+    already (an ensemble's later members: the first check counted every member's weights)."""
     info = splits.info
     shape, n_train, data_bytes = tuple(info.input_shape), len(splits.train), nbytes(splits)
-    checked = check_training_memory(cfg, shape, info.num_classes, n_train, data_bytes)
+    checked = not check_memory or check_training_memory(cfg, shape, info.num_classes, n_train, data_bytes)
     generator = seed_everything(seed)
     name = cfg.model.name
     try:
@@ -211,7 +214,7 @@ class Assembled:
     def member(self, k: int) -> Assembled:
         """Ensemble member ``k``: the same data, a model, optimizer and callbacks built with seed ``seed + k``."""
         cfg = self.config
-        model, generator = build_model(cfg, self.splits, cfg.train.seed + k)
+        model, generator = build_model(cfg, self.splits, cfg.train.seed + k, check_memory=False)
         return Assembled(
             cfg,
             self.splits,
