@@ -15,7 +15,9 @@ import hashlib
 import json
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -28,7 +30,8 @@ from tricklab.errors import ConfigError, TrickLabError, echo, wrong_type
 from tricklab.integrations.loggers import LOGGERS
 from tricklab.models import BUILTIN_MODULE, MODEL_SHAPE, MODELS
 from tricklab.plugins import CALLBACKS
-from tricklab.sections import Section, one_resolution, resolve_once
+from tricklab.registry import Registry
+from tricklab.sections import Section
 from tricklab.sections import name_in as _name_in
 from tricklab.tricks.activations import ACTIVATIONS
 from tricklab.tricks.averaging import AveragingConfig
@@ -47,6 +50,39 @@ MAX_THREADS = 1024  # torch/OpenMP crash when asked for ~10⁵ threads
 MAX_SEED = 2**32 - 1  # numpy's seed range
 MAX_EPOCHS = 1_000_000
 MAX_DIAGNOSTIC_STEPS = 100_000
+
+
+#: The names resolved so far in the validation under way, ``(family, name) → object`` (None: no validation).
+_RESOLVED: ContextVar[dict[tuple[str, str], Any] | None] = ContextVar("tricklab_resolved", default=None)
+
+
+@contextmanager
+def one_resolution(known: dict[tuple[str, str], Any] | None = None) -> Iterator[None]:
+    """Within the ``with`` block (one validation), each name resolves once: the section validators that read the
+    same ``model.name`` (its defaults, its signature, ``init.scheme``'s default) share one lookup. ``known``: the
+    objects a config already resolved, so that a copy of it with other overrides does not resolve them again."""
+    if _RESOLVED.get() is not None:
+        yield
+        return
+    token = _RESOLVED.set(dict(known or {}))
+    try:
+        yield
+    finally:
+        _RESOLVED.reset(token)
+
+
+def resolve_once(registry: Registry, family: str, name: str, key: str) -> Callable:
+    """The callable called ``name`` (see :func:`tricklab.plugins.resolve`), looked up once per validation."""
+    memo = _RESOLVED.get()
+    if memo is not None and (family, name) in memo:
+        return memo[(family, name)]
+    found = plugins.check_callable(plugins.resolve(registry, family, name, key), key, name)
+    if memo is not None:
+        memo[(family, name)] = found
+    return found
+
+
+Section._validation_scope = one_resolution  # a section built directly resolves its names once too
 
 
 class DataConfig(Section):

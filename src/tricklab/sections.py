@@ -1,5 +1,4 @@
-"""The base of every config section, and the checks sections share: names in a registry, float32 bounds, names
-resolved once per validation.
+"""The base of every config section, and the checks sections share: names in a registry, float32 bounds.
 
 A trick module defines its own section on this base (``ClipConfig`` in :mod:`tricklab.tricks.clipping`), and
 :class:`tricklab.config.Config` composes the sections. Example::
@@ -12,14 +11,12 @@ A trick module defines its own section on this base (``ClipConfig`` in :mod:`tri
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
-from typing import Any
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
-from tricklab import plugins
 from tricklab.registry import Registry
 
 #: The largest finite float32: no number in a config may exceed it (the optimizers compute in float32).
@@ -38,43 +35,16 @@ def name_in(registry: Registry, value: str) -> str:
     return value
 
 
-#: The names resolved so far in the validation under way, ``(family, name) → object`` (None: no validation).
-_RESOLVED: ContextVar[dict[tuple[str, str], Any] | None] = ContextVar("tricklab_resolved", default=None)
-
-
-@contextmanager
-def one_resolution(known: dict[tuple[str, str], Any] | None = None) -> Iterator[None]:
-    """Within the ``with`` block (one validation), each name resolves once: the section validators that read the
-    same ``model.name`` (its defaults, its signature, ``init.scheme``'s default) share one lookup. ``known``: the
-    objects a config already resolved, so that a copy of it with other overrides does not resolve them again."""
-    if _RESOLVED.get() is not None:
-        yield
-        return
-    token = _RESOLVED.set(dict(known or {}))
-    try:
-        yield
-    finally:
-        _RESOLVED.reset(token)
-
-
-def resolve_once(registry: Registry, family: str, name: str, key: str) -> Callable:
-    """The callable called ``name`` (see :func:`tricklab.plugins.resolve`), looked up once per validation."""
-    memo = _RESOLVED.get()
-    if memo is not None and (family, name) in memo:
-        return memo[(family, name)]
-    found = plugins.check_callable(plugins.resolve(registry, family, name, key), key, name)
-    if memo is not None:
-        memo[(family, name)] = found
-    return found
-
-
 class Section(BaseModel):
     """A frozen config section: unknown keys refused, no boolean where a number belongs, numbers within float32."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    #: The scope a section built directly (``ModelConfig(name=...)``) is validated in: the config sets one in
+    #: which each name it resolves is looked up once (:func:`tricklab.config.one_resolution`).
+    _validation_scope: ClassVar[Callable[[], AbstractContextManager[Any]]] = nullcontext
 
     def __init__(self, **data: Any) -> None:
-        with one_resolution():  # a section built directly (``ModelConfig(name=...)``) resolves its name once too
+        with type(self)._validation_scope():
             super().__init__(**data)
 
     @field_validator("*", mode="before")

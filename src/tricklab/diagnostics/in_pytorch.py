@@ -13,8 +13,8 @@ applies them::
 
 Given the model and the names of its Linear/Conv layers in forward order (as the probes saw them), the
 sentences name the layers and the sizes, e.g. ``nn.BatchNorm1d(64) after 0, 2, 4 (+9 more)``. Each init
-scheme's call (:data:`INIT_CALLS`) draws the weights as tricklab's scheme of that name does (a test compares
-their statistics).
+scheme's call (:data:`tricklab.tricks.init.INIT_CALLS`) draws the weights as tricklab's scheme of that name does
+(a test compares their statistics).
 """
 
 from __future__ import annotations
@@ -28,36 +28,12 @@ from torch import nn
 from tricklab.diagnostics.probes import ACTIVATION_KINDS
 from tricklab.registry import Registry
 from tricklab.tricks.activations import ACTIVATIONS
-from tricklab.tricks.family import TRICKS
-from tricklab.tricks.init import INIT_LAYERS, INITIALIZERS
+from tricklab.tricks.family import TRICKS, layers_phrase, names_phrase
+from tricklab.tricks.family import cite as _cite
+from tricklab.tricks.init import INIT_CALLS as INIT_CALLS  # the init family's PyTorch calls, read by tests
+from tricklab.tricks.init import INIT_LAYERS
 from tricklab.tricks.norms import MIN_DENSE_GROUP, NORMS, group_count
 from tricklab.tricks.scaling import SCALINGS
-
-#: init.scheme → the PyTorch call that sets the weight of one Linear/Conv layer ``m`` as tricklab's scheme of that
-#: name does (``m.weight[0].numel()`` is its fan-in n_in); the bias then goes to 0, except for ``default``.
-INIT_CALLS: dict[str, str] = {
-    "default": "m.reset_parameters()",
-    "uniform": "nn.init.uniform_(m.weight, -m.weight[0].numel() ** -0.5, m.weight[0].numel() ** -0.5)",
-    "gaussian": "nn.init.normal_(m.weight, std=m.weight[0].numel() ** -0.5)",
-    "lecun_normal": "nn.init.trunc_normal_(m.weight, a=-2.0, b=2.0); "
-    "m.weight.data /= 0.8796 * m.weight[0].numel() ** 0.5",
-    "glorot_normal": "nn.init.xavier_normal_(m.weight)",
-    "glorot_uniform": "nn.init.xavier_uniform_(m.weight)",
-    "he_normal": 'nn.init.kaiming_normal_(m.weight, nonlinearity="relu")',
-    "he_uniform": 'nn.init.kaiming_uniform_(m.weight, nonlinearity="relu")',
-    "orthogonal": "nn.init.orthogonal_(m.weight)",
-    "standard_normal": "nn.init.normal_(m.weight, std=1.0)",
-    "lsuv": "nn.init.orthogonal_(m.weight)",  # then rescaled on data: LSUV_STEP
-}
-
-#: What LSUV does after its orthogonal init (Mishkin & Matas 2015).
-LSUV_STEP = (
-    "; then, from the input on, divide each layer's weight by the std of its output on a batch (or call "
-    '`tricklab.tricks.init.apply_init(model, "lsuv", data=x)`)'
-)
-
-#: Shown in place of the rest when a list of layers is longer.
-MOST_LAYERS = 4
 
 
 @dataclass(frozen=True)
@@ -110,16 +86,6 @@ for _entry in TRICKS.entries():
         TRANSLATIONS.register(_key, _translate)
 
 
-@TRANSLATIONS.register("init.scheme", help="nn.init calls on every Linear/Conv layer")
-def init_scheme(value: str, ctx: Context) -> str:
-    INITIALIZERS.get(value)  # an unknown scheme fails here with the valid names
-    bias = "" if value == "default" else " and `nn.init.zeros_(m.bias)`"
-    return (
-        f"initialize {_layers_phrase(ctx, ctx.weight_layers())} as {value}: for each such layer `m`, "
-        f"`{INIT_CALLS[value]}`{bias}{LSUV_STEP if value == 'lsuv' else ''}{_cite(INITIALIZERS.help(value))}"
-    )
-
-
 @TRANSLATIONS.register("model.norm", help="insert nn.BatchNorm1d/LayerNorm/GroupNorm after the hidden layers")
 def model_norm(value: str, ctx: Context) -> str:
     NORMS.get(value)
@@ -129,7 +95,7 @@ def model_norm(value: str, ctx: Context) -> str:
     hidden = ctx.weight_layers()[:-1]  # not after the output layer
     if value == "weight":
         return (
-            f"reparametrize {_layers_phrase(ctx, hidden, 'hidden ')} as w = g·v/‖v‖: "
+            f"reparametrize {layers_phrase(hidden, 'hidden ')} as w = g·v/‖v‖: "
             f"`m = torch.nn.utils.parametrizations.weight_norm(m)` for each{cite}"
         )
     if not hidden:
@@ -143,7 +109,7 @@ def model_norm(value: str, ctx: Context) -> str:
     by_module: dict[str, list[str]] = {}
     for name, m in hidden:
         by_module.setdefault(_norm_module(value, m), []).append(name)
-    where = "; ".join(f"`{module}` after {_names(names)}" for module, names in by_module.items())
+    where = "; ".join(f"`{module}` after {names_phrase(names)}" for module, names in by_module.items())
     return f"insert a norm layer after each hidden Linear/Conv layer, before its activation: {where}{cite}"
 
 
@@ -186,22 +152,6 @@ def data_scale(value: str, ctx: Context) -> str:
 
 
 # --- helpers ------------------------------------------------------------------------------------------------------
-
-
-def _cite(help_text: str) -> str:
-    """A registry's help line (formula; reference) in parentheses."""
-    return f" ({help_text})" if help_text else ""
-
-
-def _names(names: Sequence[str]) -> str:
-    shown = ", ".join(names[:MOST_LAYERS])
-    return f"{shown} and {len(names) - MOST_LAYERS} more" if len(names) > MOST_LAYERS else shown
-
-
-def _layers_phrase(ctx: Context, layers: list[tuple[str, nn.Module]], kind: str = "") -> str:
-    if not layers:
-        return f"every {kind}nn.Linear/nn.Conv1d/nn.Conv2d layer"
-    return f"the {kind}Linear/Conv layers {_names([n for n, _ in layers])}"
 
 
 def _norm_module(value: str, m: nn.Module) -> str:

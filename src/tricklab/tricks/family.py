@@ -14,9 +14,11 @@ changing or adding a mode of a trick touches its own module only. Families are r
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from torch import nn
 
 from tricklab.events import Callback
 from tricklab.registry import Registry
@@ -24,10 +26,14 @@ from tricklab.sections import Section
 
 
 class Prescription(Protocol):
-    """What a translation reads: every override prescribed, and the settings of the run it is prescribed for."""
+    """What a translation reads: every override prescribed, the settings of the run it is prescribed for, and the
+    model (None: generic sentences) with its Linear/Conv layers (:class:`tricklab.diagnostics.in_pytorch.Context`)."""
 
     overrides: Mapping[str, Any]
     settings: Mapping[str, Any]
+    model: nn.Module | None
+
+    def weight_layers(self) -> list[tuple[str, nn.Module]]: ...
 
 
 #: A translation: (the override's value, the prescription) → a sentence of PyTorch, or None when another key's
@@ -70,3 +76,26 @@ class TrickFamily:
 
 #: Every trick family, by the name of the config section it owns.
 TRICKS: Registry[TrickFamily] = Registry("trick family")
+
+# --- what the translations share ----------------------------------------------------------------------------------
+
+#: Shown in place of the rest when a list of layers is longer.
+MOST_LAYERS = 4
+
+
+def cite(help_text: str) -> str:
+    """A registry's help line (formula; reference) in parentheses."""
+    return f" ({help_text})" if help_text else ""
+
+
+def names_phrase(names: Sequence[str]) -> str:
+    """``a, b, c, d and 3 more``: at most :data:`MOST_LAYERS` names."""
+    shown = ", ".join(names[:MOST_LAYERS])
+    return f"{shown} and {len(names) - MOST_LAYERS} more" if len(names) > MOST_LAYERS else shown
+
+
+def layers_phrase(layers: list[tuple[str, nn.Module]], kind: str = "") -> str:
+    """``the Linear/Conv layers 0, 2`` (``kind``: e.g. ``"hidden "``); every such layer when none is known."""
+    if not layers:
+        return f"every {kind}nn.Linear/nn.Conv1d/nn.Conv2d layer"
+    return f"the {kind}Linear/Conv layers {names_phrase([n for n, _ in layers])}"
