@@ -28,12 +28,10 @@ from torch import nn
 from tricklab.diagnostics.probes import ACTIVATION_KINDS
 from tricklab.registry import Registry
 from tricklab.tricks.activations import ACTIVATIONS
-from tricklab.tricks.family import TRICKS, layers_phrase, names_phrase
+from tricklab.tricks.family import TRICKS
 from tricklab.tricks.family import cite as _cite
 from tricklab.tricks.init import INIT_CALLS as INIT_CALLS  # the init family's PyTorch calls, read by tests
 from tricklab.tricks.init import INIT_LAYERS
-from tricklab.tricks.norms import MIN_DENSE_GROUP, NORMS, group_count
-from tricklab.tricks.scaling import SCALINGS
 
 
 @dataclass(frozen=True)
@@ -86,33 +84,6 @@ for _entry in TRICKS.entries():
         TRANSLATIONS.register(_key, _translate)
 
 
-@TRANSLATIONS.register("model.norm", help="insert nn.BatchNorm1d/LayerNorm/GroupNorm after the hidden layers")
-def model_norm(value: str, ctx: Context) -> str:
-    NORMS.get(value)
-    cite = _cite(NORMS.help(value))
-    if value == "none":
-        return "remove the normalization layers (nn.BatchNorm1d/2d, nn.LayerNorm, nn.GroupNorm) from the model"
-    hidden = ctx.weight_layers()[:-1]  # not after the output layer
-    if value == "weight":
-        return (
-            f"reparametrize {layers_phrase(hidden, 'hidden ')} as w = g·v/‖v‖: "
-            f"`m = torch.nn.utils.parametrizations.weight_norm(m)` for each{cite}"
-        )
-    if not hidden:
-        generic = {
-            "batch": "`nn.BatchNorm1d(out_features)` (`nn.BatchNorm2d(out_channels)` after a Conv2d)",
-            "layer": "`nn.LayerNorm(out_features)` (`nn.GroupNorm(1, out_channels)` after a Conv)",
-            "group": "`nn.GroupNorm(groups, out_channels)` (groups: the largest divisor ≤ 32; after a Linear, one "
-            f"that leaves ≥ {MIN_DENSE_GROUP} features a group)",
-        }[value]
-        return f"insert {generic} after each hidden Linear/Conv layer, before its activation{cite}"
-    by_module: dict[str, list[str]] = {}
-    for name, m in hidden:
-        by_module.setdefault(_norm_module(value, m), []).append(name)
-    where = "; ".join(f"`{module}` after {names_phrase(names)}" for module, names in by_module.items())
-    return f"insert a norm layer after each hidden Linear/Conv layer, before its activation: {where}{cite}"
-
-
 @TRANSLATIONS.register("model.residual", help="skip connections x + block(x)")
 def model_residual(value: bool, ctx: Context) -> str:
     if not value:
@@ -135,33 +106,4 @@ def model_activation(value: str, ctx: Context) -> str:
     if not old:
         return f"use {new} as the activation (`torch.nn.functional.{value}` in a forward of your own){cite}"
     return f"replace the activations ({old}) with {new}{cite}"
-
-
-@TRANSLATIONS.register("data.scale", help="scale the inputs with the training set's statistics")
-def data_scale(value: str, ctx: Context) -> str:
-    SCALINGS.get(value)
-    if value == "none":
-        return "feed the raw inputs, unscaled"
-    stats = "computed on the training inputs `x_train` only, applied to every split (per channel for images)"
-    formula = {
-        "standardize": "`x = (x - x_train.mean()) / x_train.std()`",
-        "minmax01": "`x = (x - x_train.min()) / (x_train.max() - x_train.min())`",
-        "minmax11": "`x = 2 * (x - x_train.min()) / (x_train.max() - x_train.min()) - 1`",
-    }[value]
-    return f"scale the inputs ({value}): {formula}, with statistics {stats} (LeCun et al. 1998)"
-
-
-# --- helpers ------------------------------------------------------------------------------------------------------
-
-
-def _norm_module(value: str, m: nn.Module) -> str:
-    """The norm layer to insert after ``m`` (as tricklab's norm of that name builds it)."""
-    conv2d = isinstance(m, nn.Conv2d)
-    n = m.out_features if isinstance(m, nn.Linear) else m.out_channels
-    if value == "batch":
-        return f"nn.BatchNorm{'2d' if conv2d else '1d'}({n})"
-    if value == "layer":
-        return f"nn.LayerNorm({n})" if isinstance(m, nn.Linear) else f"nn.GroupNorm(1, {n})"
-    dense = isinstance(m, nn.Linear)
-    return f"nn.GroupNorm({group_count(n, min_per_group=MIN_DENSE_GROUP if dense else 1)}, {n})"
 

@@ -2,7 +2,8 @@
 a family a config sets, its section, builder and PyTorch translation (:mod:`tricklab.tricks.family`).
 
 The families are imported here in the order their callbacks are built (a checkpoint keys each callback by its
-position): the optimizer's L1 penalty, clipping, the LR schedule, early stopping, averaging (init adds none).
+position): the optimizer's L1 penalty, clipping, the LR schedule, early stopping, averaging (init, norms and
+scaling add none).
 """
 
 from tricklab.tricks import init  # noqa: I001,F401  (the families, in this order)
@@ -11,3 +12,5 @@ from tricklab.tricks import clipping  # noqa: F401
 from tricklab.tricks import schedules  # noqa: F401
 from tricklab.tricks import early_stopping  # noqa: F401
 from tricklab.tricks import averaging  # noqa: F401
+from tricklab.tricks import norms  # noqa: F401
+from tricklab.tricks import scaling  # noqa: F401

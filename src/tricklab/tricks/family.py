@@ -61,13 +61,14 @@ class TrickFamily:
     """One family of tricks, as :mod:`tricklab.config`, :mod:`tricklab.assembly` and the doctor use it.
 
     ``section``: its config section (a :class:`~tricklab.sections.Section`), held under the family's registered
-    name; ``callbacks(cfg, ctx)``: the callbacks a validated config asks for (the loop orders them by their
-    ``order``); ``every_step``: they act on every step's gradients, so the doctor's short probed run needs them
-    too; ``check(cfg)``: checks across sections, raising :class:`~tricklab.errors.ConfigError`;
-    ``translations``: override key → its sentence in plain PyTorch (:mod:`tricklab.diagnostics.in_pytorch`).
+    name (None: its keys live in another section, as ``model.norm`` does); ``callbacks(cfg, ctx)``: the callbacks
+    a validated config asks for (the loop orders them by their ``order``); ``every_step``: they act on every
+    step's gradients, so the doctor's short probed run needs them too; ``check(cfg)``: checks across sections,
+    raising :class:`~tricklab.errors.ConfigError`; ``translations``: override key → its sentence in plain PyTorch
+    (:mod:`tricklab.diagnostics.in_pytorch`).
     """
 
-    section: type[Section]
+    section: type[Section] | None
     callbacks: Callable[[Any, BuildContext], list[Callback]] = _no_callbacks
     every_step: bool = False
     check: Callable[[Any], None] | None = None
