@@ -103,3 +103,12 @@ def test_an_ensemble_checks_its_memory_with_one_model_built_on_meta(tmp_path, re
     monkeypatch.setattr(memory, "count_on_meta", lambda *a, **k: builds.append(1) or count(*a, **k))
     _train(tmp_path, "data.name=synthetic", "model.width=8", "model.depth=1", "averaging.ensemble=3")
     assert len(builds) == 1
+
+
+def test_a_resumed_run_resolves_its_stored_names_once(tmp_path, resolutions):
+    """``--resume`` validates the run folder's config.yaml, and checks it again against the checkpoint, with one
+    lookup of each name."""
+    _train(tmp_path, "data.name=synthetic", "model.width=8", "model.depth=1")
+    resolutions.clear()
+    assert main(["train", "--resume", str(tmp_path / "run")]) == 0
+    assert dict(resolutions) == {("datasets", "synthetic"): 1, ("models", "mlp"): 1}
