@@ -40,6 +40,17 @@ def contract_factory(input_shape, num_classes, hidden=8):
     )
 
 
+@pytest.fixture(autouse=True)
+def _forget_the_models_passed():
+    """A model passed as model= is registered for the session; later test modules list the registry."""
+    from tricklab.catalog import family
+
+    before = set(family("models").names())
+    yield
+    for name in set(family("models").names()) - before:
+        family("models").unregister(name)
+
+
 def weights(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -156,6 +167,12 @@ def test_train_takes_a_class_a_factory_and_a_plugin_contract_factory():
     contract = tricklab.train(OWN, {"model.kwargs": {"hidden": 6}}, model=contract_factory, write=False)
     assert contract.model[1].in_features == 64 and contract.model[3].out_features == 4  # told the shape
     assert contract.model[1].out_features == 6
+
+    def told_by_name(input_shape=None, num_classes=None):  # named so: told the shape though it has defaults
+        return contract_factory(input_shape, num_classes, hidden=3)
+
+    named = tricklab.train(OWN, model=told_by_name, write=False)
+    assert named.model[1].in_features == 64 and named.model[3].out_features == 4
 
 
 def test_train_refuses_what_is_not_a_model_and_a_built_model_for_an_ensemble():

@@ -128,12 +128,10 @@ def config_with(
     overrides: Mapping[str, Any] | Iterable[str],
     shorthands: Mapping[str, tuple[str, Any]],
     model: ModelLike = None,
-    *,
-    built_model: str = "",
 ) -> Config:
-    """``config`` with ``overrides``, then the shorthand arguments given (``{"train.epochs": ("epochs", 3)}``) and
-    ``model`` as ``model.name``, validated; a shorthand and an override of its key together are refused in one line,
-    as ``--epochs`` and ``--set train.epochs`` are. ``built_model``: refuse an ``nn.Module`` instance, saying why."""
+    """``config`` with ``overrides``, the shorthand arguments given (``{"train.epochs": ("epochs", 3)}``) and
+    ``model`` as ``model.name``, validated once; a shorthand and an override of its key together are refused in one
+    line, as ``--epochs`` and ``--set train.epochs`` are."""
     from tricklab.config import _pairs
 
     overrides = dict(overrides) if isinstance(overrides, Mapping) else list(overrides)
@@ -147,7 +145,7 @@ def config_with(
                 f"{argument}={echo(value)} and the override {key}={echo(given[key])} both set {key}: give one of them"
             )
         if key == "model.name":
-            value = model_name(value, refuse_built=built_model)
+            value = model_name(value)
         else:
             section, name = key.split(".")
             try:
@@ -190,8 +188,9 @@ def model_name(model: ModelLike, *, refuse_built: str = "") -> str:
     model plugin (``tricklab list models`` shows it) under ``<module>.<qualified name>`` of its class or factory,
     so the same model gets the same name, config hash and lab results every time.
 
-    - a factory following the plugin contract, ``factory(input_shape, num_classes, **kwargs)`` (its required
-      arguments), is registered as it is: its keyword arguments are ``model.kwargs`` and the shape keys it takes;
+    - a factory following the plugin contract, ``factory(input_shape, num_classes, **kwargs)`` (those two its
+      required arguments, or named so), is registered as it is: its keyword arguments are ``model.kwargs`` and
+      the shape keys it takes;
     - a class or factory called with no arguments (``MyNet``, ``lambda: MyNet(64)``) is called so for every model
       the run builds; its keyword arguments, if any, are ``model.kwargs``;
     - an ``nn.Module`` is deep-copied for every model the run builds, so the one you pass is never changed (and a
@@ -220,7 +219,8 @@ def model_name(model: ModelLike, *, refuse_built: str = "") -> str:
     if not callable(model):
         raise wrong_type("model", model, "a model's name, an nn.Module, its class, or a factory returning one")
     sig = signature_of(model)
-    if sig is not None and not _binds(sig) and _binds(sig, (1,), 1):
+    told = sig is not None and {"input_shape", "num_classes"} <= set(sig.parameters)
+    if sig is not None and (told or not _binds(sig)) and _binds(sig, (1,), 1):
         return _register_model(model, model, "")
     if sig is not None and not _binds(sig):
         raise wrong_type(
@@ -536,12 +536,11 @@ def create_model(
     from tricklab.config import _pairs
 
     settings = {f"model.{k}" if k in MODEL_SHAPE else f"model.kwargs.{k}": v for k, v in kwargs.items()}
-    overrides = dict(overrides) if isinstance(overrides, Mapping) else list(overrides)
-    both = sorted(set(settings) & set(dict(_pairs(overrides))))
+    given = dict(_pairs(dict(overrides) if isinstance(overrides, Mapping) else list(overrides)))
+    both = sorted(set(settings) & set(given))
     if both:
         raise TrickLabError(f"create_model: {both[0]} is set twice (a keyword argument and an override); give one")
-    cfg = config_with(config, overrides, {"data.name": ("data", data)}, model)
-    cfg = cfg.with_overrides(settings) if settings else cfg
+    cfg = config_with(config, {**given, **settings}, {"data.name": ("data", data)}, model)
     built, _ = build_model(cfg, load_data(cfg), cfg.train.seed if seed is None else seed)
     return built
 
