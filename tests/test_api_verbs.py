@@ -155,6 +155,8 @@ def test_train_takes_a_built_model_and_leaves_it_as_it_was():
     assert not same(weights(result.model), before)  # the copy trained
     assert result.config.model.name == f"{__name__}.TinyNet"
     assert f"{__name__}.TinyNet" in tricklab.list_names("models")["models"]  # shown by tricklab list models
+    first = tricklab.train(net, ["train.threads=1"], data="synthetic", epochs=1, write=False)  # model first
+    assert isinstance(first.model, TinyNet) and first.config.hash() == result.config.hash()
 
 
 def test_train_takes_a_class_a_factory_and_a_plugin_contract_factory():
@@ -268,6 +270,8 @@ def test_lr_find_suggests_a_learning_rate_and_writes_its_files(tmp_path):
     assert (tmp_path / "lr" / "lr_find.png").is_file() and (tmp_path / "lr" / "config.yaml").is_file()
     with pytest.raises(tricklab.ConfigError, match="steps = 1"):
         tricklab.lr_find(TINY, steps=1)
+    with pytest.raises(tricklab.TrickLabError, match="out .* already exists and is not empty"):
+        tricklab.lr_find(TINY, steps=12, out=tmp_path / "lr")
     assert tricklab.lr_find(OWN, model=TinyNet, steps=5).suggestion > 0
 
 

@@ -88,13 +88,14 @@ def train(
     (``history``, ``metrics``, ``run_dir``, ``model``).
 
     ``config``: a ``Config``, a mapping (``{"model": {"name": "cnn"}}`` or dotted keys), a YAML path or None.
-    ``model``: a model name, or your own ``nn.Module``, its class or a factory (see :func:`model_name`); a module
-    you pass is copied, so it stays as it was and ``result.model`` is the trained copy. ``data`` (``data.name``),
-    ``epochs``, ``seed`` and ``device`` are the CLI's shorthands (``--epochs`` is ``train.epochs``); a shorthand and
-    an override of the same key are refused together. ``write=False`` keeps everything in memory (no run
-    directory). ``progress``: one line per epoch. A run that stops on NaN/Inf or blows up raises
-    (:class:`~tricklab.NonFiniteError`, :class:`~tricklab.DivergedError` with the result attached), as
-    ``tricklab train`` exits 3. :func:`run` is the same function under its earlier name.
+    ``model``: a model name, or your own ``nn.Module``, its class or a factory (see :func:`model_name`), also taken
+    as the first argument (``tricklab.train(net, data="mnist1d")``); a module you pass is copied, so it stays as it
+    was and ``result.model`` is the trained copy. ``data`` (``data.name``), ``epochs``, ``seed`` and ``device`` are
+    the CLI's shorthands (``--epochs`` is ``train.epochs``); a shorthand and an override of the same key are refused
+    together. ``write=False`` keeps everything in memory (no run directory). ``progress``: one line per epoch. A
+    run that stops on NaN/Inf or blows up raises (:class:`~tricklab.NonFiniteError`,
+    :class:`~tricklab.DivergedError` with the result attached), as ``tricklab train`` exits 3. :func:`run` is the
+    same function under its earlier name.
 
     Example::
 
@@ -134,6 +135,10 @@ def config_with(
     line, as ``--epochs`` and ``--set train.epochs`` are."""
     from tricklab.config import _pairs
 
+    if _is_module(config) or callable(config) and not isinstance(config, Config | Mapping | str | os.PathLike):
+        if model is not None:  # train(MyNet, ...): a model where the config goes is the model
+            raise TrickLabError("model: given twice (first argument and model=); give it once")
+        model, config = config, None
     overrides = dict(overrides) if isinstance(overrides, Mapping) else list(overrides)
     given = dict(_pairs(overrides))
     extra: dict[str, Any] = {}
@@ -445,11 +450,11 @@ def lr_find(
     shorthands = {"data.name": ("data", data), "train.seed": ("seed", seed), "train.device": ("device", device)}
     cfg = config_with(config, overrides, shorthands, model)
     if out is not None:
-        from tricklab.cli.lr_find_cmd import check_out_dir
+        from tricklab.cli.common import check_out_folder
 
         if not isinstance(out, str | os.PathLike):
             raise wrong_type("out", out, "a folder's path (str or os.PathLike) or None")
-        check_out_dir(Path(out))
+        check_out_folder(Path(out), "choose a new folder", f"out {str(out)!r}")
     on_step = None
     if progress:
         from tricklab.cli.progress import StepProgress
