@@ -177,6 +177,17 @@ def test_train_takes_a_class_a_factory_and_a_plugin_contract_factory():
     assert named.model[1].in_features == 64 and named.model[3].out_features == 4
 
 
+def test_train_resume_continues_a_run_with_its_stored_config(tmp_path):
+    first = tricklab.train(OWN, model=TinyNet, epochs=2, out=tmp_path / "run")
+    (tmp_path / "run" / "checkpoints" / "epoch0002").rename(tmp_path / "run" / "checkpoints" / "later")  # as if cut
+    again = tricklab.train(model=TinyNet, resume=tmp_path / "run")
+    assert again.run_dir == tmp_path / "run" and len(again.history) == 2
+    assert (tmp_path / "run" / "checkpoints" / "epoch0002").is_dir()  # epoch 2 trained again from epoch 1's
+    assert again.config.hash() == first.config.hash() and again.history[0] == first.history[0]
+    with pytest.raises(tricklab.TrickLabError, match="resume: .*leave out config, epochs"):
+        tricklab.train(OWN, epochs=3, resume=tmp_path / "run")
+
+
 def test_train_refuses_what_is_not_a_model_and_a_built_model_for_an_ensemble():
     with pytest.raises(tricklab.TrickLabError, match="model = 42: got an int"):
         tricklab.train(TINY, model=42, write=False)

@@ -81,6 +81,7 @@ def train(
     device: str | None = None,
     out: str | Path | None = None,
     write: bool = True,
+    resume: str | Path | None = None,
     callbacks: Iterable[Any] = (),
     progress: bool = False,
 ):
@@ -95,7 +96,9 @@ def train(
     together. ``write=False`` keeps everything in memory (no run directory). ``progress``: one line per epoch. A
     run that stops on NaN/Inf or blows up raises (:class:`~tricklab.NonFiniteError`,
     :class:`~tricklab.DivergedError` with the result attached), as ``tricklab train`` exits 3. :func:`run` is the
-    same function under its earlier name.
+    same function under its earlier name. ``resume``: continue that run directory (``"auto"``: the newest under
+    runs/) from its newest valid checkpoint with the config stored in it, as ``tricklab train --resume``; a model
+    passed from Python is passed again (``model=``), nothing else is given.
 
     Example::
 
@@ -109,15 +112,48 @@ def train(
     if out is not None and not isinstance(out, str | os.PathLike):
         raise wrong_type("out", out, "a run directory's path (str or os.PathLike) or None")
     _check_data_name(data, "train")
-    shorthands = {"data.name": ("data", data), "train.epochs": ("epochs", epochs)}
-    shorthands |= {"train.seed": ("seed", seed), "train.device": ("device", device)}
-    cfg = config_with(config, overrides, shorthands, model)
     cbs = list(callbacks)
     if progress:
         from tricklab.cli.progress import ProgressReporter
 
         cbs.append(ProgressReporter())
+    if resume is not None:
+        return _resume(
+            resume,
+            model,
+            cbs,
+            config=config,
+            overrides=overrides,
+            data=data,
+            epochs=epochs,
+            seed=seed,
+            device=device,
+            out=out,
+            write=None if write else False,
+        )
+    shorthands = {"data.name": ("data", data), "train.epochs": ("epochs", epochs)}
+    shorthands |= {"train.seed": ("seed", seed), "train.device": ("device", device)}
+    cfg = config_with(config, overrides, shorthands, model)
     return run_config(cfg, out, callbacks=cbs, write=write)
+
+
+def _resume(resume: str | Path, model: ModelLike, callbacks: list, **given: Any):
+    """``train(resume=RUN_DIR)``: the run continued with its stored config (see :func:`train`)."""
+    from tricklab.engine.rundir import find_resumable, stored_config
+    from tricklab.runner import run as run_config
+
+    if not isinstance(resume, str | os.PathLike):
+        raise wrong_type("resume", resume, "a run directory's path (str or os.PathLike) or 'auto'")
+    extra = sorted(k for k, v in given.items() if v is not None and not (k == "overrides" and not v))
+    if extra:
+        raise TrickLabError(
+            f"resume: a run continues with the config stored in its config.yaml; leave out {', '.join(extra)} "
+            "(allowed with resume: model, for a model passed from Python, and callbacks, progress)"
+        )
+    if model is not None:
+        model_name(model)  # registered again under its name, so that the stored config finds it
+    run_dir = find_resumable() if resume == "auto" else Path(resume)
+    return run_config(stored_config(run_dir), run_dir, callbacks=callbacks, resume=True)
 
 
 #: The earlier name of :func:`train`, kept working.
