@@ -380,8 +380,8 @@ def doctor(
 
     Example::
 
-        result = tricklab.doctor({"model.depth": 12, "model.activation": "sigmoid", "data.name": "mnist1d"},
-                                 steps=60, recheck=False)
+        result = tricklab.doctor({"model.depth": 8, "model.width": 64, "model.activation": "sigmoid",
+                                  "data.name": "mnist1d"}, steps=40, recheck=False)
         print([v.name for v in result.verdicts], result.prescription)
     """
     if _is_module(config):  # doctor(net, (x, y)): the model first, as diagnose takes it
@@ -475,7 +475,7 @@ def lr_find(
 
     Example::
 
-        found = tricklab.lr_find(data="mnist1d", steps=100)
+        found = tricklab.lr_find(data="mnist1d", steps=50)
         print(found.suggestion, found.verdict)
     """
     from tricklab.lr_sweep import MAX_STEPS, find_lr, save_lr_find
