@@ -145,7 +145,7 @@ def test_the_reproduce_line_of_a_mapping_study_runs_it_again():
 
     study = {"name": "m", "dataset": "synthetic", "variants": {"a": {}, "b": {"model.norm": "batch"}}}
     line = _python_command(study, LabOptions(seeds=2))
-    assert line == f"tricklab.run_lab({study!r}, seeds=2)"
+    assert line == f"tricklab.lab({study!r}, seeds=2)"
     assert _python_command("dropout", LabOptions(seeds=3, dataset="mnist1d")) == (
-        "tricklab.run_lab('dropout', seeds=3, dataset='mnist1d')"
+        "tricklab.lab('dropout', seeds=3, dataset='mnist1d')"
     )
