@@ -73,7 +73,7 @@ def test_claims_are_confirmed_refuted_or_not_settled_from_the_outcomes():
     }
     got = verdicts(s)
     batch, cousins, placement = (got[c.text] for c in CLAIMS["norm"])
-    assert batch.status == CONFIRMED and batch.detail == "better"
+    assert batch.status == CONFIRMED and batch.detail == "batch: better"
     assert cousins.status == REFUTED  # every one had to be better; layer is equivalent
     assert cousins.detail == "equivalent: layer; better: weight, group"
     assert placement.status == UNSETTLED and placement.label == "not settled at 4 seeds"
@@ -182,7 +182,10 @@ def test_reports_open_with_the_findings(tmp_path):
     findings = page.index('<h2 id="findings">Findings</h2>')
     assert findings < page.index('<h2 id="norm-mnist1d">')
     top = page[findings : page.index('<h2 id="norm-mnist1d">')]
-    assert f"<td>batch_after ({np.mean(NORM['batch_after']) * 100:.2f})</td>" in top and "not separated from the runner-up, batch" in top
+    assert (
+        f"<td>batch_after ({np.mean(NORM['batch_after']) * 100:.2f})</td>" in top
+        and "not separated from the runner-up, batch" in top
+    )
     assert '<span class="claim-confirmed">✓ confirmed</span>: Batch norm makes a deep sigmoid net' in top
     assert '<span class="claim-refuted">✗ refuted</span>: Layer, weight and group norm' in top
     assert "not settled at 4 seeds</span>: Batch norm before the activation" in top
@@ -214,10 +217,12 @@ def test_not_run_is_grey_and_a_quick_lab_is_a_preview_everywhere(tmp_path, monke
     assert section.startswith('<h2 id="norm-mnist1d">norm on mnist1d <span class="preview">preview (--quick)</span>')
     findings = page[page.index('id="findings"') : page.index('<h2 id="norm-mnist1d">')]
     assert findings.count("preview (--quick)") >= 3  # the warning, the table row, the takeaway
-    assert titles and all("[preview (--quick)]" in t for t in titles)
+    assert titles and all(t.endswith("\npreview (--quick): not the study's result") for t in titles)
     md = build_markdown(lab, tmp_path / "results.md").read_text()
     assert "> **Preview:** norm on mnist1d ran with --quick" in md
     assert "> **Preview:** this study ran with --quick" in md
+    summary = md[md.index("## Summary") : md.index("## norm on mnist1d")]
+    assert summary.count("| [norm on mnist1d](#norm-on-mnist1d) — *preview (--quick)* |") == 5
     assert "| layer | 0 |" in md and "| not run |" in md and "**not run**" not in md
 
 

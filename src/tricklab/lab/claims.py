@@ -64,9 +64,9 @@ class ClaimVerdict:
     @property
     def detail(self) -> str:
         """Each outcome and the variants that ended in it: ``"better: he_normal, lsuv; undecided: orthogonal"``,
-        ``"better: all 7"``; a claim on one comparison gives that outcome alone."""
+        ``"better: all 7"``; ``"batch_after: worse"`` for a claim on one comparison."""
         if len(self.outcomes) == 1:
-            return self.outcomes[0][1]
+            return ": ".join(self.outcomes[0])
         groups: dict[str, list[str]] = {}
         for name, outcome in self.outcomes:
             groups.setdefault(outcome, []).append(name)

@@ -302,8 +302,9 @@ def _claim_html(c: ClaimVerdict) -> str:
     )
 
 
-def takeaway_html(f: StudyFindings) -> str:
-    """The takeaway line as HTML: the best variant and its lead, each claim's verdict coloured."""
+def takeaway_html(f: StudyFindings, start: bool = False) -> str:
+    """The takeaway line as HTML: the best variant and its lead, each claim's verdict coloured; ``start``: it
+    starts a paragraph (a capital first letter) rather than following the study's name."""
     best = f.best
     head = (
         "no variant has finished a run yet."
@@ -311,6 +312,7 @@ def takeaway_html(f: StudyFindings) -> str:
         else f"best is <b>{html.escape(best.name)}</b> ({best.mean * 100:.2f}% test accuracy), "
         f"{html.escape(lead_text(f))}."
     )
+    head = head[0].upper() + head[1:] if start else head
     claims = "".join(f"<br>{_claim_html(c)}." for c in f.claims)
     badge = f" {preview_badge()}" if f.preview else ""
     return f"{head}{badge}{claims}"

@@ -216,7 +216,7 @@ def plot_curves(s: StudyStats, path: Path, note: str = "") -> Path:
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("validation accuracy (%)")
-    ax.set_title(_plain(f"{s.study} on {s.dataset}{note}: validation accuracy (band: min–max over seeds)"))
+    ax.set_title(_plain(f"{s.study} on {s.dataset}: validation accuracy (band: min–max over seeds){_line(note)}"))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
     return _save(fig, path)
@@ -245,7 +245,9 @@ def plot_bars(s: StudyStats, path: Path, note: str = "") -> Path:
     ax.set_yticks(y, names)
     ax.invert_yaxis()
     ax.set_xlabel("test accuracy (%): mean, 95% CI, one dot per seed")
-    ax.set_title(_plain(f"{s.study} on {s.dataset}{note}: test accuracy, coloured by outcome vs baseline"), fontsize=9)
+    ax.set_title(
+        _plain(f"{s.study} on {s.dataset}: test accuracy, coloured by outcome vs baseline{_line(note)}"), fontsize=9
+    )
     shown = [BASELINE] + [
         o for o in OUTCOMES if any(v.decision and v.decision.outcome == o and not not_run(v) for v in s.variants)
     ]
@@ -255,7 +257,7 @@ def plot_bars(s: StudyStats, path: Path, note: str = "") -> Path:
     ax.legend(
         handles=[Patch(color=colours[o], alpha=0.8, label=labels.get(o, o)) for o in shown],
         fontsize=7,
-        loc="lower right",
+        loc="best",
     )
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, path)
@@ -275,10 +277,15 @@ def plot_signal(
     ax.set_yscale("log")
     ax.set_xlabel("layer (forward order)")
     ax.set_ylabel("std of each layer's output at init")
-    ax.set_title(_plain(f"{study} on {dataset}{note}: signal at initialization (one data batch)"))
+    ax.set_title(_plain(f"{study} on {dataset}: signal at initialization (one data batch){_line(note)}"))
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, ncol=2)
     return _save(fig, path)
+
+
+def _line(note: str) -> str:
+    """A plot title's note (a preview says so) on a line of its own."""
+    return f"\n{note}" if note else ""
 
 
 def _plain(text: str) -> str:
@@ -336,7 +343,7 @@ def study_html(
         f"{html.escape(s.dataset)}{' ' + preview_badge() if preview else ''}</h2>"
     ]
     if finding is not None:
-        h.append(f'<p class="takeaway">{takeaway_html(finding)}</p>')
+        h.append(f'<p class="takeaway">{takeaway_html(finding, start=True)}</p>')
     h.append(f'<p class="doc">{html.escape(spec.get("doc", "")).replace(chr(10), "<br>")}</p>')
     if s.pending:
         h.append(f'<p class="note">{s.pending} run(s) not finished yet: rerun the command to complete them.</p>')
@@ -422,7 +429,7 @@ def build_report(lab_dir: str | Path, console=None, *, out_dir: str | Path | Non
     for r in found.studies:
         s, spec, command, signals = r.stats, r.spec, r.command, r.signals
         stem = plot_stem(s.study, s.dataset)
-        note = f" [{PREVIEW}]" if is_preview(command) else ""
+        note = f"{PREVIEW}: not the study's result" if is_preview(command) else ""
         draws = [
             (
                 lambda p, s=s, n=note: plot_curves(s, p, n),

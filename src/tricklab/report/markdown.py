@@ -37,6 +37,7 @@ from tricklab.report.findings import (
     SUMMARY_COLUMNS,
     SUMMARY_NOTE,
     StudyFindings,
+    is_preview,
     lead_text,
     not_run,
     shown_overrides,
@@ -114,7 +115,7 @@ def _plots(
     """The plots of one study: (draw function, file, alt text); a preview's say so in their titles."""
     stem = plot_stem(s.study, s.dataset)
     where = f"{s.study} on {s.dataset}"
-    note = f" [{PREVIEW}]" if preview else ""
+    note = f"{PREVIEW}: not the study's result" if preview else ""
     plots = [
         (lambda p: plot_curves(s, p, note), plots_dir / f"{stem}-curves.png", f"{where}: validation accuracy"),
         (lambda p: plot_bars(s, p, note), plots_dir / f"{stem}-test-acc.png", f"{where}: test accuracy"),
@@ -269,8 +270,9 @@ def _summary(studies) -> list[str]:
         "| study | comparison | Δ test acc, pp [95% CI] | p (Holm) | outcome | seeds |",
         "|:--|:--|--:|--:|:--|--:|",
     ]
-    for s, _, _, _ in studies:
+    for s, _, command, _ in studies:
         link = f"[{md(_title(s), brackets=True)}](#{anchor(_title(s))})"
+        link += f" — *{md(PREVIEW)}*" if is_preview(command) else ""
         for v, row in zip(s.variants, table_rows(s), strict=True):
             if v.comparison is None:
                 continue
