@@ -45,10 +45,27 @@ def test_fewer_runs_go_at_once_so_that_a_studys_threads_fit_the_cores():
 def test_more_threads_than_cores_run_on_the_cores_and_the_lab_says_so_once(tmp_path):
     lab = plan_lab([study(threads=8)], LabOptions(seeds=2, cores=2))
     assert config_threads(lab) == {2} and lab.processes == 1
-    assert lab.notes == (
+    note = (
         "study 'tiny' sets train.threads = 8, but the lab has 2 cores: its runs use 2 threads (more threads than "
-        "cores only wait for each other)",
+        "cores only wait for each other)"
     )
+    assert lab.notes == (note,)
+    notes = []
+    result = run_lab(
+        [study(threads=8)],
+        LabOptions(seeds=2, cores=2),
+        tmp_path / "lab",
+        fn=no_training,
+        on_progress=lambda c: notes.append(c.note) if c.note else None,
+    )
+    assert result.done == 4 and notes == [note]
+
+
+def no_training(config):
+    """A run function for the worker pool that trains nothing: a result for the config as given."""
+    from tricklab.lab.store import config_key
+
+    return {"test_acc": 0.5, "threads": config["train"]["threads"]}, [], config_key(config)
 
 
 def torch_threads(config):
