@@ -4,8 +4,13 @@
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 
+from torch import nn
+
+import tricklab
+from tricklab.catalog import family
 from tricklab.lab.lab import LabOptions, plan_lab, run_lab
 from tricklab.lab.studies import custom_study
 from tricklab.report.lab_report import build_report
@@ -66,6 +71,21 @@ def no_training(config):
     from tricklab.lab.store import config_key
 
     return {"test_acc": 0.5, "threads": config["train"]["threads"]}, [], config_key(config)
+
+
+def test_runs_in_this_process_get_the_threads_the_lab_gives_them():
+    def local_net(input_shape, num_classes, dropout=0.0):  # defined in a function: no worker process can import it
+        return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), num_classes))
+
+    tricklab.register_model("threads_local_net", local_net)
+    try:
+        raw = {"model.name": "threads_local_net", "train.epochs": 1}
+        local = custom_study({"name": "local", "dataset": "synthetic", "base": raw, "variants": {"a": {}, "b": {}}})[0]
+        lab = plan_lab([local], LabOptions(seeds=2, cores=2))  # 4 runs: 2 processes × 1 thread, were they workers
+    finally:
+        family("models").unregister("threads_local_net")
+    assert lab.in_process and (lab.processes, lab.threads) == (1, 2)
+    assert config_threads(lab) == {2}
 
 
 def torch_threads(config):

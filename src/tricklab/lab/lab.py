@@ -295,8 +295,9 @@ def plan_lab(studies: list[Study], opts: LabOptions) -> LabPlan:
     plugins, in_process = plugins_for_workers(planned)
     if in_process and opts.executor == "ray":
         raise TrickLabError(f"executor 'ray': {in_process}; register it in an importable module")
-    if in_process:
+    if in_process:  # one run at a time: each gets every core (the runs' configs say so, as their threads are)
         processes, threads = 1, opts.cores or os.cpu_count() or 1
+        planned = plan(studies, opts, threads)
     return LabPlan(planned, processes, threads, plugins, in_process, threads_notes(studies, opts))
 
 
