@@ -161,7 +161,7 @@ def study_threads(study: Study, variant: str, dataset: str) -> Any:
 
 def lab_cores(opts: LabOptions) -> int:
     """The cores the lab shares among its runs: ``opts.cores``, else those this process may use."""
-    from tricklab.train.seed import usable_cores
+    from tricklab.engine.seed import usable_cores
 
     return opts.cores or usable_cores()
 
