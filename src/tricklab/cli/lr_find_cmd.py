@@ -65,10 +65,10 @@ def run_cmd(args: argparse.Namespace) -> int:
     from tricklab.cli.progress import StepProgress
     from tricklab.config import load_config
     from tricklab.data import TensorBatches
-    from tricklab.engine.rundir import default_run_dir
     from tricklab.errors import ConfigError, TrickLabError
     from tricklab.outputs import atomic_write, draw_file
     from tricklab.report.lr_find import plot_lr_find
+    from tricklab.runner import default_run_dir
     from tricklab.tricks.lr_finder import lr_range_test
 
     # Everything that can fail on bad input comes before the output folder is created.

@@ -155,7 +155,7 @@ CLIP_MIN_SAMPLES = 2
 SAME_BATCH_SHARE = 0.9
 SAME_BATCH_MIN_PAIRS = 3
 
-#: The loop checks, run by :func:`~tricklab.diagnostics.verdicts.diagnose` after the model checks.
+#: The loop checks, run by :func:`~tricklab.diagnostics.diagnosis.diagnose` after the model checks.
 LOOP_CHECKS: Registry[Check] = Registry("loop check")
 
 

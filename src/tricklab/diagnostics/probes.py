@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tricklab.diagnostics.loop_bugs import LOOP_LABEL_POOLED
+from tricklab.diagnostics.readout import read_floats
 from tricklab.diagnostics.records import (
     ACT_HIST,
     ACT_MEAN,
@@ -483,7 +484,7 @@ class Probe:
         before, views = self._snapshot, self._update_views()
         sizes = list(torch._foreach_norm(before))
         torch._foreach_sub_(before, [v for v, _, _ in views])  # the snapshot becomes −ΔW
-        read = _read(list(torch._foreach_norm(before)) + sizes)  # one host read, on a sampled step
+        read = read_floats(list(torch._foreach_norm(before)) + sizes)  # one host read, on a sampled step
         deltas, sizes = read[: len(views)], read[len(views) :]
         # a sampled weight's sums of squares are scaled up to its size (they estimate the whole weight's)
         scale = [p.numel() / v.numel() for v, p, _ in views]
@@ -659,7 +660,7 @@ class Probe:
             self._scalars += self._step_values
             self._step_values = []
         if self._scalars:
-            values = _read([t for *_, t in self._scalars])
+            values = read_floats([t for *_, t in self._scalars])
             for (metric, layer, step, _), v in zip(self._scalars, values, strict=True):
                 self._records.add(metric, layer, step, v)
             self._scalars = []
@@ -685,23 +686,11 @@ class Probe:
             self._param_norms = []
         if self._checks:
             if self.first_nonfinite is None:
-                peaks = _read([c.peak for c in self._checks])
+                peaks = read_floats([c.peak for c in self._checks])
                 bad = next((c for c, v in zip(self._checks, peaks, strict=True) if not math.isfinite(v)), None)
                 if bad is not None:
                     self.first_nonfinite = _nonfinite(bad)
             self._checks = []
-
-
-def _read(values: list[Tensor | float]) -> list[float]:
-    """Numbers and one-element tensors (any dtype, on one device or several) → floats, with one host read."""
-    tensors = [t for t in values if isinstance(t, Tensor)]
-    if not tensors:
-        return [float(v) for v in values]
-    device = tensors[0].device
-    if not all(t.device == device and t.dim() == 0 and t.dtype == torch.float32 for t in tensors):
-        tensors = [t.reshape(()).float().to(device) for t in tensors]
-    read = iter(torch.stack(tensors).tolist())
-    return [next(read) if isinstance(v, Tensor) else float(v) for v in values]
 
 
 def _nonfinite(check: _Check) -> NonFinite:

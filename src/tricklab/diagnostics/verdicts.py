@@ -320,24 +320,6 @@ Check = Callable[[Findings, Mapping[str, Any]], "Verdict | None"]
 CHECKS: Registry[Check] = Registry("doctor check")
 
 
-def diagnose(findings: Findings, settings: Mapping[str, Any] | None = None) -> list[Verdict]:
-    """Run every check in :data:`CHECKS` and the loop checks (:mod:`~tricklab.diagnostics.loop_bugs`) on
-    ``findings``; an empty list means healthy. A symptom that a found cause explains follows it as its consequence
-    (``Verdict.cause`` set, its prescription withheld: :func:`~tricklab.diagnostics.loop_bugs.explain`).
-
-    ``settings``: the run's config values by full key (``model.activation``, ``model.norm``,
-    ``model.residual``, ``init.scheme``, ``optim.lr``, ``clip.mode``, ``data.scale``, ``optim.weight_decay``,
-    ``early_stopping.enabled``), used to tailor the prescriptions; the activation is inferred from the layers when
-    absent.
-    """
-    from tricklab.diagnostics.loop_bugs import LOOP_CHECKS, explain  # it imports this module
-
-    s = dict(settings or {})
-    s.setdefault("model.activation", _main_activation(findings))
-    found = [v for checks in (CHECKS, LOOP_CHECKS) for name in checks for v in [checks.get(name)(findings, s)] if v]
-    return explain(found)
-
-
 def merge_prescriptions(verdicts: Iterable[Verdict]) -> dict[str, Any]:
     """One set of overrides for all verdicts: the lowest ``optim.lr``, else the first verdict's value wins."""
     out: dict[str, Any] = {}
@@ -792,7 +774,8 @@ def _median(values: Iterable[Any]) -> float | None:
     return statistics.median(finite) if finite else None
 
 
-def _main_activation(f: Findings) -> str:
+def main_activation(f: Findings) -> str:
+    """The activation most of the net's recorded activation layers use (``relu`` when none is recorded)."""
     kinds = [info.kind for info in f.layers if info.kind in ACTIVATIONS]
     return max(set(kinds), key=kinds.count) if kinds else "relu"
 
