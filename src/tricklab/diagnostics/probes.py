@@ -13,13 +13,11 @@ ratio of a weight of over 65,536 elements is estimated on 16,384 of them (:data:
 
 Between sampled steps the per-layer hooks are not installed at all; what runs is one forward pre-hook on the
 model and, with an optimizer or :class:`ProbeCallback`, the step's loss and global ‖g‖ kept on the device (in
-``fit()`` the NaN/Inf guard's own gradient norms are reused) and read in batches of :data:`STEP_BATCH`. Measured
-with :class:`ProbeCallback` every 10 steps, 1 thread (``benchmarks/probe_overhead.py``,
-``benchmarks/doctor_zoo.py``): an MNIST MLP epoch takes ~1.03× as long, an MNIST-1D MLP step ~1.045×; at 2
-threads, where the matmuls halve but the probe's small operations do not, 1.05-1.09× (varying from run to run).
-The metric names and record types live in :mod:`tricklab.diagnostics.records` (imported again from here, so
-``from tricklab.diagnostics.probes import Findings`` keeps working); records are plain numbers (after fastai's
-``ActivationStats``, which samples ``every`` k steps in the same way).
+``fit()`` the NaN/Inf guard's own gradient norms are reused) and read in batches of :data:`STEP_BATCH`, so that
+a probed step costs little more than a plain one (``benchmarks/probe_overhead.py`` measures it; the figures are in
+``benchmarks/README.md``). The metric names and record types live in :mod:`tricklab.diagnostics.records` (and can
+be imported from here too); records are plain numbers (after fastai's ``ActivationStats``, which samples ``every``
+k steps in the same way).
 
 Three ways to use it::
 
@@ -166,7 +164,7 @@ def saturated_fraction(y: Tensor, kind: str) -> Tensor | float:
 
 def histogram(sample: Tensor, lo: float, hi: float, bins: int) -> Tensor:
     """Counts of ``sample`` in ``bins`` equal bins over [lo, hi]; values outside go to the edge bins, NaN to the
-    lowest (for finite values ``torch.histc`` gives the same counts, ~1.6× slower on CPU)."""
+    lowest (for finite values ``torch.histc`` gives the same counts; ``benchmarks/micro.py`` times the two)."""
     idx = torch.nan_to_num(sample, nan=lo).sub_(lo).mul_(bins / (hi - lo)).clamp_(0, bins - 1).long()
     return torch.bincount(idx, minlength=bins)
 
@@ -193,7 +191,7 @@ def scaled_stats(y: Tensor, *, with_norm: bool = True, with_peak: bool = True) -
     (nearly always), the sum and the norm (two passes; a third when the mean dominates the variance, see
     :data:`ONE_PASS_MIN`). Otherwise, and always on an accelerator (as 0-d tensors, without reading them), they
     are taken on y / max|y|, so values up to float32's limit give finite results (a plain norm overflows beyond
-    ~1e19) and tiny ones do not underflow to 0. (``torch.std_mean`` is ~5-10× slower on CPU.)
+    ~1e19) and tiny ones do not underflow to 0. (``torch.std_mean`` is slower on CPU: ``benchmarks/micro.py``.)
     """
     n = y.numel()
     if not with_peak and y.device.type == "cpu" and n:
