@@ -176,9 +176,7 @@ def training_estimate(
 
 
 def _builder(cfg: Config, input_shape: tuple[int, ...], num_classes: int) -> Callable[[], torch.nn.Module]:
-    from tricklab.config import model_factory
-
-    factory = model_factory(cfg.model.name)
+    factory = cfg.model.factory  # resolved when the config was validated
     return lambda: factory(tuple(input_shape), num_classes, **cfg.model.factory_kwargs())
 
 

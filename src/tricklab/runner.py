@@ -200,7 +200,7 @@ def _stored_config_file(cfg: Config, run_dir: Path) -> Path | None:
     that does not match ``cfg`` then names the file, edited since the run started, as the cause."""
     path = run_dir / "config.yaml"
     try:
-        return path if validate(read_yaml(path)).hash() == cfg.hash() else None
+        return path if validate(read_yaml(path), like=cfg).hash() == cfg.hash() else None
     except TrickLabError:
         return None
 

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from tricklab.assembly import Assembled, assemble, build_model, build_optimizer, load_data, step_callbacks
-from tricklab.config import Config, model_factory
+from tricklab.config import Config
 from tricklab.data import Splits, TensorBatches, TensorData
 from tricklab.diagnostics.diagnosis import diagnose
 from tricklab.diagnostics.probes import Findings, ProbeCallback
@@ -232,7 +232,7 @@ def probe_run(
 def signal_at_init(cfg: Config, splits: Splits, device: torch.device) -> list[SignalProfile]:
     """Signal propagation of the config's model for every init scheme, on the first training examples."""
     info = splits.info
-    factory, options = model_factory(cfg.model.name), cfg.model.factory_kwargs()
+    factory, options = cfg.model.factory, cfg.model.factory_kwargs()
     x = splits.train.x[:SIGNAL_BATCH].to(device)
     y = splits.train.y[:SIGNAL_BATCH].to(device)
     return compare_inits(
