@@ -78,6 +78,7 @@ def study_spec(study: Study, dataset: str, opts: LabOptions) -> StudySpec:
         seeds=opts.seeds,
         margin=study.margin.get(dataset),
         sequential={"first": opts.seeds, "cap": opts.max_seeds} if opts.max_seeds else None,
+        outcomes=list(study.outcomes) if study.outcomes != ("test_acc",) else None,
     )
 
 
