@@ -30,7 +30,7 @@ from tricklab.lab.speed import Timed, decide_speed, decide_speed_sequential, pai
 from tricklab.lab.stats import BETTER, WORSE
 
 SEED_SD = 0.2  # sd of log time shared by the arms of one seed (same data order, same init draw)
-RUN_SD = 0.25  # sd of log time of one run beyond it
+RUN_SD = 0.25  # sd of log time of one run beyond it (--run-sd)
 STEPS_PER_EPOCH = 100
 
 
@@ -60,17 +60,18 @@ def simulate(
     seeds: int = 10,
     first: int | None = 3,
     seed: int = 0,
+    run_sd: float = RUN_SD,
 ) -> Calibration:
     """Simulate ``studies`` studies; ``first`` None: a fixed design of ``seeds`` seeds, else ``--seeds auto`` from
     ``first`` up to the cap ``seeds``."""
     rng = np.random.default_rng(seed)
     budget = epochs * STEPS_PER_EPOCH
-    sd = math.hypot(SEED_SD, RUN_SD)
+    sd = math.hypot(SEED_SD, run_sd)
     mu = math.log(budget) - stats.norm.ppf(1 - censored) * sd  # P(T > budget) = censored for the baseline
     arms = comparisons + 1  # arm 0 is the baseline
     shift = np.zeros(arms)
     shift[1] = math.log1p(-effect) if effect else 0.0
-    log_t = mu + rng.normal(0, SEED_SD, (studies, 1, seeds)) + rng.normal(0, RUN_SD, (studies, arms, seeds))
+    log_t = mu + rng.normal(0, SEED_SD, (studies, 1, seeds)) + rng.normal(0, run_sd, (studies, arms, seeds))
     log_t += shift[None, :, None]
     steps = np.ceil(np.exp(log_t) / STEPS_PER_EPOCH) * STEPS_PER_EPOCH  # resolved to the end of an epoch
     reached = steps <= budget
@@ -104,16 +105,22 @@ def main() -> None:
     ap.add_argument("--studies", type=int, default=2000)
     ap.add_argument("--comparisons", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--run-sd", type=float, default=RUN_SD, help="sd of a run's log time beyond its seed's")
+    ap.add_argument("--effects", default="0,0.1,0.25,0.5", help="fractions of steps saved by the first variant")
+    ap.add_argument("--designs", default="auto,10", help="auto (--seeds auto, 3…10) and/or fixed seed counts")
     args = ap.parse_args()
     print(
-        "| design | comparisons | runs censored | effect | family-wise false-positive rate [95% CI] | "
+        "| design | comparisons | run sd | runs censored | effect | family-wise false-positive rate [95% CI] | "
         "power [95% CI] | mean seeds | time |"
     )
-    print("|---|--:|--:|--:|--:|--:|--:|--:|")
-    designs = [("--seeds auto (3…10)", 3, 10), ("fixed 10 seeds", None, 10), ("fixed 5 seeds", None, 5)]
+    print("|---|--:|--:|--:|--:|--:|--:|--:|--:|")
+    designs = [
+        ("--seeds auto (3…10)", 3, 10) if d == "auto" else (f"fixed {d} seeds", None, int(d))
+        for d in args.designs.split(",")
+    ]
     for label, first, seeds in designs:
         for censored in (0.2, 0.4):
-            for effect in (0.0, 0.10, 0.25):
+            for effect in (float(e) for e in args.effects.split(",")):
                 start = time.perf_counter()
                 c = simulate(
                     studies=args.studies,
@@ -123,10 +130,11 @@ def main() -> None:
                     seeds=seeds,
                     first=first,
                     seed=args.seed,
+                    run_sd=args.run_sd,
                 )
                 power = "—" if not effect else f"{c.power:.1%} [{c.power_ci[0]:.1%}, {c.power_ci[1]:.1%}]"
                 print(
-                    f"| {label} | {args.comparisons} | {c.censored:.0%} | {effect:.0%} fewer steps | "
+                    f"| {label} | {args.comparisons} | {args.run_sd:g} | {c.censored:.0%} | {effect:.0%} fewer steps | "
                     f"{c.family_rate:.2%} [{c.family_ci[0]:.2%}, {c.family_ci[1]:.2%}] | {power} | "
                     f"{c.mean_seeds:.1f} | {time.perf_counter() - start:.0f} s |",
                     flush=True,

@@ -17,6 +17,7 @@ from tricklab.lab.speed import (
     decide_speed,
     decide_speed_sequential,
     paired_censored,
+    rank_test_spending,
     scores,
     signed_rank_p,
     time_to_target,
@@ -64,6 +65,9 @@ def test_censored_pairs_are_scored_by_what_is_known_of_their_order():
     assert d[3] == pytest.approx(math.log(0.8))
     assert d[4] == 0  # variant reached it after the baseline's (shorter) budget ran out: order unknown
     assert (scores(baseline, variant) == -d).all()  # swapping the arms negates every score
+    # reached at the very end of a budget the other arm spent without reaching it: faster, by the smallest score
+    last = scores([Timed(500, R), Timed(500, C)], [Timed(500, C), Timed(500, R)])
+    assert last[0] > 0 and last[1] < 0 and abs(last[0]) < 1e-6
 
 
 def test_signed_rank_p_by_hand():
@@ -138,17 +142,30 @@ def test_equivalent_when_every_seed_reached_and_times_agree_within_ten_percent()
 
 
 def test_sequential_looks_use_the_same_spending_as_the_t_test_design():
-    """10 seeds all faster: at the looks 3, 5, 7 the exact p-values 2/8, 2/32, 2/128 spend too little
-    (α_k = 0.0045, 0.008, 0.012); at 10 seeds p = 2/1024, repeated p = p·0.05/0.0255 = 0.00383: better."""
+    """α·t² at the looks 3, 5, 7, 10 spends 0.0045, 0.008, 0.012, 0.0255; the exact test cannot reach p ≤ 0.0045 at
+    3 seeds (smallest p 2/8) nor ≤ 0.0125 at 5 (2/32), so their α passes on: 7 seeds test at 0.0245, 10 at 0.0255."""
+    assert rank_test_spending((3, 5, 7, 10)) == pytest.approx((0.0, 0.0, 0.0245, 0.0255))
+    assert sum(rank_test_spending((3, 5, 7, 10))) == pytest.approx(0.05)
     fast = timed(*[(100 + s, R) for s in range(10)])
     slow = timed(*[(300 + 7 * s, R) for s in range(10)])
+    five = {s: fast[s] for s in range(5)}, {s: slow[s] for s in range(5)}
+    d5 = decide_speed_sequential({"a": paired_censored(*five)}, first=3, cap=10)["a"]
+    assert d5.outcome == UNDECIDED and d5.resolves == "next look" and d5.seeds_needed == 7 and d5.repeated_p == 1.0
     seven = {s: fast[s] for s in range(7)}, {s: slow[s] for s in range(7)}
     d7 = decide_speed_sequential({"a": paired_censored(*seven)}, first=3, cap=10)["a"]
-    assert d7.outcome == UNDECIDED and d7.resolves == "next look" and d7.seeds_needed == 10
-    assert d7.repeated_p == pytest.approx(min(0.25 * 0.05 / 0.0045, (2 / 32) * 0.05 / 0.008, (2 / 128) * 0.05 / 0.012))
-    d10 = decide_speed_sequential({"a": paired_censored(fast, slow)}, first=3, cap=10)["a"]
-    assert d10.outcome == BETTER and d10.decided_at == 10
-    assert d10.repeated_p == pytest.approx((2 / 1024) * 0.05 / 0.0255)
+    assert d7.outcome == BETTER and d7.decided_at == 7
+    assert d7.repeated_p == pytest.approx((2 / 128) * 0.05 / 0.0245)  # 0.0319
+    # two comparisons: Holm doubles it (0.0638), so 7 seeds do not decide; 10 seeds: 2 × (2/1024)·0.05/0.0255
+    slow2 = timed(*[(400 + 3 * s, R) for s in range(10)])
+    two = decide_speed_sequential(
+        {"a": paired_censored(*seven), "b": paired_censored(*({s: fast[s] for s in range(7)}, slow2))}, first=3, cap=10
+    )
+    assert two["a"].outcome == UNDECIDED and two["a"].seeds_needed == 10
+    ten = decide_speed_sequential(
+        {"a": paired_censored(fast, slow), "b": paired_censored(fast, slow2)}, first=3, cap=10
+    )
+    assert ten["a"].outcome == BETTER and ten["a"].decided_at == 10
+    assert ten["a"].p_holm == pytest.approx(2 * (2 / 1024) * 0.05 / 0.0255)
 
 
 def test_sequential_no_signal_stops_at_the_first_look():

@@ -12,8 +12,9 @@ time is known only to exceed that. It is neither dropped nor given a made-up tim
 ``d = log(t_baseline / t_variant)`` (> 0: the variant was faster):
 
 * both reached the target: ``d`` is the exact log ratio;
-* one reached it at ``t`` before the other's censoring time ``c``: the reached one is faster, and ``d`` is the bound
-  ``±log(c / t)`` (the true ratio is at least that);
+* one reached it at ``t`` no later than the other's censoring time ``c`` (the other had not reached it by ``c``):
+  the reached one is faster, and ``d`` is the bound ``±log(c / t)`` (the true ratio is at least that; at ``t = c``
+  the smallest non-zero score, :data:`LEAST`: its sign known, its size not);
 * neither reached it, or one reached it only after the other's censoring time: the order is unknown, ``d = 0``
   (no information; such pairs are left out of the ranks).
 
@@ -35,8 +36,10 @@ exact. With n informative pairs the smallest p-value is 2/2ⁿ, so no claim is p
 
 With ``--seeds auto`` (:func:`decide_speed_sequential`) the same looks and alpha spending as
 :mod:`tricklab.lab.sequential` are used: look k tests the first ``n_k`` pairs at level ``α_k``, the repeated p-value
-is ``min_k p_k·α/α_k`` and Holm runs over those. ``benchmarks/calibrate_lab.py`` simulates null studies with
-censoring through this code to check the family-wise false-positive rate.
+is ``min_k p_k·α/α_k`` and Holm runs over those. A look whose exact test could not reject at any data (3 and 5
+seeds: smallest p-values 1/4 and 1/16) passes its α on to the next one (:func:`rank_test_spending`).
+``benchmarks/calibrate_lab.py`` simulates null studies with censoring through this code to check the family-wise
+false-positive rate.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ STEPS_TO_TARGET = "steps_to_target"
 SECONDS_TO_TARGET = "seconds_to_target"
 SPEED_OUTCOMES = (STEPS_TO_TARGET, SECONDS_TO_TARGET)
 SPEED_MARGIN = 0.1  # times within ±10% of each other are of no practical difference (equivalence)
+LEAST = 1e-9  # the score of a pair whose order is known but whose bound on the ratio is 1 (smallest rank)
 EXACT_MAX = 16  # exact sign-flip distribution up to this many informative pairs; normal approximation above
 
 
@@ -97,23 +101,24 @@ def time_to_target(history: Sequence[Mapping[str, Any]], metrics: Mapping[str, A
 
 def scores(variant: Sequence[Timed], baseline: Sequence[Timed]) -> np.ndarray:
     """Per-pair log-ratio scores ``log(t_baseline / t_variant)`` under censoring (see the module docstring)."""
-    out = np.zeros(len(variant))
-    for i, (a, b) in enumerate(zip(variant, baseline, strict=True)):
-        la, lb = math.log(max(a.value, 1e-12)), math.log(max(b.value, 1e-12))
-        if a.reached and b.reached:
-            out[i] = lb - la
-        elif a.reached and a.value < b.value:
-            out[i] = lb - la  # the variant reached it before the baseline's budget ran out
-        elif b.reached and b.value < a.value:
-            out[i] = lb - la
-    return out
+    ta = np.array([t.value for t in variant], dtype=float)
+    tb = np.array([t.value for t in baseline], dtype=float)
+    ra = np.array([t.reached for t in variant], dtype=bool)
+    rb = np.array([t.reached for t in baseline], dtype=bool)
+    return score_matrix(ta, ra, tb, rb)
 
 
 def score_matrix(ta: np.ndarray, ra: np.ndarray, tb: np.ndarray, rb: np.ndarray) -> np.ndarray:
-    """:func:`scores` for whole arrays (times ``t``, reached flags ``r``; variant ``a``, baseline ``b``)."""
+    """:func:`scores` for whole arrays (times ``t``, reached flags ``r``; variant ``a``, baseline ``b``).
+
+    A run censored at ``c`` would have reached the target only after ``c``: one that reached it at ``t ≤ c`` is
+    faster, even at ``t = c`` (the target met at the last evaluation of the other's budget); such a pair's bound
+    ``log(c / t)`` is then 0, and it is scored :data:`LEAST` (the smallest rank, its sign known)."""
     d = np.log(np.maximum(tb, 1e-12)) - np.log(np.maximum(ta, 1e-12))
-    known = (ra & rb) | (ra & (ta < tb)) | (rb & (tb < ta))
-    return np.where(known, d, 0.0)
+    a_first = ra & ~rb & (ta <= tb)  # the variant reached it, the baseline had not by then
+    b_first = rb & ~ra & (tb <= ta)
+    d = np.where(a_first, np.maximum(d, LEAST), np.where(b_first, np.minimum(d, -LEAST), d))
+    return np.where((ra & rb) | a_first | b_first, d, 0.0)
 
 
 def _signs(n: int) -> np.ndarray:
@@ -240,6 +245,26 @@ def decide_speed(
     return out
 
 
+def rank_test_spending(schedule: Sequence[int], alpha: float = ALPHA) -> tuple[float, ...]:
+    """The α each look's signed-rank test may spend: :func:`~tricklab.lab.sequential.spending`'s, except that a look
+    at which the exact test cannot reach its level even with every pair one way (smallest p-value 2/2ⁿ above the α
+    accumulated so far) spends nothing and passes its α on to the next look. Fixed by the seed counts alone, before
+    any data, so the looks' levels still add up to ``alpha`` and the union bound holds.
+
+    Example: ``rank_test_spending((3, 5, 7, 10))`` → ``(0, 0, 0.0245, 0.0255)``: 3 and 5 seeds cannot reach p < 0.0125.
+    """
+    out, carried = [], 0.0
+    for n, a in zip(schedule, spending(schedule, alpha), strict=True):
+        carried += a
+        smallest = 2.0 / 2.0**n if n <= EXACT_MAX else 0.0
+        if smallest <= carried:
+            out.append(carried)
+            carried = 0.0
+        else:
+            out.append(0.0)
+    return tuple(out)
+
+
 def decide_speed_sequential(
     comparisons: Mapping[str, CensoredPaired],
     *,
@@ -264,7 +289,8 @@ def decide_speed_sequential(
     interval: list[tuple[float, float] | None] = [None] * m
     equiv = np.zeros(m, dtype=bool)
     adjusted = np.full(m, math.nan)
-    for n_k, a_k in zip(schedule, spending(schedule, alpha), strict=True):
+    usable = rank_test_spending(schedule, alpha)
+    for n_k, a_k, u_k in zip(schedule, spending(schedule, alpha), usable, strict=True):
         equiv[:] = False
         for i in range(m):
             x = data[i]
@@ -274,9 +300,9 @@ def decide_speed_sequential(
             if not any(anyone[i][:n_k]):  # nobody reached the target yet: nothing to compare, no more seeds
                 code[i], at[i] = 3, n_k
                 continue
-            if (np.abs(x[:n_k]) > SAME).any():
+            if u_k > 0 and (np.abs(x[:n_k]) > SAME).any():
                 pk, sk = signed_rank_p(x[None, :n_k])
-                repeated = min(1.0, float(pk[0]) * alpha / a_k)
+                repeated = min(1.0, float(pk[0]) * alpha / u_k)
                 if repeated < p[i]:
                     p[i], sign[i] = repeated, sk[0]
             equiv[i], lo, hi = _equivalent(x[:n_k], all(both[i][:n_k]), a_k, margin)
