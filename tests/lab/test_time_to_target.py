@@ -278,3 +278,50 @@ def test_null_studies_keep_the_family_wise_error_near_five_percent():
     spec.loader.exec_module(calib)
     fpr = calib.simulate(studies=200, comparisons=4, effect=0.0, censored=0.3, seed=1).family_rate
     assert fpr <= 0.10
+
+
+def fake_speed(config):
+    """Width 9 reaches the 0.9 target at epoch 1 of 4, width 8 at epoch 3; test accuracy equal within 0.05 pp."""
+    import random
+
+    from tricklab.config import validate
+    from tricklab.lab.store import config_key
+
+    cfg = validate(config)
+    seed, width = cfg.train.seed, cfg.model.width
+    reach = 1 if width == 9 else 3
+    acc = 0.8 + random.Random(seed * 100 + width).uniform(-0.0005, 0.0005)
+    history = [{"epoch": e, "val_acc": 0.95 if e >= reach else 0.5, "epoch_time": 1.0} for e in range(1, 5)]
+    metrics = {"test_acc": acc, "best_val_acc": 0.95, "wall_time_s": 4.0, "steps": 400, "epochs_run": 4}
+    return metrics, history, config_key(cfg.to_dict())
+
+
+def test_seeds_auto_adds_seeds_for_an_open_speed_comparison(tmp_path):
+    """Test accuracy is equivalent at the first look; steps to target (3 of 3 faster) cannot be decided before the
+    7-seed look, so the lab adds seeds up to 7 for it and stops there, better."""
+    from tricklab.lab.lab import LabOptions, run_lab
+    from tricklab.lab.store import Store
+
+    study, _, _ = custom_study(
+        {
+            "name": "speedy",
+            "dataset": "synthetic",
+            "base": {"model.depth": 1, "model.width": 8, "train.epochs": 4},
+            "baseline": "plain",
+            "variants": {"plain": {}, "fast": {"model.width": 9}},
+            "margin": 0.5,
+            "target_val_acc": 0.9,
+            "outcomes": ["test_acc", "steps_to_target"],
+        }
+    )
+    out = tmp_path / "lab"
+    run_lab([study], LabOptions(seeds=3, max_seeds=10, workers=1), out, fn=fake_speed)
+    with Store(out / "results.sqlite") as store:
+        spec, rows = store.studies()[0][2], store.rows("speedy", "synthetic")
+    assert spec["outcomes"] == ["test_acc", "steps_to_target"]
+    assert sorted(r.seed for r in rows if r.variant == "fast" and r.status == "done") == list(range(7))
+    stats = analyse("speedy", "synthetic", spec, rows)
+    fast = stats.variant("fast")
+    assert fast.decision.outcome == EQUIVALENT and fast.decision.decided_at == 3
+    d = fast.speed_decisions[STEPS_TO_TARGET]
+    assert d.outcome == BETTER and d.decided_at == 7 and seeds_to_run(stats) == {}
