@@ -164,3 +164,18 @@ def test_every_outcome_has_a_colour(outcome_):
     from tricklab.report.lab_report import COLOURS
 
     assert outcome_ in COLOURS
+
+
+def test_every_lab_run_records_the_test_sets_chance_accuracy():
+    """The lab's runner records ``test_prior_acc``: the share of the most common class among the test labels."""
+    import torch
+
+    from tricklab.config import load_config
+    from tricklab.data import sources
+    from tricklab.lab.runner import execute
+
+    cfg = load_config(overrides={"data.name": "synthetic", "model.depth": 1, "model.width": 8, "train.epochs": 1})
+    metrics, _, _ = execute(cfg.to_dict())
+    labels = sources.synthetic(None).test.y.reshape(-1)
+    expected = torch.bincount(labels).max().item() / len(labels)
+    assert metrics["test_prior_acc"] == pytest.approx(expected)
