@@ -104,7 +104,7 @@ def test_run_lab_returns_records_csv_and_renders(tmp_path, capsys):
     by = {r["variant"]: r for r in lab.records}
     assert by["plain"]["baseline"] == "plain" and by["plain"]["diff_mean"] is None
     assert by["bn"]["seeds"] == 2 and by["bn"]["verdict"] and by["bn"]["diff_mean"] is not None
-    assert by["bn"]["outcome"] in ("better", "worse", "equivalent", "undecided")
+    assert by["bn"]["outcome"] in ("better", "worse", "equivalent", "undecided", "no signal")
     assert by["plain"]["outcome"] == "baseline" and by["plain"]["prob_improvement"] is None
     assert by["bn"]["verdict"].startswith(f"bn: {by['bn']['outcome']}") and 0 <= by["bn"]["prob_improvement"] <= 1
     assert 0 <= by["bn"]["test_acc_mean"] <= 1

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 import sys
 from collections.abc import Callable, Iterable, Mapping
@@ -751,6 +752,8 @@ RECORD_COLUMNS = (
     "decision_ci_high",
     "margin_pp",
     "verdict",
+    *(NO_SIGNAL_COLUMNS := ("no_signal_reason",)),
+    *(SPEED_COLUMNS := ("steps_to_target_outcome", "steps_to_target_p_holm", "steps_to_target_ratio")),
 )
 
 
@@ -763,7 +766,9 @@ def lab_records(lab_dir: str | Path) -> list[dict[str, Any]]:
     would likely decide it (with ``seeds="auto"``: the next look's seeds, or past the cap an estimate).
     ``significant`` is the unadjusted paired t-test's. ``decided_at`` (``seeds="auto"`` only): the seeds at the
     look that decided it; ``decision_ci_low``/``_high``: the interval the outcome rests on (the repeated 95%
-    interval of the sequential procedure, else the t interval ``diff_ci_low``/``_high``).
+    interval of the sequential procedure, else the t interval ``diff_ci_low``/``_high``). ``outcome`` is ``no signal``
+    when neither arm learned, with ``no_signal_reason`` saying why. ``steps_to_target_*`` (studies that judge it,
+    else None): its outcome, Holm-adjusted p and the median ratio of steps to target (variant / baseline).
     """
     from tricklab.lab.analysis import TEST_ACC
     from tricklab.lab.results import results
@@ -801,12 +806,22 @@ def lab_records(lab_dir: str | Path) -> list[dict[str, Any]]:
                             *_decision_interval(v),
                             s.margin_pp,
                             v.verdict,
+                            *_extra_record(v),
                         ),
                         strict=True,
                     )
                 )
             )
     return records
+
+
+def _extra_record(v) -> tuple:
+    """The record's ``no_signal_reason`` and ``steps_to_target_*`` values (None where they do not apply)."""
+    reason = v.decision.reason if v.decision is not None and v.decision.reason else None
+    d, c = v.speed_decisions.get("steps_to_target"), v.speed.get("steps_to_target")
+    if d is None or c is None:
+        return reason, None, None, None
+    return reason, d.outcome, d.p_holm if math.isfinite(d.p_holm) else None, c.ratio if math.isfinite(c.ratio) else None
 
 
 def _decision_interval(v) -> tuple[float | None, float | None]:

@@ -79,6 +79,12 @@ class RunResult:
         return run_html(self)
 
 
+def _prior_acc(labels: torch.Tensor) -> float:
+    """The share of the most common class in ``labels``: the accuracy of always answering it (chance level)."""
+    labels = torch.as_tensor(labels).reshape(-1).long()
+    return float(torch.bincount(labels).max() / len(labels)) if len(labels) else math.nan
+
+
 def _member_summary(state: FitState, callbacks: list[Callback]) -> dict[str, Any]:
     out: dict[str, Any] = {"epochs_run": state.epoch, "steps": state.step}
     vals = [r["val_acc"] for r in state.history if "val_acc" in r]
@@ -354,6 +360,7 @@ def _run(
     if k_members > 1 and any(m.get("diverged") for m in members):
         metrics["diverged_members"] = sum(1 for m in members if m.get("diverged"))
     metrics.update(wall_time_s=time.perf_counter() - start, config_hash=cfg.hash())
+    metrics["test_prior_acc"] = _prior_acc(splits.test.y)  # chance level: the lab's "no signal" compares with it
     if run_dir is not None and main:
         atomic_write(run_dir / "metrics.json", (json.dumps(metrics, indent=2) + "\n").encode())
         for k, final in enumerate(finals):

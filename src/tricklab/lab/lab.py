@@ -78,6 +78,7 @@ def study_spec(study: Study, dataset: str, opts: LabOptions) -> StudySpec:
         seeds=opts.seeds,
         margin=study.margin.get(dataset),
         sequential={"first": opts.seeds, "cap": opts.max_seeds} if opts.max_seeds else None,
+        outcomes=list(study.outcomes) if study.outcomes != ("test_acc",) else None,
     )
 
 
@@ -520,7 +521,12 @@ class _Refill:
                 self.refresh(p)
             found = study_result(self.store, *sk, self.specs[sk])
             stats, rows = found.stats, found.rows
-            open_ = [v.name for v in stats.variants if v.decision and v.decision.resolves == "next look"]
+            acc = "test_acc" in stats.outcomes  # the comparisons still open, of the outcomes the study judges
+            open_ = [
+                v.name
+                for v in stats.variants
+                if any(d and d.resolves == "next look" for d in [acc and v.decision, *v.speed_decisions.values()])
+            ]
             done = {(r.variant, r.seed) for r in rows if r.status == "done"}
             added = []
             for variant, n in seeds_to_run(stats).items():

@@ -29,7 +29,8 @@ from tricklab.errors import TrickLabError  # noqa: E402
 from tricklab.lab.analysis import BEST_VAL_ACC, EPOCHS_TO_TARGET, TEST_ACC, WALL_TIME, StudyStats  # noqa: E402
 from tricklab.lab.results import DB_NAME, LabResults, results  # noqa: E402
 from tricklab.lab.spec import StudySpec  # noqa: E402
-from tricklab.lab.stats import BETTER, EQUIVALENT, OUTCOMES, UNDECIDED, WORSE, Interval, fmt_p  # noqa: E402
+from tricklab.lab.speed import SPEED_MARGIN, CensoredPaired, Timed  # noqa: E402
+from tricklab.lab.stats import BETTER, EQUIVALENT, NO_SIGNAL, OUTCOMES, UNDECIDED, WORSE, Interval, fmt_p  # noqa: E402
 from tricklab.outputs import HTML_REPORT, PNG, check_target, draw_file, write_file  # noqa: E402
 from tricklab.report.findings import (  # noqa: E402
     FINDINGS_CSS,
@@ -52,6 +53,7 @@ COLOURS = {
     WORSE: ("#a40e26", "#ffebe9", "bold red", "#cf222e"),
     EQUIVALENT: ("#0550ae", "#ddf4ff", "bold blue", "#0969da"),
     UNDECIDED: ("#7d4e00", "#fff8c5", "yellow", "#d4a72c"),
+    NO_SIGNAL: ("#6639ba", "#fbefff", "magenta", "#8250df"),  # neither arm learned: nothing to compare
 }
 BASELINE, BASELINE_COLOUR = "baseline", "#888"
 
@@ -306,6 +308,11 @@ def _img(path: Path, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
+def css_class(outcome: str) -> str:
+    """An outcome as an HTML class name (``"no signal"`` → ``"no-signal"``: a class holds no space)."""
+    return outcome.replace(" ", "-")
+
+
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
 color:#222;line-height:1.45} h1{font-size:1.6em} h2{margin-top:2em;border-bottom:1px solid #ddd;padding-bottom:.2em}
@@ -317,13 +324,13 @@ img{max-width:100%;margin:.5em 0} pre{background:#f6f6f6;padding:.6em;overflow-x
 """
 CSS += FINDINGS_CSS
 CSS += "".join(
-    f"td.{o}{{color:{fg};background:{bg};font-weight:600;text-align:left}} li.{o}{{color:{fg}}}\n"
+    f"td.{css_class(o)}{{color:{fg};background:{bg};font-weight:600;text-align:left}} li.{css_class(o)}{{color:{fg}}}\n"
     for o, (fg, bg, _, _) in COLOURS.items()
 )
 
 
 def _verdict_class(v) -> str:
-    return "not-run" if not_run(v) else v.decision.outcome if v.decision else ""
+    return "not-run" if not_run(v) else css_class(v.decision.outcome) if v.decision else ""
 
 
 def study_html(
@@ -369,6 +376,7 @@ def study_html(
         )
         + "</ul>"
     )
+    h += speed_html(s)
     for path, alt in plots:
         h.append(_img(path, alt))
     h.append("<details><summary>Exact configs (overrides of the defaults; seed = 0 … seeds − 1)</summary><pre>")
@@ -478,6 +486,100 @@ def build_report(lab_dir: str | Path, console=None, *, out_dir: str | Path | Non
                     console.print(Text(f"  {v.name}: {not_run(v)} yet", style=NOT_RUN_COLOURS[2]))
                 elif v.decision:
                     console.print(Text("  " + v.verdict, style=COLOURS[v.decision.outcome][2]))
+                for key, d in v.speed_decisions.items():
+                    console.print(Text("  " + v.speed_verdicts[key], style=COLOURS[d.outcome][2]))
         for f in findings:
             console.print(Text("Finding: " + takeaway(f)))
     return out
+
+
+# ---- time to target (tricklab.lab.speed): a table of its own per judged outcome ------------------------------
+
+SPEED_COLUMNS = ("variant", "vs", "reached target", "median to target", "ratio (median)", "p (Holm)", "outcome")
+SPEED_OUTCOME_COLUMN = SPEED_COLUMNS.index("outcome")
+
+
+def median_time(times: tuple[Timed, ...]) -> str:
+    """Median time to target over seeds, a censored run counting as slower than every reached one: ``"1,200"``,
+    or ``"> 2,400"`` when half the runs or more never reached it (the median is then only bounded)."""
+    if not times:
+        return "—"
+    ordered = sorted(times, key=lambda t: (not t.reached, t.value))
+    mid = ordered[(len(ordered) - 1) // 2]
+    return f"{mid.value:,.0f}" if mid.reached else f"> {max(t.value for t in times):,.0f}"
+
+
+def speed_rows(s: StudyStats, key: str) -> list[tuple[str, list[str]]]:
+    """``(outcome, cells)`` per comparison judged on ``key`` (steps_to_target or seconds_to_target)."""
+    rows = []
+    for v in s.variants:
+        c: CensoredPaired | None = v.speed.get(key)
+        d = v.speed_decisions.get(key)
+        if c is None or d is None:
+            continue
+        p = "—" if not math.isfinite(c.p) else _short_p(d.repeated_p if d.sequential and d.repeated_p else c.p)
+        if d.family > 1 and math.isfinite(d.p_holm):
+            p += f" ({_short_p(d.p_holm)})"
+        n = len(c.seeds)
+        rows.append(
+            (
+                d.outcome,
+                [
+                    v.name,
+                    v.baseline,
+                    f"{sum(t.reached for t in c.variant)}/{n} vs {sum(t.reached for t in c.baseline)}/{n}",
+                    f"{median_time(c.variant)} vs {median_time(c.baseline)}",
+                    f"{c.ratio:.2f}×" if math.isfinite(c.ratio) else "—",
+                    p,
+                    d.outcome,
+                ],
+            )
+        )
+    return rows
+
+
+def speed_rule(s: StudyStats, key: str) -> str:
+    """How the time-to-target outcomes were decided, in one sentence."""
+    unit = key.removesuffix("_to_target")
+    return (
+        f"Time to target: {unit} until the validation accuracy first reaches {s.target:.0%} (resolved to epochs: "
+        f"{unit} at the end of that epoch); a run that never reaches it is censored at its budget. Paired by seed, "
+        "scored by what is known of each pair's order (both censored: no information), Wilcoxon's signed-rank test "
+        f"(exact), Holm over the study's {key} comparisons (α = {s.alpha:g}); equivalent when every seed reached "
+        f"the target in both arms and the 95% interval of the time ratio lies within ±{SPEED_MARGIN:.0%}; "
+        f"{NO_SIGNAL} when no seed of either arm reached it."
+    )
+
+
+def speed_html(s: StudyStats) -> list[str]:
+    """The time-to-target table, rule and verdicts of each speed outcome the study judges (none: [])."""
+    h = []
+    for key in (o for o in s.outcomes if o != TEST_ACC):
+        rows = speed_rows(s, key)
+        if not rows:
+            continue
+        h.append(f"<h3>{html.escape(key.replace('_', ' '))}</h3><table><tr>")
+        h[-1] += "".join(f"<th>{html.escape(c)}</th>" for c in SPEED_COLUMNS) + "</tr>"
+        for outcome, cells in rows:
+            h.append(
+                "<tr>"
+                + "".join(
+                    f'<td class="{css_class(outcome)}">{html.escape(c)}</td>'
+                    if i == SPEED_OUTCOME_COLUMN
+                    else f"<td>{html.escape(c)}</td>"
+                    for i, c in enumerate(cells)
+                )
+                + "</tr>"
+            )
+        h.append("</table>")
+        h.append(f'<p class="rule">{html.escape(speed_rule(s, key))}</p>')
+        h.append(
+            '<ul class="verdicts">'
+            + "".join(
+                f'<li class="{css_class(v.speed_decisions[key].outcome)}">{html.escape(v.speed_verdicts[key])}</li>'
+                for v in s.variants
+                if key in v.speed_decisions
+            )
+            + "</ul>"
+        )
+    return h

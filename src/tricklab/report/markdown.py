@@ -351,6 +351,7 @@ def _section(
     verdicts = [f"{v.name}: {not_run(v)} yet" if not_run(v) else v.verdict for v in s.variants if v.comparison]
     if verdicts:
         out += [f"- {md(text)}" for text in verdicts] + [""]
+    out += _speed_lines(s)
     for path, alt in plots:
         out += [f"![{md(alt, brackets=True)}]({quote(path.parent.name + '/' + path.name)})", ""]
     overrides = shown_overrides(spec.get("overrides", {}), rows or [])
@@ -360,6 +361,33 @@ def _section(
         fence = _fence("\n".join(block), 3)
         out += [fence, *block, fence, "", "</details>", ""]
     out += [f"**Reproduce:** {_command(reproduce_command(command, s.study))}", ""]
+    return out
+
+
+def _speed_lines(s: StudyStats) -> list[str]:
+    """The time-to-target table, rule and verdicts of each speed outcome the study judges
+    (:func:`tricklab.report.lab_report.speed_rows`)."""
+    from tricklab.report.lab_report import SPEED_COLUMNS, SPEED_OUTCOME_COLUMN, speed_rows, speed_rule
+
+    out: list[str] = []
+    for key in (o for o in s.outcomes if o != "test_acc"):
+        rows = speed_rows(s, key)
+        if not rows:
+            continue
+        out += [f"**{key.replace('_', ' ').capitalize()}**", ""]
+        out.append("| " + " | ".join(SPEED_COLUMNS) + " |")
+        out.append(
+            "|"
+            + "|".join(":--" if i in (0, 1, SPEED_OUTCOME_COLUMN) else "--:" for i in range(len(SPEED_COLUMNS)))
+            + "|"
+        )
+        for outcome, cells in rows:
+            shown = [md(c) for c in cells]
+            if outcome in (BETTER, WORSE, EQUIVALENT):
+                shown[SPEED_OUTCOME_COLUMN] = f"**{shown[SPEED_OUTCOME_COLUMN]}**"
+            out.append("| " + " | ".join(_cell(c) for c in shown) + " |")
+        out += ["", speed_rule(s, key), ""]
+        out += [f"- {md(v.speed_verdicts[key])}" for v in s.variants if key in v.speed_verdicts] + [""]
     return out
 
 
