@@ -38,6 +38,7 @@ from tricklab.diagnostics.loop_bugs import (
     LOOP_DECAY_SETTING,
     LOOP_DECAYED_NORM,
     LOOP_EVAL,
+    LOOP_FROZEN,
     LOOP_GRAD_STATE,
     LOOP_INPUT_HASH,
     LOOP_LABEL_PAIRS,
@@ -47,6 +48,7 @@ from tricklab.diagnostics.loop_bugs import (
     LOOP_OUTPUT,
     LOOP_PRECLIP,
     LOOP_SCHEDULERS,
+    LOOP_SOFTMAX_LOSS,
     LOOP_STEP_GRADS,
     LOOP_STEPS,
     LOOP_UNOPTIMIZED,
@@ -98,7 +100,7 @@ class LoopWatch:
         self._preclip: dict[int, Tensor] = {}  # id(parameter) → ‖g‖ after backward (sampled steps)
         self._preclip_total: Tensor | None = None
         self._output_step = -1
-        self._broadcast_seen = False
+        self._broadcast_seen = self._softmax_seen = False
         self._lrs: list[float] = []
         self._hash_w: Tensor | None = None
         modes = [name or type(m).__name__ for name, m in model.named_modules() if isinstance(m, MODE_LAYERS)]
@@ -116,6 +118,7 @@ class LoopWatch:
                 self._owners[name or type(m).__name__] = own
         if optimizer is not None:
             self._check_unoptimized(mine)
+        self._check_frozen(mine)
         if optimizer is not None and not own_loop:  # fit() steps its schedules as written: no runaway to judge
             base = max(float(g.get("initial_lr", g["lr"])) for g in optimizer.param_groups)
             records.add(LOOP_BASE_LR, MODEL, 0, base)
@@ -214,16 +217,23 @@ class LoopWatch:
         self._pending.append((LOOP_LABEL_PAIRS, self._step(), same, lambda v, pairs=n * (n - 1): [v, pairs]))
 
     def loss(self, loss: Tensor, step: int | None = None) -> None:
-        """The loss of ``step`` (default: the current one), read off its autograd graph (still there after backward):
-        an element-wise loss that broadcast its input against a target of another shape (sampled steps, until
-        found)."""
+        """The loss of ``step`` (default: the current one), read off its autograd graph (still there after backward),
+        on sampled steps until found: an element-wise loss that broadcast its input against a target of another
+        shape, and a log-softmax (``F.cross_entropy``'s own, or ``F.log_softmax``) applied to a softmax's output."""
         step = self._step() if step is None else step
-        if self._broadcast_seen or not self._sampled(step) or getattr(loss, "grad_fn", None) is None:
+        if (self._broadcast_seen and self._softmax_seen) or not self._sampled(step):
             return
-        shape = broadcast_in_loss(loss.grad_fn)
-        if shape is not None:
-            self._broadcast_seen = True
-            self.records.add(LOOP_BROADCAST, MODEL, step, shape)
+        node = getattr(loss, "grad_fn", None)
+        if node is None:
+            return
+        if not self._broadcast_seen:
+            shape = broadcast_in_loss(node)
+            if shape is not None:
+                self._broadcast_seen = True
+                self.records.add(LOOP_BROADCAST, MODEL, step, shape)
+        if not self._softmax_seen and softmax_in_loss(node):
+            self._softmax_seen = True
+            self.records.add(LOOP_SOFTMAX_LOSS, MODEL, step, 1)
 
     # --- hooks ------------------------------------------------------------------------------------------------
 
@@ -315,6 +325,31 @@ class LoopWatch:
                 },
             )
 
+    def _check_frozen(self, mine: set[int] | None) -> None:
+        """The parameters that do not require grad (frozen) when the watch starts: the modules whose own parameters
+        are all frozen, their share of the model's weights, and how many of them the optimizer was given."""
+        frozen = [(n, p) for n, p in self.model.named_parameters() if not p.requires_grad]
+        if not frozen:
+            return
+        every = list(self.model.named_parameters())
+        modules = self.model.named_modules()
+        owners = [(name or type(m).__name__, list(m.parameters(recurse=False))) for name, m in modules]
+        owners = [(name, own) for name, own in owners if own]  # the modules with parameters of their own
+        self.records.add(
+            LOOP_FROZEN,
+            MODEL,
+            0,
+            {
+                "modules": [name for name, own in owners if not any(p.requires_grad for p in own)],  # all frozen
+                "param_modules": [name for name, _ in owners],
+                "tensors": len(frozen),
+                "of": len(every),
+                "numel": sum(p.numel() for _, p in frozen),
+                "numel_of": sum(p.numel() for _, p in every),
+                "in_optimizer": 0 if mine is None else sum(id(p) in mine for _, p in frozen),
+            },
+        )
+
     def _grad_states(self, step: int) -> None:
         """Per module: 2 every own parameter's .grad None, 1 all exactly 0, 0 a gradient (one host read)."""
         present = [p for p in self._params if p.grad is not None]
@@ -400,6 +435,18 @@ def broadcast_in_loss(node: Any, depth: int = 0) -> list[int] | None:
         if found is not None:
             return found
     return None
+
+
+def softmax_in_loss(node: Any, depth: int = 0) -> bool:
+    """Whether a ``LogSoftmaxBackward0`` node within ``LOSS_GRAPH_DEPTH`` nodes of the loss takes a softmax's output
+    (``SoftmaxBackward0``) as its input: probabilities given to a log-softmax, so the loss is computed on
+    ``log_softmax(softmax(z))`` instead of ``log_softmax(z)``."""
+    if node is None or depth > LOSS_GRAPH_DEPTH:
+        return False
+    below = [n for n, _ in node.next_functions if n is not None]
+    if node.name() == "LogSoftmaxBackward0" and any(n.name() == "SoftmaxBackward0" for n in below):
+        return True
+    return any(softmax_in_loss(n, depth + 1) for n in below)
 
 
 def _total_norm(tensors: list[Tensor]) -> Tensor:
