@@ -126,7 +126,10 @@ class LoopWatch:
     # --- attach / detach --------------------------------------------------------------------------------------
 
     def attach(self) -> LoopWatch:
-        self._handles.append(self.model.register_forward_pre_hook(self._pre_hook))
+        """Hook the model: its output (audited steps) and, in a loop of your own, its forward's mode and input (in
+        ``fit()``, which trains in training mode on a new batch each step, there is nothing for that hook to see)."""
+        if not self.own_loop:
+            self._handles.append(self.model.register_forward_pre_hook(self._pre_hook))
         self._handles.append(self.model.register_forward_hook(self._post_hook))
         return self
 
@@ -178,7 +181,8 @@ class LoopWatch:
             lr = max(float(g["lr"]) for g in self.optimizer.param_groups)
             self._lrs.append(lr)
             self.records.add(LOOP_LR, MODEL, step, lr)
-            if self._audited(step):
+            audited = self._audited(step)
+            if audited:
                 self._grad_states(step)
                 self._decay(step)
                 if self.own_loop:  # fit(): this event runs before its clipping
@@ -187,7 +191,8 @@ class LoopWatch:
                     total = torch.stack([n.float() for n in self._preclip.values()]).square().sum().sqrt()
                     self._preclip_total = total
             self._preclip = {}
-        self._flush()
+        if audited:  # what is pending (label pairs, input hashes) waits for the next audit or the end: one read
+            self._flush()
 
     def after_step(self) -> None:
         """The optimizer step was taken (the next forward belongs to the next step)."""
@@ -226,12 +231,11 @@ class LoopWatch:
         node = getattr(loss, "grad_fn", None)
         if node is None:
             return
-        if not self._broadcast_seen:
-            shape = broadcast_in_loss(node)
-            if shape is not None:
-                self._broadcast_seen = True
-                self.records.add(LOOP_BROADCAST, MODEL, step, shape)
-        if not self._softmax_seen and softmax_in_loss(node):
+        shape, softmax = read_loss_graph(node)
+        if shape is not None and not self._broadcast_seen:
+            self._broadcast_seen = True
+            self.records.add(LOOP_BROADCAST, MODEL, step, shape)
+        if softmax and not self._softmax_seen:
             self._softmax_seen = True
             self.records.add(LOOP_SOFTMAX_LOSS, MODEL, step, 1)
 
@@ -355,7 +359,9 @@ class LoopWatch:
         present = [p for p in self._params if p.grad is not None]
         peaks: dict[int, float] = {}
         if present:
-            read = torch.stack([p.grad.detach().abs().amax().float().to(present[0].device) for p in present]).tolist()
+            device = present[0].grad.device
+            highest = torch._foreach_norm([p.grad.detach() for p in present], math.inf)  # max |g|, fused, no copy
+            read = torch.stack([v.float().to(device) for v in highest]).tolist()
             peaks = {id(p): v for p, v in zip(present, read, strict=True)}
         for name, params in self._owners.items():
             if all(id(p) not in peaks for p in params):
@@ -421,32 +427,39 @@ ELEMENTWISE_LOSS_NODES = (
 LOSS_GRAPH_DEPTH = 3
 
 
-def broadcast_in_loss(node: Any, depth: int = 0) -> list[int] | None:
+def read_loss_graph(node: Any) -> tuple[list[int] | None, bool]:
+    """One walk of the loss's autograd graph, within ``LOSS_GRAPH_DEPTH`` nodes of the loss: the shape of the input
+    that an element-wise loss expanded to its target's shape (None: none), and whether a ``LogSoftmaxBackward0``
+    takes a softmax's output (``SoftmaxBackward0``) as its input: probabilities given to a log-softmax, a loss
+    computed on ``log_softmax(softmax(z))`` instead of ``log_softmax(z)``."""
+    found: dict[str, Any] = {"shape": None, "softmax": False}
+
+    def walk(n: Any, depth: int) -> None:
+        if n is None or depth > LOSS_GRAPH_DEPTH or (found["shape"] is not None and found["softmax"]):
+            return
+        below = [b for b, _ in n.next_functions if b is not None]
+        name = n.name()
+        if found["shape"] is None and name in ELEMENTWISE_LOSS_NODES:
+            expand = next((b for b in below if b.name() == "ExpandBackward0"), None)
+            if expand is not None:
+                found["shape"] = [int(d) for d in expand._saved_self_sym_sizes]
+        if name == "LogSoftmaxBackward0" and any(b.name() == "SoftmaxBackward0" for b in below):
+            found["softmax"] = True
+        for b in below:
+            walk(b, depth + 1)
+
+    walk(node, 0)
+    return found["shape"], found["softmax"]
+
+
+def broadcast_in_loss(node: Any) -> list[int] | None:
     """The shape of the loss input that an element-wise loss expanded to its target's shape, or None."""
-    if node is None or depth > LOSS_GRAPH_DEPTH:
-        return None
-    below = [n for n, _ in node.next_functions if n is not None]
-    if node.name() in ELEMENTWISE_LOSS_NODES:
-        for n in below:
-            if n.name() == "ExpandBackward0":
-                return [int(d) for d in n._saved_self_sym_sizes]
-    for n in below:
-        found = broadcast_in_loss(n, depth + 1)
-        if found is not None:
-            return found
-    return None
+    return read_loss_graph(node)[0]
 
 
-def softmax_in_loss(node: Any, depth: int = 0) -> bool:
-    """Whether a ``LogSoftmaxBackward0`` node within ``LOSS_GRAPH_DEPTH`` nodes of the loss takes a softmax's output
-    (``SoftmaxBackward0``) as its input: probabilities given to a log-softmax, so the loss is computed on
-    ``log_softmax(softmax(z))`` instead of ``log_softmax(z)``."""
-    if node is None or depth > LOSS_GRAPH_DEPTH:
-        return False
-    below = [n for n, _ in node.next_functions if n is not None]
-    if node.name() == "LogSoftmaxBackward0" and any(n.name() == "SoftmaxBackward0" for n in below):
-        return True
-    return any(softmax_in_loss(n, depth + 1) for n in below)
+def softmax_in_loss(node: Any) -> bool:
+    """Whether the loss's graph applies a log-softmax to a softmax's output (see :func:`read_loss_graph`)."""
+    return read_loss_graph(node)[1]
 
 
 def _total_norm(tensors: list[Tensor]) -> Tensor:
