@@ -6,14 +6,16 @@ A :class:`LoopWatch` runs inside :class:`~tricklab.diagnostics.probes.ProbeCallb
 hook on the model, the step's "after backward" (:meth:`before_step`) and its end (:meth:`after_step`), and the
 batch's labels or targets when the loop gives them.
 
-What it costs. Every step: a few Python flags (was the model in training mode), and on the first forward of steps
-t and t+1 of each sampled step a hash of the input (a strided sample of ≤ ``HASH_SIZE`` elements and a dot
-product). On sampled steps (every ``every``-th): the LR of each param group. On audited ones (the first
+What it costs. Every step: a few Python flags (in a loop of your own, was the model in training mode; ``fit()``
+needs no forward pre-hook), and, in a loop of your own, on the first forward of steps t and t+1 of each sampled step
+a hash of the input (a strided sample of ≤ ``HASH_SIZE`` elements and a dot product). On sampled steps (every
+``every``-th): the LR of each param group and one walk of the loss's graph. On audited ones (the first
 ``AUDIT_FIRST`` sampled steps, then every ``AUDIT_EVERY``-th): a max |g| per parameter tensor (which layers got a
-gradient, one host read), ‖W‖ and ‖g‖ of the decayed groups, ‖g‖ after backward (per-tensor hooks for that step) and
-at the step, whether the output rows are distributions, and, at the first backward after it, whether ``.grad`` was
-zeroed (a tensor hook per parameter, for that one backward). The things ``fit()`` guarantees
-(``zero_grad``, training mode, a new batch each step, schedules stepped as written) are not watched there.
+gradient; what is pending is read there, in one host read), ‖W‖ and ‖g‖ of the decayed groups, ‖g‖ after backward
+(per-tensor hooks for that step) and at the step, whether the output rows are distributions, and, at the first
+backward after it, whether ``.grad`` was zeroed (a tensor hook per parameter, for that one backward). The things
+``fit()`` guarantees (``zero_grad``, training mode, a new batch each step, schedules stepped as written) are not
+watched there.
 """
 
 from __future__ import annotations
