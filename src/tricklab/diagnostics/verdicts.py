@@ -540,6 +540,18 @@ def prior_only(f: Findings) -> tuple[_Trend, float] | None:
     return (trend, prior) if not wild and trend.drop >= FLAT_MAX_DROP else None
 
 
+def loss_at_start_level(f: Findings) -> tuple[_Trend, float | None] | None:
+    """(trend, label-prior loss or None) when the batch loss has not left its initial level: it fell by less than
+    ``FLAT_MAX_DROP``, or it ended within ``PRIOR_MARGIN`` of the label-prior loss (chance); None otherwise or with
+    too short a run. Bouncing losses count too: this reads only where the loss is, not how it got there."""
+    trend = _loss_trend(f)
+    if trend is None:
+        return None
+    prior = _median(f.records.series(PRIOR_LOSS, MODEL)[1])
+    at_chance = prior is not None and prior > 0 and abs(trend.last / prior - 1) <= PRIOR_MARGIN
+    return (trend, prior if at_chance else None) if trend.drop < FLAT_MAX_DROP or at_chance else None
+
+
 @CHECKS.register(
     NOT_DECREASING,
     help=f"loss fell < {FLAT_MAX_DROP:.0%} over ≥ {DYNAMICS_MIN_STEPS} steps, or ended within ±{PRIOR_MARGIN:.0%} "
