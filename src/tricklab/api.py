@@ -199,6 +199,9 @@ RECORD_COLUMNS = (
     "p_holm",
     "outcome",
     "prob_improvement",
+    "prob_improvement_ci_low",
+    "prob_improvement_ci_high",
+    "test_acc_iqm",
     "seeds_needed",
     "decided_at",
     "decision_ci_low",
@@ -213,13 +216,16 @@ def lab_records(lab_dir: str | Path) -> list[dict[str, Any]]:
 
     ``outcome`` is ``better``, ``worse``, ``equivalent`` or ``undecided`` (``baseline`` for a baseline), decided with
     the Holm-adjusted ``p_holm`` and the study's ``margin_pp``; ``prob_improvement`` is the share of common seeds
-    on which the variant beat its baseline (ties count half); ``seeds_needed`` (undecided only) how many seeds
+    on which the variant beat its baseline (ties count half), with its 95% Wilson interval ``prob_improvement_ci_low``
+    /``_high`` (:func:`tricklab.lab.improvement.improvement`); ``test_acc_iqm`` the interquartile mean of the test
+    accuracy over seeds; ``seeds_needed`` (undecided only) how many seeds
     would likely decide it (with ``seeds="auto"``: the next look's seeds, or past the cap an estimate).
     ``significant`` is the unadjusted paired t-test's. ``decided_at`` (``seeds="auto"`` only): the seeds at the
     look that decided it; ``decision_ci_low``/``_high``: the interval the outcome rests on (the repeated 95%
     interval of the sequential procedure, else the t interval ``diff_ci_low``/``_high``).
     """
     from tricklab.lab.analysis import TEST_ACC
+    from tricklab.lab.improvement import improvement, iqm
     from tricklab.lab.results import results
 
     records = []
@@ -250,6 +256,8 @@ def lab_records(lab_dir: str | Path) -> list[dict[str, Any]]:
                             v.decision.p_holm if c else None,
                             v.decision.outcome if c else "baseline",
                             c.prob_improvement if c else None,
+                            *((pi.lo, pi.hi) if (pi := improvement(c.diffs) if c else None) else (None, None)),
+                            iqm(v.values[TEST_ACC].values()),
                             v.decision.seeds_needed if c else None,
                             v.decision.decided_at if c else None,
                             *_decision_interval(v),
@@ -274,7 +282,7 @@ def _decision_interval(v) -> tuple[float | None, float | None]:
 def run_lab(
     study,
     *,
-    dataset: str | None = None,
+    dataset: str | list[str] | None = None,
     seeds: int | str | None = None,
     max_seeds: int | None = None,
     epochs: int | None = None,
@@ -285,6 +293,7 @@ def run_lab(
     executor: str = "process",
     address: str | None = None,
     max_retries: int | None = None,
+    aggregate: str | None = None,
 ) -> LabResult:
     """Run studies over seeds as ``tricklab lab`` does; return a :class:`LabResult`.
 
@@ -300,6 +309,10 @@ def run_lab(
     Ray instance, on the cluster at ``address`` (``"auto"``, ``"ray://head:10001"``), or on the Ray this process
     already initialised; a run whose worker or node is lost is retried up to ``max_retries`` times (default 3), a run
     that raises is recorded failed. Results are written here only, and are the same as with ``executor="process"``.
+
+    ``dataset`` may name several datasets (``"mnist,mnist1d"`` or a list): each study then runs on each, as one
+    study instance per dataset, and the report adds the aggregate across them (:mod:`tricklab.lab.across`).
+    ``aggregate="iqm"`` summarises each arm by its interquartile mean in the report (outcomes are unchanged).
 
     Example::
 
@@ -346,6 +359,7 @@ def run_lab(
         max_retries=max_retries,
         file_seeds=file_seeds,
         file_epochs=file_epochs,
+        aggregate=aggregate,
     )
     out = lab_folder(out, dataset, studies)
     console = Console(file=sys.stdout, width=120, force_terminal=False, force_jupyter=False)
@@ -389,7 +403,9 @@ def _python_command(study, opts) -> str:
     else:
         given = repr(str(study) if isinstance(study, Path) else study)
     args = [given, "seeds='auto'", f"max_seeds={opts.max_seeds}"] if opts.max_seeds else [given, f"seeds={opts.seeds}"]
-    args += [f"{k}={v!r}" for k, v in (("dataset", opts.dataset), ("epochs", opts.epochs)) if v is not None]
+    dataset = ",".join(opts.datasets) if opts.datasets else opts.dataset
+    args += [f"{k}={v!r}" for k, v in (("dataset", dataset), ("epochs", opts.epochs)) if v is not None]
+    args += [f"aggregate={opts.aggregate!r}"] if opts.aggregate else []
     args += ["quick=True"] if opts.quick else []
     return f"tricklab.run_lab({', '.join(args)})"
 

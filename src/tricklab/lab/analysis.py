@@ -104,6 +104,7 @@ class StudyStats:
     pending: int
     margin_pp: float = math.nan  # ± margin of practical equivalence, percentage points of test accuracy
     alpha: float = ALPHA  # family-wise error rate of the study's better/worse claims (Holm)
+    aggregate: str = "mean"  # how the report summarises each arm over seeds: "mean" or "iqm" (the spec's aggregate)
 
     @property
     def comparisons(self) -> int:

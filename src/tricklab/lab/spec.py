@@ -30,14 +30,15 @@ KEYS = (
     "seeds",
     "margin",
     "sequential",
+    "aggregate",
 )
 
 
 @dataclass(frozen=True)
 class StudySpec(Mapping[str, Any]):
     """One study on one dataset as the lab ran it: its variants and baselines, every variant's overrides (seed shown
-    as ``"<seed>"``), the target and margin of its outcomes, its seeds, and ``sequential`` (``{"first", "cap"}``)
-    for ``--seeds auto``."""
+    as ``"<seed>"``), the target and margin of its outcomes, its seeds, ``sequential`` (``{"first", "cap"}``)
+    for ``--seeds auto``, and ``aggregate`` (``"iqm"`` when arms are summarised by their interquartile mean)."""
 
     name: str
     doc: str
@@ -51,17 +52,19 @@ class StudySpec(Mapping[str, Any]):
     seeds: Any = None  # an int as written by the lab; checked by tricklab.lab.analysis when read
     margin: Any = None  # pp of practical equivalence, None: the dataset's default; checked by the analysis
     sequential: Any = None  # {"first": n, "cap": m} for --seeds auto; checked by the analysis
+    aggregate: Any = None  # how arms are summarised over seeds: None (the mean) or "iqm"; checked when read
     stored: dict[str, Any] | None = field(default=None, repr=False, compare=False)  # the object read, as read
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object stored: the one read when this spec came from a database, else built in :data:`KEYS`'
-        order (``sequential`` only when set, as the lab always wrote it)."""
+        order (``sequential`` and ``aggregate`` only when set, as the lab always wrote it)."""
         if self.stored is not None:
             return dict(self.stored)
-        d = {k: getattr(self, k) for k in KEYS if k != "sequential"}
+        d = {k: getattr(self, k) for k in KEYS if k not in ("sequential", "aggregate")}
         d["variants"] = list(self.variants)
-        if self.sequential is not None:
-            d["sequential"] = self.sequential
+        for k in ("sequential", "aggregate"):
+            if getattr(self, k) is not None:
+                d[k] = getattr(self, k)
         return d
 
     @classmethod
@@ -82,6 +85,7 @@ class StudySpec(Mapping[str, Any]):
             seeds=d.get("seeds"),
             margin=d.get("margin"),
             sequential=d.get("sequential"),
+            aggregate=d.get("aggregate"),
             stored=d,
         )
 

@@ -31,6 +31,7 @@ from tricklab.lab.results import DB_NAME, LabResults, results  # noqa: E402
 from tricklab.lab.spec import StudySpec  # noqa: E402
 from tricklab.lab.stats import BETTER, EQUIVALENT, OUTCOMES, UNDECIDED, WORSE, Interval, fmt_p  # noqa: E402
 from tricklab.outputs import HTML_REPORT, PNG, check_target, draw_file, write_file  # noqa: E402
+from tricklab.report.scoreboard import PROB_COLUMN, arm_cell, prob_cell, profile_plot, scoreboard_html  # noqa: E402
 
 # one colour per outcome: (HTML text, HTML background, terminal style, plot)
 COLOURS = {
@@ -110,6 +111,7 @@ COLUMNS = (
     "p (Holm)",
     "outcome",
     "better on",
+    PROB_COLUMN,
     "best val acc %",
     "epochs to target",
     "time s",
@@ -149,11 +151,12 @@ def table_rows(s: StudyStats) -> list[list[str]]:
             [
                 v.name,
                 seeds,
-                _pct(v.intervals[TEST_ACC]),
+                arm_cell(s, v) or _pct(v.intervals[TEST_ACC]),
                 _diff(v),
                 _p(v),
                 outcome_label(v),
                 _better_on(v),
+                prob_cell(v),
                 _pct(v.intervals[BEST_VAL_ACC]),
                 ett,
                 _num(v.intervals[WALL_TIME]),
@@ -381,10 +384,15 @@ def build_report(lab_dir: str | Path, console=None, *, out_dir: str | Path | Non
         for _, path, _ in draws:
             check_target(path, PNG, force=force, inputs=inputs)
         planned.append((s, spec, command, draws))
+    profile = profile_plot([r.stats for r in found.studies], plots_dir)
+    if profile is not None:
+        check_target(profile[1], PNG, force=force, inputs=inputs)
     sections = []
     for s, spec, command, draws in planned:
         plots = [(draw_file(path, draw, PNG, force=force, inputs=inputs), alt) for draw, path, alt in draws]
         sections.append(study_html(s, spec, command, plots))
+    drawn = draw_file(profile[1], profile[0], PNG, force=force, inputs=inputs) if profile is not None else None
+    board = scoreboard_html([r.stats for r in found.studies], COLOURS, drawn, _img)
     toc = "".join(
         f'<li><a href="#{html.escape(s.study)}-{html.escape(s.dataset)}">{html.escape(s.study)} on '
         f"{html.escape(s.dataset)}</a></li>"
@@ -396,7 +404,7 @@ def build_report(lab_dir: str | Path, console=None, *, out_dir: str | Path | Non
         f"Student-t 95% confidence intervals over seeds; differences are paired with the baseline on the same "
         f"seeds (paired t-test, p-values Holm-adjusted within each study). Each comparison ends "
         f"{_legend()}. Every number here is computed from the runs in <code>{DB_NAME}</code>.</p>"
-        f"<ul>{toc}</ul>{''.join(sections)}</body></html>"
+        f"{board}<ul>{toc}</ul>{''.join(sections)}</body></html>"
     )
     write_file(out, page, HTML_REPORT, force=force, inputs=inputs)
     if console is not None:

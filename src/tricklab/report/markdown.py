@@ -42,12 +42,13 @@ from tricklab.report.lab_report import (
     rule,
     table_rows,
 )
+from tricklab.report.scoreboard import across_markdown, profile_plot
 
 DIFF_COLUMN = COLUMNS.index("Δ vs baseline, pp [95% CI]")
 P_COLUMN = COLUMNS.index("p (Holm)")
 SEEDS_COLUMN = COLUMNS.index("seeds")
 LEFT_COLUMNS = ("variant", "outcome")
-PLOT_SUFFIXES = ("-curves.png", "-test-acc.png", "-signal.png")
+PLOT_SUFFIXES = ("-curves.png", "-test-acc.png", "-signal.png", "-profile.png")
 # `tricklab lab` options that take no value (every other option takes one); tests check this against its parser
 LAB_FLAGS = frozenset({"--quick", "-h", "--help"})
 
@@ -68,6 +69,8 @@ def build_markdown(
     check_not_emptied(found, lab_dir, out)
     plots_dir = out.parent / f"{out.stem}-plots"
     planned = [_plots(r.stats, r.signals, plots_dir) for r in found.studies]
+    profile = profile_plot([r.stats for r in found.studies], plots_dir)
+    planned.append([profile] if profile is not None else [])
     for plots in planned:
         for _, path, _ in plots:
             outputs.check_target(path, PNG, force=force, inputs=inputs)
@@ -76,8 +79,11 @@ def build_markdown(
         for plots in planned
     ]
     _remove_stale(plots_dir, {p.name for plots in drawn for p, _ in plots})
+    drawn_profile = drawn.pop()
     text = render(
-        found.sessions, [(r.stats, r.spec, r.command, plots) for r, plots in zip(found.studies, drawn, strict=True)]
+        found.sessions,
+        [(r.stats, r.spec, r.command, plots) for r, plots in zip(found.studies, drawn, strict=True)],
+        profile=drawn_profile[0][0] if drawn_profile else None,
     )
     return outputs.write_file(out, text, MARKDOWN, force=force, inputs=inputs)
 
@@ -116,11 +122,17 @@ def _remove_stale(plots_dir: Path, keep: set[str]) -> None:
 # ---------------------------------------------------------------------------------------------------------- text
 
 
-def render(sessions: list[dict], studies: list[tuple[StudyStats, dict, str, list[tuple[Path, str]]]]) -> str:
-    """The page: title, how the lab ran, how outcomes are decided, summary of all comparisons, one section per study.
+def render(
+    sessions: list[dict],
+    studies: list[tuple[StudyStats, dict, str, list[tuple[Path, str]]]],
+    *,
+    profile: Path | None = None,
+) -> str:
+    """The page: title, how the lab ran, how outcomes are decided, summary of all comparisons, the aggregates across
+    datasets (when a study ran on several), one section per study.
 
     ``studies``: (stats, spec, stored command, plots as (path, alt text)); plot links are relative to the page
-    (the plots folder's name and the file's).
+    (the plots folder's name and the file's). ``profile``: the performance-profile plot across datasets.
     """
     datasets = list(dict.fromkeys(s.dataset for s, *_ in studies))
     lines = [f"# tricklab results{': ' + ', '.join(md(d) for d in datasets) if datasets else ''}", ""]
@@ -128,6 +140,7 @@ def render(sessions: list[dict], studies: list[tuple[StudyStats, dict, str, list
     if not studies:
         return "\n".join(lines + ["No study is recorded in this lab yet.", ""])
     lines += ["## Summary", "", *_summary(studies), ""]
+    lines += across_markdown([s for s, *_ in studies], profile, md)
     for s, spec, command, plots in studies:
         lines += _section(s, spec, command, plots)
     return "\n".join(lines).rstrip("\n") + "\n"
