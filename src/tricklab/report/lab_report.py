@@ -31,7 +31,14 @@ from tricklab.lab.results import DB_NAME, LabResults, results  # noqa: E402
 from tricklab.lab.spec import StudySpec  # noqa: E402
 from tricklab.lab.stats import BETTER, EQUIVALENT, OUTCOMES, UNDECIDED, WORSE, Interval, fmt_p  # noqa: E402
 from tricklab.outputs import HTML_REPORT, PNG, check_target, draw_file, write_file  # noqa: E402
-from tricklab.report.scoreboard import PROB_COLUMN, arm_cell, prob_cell, profile_plot, scoreboard_html  # noqa: E402
+from tricklab.report.scoreboard import (  # noqa: E402
+    PROB_COLUMN,
+    across_lines,
+    arm_cell,
+    prob_cell,
+    profile_plot,
+    scoreboard_html,
+)
 
 # one colour per outcome: (HTML text, HTML background, terminal style, plot)
 COLOURS = {
@@ -413,4 +420,6 @@ def build_report(lab_dir: str | Path, console=None, *, out_dir: str | Path | Non
             for v in s.variants:
                 if v.decision:
                     console.print(Text("  " + v.verdict, style=COLOURS[v.decision.outcome][2]))
+        for line, outcome in across_lines([r.stats for r in found.studies]):
+            console.print(Text(line, style=COLOURS[outcome][2]))
     return out

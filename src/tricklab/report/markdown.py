@@ -42,7 +42,7 @@ from tricklab.report.lab_report import (
     rule,
     table_rows,
 )
-from tricklab.report.scoreboard import across_markdown, profile_plot
+from tricklab.report.scoreboard import PROB_COLUMN, across_markdown, prob_cell, profile_plot
 
 DIFF_COLUMN = COLUMNS.index("Δ vs baseline, pp [95% CI]")
 P_COLUMN = COLUMNS.index("p (Holm)")
@@ -246,8 +246,8 @@ def machine_text(m: dict[str, Any]) -> str:
 
 def _summary(studies) -> list[str]:
     out = [
-        "| study | comparison | Δ test acc, pp [95% CI] | p (Holm) | outcome | seeds |",
-        "|:--|:--|--:|--:|:--|--:|",
+        f"| study | comparison | Δ test acc, pp [95% CI] | p (Holm) | outcome | {PROB_COLUMN} | seeds |",
+        "|:--|:--|--:|--:|:--|--:|--:|",
     ]
     for s, _, _, _ in studies:
         link = f"[{md(_title(s), brackets=True)}](#{anchor(_title(s))})"
@@ -260,6 +260,7 @@ def _summary(studies) -> list[str]:
                 md(row[DIFF_COLUMN]),
                 md(row[P_COLUMN]),
                 _outcome(v, row[OUTCOME_COLUMN]),
+                md(prob_cell(v)),
                 md(row[SEEDS_COLUMN]),
             ]
             out.append("| " + " | ".join(_cell(c) for c in cells) + " |")

@@ -118,6 +118,22 @@ def scoreboard_html(studies: Sequence, colours: dict, profile: Path | None, img:
     return "\n".join(h)
 
 
+def across_lines(studies: Sequence) -> list[tuple[str, str]]:
+    """One terminal line per aggregate across datasets, with its outcome (for its colour)."""
+    out = []
+    for a in across(studies):
+        removed, prob, outcome, n = aggregate_cells(a)
+        per = ", ".join(f"{c.dataset} {c.outcome}" for c in a.datasets)
+        out.append(
+            (
+                f"{a.study}: {a.variant} across {n} datasets: {outcome}: {removed} of the baseline's errors removed, "
+                f"mean P(better) {prob} ({per})",
+                outcome,
+            )
+        )
+    return out
+
+
 def across_markdown(studies: Sequence, profile: Path | None, md: Callable[[str], str]) -> list[str]:
     """The Markdown section of the aggregates across datasets (none when no study ran on two datasets or more)."""
     items = across(studies)
