@@ -154,6 +154,7 @@ class LabResult:
     wall_time_s: float
     failures: list[tuple[tuple, str]] = field(default_factory=list)
     executor: str = ""
+    across: list[dict[str, Any]] = field(default_factory=list)  # :func:`across_records`: studies on several datasets
 
     def to_csv(self, path: str | Path | None = None, *, force: bool = False) -> str:
         """The records as CSV text; also written to ``path`` when given: a new path, or a table this method
@@ -271,6 +272,32 @@ def lab_records(lab_dir: str | Path) -> list[dict[str, Any]]:
     return records
 
 
+def across_records(lab_dir: str | Path) -> list[dict[str, Any]]:
+    """One plain record per variant of a study run on several datasets (:mod:`tricklab.lab.across`): ``outcomes``
+    (dataset → its outcome there), ``normalized`` (the mean over datasets of the share of the baseline's errors
+    removed, Δ̄ / (1 − baseline accuracy)) with its stratified-bootstrap interval ``normalized_ci_low``/``_high``,
+    ``mean_prob_improvement`` (P(better) averaged over datasets), ``outcome`` (better/worse when the interval
+    excludes 0, else undecided) and ``datasets`` (those in the aggregate)."""
+    from tricklab.lab.across import across
+    from tricklab.lab.results import results
+
+    return [
+        {
+            "study": a.study,
+            "variant": a.variant,
+            "baseline": a.baseline,
+            "outcomes": {c.dataset: c.outcome for c in a.datasets},
+            "normalized": a.normalized,
+            "normalized_ci_low": a.lo,
+            "normalized_ci_high": a.hi,
+            "mean_prob_improvement": a.mean_prob,
+            "outcome": a.outcome,
+            "datasets": list(a.aggregated),
+        }
+        for a in across([r.stats for r in results(lab_dir).studies])
+    ]
+
+
 def _decision_interval(v) -> tuple[float | None, float | None]:
     """The interval the outcome was decided on: the repeated 95% interval for ``--seeds auto``, else the t interval."""
     c, d = v.comparison, v.decision
@@ -385,6 +412,7 @@ def run_lab(
         result.wall_time_s,
         result.failures,
         executor.get("executor", ""),
+        across_records(out),
     )
 
 

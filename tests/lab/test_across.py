@@ -177,6 +177,9 @@ def test_a_lab_on_two_datasets_reports_the_scoreboard_and_the_aggregate(tmp_path
     assert set(by) == {(d, v) for d in ("synthetic", "mnist1d") for v in ("plain", "wide")}
     wide = by[("mnist1d", "wide")]
     assert 0 <= wide["prob_improvement_ci_low"] <= wide["prob_improvement"] <= wide["prob_improvement_ci_high"] <= 1
+    (agg,) = lab.across
+    assert (agg["study"], agg["variant"], set(agg["outcomes"])) == ("xd", "wide", {"synthetic", "mnist1d"})
+    assert agg["normalized_ci_low"] <= agg["normalized"] <= agg["normalized_ci_high"]
     page = lab.report.read_text()
     assert page.index('id="scoreboard"') < page.index('id="xd-synthetic"')  # the report opens with it
     assert "xd: wide" in page and "error removed, mean [95% CI]" in page
