@@ -172,7 +172,9 @@ def test_a_lab_on_two_datasets_reports_the_scoreboard_and_the_aggregate(tmp_path
         "base": {"model": {"width": 16, "depth": 1}, "train": {"epochs": 1}},
         "variants": {"plain": {}, "wide": {"model.width": 32}},
     }
-    lab = tricklab.run_lab(study, dataset="synthetic,mnist1d", seeds=2, out=tmp_path / "lab", progress=False)
+    lab = tricklab.run_lab(
+        study, dataset="synthetic,mnist1d", seeds=2, out=tmp_path / "lab", progress=False, aggregate="iqm"
+    )
     by = {(r["dataset"], r["variant"]): r for r in lab.records}
     assert set(by) == {(d, v) for d in ("synthetic", "mnist1d") for v in ("plain", "wide")}
     wide = by[("mnist1d", "wide")]
@@ -183,6 +185,7 @@ def test_a_lab_on_two_datasets_reports_the_scoreboard_and_the_aggregate(tmp_path
     page = lab.report.read_text()
     assert page.index('id="scoreboard"') < page.index('id="xd-synthetic"')  # the report opens with it
     assert "xd: wide" in page and "error removed, mean [95% CI]" in page
+    assert page.count("<td>IQM ") == 4  # --aggregate iqm, stored with each study instance: every arm by its IQM
     assert (tmp_path / "lab" / "plots" / "across-datasets-profile.png").stat().st_size > 0
     md = build_markdown(tmp_path / "lab", tmp_path / "results.md").read_text()
     assert "## Across datasets" in md and "results-plots/across-datasets-profile.png" in md
