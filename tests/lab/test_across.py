@@ -3,6 +3,7 @@ bootstrap (fixed rng), the performance profile, the per-dataset study instances 
 datasets, and the report that opens with the scoreboard."""
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -121,6 +122,22 @@ def test_the_aggregate_outcome_follows_its_interval():
     assert mixed.lo < 0 < mixed.hi and mixed.outcome == UNDECIDED
 
 
+def test_a_study_with_several_variants_widens_each_aggregate_interval_bonferroni():
+    one_variant = across(_instances(shift_b=0.02))[0]
+    baselines = SPEC["baselines"] | {"twin": "plain"}
+    spec = SPEC | {"seeds": 4, "variants": ["plain", "trick", "twin"], "baselines": baselines}
+    two_variants = []
+    for s in _instances(shift_b=0.02):  # the same data, with a second variant identical to the first
+        plain = [s.variant("plain").values["test_acc"][k] for k in range(4)]
+        trick = [s.variant("trick").values["test_acc"][k] for k in range(4)]
+        twin = [replace(r, variant="twin") for r in _rows(s.dataset, plain, trick) if r.variant == "trick"]
+        two_variants.append(analyse("s", s.dataset, spec, _rows(s.dataset, plain, trick) + twin))
+    trick, twin = across(two_variants)
+    assert (one_variant.confidence, trick.confidence, twin.confidence) == (0.95, 0.975, 0.975)
+    assert trick.normalized == pytest.approx(one_variant.normalized)
+    assert trick.lo < one_variant.lo and trick.hi > one_variant.hi  # two claims at a family-wise 5%: wider
+
+
 def test_several_datasets_are_parsed_and_checked_in_one_line():
     opts = lab_options(PYTHON, dataset="synthetic,mnist1d")
     assert opts.datasets == ("synthetic", "mnist1d") and opts.dataset is None
@@ -184,7 +201,7 @@ def test_a_lab_on_two_datasets_reports_the_scoreboard_and_the_aggregate(tmp_path
     assert agg["normalized_ci_low"] <= agg["normalized"] <= agg["normalized_ci_high"]
     page = lab.report.read_text()
     assert page.index('id="scoreboard"') < page.index('id="xd-synthetic"')  # the report opens with it
-    assert "xd: wide" in page and "error removed, mean [95% CI]" in page
+    assert "xd: wide" in page and "error removed, mean [CI]" in page
     assert page.count("<td>IQM ") == 4  # --aggregate iqm, stored with each study instance: every arm by its IQM
     assert (tmp_path / "lab" / "plots" / "across-datasets-profile.png").stat().st_size > 0
     md = build_markdown(tmp_path / "lab", tmp_path / "results.md").read_text()

@@ -12,7 +12,9 @@ stored as one study instance per dataset, each analysed and decided on its own (
   make every dataset near 100% look alike. A dataset whose baseline is at 100% has no error to remove and is left
   out of the aggregate;
 * their mean over datasets, with a **stratified bootstrap** interval (:func:`aggregate_interval`): seeds are
-  resampled within each dataset, never across (Agarwal et al. 2021), so each dataset keeps its own noise;
+  resampled within each dataset, never across (Agarwal et al. 2021), so each dataset keeps its own noise. A study
+  with ``m`` variants aggregated has ``m`` such intervals, each at confidence ``1 − 0.05/m`` (Bonferroni), so
+  that the chance of any false better/worse claim across datasets in the study stays ≤ 5%;
 * the **average probability of improvement** over datasets (:mod:`tricklab.lab.improvement`);
 * the points of a **performance profile** (:func:`performance_profile`; Dolan & Moré 2002, as rliable draws them
   for runs): for each threshold τ, the share of (dataset, seed) runs whose normalized improvement exceeds τ.
@@ -67,6 +69,7 @@ class AcrossDatasets:
     hi: float
     mean_prob: float  # mean over datasets of P(variant > baseline on a seed)
     aggregated: tuple[str, ...]  # the datasets in the aggregate (those with ≥ 2 seeds and a baseline below 100%)
+    confidence: float = CONFIDENCE  # of the interval: 1 − 0.05/m for the study's m aggregates (Bonferroni)
 
     @property
     def outcome(self) -> str:
@@ -188,6 +191,7 @@ def across(studies: Sequence) -> list[AcrossDatasets]:
         if len({s.dataset for s in runs}) < 2:
             continue
         names = list(dict.fromkeys(v.name for s in runs for v in s.variants if v.comparison is not None))
+        items = []
         for name in names:
             per: list[DatasetComparison] = []
             baseline = ""
@@ -204,10 +208,13 @@ def across(studies: Sequence) -> list[AcrossDatasets]:
                         s.dataset, outcome, tuple(c.diffs), tuple(base[k] for k in c.seeds), improvement(c.diffs)
                     )
                 )
-            if len(per) < 2:
-                continue
+            if len(per) >= 2:
+                items.append((name, baseline, per))
+        confidence = 1 - (1 - CONFIDENCE) / max(1, len(items))  # Bonferroni over the study's aggregates
+        for name, baseline, per in items:
             usable = [c for c in per if len(c.diffs) >= 2 and math.isfinite(c.normalized)]
-            est, lo, hi = aggregate_interval([(c.diffs, c.baseline) for c in usable]) if usable else (math.nan,) * 3
+            groups = [(c.diffs, c.baseline) for c in usable]
+            est, lo, hi = aggregate_interval(groups, confidence) if usable else (math.nan,) * 3
             probs = [c.prob.p for c in per if math.isfinite(c.prob.p)]
             out.append(
                 AcrossDatasets(
@@ -220,6 +227,7 @@ def across(studies: Sequence) -> list[AcrossDatasets]:
                     hi,
                     float(np.mean(probs)) if probs else math.nan,
                     tuple(c.dataset for c in usable),
+                    confidence,
                 )
             )
     return out

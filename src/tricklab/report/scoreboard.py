@@ -16,7 +16,7 @@ import numpy as np
 
 from tricklab.lab.across import AcrossDatasets, across, performance_profile, profile_runs
 from tricklab.lab.analysis import TEST_ACC, StudyStats
-from tricklab.lab.improvement import IQM, improvement, iqm_interval
+from tricklab.lab.improvement import CONFIDENCE, IQM, improvement, iqm_interval
 
 PROB_COLUMN = "P(better) [95% CI]"
 PROFILE_FILE = "across-datasets-profile.png"
@@ -54,17 +54,19 @@ def _norm(x: float) -> str:
 
 def aggregate_cells(a: AcrossDatasets) -> list[str]:
     """The aggregate's cells: normalized improvement [interval], mean P(better), outcome, datasets aggregated."""
-    interval = f" [{_norm(a.lo)}, {_norm(a.hi)}]" if math.isfinite(a.lo) else " (too few seeds for an interval)"
+    level = "" if a.confidence == CONFIDENCE else f" ({a.confidence:.1%})"
+    interval = f" [{_norm(a.lo)}, {_norm(a.hi)}]{level}" if math.isfinite(a.lo) else " (too few seeds for an interval)"
     prob = f"{a.mean_prob:.2f}" if math.isfinite(a.mean_prob) else "—"
     return [_norm(a.normalized) + interval, prob, a.outcome, str(len(a.aggregated))]
 
 
-AGGREGATE_COLUMNS = ("error removed, mean [95% CI]", "mean P(better)", "across datasets", "datasets")
+AGGREGATE_COLUMNS = ("error removed, mean [CI]", "mean P(better)", "across datasets", "datasets")
 ABOUT = (
     "Across datasets: each dataset's mean paired Δ divided by its baseline's error (1 − accuracy), the share of the "
     "baseline's errors the trick removes, averaged over datasets; the interval is a stratified bootstrap (seeds "
     "resampled within each dataset) with a Student-t quantile at the Welch–Satterthwaite degrees of freedom "
-    "(benchmarks/calibrate_across.py: its false positive rate on null studies); better/worse when it excludes 0. "
+    "(benchmarks/calibrate_across.py: its false positive rate on null studies), at 95% or, for a study with m "
+    "variants, at 1 − 0.05/m (Bonferroni, shown beside it); better/worse when it excludes 0. "
     "Mean P(better): the probability of improvement averaged over datasets."
 )
 
