@@ -140,7 +140,7 @@ def aggregate_interval(
     ``estimate ± t_{ν, (1+confidence)/2} · sd(replicates)``, the replicates those of :func:`stratified_bootstrap` and
     ν the Welch–Satterthwaite degrees of freedom (:func:`welch_df`). Why not the percentile interval of the
     replicates: with 3–10 seeds per dataset a bootstrap knows each dataset's spread from a handful of values, and
-    the percentile interval (a normal quantile, in effect) then claims an effect in 12–21% of null studies instead
+    the percentile interval (a normal quantile, in effect) then claims an effect in 9–21% of null studies instead
     of 5% (``benchmarks/calibrate_across.py``); taking the Student-t quantile at the degrees of freedom those few
     seeds carry brings it to the nominal level. Every group needs ≥ 2 seeds (else the interval is NaN).
     """
