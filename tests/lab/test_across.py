@@ -206,3 +206,11 @@ def test_a_lab_on_two_datasets_reports_the_scoreboard_and_the_aggregate(tmp_path
     assert (tmp_path / "lab" / "plots" / "across-datasets-profile.png").stat().st_size > 0
     md = build_markdown(tmp_path / "lab", tmp_path / "results.md").read_text()
     assert "## Across datasets" in md and "results-plots/across-datasets-profile.png" in md
+
+
+def test_the_command_line_refuses_a_dataset_named_twice_before_any_run(tmp_path, capsys):
+    from tricklab.cli.main import main
+
+    assert main(["lab", "dropout", "--dataset", "mnist1d,mnist1d", "--out", str(tmp_path / "lab")]) == 2
+    assert "error: --dataset = mnist1d,mnist1d: names 'mnist1d' twice" in capsys.readouterr().err
+    assert not (tmp_path / "lab").exists()

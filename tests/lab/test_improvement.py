@@ -106,3 +106,18 @@ def test_a_study_summarised_by_iqm_shows_the_iqm_not_the_mean():
     assert mean_cell.startswith("60.80 ±")  # the diverged seed drags the mean down 10 pp
     iqm_cell = table_rows(_stats("iqm"))[1][acc]
     assert iqm_cell.startswith("IQM 70.33 [")  # mean of 0.68, 0.71, 0.72 once a seed is cut from each end
+
+
+def test_a_stored_aggregate_that_is_not_known_is_refused_with_the_study_name():
+    from tricklab.lab.results import study_result
+    from tricklab.lab.spec import StudySpec
+
+    class NoRuns:
+        def rows(self, study, dataset):
+            return []
+
+    spec = StudySpec.from_dict(SPEC | {"name": "s", "aggregate": "median"})
+    with pytest.raises(TrickLabError, match=r"^study 's': aggregate = 'median': must be one of mean, iqm$"):
+        study_result(NoRuns(), "s", "mnist1d", spec)
+    iqm_spec = StudySpec.from_dict(SPEC | {"aggregate": "iqm"})
+    assert study_result(NoRuns(), "s", "mnist1d", iqm_spec).stats.aggregate == "iqm"
