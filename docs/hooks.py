@@ -404,7 +404,9 @@ def loop_bug_table() -> str:
 
 #: Headings of the API page; a public name not listed here still appears, under "Other names".
 API_GROUPS = {
-    "Train, compare, diagnose": ["run", "run_lab", "diagnose", "fit", "evaluate"],
+    "The command line's verbs": ["train", "doctor", "lab", "report", "lr_find"],
+    "Models in and out": ["create_model", "load_run", "load_weights"],
+    "The earlier names, and the loop": ["run", "run_lab", "diagnose", "fit", "evaluate"],
     "The doctor around your own loop, and pre-flight checks": ["Doctor", "preflight"],
     "Results": ["RunResult", "LabResult", "DoctorResult", "PreflightResult"],
     "Configs": ["Config", "load_config", "as_config", "assemble"],
@@ -413,7 +415,10 @@ API_GROUPS = {
     ],
     "Callbacks for fit()": ["Callback", "FitState"],
     "Registered names": ["list_names"],
-    "Errors": ["TrickLabError", "ConfigError", "DataError"],
+    "Errors": [
+        "TrickLabError", "ConfigError", "DataError", "UnknownNameError", "NonFiniteError", "DivergedError",
+        "CheckpointError", "Interrupted", "FolderInUse", "OutputError", "StoreError", "LabInterrupted",
+    ],
 }
 
 

@@ -225,9 +225,7 @@ def training_estimate(
 
 
 def _builder(cfg: Config, input_shape: tuple[int, ...], num_classes: int) -> Callable[[], torch.nn.Module]:
-    from tricklab.config import model_factory
-
-    factory = model_factory(cfg.model.name)
+    factory = cfg.model.factory  # resolved when the config was validated
     return lambda: factory(tuple(input_shape), num_classes, **cfg.model.factory_kwargs())
 
 
@@ -274,7 +272,7 @@ def check_training_memory(
     :func:`available_memory` plus ``data_bytes``: the dataset is loaded before the model is built, so the memory
     available no longer counts it. Training on a GPU, the same estimate without the dataset must also fit in the
     GPU's free memory (the dataset moves there only when it fits in half of what is then free,
-    :mod:`tricklab.train.placement`). Integer arithmetic: no size can overflow.
+    :mod:`tricklab.engine.placement`). Integer arithmetic: no size can overflow.
 
     A model so large that torch cannot count it (a tensor of more than 2⁶³ bytes: ``model.width=2000000000``)
     is refused. Returns False, without checking, for a model that cannot be built on the meta device for
@@ -310,7 +308,7 @@ def check_built_model(
 
 
 def _check(cfg: Config, estimate: Estimate) -> None:
-    from tricklab.train.seed import resolve_device
+    from tricklab.engine.seed import resolve_device
 
     key, value = _key(cfg, estimate)
     check_fits(estimate, available_memory(), key, value, cfg.optim.name, held=estimate.data_bytes)

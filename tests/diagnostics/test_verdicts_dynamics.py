@@ -49,8 +49,8 @@ from tricklab.diagnostics.verdicts import (
     diagnose,
     merge_prescriptions,
 )
+from tricklab.engine.loop import fit
 from tricklab.metrics import TRAIN_LOSS, VAL_LOSS
-from tricklab.train.loop import fit
 
 DYNAMICS = {OSCILLATING, SLOW_CONVERGENCE, NOT_DECREASING, OVERFITTING}
 LAYERS = [LayerInfo("a", WEIGHT, 0), LayerInfo("act", "relu", 1), LayerInfo("b", WEIGHT, 2)]

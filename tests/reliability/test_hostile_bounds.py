@@ -30,11 +30,11 @@ from tricklab.cli.main import main
 from tricklab.config import load_config
 from tricklab.data import DATASETS, as_raw_dataset, local
 from tricklab.data.base import MAX_CLASSES, DatasetInfo, RawDataset, TensorData
+from tricklab.engine import seed
+from tricklab.engine.placement import nbytes
 from tricklab.errors import MAX_MESSAGE, ConfigError, DataError, TrickLabError
 from tricklab.lab import costs
 from tricklab.models import MODELS
-from tricklab.train import seed
-from tricklab.train.placement import nbytes
 
 npz = DATASETS.get("npz")
 csv = DATASETS.get("csv")

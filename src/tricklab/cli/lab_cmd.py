@@ -123,8 +123,8 @@ def run_cmd(args: argparse.Namespace) -> int:
 
         Loggers(args.loggers)  # a missing package is refused here, before any run
     if args.device == "cuda" and args.executor == "process":  # the runs would train here: refused now, not per run
+        from tricklab.engine.seed import resolve_device
         from tricklab.errors import ConfigError
-        from tricklab.train.seed import resolve_device
 
         try:
             resolve_device(args.device)

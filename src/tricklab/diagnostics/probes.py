@@ -724,7 +724,7 @@ EPOCH_METRICS = (TRAIN_LOSS, TRAIN_ACC, VAL_LOSS, VAL_ACC)
 
 
 class ProbeCallback(Callback):
-    """Run a :class:`Probe` inside :func:`tricklab.train.fit`: sampled stats every ``every`` steps, plus the
+    """Run a :class:`Probe` inside :func:`tricklab.engine.fit`: sampled stats every ``every`` steps, plus the
     loss of every step, the global gradient norm of the sampled ones (fit()'s NaN/Inf guard checks the others), and
     the exact layer and step of the first non-finite value.
 

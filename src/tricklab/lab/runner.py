@@ -99,7 +99,7 @@ def execute(config: dict[str, Any]) -> tuple[dict, list, str]:
     """Train one config (no run directory); return its metrics, history and the hash of the config it ran."""
     from tricklab.config import validate
     from tricklab.lab.store import config_key
-    from tricklab.train.run import run
+    from tricklab.runner import run
 
     cfg = validate(config)
     result = run(cfg, write=False, record_divergence=True)

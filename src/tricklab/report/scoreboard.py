@@ -17,6 +17,7 @@ import numpy as np
 from tricklab.lab.across import AcrossDatasets, across, performance_profile, profile_runs
 from tricklab.lab.analysis import TEST_ACC, StudyStats
 from tricklab.lab.improvement import CONFIDENCE, IQM, improvement, iqm_interval
+from tricklab.report.findings import NOT_RUN_COLOURS, not_run
 
 PROB_COLUMN = "P(better) [95% CI]"
 PROFILE_FILE = "across-datasets-profile.png"
@@ -97,6 +98,8 @@ def scoreboard_html(studies: Sequence, colours: dict, profile: Path | None, img:
                 continue
             outcome = v.decision.outcome if v.decision else ""
             fg, bg = colours.get(outcome, ("#222", "#fff"))[:2]
+            if not_run(v):  # no finished run to compare yet: grey, as the findings show it
+                outcome, (fg, bg) = not_run(v), NOT_RUN_COLOURS[:2]
             delta = f"{v.comparison.diff.mean * 100:+.2f} pp" if v.comparison.diff.n else "—"
             tr.append(
                 f'<td style="color:{fg};background:{bg};font-weight:600;text-align:left">'

@@ -4,9 +4,9 @@ A run directory holds ``config.yaml`` (the resolved config), ``history.jsonl`` (
 as each epoch ends by :class:`HistoryWriter`), ``metrics.json`` (final test metrics), ``scaler.json`` (the input
 scaling fitted on the training split), ``metrics.csv`` and ``hparams.yaml`` (the history and the config in the
 layout of Lightning's ``CSVLogger``, see :class:`CSVWriter`), ``model.safetensors`` (the final weights; safetensors
-never runs code), ``checkpoints/`` (see :mod:`tricklab.train.checkpoint`) and, for a run trained by several
+never runs code), ``checkpoints/`` (see :mod:`tricklab.engine.checkpoint`) and, for a run trained by several
 processes under torchrun, ``distributed.json`` (their number and the job's id, see
-:mod:`tricklab.train.distributed`). ``train``, ``doctor`` and ``lr-find`` name their folders with
+:mod:`tricklab.engine.distributed`). ``train``, ``doctor`` and ``lr-find`` name their folders with
 :func:`new_dir_name`. While a command writes a run directory it holds the folder's lock (``.tricklab.lock``, see
 :mod:`tricklab.locks`): a second process is refused, never interleaved.
 """
@@ -24,11 +24,11 @@ from pathlib import Path
 
 from tricklab.config import Config, read_yaml, validate
 from tricklab.data.download import atomic_write
+from tricklab.engine.checkpoint import latest_checkpoint, list_checkpoints
 from tricklab.errors import TrickLabError
 from tricklab.events import ORDER_HISTORY, Callback, FitState
 from tricklab.locks import LOCK_NAME, check_free
 from tricklab.plugins import NotAllowedError
-from tricklab.train.checkpoint import latest_checkpoint, list_checkpoints
 
 
 class HistoryWriter(Callback):

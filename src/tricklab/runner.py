@@ -1,7 +1,7 @@
 """Run a whole config: data → model → tricks → ``fit()`` → test evaluation, written into a run directory.
 
 What is built comes from :mod:`tricklab.assembly`; what a run directory holds and how it is named and found
-again is :mod:`tricklab.train.rundir`. Every file but the history is written atomically.
+again is :mod:`tricklab.engine.rundir`. Every file but the history is written atomically.
 
 ``run(cfg, run_dir, resume=True)`` continues a run from its newest valid checkpoint (each ensemble member
 from its own), with ``history.jsonl`` cut back to the checkpoint's epoch. While a run trains, SIGINT and
@@ -9,7 +9,7 @@ SIGTERM stop it at the next step boundary with a checkpoint (exit 130/143 from t
 
 A run never ends looking like a success when it blew up. NaN/Inf stops it (:class:`NonFiniteError`, exit 3);
 a run that stayed finite but blew up — the reported model's test loss above 100 × ln(C), the loss of a uniform
-guess, and above its own before training (the rule and why: :func:`tricklab.train.loop.blown_up`) — is written
+guess, and above its own before training (the rule and why: :func:`tricklab.engine.loop.blown_up`) — is written
 in full, its metrics (and each such ensemble member's) marked ``diverged: true``, and then raises
 :class:`DivergedError` (exit 3, ``error: diverged: ...``). With ``record_divergence`` (the lab) both are results
 marked ``diverged`` instead.
@@ -32,15 +32,11 @@ from tricklab.assembly import Assembled, assemble
 from tricklab.config import Config, read_yaml, validate
 from tricklab.data.base import TensorBatches, TensorData
 from tricklab.data.download import atomic_write
-from tricklab.errors import TrickLabError
-from tricklab.events import Callback, FitState
-from tricklab.integrations.loggers import Loggers
-from tricklab.locks import folder_lock
-from tricklab.train import distributed
-from tricklab.train.checkpoint import Checkpointer, CheckpointError, StopSignals, check_state, read_checkpoint
-from tricklab.train.loop import DivergedError, NonFiniteError, blown_up, evaluate, fit
-from tricklab.train.placement import place_splits
-from tricklab.train.rundir import (
+from tricklab.engine import distributed
+from tricklab.engine.checkpoint import Checkpointer, CheckpointError, StopSignals, check_state, read_checkpoint
+from tricklab.engine.loop import DivergedError, NonFiniteError, blown_up, evaluate, fit
+from tricklab.engine.placement import place_splits
+from tricklab.engine.rundir import (
     CSVWriter,
     HistoryWriter,
     check_run_dir,
@@ -53,10 +49,14 @@ from tricklab.train.rundir import (
     note,
     run_checkpoints,
 )
+from tricklab.errors import TrickLabError
+from tricklab.events import Callback, FitState
+from tricklab.integrations.loggers import Loggers
+from tricklab.locks import folder_lock
 from tricklab.tricks.averaging import evaluate_ensemble
 from tricklab.tricks.early_stopping import EarlyStopping
 
-#: The test loss before training (the blow-up rule's reference, :func:`tricklab.train.loop.blown_up`) is taken
+#: The test loss before training (the blow-up rule's reference, :func:`tricklab.engine.loop.blown_up`) is taken
 #: on the first this many test examples: a reference, not a result, and a full pass costs about a second.
 INITIAL_LOSS_EXAMPLES = 2048
 
@@ -199,7 +199,7 @@ def _stored_config_file(cfg: Config, run_dir: Path) -> Path | None:
     that does not match ``cfg`` then names the file, edited since the run started, as the cause."""
     path = run_dir / "config.yaml"
     try:
-        return path if validate(read_yaml(path)).hash() == cfg.hash() else None
+        return path if validate(read_yaml(path), like=cfg).hash() == cfg.hash() else None
     except TrickLabError:
         return None
 
