@@ -469,7 +469,8 @@ def build_report(lab_dir: str | Path, console=None, *, out_dir: str | Path | Non
         plots = [(draw_file(path, draw, PNG, force=force, inputs=inputs), alt) for draw, path, alt in draws]
         sections.append(study_html(s, spec, command, plots, finding=finding, rows=rows))
     drawn = draw_file(profile[1], profile[0], PNG, force=force, inputs=inputs) if profile is not None else None
-    board = scoreboard_html([r.stats for r in found.studies], COLOURS, drawn, _img)
+    badge = preview_badge() if any(is_preview(r.command) for r in found.studies) else ""
+    board = scoreboard_html([r.stats for r in found.studies], COLOURS, drawn, _img, badge)
     # one trick on several datasets: the report opens with the scoreboard; otherwise with the findings
     several = len({r.dataset for r in found.studies}) > 1
     opening = board + findings_html(findings) if several else findings_html(findings) + board

@@ -72,11 +72,18 @@ ABOUT = (
 )
 
 
-def scoreboard_html(studies: Sequence, colours: dict, profile: Path | None, img: Callable[[Path, str], str]) -> str:
+def scoreboard_html(
+    studies: Sequence,
+    colours: dict,
+    profile: Path | None,
+    img: Callable[[Path, str], str],
+    badge: str = "",
+) -> str:
     """The block that opens the HTML report: one row per trick (study and variant), one column per dataset, each
     cell its outcome there (coloured, with Δ in pp), then the aggregate across datasets where it has one; the
     performance-profile plot below. ``studies``: the lab's study instances' statistics; ``colours``: outcome →
-    (text, background, …); ``img`` embeds a plot."""
+    (text, background, …); ``img`` embeds a plot; ``badge`` (HTML) follows the heading: the preview mark of a
+    ``--quick`` lab."""
     datasets = list(dict.fromkeys(s.dataset for s in studies))
     aggregates = {(a.study, a.variant): a for a in across(studies)}
     rows: dict[tuple[str, str], dict[str, object]] = {}
@@ -87,7 +94,7 @@ def scoreboard_html(studies: Sequence, colours: dict, profile: Path | None, img:
     if not rows:
         return ""
     head = ["trick", *datasets] + (list(AGGREGATE_COLUMNS) if aggregates else [])
-    h = ['<h2 id="scoreboard">Scoreboard</h2><table class="scoreboard"><tr>']
+    h = [f'<h2 id="scoreboard">Scoreboard {badge}</h2><table class="scoreboard"><tr>']
     h.append("".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr>")
     for (study, name), cells in rows.items():
         tr = [f"<td>{html.escape(study)}: {html.escape(name)}</td>"]
