@@ -139,8 +139,9 @@ def train(
 
 def _resume(resume: str | Path, model: ModelLike, callbacks: list, **given: Any):
     """``train(resume=RUN_DIR)``: the run continued with its stored config (see :func:`train`)."""
-    from tricklab.engine.rundir import find_resumable, stored_config
+    from tricklab.engine.rundir import find_resumable
     from tricklab.runner import run as run_config
+    from tricklab.runner import stored_config
 
     if not isinstance(resume, str | os.PathLike):
         raise wrong_type("resume", resume, "a run directory's path (str or os.PathLike) or 'auto'")

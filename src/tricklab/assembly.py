@@ -21,9 +21,10 @@ from tricklab.config import Config
 from tricklab.data import Splits, TensorBatches, as_raw_dataset, data_root, split_and_scale
 from tricklab.engine.placement import nbytes
 from tricklab.engine.precision import Precision
-from tricklab.engine.seed import resolve_device, seed_everything, set_threads
+from tricklab.engine.seed import seed_everything, set_threads
 from tricklab.errors import ConfigError, TrickLabError
 from tricklab.events import Callback
+from tricklab.host import resolve_device
 from tricklab.memory import check_built_model, check_training_memory
 from tricklab.tricks.family import TRICKS, BuildContext
 from tricklab.tricks.init import apply_init

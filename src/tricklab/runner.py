@@ -31,21 +31,20 @@ import torch
 from tricklab.assembly import Assembled, assemble
 from tricklab.config import Config, read_yaml, validate
 from tricklab.data.base import TensorBatches, TensorData
-from tricklab.data.download import atomic_write
 from tricklab.engine import distributed
 from tricklab.engine.checkpoint import Checkpointer, CheckpointError, StopSignals, check_state, read_checkpoint
 from tricklab.engine.loop import DivergedError, NonFiniteError, blown_up, evaluate, fit
 from tricklab.engine.placement import place_splits
 from tricklab.engine.rundir import (
+    CHECKPOINTS,
     CSVWriter,
     HistoryWriter,
     check_run_dir,
     checkpoint_folder,
-    default_run_dir,
     discard,
     first_missing,
-    hparams_yaml,
     is_empty,
+    new_dir_name,
     note,
     run_checkpoints,
 )
@@ -53,6 +52,8 @@ from tricklab.errors import TrickLabError
 from tricklab.events import Callback, FitState
 from tricklab.integrations.loggers import Loggers
 from tricklab.locks import folder_lock
+from tricklab.outputs import atomic_write
+from tricklab.plugins import NotAllowedError
 from tricklab.tricks.averaging import evaluate_ensemble
 from tricklab.tricks.early_stopping import EarlyStopping
 
@@ -252,7 +253,7 @@ def _run(
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(run_dir / "config.yaml", cfg.to_yaml().encode())
         atomic_write(run_dir / "scaler.json", json.dumps(splits.scaler.to_dict()).encode())
-        atomic_write(run_dir / "hparams.yaml", hparams_yaml(cfg).encode())  # beside metrics.csv, as Lightning's
+        atomic_write(run_dir / "hparams.yaml", cfg.to_yaml().encode())  # beside metrics.csv, as Lightning's
     if loggers and main:
         for lg in loggers.loggers:
             if not lg.opened:
@@ -367,3 +368,31 @@ def _run(
         err.result = result
         raise err
     return result
+
+
+def default_run_dir(cfg: Config, command: str = "", base: Path = Path("runs")) -> Path:
+    """``runs/<stamp>-[command-]<dataset>-<model>`` (a plugin's import path contributes its last name)."""
+    names = [n.rpartition(":")[2].rpartition(".")[2] for n in (cfg.data.name, cfg.model.name)]
+    label = "-".join([command, *names] if command else names)
+    return new_dir_name("".join(c if c.isalnum() or c in "-_" else "_" for c in label), base)
+
+
+def stored_config(run_dir: str | Path) -> Config:
+    """The config a run directory was written with, for ``--resume`` (its config.yaml, read safely)."""
+    run_dir = Path(run_dir)
+    allowed = "allowed: a run directory written by tricklab train, or auto"
+    if not run_dir.is_dir():
+        raise TrickLabError(f"--resume {str(run_dir)!r}: no such run directory ({allowed})")
+    if not (run_dir / "config.yaml").is_file():
+        raise TrickLabError(f"--resume {str(run_dir)!r}: holds no config.yaml ({allowed})")
+    if not run_checkpoints(run_dir):
+        raise TrickLabError(
+            f"--resume {str(run_dir)!r}: holds no checkpoint in {CHECKPOINTS}/ (it stopped before its first one): "
+            "nothing to resume; train it again with a new --out"
+        )
+    try:
+        return validate(read_yaml(run_dir / "config.yaml"))
+    except NotAllowedError as e:
+        raise TrickLabError(f"--resume {str(run_dir)!r}: {e}") from None
+    except TrickLabError as e:
+        raise TrickLabError(f"--resume {str(run_dir)!r}: its config.yaml is invalid: {e}") from None

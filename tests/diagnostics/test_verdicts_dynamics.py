@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import tricklab
+from tricklab.diagnostics.diagnosis import diagnose
 from tricklab.diagnostics.in_pytorch import in_pytorch
 from tricklab.diagnostics.probes import ProbeCallback
 from tricklab.diagnostics.records import (
@@ -46,7 +47,6 @@ from tricklab.diagnostics.verdicts import (
     SLOW_MAX_DROP,
     UPDATE_RATIO_MIN,
     WEIGHT_DECAY,
-    diagnose,
     merge_prescriptions,
 )
 from tricklab.engine.loop import fit

@@ -56,9 +56,9 @@ def check_out_dir(path: Path, given: bool = True) -> None:
 def run_cmd(args: argparse.Namespace) -> int:
     from tricklab.cli.progress import StepProgress
     from tricklab.config import load_config
-    from tricklab.engine.rundir import default_run_dir
     from tricklab.errors import ConfigError
     from tricklab.lr_sweep import find_lr, save_lr_find
+    from tricklab.runner import default_run_dir
 
     # Everything that can fail on bad input comes before the output folder is created.
     cfg = load_config(args.config, with_training_flags(args))

@@ -66,8 +66,9 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _check_out(cfg, out: str | None) -> None:
     """Refuse, before any work, a run directory that exists and is not empty or cannot be written."""
-    from tricklab.engine.rundir import default_run_dir, is_empty
+    from tricklab.engine.rundir import is_empty
     from tricklab.locks import check_free
+    from tricklab.runner import default_run_dir
 
     path = Path(out) if out is not None else default_run_dir(cfg)
     label = None if out is not None else f"the run directory {str(path)!r}"
@@ -81,7 +82,7 @@ def _check_out(cfg, out: str | None) -> None:
 def resume_config(run_dir: Path, config: str | None, overrides: list[str]):
     """The run's stored config; ``--config``/``--set`` may restate it but not change it."""
     from tricklab.config import load_config
-    from tricklab.engine.rundir import stored_config
+    from tricklab.runner import stored_config
 
     cfg = stored_config(run_dir)
     if config or overrides:

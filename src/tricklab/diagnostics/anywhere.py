@@ -47,12 +47,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from tricklab.diagnostics.diagnosis import diagnose
 from tricklab.diagnostics.doctor import DoctorResult, check_model, model_settings, report_folder
 from tricklab.diagnostics.in_pytorch import in_pytorch
 from tricklab.diagnostics.loop_bugs import loop_fixes
 from tricklab.diagnostics.probes import ProbeCallback, check_every, is_class_labels
 from tricklab.diagnostics.records import LOSS, MODEL, WEIGHT, Findings
-from tricklab.diagnostics.verdicts import Verdict, as_set_flags, diagnose, merge_prescriptions
+from tricklab.diagnostics.verdicts import Verdict, as_set_flags, merge_prescriptions
 from tricklab.errors import TrickLabError
 from tricklab.events import FitState
 from tricklab.metrics import TRAIN_ACC, VAL_ACC, VAL_LOSS

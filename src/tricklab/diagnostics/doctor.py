@@ -6,7 +6,7 @@
 2. ``diagnostics.steps`` training steps of the config's model, optimizer, LR, L1 and clipping, with a
    :class:`~tricklab.diagnostics.probes.ProbeCallback` sampling every ``diagnostics.every`` steps (LR
    schedules, early stopping and averaging act over epochs and are left out of this short run);
-3. the verdicts of :func:`~tricklab.diagnostics.verdicts.diagnose` and their merged prescription;
+3. the verdicts of :func:`~tricklab.diagnostics.diagnosis.diagnose` and their merged prescription;
 4. the re-check: the same short run with the prescription applied, and whether the problems are gone.
 
 Example::
@@ -36,9 +36,10 @@ import torch.nn.functional as F
 from tricklab.assembly import Assembled, assemble, build_model, build_optimizer, load_data, step_callbacks
 from tricklab.config import Config
 from tricklab.data import Splits, TensorBatches, TensorData
+from tricklab.diagnostics.diagnosis import diagnose
 from tricklab.diagnostics.probes import Findings, ProbeCallback
 from tricklab.diagnostics.signal import SignalProfile, compare_inits
-from tricklab.diagnostics.verdicts import Verdict, diagnose, merge_prescriptions, settings_of
+from tricklab.diagnostics.verdicts import Verdict, merge_prescriptions, settings_of
 from tricklab.engine.loop import check_trainable, fit
 from tricklab.errors import TrickLabError, wrong_type
 from tricklab.events import ORDER_STOP_AFTER, Callback, FitState

@@ -61,18 +61,6 @@ gradient or the output run on the audited ones: the first five sampled steps, th
 (:data:`~tricklab.diagnostics.loop_watch.AUDIT_FIRST`), since the bugs they look for are in the loop's code from the
 start. Not checked: a fixed (unshuffled) but not sorted order that repeats every epoch, which costs little.
 
-Why these values: most invariants are exact (a zeroed gradient is None or 0; a parameter is in a param group or
-not; the same input hashes the same), so the thresholds only ask for the invariant to fail more than once, that
-one odd step decides nothing. The others: an LR below 1e-3 of its peak for a quarter of the run is no schedule
-(cosine annealing and one-cycle spend the last 2–3% of the run there, linear decay to 0 the last 0.1%; a step
-schedule written in epochs and stepped per batch spends nearly all of it there); warm-up and one-cycle stay within
-25× the LR the optimizer was built with, so 100× is runaway. In a shuffled stream two labels of one batch are equal
-with probability exactly q = Σ p_c² whatever the batch size (the within-batch pair rate is an unbiased estimate of
-it), while a stream sorted by class gives batches of one class (c ≈ 1): halfway between is far beyond the noise of
-200 pairs (σ ≈ 0.02). Weight decay pulls with λW against the loss gradient; ten times stronger, the weights mostly
-shrink (Krogh & Hertz 1992; Loshchilov & Hutter 2019 for the decoupled form). Clipping is meant to cut the rare
-spikes (Pascanu et al. 2013); dividing every step's gradient by 10 is an LR 10× lower than the one set.
-
 Log-probabilities (rows ≤ 0 that log-sum-exp to 0, ``log_softmax`` last) are recorded but not a verdict: with
 ``F.cross_entropy`` they give the same loss and gradient as the logits (log_softmax is idempotent), and with
 ``F.nll_loss`` they are what it expects.
@@ -82,6 +70,8 @@ consequences: ``Verdict.cause`` names it, their prescription is withheld, and th
 (a missing ``zero_grad`` is not told to lower the LR). Loop bugs come first, then the model causes: a too-high LR
 explains dead ReLUs and gradients that blew up or overflowed during training (not at init: that is the weights'
 scale); raw inputs explain exploding gradients, overflow, a too-high LR and saturated or dead units.
+
+Why the thresholds have their values: ``docs/verdicts-why.md``.
 """
 
 from __future__ import annotations
@@ -155,7 +145,7 @@ CLIP_MIN_SAMPLES = 2
 SAME_BATCH_SHARE = 0.9
 SAME_BATCH_MIN_PAIRS = 3
 
-#: The loop checks, run by :func:`~tricklab.diagnostics.verdicts.diagnose` after the model checks.
+#: The loop checks, run by :func:`~tricklab.diagnostics.diagnosis.diagnose` after the model checks.
 LOOP_CHECKS: Registry[Check] = Registry("loop check")
 
 

@@ -52,7 +52,7 @@ from tricklab.diagnostics.loop_bugs import (
     LOOP_UNOPTIMIZED,
     PROB_TOLERANCE,
 )
-from tricklab.diagnostics.probes import _read
+from tricklab.diagnostics.readout import read_floats
 from tricklab.diagnostics.records import MODEL, Records
 
 #: The input hash reads at most this many elements of the batch, evenly strided.
@@ -366,7 +366,7 @@ class LoopWatch:
         """Pending tensors → records, with one host read."""
         if not self._pending:
             return
-        values = _read([t for _, _, t, _ in self._pending])
+        values = read_floats([t for _, _, t, _ in self._pending])
         for (metric, step, _, wrap), v in zip(self._pending, values, strict=True):
             self.records.add(metric, MODEL, step, wrap(v))
         self._pending = []

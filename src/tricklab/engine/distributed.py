@@ -54,10 +54,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from tricklab.data.download import atomic_write
 from tricklab.engine.strategy import Batches, StepTotals
 from tricklab.errors import ConfigError, TrickLabError
 from tricklab.events import FitState
+from tricklab.outputs import atomic_write
 
 
 def launched() -> bool:

@@ -93,7 +93,8 @@ def run_cost(config: dict[str, Any]) -> float:
         return math.nan
 
 
-#: What a worker process holds besides its run: the Python interpreter, torch and tricklab (measured: ~350 MB).
+#: What a worker process holds besides its run: the Python interpreter, torch and tricklab (``benchmarks/micro.py``
+#: measures a fresh worker's resident memory; the figure is in ``benchmarks/README.md``).
 PROCESS_BYTES = 400 * 2**20
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from tricklab.config import Config, load_config
 from tricklab.errors import TrickLabError, echo
+from tricklab.host import available_memory
 from tricklab.lab.costs import run_bytes
 from tricklab.lab.events import LabCounts, RunDone, RunEvent, RunKey, RunStarted
 from tricklab.lab.ray_executor import RayPool  # imports Ray on use only
@@ -33,7 +34,6 @@ from tricklab.lab.spec import StudySpec
 from tricklab.lab.store import Store, config_key
 from tricklab.lab.studies import Study, describe_setup
 from tricklab.locks import folder_lock
-from tricklab.memory import available_memory
 
 DB_NAME = "results.sqlite"
 QUICK_SUBSET = 10000  # --quick: at most this many training examples on the big datasets
@@ -163,7 +163,7 @@ def study_threads(study: Study, variant: str, dataset: str) -> Any:
 
 def lab_cores(opts: LabOptions) -> int:
     """The cores the lab shares among its runs: ``opts.cores``, else those this process may use."""
-    from tricklab.train.seed import usable_cores
+    from tricklab.engine.seed import usable_cores
 
     return opts.cores or usable_cores()
 

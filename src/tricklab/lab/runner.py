@@ -84,7 +84,7 @@ def plan_workers(
 
     Independent runs scale better across processes (one thread each) than across threads, so by default there
     is one process per core, no more than there are runs, and no more than fit in 80% of ``memory`` (the
-    memory available, :func:`tricklab.memory.available_memory`) at ``run_bytes`` each (the largest run's estimate,
+    memory available, :func:`tricklab.host.available_memory`) at ``run_bytes`` each (the largest run's estimate,
     :func:`tricklab.lab.costs.run_bytes`); the cores left over become threads. ``processes`` (``--workers``)
     is taken as asked, within the cores."""
     cores = cores or os.cpu_count() or 1

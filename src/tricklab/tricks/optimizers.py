@@ -256,8 +256,8 @@ def build_optimizer(
     from the gradient step (Loshchilov & Hutter 2019). ``momentum`` (γ) is used by ``momentum`` and
     ``nesterov`` only. ``fused``: torch's fused kernel where it has one on ``device`` (None: the parameters'), one
     kernel per step instead of a few per tensor: SGD, Adam and AdamW on CPU and CUDA, Adagrad on CPU
-    (:data:`FUSABLE`); tricklab's assembly asks for it on both (the measured gain is in the git history of this
-    change and in ``benchmarks/overhead.py``).
+    (:data:`FUSABLE`); tricklab's assembly asks for it on both (``benchmarks/overhead.py`` and ``roofline.py``
+    measure the step with it; the figures are in ``benchmarks/README.md``).
 
     Example: ``build_optimizer("nesterov", model, lr=0.1, momentum=0.9, weight_decay=5e-4)``.
     """
