@@ -148,6 +148,8 @@ def lab_options(
                 f"{face.show(executor)})"
             )
     check_bound("max_retries", max_retries, face)
+    from tricklab.lab.studies import check_dataset
+
     names = dataset_names(dataset, face)
     for name in names:
         check_dataset(name)
@@ -200,18 +202,6 @@ def study_datasets(study: Any, opts: LabOptions) -> tuple[str, ...]:
     if opts.dataset:
         return (opts.dataset,)
     return tuple(getattr(study, "datasets", ()) or ()) or (study.dataset,)
-
-
-def check_dataset(name: str) -> None:
-    """Refuse a dataset that is neither registered nor an import path to a loader tricklab may use."""
-    from tricklab.config import dataset_loader
-    from tricklab.data import DATASETS
-    from tricklab.plugins import is_import_path
-
-    if is_import_path(name):
-        dataset_loader(name)
-    else:
-        DATASETS.get(name)
 
 
 def lab_folder(out: str | Path | None, dataset: str | Sequence[str] | None, studies: Sequence[Any]) -> Path:

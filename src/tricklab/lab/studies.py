@@ -469,6 +469,18 @@ def load_custom_study(path: str) -> tuple[Study, int | None, int | None]:
     return custom_study(read_yaml(path))
 
 
+def check_dataset(name: str) -> None:
+    """Refuse a dataset that is neither registered nor an import path to a loader tricklab may use."""
+    from tricklab.config import dataset_loader
+    from tricklab.data import DATASETS
+    from tricklab.plugins import is_import_path
+
+    if is_import_path(name):
+        dataset_loader(name)
+    else:
+        DATASETS.get(name)
+
+
 def custom_study(raw: dict[str, Any]) -> tuple[Study, int | None, int | None]:
     """A study from a mapping (a YAML file's content); returns it with its ``seeds`` and ``epochs``.
 
@@ -527,8 +539,6 @@ def custom_study(raw: dict[str, Any]) -> tuple[Study, int | None, int | None]:
     if spec.datasets is not None:
         if "dataset" in raw:
             raise ConfigError("study.datasets", spec.datasets, "give either dataset or datasets, not both")
-        from tricklab.lab.request import check_dataset
-
         for i, d in enumerate(spec.datasets):
             if d in spec.datasets[:i]:
                 raise ConfigError("study.datasets", spec.datasets, f"names {d!r} twice; name each dataset once")

@@ -175,9 +175,10 @@ def profile_plot(studies: Sequence, plots_dir: Path) -> tuple[Callable[[Path], P
 def plot_profile(items: Sequence[AcrossDatasets], path: Path) -> Path:
     """Performance profiles (Dolan & Moré 2002; Agarwal et al. 2021): for each trick, the share of its (dataset,
     seed) runs whose share of the baseline's error removed exceeds τ, against τ."""
-    import matplotlib.pyplot as plt
+    import matplotlib
 
-    from tricklab.report.lab_report import _plain, _save
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
     runs = {f"{a.study}: {a.variant}": profile_runs(a) for a in items}
     values = [x for r in runs.values() for x in r if math.isfinite(x)]
@@ -188,7 +189,7 @@ def plot_profile(items: Sequence[AcrossDatasets], path: Path) -> Path:
     styles = ("-", "--", ":", "-.")
     for i, (name, r) in enumerate(runs.items()):
         ax.step(
-            taus * 100, performance_profile(r, taus), where="post", linestyle=styles[i // 10 % 4], label=_plain(name)
+            taus * 100, performance_profile(r, taus), where="post", linestyle=styles[i // 10 % 4], label=plain(name)
         )
     ax.axvline(0, color="#888", linewidth=0.8)
     ax.set_xlabel("τ: share of the baseline's errors removed (%), per dataset and seed")
@@ -197,4 +198,13 @@ def plot_profile(items: Sequence[AcrossDatasets], path: Path) -> Path:
     ax.set_title("Performance profile across datasets (higher is better)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
-    return _save(fig, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, metadata={"Software": None})  # as the report's other plots: the same bytes each time
+    plt.close(fig)
+    return path
+
+
+def plain(text: str) -> str:
+    """``text`` shown as it is by matplotlib (a ``$`` would start mathtext)."""
+    return str(text).replace("$", r"\$")
