@@ -20,8 +20,10 @@ EXAMPLES = (
     ("tricklab lab init depth --dataset mnist1d --seeds 5", "two of the lesson's studies on MNIST-1D, offline"),
     ("tricklab lab dropout --quick --device cpu", "a preview of the dropout study: ¼ of the epochs, 2 seeds"),
     ("tricklab lab all --dataset mnist1d --seeds auto", "every study; more seeds only where still undecided"),
-    ("tricklab lab clipping --dataset mnist1d --epochs 3", "every run of the study for 3 epochs"),
-    ("tricklab lab dropout --dataset mnist,mnist1d", "one trick on two datasets, with the aggregate across them"),
+    (
+        "tricklab lab dropout --dataset mnist,mnist1d --epochs 3",
+        "one trick on two datasets, 3 epochs a run, and the aggregate across them",
+    ),
 )
 
 
