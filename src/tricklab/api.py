@@ -701,6 +701,7 @@ class LabResult:
     wall_time_s: float
     failures: list[tuple[tuple, str]] = field(default_factory=list)
     executor: str = ""
+    across: list[dict[str, Any]] = field(default_factory=list)  # :func:`across_records`: studies on several datasets
 
     def to_csv(self, path: str | Path | None = None, *, force: bool = False) -> str:
         """The records as CSV text; also written to ``path`` when given: a new path, or a table this method
@@ -746,6 +747,9 @@ RECORD_COLUMNS = (
     "p_holm",
     "outcome",
     "prob_improvement",
+    "prob_improvement_ci_low",
+    "prob_improvement_ci_high",
+    "test_acc_iqm",
     "seeds_needed",
     "decided_at",
     "decision_ci_low",
@@ -762,7 +766,9 @@ def lab_records(lab_dir: str | Path) -> list[dict[str, Any]]:
 
     ``outcome`` is ``better``, ``worse``, ``equivalent`` or ``undecided`` (``baseline`` for a baseline), decided with
     the Holm-adjusted ``p_holm`` and the study's ``margin_pp``; ``prob_improvement`` is the share of common seeds
-    on which the variant beat its baseline (ties count half); ``seeds_needed`` (undecided only) how many seeds
+    on which the variant beat its baseline (ties count half), with its 95% Wilson interval ``prob_improvement_ci_low``
+    /``_high`` (:func:`tricklab.lab.improvement.improvement`); ``test_acc_iqm`` the interquartile mean of the test
+    accuracy over seeds; ``seeds_needed`` (undecided only) how many seeds
     would likely decide it (with ``seeds="auto"``: the next look's seeds, or past the cap an estimate).
     ``significant`` is the unadjusted paired t-test's. ``decided_at`` (``seeds="auto"`` only): the seeds at the
     look that decided it; ``decision_ci_low``/``_high``: the interval the outcome rests on (the repeated 95%
@@ -771,6 +777,7 @@ def lab_records(lab_dir: str | Path) -> list[dict[str, Any]]:
     else None): its outcome, Holm-adjusted p and the median ratio of steps to target (variant / baseline).
     """
     from tricklab.lab.analysis import TEST_ACC
+    from tricklab.lab.improvement import improvement, iqm
     from tricklab.lab.results import results
 
     records = []
@@ -801,6 +808,8 @@ def lab_records(lab_dir: str | Path) -> list[dict[str, Any]]:
                             v.decision.p_holm if c else None,
                             v.decision.outcome if c else "baseline",
                             c.prob_improvement if c else None,
+                            *((pi.lo, pi.hi) if (pi := improvement(c.diffs) if c else None) else (None, None)),
+                            iqm(v.values[TEST_ACC].values()),
                             v.decision.seeds_needed if c else None,
                             v.decision.decided_at if c else None,
                             *_decision_interval(v),
@@ -824,6 +833,32 @@ def _extra_record(v) -> tuple:
     return reason, d.outcome, d.p_holm if math.isfinite(d.p_holm) else None, c.ratio if math.isfinite(c.ratio) else None
 
 
+def across_records(lab_dir: str | Path) -> list[dict[str, Any]]:
+    """One plain record per variant of a study run on several datasets (:mod:`tricklab.lab.across`): ``outcomes``
+    (dataset → its outcome there), ``normalized`` (the mean over datasets of the share of the baseline's errors
+    removed, Δ̄ / (1 − baseline accuracy)) with its stratified-bootstrap interval ``normalized_ci_low``/``_high``,
+    ``mean_prob_improvement`` (P(better) averaged over datasets), ``outcome`` (better/worse when the interval
+    excludes 0, else undecided) and ``datasets`` (those in the aggregate)."""
+    from tricklab.lab.across import across
+    from tricklab.lab.results import results
+
+    return [
+        {
+            "study": a.study,
+            "variant": a.variant,
+            "baseline": a.baseline,
+            "outcomes": {c.dataset: c.outcome for c in a.datasets},
+            "normalized": a.normalized,
+            "normalized_ci_low": a.lo,
+            "normalized_ci_high": a.hi,
+            "mean_prob_improvement": a.mean_prob,
+            "outcome": a.outcome,
+            "datasets": list(a.aggregated),
+        }
+        for a in across([r.stats for r in results(lab_dir).studies])
+    ]
+
+
 def _decision_interval(v) -> tuple[float | None, float | None]:
     """The interval the outcome was decided on: the repeated 95% interval for ``--seeds auto``, else the t interval."""
     c, d = v.comparison, v.decision
@@ -836,7 +871,7 @@ def lab(
     study,
     *,
     model: ModelLike = None,
-    dataset: str | None = None,
+    dataset: str | list[str] | None = None,
     seeds: int | str | None = None,
     max_seeds: int | None = None,
     epochs: int | None = None,
@@ -848,6 +883,7 @@ def lab(
     address: str | None = None,
     max_retries: int | None = None,
     device: str | None = None,
+    aggregate: str | None = None,
 ) -> LabResult:
     """Run studies over seeds as ``tricklab lab`` does; return a :class:`LabResult`. :func:`run_lab` is the same
     function under its earlier name.
@@ -864,6 +900,10 @@ def lab(
     Ray instance, on the cluster at ``address`` (``"auto"``, ``"ray://head:10001"``), or on the Ray this process
     already initialised; a run whose worker or node is lost is retried up to ``max_retries`` times (default 3), a run
     that raises is recorded failed. Results are written here only, and are the same as with ``executor="process"``.
+
+    ``dataset`` may name several datasets (``"mnist,mnist1d"`` or a list): each study then runs on each, as one
+    study instance per dataset, and the report adds the aggregate across them (:mod:`tricklab.lab.across`).
+    ``aggregate="iqm"`` summarises each arm by its interquartile mean in the report (outcomes are unchanged).
 
     ``model``: every run of the studies trains your own model, a class or a factory (see :func:`model_name`; a
     built ``nn.Module`` is refused, since each seed and variant starts from fresh weights of its own). A study's
@@ -921,6 +961,7 @@ def lab(
         file_seeds=file_seeds,
         file_epochs=file_epochs,
         device=device,
+        aggregate=aggregate,
     )
     out = lab_folder(out, dataset, studies)
     console = Console(file=sys.stdout, width=120, force_terminal=False, force_jupyter=False)
@@ -946,6 +987,7 @@ def lab(
         result.wall_time_s,
         result.failures,
         executor.get("executor", ""),
+        across_records(out),
     )
 
 
@@ -968,7 +1010,9 @@ def _python_command(study, opts, model: ModelLike = None) -> str:
     else:
         given = repr(str(study) if isinstance(study, Path) else study)
     args = [given, "seeds='auto'", f"max_seeds={opts.max_seeds}"] if opts.max_seeds else [given, f"seeds={opts.seeds}"]
-    args += [f"{k}={v!r}" for k, v in (("dataset", opts.dataset), ("epochs", opts.epochs)) if v is not None]
+    dataset = ",".join(opts.datasets) if opts.datasets else opts.dataset
+    args += [f"{k}={v!r}" for k, v in (("dataset", dataset), ("epochs", opts.epochs)) if v is not None]
+    args += [f"aggregate={opts.aggregate!r}"] if opts.aggregate else []
     args += ["quick=True"] if opts.quick else []
     if model is not None:
         shown = repr(model) if isinstance(model, str) else getattr(model, "__qualname__", "<a model>")

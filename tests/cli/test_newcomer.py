@@ -74,9 +74,9 @@ def resolve(line: str, capsys) -> None:
         names = STUDIES.names() if args.studies == ["all"] else args.studies
         opts = LabOptions(epochs=args.epochs, device=args.device, quick=args.quick)
         for study in map(STUDIES.get, names):
-            dataset = args.dataset or study.dataset
-            for variant in study.variants:
-                load_config(overrides=study_overrides(study, variant.name, dataset, opts, 0))
+            for dataset in args.dataset.split(",") if args.dataset else [study.dataset]:  # --dataset a,b: each
+                for variant in study.variants:
+                    load_config(overrides=study_overrides(study, variant.name, dataset, opts, 0))
     if argv[0] in ("list", "config"):
         assert main(argv) == 0, line
         capsys.readouterr()

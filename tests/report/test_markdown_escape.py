@@ -101,7 +101,7 @@ def test_every_name_is_one_literal_table_cell(rendered):
     text, _ = rendered
     rows = cells(parse(text))
     section = [r for r in rows if len(r) == len(COLUMNS)]
-    summary = [r for r in rows if len(r) == 6]
+    summary = [r for r in rows if len(r) == 7]  # study, comparison, Δ, p, outcome, P(better), seeds
     assert len(section) == 1 + len(NAMES) and len(summary) == len(NAMES)  # headers included: nothing split or merged
     assert [r[0] for r in section[1:]] == [" ".join(n.split()) for n in NAMES]
     assert [r[1] for r in summary[1:]] == [f"{' '.join(n.split())} vs plain" for n in NAMES[1:]]

@@ -20,7 +20,10 @@ EXAMPLES = (
     ("tricklab lab init depth --dataset mnist1d --seeds 5", "two of the lesson's studies on MNIST-1D, offline"),
     ("tricklab lab dropout --quick --device cpu", "a preview of the dropout study: ¼ of the epochs, 2 seeds"),
     ("tricklab lab all --dataset mnist1d --seeds auto", "every study; more seeds only where still undecided"),
-    ("tricklab lab clipping --dataset mnist1d --epochs 3", "every run of the study for 3 epochs"),
+    (
+        "tricklab lab dropout --dataset mnist,mnist1d --epochs 3",
+        "one trick on two datasets, 3 epochs a run, and the aggregate across them",
+    ),
 )
 
 
@@ -32,7 +35,18 @@ def add_parser(sub) -> None:
         "studies", nargs="*", metavar="STUDY", help="built-in studies to run, or 'all' (see tricklab list studies)"
     )
     p.add_argument("--config", "-c", metavar="FILE", help="a custom study (YAML: base, variants, seeds, epochs)")
-    p.add_argument("--dataset", "-d", help="run every study on this dataset (e.g. mnist1d: offline and fast)")
+    p.add_argument(
+        "--dataset",
+        "-d",
+        help="run every study on this dataset (e.g. mnist1d: offline and fast), or on each of several separated by "
+        "commas (mnist,mnist1d): each dataset's runs are kept apart and the report adds the aggregate across them",
+    )
+    p.add_argument(
+        "--aggregate",
+        metavar="mean|iqm",
+        help="how the report summarises each arm over its seeds: mean (default) or iqm, the interquartile mean, for "
+        "heavy-tailed metrics (a diverged seed moves a mean, not the IQM); outcomes stay paired t-tests of means",
+    )
     p.add_argument(
         "--seeds",
         metavar="N|auto",
@@ -135,6 +149,7 @@ def run_cmd(args: argparse.Namespace) -> int:
         file_seeds=file_seeds,
         file_epochs=file_epochs,
         device=args.device,
+        aggregate=args.aggregate,
     )
     out = lab_folder(args.out or None, args.dataset, studies)
     from tricklab.cli.common import is_folder

@@ -131,6 +131,7 @@ class StudyStats:
     alpha: float = ALPHA  # family-wise error rate of the study's better/worse claims (Holm)
     chance: float | None = None  # accuracy of always answering the test set's most common class (None: not recorded)
     outcomes: tuple[str, ...] = (TEST_ACC,)  # the outcomes the study judges
+    aggregate: str = "mean"  # how the report summarises each arm over seeds: "mean" or "iqm" (the spec's aggregate)
 
     @property
     def comparisons(self) -> int:

@@ -28,7 +28,7 @@ from tricklab.host import available_memory
 from tricklab.lab.costs import run_bytes
 from tricklab.lab.events import LabCounts, RunDone, RunEvent, RunKey, RunStarted
 from tricklab.lab.ray_executor import RayPool  # imports Ray on use only
-from tricklab.lab.request import EXECUTORS, LabOptions, check_executor  # noqa: F401  (the lab's options, here too)
+from tricklab.lab.request import EXECUTORS, LabOptions, check_executor, study_datasets  # noqa: F401  (options here too)
 from tricklab.lab.runner import Executor, InProcess, PoolLost, Task, WorkerPool, execute, plan_workers
 from tricklab.lab.spec import StudySpec
 from tricklab.lab.store import Store, config_key
@@ -79,6 +79,7 @@ def study_spec(study: Study, dataset: str, opts: LabOptions) -> StudySpec:
         margin=study.margin.get(dataset),
         sequential={"first": opts.seeds, "cap": opts.max_seeds} if opts.max_seeds else None,
         outcomes=list(study.outcomes) if study.outcomes != ("test_acc",) else None,
+        aggregate=opts.aggregate,
     )
 
 
@@ -94,19 +95,20 @@ def plan(studies: list[Study], opts: LabOptions, threads: int = 1) -> list[Plann
 
     A study's base or variant that sets ``data.name`` to another dataset than the lab's is refused: its runs
     would train on one dataset while the table and the database say another. So are variants that read other data
-    (:func:`check_same_data`).
+    (:func:`check_same_data`). A study run on several datasets (:func:`~tricklab.lab.request.study_datasets`) is
+    planned once per dataset, each its own study instance: its runs are those it has when run on that dataset alone.
     """
     out = []
     for study in studies:
-        dataset = opts.dataset or study.dataset
-        p = Planned(study, dataset)
-        for v in study.variants:
-            for seed in range(opts.seeds):
-                p.configs[RunKey(study.name, v.name, seed, dataset)] = run_config(
-                    study, v.name, dataset, opts, seed, threads
-                )
-        check_same_data(study.name, {key[1]: cfg for key, cfg in p.configs.items()})
-        out.append(p)
+        for dataset in study_datasets(study, opts):
+            p = Planned(study, dataset)
+            for v in study.variants:
+                for seed in range(opts.seeds):
+                    p.configs[RunKey(study.name, v.name, seed, dataset)] = run_config(
+                        study, v.name, dataset, opts, seed, threads
+                    )
+            check_same_data(study.name, {key[1]: cfg for key, cfg in p.configs.items()})
+            out.append(p)
     return out
 
 
@@ -146,7 +148,7 @@ def run_config(study: Study, variant: str, dataset: str, opts: LabOptions, seed:
     except TrickLabError as e:
         raise TrickLabError(f"study {study.name!r}, variant {variant!r}: {e}") from None
     if cfg.data.name != dataset:
-        given = "--dataset" if opts.dataset else "the study's dataset"
+        given = "--dataset" if opts.dataset or opts.datasets else "the study's dataset"
         raise TrickLabError(
             f"study {study.name!r}, variant {variant!r}: data.name = {cfg.data.name!r} conflicts with "
             f"{given} {dataset!r}; a study's base and variants must not set data.name (name the dataset "
@@ -279,7 +281,7 @@ def plan_lab(studies: list[Study], opts: LabOptions) -> LabPlan:
     processes × threads stays within the cores.
     """
     check_executor(opts)
-    n_runs = sum(len(s.variants) for s in studies) * opts.seeds
+    n_runs = sum(len(s.variants) * len(study_datasets(s, opts)) for s in studies) * opts.seeds
     processes, threads = plan_workers(n_runs, opts.cores, opts.workers)
     planned = plan(studies, opts, threads)
     if opts.workers is None and opts.executor == "process":  # no more processes than memory holds

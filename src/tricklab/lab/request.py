@@ -28,7 +28,8 @@ MAX_SEEDS, MAX_WORKERS = 1000, 1024  # beyond these a lab has no meaning on any 
 class LabOptions:
     """How a lab runs its studies (checked by :func:`lab_options`; :func:`check_executor` at the lab's start)."""
 
-    dataset: str | None = None  # None: each study's own
+    dataset: str | None = None  # one dataset for every study; None: each study's own, or ``datasets``
+    datasets: tuple[str, ...] = ()  # two or more: every study runs on each, as one study instance per dataset
     seeds: int = 3  # seeds per variant; with ``max_seeds``: the first look's seeds
     max_seeds: int | None = None  # ``--seeds auto``: add seeds to undecided comparisons up to this cap
     epochs: int | None = None
@@ -39,6 +40,7 @@ class LabOptions:
     address: str | None = None  # --executor ray: an existing cluster's address; None starts a local Ray instance
     max_retries: int = DEFAULT_RETRIES  # --executor ray: retries of a run whose worker process or node was lost
     device: str | None = None  # train.device of every run (not part of a run's identity); None: each study's own
+    aggregate: str | None = None  # "iqm": reports summarise each arm by its interquartile mean; None: the mean
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,7 @@ class Face:
 
 PYTHON = Face()
 SHELL = Face(
-    names={o: "--" + o.replace("_", "-") for o in (*BOUNDS, "address", "dataset", "executor")},
+    names={o: "--" + o.replace("_", "-") for o in (*BOUNDS, "address", "dataset", "executor", "aggregate")},
     show=str,
     auto="--seeds auto",
     ray="--executor ray",
@@ -106,7 +108,7 @@ def check_bound(option: str, value: Any, face: Face = PYTHON) -> None:
 def lab_options(
     face: Face,
     *,
-    dataset: str | None = None,
+    dataset: str | Sequence[str] | None = None,
     seeds: int | str | None = None,
     max_seeds: int | None = None,
     epochs: int | None = None,
@@ -118,12 +120,15 @@ def lab_options(
     file_seeds: int | None = None,
     file_epochs: int | None = None,
     device: str | None = None,
+    aggregate: str | None = None,
 ) -> LabOptions:
     """The :class:`LabOptions` of a request, or the one-line refusal of its first bad option.
 
     ``seeds``: a number, ``"auto"`` (the first look's :data:`~tricklab.lab.sequential.FIRST` seeds, then more up to
     ``max_seeds``, default :data:`~tricklab.lab.sequential.CAP`) or None (``file_seeds``, a custom study's own, else
     3; 2 with ``quick``). ``epochs`` None: ``file_epochs``, else each study's. ``max_retries`` None: the default.
+    ``dataset``: one name, names separated by commas (``"mnist,mnist1d"``) or a list of names: with two or more,
+    every study runs on each (:func:`dataset_names`). ``aggregate``: ``"mean"`` (the default) or ``"iqm"``.
     """
     auto = seeds == "auto"
     if max_seeds is not None and not auto:
@@ -143,10 +148,21 @@ def lab_options(
                 f"{face.show(executor)})"
             )
     check_bound("max_retries", max_retries, face)
-    if dataset is not None:
-        check_dataset(dataset)
+    from tricklab.lab.studies import check_dataset
+
+    names = dataset_names(dataset, face)
+    for name in names:
+        check_dataset(name)
+    if aggregate is not None:
+        from tricklab.lab.improvement import AGGREGATES
+
+        if aggregate not in AGGREGATES:
+            raise TrickLabError(
+                f"{face.name('aggregate')} = {face.show(aggregate)}: must be one of {', '.join(AGGREGATES)}"
+            )
     return LabOptions(
-        dataset=dataset,
+        dataset=names[0] if len(names) == 1 else None,
+        datasets=names if len(names) > 1 else (),
         seeds=FIRST if auto else seeds or file_seeds or (2 if quick else 3),
         max_seeds=max_seeds if auto else None,
         epochs=epochs or file_epochs,
@@ -156,27 +172,47 @@ def lab_options(
         address=address,
         max_retries=DEFAULT_RETRIES if max_retries is None else max_retries,
         device=device,
+        aggregate=None if aggregate in (None, "mean") else aggregate,
     )
 
 
-def check_dataset(name: str) -> None:
-    """Refuse a dataset that is neither registered nor an import path to a loader tricklab may use."""
-    from tricklab.config import dataset_loader
-    from tricklab.data import DATASETS
-    from tricklab.plugins import is_import_path
+def dataset_names(dataset: str | Sequence[str] | None, face: Face = PYTHON) -> tuple[str, ...]:
+    """The datasets of a request, in order: ``"mnist,mnist1d"`` or ``["mnist", "mnist1d"]`` → both; None → none.
+    An empty name or a name given twice is refused in one line (each dataset's runs are kept apart, once)."""
+    if dataset is None:
+        return ()
+    names = [n.strip() for n in dataset.split(",")] if isinstance(dataset, str) else list(dataset)
+    shown = face.show(dataset if isinstance(dataset, str) else list(dataset))
+    for name in names:
+        if not isinstance(name, str) or not name.strip():
+            raise TrickLabError(
+                f"{face.name('dataset')} = {shown}: expected dataset names separated by commas, e.g. mnist,mnist1d"
+            )
+    twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
+    if twice is not None:
+        raise TrickLabError(f"{face.name('dataset')} = {shown}: names {twice!r} twice; name each dataset once")
+    return tuple(names)
 
-    if is_import_path(name):
-        dataset_loader(name)
-    else:
-        DATASETS.get(name)
+
+def study_datasets(study: Any, opts: LabOptions) -> tuple[str, ...]:
+    """The datasets a study runs on in this lab: ``--dataset`` (one or several), else the study's ``datasets``,
+    else its ``dataset``. Each is its own study instance (its own runs, spec and outcomes)."""
+    if opts.datasets:
+        return opts.datasets
+    if opts.dataset:
+        return (opts.dataset,)
+    return tuple(getattr(study, "datasets", ()) or ()) or (study.dataset,)
 
 
-def lab_folder(out: str | Path | None, dataset: str | None, studies: Sequence[Any]) -> Path:
+def lab_folder(out: str | Path | None, dataset: str | Sequence[str] | None, studies: Sequence[Any]) -> Path:
     """Where a lab writes: ``out`` when given, else ``labs/<dataset>`` (``--dataset``, else the first study's), with
-    the ``:`` of an import path written ``_`` (``pkg.mod:loader`` → ``labs/pkg.mod_loader``)."""
+    the ``:`` of an import path written ``_`` (``pkg.mod:loader`` → ``labs/pkg.mod_loader``); several datasets are
+    joined by ``+`` (``labs/mnist+mnist1d``)."""
     if out is not None:
         return Path(out)
-    return Path("labs") / (dataset or studies[0].dataset).replace(":", "_")
+    names = dataset_names(dataset) if dataset is not None else ()
+    names = names or tuple(getattr(studies[0], "datasets", ()) or ()) or (studies[0].dataset,)
+    return Path("labs") / "+".join(names).replace(":", "_")
 
 
 def check_executor(opts: LabOptions) -> None:

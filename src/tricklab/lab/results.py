@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tricklab.errors import TrickLabError
 from tricklab.lab.analysis import StudyStats, analyse
+from tricklab.lab.improvement import MEAN, check_aggregate
 from tricklab.lab.spec import StudySpec
 from tricklab.lab.store import RunRow, Store
 
@@ -60,7 +61,9 @@ def study_result(
             sig = store.signal(study, v, dataset, row.config_hash) if row else None
             if sig:
                 found[v] = sig
-    return StudyResult(analyse(study, dataset, spec, rows), spec, command, rows, found)
+    stats = analyse(study, dataset, spec, rows)
+    stats.aggregate = check_aggregate(spec.get("aggregate") or MEAN, f"study {study!r}: aggregate")
+    return StudyResult(stats, spec, command, rows, found)
 
 
 def results(lab_dir: str | Path) -> LabResults:

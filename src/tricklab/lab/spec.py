@@ -31,6 +31,7 @@ KEYS = (
     "margin",
     "sequential",
     "outcomes",
+    "aggregate",
 )
 
 
@@ -38,7 +39,8 @@ KEYS = (
 class StudySpec(Mapping[str, Any]):
     """One study on one dataset as the lab ran it: its variants and baselines, every variant's overrides (seed shown
     as ``"<seed>"``), the target and margin of its outcomes, its seeds, ``sequential`` (``{"first", "cap"}``)
-    for ``--seeds auto``, and the ``outcomes`` it judges (absent: test accuracy alone)."""
+    for ``--seeds auto``, the ``outcomes`` it judges (absent: test accuracy alone), and ``aggregate`` (``"iqm"``
+    when arms are summarised by their interquartile mean)."""
 
     name: str
     doc: str
@@ -53,20 +55,23 @@ class StudySpec(Mapping[str, Any]):
     margin: Any = None  # pp of practical equivalence, None: the dataset's default; checked by the analysis
     sequential: Any = None  # {"first": n, "cap": m} for --seeds auto; checked by the analysis
     outcomes: Any = None  # the judged outcomes (["test_acc", "steps_to_target"]), None: test accuracy; checked there
+    aggregate: Any = None  # how arms are summarised over seeds: None (the mean) or "iqm"; checked when read
     stored: dict[str, Any] | None = field(default=None, repr=False, compare=False)  # the object read, as read
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object stored: the one read when this spec came from a database, else built in :data:`KEYS`'
-        order (``sequential`` and ``outcomes`` only when set, so a study judged on test accuracy alone is written as
-        earlier labs wrote it)."""
+        order (``sequential``, ``outcomes`` and ``aggregate`` only when set, so a study that sets none of them is
+        written as earlier labs wrote it)."""
         if self.stored is not None:
             return dict(self.stored)
-        d = {k: getattr(self, k) for k in KEYS if k not in ("sequential", "outcomes")}
+        d = {k: getattr(self, k) for k in KEYS if k not in ("sequential", "outcomes", "aggregate")}
         d["variants"] = list(self.variants)
         if self.sequential is not None:
             d["sequential"] = self.sequential
         if self.outcomes is not None:
             d["outcomes"] = list(self.outcomes)
+        if self.aggregate is not None:
+            d["aggregate"] = self.aggregate
         return d
 
     @classmethod
@@ -88,6 +93,7 @@ class StudySpec(Mapping[str, Any]):
             margin=d.get("margin"),
             sequential=d.get("sequential"),
             outcomes=d.get("outcomes"),
+            aggregate=d.get("aggregate"),
             stored=d,
         )
 

@@ -36,6 +36,8 @@ class Study:
     init_signal: bool = False  # also measure per-layer activation std at initialization
     notes: dict[str, str] = field(default_factory=dict)  # dataset → what the setup means there (regime, caveats)
     per_variant_dataset: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # (variant, dataset)
+    datasets: tuple[str, ...] = ()  # run on each of these (one study instance per dataset); empty: ``dataset`` only
+
     # the outcomes judged (tricklab.lab.analysis.JUDGED); a study whose claim is about speed also judges the steps
     # to its target validation accuracy (tricklab.lab.speed). Study-level: no variant's config changes with it.
     outcomes: tuple[str, ...] = ("test_acc",)
@@ -500,6 +502,18 @@ def load_custom_study(path: str) -> tuple[Study, int | None, int | None]:
     return custom_study(read_yaml(path))
 
 
+def check_dataset(name: str) -> None:
+    """Refuse a dataset that is neither registered nor an import path to a loader tricklab may use."""
+    from tricklab.config import dataset_loader
+    from tricklab.data import DATASETS
+    from tricklab.plugins import is_import_path
+
+    if is_import_path(name):
+        dataset_loader(name)
+    else:
+        DATASETS.get(name)
+
+
 def custom_study(raw: dict[str, Any]) -> tuple[Study, int | None, int | None]:
     """A study from a mapping (a YAML file's content); returns it with its ``seeds`` and ``epochs``.
 
@@ -516,6 +530,9 @@ def custom_study(raw: dict[str, Any]) -> tuple[Study, int | None, int | None]:
         target_val_acc: 0.6
         margin: 1.0          # ± pp of test accuracy within which a difference counts as none (default per dataset)
         outcomes: [test_acc, steps_to_target]   # also compare the steps to target_val_acc (default: test_acc)
+
+    ``datasets: [mnist1d, synthetic]`` instead of ``dataset`` runs the study on each (one study instance per
+    dataset, as ``--dataset mnist1d,synthetic`` does); its ``target_val_acc`` and ``margin`` then apply to each.
     """
     from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -526,6 +543,7 @@ def custom_study(raw: dict[str, Any]) -> tuple[Study, int | None, int | None]:
         name: str = "custom"
         doc: str = "A custom study."
         dataset: str = "mnist"
+        datasets: list[str] | None = Field(None, min_length=1)
         base: dict[str, Any] = {}
         baseline: str | None = None
         variants: dict[str, dict[str, Any] | None] = Field(min_length=1)
@@ -552,6 +570,18 @@ def custom_study(raw: dict[str, Any]) -> tuple[Study, int | None, int | None]:
         key = "study." + ".".join(str(p) for p in e["loc"])
         allowed = "unknown key; valid: " + ", ".join(Spec.model_fields) if e["type"] == "extra_forbidden" else e["msg"]
         raise ConfigError(key, e.get("input"), allowed) from None
+    datasets: tuple[str, ...] = ()
+    if spec.datasets is not None:
+        if "dataset" in raw:
+            raise ConfigError("study.datasets", spec.datasets, "give either dataset or datasets, not both")
+        for i, d in enumerate(spec.datasets):
+            if d in spec.datasets[:i]:
+                raise ConfigError("study.datasets", spec.datasets, f"names {d!r} twice; name each dataset once")
+            try:
+                check_dataset(d)
+            except TrickLabError as e:
+                raise ConfigError(f"study.datasets.{i}", d, str(e)) from None
+        datasets = tuple(spec.datasets)
     names = list(spec.variants)
     baseline = spec.baseline or names[0]
     if baseline not in spec.variants:
@@ -563,10 +593,11 @@ def custom_study(raw: dict[str, Any]) -> tuple[Study, int | None, int | None]:
         doc=spec.doc,
         base=_flatten(spec.base, "study.base"),
         baseline=baseline,
-        dataset=spec.dataset,
+        dataset=datasets[0] if datasets else spec.dataset,
+        datasets=datasets,
         variants=tuple(Variant(n, _flatten(o or {}, f"study.variants.{n}")) for n, o in spec.variants.items()),
-        target_val_acc={spec.dataset: spec.target_val_acc} if spec.target_val_acc else {},
-        margin={spec.dataset: spec.margin} if spec.margin else {},
+        target_val_acc={d: spec.target_val_acc for d in datasets or (spec.dataset,)} if spec.target_val_acc else {},
+        margin={d: spec.margin for d in datasets or (spec.dataset,)} if spec.margin else {},
         outcomes=check_outcomes(spec.outcomes, "study.outcomes", bool(spec.target_val_acc))
         if spec.outcomes is not None
         else ("test_acc",),

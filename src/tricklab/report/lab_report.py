@@ -46,6 +46,14 @@ from tricklab.report.findings import (  # noqa: E402
     takeaway_html,
     variant_style,
 )
+from tricklab.report.scoreboard import (  # noqa: E402
+    PROB_COLUMN,
+    across_lines,
+    arm_cell,
+    prob_cell,
+    profile_plot,
+    scoreboard_html,
+)
 
 # one colour per outcome: (HTML text, HTML background, terminal style, plot)
 COLOURS = {
@@ -130,6 +138,7 @@ COLUMNS = (
     "p (Holm)",
     "outcome",
     "better on",
+    PROB_COLUMN,
     "best val acc %",
     "epochs to target",
     "time s",
@@ -169,11 +178,12 @@ def table_rows(s: StudyStats) -> list[list[str]]:
             [
                 v.name,
                 seeds,
-                _pct(v.intervals[TEST_ACC]),
+                arm_cell(s, v) or _pct(v.intervals[TEST_ACC]),
                 _diff(v),
                 _p(v),
                 outcome_label(v),
                 _better_on(v),
+                prob_cell(v),
                 _pct(v.intervals[BEST_VAL_ACC]),
                 ett,
                 _num(v.intervals[WALL_TIME]),
@@ -459,10 +469,19 @@ def build_report(lab_dir: str | Path, console=None, *, out_dir: str | Path | Non
         for _, path, _ in draws:
             check_target(path, PNG, force=force, inputs=inputs)
         planned.append((s, spec, command, draws, r.rows))
+    profile = profile_plot([r.stats for r in found.studies], plots_dir)
+    if profile is not None:
+        check_target(profile[1], PNG, force=force, inputs=inputs)
     sections = []
     for (s, spec, command, draws, rows), finding in zip(planned, findings, strict=True):
         plots = [(draw_file(path, draw, PNG, force=force, inputs=inputs), alt) for draw, path, alt in draws]
         sections.append(study_html(s, spec, command, plots, finding=finding, rows=rows))
+    drawn = draw_file(profile[1], profile[0], PNG, force=force, inputs=inputs) if profile is not None else None
+    badge = preview_badge() if any(is_preview(r.command) for r in found.studies) else ""
+    board = scoreboard_html([r.stats for r in found.studies], COLOURS, drawn, _img, badge)
+    # one trick on several datasets: the report opens with the scoreboard; otherwise with the findings
+    several = len({r.dataset for r in found.studies}) > 1
+    opening = board + findings_html(findings) if several else findings_html(findings) + board
     toc = "".join(
         f'<li><a href="#{html.escape(s.study)}-{html.escape(s.dataset)}">{html.escape(s.study)} on '
         f"{html.escape(s.dataset)}</a></li>"
@@ -474,7 +493,7 @@ def build_report(lab_dir: str | Path, console=None, *, out_dir: str | Path | Non
         f"Student-t 95% confidence intervals over seeds; differences are paired with the baseline on the same "
         f"seeds (paired t-test, p-values Holm-adjusted within each study). Each comparison ends "
         f"{_legend()}. Every number here is computed from the runs in <code>{DB_NAME}</code>.</p>"
-        f"{findings_html(findings)}<ul>{toc}</ul>{''.join(sections)}</body></html>"
+        f"{opening}<ul>{toc}</ul>{''.join(sections)}</body></html>"
     )
     write_file(out, page, HTML_REPORT, force=force, inputs=inputs)
     if console is not None:
@@ -490,6 +509,8 @@ def build_report(lab_dir: str | Path, console=None, *, out_dir: str | Path | Non
                     console.print(Text("  " + v.speed_verdicts[key], style=COLOURS[d.outcome][2]))
         for f in findings:
             console.print(Text("Finding: " + takeaway(f)))
+        for line, outcome in across_lines([r.stats for r in found.studies]):
+            console.print(Text(line, style=COLOURS[outcome][2]))
     return out
 
 

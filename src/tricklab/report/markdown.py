@@ -56,12 +56,13 @@ from tricklab.report.lab_report import (
     rule,
     table_rows,
 )
+from tricklab.report.scoreboard import PROB_COLUMN, across_markdown, prob_cell, profile_plot
 
 DIFF_COLUMN = COLUMNS.index("Δ vs baseline, pp [95% CI]")
 P_COLUMN = COLUMNS.index("p (Holm)")
 SEEDS_COLUMN = COLUMNS.index("seeds")
 LEFT_COLUMNS = ("variant", "outcome")
-PLOT_SUFFIXES = ("-curves.png", "-test-acc.png", "-signal.png")
+PLOT_SUFFIXES = ("-curves.png", "-test-acc.png", "-signal.png", "-profile.png")
 # `tricklab lab` options that take no value (every other option takes one); tests check this against its parser
 LAB_FLAGS = frozenset({"--quick", "-h", "--help"})
 
@@ -83,6 +84,8 @@ def build_markdown(
     plots_dir = out.parent / f"{out.stem}-plots"
     findings = [study_findings(r) for r in found.studies]
     planned = [_plots(r.stats, r.signals, plots_dir, f.preview) for r, f in zip(found.studies, findings, strict=True)]
+    profile = profile_plot([r.stats for r in found.studies], plots_dir)
+    planned.append([profile] if profile is not None else [])
     for plots in planned:
         for _, path, _ in plots:
             outputs.check_target(path, PNG, force=force, inputs=inputs)
@@ -91,11 +94,13 @@ def build_markdown(
         for plots in planned
     ]
     _remove_stale(plots_dir, {p.name for plots in drawn for p, _ in plots})
+    drawn_profile = drawn.pop()
     text = render(
         found.sessions,
         [(r.stats, r.spec, r.command, plots) for r, plots in zip(found.studies, drawn, strict=True)],
         findings=findings,
         rows=[r.rows for r in found.studies],
+        profile=drawn_profile[0][0] if drawn_profile else None,
     )
     return outputs.write_file(out, text, MARKDOWN, force=force, inputs=inputs)
 
@@ -144,14 +149,15 @@ def render(
     *,
     findings: list[StudyFindings] | None = None,
     rows: list[list] | None = None,
+    profile: Path | None = None,
 ) -> str:
-    """The page: title, how the lab ran, how outcomes are decided, the findings, summary of all comparisons, one
-    section per study.
+    """The page: title, how the lab ran, how outcomes are decided, the findings, summary of all comparisons, the
+    aggregates across datasets (when a study ran on several), one section per study.
 
     ``studies``: (stats, spec, stored command, plots as (path, alt text)); plot links are relative to the page
     (the plots folder's name and the file's). ``findings``: each study's
     (:func:`~tricklab.report.findings.study_findings`), which open the page; ``rows``: each study's runs, whose
-    threads the "Exact configs" show.
+    threads the "Exact configs" show; ``profile``: the performance-profile plot across datasets.
     """
     datasets = list(dict.fromkeys(s.dataset for s, *_ in studies))
     lines = [f"# tricklab results{': ' + ', '.join(md(d) for d in datasets) if datasets else ''}", ""]
@@ -162,6 +168,7 @@ def render(
     if any(findings):
         lines += _findings([f for f in findings if f is not None])
     lines += ["## Summary", "", *_summary(studies), ""]
+    lines += across_markdown([s for s, *_ in studies], profile, md)
     for (s, spec, command, plots), finding, runs in zip(studies, findings, rows or [[]] * len(studies), strict=True):
         lines += _section(s, spec, command, plots, finding=finding, rows=runs)
     return "\n".join(lines).rstrip("\n") + "\n"
@@ -267,8 +274,8 @@ def machine_text(m: dict[str, Any]) -> str:
 
 def _summary(studies) -> list[str]:
     out = [
-        "| study | comparison | Δ test acc, pp [95% CI] | p (Holm) | outcome | seeds |",
-        "|:--|:--|--:|--:|:--|--:|",
+        f"| study | comparison | Δ test acc, pp [95% CI] | p (Holm) | outcome | {PROB_COLUMN} | seeds |",
+        "|:--|:--|--:|--:|:--|--:|--:|",
     ]
     for s, _, command, _ in studies:
         link = f"[{md(_title(s), brackets=True)}](#{anchor(_title(s))})"
@@ -282,6 +289,7 @@ def _summary(studies) -> list[str]:
                 md(row[DIFF_COLUMN]),
                 md(row[P_COLUMN]),
                 _outcome(v, row[OUTCOME_COLUMN]),
+                md(prob_cell(v)),
                 md(row[SEEDS_COLUMN]),
             ]
             out.append("| " + " | ".join(_cell(c) for c in cells) + " |")
