@@ -15,7 +15,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator, model_validator
 
 from tricklab.registry import Registry
 
@@ -43,9 +43,14 @@ class Section(BaseModel):
     #: which each name it resolves is looked up once (:func:`tricklab.config.one_resolution`).
     _validation_scope: ClassVar[Callable[[], AbstractContextManager[Any]]] = nullcontext
 
-    def __init__(self, **data: Any) -> None:
-        with type(self)._validation_scope():
-            super().__init__(**data)
+    @model_validator(mode="wrap")
+    @classmethod
+    def _in_scope(cls, data: Any, handler: Callable[[Any], Any]) -> Any:
+        """Validate inside :attr:`_validation_scope` (a wrap validator, not ``__init__``: pydantic would call a
+        custom ``__init__`` with the mapping's keys as keywords, and a key YAML read as a number must reach the
+        validation error that names it)."""
+        with cls._validation_scope():
+            return handler(data)
 
     @field_validator("*", mode="before")
     @classmethod
