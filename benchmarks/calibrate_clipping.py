@@ -1,5 +1,5 @@
 """Pick the clipping study's learning rate before its study is run: the rate at which the unclipped baseline
-diverges (NaN/Inf, or blows up: tricklab.train.loop.blown_up) within about 200 steps in at least 4 of 5 seeds.
+diverges (NaN/Inf, or blows up: tricklab.engine.loop.blown_up) within about 200 steps in at least 4 of 5 seeds.
 
 The clipping study can only show what clipping does where gradients explode; a He-initialized ReLU MLP does not
 explode by itself, so the study relies on too high a rate. This script measures, for each candidate rate (from
@@ -16,7 +16,7 @@ import argparse
 import time
 
 import tricklab
-from tricklab.train.loop import DivergedError, NonFiniteError
+from tricklab.engine.loop import DivergedError, NonFiniteError
 
 RATES = (0.05, 0.1, 0.2, 0.5)
 SEEDS = 5

@@ -4,7 +4,7 @@ Each case is trained twice from the same config, ``python -m tricklab train`` an
 --nproc_per_node=2 -m tricklab train``, and the two run directories are compared: the largest absolute difference
 of any final weight, of the test metrics, and of every epoch's train and validation metrics. With the mean loss
 over equal shards, DDP's averaged gradient is the full batch's up to float32 summation order, so the differences
-are rounding, grown by training (tricklab.train.distributed explains the design).
+are rounding, grown by training (tricklab.engine.distributed explains the design).
 
     python benchmarks/ddp_equivalence.py            # both cases (mnist1d needs TRICKLAB_DATA or its generator)
     python benchmarks/ddp_equivalence.py synthetic
@@ -15,7 +15,7 @@ Measured on a 2-core CPU (torch 2.13.0+cpu, gloo; differences between the 1- and
     synthetic MLP 1×32, SGD 0.1, batch 32, 3 ep      42  6.0e-08       3.0e-08       0               0           2.8e-08
     mnist1d MLP 2×256, Adam 1e-3, batch 128, 5 ep   145  6.0e-08       1.2e-07       0               0           6.2e-08
 
-(float32 rounding: the largest weight difference is a few units in the last place; tests/train/test_ddp.py
+(float32 rounding: the largest weight difference is a few units in the last place; tests/engine/test_ddp.py
 asserts < 1e-5.)
 """
 
@@ -34,7 +34,7 @@ import torch
 from safetensors.torch import load_file
 
 CASES = {
-    "synthetic": [  # the test's config (tests/train/test_ddp.py)
+    "synthetic": [  # the test's config (tests/engine/test_ddp.py)
         "data.name=synthetic",
         "data.val_fraction=0.125",
         "data.batch_size=32",

@@ -621,7 +621,7 @@ def probe_overhead(pairs: int = 9, every: int = 10, steps: int = 300) -> dict[st
     weighs <0.3%: the figure is the cost per training step."""
     from tricklab.diagnostics.doctor import StopAfter
     from tricklab.diagnostics.probes import ProbeCallback
-    from tricklab.train import fit
+    from tricklab.engine import fit
 
     torch.set_num_threads(1)
     x, y = _xy("mnist1d")

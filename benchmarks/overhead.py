@@ -4,7 +4,7 @@ The job is tricklab's default run: MNIST standardized, 784-512-512-10 ReLU MLP (
 cosine schedule, batch 128, validation on 6,000 held-out examples after every epoch. Both sides do the same
 work, timed from loading the data to the last file written:
 
-- tricklab: ``tricklab.train.run.run(cfg, run_dir)`` — data, model, the loop with its events and NaN/Inf guard,
+- tricklab: ``tricklab.runner.run(cfg, run_dir)`` — data, model, the loop with its events and NaN/Inf guard,
   validation, ``history.jsonl``, a checkpoint per epoch (safetensors + manifest, fsynced), test evaluation,
   ``metrics.json`` and the weights.
 - plain: the same data function, the same initial weights and data order, the same fused Adam kernel that tricklab
@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from tricklab.assembly import build_model, load_data
 from tricklab.config import load_config
-from tricklab.train.run import run
+from tricklab.runner import run
 
 
 def config(epochs: int, threads: int, dataset: str, width: int | None = None):

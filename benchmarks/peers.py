@@ -4,7 +4,7 @@ The job: standardized MNIST (tricklab's split: 54,000 train, 6,000 validation, 1
 ReLU MLP, Adam 1e-3, batch 128, shuffled every epoch, validation after every epoch, the same number of torch
 threads for all three. Each framework is used the way its documentation shows:
 
-- tricklab: ``tricklab.train.run.run`` with the config (``schedule.name=constant`` to match the others).
+- tricklab: ``tricklab.runner.run`` with the config (``schedule.name=constant`` to match the others).
 - Lightning: a ``LightningModule`` with ``configure_optimizers`` returning Adam, a ``DataLoader`` over a
   ``TensorDataset`` (shuffle=True, batch 128, num_workers=0 — the data is in memory), ``Trainer(max_epochs=E,
   accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False)``.
@@ -34,7 +34,7 @@ import torch  # noqa: E402
 from tricklab.assembly import load_data  # noqa: E402
 from tricklab.config import load_config  # noqa: E402
 from tricklab.events import Callback  # noqa: E402
-from tricklab.train.run import run  # noqa: E402
+from tricklab.runner import run  # noqa: E402
 
 BATCH, LR, WIDTH = 128, 1e-3, 512
 

@@ -19,7 +19,7 @@ import time
 
 from tricklab.assembly import assemble
 from tricklab.config import load_config
-from tricklab.train.loop import evaluate, fit
+from tricklab.engine.loop import evaluate, fit
 
 MODES = ("fp32", "bf16", "compile")
 

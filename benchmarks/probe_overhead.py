@@ -30,9 +30,9 @@ import torch
 from tricklab.data import load_splits
 from tricklab.diagnostics.probes import ProbeCallback
 from tricklab.diagnostics.records import ACT_STD
+from tricklab.engine import fit
 from tricklab.errors import DataError
 from tricklab.models import build_model
-from tricklab.train import fit
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ from torch import nn
 
 from tricklab.assembly import assemble
 from tricklab.config import load_config
-from tricklab.train.loop import fit
+from tricklab.engine.loop import fit
 
 
 def matmul_peak(dtype: torch.dtype, n: int, repeats: int) -> float:

@@ -1,7 +1,7 @@
 """A griffe extension for the API reference: tricklab's docstrings use two reStructuredText habits that Markdown
 would show raw, and this turns them into their Markdown equivalent before mkdocstrings renders them.
 
-- Sphinx roles, ``:class:`~tricklab.train.run.RunResult``` → `` `RunResult` `` (``~`` keeps the last name, as
+- Sphinx roles, ``:class:`~tricklab.runner.RunResult``` → `` `RunResult` `` (``~`` keeps the last name, as
   Sphinx shows it; without it the whole path);
 - a paragraph ending in ``::`` that introduces an indented literal block → the paragraph ends in ``:`` and the
   block becomes a fenced Python code block.

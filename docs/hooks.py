@@ -9,7 +9,7 @@ with Markdown made from the code, so these pages cannot drift from it:
 - ``verdicts``: every check the doctor registers in ``tricklab.diagnostics.verdicts.CHECKS``, with its rule and
   thresholds from that module's docstring table (each documented threshold checked against the constant in the
   code: a mismatch, or a check missing from the table, fails the build), the figures it reports, its citation
-  and the justification of its threshold;
+  and the justification of its threshold (from ``docs/verdicts-why.md``, the design rationale kept out of the code);
 - ``loop-bugs``: the same for the loop checks of ``tricklab.diagnostics.loop_bugs`` (``LOOP_CHECKS``);
 - ``api``: one ``::: module.name`` block (rendered by mkdocstrings) for every public name of ``tricklab``;
 - ``names``: every registered name of every family, with its help, as ``tricklab list`` prints them.
@@ -231,7 +231,13 @@ def config_reference() -> str:
 
 # --- the doctor's verdicts ----------------------------------------------------------------------------------------
 
-#: The first words of each verdict's paragraph under "Why these values" in the verdicts module's docstring.
+#: Why each threshold has its value, with the comparison with other tools: Markdown, left out of the site's pages
+#: (mkdocs.yml's exclude_docs) and shown beside each verdict instead.
+WHY_FILE = REPO / "docs" / "verdicts-why.md"
+#: Where the reasons for the checks of the loop start in :data:`WHY_FILE`.
+LOOP_WHY = "## The checks of the loop"
+
+#: The first words of each verdict's paragraph under "Why these values" in :data:`WHY_FILE`.
 WHY = {
     "vanishing_gradients": "Vanishing",
     "exploding_gradients": "Exploding",
@@ -310,10 +316,15 @@ def _reported_figures(check) -> list[str]:
 
 
 def _why(doc: str) -> dict[str, str]:
-    """The bullets under "Why these values:", keyed by their first words."""
+    """The bullets under "Why these values:" (of :data:`WHY_FILE`), keyed by their first words."""
     part = doc.split("Why these values:", 1)[1].split("\n\n", 2)[1]
     bullets = re.split(r"\n- ", "\n" + part.strip())
     return {b.strip(): " ".join(b.split()) for b in bullets if b.strip()}
+
+
+def _without_pointer(text: str) -> str:
+    """A docstring's text for the site, less the paragraph that points the code's reader to :data:`WHY_FILE`."""
+    return "\n\n".join(p for p in text.split("\n\n") if WHY_FILE.name not in p)
 
 
 def verdict_table() -> str:
@@ -321,7 +332,8 @@ def verdict_table() -> str:
 
     doc = inspect.getdoc(verdicts) or ""
     table = _rst_table(doc)
-    why = _why(doc)
+    reasons = WHY_FILE.read_text(encoding="utf-8").split(LOOP_WHY)[0]
+    why = _why(reasons)
     missing = [name for name in verdicts.CHECKS.names() if name not in table]
     if missing:
         raise ValueError(f"the verdicts docstring's table lacks the check(s) {', '.join(missing)}")
@@ -363,8 +375,8 @@ def verdict_table() -> str:
     intro = doc.split("\n\n", 1)[1]
     intro = intro[: intro.index("=====")].strip()
     after = doc.split("=" * 20)[-1]
-    after = after[after.index("\n") :].split("Why these values:")[0].strip()
-    compared = "Where these rules differ" + doc.split("Where these rules differ", 1)[1]
+    after = _without_pointer(after[after.index("\n") :].strip())
+    compared = "Where these rules differ" + reasons.split("Where these rules differ", 1)[1]
     return rst_to_markdown(
         "\n".join([*out, "", intro, "", after, "", "## Each verdict", "", *sections, "## Compared with other tools",
                    "", compared])
@@ -396,15 +408,18 @@ def loop_bug_table() -> str:
             f"{'<br>'.join(_thresholds(thresholds, loop_bugs, also=(verdicts,)))} |"
         )
     after = doc.split("=" * 20)[-1]
-    after = after[after.index("\n") :].strip()
-    return rst_to_markdown("\n".join([*out, "", after]))
+    after = _without_pointer(after[after.index("\n") :].strip())
+    reasons = WHY_FILE.read_text(encoding="utf-8").split(LOOP_WHY, 1)[1].strip()
+    return rst_to_markdown("\n".join([*out, "", after, "", reasons]))
 
 
 # --- the API reference and the names ------------------------------------------------------------------------------
 
 #: Headings of the API page; a public name not listed here still appears, under "Other names".
 API_GROUPS = {
-    "Train, compare, diagnose": ["run", "run_lab", "diagnose", "fit", "evaluate"],
+    "The command line's verbs": ["train", "doctor", "lab", "report", "lr_find"],
+    "Models in and out": ["create_model", "load_run", "load_weights"],
+    "The earlier names, and the loop": ["run", "run_lab", "diagnose", "fit", "evaluate"],
     "The doctor around your own loop, and pre-flight checks": ["Doctor", "preflight"],
     "Results": ["RunResult", "LabResult", "DoctorResult", "PreflightResult"],
     "Configs": ["Config", "load_config", "as_config", "assemble"],
@@ -413,7 +428,10 @@ API_GROUPS = {
     ],
     "Callbacks for fit()": ["Callback", "FitState"],
     "Registered names": ["list_names"],
-    "Errors": ["TrickLabError", "ConfigError", "DataError"],
+    "Errors": [
+        "TrickLabError", "ConfigError", "DataError", "UnknownNameError", "NonFiniteError", "DivergedError",
+        "CheckpointError", "Interrupted", "FolderInUse", "OutputError", "StoreError", "LabInterrupted",
+    ],
 }
 
 

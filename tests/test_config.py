@@ -8,8 +8,8 @@ import pytest
 from pydantic import ValidationError
 
 from tricklab.config import Config, load_config
+from tricklab.engine.seed import set_threads
 from tricklab.errors import ConfigError, TrickLabError
-from tricklab.train.seed import set_threads
 
 
 def write(tmp_path, text: str, name: str = "cfg.yaml"):

@@ -4,7 +4,7 @@ The cases are read from the registries of :data:`tricklab.catalog.FAMILIES` when
 so registering a new name enrols it here without touching this file; a new family must say, in ``SELECT``,
 which config key selects its names (the enrolment test fails until it does). Each case builds a config
 through :func:`tricklab.config.load_config` overrides on ``data.name=synthetic`` with a small net, runs
-:func:`tricklab.train.run.run` for one epoch of two batches, and checks that the loss is finite, that every
+:func:`tricklab.runner.run` for one epoch of two batches, and checks that the loss is finite, that every
 parameter moved, and that a second run with the same seed gives bit-identical weights and numbers.
 """
 
@@ -20,7 +20,7 @@ import torch
 from tricklab.catalog import FAMILIES
 from tricklab.config import load_config
 from tricklab.events import Callback, FitState
-from tricklab.train.run import run
+from tricklab.runner import run
 
 #: A small, fast setting: 64 training examples in batches of 32 (two optimizer steps), a 2×16 net.
 TINY = {

@@ -1,14 +1,20 @@
-"""The public functions behind ``import tricklab``: run a config, diagnose any model, run a lab, register plugins.
+"""The public functions behind ``import tricklab``: the command line's verbs, models in and out, plugins.
 
-Each is a thin door onto the same code the CLI runs (:mod:`tricklab.assembly`, :mod:`tricklab.train.run`,
-:mod:`tricklab.diagnostics.doctor`, :mod:`tricklab.lab`); bad input raises :class:`tricklab.ConfigError` or
-:class:`tricklab.TrickLabError` with the same one-line messages the CLI prints.
+``train``, ``doctor``, ``lab``, ``report`` and ``lr_find`` are thin doors onto the same workflows the CLI's
+commands run (:mod:`tricklab.runner`, :mod:`tricklab.diagnostics.doctor`, :mod:`tricklab.lab`,
+:mod:`tricklab.report.render`, :mod:`tricklab.lr_sweep`), whose objects all come from :mod:`tricklab.assembly`;
+their keyword arguments are the CLI's flags (``epochs``, ``seed``, ``device``, ``steps``, ``out``). Where a config
+names a model, ``model=`` takes your own instead: an ``nn.Module``, its class or a factory (:func:`model_name`).
+``create_model``, ``load_weights`` and ``load_run`` build a model as a run does and bring a run's trained weights
+back (safetensors only: reading a run folder never unpickles code). Bad input raises
+:class:`tricklab.ConfigError` or :class:`tricklab.TrickLabError` with the same one-line messages the CLI prints.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 import sys
 from collections.abc import Callable, Iterable, Mapping
@@ -17,10 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from tricklab.config import Config, load_config, validate
-from tricklab.errors import TrickLabError, wrong_type
+from tricklab.errors import ConfigError, TrickLabError, echo, wrong_type
 from tricklab.outputs import Kind, write_file
 
 ConfigLike = Config | Mapping[str, Any] | str | Path | None
+#: A model where a config names one: a name (``"cnn"``), an ``nn.Module``, its class or a factory.
+ModelLike = Any
 
 
 def as_config(config: ConfigLike = None, overrides: Mapping[str, Any] | Iterable[str] = ()) -> Config:
@@ -31,9 +39,13 @@ def as_config(config: ConfigLike = None, overrides: Mapping[str, Any] | Iterable
         return load_config(config, overrides)
     if isinstance(config, Config):
         return config.with_overrides(overrides) if overrides else config
-    if isinstance(config, Mapping):
-        cfg = validate(_plain(config))
-        return cfg.with_overrides(overrides) if overrides else cfg
+    if isinstance(config, Mapping):  # the overrides go in before validation, as into a YAML file's data
+        from tricklab.config import _pairs, _set_path
+
+        data = _plain(config)
+        for key, value in _pairs(overrides):
+            _set_path(data, key, value)
+        return validate(data)
     raise TrickLabError(f"config: got a {type(config).__name__}; expected a Config, a mapping, a YAML path or None")
 
 
@@ -59,39 +71,239 @@ def _plain(d: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def run(
+def train(
     config: ConfigLike = None,
     overrides: Mapping[str, Any] | Iterable[str] = (),
     *,
+    model: ModelLike = None,
+    data: str | None = None,
+    epochs: int | None = None,
+    seed: int | None = None,
+    device: str | None = None,
     out: str | Path | None = None,
     write: bool = True,
+    resume: str | Path | None = None,
     callbacks: Iterable[Any] = (),
     progress: bool = False,
 ):
-    """Train a whole config as ``tricklab train`` does; return a :class:`~tricklab.train.run.RunResult`
+    """Train a whole config as ``tricklab train`` does; return a :class:`~tricklab.runner.RunResult`
     (``history``, ``metrics``, ``run_dir``, ``model``).
 
     ``config``: a ``Config``, a mapping (``{"model": {"name": "cnn"}}`` or dotted keys), a YAML path or None.
-    ``write=False`` keeps everything in memory (no run directory). ``progress``: one line per epoch. A run
-    that stops on NaN/Inf or blows up raises (:class:`~tricklab.train.loop.NonFiniteError`, ``DivergedError``
-    with the result attached), as ``tricklab train`` exits 3.
+    ``model``: a model name, or your own ``nn.Module``, its class or a factory (see :func:`model_name`), also taken
+    as the first argument (``tricklab.train(net, data="mnist1d")``); a module you pass is copied, so it stays as it
+    was and ``result.model`` is the trained copy. ``data`` (``data.name``), ``epochs``, ``seed`` and ``device`` are
+    the CLI's shorthands (``--epochs`` is ``train.epochs``); a shorthand and an override of the same key are refused
+    together. ``write=False`` keeps everything in memory (no run directory). ``progress``: one line per epoch. A
+    run that stops on NaN/Inf or blows up raises (:class:`~tricklab.NonFiniteError`,
+    :class:`~tricklab.DivergedError` with the result attached), as ``tricklab train`` exits 3. :func:`run` is the
+    same function under its earlier name. ``resume``: continue that run directory (``"auto"``: the newest under
+    runs/) from its newest valid checkpoint with the config stored in it, as ``tricklab train --resume``; a model
+    passed from Python is passed again (``model=``), nothing else is given.
 
     Example::
 
-        result = tricklab.run({"data.name": "mnist1d", "train.epochs": 2}, write=False)
-        print(result.metrics["test_acc"], result.history[-1]["val_acc"])
+        result = tricklab.train({"data.name": "mnist1d", "train.epochs": 2}, write=False)
+        net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(40, 10))
+        mine = tricklab.train(model=net, data="mnist1d", epochs=1, out="runs/linear")
+        print(result.metrics["test_acc"], mine.history[-1]["val_acc"], mine.run_dir)
     """
-    from tricklab.train.run import run as run_config
+    from tricklab.runner import run as run_config
 
     if out is not None and not isinstance(out, str | os.PathLike):
         raise wrong_type("out", out, "a run directory's path (str or os.PathLike) or None")
-    cfg = as_config(config, overrides)
+    _check_data_name(data, "train")
     cbs = list(callbacks)
     if progress:
         from tricklab.cli.progress import ProgressReporter
 
         cbs.append(ProgressReporter())
+    if resume is not None:
+        return _resume(
+            resume,
+            model,
+            cbs,
+            config=config,
+            overrides=overrides,
+            data=data,
+            epochs=epochs,
+            seed=seed,
+            device=device,
+            out=out,
+            write=None if write else False,
+        )
+    shorthands = {"data.name": ("data", data), "train.epochs": ("epochs", epochs)}
+    shorthands |= {"train.seed": ("seed", seed), "train.device": ("device", device)}
+    cfg = config_with(config, overrides, shorthands, model)
     return run_config(cfg, out, callbacks=cbs, write=write)
+
+
+def _resume(resume: str | Path, model: ModelLike, callbacks: list, **given: Any):
+    """``train(resume=RUN_DIR)``: the run continued with its stored config (see :func:`train`)."""
+    from tricklab.engine.rundir import find_resumable
+    from tricklab.runner import run as run_config
+    from tricklab.runner import stored_config
+
+    if not isinstance(resume, str | os.PathLike):
+        raise wrong_type("resume", resume, "a run directory's path (str or os.PathLike) or 'auto'")
+    extra = sorted(k for k, v in given.items() if v is not None and not (k == "overrides" and not v))
+    if extra:
+        raise TrickLabError(
+            f"resume: a run continues with the config stored in its config.yaml; leave out {', '.join(extra)} "
+            "(allowed with resume: model, for a model passed from Python, and callbacks, progress)"
+        )
+    if model is not None:
+        model_name(model)  # registered again under its name, so that the stored config finds it
+    run_dir = find_resumable() if resume == "auto" else Path(resume)
+    return run_config(stored_config(run_dir), run_dir, callbacks=callbacks, resume=True)
+
+
+#: The earlier name of :func:`train`, kept working.
+run = train
+
+
+def config_with(
+    config: ConfigLike,
+    overrides: Mapping[str, Any] | Iterable[str],
+    shorthands: Mapping[str, tuple[str, Any]],
+    model: ModelLike = None,
+) -> Config:
+    """``config`` with ``overrides``, the shorthand arguments given (``{"train.epochs": ("epochs", 3)}``) and
+    ``model`` as ``model.name``, validated once; a shorthand and an override of its key together are refused in one
+    line, as ``--epochs`` and ``--set train.epochs`` are."""
+    from tricklab.config import _pairs
+
+    if _is_module(config) or callable(config) and not isinstance(config, Config | Mapping | str | os.PathLike):
+        if model is not None:  # train(MyNet, ...): a model where the config goes is the model
+            raise TrickLabError("model: given twice (first argument and model=); give it once")
+        model, config = config, None
+    overrides = dict(overrides) if isinstance(overrides, Mapping) else list(overrides)
+    given = dict(_pairs(overrides))
+    extra: dict[str, Any] = {}
+    for key, (argument, value) in {**shorthands, "model.name": ("model", model)}.items():
+        if value is None:
+            continue
+        if key in given:
+            raise TrickLabError(
+                f"{argument}={echo(value)} and the override {key}={echo(given[key])} both set {key}: give one of them"
+            )
+        if key == "model.name":
+            value = model_name(value)
+        else:
+            section, name = key.split(".")
+            try:
+                validate({section: {name: value}})
+            except ConfigError as e:
+                raise ConfigError(f"{argument} ({key})", value, e.allowed) from None
+        extra[key] = value
+    cfg = as_config(config, {**given, **extra})  # validated once: the model's settings against the model given
+    if _is_module(model) and cfg.averaging.ensemble > 1:
+        raise TrickLabError(
+            f"model: got a built {type(model).__name__}, but averaging.ensemble = {cfg.averaging.ensemble} trains "
+            "each member from its own fresh weights, which one built model cannot give; pass its class or a factory "
+            f"(model={type(model).__name__} or model=lambda: {type(model).__name__}(...))"
+        )
+    return cfg
+
+
+def _check_data_name(data: object, verb: str) -> None:
+    if data is not None and not isinstance(data, str):
+        raise wrong_type(
+            "data",
+            data,
+            f"a dataset's name (data.name: 'mnist1d', a registered name or an import path); {verb} loads, splits "
+            "and scales it itself (tensors of your own: tricklab.register_dataset, or tricklab.fit)",
+        )
+
+
+def _is_module(obj: object) -> bool:
+    import torch
+
+    return isinstance(obj, torch.nn.Module)
+
+
+#: The ``source`` of the registry entries :func:`model_name` makes, shown by ``tricklab list models``.
+PASSED_MODEL = "passed as model= in Python"
+
+
+def model_name(model: ModelLike, *, refuse_built: str = "") -> str:
+    """The ``model.name`` under which a config runs ``model``: a name is itself; your own model is registered as a
+    model plugin (``tricklab list models`` shows it) under ``<module>.<qualified name>`` of its class or factory,
+    so the same model gets the same name, config hash and lab results every time.
+
+    - a factory following the plugin contract, ``factory(input_shape, num_classes, **kwargs)`` (those two its
+      required arguments, or named so), is registered as it is: its keyword arguments are ``model.kwargs`` and
+      the shape keys it takes;
+    - a class or factory called with no arguments (``MyNet``, ``lambda: MyNet(64)``) is called so for every model
+      the run builds; its keyword arguments, if any, are ``model.kwargs``;
+    - an ``nn.Module`` is deep-copied for every model the run builds, so the one you pass is never changed (and a
+      lab or an ensemble, whose runs each need fresh weights, refuse it: ``refuse_built`` says why).
+    """
+    import copy
+    import inspect
+
+    from tricklab.plugins import signature_of
+
+    if isinstance(model, str):
+        return model
+    if _is_module(model):
+        if refuse_built:
+            cls = type(model).__name__
+            raise TrickLabError(
+                f"model: got a built {cls}; {refuse_built}, which one built model cannot give: pass its class or a "
+                f"factory (model={cls}, or model=lambda: {cls}(...))"
+            )
+        built = model
+
+        def factory(input_shape, num_classes):
+            return copy.deepcopy(built)
+
+        return _register_model(type(built), factory, f"a copy of the {type(built).__name__} passed as model=")
+    if not callable(model):
+        raise wrong_type("model", model, "a model's name, an nn.Module, its class, or a factory returning one")
+    sig = signature_of(model)
+    told = sig is not None and {"input_shape", "num_classes"} <= set(sig.parameters)
+    if sig is not None and (told or not _binds(sig)) and _binds(sig, (1,), 1):
+        return _register_model(model, model, "")
+    if sig is not None and not _binds(sig):
+        raise wrong_type(
+            "model",
+            model,
+            "a class or factory called with no arguments, or factory(input_shape, num_classes, **kwargs) "
+            f"(this one's signature is {sig})",
+        )
+    made = model
+    params = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in ("input_shape", "num_classes")]
+    for p in sig.parameters.values() if sig is not None else ():
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY):
+            params.append(p.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+        elif p.kind is inspect.Parameter.VAR_KEYWORD and p.name not in ("input_shape", "num_classes"):
+            params.append(p)
+
+    def build(input_shape, num_classes, **kwargs):
+        return made(**kwargs)
+
+    build.__signature__ = inspect.Signature(params)
+    build.__doc__ = getattr(made, "__doc__", None)
+    return _register_model(made, build, "")
+
+
+def _binds(sig, *args: Any) -> bool:
+    try:
+        sig.bind(*args)
+    except TypeError:
+        return False
+    return True
+
+
+def _register_model(named: Any, factory: Callable, help: str) -> str:
+    from tricklab.catalog import family
+
+    module = getattr(named, "__module__", None) or type(named).__module__
+    qualname = getattr(named, "__qualname__", None) or type(named).__qualname__
+    name = f"{module}.{qualname}"
+    family("models").register(name, factory, help=help, source=PASSED_MODEL)
+    return name
 
 
 def diagnose(
@@ -137,6 +349,341 @@ def diagnose(
         recheck=recheck,
         seed=seed,
     )
+
+
+def doctor(
+    config: ConfigLike | Any = None,
+    overrides: Mapping[str, Any] | Iterable[str] | Any = (),
+    *,
+    model: ModelLike = None,
+    data: Any = None,
+    steps: int | None = None,
+    seed: int | None = None,
+    device: str | None = None,
+    recheck: bool = True,
+    preflight: bool = False,
+    out: str | Path | None = None,
+    progress: bool = False,
+    **diagnose_options: Any,
+):
+    """The doctor, as ``tricklab doctor`` runs it on a config, or as :func:`diagnose` runs it on a model of yours.
+
+    On a config (``config``, ``overrides`` as for :func:`train`; ``model=`` your own model where the config names
+    one, ``data`` a dataset's name): measures signal propagation at init, trains ``steps`` steps with probes
+    (``diagnostics.steps``), re-runs with the prescription applied unless ``recheck=False``, and returns the
+    :class:`~tricklab.diagnostics.doctor.DoctorResult`; ``out``: also write the report folder there (``index.html``,
+    plots, ``doctor.json``, ``records.json``, ``signal.json``, ``config.yaml``), as ``tricklab doctor --out``.
+    ``preflight=True``: only the pre-flight checks on one batch at init (``steps``: the overfit check's budget),
+    returning a :class:`~tricklab.diagnostics.preflight.PreflightResult`, as ``tricklab doctor --preflight``.
+
+    On a model: ``tricklab.doctor(net, (x, y))`` or ``doctor(model=net, data=loader)``, where ``data`` is ``(x, y)``
+    tensors or an iterable of batches, is :func:`diagnose` (its options ``optimizer``, ``loss_fn``, ``every``,
+    ``batch_size`` are taken here too; ``steps`` defaults to 200).
+
+    Example::
+
+        result = tricklab.doctor({"model.depth": 8, "model.width": 64, "model.activation": "sigmoid",
+                                  "data.name": "mnist1d"}, steps=40, recheck=False)
+        print([v.name for v in result.verdicts], result.prescription)
+    """
+    if _is_module(config):  # doctor(net, (x, y)): the model first, as diagnose takes it
+        if model is not None:
+            raise TrickLabError("doctor: a model given twice (first argument and model=); give it once")
+        model, config = config, None
+        if data is None and not (isinstance(overrides, tuple) and overrides == ()):
+            data, overrides = overrides, ()
+    if model is not None and data is not None and not isinstance(data, str):
+        if not _is_module(model):
+            raise wrong_type("model", model, "an nn.Module when data is tensors or batches (doctor on a model)")
+        given = [n for n, v in (("config", config), ("overrides", overrides or None), ("device", device)) if v]
+        given += ["preflight=True"] if preflight else []
+        if given:
+            raise TrickLabError(
+                f"doctor on a model of yours takes no {', '.join(given)}: those set up a config's run "
+                "(allowed: model, data, steps, seed, recheck, optimizer, loss_fn, every, batch_size)"
+            )
+        result = diagnose(
+            model, data, steps=200 if steps is None else steps, recheck=recheck, seed=seed or 0, **diagnose_options
+        )
+        if out is not None:
+            result.save(out)
+        return result
+    if diagnose_options:
+        raise TrickLabError(
+            f"doctor on a config takes no {', '.join(sorted(diagnose_options))}: those are for a model of yours "
+            "with data tensors (the config sets the optimizer and the batch size)"
+        )
+    _check_data_name(data, "doctor")
+    from tricklab.assembly import assemble
+    from tricklab.config import MAX_DIAGNOSTIC_STEPS
+
+    if steps is not None and (
+        isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_DIAGNOSTIC_STEPS
+    ):
+        allowed = f"an integer from 1 to {MAX_DIAGNOSTIC_STEPS} (training steps to probe: diagnostics.steps)"
+        raise ConfigError("steps", steps, allowed)
+    shorthands = {"data.name": ("data", data), "train.seed": ("seed", seed), "train.device": ("device", device)}
+    if not preflight:
+        shorthands["diagnostics.steps"] = ("steps", steps)
+    cfg = config_with(config, overrides, shorthands, model)
+    if preflight:
+        if out is not None:
+            raise ConfigError("out", out, "preflight writes nothing; leave it out")
+        from tricklab.diagnostics.preflight import preflight as run_preflight
+
+        prepared = assemble(cfg)
+        train_split = prepared.splits.train
+        n = min(cfg.data.batch_size, len(train_split))
+        net = prepared.model.to(prepared.device)
+        batch = (train_split.x[:n].to(prepared.device), train_split.y[:n].to(prepared.device))
+        budget = {} if steps is None else {"steps": steps}
+        return run_preflight(net, batch, num_classes=prepared.splits.info.num_classes, seed=cfg.train.seed, **budget)
+    if out is not None:
+        from tricklab.cli.common import check_out_folder
+
+        if not isinstance(out, str | os.PathLike):
+            raise wrong_type("out", out, "a report folder's path (str or os.PathLike) or None")
+        check_out_folder(Path(out), "choose a new report folder", f"out {str(out)!r}")
+    from tricklab.diagnostics.doctor import run_doctor
+
+    step_progress = None
+    if progress:
+        from tricklab.cli.progress import StepProgress
+
+        step_progress = StepProgress
+    result = run_doctor(cfg, assemble(cfg), recheck=recheck, progress=step_progress)
+    if out is not None:
+        result.save(out)
+    return result
+
+
+def lr_find(
+    config: ConfigLike = None,
+    overrides: Mapping[str, Any] | Iterable[str] = (),
+    *,
+    model: ModelLike = None,
+    data: str | None = None,
+    steps: int = 100,
+    seed: int | None = None,
+    device: str | None = None,
+    out: str | Path | None = None,
+    progress: bool = False,
+):
+    """The LR range test (Smith 2017) on a config's data, model and optimizer, as ``tricklab lr-find`` runs it;
+    return the :class:`~tricklab.tricks.lr_finder.LRFindResult` (``suggestion``, ``lr_min_div10``, ``clarity``,
+    ``verdict``, ``reason``, the curve). ``steps``: training batches to sweep the LR over (2 to 10000). ``out``:
+    also write ``lr_find.png``, ``lr_find.json`` and ``config.yaml`` there. ``model``, ``data``, ``seed``, ``device``
+    as for :func:`train`. The model's weights are not kept, and the config's schedule, clipping and L1 are not used.
+
+    Example::
+
+        found = tricklab.lr_find(data="mnist1d", steps=50)
+        print(found.suggestion, found.verdict)
+    """
+    from tricklab.lr_sweep import MAX_STEPS, find_lr, save_lr_find
+
+    _check_data_name(data, "lr_find")
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 2 <= steps <= MAX_STEPS:
+        raise ConfigError("steps", steps, f"an integer from 2 to {MAX_STEPS} (training batches to sweep the LR over)")
+    shorthands = {"data.name": ("data", data), "train.seed": ("seed", seed), "train.device": ("device", device)}
+    cfg = config_with(config, overrides, shorthands, model)
+    if out is not None:
+        from tricklab.cli.common import check_out_folder
+
+        if not isinstance(out, str | os.PathLike):
+            raise wrong_type("out", out, "a folder's path (str or os.PathLike) or None")
+        check_out_folder(Path(out), "choose a new folder", f"out {str(out)!r}")
+    on_step = None
+    if progress:
+        from tricklab.cli.progress import StepProgress
+
+        on_step = StepProgress("lr-find", steps)
+    result = find_lr(cfg, steps, on_step=on_step)
+    if out is not None:
+        save_lr_find(Path(out), cfg, result, steps)
+    return result
+
+
+def report(
+    lab_dir: str | Path,
+    *,
+    out: str | Path | None = None,
+    markdown: bool | str | Path = False,
+    force: bool = False,
+) -> Path:
+    """Re-render a lab's table, plots and HTML report from its database, as ``tricklab report`` does; return the
+    path of ``report.html``.
+
+    ``out``: write ``report.html`` and ``plots/`` there instead of the lab folder (which is then only read).
+    ``markdown``: also write the findings as Markdown, ``True`` for ``results.md`` beside the report or a file's
+    path, its plots in ``<stem>-plots/`` beside it. No output replaces a file tricklab did not write unless
+    ``force=True`` (never a link, a folder, a device or the lab's database).
+
+    Example::
+
+        lab = tricklab.lab("dropout", dataset="synthetic", seeds=2, epochs=1, out="labs/synthetic")
+        page = tricklab.report(lab.out, out="site", markdown=True)   # site/report.html, site/results.md
+    """
+    from rich.console import Console
+
+    from tricklab.report.render import Names, render_lab
+
+    for argument, value in (("lab_dir", lab_dir), ("out", out)):
+        if value is not None and not isinstance(value, str | os.PathLike):
+            raise wrong_type(argument, value, "a folder's path (str or os.PathLike)")
+    if not isinstance(markdown, bool | str | os.PathLike):
+        raise wrong_type("markdown", markdown, "True, False or a Markdown file's path")
+    names = Names("lab_dir", "out", "with out= (e.g. tricklab.report('{lab}', out='{name}-report'))")
+    console = Console(file=io.StringIO(), width=160)  # the table is in the report; nothing is printed here
+    path, _ = render_lab(
+        Path(lab_dir),
+        Path(out) if out is not None else None,
+        None if markdown is False else True if markdown is True else Path(markdown),
+        force=force,
+        console=console,
+        names=names,
+    )
+    return path
+
+
+def create_model(
+    model: ModelLike = None,
+    config: ConfigLike = None,
+    overrides: Mapping[str, Any] | Iterable[str] = (),
+    *,
+    data: str | None = None,
+    seed: int | None = None,
+    **kwargs: Any,
+):
+    """A model built as a run builds it (:func:`tricklab.assembly.build_model`): for the dataset's input shape and
+    classes, seeded with ``seed`` (default ``train.seed``), checked and initialized by ``init.scheme``.
+
+    ``model``: a model's name (``"cnn"``, a registered name or an import path) or your own class or factory (see
+    :func:`model_name`); None: the config's. ``kwargs``: the model's settings, the shape keys (``depth``, ``width``,
+    ``activation``, ``norm``, ...) as ``model.<key>`` and a plugin's own arguments as ``model.kwargs``. ``config``,
+    ``overrides``: the rest, as for :func:`train` (``data``: the dataset's name, which sets the input shape; it is
+    loaded to build the model, as a run does).
+
+    Example::
+
+        net = tricklab.create_model("cnn", data="mnist1d", width=32)
+    """
+    from tricklab.assembly import build_model, load_data
+    from tricklab.config import MODEL_SHAPE
+
+    if isinstance(model, Config | Mapping | Path):
+        if config is not None:
+            raise TrickLabError("create_model: a config given twice (first argument and config=); give it once")
+        model, config = None, model
+    _check_data_name(data, "create_model")
+    from tricklab.config import _pairs
+
+    settings = {f"model.{k}" if k in MODEL_SHAPE else f"model.kwargs.{k}": v for k, v in kwargs.items()}
+    given = dict(_pairs(dict(overrides) if isinstance(overrides, Mapping) else list(overrides)))
+    both = sorted(set(settings) & set(given))
+    if both:
+        raise TrickLabError(f"create_model: {both[0]} is set twice (a keyword argument and an override); give one")
+    cfg = config_with(config, {**given, **settings}, {"data.name": ("data", data)}, model)
+    built, _ = build_model(cfg, load_data(cfg), cfg.train.seed if seed is None else seed)
+    return built
+
+
+def load_weights(model, source: str | Path, *, member: int | None = None):
+    """Load a run's trained weights into ``model`` (in place) and return it.
+
+    ``source``: a run folder (its ``model.safetensors``, or ``model_member<k>.safetensors`` of ensemble member
+    ``member``) or a ``.safetensors`` file. Weights are read with safetensors, which holds tensors only: loading
+    never runs code. Weights that do not fit the model (names, shapes, dtypes) raise a one-line
+    :class:`~tricklab.CheckpointError` saying how they differ.
+
+    Example::
+
+        tricklab.train(data="mnist1d", epochs=1, out="runs/mlp")
+        net = tricklab.load_weights(tricklab.create_model("mlp", data="mnist1d"), "runs/mlp")
+    """
+    import safetensors.torch
+
+    from tricklab.engine.checkpoint import CheckpointError
+    from tricklab.events import weights_mismatch
+
+    if not _is_module(model):
+        raise wrong_type("model", model, "an nn.Module to load the weights into")
+    if not isinstance(source, str | os.PathLike):
+        raise wrong_type("source", source, "a run folder's or a .safetensors file's path (str or os.PathLike)")
+    path = Path(source)
+    if path.is_dir():
+        path = path / ("model.safetensors" if member is None else f"model_member{member}.safetensors")
+        if not path.is_file() and member is None and any(path.parent.glob("model_member*.safetensors")):
+            raise CheckpointError(
+                f"{str(source)!r} holds an ensemble's members (model_member<k>.safetensors): choose one with member=k"
+            )
+    if not path.is_file():
+        raise CheckpointError(f"{str(path)!r}: no such weights file (a run folder holds model.safetensors)")
+    try:
+        weights = safetensors.torch.load_file(path)
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file: its own one-line reason
+        raise CheckpointError(f"{str(path)!r}: not readable as safetensors weights ({type(e).__name__}: {e})") from None
+    own = model.state_dict()
+    wrong = weights_mismatch(own, weights)
+    if wrong:
+        raise CheckpointError(f"{str(path)!r} does not fit the {type(model).__name__}: {wrong}")
+    with __import__("torch").no_grad():
+        model.load_state_dict(weights)
+    return model
+
+
+def load_run(run_dir: str | Path, *, model: ModelLike = None, member: int | None = None):
+    """A run folder back as the model it trained: built from its ``config.yaml`` as the run built it
+    (:func:`create_model`), with its trained weights (:func:`load_weights`), in eval mode; a list of members for an
+    ensemble unless ``member`` is given.
+
+    ``model``: the model the run was trained with, when it came from Python (``train(model=MyNet)``): its class or
+    factory, or a built one. The config is read as data (an import path in it must name an allowed module, as for
+    any file) and the weights with safetensors: loading a run folder never unpickles anything. The model takes
+    inputs as the run saw them: scaled by the run's data scaling (``scaler.json``), as ``assemble(cfg).splits``
+    gives them.
+
+    Example::
+
+        tricklab.train(data="mnist1d", epochs=1, out="runs/mlp")
+        net = tricklab.load_run("runs/mlp")
+        splits = tricklab.assemble(tricklab.load_config("runs/mlp/config.yaml")).splits   # scaled as the run saw them
+        logits = net(splits.test.x[:8])
+    """
+    from tricklab.assembly import build_model, load_data
+    from tricklab.config import read_yaml
+
+    if not isinstance(run_dir, str | os.PathLike):
+        raise wrong_type("run_dir", run_dir, "a run folder's path (str or os.PathLike)")
+    folder = Path(run_dir)
+    if not (folder / "config.yaml").is_file():
+        raise TrickLabError(f"{str(folder)!r}: holds no config.yaml; expected a run folder written by tricklab train")
+    raw = read_yaml(folder / "config.yaml")
+    if not isinstance(raw, dict):
+        raise TrickLabError(f"{str(folder / 'config.yaml')!r}: not a config (a mapping of sections)")
+    stored = (raw.get("model") or {}).get("name") if isinstance(raw.get("model"), dict) else None
+    if model is not None:
+        raw = {**raw, "model": {**(raw.get("model") or {}), "name": model_name(model)}}
+    try:
+        cfg = validate(raw)
+    except ConfigError as e:
+        if e.key == "model.name" and model is None:
+            raise TrickLabError(
+                f"{str(folder)!r}: its model {stored!r} is not known here (a model passed from Python is known only "
+                f"in the session that passed it): pass it again, load_run(run_dir, model=<its class or factory>); "
+                f"({e})"
+            ) from None
+        raise
+    k = cfg.averaging.ensemble
+    if member is not None and not (isinstance(member, int) and 0 <= member < k and k > 1):
+        raise ConfigError("member", member, f"an ensemble member, 0 to {k - 1}" if k > 1 else "None: not an ensemble")
+    members = [member] if member is not None else list(range(k)) if k > 1 else [None]
+    splits = load_data(cfg)
+    models = []
+    for m in members:
+        net, _ = build_model(cfg, splits, cfg.train.seed + (m or 0))
+        models.append(load_weights(net, folder, member=m).eval())
+    return models if member is None and k > 1 else models[0]
 
 
 @dataclass
@@ -205,6 +752,8 @@ RECORD_COLUMNS = (
     "decision_ci_high",
     "margin_pp",
     "verdict",
+    *(NO_SIGNAL_COLUMNS := ("no_signal_reason",)),
+    *(SPEED_COLUMNS := ("steps_to_target_outcome", "steps_to_target_p_holm", "steps_to_target_ratio")),
 )
 
 
@@ -217,7 +766,9 @@ def lab_records(lab_dir: str | Path) -> list[dict[str, Any]]:
     would likely decide it (with ``seeds="auto"``: the next look's seeds, or past the cap an estimate).
     ``significant`` is the unadjusted paired t-test's. ``decided_at`` (``seeds="auto"`` only): the seeds at the
     look that decided it; ``decision_ci_low``/``_high``: the interval the outcome rests on (the repeated 95%
-    interval of the sequential procedure, else the t interval ``diff_ci_low``/``_high``).
+    interval of the sequential procedure, else the t interval ``diff_ci_low``/``_high``). ``outcome`` is ``no signal``
+    when neither arm learned, with ``no_signal_reason`` saying why. ``steps_to_target_*`` (studies that judge it,
+    else None): its outcome, Holm-adjusted p and the median ratio of steps to target (variant / baseline).
     """
     from tricklab.lab.analysis import TEST_ACC
     from tricklab.lab.results import results
@@ -255,12 +806,22 @@ def lab_records(lab_dir: str | Path) -> list[dict[str, Any]]:
                             *_decision_interval(v),
                             s.margin_pp,
                             v.verdict,
+                            *_extra_record(v),
                         ),
                         strict=True,
                     )
                 )
             )
     return records
+
+
+def _extra_record(v) -> tuple:
+    """The record's ``no_signal_reason`` and ``steps_to_target_*`` values (None where they do not apply)."""
+    reason = v.decision.reason if v.decision is not None and v.decision.reason else None
+    d, c = v.speed_decisions.get("steps_to_target"), v.speed.get("steps_to_target")
+    if d is None or c is None:
+        return reason, None, None, None
+    return reason, d.outcome, d.p_holm if math.isfinite(d.p_holm) else None, c.ratio if math.isfinite(c.ratio) else None
 
 
 def _decision_interval(v) -> tuple[float | None, float | None]:
@@ -271,9 +832,10 @@ def _decision_interval(v) -> tuple[float | None, float | None]:
     return d.interval if d.sequential and d.interval else (c.diff.lo, c.diff.hi)
 
 
-def run_lab(
+def lab(
     study,
     *,
+    model: ModelLike = None,
     dataset: str | None = None,
     seeds: int | str | None = None,
     max_seeds: int | None = None,
@@ -285,8 +847,10 @@ def run_lab(
     executor: str = "process",
     address: str | None = None,
     max_retries: int | None = None,
+    device: str | None = None,
 ) -> LabResult:
-    """Run studies over seeds as ``tricklab lab`` does; return a :class:`LabResult`.
+    """Run studies over seeds as ``tricklab lab`` does; return a :class:`LabResult`. :func:`run_lab` is the same
+    function under its earlier name.
 
     ``study``: a built-in study's name (``"dropout"``), a list of names, ``"all"``, a custom study's YAML path,
     a mapping with the same keys as that file (``name, dataset, base, baseline, variants, seeds, epochs,
@@ -301,9 +865,14 @@ def run_lab(
     already initialised; a run whose worker or node is lost is retried up to ``max_retries`` times (default 3), a run
     that raises is recorded failed. Results are written here only, and are the same as with ``executor="process"``.
 
+    ``model``: every run of the studies trains your own model, a class or a factory (see :func:`model_name`; a
+    built ``nn.Module`` is refused, since each seed and variant starts from fresh weights of its own). A study's
+    settings it does not take (``model.width`` of the built-in studies) are refused, naming the key. ``device``:
+    where every run trains (``train.device``, as ``--device``).
+
     Example::
 
-        lab = tricklab.run_lab({"name": "bn", "dataset": "synthetic", "base": {"train": {"epochs": 2}},
+        lab = tricklab.lab({"name": "bn", "dataset": "synthetic", "base": {"train": {"epochs": 2}},
                                 "variants": {"plain": {}, "bn": {"model.norm": "batch"}}}, seeds=2)
         print(lab.records[1]["verdict"], lab.report)
     """
@@ -333,6 +902,11 @@ def run_lab(
         raise TrickLabError(
             f"study: got {study!r}; expected a study name, a list of names, a YAML path, a mapping or a Study"
         )
+    if model is not None:
+        from dataclasses import replace
+
+        name = model_name(model, refuse_built="a lab builds a fresh model for every seed and variant")
+        studies = [replace(s, base={**s.base, "model.name": name}) for s in studies]
     opts = lab_options(
         PYTHON,
         dataset=dataset,
@@ -346,6 +920,7 @@ def run_lab(
         max_retries=max_retries,
         file_seeds=file_seeds,
         file_epochs=file_epochs,
+        device=device,
     )
     out = lab_folder(out, dataset, studies)
     console = Console(file=sys.stdout, width=120, force_terminal=False, force_jupyter=False)
@@ -358,7 +933,7 @@ def run_lab(
             on_progress(counts)
 
     result = run_studies(
-        studies, opts, out, command=_python_command(study, opts), on_progress=track, finish=build_report
+        studies, opts, out, command=_python_command(study, opts, model), on_progress=track, finish=build_report
     )  # the lab folder stays locked until its report is written
     report = result.finished
     return LabResult(
@@ -374,11 +949,15 @@ def run_lab(
     )
 
 
+#: The earlier name of :func:`lab`, kept working.
+run_lab = lab
+
+
 def _plain_study(d: Mapping[str, Any]) -> dict[str, Any]:
     return {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in d.items()}
 
 
-def _python_command(study, opts) -> str:
+def _python_command(study, opts, model: ModelLike = None) -> str:
     """The call that reproduces this lab: the study as given (a name, names, a YAML path, or the mapping itself)."""
     from tricklab.lab.studies import STUDIES, Study
 
@@ -391,7 +970,10 @@ def _python_command(study, opts) -> str:
     args = [given, "seeds='auto'", f"max_seeds={opts.max_seeds}"] if opts.max_seeds else [given, f"seeds={opts.seeds}"]
     args += [f"{k}={v!r}" for k, v in (("dataset", opts.dataset), ("epochs", opts.epochs)) if v is not None]
     args += ["quick=True"] if opts.quick else []
-    return f"tricklab.run_lab({', '.join(args)})"
+    if model is not None:
+        shown = repr(model) if isinstance(model, str) else getattr(model, "__qualname__", "<a model>")
+        args.append(f"model={shown}")
+    return f"tricklab.lab({', '.join(args)})"
 
 
 # --- plugins ------------------------------------------------------------------------------------------------------

@@ -17,21 +17,18 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tricklab.config import Config, callback_factory, dataset_loader, model_factory
+from tricklab.config import Config
 from tricklab.data import Splits, TensorBatches, as_raw_dataset, data_root, split_and_scale
+from tricklab.engine.placement import nbytes
+from tricklab.engine.precision import Precision
+from tricklab.engine.seed import seed_everything, set_threads
 from tricklab.errors import ConfigError, TrickLabError
 from tricklab.events import Callback
+from tricklab.host import resolve_device
 from tricklab.memory import check_built_model, check_training_memory
-from tricklab.train.placement import nbytes
-from tricklab.train.precision import Precision
-from tricklab.train.seed import resolve_device, seed_everything, set_threads
-from tricklab.tricks.averaging import EMA, SWA
-from tricklab.tricks.clipping import GradClip
-from tricklab.tricks.early_stopping import EarlyStopping
+from tricklab.tricks.family import TRICKS, BuildContext
 from tricklab.tricks.init import apply_init
 from tricklab.tricks.optimizers import build_optimizer as optimizer_by_name
-from tricklab.tricks.regularization import L1Penalty
-from tricklab.tricks.schedules import LRSchedule
 
 #: Training examples LSUV calibrates on.
 LSUV_BATCH = 256
@@ -42,9 +39,8 @@ CHECK_BATCH = 2
 def load_data(cfg: Config) -> Splits:
     """The config's dataset (built-in, registered or an import path), split and scaled."""
     d = cfg.data
-    loader = dataset_loader(d.name)
     try:
-        raw = loader(**d.loader_kwargs(data_root(d.dir)))
+        raw = d.loader(**d.loader_kwargs(data_root(d.dir)))
     except TrickLabError:
         raise
     except Exception as e:  # a plugin's own failure: say whose, in one line
@@ -53,20 +49,23 @@ def load_data(cfg: Config) -> Splits:
     return split_and_scale(raw, val_fraction=d.val_fraction, scale=d.scale, subset=d.subset, seed=cfg.train.seed)
 
 
-def build_model(cfg: Config, splits: Splits, seed: int) -> tuple[torch.nn.Module, torch.Generator]:
+def build_model(
+    cfg: Config, splits: Splits, seed: int, check_memory: bool = True
+) -> tuple[torch.nn.Module, torch.Generator]:
     """Seed everything with ``seed``, build the model, check it and initialize it; return it and the data-order
     generator. A model that is not an ``nn.Module``, has no trainable parameter or whose output is not
     ``(batch, num_classes)`` logits is a :class:`ConfigError` naming ``model.name``; one whose training, with the
     dataset, cannot fit in memory is refused before it is built (:func:`tricklab.memory.check_training_memory`), or,
     if it cannot be built on the meta device, once it is built and before anything else is allocated
-    (:func:`~tricklab.memory.check_built_model`)."""
+    (:func:`~tricklab.memory.check_built_model`). ``check_memory=False``: the check was made for this config
+    already (an ensemble's later members: the first check counted every member's weights)."""
     info = splits.info
     shape, n_train, data_bytes = tuple(info.input_shape), len(splits.train), nbytes(splits)
-    checked = check_training_memory(cfg, shape, info.num_classes, n_train, data_bytes)
+    checked = not check_memory or check_training_memory(cfg, shape, info.num_classes, n_train, data_bytes)
     generator = seed_everything(seed)
     name = cfg.model.name
     try:
-        model = model_factory(name)(tuple(info.input_shape), info.num_classes, **cfg.model.factory_kwargs())
+        model = cfg.model.factory(tuple(info.input_shape), info.num_classes, **cfg.model.factory_kwargs())
     except TrickLabError:
         raise
     except Exception as e:
@@ -143,40 +142,31 @@ def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimize
     return optimizer_factory(cfg)(model, cfg.optim.lr)
 
 
+def _context(cfg: Config, splits: Splits | None) -> BuildContext:
+    def train_batches() -> TensorBatches:
+        if splits is None:
+            raise TrickLabError("this trick needs the training data: build it with build_callbacks(cfg, splits)")
+        return TensorBatches(splits.train.x, splits.train.y, cfg.data.batch_size, merge_single=True)
+
+    return BuildContext(train_batches)
+
+
+def family_callbacks(cfg: Config, splits: Splits | None, every_step: bool = False) -> list[Callback]:
+    """The callbacks of every trick family (:data:`tricklab.tricks.family.TRICKS`) the config sets, in the families'
+    order; ``every_step``: only those that act on every step's gradients."""
+    ctx = _context(cfg, splits)
+    return [cb for f in TRICKS.entries() if f.obj.every_step or not every_step for cb in f.obj.callbacks(cfg, ctx)]
+
+
 def step_callbacks(cfg: Config) -> list[Callback]:
     """The tricks that act on every step's gradients (L1, clipping): all a short probed run needs."""
-    cbs: list[Callback] = []
-    if cfg.optim.l1 > 0:
-        cbs.append(L1Penalty(cfg.optim.l1))
-    if cfg.clip.mode != "none":
-        cbs.append(GradClip(cfg.clip.mode, cfg.clip.threshold))
-    return cbs
+    return family_callbacks(cfg, None, every_step=True)
 
 
 def build_callbacks(cfg: Config, splits: Splits) -> list[Callback]:
     """Every trick callback the config asks for, then its outside ``callbacks`` (each one's ``order`` fixes
     when it runs)."""
-    cbs = step_callbacks(cfg)
-    s = cfg.schedule
-    if s.name != "constant":
-        opts = dict(
-            warmup_epochs=s.warmup_epochs, min_lr=s.min_lr, factor=s.factor, patience=s.patience, monitor=s.monitor
-        )
-        if s.gamma is not None:
-            opts["gamma"] = s.gamma
-        if s.step_size is not None:
-            opts["step_size"] = s.step_size
-        cbs.append(LRSchedule(s.name, **opts))
-    e = cfg.early_stopping
-    if e.enabled:
-        cbs.append(EarlyStopping(e.monitor, e.patience, e.min_delta, e.restore_best))
-    a = cfg.averaging
-    if a.ema is not None:
-        cbs.append(EMA(a.ema, warmup=a.ema_warmup))
-    if a.swa_start is not None:
-        bn = TensorBatches(splits.train.x, splits.train.y, cfg.data.batch_size, merge_single=True)  # no batch of 1
-        cbs.append(SWA(a.swa_start, bn_batches=bn, swa_lr=a.swa_lr))
-    return cbs + outside_callbacks(cfg)
+    return family_callbacks(cfg, splits) + outside_callbacks(cfg)
 
 
 def outside_callbacks(cfg: Config) -> list[Callback]:
@@ -184,7 +174,7 @@ def outside_callbacks(cfg: Config) -> list[Callback]:
     out: list[Callback] = []
     for i, spec in enumerate(cfg.callbacks):
         try:
-            cb = callback_factory(spec.name)(**spec.kwargs)
+            cb = spec.factory(**spec.kwargs)
         except TrickLabError:
             raise
         except Exception as e:
@@ -225,7 +215,7 @@ class Assembled:
     def member(self, k: int) -> Assembled:
         """Ensemble member ``k``: the same data, a model, optimizer and callbacks built with seed ``seed + k``."""
         cfg = self.config
-        model, generator = build_model(cfg, self.splits, cfg.train.seed + k)
+        model, generator = build_model(cfg, self.splits, cfg.train.seed + k, check_memory=False)
         return Assembled(
             cfg,
             self.splits,

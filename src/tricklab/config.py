@@ -13,14 +13,16 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-import math
 import os
 import stat
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from tricklab import plugins
 from tricklab.data import DATASETS
@@ -29,58 +31,58 @@ from tricklab.integrations.loggers import LOGGERS
 from tricklab.models import BUILTIN_MODULE, MODEL_SHAPE, MODELS
 from tricklab.plugins import CALLBACKS
 from tricklab.registry import Registry
+from tricklab.sections import Section
+from tricklab.sections import name_in as _name_in
 from tricklab.tricks.activations import ACTIVATIONS
-from tricklab.tricks.clipping import CLIP_MODES
-from tricklab.tricks.init import INITIALIZERS
+from tricklab.tricks.averaging import AveragingConfig
+from tricklab.tricks.clipping import ClipConfig
+from tricklab.tricks.early_stopping import EarlyStoppingConfig
+from tricklab.tricks.family import TRICKS
+from tricklab.tricks.init import InitConfig
 from tricklab.tricks.norms import NORMS
-from tricklab.tricks.optimizers import OPTIMIZERS
+from tricklab.tricks.optimizers import OptimConfig
 from tricklab.tricks.scaling import SCALINGS
-from tricklab.tricks.schedules import SCHEDULES
+from tricklab.tricks.schedules import ScheduleConfig
 
-#: The largest finite float32: no number in a config may exceed it (the optimizers compute in float32).
-FLOAT32_MAX = 3.4028234663852886e38
 #: Upper bounds of values that mean nothing beyond them (and would crash or never end if taken).
 MAX_WIDTH = 2**31 - 1  # a tensor dimension; the memory estimate refuses far smaller widths that cannot fit
 MAX_THREADS = 1024  # torch/OpenMP crash when asked for ~10⁵ threads
 MAX_SEED = 2**32 - 1  # numpy's seed range
 MAX_EPOCHS = 1_000_000
 MAX_DIAGNOSTIC_STEPS = 100_000
-#: The largest learning rate, weight decay or L1 factor: the optimizers multiply them with each other and with
-#: Adam's 1/(1 − β₁) = 10, and every such product must stay finite in float32 (≈ 3.4e38).
-MAX_RATE = 1e16
 
 
-def _name_in(registry: Registry, value: str) -> str:
-    if value not in registry:
-        hint = registry.suggest(value)
-        mean = f"; did you mean {hint!r}?" if hint else ""
-        raise ValueError(f"unknown {registry.kind}{mean} (valid: {', '.join(registry.names())})")
-    return value
+#: The names resolved so far in the validation under way, ``(family, name) → object`` (None: no validation).
+_RESOLVED: ContextVar[dict[tuple[str, str], Any] | None] = ContextVar("tricklab_resolved", default=None)
 
 
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+@contextmanager
+def one_resolution(known: dict[tuple[str, str], Any] | None = None) -> Iterator[None]:
+    """Within the ``with`` block (one validation), each name resolves once: the section validators that read the
+    same ``model.name`` (its defaults, its signature, ``init.scheme``'s default) share one lookup. ``known``: the
+    objects a config already resolved, so that a copy of it with other overrides does not resolve them again."""
+    if _RESOLVED.get() is not None:
+        yield
+        return
+    token = _RESOLVED.set(dict(known or {}))
+    try:
+        yield
+    finally:
+        _RESOLVED.reset(token)
 
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
-        """YAML's true/false must not pass as 1/0 where a number belongs."""
-        annotation = cls.model_fields[info.field_name].annotation
-        args = getattr(annotation, "__args__", ())
-        if isinstance(value, bool) and annotation is not bool and bool not in args and "Any" not in str(annotation):
-            kind = "an integer" if int in (annotation, *args) else "a number"
-            if str in (annotation, *args) or "Literal" in str(annotation):
-                kind = "a name"
-            raise ValueError(f"must be {kind}, not a boolean")
-        return value
 
-    @field_validator("*", mode="after")
-    @classmethod
-    def _within_float32(cls, value: Any) -> Any:
-        """Training computes in float32: a number beyond its range (``optim.lr=1e300``) would overflow there."""
-        if isinstance(value, float) and math.isfinite(value) and abs(value) > FLOAT32_MAX:
-            raise ValueError(f"must be at most {FLOAT32_MAX:.4g} in size (the largest float32; training uses float32)")
-        return value
+def resolve_once(registry: Registry, family: str, name: str, key: str) -> Callable:
+    """The callable called ``name`` (see :func:`tricklab.plugins.resolve`), looked up once per validation."""
+    memo = _RESOLVED.get()
+    if memo is not None and (family, name) in memo:
+        return memo[(family, name)]
+    found = plugins.check_callable(plugins.resolve(registry, family, name, key), key, name)
+    if memo is not None:
+        memo[(family, name)] = found
+    return found
+
+
+Section._validation_scope = one_resolution  # a section built directly resolves its names once too
 
 
 class DataConfig(Section):
@@ -101,10 +103,11 @@ class DataConfig(Section):
     subset: int | None = Field(None, gt=0)  # use only this many training examples
 
     _scale = field_validator("scale")(lambda v: _name_in(SCALINGS, v))
+    _loader_fn: Callable | None = PrivateAttr(None)  # what data.name resolved to when validated
 
     @model_validator(mode="after")
     def _loader(self) -> DataConfig:
-        loader = dataset_loader(self.name)
+        loader = self._loader_fn = dataset_loader(self.name)
         plugins.json_plain(self.kwargs, "data.kwargs")
         if self.path is not None and not plugins.accepts(loader, "path"):
             raise ConfigError("data.path", self.path, f"dataset {self.name!r} reads no file; leave data.path unset")
@@ -118,9 +121,14 @@ class DataConfig(Section):
         plugins.check_call(loader, (), kwargs, "data.kwargs", _label(self.name), self.kwargs)
         return self
 
+    @property
+    def loader(self) -> Callable:
+        """The dataset loader ``name`` resolved to when this section was validated (never looked up again)."""
+        return _resolved(self._loader_fn, "data.name")
+
     def loader_kwargs(self, root: Any) -> dict[str, Any]:
         """The keyword arguments the loader is called with: ``root`` and ``path`` where it takes them, ``kwargs``."""
-        loader = dataset_loader(self.name)
+        loader = self.loader
         kwargs = dict(self.kwargs)
         if self.path is not None:
             kwargs["path"] = self.path
@@ -129,14 +137,22 @@ class DataConfig(Section):
         return kwargs
 
 
-def dataset_loader(name: str):
-    """The loader of dataset ``name`` (registered or an import path), checked to be callable."""
-    return plugins.check_callable(plugins.resolve(DATASETS, "datasets", name, "data.name"), "data.name", name)
+def _resolved(found: Callable | None, key: str) -> Callable:
+    if found is None:  # only a section made without validation (model_construct) lacks it
+        raise TrickLabError(f"{key}: this config section was not validated; build it with tricklab.config.validate")
+    return found
 
 
-def model_factory(name: str):
-    """The factory of model ``name`` (registered or an import path), checked to be callable."""
-    return plugins.check_callable(plugins.resolve(MODELS, "models", name, "model.name"), "model.name", name)
+def dataset_loader(name: str) -> Callable:
+    """The loader of dataset ``name`` (registered or an import path), checked to be callable. A validated config
+    holds it already (:attr:`DataConfig.loader`)."""
+    return resolve_once(DATASETS, "datasets", name, "data.name")
+
+
+def model_factory(name: str) -> Callable:
+    """The factory of model ``name`` (registered or an import path), checked to be callable. A validated config
+    holds it already (:attr:`ModelConfig.factory`)."""
+    return resolve_once(MODELS, "models", name, "model.name")
 
 
 def is_builtin_model(name: object) -> bool:
@@ -175,6 +191,7 @@ class ModelConfig(Section):
 
     _act = field_validator("activation")(lambda v: v if v is None else _name_in(ACTIVATIONS, v))
     _norm = field_validator("norm")(lambda v: v if v is None else _name_in(NORMS, v))
+    _factory: Callable | None = PrivateAttr(None)  # what model.name resolved to when validated
 
     @model_validator(mode="before")
     @classmethod
@@ -188,7 +205,7 @@ class ModelConfig(Section):
 
     @model_validator(mode="after")
     def _check_factory(self) -> ModelConfig:
-        factory = model_factory(self.name)
+        factory = self._factory = model_factory(self.name)
         plugins.json_plain(self.kwargs, "model.kwargs")
         for key in MODEL_SHAPE:
             value = getattr(self, key)
@@ -205,17 +222,14 @@ class ModelConfig(Section):
         plugins.check_call(factory, ((1,), 2), self.factory_kwargs(), "model.kwargs", _label(self.name), self.kwargs)
         return self
 
+    @property
+    def factory(self) -> Callable:
+        """The model factory ``name`` resolved to when this section was validated (never looked up again)."""
+        return _resolved(self._factory, "model.name")
+
     def factory_kwargs(self) -> dict[str, Any]:
         """The keyword arguments the model factory is called with: the shape keys set, and ``kwargs``."""
         return {**{k: getattr(self, k) for k in MODEL_SHAPE if getattr(self, k) is not None}, **self.kwargs}
-
-
-class InitConfig(Section):
-    """How the weights start (applied to every Linear/Conv layer after the model is built)."""
-
-    scheme: str = "he_normal"  # when unset: he_normal for tricklab's models, "default" (the model's own) for plugins
-
-    _scheme = field_validator("scheme")(lambda v: _name_in(INITIALIZERS, v))
 
 
 class CallbackSpec(Section):
@@ -223,76 +237,25 @@ class CallbackSpec(Section):
 
     name: str
     kwargs: dict[str, Any] = {}
+    _factory: Callable | None = PrivateAttr(None)  # what name resolved to when validated
 
     @model_validator(mode="after")
     def _check(self) -> CallbackSpec:
-        factory = callback_factory(self.name)
+        factory = self._factory = callback_factory(self.name)
         plugins.json_plain(self.kwargs, "callbacks.kwargs")
         plugins.check_call(factory, (), self.kwargs, "callbacks.kwargs", _label(self.name))
         return self
 
-
-def callback_factory(name: str):
-    """The factory of callback ``name`` (registered or an import path), checked to be callable."""
-    found = plugins.resolve(CALLBACKS, "callbacks", name, "callbacks.name")
-    return plugins.check_callable(found, "callbacks.name", name)
-
-
-class OptimConfig(Section):
-    """The optimizer and its regularization."""
-
-    name: str = "adam"
-    lr: float = Field(1e-3, gt=0, le=MAX_RATE, allow_inf_nan=False)
-    momentum: float = Field(0.9, ge=0, lt=1)  # γ of momentum / nesterov
-    weight_decay: float = Field(0.0, ge=0, le=MAX_RATE, allow_inf_nan=False)
-    decoupled: bool = False  # True: AdamW/SGDW-style decay; False: L2 added to the gradient
-    l1: float = Field(0.0, ge=0, le=MAX_RATE, allow_inf_nan=False)  # L1 penalty on weights, not biases or norms
-
-    _name = field_validator("name")(lambda v: _name_in(OPTIMIZERS, v))
+    @property
+    def factory(self) -> Callable:
+        """The callback factory ``name`` resolved to when this spec was validated (never looked up again)."""
+        return _resolved(self._factory, "callbacks.name")
 
 
-class ClipConfig(Section):
-    """Gradient clipping: θ = 1 or 10 by global norm (the lesson), by value, or adaptive (AGC)."""
-
-    mode: str = "none"
-    threshold: float = Field(1.0, gt=0, allow_inf_nan=False)
-
-    _mode = field_validator("mode")(lambda v: _name_in(CLIP_MODES, v))
-
-
-class ScheduleConfig(Section):
-    """Learning-rate decay; the LR actually used in each epoch is in the history."""
-
-    name: str = "cosine"
-    gamma: float | None = Field(None, gt=0, le=1)  # exponential (default 0.98 per epoch), step (default 0.1)
-    step_size: int | None = Field(None, ge=1)  # epochs between step decays (default epochs // 3)
-    warmup_epochs: int = Field(1, ge=0)
-    min_lr: float = Field(0.0, ge=0, le=MAX_RATE, allow_inf_nan=False)
-    factor: float = Field(0.1, gt=0, lt=1)  # plateau
-    patience: int = Field(2, ge=0)  # plateau
-    monitor: Literal["val_loss", "val_acc"] = "val_loss"  # plateau
-
-    _name = field_validator("name")(lambda v: _name_in(SCHEDULES, v))
-
-
-class EarlyStoppingConfig(Section):
-    """Stop when the validation metric stops improving; restore the best weights whatever ended the run."""
-
-    enabled: bool = False
-    monitor: Literal["val_loss", "val_acc"] = "val_loss"
-    patience: int = Field(5, ge=0)
-    min_delta: float = Field(0.0, ge=0, allow_inf_nan=False)
-    restore_best: bool = True
-
-
-class AveragingConfig(Section):
-    """Model averaging: an ensemble of K seeds, stochastic weight averaging, an EMA of the weights."""
-
-    ensemble: int = Field(1, ge=1, le=100)
-    swa_start: int | None = Field(None, ge=1)  # first epoch whose weights enter the SWA average
-    swa_lr: float | None = Field(None, gt=0, le=MAX_RATE, allow_inf_nan=False)
-    ema: float | None = Field(None, gt=0, lt=1)  # decay of the EMA of weights, e.g. 0.999
-    ema_warmup: bool = False  # k-th update decays by min(ema, (1+k)/(10+k)): early weights leave the average fast
+def callback_factory(name: str) -> Callable:
+    """The factory of callback ``name`` (registered or an import path), checked to be callable. A validated config
+    holds it already (:attr:`CallbackSpec.factory`)."""
+    return resolve_once(CALLBACKS, "callbacks", name, "callbacks.name")
 
 
 class TrainConfig(Section):
@@ -367,7 +330,11 @@ def without_neutral_defaults(config: dict[str, Any]) -> dict[str, Any]:
 
 
 class Config(Section):
-    """The whole run configuration. ``Config()`` is the default a newcomer can rely on."""
+    """The whole run configuration. ``Config()`` is the default a newcomer can rely on.
+
+    The sections of the tricks (``init`` to ``averaging``) are defined by their own modules, each with its builder
+    and checks (:data:`tricklab.tricks.family.TRICKS`); this class only composes them.
+    """
 
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -404,24 +371,9 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
-        if self.optim.name == "adamw" and self.optim.weight_decay > 0 and not self.optim.decoupled:
-            raise ConfigError(
-                "optim.decoupled", False, "adamw is decoupled weight decay by definition; set true or use adam"
-            )
-        if self.schedule.name == "warmup_cosine" and self.schedule.warmup_epochs >= self.train.epochs:
-            raise ConfigError(
-                "schedule.warmup_epochs", self.schedule.warmup_epochs, f"must be < train.epochs ({self.train.epochs})"
-            )
-        if self.averaging.swa_start is not None and self.averaging.swa_start > self.train.epochs:
-            raise ConfigError(
-                "averaging.swa_start", self.averaging.swa_start, f"must be <= train.epochs ({self.train.epochs})"
-            )
-        if self.averaging.swa_start is not None and self.averaging.ema is not None:
-            raise ConfigError("averaging.ema", self.averaging.ema, "use either swa_start or ema, not both")
-        if self.schedule.name not in ("constant", "exponential", "step", "plateau") and self.averaging.swa_lr:
-            raise ConfigError(
-                "averaging.swa_lr", self.averaging.swa_lr, "SWALR cannot be combined with a per-step schedule"
-            )
+        for family in TRICKS.entries():  # each trick family's own checks across sections
+            if family.obj.check is not None:
+                family.obj.check(self)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -444,13 +396,19 @@ class Config(Section):
             _set_path(data, key, value)
         model = data.get("model")
         if isinstance(model, dict) and model.get("name") != self.model.name:
-            old, given = plugins.keyword_defaults(model_factory(self.model.name)), {k for k, _ in pairs}
+            old, given = plugins.keyword_defaults(self.model.factory), {k for k, _ in pairs}
             data["model"] = {
                 k: v
                 for k, v in model.items()
                 if f"model.{k}" in given or not (k in MODEL_SHAPE and (v is None or k in old and v == old[k]))
             }
-        return validate(data)
+        return validate(data, like=self)
+
+    def resolved(self) -> dict[tuple[str, str], Callable]:
+        """``(family, name) → object`` of every name this config resolved when it was validated."""
+        out = {("datasets", self.data.name): self.data.loader, ("models", self.model.name): self.model.factory}
+        out.update({("callbacks", c.name): c.factory for c in self.callbacks})
+        return out
 
 
 _ALLOWED = {
@@ -566,14 +524,21 @@ def _non_string_key(loc: tuple, bad: Any, data: Any) -> ConfigError:
     return ConfigError(key, value, f"a key must be a name, but YAML read {spelled} as {kind} (quote it){valid}")
 
 
-def validate(data: Any) -> Config:
-    """Build a :class:`Config` from a plain mapping, raising a one-line :class:`ConfigError`."""
+def validate(data: Any, like: Config | None = None) -> Config:
+    """Build a :class:`Config` from a plain mapping, raising a one-line :class:`ConfigError`.
+
+    Each name (``data.name``, ``model.name``, each callback's) is resolved once, here, and the config carries
+    the objects (:attr:`DataConfig.loader`, :attr:`ModelConfig.factory`, :attr:`CallbackSpec.factory`): what
+    builds the run never looks a name up again. ``like``: a validated config whose resolved names are reused
+    where ``data`` names the same ones (a copy of it with overrides).
+    """
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise TrickLabError(f"config must be a mapping of sections, got {type(data).__name__}")
     try:
-        return Config.model_validate(data)
+        with one_resolution(like.resolved() if like is not None else None):
+            return Config.model_validate(data)
     except ValidationError as err:
         raise _one_line(err, data) from None
     except ConfigError as err:  # cross-field checks name their key themselves

@@ -1,4 +1,4 @@
-"""The few events of :func:`tricklab.train.fit` and the state that callbacks see.
+"""The few events of :func:`tricklab.engine.fit` and the state that callbacks see.
 
 Kept here, below the tricks, so that tricks can implement callbacks without importing the trainer.
 
@@ -39,7 +39,7 @@ constant                  order  callback
 A callback of your own picks its place relative to these, e.g. ``order = ORDER_CLIP + 1`` to read the
 clipped gradients.
 
-A state can be saved between two steps and restored (``tricklab.train.checkpoint``): ``batches_done`` and
+A state can be saved between two steps and restored (``tricklab.engine.checkpoint``): ``batches_done`` and
 ``totals`` say how far the running epoch got, so that a restored state resumes it exactly.
 """
 
@@ -187,7 +187,7 @@ class FitState:
       ``val_acc``, ``lr``, ``epoch_time_s``, and earlier callbacks' extras); ``history``: every row so far.
     - ``nonfinite_skipped``: batches skipped for NaN/Inf so far (``train.nonfinite=skip``).
     - ``batches_done``, ``totals``: how far the running epoch got and its running sums, so that a state saved
-      between two steps resumes exactly (:mod:`tricklab.train.checkpoint`); a callback rarely needs them.
+      between two steps resumes exactly (:mod:`tricklab.engine.checkpoint`); a callback rarely needs them.
 
     Written by callbacks:
 
@@ -240,7 +240,7 @@ class FitState:
     stop_reason: str | None = None
     skip_step: bool = False
     eval_model: nn.Module | None = None
-    # the running epoch, so that a state saved between two steps resumes exactly (see tricklab.train.checkpoint)
+    # the running epoch, so that a state saved between two steps resumes exactly (see tricklab.engine.checkpoint)
     batches_done: int = 0  # batches of epoch ``epoch`` already trained; 0 between epochs
     totals: EpochTotals | None = None
     nonfinite_skipped: int = 0  # batches skipped for NaN/Inf (train.nonfinite = skip)

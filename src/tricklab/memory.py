@@ -22,8 +22,6 @@ overflows, and a model too large for torch itself to count is refused, never let
 from __future__ import annotations
 
 import dataclasses
-import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -31,12 +29,12 @@ from typing import TYPE_CHECKING
 import torch
 
 from tricklab.errors import ConfigError
+from tricklab.host import available_memory, human_bytes, resolve_device
+from tricklab.host import two_digits as _g
 
 if TYPE_CHECKING:
     from tricklab.config import Config
 
-#: Where Linux says how much memory is available (:func:`available_memory`).
-MEMINFO = "/proc/meminfo"
 #: Bytes of one value: training runs in float32.
 BYTES_PER_VALUE = 4
 #: Models with weights up to this size count their activations with a real forward pass on the CPU.
@@ -69,45 +67,6 @@ class Estimate:
     @property
     def total_bytes(self) -> int:
         return self.weight_bytes + self.activation_bytes + self.data_bytes
-
-
-def human_bytes(n: float) -> str:
-    """``n`` bytes in binary units: ``'23.4 GiB'``, however large ``n`` is."""
-    if n >= 2**100:  # beyond what a float divides without overflowing
-        return f"{_g(int(n) // 2**50)} PiB"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if abs(n) < 1024 or unit == "PiB":
-            return f"{n:.3g} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    raise AssertionError  # unreachable
-
-
-def physical_memory() -> int | None:
-    """This machine's physical memory in bytes (``os.sysconf``), or None where the OS does not say."""
-    return _sysconf_bytes("SC_PHYS_PAGES")
-
-
-def available_memory() -> int | None:
-    """Bytes of memory a new allocation can have now without swapping: ``MemAvailable`` of ``/proc/meminfo``
-    (free memory plus the caches the kernel can drop), else ``os.sysconf``'s free pages (which leave the caches
-    out), else the physical memory; None where the OS says none of them."""
-    try:
-        with open(MEMINFO, "rb") as f:
-            for line in f.read(1 << 16).splitlines():
-                if line.startswith(b"MemAvailable:"):
-                    fields = line.split()
-                    return int(fields[1]) * (1024 if fields[2:3] == [b"kB"] else 1)
-    except (OSError, ValueError, IndexError):
-        pass
-    return _sysconf_bytes("SC_AVPHYS_PAGES") or physical_memory()
-
-
-def _sysconf_bytes(name: str) -> int | None:
-    try:
-        pages, page_size = os.sysconf(name), os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):
-        return None
-    return pages * page_size if pages > 0 and page_size > 0 else None
 
 
 def measure_on_meta(build: Callable[[], torch.nn.Module], input_shape: tuple[int, ...]) -> tuple[int, int] | None:
@@ -206,14 +165,6 @@ def check_fits(
     )
 
 
-def _g(n: int) -> str:
-    """``n`` to two significant digits (``1.3e+11``), however large."""
-    if n < 1e300:
-        return f"{n:.2g}"
-    exponent = math.floor(math.log10(n))  # exact for Python integers of any size; a float would overflow
-    return f"{n / 10**exponent:.2g}e+{exponent}"
-
-
 def training_estimate(
     cfg: Config, input_shape: tuple[int, ...], num_classes: int, train_examples: int, data_bytes: int = 0
 ) -> Estimate | None:
@@ -225,9 +176,7 @@ def training_estimate(
 
 
 def _builder(cfg: Config, input_shape: tuple[int, ...], num_classes: int) -> Callable[[], torch.nn.Module]:
-    from tricklab.config import model_factory
-
-    factory = model_factory(cfg.model.name)
+    factory = cfg.model.factory  # resolved when the config was validated
     return lambda: factory(tuple(input_shape), num_classes, **cfg.model.factory_kwargs())
 
 
@@ -274,7 +223,7 @@ def check_training_memory(
     :func:`available_memory` plus ``data_bytes``: the dataset is loaded before the model is built, so the memory
     available no longer counts it. Training on a GPU, the same estimate without the dataset must also fit in the
     GPU's free memory (the dataset moves there only when it fits in half of what is then free,
-    :mod:`tricklab.train.placement`). Integer arithmetic: no size can overflow.
+    :mod:`tricklab.engine.placement`). Integer arithmetic: no size can overflow.
 
     A model so large that torch cannot count it (a tensor of more than 2⁶³ bytes: ``model.width=2000000000``)
     is refused. Returns False, without checking, for a model that cannot be built on the meta device for
@@ -310,8 +259,6 @@ def check_built_model(
 
 
 def _check(cfg: Config, estimate: Estimate) -> None:
-    from tricklab.train.seed import resolve_device
-
     key, value = _key(cfg, estimate)
     check_fits(estimate, available_memory(), key, value, cfg.optim.name, held=estimate.data_bytes)
     if resolve_device(cfg.train.device).type == "cuda":

@@ -4,7 +4,7 @@ Plain strings, shared by the loop and the tricks that write them and the command
 read them, so that a column cannot be misspelt in one place only. The values are the names on disk: changing
 one breaks every run directory already written.
 
-History row (one per epoch, ``state.history`` and ``history.jsonl``), written by :func:`tricklab.train.fit`:
+History row (one per epoch, ``state.history`` and ``history.jsonl``), written by :func:`tricklab.engine.fit`:
 
 ==================  =======================================================================================
 name                meaning
@@ -31,7 +31,7 @@ Columns that callbacks add through ``state.epoch_extras``:
 ``member``          ensembles: the index of the member the row belongs to (:data:`MEMBER`)
 ==================  =======================================================================================
 
-Final metrics (``metrics.json``, :attr:`tricklab.train.run.RunResult.metrics`):
+Final metrics (``metrics.json``, :attr:`tricklab.runner.RunResult.metrics`):
 
 ==========================  =================================================================================
 ``test_loss``               loss of the final evaluated weights (or the ensemble) on the test split
@@ -62,7 +62,7 @@ Example::
 
 from __future__ import annotations
 
-# --- history row (one per epoch), written by tricklab.train.fit ------------------------------------------------
+# --- history row (one per epoch), written by tricklab.engine.fit ------------------------------------------------
 EPOCH = "epoch"
 TRAIN_LOSS = "train_loss"
 TRAIN_ACC = "train_acc"

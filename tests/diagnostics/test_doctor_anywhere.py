@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import tricklab
+from tricklab.diagnostics.diagnosis import diagnose
 from tricklab.diagnostics.in_pytorch import INIT_CALLS, TRANSLATIONS, in_pytorch
 from tricklab.diagnostics.records import (
     DEAD_FRACTION,
@@ -32,7 +33,7 @@ from tricklab.diagnostics.records import (
     NonFinite,
     Records,
 )
-from tricklab.diagnostics.verdicts import GOOD_INITS, diagnose
+from tricklab.diagnostics.verdicts import GOOD_INITS
 from tricklab.errors import TrickLabError, UnknownNameError
 from tricklab.tricks.activations import ACTIVATIONS
 from tricklab.tricks.clipping import CLIP_MODES

@@ -14,8 +14,8 @@ from torch import nn
 
 import tricklab
 from tricklab.diagnostics import loop_bugs as lb
+from tricklab.diagnostics.diagnosis import diagnose
 from tricklab.diagnostics.records import MODEL, WEIGHT, WEIGHT_FAN_IN, WEIGHT_GRAD_NORM, Findings, LayerInfo, Records
-from tricklab.diagnostics.verdicts import diagnose
 
 N, D, C = 512, 16, 4
 

@@ -26,9 +26,9 @@ from tricklab.diagnostics.records import (
     UPDATE_RATIO,
     WEIGHT_GRAD_NORM,
 )
+from tricklab.engine import fit
 from tricklab.errors import ConfigError, TrickLabError
 from tricklab.events import Callback, FitState
-from tricklab.train import fit
 
 
 def mlp(act: type[nn.Module] = nn.ReLU, width: int = 8) -> nn.Sequential:

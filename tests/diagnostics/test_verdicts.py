@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tricklab.config import load_config
+from tricklab.diagnostics.diagnosis import diagnose
 from tricklab.diagnostics.doctor import run_doctor
 from tricklab.diagnostics.records import (
     DEAD_FRACTION,
@@ -37,7 +38,6 @@ from tricklab.diagnostics.verdicts import (
     VANISHING,
     VANISHING_RATIO,
     as_set_flags,
-    diagnose,
     merge_prescriptions,
 )
 

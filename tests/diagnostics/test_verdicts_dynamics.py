@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import tricklab
+from tricklab.diagnostics.diagnosis import diagnose
 from tricklab.diagnostics.in_pytorch import in_pytorch
 from tricklab.diagnostics.probes import ProbeCallback
 from tricklab.diagnostics.records import (
@@ -46,11 +47,10 @@ from tricklab.diagnostics.verdicts import (
     SLOW_MAX_DROP,
     UPDATE_RATIO_MIN,
     WEIGHT_DECAY,
-    diagnose,
     merge_prescriptions,
 )
+from tricklab.engine.loop import fit
 from tricklab.metrics import TRAIN_LOSS, VAL_LOSS
-from tricklab.train.loop import fit
 
 DYNAMICS = {OSCILLATING, SLOW_CONVERGENCE, NOT_DECREASING, OVERFITTING}
 LAYERS = [LayerInfo("a", WEIGHT, 0), LayerInfo("act", "relu", 1), LayerInfo("b", WEIGHT, 2)]

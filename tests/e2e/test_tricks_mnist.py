@@ -11,7 +11,7 @@ import time
 import pytest
 
 from tricklab.config import load_config
-from tricklab.train.run import run
+from tricklab.runner import run
 
 pytestmark = [pytest.mark.mnist, pytest.mark.slow]
 

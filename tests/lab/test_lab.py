@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -60,13 +61,15 @@ def test_lab_end_to_end_report_has_every_variant_and_rerun_skips(tmp_path, capsy
         assert f"<td>{name}</td>" in html
     assert "data:image/png;base64," in html and "Reproduce:" in html
     assert "dropout: " in printed and "report: " in printed
-    # every comparison ends with one of the four outcomes, coloured, and the report says how they were decided
-    outcomes = ("better", "worse", "equivalent", "undecided")
+    # every comparison ends with one of the five outcomes, coloured, and the report says how they were decided (two
+    # epochs leave plain and dropout at chance on some machines: "no signal", out of Holm's family)
+    outcomes = ("better", "worse", "equivalent", "undecided", "no signal")
     for name in ("dropout", "wide"):
         assert any(line.strip().startswith(tuple(f"{name}: {o}" for o in outcomes)) for line in printed.splitlines())
-        assert sum(f'<td class="{o}">' in html for o in outcomes) >= 1
+        assert sum(f'<td class="{o.replace(" ", "-")}">' in html for o in outcomes) >= 1
     rule = html.replace("&#x27;", "'")
-    assert "Holm's correction over the study's 2 comparisons with a t-test" in rule and "inside ±0.5 pp" in rule
+    assert re.search(r"Holm's correction over the study's [12] comparisons? with a t-test", rule)
+    assert "inside ±0.5 pp" in rule
     for png in ("tiny-synthetic-curves.png", "tiny-synthetic-test-acc.png"):
         assert (out / "plots" / png).stat().st_size > 1000
     # rerunning the same command recomputes nothing

@@ -221,7 +221,7 @@ def test_every_place_a_file_names_a_plugin_is_checked(where, tripwire, tmp_path)
 def test_a_received_run_folder_is_refused_on_resume(tripwire, tmp_path, capsys):
     """A run folder someone sends (config.yaml edited to name their module) is refused by --resume."""
     from tricklab.cli.main import main
-    from tricklab.train.rundir import stored_config
+    from tricklab.runner import stored_config
 
     name, marker = tripwire
     run = tmp_path / "received"

@@ -20,7 +20,7 @@ import pytest
 
 from tricklab.cli.main import main
 from tricklab.config import load_config
-from tricklab.train.run import run
+from tricklab.runner import run
 
 SYNTH = ["--set", "data.name=synthetic", "--set", "model.width=8", "--set", "model.depth=1"]
 DEAD = "http://127.0.0.1:9/"

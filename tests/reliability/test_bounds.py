@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from tricklab import memory
+from tricklab import host, memory
 from tricklab.assembly import assemble
 from tricklab.cli.main import main
 from tricklab.config import MAX_DEPTH, MAX_NODES, load_config, parse_value
@@ -233,4 +233,4 @@ def test_meta_measurement_matches_the_real_model():
     assert params == sum(p.numel() for p in build().parameters())
     assert acts > 0
     assert memory.measure_on_meta(lambda: 1 / 0, (1, 8, 8)) is None  # a factory that fails: left to the real build
-    assert memory.physical_memory() is None or memory.physical_memory() > 2**20
+    assert host.physical_memory() is None or host.physical_memory() > 2**20

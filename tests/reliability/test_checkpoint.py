@@ -13,9 +13,8 @@ import torch
 from torch import nn
 
 from tricklab.config import load_config
-from tricklab.events import FitState
-from tricklab.train import checkpoint as ck
-from tricklab.train.checkpoint import (
+from tricklab.engine import checkpoint as ck
+from tricklab.engine.checkpoint import (
     Checkpointer,
     CheckpointError,
     flatten,
@@ -25,7 +24,8 @@ from tricklab.train.checkpoint import (
     unflatten,
     write_checkpoint,
 )
-from tricklab.train.run import run
+from tricklab.events import FitState
+from tricklab.runner import run
 
 BASE = [
     "data.name=synthetic",

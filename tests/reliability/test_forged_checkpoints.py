@@ -16,9 +16,9 @@ from safetensors.torch import save as save_tensors
 from tricklab.assembly import assemble
 from tricklab.cli.main import main
 from tricklab.config import load_config
+from tricklab.engine.checkpoint import Checkpointer, CheckpointError, list_checkpoints, read_checkpoint
 from tricklab.events import FitState
-from tricklab.train.checkpoint import Checkpointer, CheckpointError, list_checkpoints, read_checkpoint
-from tricklab.train.run import run
+from tricklab.runner import run
 
 BASE = [
     "data.name=synthetic",

@@ -32,12 +32,12 @@ from tricklab.config import Config, load_config
 from tricklab.data import DATASETS, sources
 from tricklab.data.download import RemoteFile
 from tricklab.data.idx import idx_size
+from tricklab.engine import checkpoint as ck
 from tricklab.errors import MAX_MESSAGE, TrickLabError
 from tricklab.events import FitState
 from tricklab.lab.studies import load_custom_study
 from tricklab.models import build_model
-from tricklab.train import checkpoint as ck
-from tricklab.train.run import run
+from tricklab.runner import run
 
 BUDGET = settings(
     max_examples=200,

@@ -3,7 +3,7 @@
 A label of 10⁹ in a 3 KB file, an .npz whose headers declare gigabytes, a CSV too large for the memory left, a
 model too large for torch to count, ``train.threads=1024`` on two cores. Each is refused in one line before the
 memory is taken (naming the file or key, the value and the bound), or, for threads, capped with one warning.
-The memory available is made small or large by pointing :data:`tricklab.memory.MEMINFO` at a fake
+The memory available is made small or large by pointing :data:`tricklab.host.MEMINFO` at a fake
 ``/proc/meminfo``, so no test depends on the machine it runs on.
 """
 
@@ -24,17 +24,17 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tricklab import memory
+from tricklab import host, memory
 from tricklab.assembly import build_model, load_data
 from tricklab.cli.main import main
 from tricklab.config import load_config
 from tricklab.data import DATASETS, as_raw_dataset, local
 from tricklab.data.base import MAX_CLASSES, DatasetInfo, RawDataset, TensorData
+from tricklab.engine import seed
+from tricklab.engine.placement import nbytes
 from tricklab.errors import MAX_MESSAGE, ConfigError, DataError, TrickLabError
 from tricklab.lab import costs
 from tricklab.models import MODELS
-from tricklab.train import seed
-from tricklab.train.placement import nbytes
 
 npz = DATASETS.get("npz")
 csv = DATASETS.get("csv")
@@ -69,7 +69,7 @@ def meminfo(tmp_path, monkeypatch):
     def set_available(available: int) -> None:
         path = tmp_path / "meminfo"
         path.write_text(f"MemTotal:       {64 * GiB // 1024} kB\nMemAvailable:   {available // 1024} kB\n")
-        monkeypatch.setattr(memory, "MEMINFO", str(path))
+        monkeypatch.setattr(host, "MEMINFO", str(path))
 
     return set_available
 
@@ -424,7 +424,7 @@ def test_training_on_a_gpu_must_also_fit_in_its_free_memory(monkeypatch, meminfo
     cfg = load_config(overrides=[*SYNTH, "model.width=256", "model.depth=2"])
     splits = load_data(cfg)
     meminfo(GiB)  # the host has room
-    monkeypatch.setattr(seed, "resolve_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr(memory, "resolve_device", lambda name: torch.device("cuda"))
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2**20, 80 * GiB))  # 1 MiB of 80 GiB free
     with pytest.raises(ConfigError, match=r"^model\.width = 256: the model needs .* the GPU has 1 MiB available$"):
@@ -535,7 +535,7 @@ def test_npz_headers_load_within_bounds_or_fail_in_one_line(scratch, hostile, av
     with pytest.MonkeyPatch.context() as mp:
         if available is not None:
             (scratch / "meminfo").write_text(f"MemAvailable: {available // 1024} kB\n")
-            mp.setattr(memory, "MEMINFO", str(scratch / "meminfo"))
+            mp.setattr(host, "MEMINFO", str(scratch / "meminfo"))
         ends_in_bounds(lambda: npz(scratch, path=path))
 
 
@@ -563,7 +563,7 @@ def test_csv_text_loads_within_bounds_or_fails_in_one_line(scratch, body, availa
     with pytest.MonkeyPatch.context() as mp:
         if available is not None:
             (scratch / "meminfo").write_text(f"MemAvailable: {available // 1024} kB\n")
-            mp.setattr(memory, "MEMINFO", str(scratch / "meminfo"))
+            mp.setattr(host, "MEMINFO", str(scratch / "meminfo"))
         ends_in_bounds(lambda: csv(scratch, path=path, num_classes=num_classes))
 
 

@@ -64,7 +64,7 @@ def test_sigkill_then_resume_is_bit_identical(point, reference, tmp_path):
 def test_resume_auto_picks_the_newest_run(reference, tmp_path, monkeypatch):
     """Two interrupted runs under runs/ (cut in-process, as abruptly as a kill): auto resumes the newer."""
     from tricklab.config import load_config
-    from tricklab.train.run import run
+    from tricklab.runner import run
 
     monkeypatch.chdir(tmp_path)
     cfg = load_config(overrides=[*BASE[1::2], "train.epochs=4"])

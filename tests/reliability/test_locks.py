@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from tricklab.cli.main import main
+from tricklab.engine.rundir import check_run_dir
 from tricklab.locks import LOCK_NAME, FolderInUse, folder_lock
-from tricklab.train.rundir import check_run_dir
 
 SYNTH = ["--set", "data.name=synthetic", "--set", "model.width=8", "--set", "model.depth=1", "--set", "train.threads=1"]
 HOLD = "import sys, time\nfrom tricklab.locks import folder_lock\nwith folder_lock(sys.argv[1]):\n" + (

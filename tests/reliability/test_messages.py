@@ -23,7 +23,7 @@ from tricklab.cli.main import main
 from tricklab.config import load_config, validate
 from tricklab.errors import TrickLabError
 from tricklab.lab.studies import custom_study
-from tricklab.train.run import run
+from tricklab.runner import run
 
 TINY = ["data.name=synthetic", "model.depth=1", "model.width=8", "train.epochs=1", "train.threads=1"]
 COMMANDS = {  # each command's arguments for a tiny job, and what it offers instead of a non-empty --out

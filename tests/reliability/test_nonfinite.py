@@ -11,12 +11,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from tricklab.config import load_config
+from tricklab.engine import fit
+from tricklab.engine.checkpoint import list_checkpoints, read_checkpoint
+from tricklab.engine.loop import NonFiniteError
 from tricklab.errors import ConfigError
 from tricklab.events import Callback
-from tricklab.train import fit
-from tricklab.train.checkpoint import list_checkpoints, read_checkpoint
-from tricklab.train.loop import NonFiniteError
-from tricklab.train.run import run
+from tricklab.runner import run
 
 
 def data(n=64, bad_batch: int | None = None, value=float("nan")):

@@ -11,12 +11,12 @@ import torch
 from tricklab_child import Cut, CutAt, history, same_weights
 
 from tricklab.config import Config, load_config
+from tricklab.engine.loop import NonFiniteError, fit
+from tricklab.engine.placement import placement
+from tricklab.engine.precision import Precision
 from tricklab.errors import ConfigError
 from tricklab.lab.store import config_key
-from tricklab.train.loop import NonFiniteError, fit
-from tricklab.train.placement import placement
-from tricklab.train.precision import Precision
-from tricklab.train.run import run
+from tricklab.runner import run
 from tricklab.tricks.optimizers import build_optimizer
 
 BASE = [

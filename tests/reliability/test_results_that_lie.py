@@ -1,7 +1,7 @@
 """Results that lie: a run that blew up never looks like a success; a last batch of one example never crashes.
 
 A run whose losses stayed finite but huge (Adam at lr 1e10) used to exit 0 with chance accuracy. The rule
-(:func:`tricklab.train.loop.blown_up`): the reported model's test loss above 100 × ln(C), the loss of a
+(:func:`tricklab.engine.loop.blown_up`): the reported model's test loss above 100 × ln(C), the loss of a
 uniform guess, is a blow-up: ``train`` writes everything, marks ``metrics.json`` ``diverged: true`` and exits 3
 with ``error: diverged: ...``; the lab records the run as a diverged result. Batch norm cannot train on a
 single example, so ``fit()`` never yields a final batch of one: it joins the batch before it.
@@ -23,12 +23,12 @@ import tricklab
 from tricklab.cli.main import main
 from tricklab.config import load_config
 from tricklab.data import TensorBatches
+from tricklab.engine.checkpoint import Interrupted
+from tricklab.engine.loop import BLOWUP_FACTOR, DivergedError, blown_up, fit
 from tricklab.errors import TrickLabError
 from tricklab.events import Callback
 from tricklab.models import MODELS
-from tricklab.train.checkpoint import Interrupted
-from tricklab.train.loop import BLOWUP_FACTOR, DivergedError, blown_up, fit
-from tricklab.train.run import run
+from tricklab.runner import run
 
 TINY = ["data.name=synthetic", "model.depth=1", "model.width=16", "train.epochs=2", "train.threads=1"]
 BLOWS_UP = ["optim.name=adam", "optim.lr=1e10"]  # every number stays finite: the NaN/Inf guard never fires

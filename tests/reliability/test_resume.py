@@ -17,11 +17,11 @@ import pytest
 from tricklab_child import Cut, CutAt, history, same_weights
 
 from tricklab.config import load_config
+from tricklab.engine import checkpoint as ckpt_mod
+from tricklab.engine.checkpoint import Interrupted
+from tricklab.engine.rundir import run_checkpoints
 from tricklab.events import Callback
-from tricklab.train import checkpoint as ckpt_mod
-from tricklab.train.checkpoint import Interrupted
-from tricklab.train.run import run
-from tricklab.train.rundir import run_checkpoints
+from tricklab.runner import run
 
 BASE = [
     "data.name=synthetic",

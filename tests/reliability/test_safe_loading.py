@@ -18,10 +18,10 @@ import torch
 from tricklab.cli.main import main
 from tricklab.config import load_config
 from tricklab.data import load_splits
+from tricklab.engine.checkpoint import CheckpointError, list_checkpoints, load_model_weights, read_checkpoint
 from tricklab.errors import DataError
 from tricklab.models import build_model
-from tricklab.train.checkpoint import CheckpointError, list_checkpoints, load_model_weights, read_checkpoint
-from tricklab.train.run import run
+from tricklab.runner import run
 
 
 class Evil:

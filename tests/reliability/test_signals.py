@@ -13,7 +13,7 @@ import time
 import pytest
 from tricklab_child import BASE, child, history, same_weights
 
-from tricklab.train.checkpoint import list_checkpoints, read_checkpoint
+from tricklab.engine.checkpoint import list_checkpoints, read_checkpoint
 
 ARGS = ["train", *BASE, "--set", "train.epochs=12"]
 

@@ -100,8 +100,9 @@ def _kill_self() -> None:
 
 
 def _install(point: str) -> None:
+    from tricklab import runner as run
     from tricklab.data import download
-    from tricklab.train import checkpoint, run
+    from tricklab.engine import checkpoint
 
     kind, _, arg = point.partition(":")
     n = int(arg) if arg else None

@@ -8,7 +8,7 @@ from torch import nn
 
 from tricklab.config import load_config
 from tricklab.models import build_model
-from tricklab.train.run import run
+from tricklab.runner import run
 from tricklab.tricks.norms import MIN_DENSE_GROUP, NORMS, group_count
 
 

@@ -76,7 +76,7 @@ def run_cmd(args: argparse.Namespace) -> int:
     from tricklab.config import MAX_DIAGNOSTIC_STEPS, load_config
     from tricklab.diagnostics.doctor import run_doctor
     from tricklab.errors import ConfigError
-    from tricklab.train.rundir import default_run_dir
+    from tricklab.runner import default_run_dir
 
     args.overrides = with_training_flags(args)
     if args.steps is not None and not 1 <= args.steps <= MAX_DIAGNOSTIC_STEPS:

@@ -112,7 +112,7 @@ def run_cmd(args: argparse.Namespace) -> int:
         Loggers(args.loggers)  # a missing package is refused here, before any run
     if args.device == "cuda" and args.executor == "process":  # the runs would train here: refused now, not per run
         from tricklab.errors import ConfigError
-        from tricklab.train.seed import resolve_device
+        from tricklab.host import resolve_device
 
         try:
             resolve_device(args.device)
@@ -161,7 +161,7 @@ def run_cmd(args: argparse.Namespace) -> int:
         raise
     report = result.finished
     if args.loggers:  # every done run of the lab (skipped ones too) and its table, from the lab's database
-        from tricklab.integrations.loggers import log_lab
+        from tricklab.report.trackers import log_lab
 
         log_lab(args.loggers, out)
     for key, err in result.failures:

@@ -11,15 +11,10 @@ used; nor are clipping and L1, which would bend the curve the suggestion is read
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from tricklab.cli.common import add_config_args, add_training_args, examples, with_training_flags
-
-DEFAULT_STEPS = 100
-#: The longest sweep: the curve the suggestion is read from is resolved long before this many steps.
-MAX_STEPS = 10_000
-
+from tricklab.lr_sweep import DEFAULT_STEPS, MAX_STEPS
 
 EXAMPLES = (
     ("tricklab lr-find --config configs/quickstart.yaml", "the suggested LR for the quickstart's MLP, and its plot"),
@@ -59,17 +54,11 @@ def check_out_dir(path: Path, given: bool = True) -> None:
 
 
 def run_cmd(args: argparse.Namespace) -> int:
-    import torch.nn.functional as F
-
-    from tricklab.assembly import assemble, optimizer_factory
     from tricklab.cli.progress import StepProgress
     from tricklab.config import load_config
-    from tricklab.data import TensorBatches
-    from tricklab.errors import ConfigError, TrickLabError
-    from tricklab.outputs import atomic_write, draw_file
-    from tricklab.report.lr_find import plot_lr_find
-    from tricklab.train.rundir import default_run_dir
-    from tricklab.tricks.lr_finder import lr_range_test
+    from tricklab.errors import ConfigError
+    from tricklab.lr_sweep import find_lr, save_lr_find
+    from tricklab.runner import default_run_dir
 
     # Everything that can fail on bad input comes before the output folder is created.
     cfg = load_config(args.config, with_training_flags(args))
@@ -78,38 +67,8 @@ def run_cmd(args: argparse.Namespace) -> int:
         raise ConfigError("--steps", args.steps, allowed)
     out = Path(args.out) if args.out is not None else default_run_dir(cfg, "lr-find")
     check_out_dir(out, given=args.out is not None)
-    parts = assemble(cfg)  # data, model and optimizer: a bad config is refused now, not halfway through
-    splits, model, generator, o = parts.splits, parts.model.to(parts.device), parts.generator, cfg.optim
-    factory = optimizer_factory(cfg)
-
-    batches = TensorBatches(  # as fit() batches: a final batch of one example joins the one before (batch norm)
-        splits.train.x, splits.train.y, cfg.data.batch_size, shuffle=True, generator=generator, merge_single=True
-    )
-    try:
-        result = lr_range_test(
-            model, batches, F.cross_entropy, factory, num_steps=args.steps, on_step=StepProgress("lr-find", args.steps)
-        )
-    except ValueError as e:  # no finite loss at all, or no batch: the data or model is at fault
-        raise TrickLabError(f"lr-find: {e}") from None
-
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "config.yaml", cfg.to_yaml().encode())
-    record = {
-        "suggestion": result.suggestion,
-        "lr_min_div10": result.lr_min_div10,
-        "clarity": result.clarity,
-        "verdict": result.verdict,
-        "reason": result.reason,
-        "diverged": result.diverged,
-        "optimizer": o.name,
-        "steps": args.steps,
-        "config_hash": cfg.hash(),
-        "lrs": result.lrs,
-        "losses": result.losses,
-        "smoothed": result.smoothed,
-    }
-    atomic_write(out / "lr_find.json", (json.dumps(record, indent=1) + "\n").encode())
-    plot = draw_file(out / "lr_find.png", lambda p: plot_lr_find(result, p))
+    result = find_lr(cfg, args.steps, on_step=StepProgress("lr-find", args.steps))
+    plot = save_lr_find(out, cfg, result, args.steps)
     print(f"suggested lr {result.suggestion:.3g} (steepest descent; min/10 gives {result.lr_min_div10:.3g})")
     print(f"clarity: {result.verdict} ({result.clarity:.2f}): {result.reason}")
     print(f"plot: {plot}")

@@ -61,10 +61,10 @@ def main(argv: list[str] | None = None) -> int:
 def entry() -> None:
     """The ``tricklab`` command (and ``python -m tricklab``): :func:`main`, then exit with its code.
 
-    A torchrun worker leaves through :func:`tricklab.train.distributed.leave_process` (why: see there).
+    A torchrun worker leaves through :func:`tricklab.engine.distributed.leave_process` (why: see there).
     """
     code = main()
-    distributed = sys.modules.get("tricklab.train.distributed")  # imported only by commands that can join a group
+    distributed = sys.modules.get("tricklab.engine.distributed")  # imported only by commands that can join a group
     if distributed is not None:
         distributed.leave_process(code)
     sys.exit(code)

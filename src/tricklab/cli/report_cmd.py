@@ -18,11 +18,9 @@ that may not be written (named, with why).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-from tricklab.cli.common import examples, is_folder
-from tricklab.errors import TrickLabError
+from tricklab.cli.common import examples
 
 DEFAULT_MARKDOWN = "results.md"  # inside the report's folder (DIR, or OUT with --out)
 EXAMPLES = (
@@ -58,39 +56,16 @@ def add_parser(sub) -> None:
 
 def run_cmd(args: argparse.Namespace) -> int:
     """Re-render, holding the lock of the folder written (a lab still running in DIR is named, not raced)."""
-    from contextlib import ExitStack
     from pathlib import Path
 
     from rich.console import Console
 
-    from tricklab.locks import check_free, folder_lock
-    from tricklab.report.lab_report import DB_NAME, build_report, db_files
+    from tricklab.report.render import render_lab
 
-    lab_dir = Path(args.lab_dir)
-    if not is_folder(lab_dir, "DIR"):
-        raise TrickLabError(f"{str(lab_dir)!r} holds no lab results ({DB_NAME} not found); run `tricklab lab` first")
-    out_dir = Path(args.out) if args.out else lab_dir
-    if args.out:
-        is_folder(out_dir, "--out")
-    elif not os.access(lab_dir, os.W_OK):
-        raise TrickLabError(
-            f"{lab_dir}: the lab folder is read-only; render its report elsewhere with --out DIR "
-            f"(e.g. tricklab report {lab_dir} --out {lab_dir.name}-report)"
-        )
-    markdown = None
-    if args.markdown is not None:
-        from tricklab.report.markdown import build_markdown, check_target
-
-        markdown = Path(args.markdown) if args.markdown else out_dir / DEFAULT_MARKDOWN
-        own = [out_dir / "report.html", *db_files(lab_dir)]
-        check_target(markdown, force=args.force, inputs=own)  # before any work
-    with ExitStack() as stack:
-        check_free(lab_dir)  # a lab at work in DIR is named; the lock is taken where the report is written
-        stack.enter_context(folder_lock(out_dir, create=True, label=f"--out {str(out_dir)!r}" if args.out else ""))
-        console = Console() if sys.stdout.isatty() else Console(width=160)
-        path = build_report(lab_dir, console=console, out_dir=out_dir, force=args.force)
-        if markdown is not None:
-            markdown = build_markdown(lab_dir, markdown, force=args.force, inputs=[path])
+    console = Console() if sys.stdout.isatty() else Console(width=160)
+    markdown = None if args.markdown is None else Path(args.markdown) if args.markdown else True
+    out = Path(args.out) if args.out else None
+    path, markdown = render_lab(Path(args.lab_dir), out, markdown, force=args.force, console=console)
     print(f"report: {path}")
     if markdown is not None:
         print(f"markdown: {markdown}")

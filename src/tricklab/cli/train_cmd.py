@@ -2,7 +2,7 @@
 
 Exit codes: 0 done; 2 bad input (one line naming what is wrong and what is allowed; no run directory is
 left behind); 3 NaN/Inf in the loss, the inputs or the gradients stopped training, or the run blew up
-(``train.nonfinite``; ``error: diverged: ...`` by the rule of :func:`tricklab.train.loop.blown_up`, with
+(``train.nonfinite``; ``error: diverged: ...`` by the rule of :func:`tricklab.engine.loop.blown_up`, with
 everything written and ``metrics.json`` saying ``diverged: true``; in both cases the
 last checkpoint is intact); 130/143 stopped by SIGINT/SIGTERM after writing a checkpoint (continue with
 ``--resume RUN_DIR``). The run directory is owned by one process at a time: a second ``train`` writing into it
@@ -66,8 +66,9 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _check_out(cfg, out: str | None) -> None:
     """Refuse, before any work, a run directory that exists and is not empty or cannot be written."""
+    from tricklab.engine.rundir import is_empty
     from tricklab.locks import check_free
-    from tricklab.train.rundir import default_run_dir, is_empty
+    from tricklab.runner import default_run_dir
 
     path = Path(out) if out is not None else default_run_dir(cfg)
     label = None if out is not None else f"the run directory {str(path)!r}"
@@ -81,7 +82,7 @@ def _check_out(cfg, out: str | None) -> None:
 def resume_config(run_dir: Path, config: str | None, overrides: list[str]):
     """The run's stored config; ``--config``/``--set`` may restate it but not change it."""
     from tricklab.config import load_config
-    from tricklab.train.rundir import stored_config
+    from tricklab.runner import stored_config
 
     cfg = stored_config(run_dir)
     if config or overrides:
@@ -100,11 +101,11 @@ def run_cmd(args: argparse.Namespace) -> int:
     """Train (or resume) with the run directory locked for the whole command (see :mod:`tricklab.locks`).
 
     Under torchrun every process runs this command and joins the job's process group for its length; rank 0
-    locks, writes and prints (:mod:`tricklab.train.distributed`). When torchrun restarts the job after a failure
+    locks, writes and prints (:mod:`tricklab.engine.distributed`). When torchrun restarts the job after a failure
     (``--max-restarts``), ``--out DIR`` holding this job's run continues it from its newest checkpoint (or starts it
-    again if the failed try wrote none: :func:`~tricklab.train.distributed.restart_plan`).
+    again if the failed try wrote none: :func:`~tricklab.engine.distributed.restart_plan`).
     """
-    from tricklab.train import distributed
+    from tricklab.engine import distributed
 
     args.overrides = with_training_flags(args)
     with distributed.session():
@@ -115,8 +116,8 @@ def run_cmd(args: argparse.Namespace) -> int:
             return _train(args)
         if args.out is not None:
             raise TrickLabError("--out cannot be combined with --resume: a run continues in its own directory")
+        from tricklab.engine.rundir import find_resumable
         from tricklab.locks import folder_lock
-        from tricklab.train.rundir import find_resumable
 
         run_dir = find_resumable() if args.resume == "auto" else Path(args.resume)
         lock = is_folder(run_dir, "--resume") and distributed.is_main()  # DDP: rank 0 holds the run directory
@@ -127,8 +128,8 @@ def run_cmd(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace, resume_dir: Path | None = None) -> int:
     from tricklab.cli.progress import ProgressReporter
     from tricklab.config import load_config
-    from tricklab.train import distributed
-    from tricklab.train.run import run
+    from tricklab.engine import distributed
+    from tricklab.runner import run
 
     main = distributed.is_main()  # DDP: rank 0 checks the run directory and prints
     if resume_dir is not None:

@@ -14,9 +14,15 @@ import torch
 
 from tricklab.data.base import DatasetInfo, RawDataset, Splits, TensorBatches, TensorData, as_raw_dataset
 from tricklab.data.download import data_root
-from tricklab.data.sources import DATASETS
+from tricklab.data.registry import DATASETS
 from tricklab.errors import ConfigError
 from tricklab.tricks.scaling import fit_scaler
+
+# The built-in datasets register into DATASETS as their modules are imported: here and nowhere else, in the order
+# `tricklab list datasets` shows them.
+# isort: off
+from tricklab.data import sources, cifar, local  # noqa: F401
+# isort: on
 
 
 def load_splits(

@@ -26,7 +26,7 @@ import torch
 
 from tricklab.data.base import DatasetInfo, RawDataset, TensorData
 from tricklab.data.download import RemoteFile, fetch, mirrors_for
-from tricklab.data.sources import DATASETS
+from tricklab.data.registry import DATASETS
 from tricklab.errors import DataError
 
 CIFAR_FILE = RemoteFile("cifar-10-binary.tar.gz", md5="c32a1d4ab5d03f1284b67883e8d87530", decompress=False)

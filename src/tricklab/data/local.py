@@ -28,9 +28,9 @@ import numpy as np
 import torch
 
 from tricklab.data.base import MAX_CLASSES, DatasetInfo, RawDataset, TensorData, largest_label_error
-from tricklab.data.sources import DATASETS
+from tricklab.data.registry import DATASETS
 from tricklab.errors import ConfigError, DataError
-from tricklab.memory import available_memory, human_bytes
+from tricklab.host import available_memory, human_bytes
 
 HOLDOUT_FRACTION = 0.2
 HOLDOUT_SEED = 0  # fixed: not train.seed, so the held-out test set is the same for every run

@@ -1,4 +1,5 @@
-"""The datasets tricklab knows, by name: each returns the official train/test sets, unscaled."""
+"""The built-in datasets MNIST, Fashion-MNIST, MNIST-1D and a synthetic one, registered by name in
+:data:`~tricklab.data.registry.DATASETS`: each returns the official train/test sets, unscaled."""
 
 from __future__ import annotations
 
@@ -12,12 +13,11 @@ import numpy as np
 import torch
 
 from tricklab.data.base import DatasetInfo, RawDataset, TensorData
-from tricklab.data.download import RemoteFile, atomic_write, fetch, mirrors_for
+from tricklab.data.download import RemoteFile, fetch, mirrors_for
 from tricklab.data.idx import idx_size, parse_idx
+from tricklab.data.registry import DATASETS
 from tricklab.errors import DataError
-from tricklab.registry import Registry
-
-DATASETS: Registry = Registry("dataset")
+from tricklab.outputs import atomic_write
 
 # Exact content sizes (the same for Fashion-MNIST): a file that inflates past them is refused as it inflates.
 IDX_SIZES = {
@@ -153,7 +153,3 @@ def synthetic(root: Path, n_train: int = 512, n_test: int = 128, seed: int = 0) 
         return TensorData(x.to(torch.uint8), y)
 
     return RawDataset(make(n_train), make(n_test), DatasetInfo("synthetic", (1, 8, 8), 4, ("a", "b", "c", "d")))
-
-
-# Datasets in modules of their own register into DATASETS when this module is imported.
-from tricklab.data import cifar, local  # noqa: E402,F401  (registers cifar10, npz, csv)

@@ -17,8 +17,9 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from tricklab.diagnostics.diagnosis import diagnose
 from tricklab.diagnostics.records import Findings, NonFinite, Records
-from tricklab.diagnostics.verdicts import CHECKS, Verdict, diagnose, merge_prescriptions
+from tricklab.diagnostics.verdicts import CHECKS, Verdict, merge_prescriptions
 
 if TYPE_CHECKING:
     from tricklab.diagnostics.anywhere import Doctor

@@ -47,12 +47,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from tricklab.diagnostics.diagnosis import diagnose
 from tricklab.diagnostics.doctor import DoctorResult, check_model, model_settings, report_folder
 from tricklab.diagnostics.in_pytorch import in_pytorch
 from tricklab.diagnostics.loop_bugs import loop_fixes
 from tricklab.diagnostics.probes import ProbeCallback, check_every, is_class_labels
 from tricklab.diagnostics.records import LOSS, MODEL, WEIGHT, Findings
-from tricklab.diagnostics.verdicts import Verdict, as_set_flags, diagnose, merge_prescriptions
+from tricklab.diagnostics.verdicts import Verdict, as_set_flags, merge_prescriptions
 from tricklab.errors import TrickLabError
 from tricklab.events import FitState
 from tricklab.metrics import TRAIN_ACC, VAL_ACC, VAL_LOSS
@@ -188,8 +189,10 @@ class Doctor:
         against which "loss not decreasing" is judged (as in ``fit()``); without them that check falls back to
         "fell by less than 1%". They also show batches that hold one class at a time (data not shuffled).
 
-        Pass ``loss`` as the tensor the loop computed (detached or not): its autograd graph shows an element-wise
-        loss that broadcast the output against a target of another shape ((N, 1) against (N,) gives (N, N))."""
+        Pass ``loss`` as the tensor the loop computed (detached or not; not detached, its graph is read): its
+        autograd graph shows an element-wise loss that broadcast the output against a target of another shape ((N, 1)
+        against (N,) gives (N, N)), and a softmax whose output a log-softmax takes (F.softmax before
+        F.cross_entropy in the loss code)."""
         if labels is not None:
             if not is_class_labels(labels):
                 shape = f" of shape {tuple(labels.shape)}" if isinstance(labels, Tensor) else ""

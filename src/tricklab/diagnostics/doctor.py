@@ -6,7 +6,7 @@
 2. ``diagnostics.steps`` training steps of the config's model, optimizer, LR, L1 and clipping, with a
    :class:`~tricklab.diagnostics.probes.ProbeCallback` sampling every ``diagnostics.every`` steps (LR
    schedules, early stopping and averaging act over epochs and are left out of this short run);
-3. the verdicts of :func:`~tricklab.diagnostics.verdicts.diagnose` and their merged prescription;
+3. the verdicts of :func:`~tricklab.diagnostics.diagnosis.diagnose` and their merged prescription;
 4. the re-check: the same short run with the prescription applied, and whether the problems are gone.
 
 Example::
@@ -34,15 +34,16 @@ import torch
 import torch.nn.functional as F
 
 from tricklab.assembly import Assembled, assemble, build_model, build_optimizer, load_data, step_callbacks
-from tricklab.config import Config, model_factory
+from tricklab.config import Config
 from tricklab.data import Splits, TensorBatches, TensorData
+from tricklab.diagnostics.diagnosis import diagnose
 from tricklab.diagnostics.probes import Findings, ProbeCallback
 from tricklab.diagnostics.signal import SignalProfile, compare_inits
-from tricklab.diagnostics.verdicts import Verdict, diagnose, merge_prescriptions, settings_of
+from tricklab.diagnostics.verdicts import Verdict, merge_prescriptions, settings_of
+from tricklab.engine.loop import check_trainable, fit
 from tricklab.errors import TrickLabError, wrong_type
 from tricklab.events import ORDER_STOP_AFTER, Callback, FitState
 from tricklab.outputs import atomic_write
-from tricklab.train.loop import check_trainable, fit
 
 #: Examples in the batch that measures signal propagation at init.
 SIGNAL_BATCH = 256
@@ -231,7 +232,7 @@ def probe_run(
 def signal_at_init(cfg: Config, splits: Splits, device: torch.device) -> list[SignalProfile]:
     """Signal propagation of the config's model for every init scheme, on the first training examples."""
     info = splits.info
-    factory, options = model_factory(cfg.model.name), cfg.model.factory_kwargs()
+    factory, options = cfg.model.factory, cfg.model.factory_kwargs()
     x = splits.train.x[:SIGNAL_BATCH].to(device)
     y = splits.train.y[:SIGNAL_BATCH].to(device)
     return compare_inits(
@@ -357,7 +358,7 @@ def diagnose_model(
     Your ``model`` and ``optimizer`` are not changed: the doctor trains deep copies of them.
     """
     from tricklab.diagnostics.probes import check_every
-    from tricklab.train.seed import seed_everything
+    from tricklab.engine.seed import seed_everything
     from tricklab.tricks.optimizers import build_optimizer as optimizer_by_name
 
     check_every(every)

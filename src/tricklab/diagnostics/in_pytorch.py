@@ -3,7 +3,9 @@
 A verdict prescribes config overrides (``{"init.scheme": "glorot_normal", "model.norm": "batch"}``), which a
 tricklab run applies with ``--set``; someone with a model and loop of their own needs the PyTorch lines that
 do the same. :data:`TRANSLATIONS` holds one translator per override key (a test enumerates every key the
-verdicts can prescribe and every registered value of it), and :func:`in_pytorch` applies them::
+verdicts can prescribe and every registered value of it): a trick family's keys come from its own module
+(:attr:`tricklab.tricks.family.TrickFamily.translations`), the model's and the init's are here. :func:`in_pytorch`
+applies them::
 
     in_pytorch({"clip.mode": "norm", "clip.threshold": 1.0, "optim.lr": 0.01}, settings={"optim.lr": 0.1})
     # {"clip.mode": "clip the gradient norm: `torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1)` ...",
@@ -11,8 +13,8 @@ verdicts can prescribe and every registered value of it), and :func:`in_pytorch`
 
 Given the model and the names of its Linear/Conv layers in forward order (as the probes saw them), the
 sentences name the layers and the sizes, e.g. ``nn.BatchNorm1d(64) after 0, 2, 4 (+9 more)``. Each init
-scheme's call (:data:`INIT_CALLS`) draws the weights as tricklab's scheme of that name does (a test compares
-their statistics).
+scheme's call (:data:`tricklab.tricks.init.INIT_CALLS`) draws the weights as tricklab's scheme of that name does
+(a test compares their statistics).
 """
 
 from __future__ import annotations
@@ -26,36 +28,10 @@ from torch import nn
 from tricklab.diagnostics.probes import ACTIVATION_KINDS
 from tricklab.registry import Registry
 from tricklab.tricks.activations import ACTIVATIONS
-from tricklab.tricks.clipping import CLIP_MODES
-from tricklab.tricks.init import INIT_LAYERS, INITIALIZERS
-from tricklab.tricks.norms import MIN_DENSE_GROUP, NORMS, group_count
-from tricklab.tricks.scaling import SCALINGS
-
-#: init.scheme → the PyTorch call that sets the weight of one Linear/Conv layer ``m`` as tricklab's scheme of that
-#: name does (``m.weight[0].numel()`` is its fan-in n_in); the bias then goes to 0, except for ``default``.
-INIT_CALLS: dict[str, str] = {
-    "default": "m.reset_parameters()",
-    "uniform": "nn.init.uniform_(m.weight, -m.weight[0].numel() ** -0.5, m.weight[0].numel() ** -0.5)",
-    "gaussian": "nn.init.normal_(m.weight, std=m.weight[0].numel() ** -0.5)",
-    "lecun_normal": "nn.init.trunc_normal_(m.weight, a=-2.0, b=2.0); "
-    "m.weight.data /= 0.8796 * m.weight[0].numel() ** 0.5",
-    "glorot_normal": "nn.init.xavier_normal_(m.weight)",
-    "glorot_uniform": "nn.init.xavier_uniform_(m.weight)",
-    "he_normal": 'nn.init.kaiming_normal_(m.weight, nonlinearity="relu")',
-    "he_uniform": 'nn.init.kaiming_uniform_(m.weight, nonlinearity="relu")',
-    "orthogonal": "nn.init.orthogonal_(m.weight)",
-    "standard_normal": "nn.init.normal_(m.weight, std=1.0)",
-    "lsuv": "nn.init.orthogonal_(m.weight)",  # then rescaled on data: LSUV_STEP
-}
-
-#: What LSUV does after its orthogonal init (Mishkin & Matas 2015).
-LSUV_STEP = (
-    "; then, from the input on, divide each layer's weight by the std of its output on a batch (or call "
-    '`tricklab.tricks.init.apply_init(model, "lsuv", data=x)`)'
-)
-
-#: Shown in place of the rest when a list of layers is longer.
-MOST_LAYERS = 4
+from tricklab.tricks.family import TRICKS
+from tricklab.tricks.family import cite as _cite
+from tricklab.tricks.init import INIT_CALLS as INIT_CALLS  # the init family's PyTorch calls, read by tests
+from tricklab.tricks.init import INIT_LAYERS
 
 
 @dataclass(frozen=True)
@@ -101,43 +77,11 @@ def in_pytorch(
 
 
 # --- the translators -------------------------------------------------------------------------------------------
+# Each trick family says its own keys (tricklab.tricks.family.TrickFamily.translations); the rest are here.
 
-
-@TRANSLATIONS.register("init.scheme", help="nn.init calls on every Linear/Conv layer")
-def init_scheme(value: str, ctx: Context) -> str:
-    INITIALIZERS.get(value)  # an unknown scheme fails here with the valid names
-    bias = "" if value == "default" else " and `nn.init.zeros_(m.bias)`"
-    return (
-        f"initialize {_layers_phrase(ctx, ctx.weight_layers())} as {value}: for each such layer `m`, "
-        f"`{INIT_CALLS[value]}`{bias}{LSUV_STEP if value == 'lsuv' else ''}{_cite(INITIALIZERS.help(value))}"
-    )
-
-
-@TRANSLATIONS.register("model.norm", help="insert nn.BatchNorm1d/LayerNorm/GroupNorm after the hidden layers")
-def model_norm(value: str, ctx: Context) -> str:
-    NORMS.get(value)
-    cite = _cite(NORMS.help(value))
-    if value == "none":
-        return "remove the normalization layers (nn.BatchNorm1d/2d, nn.LayerNorm, nn.GroupNorm) from the model"
-    hidden = ctx.weight_layers()[:-1]  # not after the output layer
-    if value == "weight":
-        return (
-            f"reparametrize {_layers_phrase(ctx, hidden, 'hidden ')} as w = g·v/‖v‖: "
-            f"`m = torch.nn.utils.parametrizations.weight_norm(m)` for each{cite}"
-        )
-    if not hidden:
-        generic = {
-            "batch": "`nn.BatchNorm1d(out_features)` (`nn.BatchNorm2d(out_channels)` after a Conv2d)",
-            "layer": "`nn.LayerNorm(out_features)` (`nn.GroupNorm(1, out_channels)` after a Conv)",
-            "group": "`nn.GroupNorm(groups, out_channels)` (groups: the largest divisor ≤ 32; after a Linear, one "
-            f"that leaves ≥ {MIN_DENSE_GROUP} features a group)",
-        }[value]
-        return f"insert {generic} after each hidden Linear/Conv layer, before its activation{cite}"
-    by_module: dict[str, list[str]] = {}
-    for name, m in hidden:
-        by_module.setdefault(_norm_module(value, m), []).append(name)
-    where = "; ".join(f"`{module}` after {_names(names)}" for module, names in by_module.items())
-    return f"insert a norm layer after each hidden Linear/Conv layer, before its activation: {where}{cite}"
+for _entry in TRICKS.entries():
+    for _key, _translate in _entry.obj.translations.items():
+        TRANSLATIONS.register(_key, _translate)
 
 
 @TRANSLATIONS.register("model.residual", help="skip connections x + block(x)")
@@ -163,116 +107,3 @@ def model_activation(value: str, ctx: Context) -> str:
         return f"use {new} as the activation (`torch.nn.functional.{value}` in a forward of your own){cite}"
     return f"replace the activations ({old}) with {new}{cite}"
 
-
-@TRANSLATIONS.register("clip.mode", help="clip_grad_norm_ / clip_grad_value_ before optimizer.step()")
-def clip_mode(value: str, ctx: Context) -> str:
-    CLIP_MODES.get(value)
-    t = _clip_threshold(ctx)
-    where = "between `loss.backward()` and `optimizer.step()`"
-    if value == "none":
-        return "remove the gradient clipping (the `clip_grad_norm_` / `clip_grad_value_` call before the step)"
-    if value == "norm":
-        return (
-            f"clip the gradient norm: `torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm={t:g})` "
-            f"{where} (Pascanu et al. 2013)"
-        )
-    if value == "value":
-        return (
-            f"clip each gradient element: `torch.nn.utils.clip_grad_value_(model.parameters(), clip_value={t:g})` "
-            f"{where} (Mikolov 2012)"
-        )
-    return (
-        "clip unit-wise, adaptively (PyTorch has no built-in): `from tricklab.tricks.clipping import "
-        f"adaptive_clip_, agc_parameters`, then `adaptive_clip_(agc_parameters(model), clipping={t:g})` {where} "
-        "(Brock et al. 2021)"
-    )
-
-
-@TRANSLATIONS.register("clip.threshold", help="the threshold of the clipping call")
-def clip_threshold(value: float, ctx: Context) -> str | None:
-    if "clip.mode" in ctx.overrides:
-        return None  # the clip.mode sentence has it
-    arg = "clip_value" if ctx.settings.get("clip.mode") == "value" else "max_norm"
-    return f"clip at {value:g}: `{arg}={value:g}` in your `torch.nn.utils.clip_grad_*_` call"
-
-
-@TRANSLATIONS.register("optim.lr", help="param_groups[i]['lr']")
-def optim_lr(value: float, ctx: Context) -> str:
-    old = ctx.settings.get("optim.lr")
-    if not isinstance(old, int | float):
-        change = f"set the learning rate to {value:g}"
-    else:
-        change = f"{'lower' if value < old else 'raise'} the learning rate from {old:g} to {value:g}"
-    return (
-        f'{change}: `for g in optimizer.param_groups: g["lr"] = {value:g}` (or `lr={value:g}` where you build '
-        "the optimizer; a scheduler then scales it)"
-    )
-
-
-@TRANSLATIONS.register("optim.weight_decay", help="L2 penalty λ·‖W‖² (Krogh & Hertz 1992)")
-def optim_weight_decay(value: float, ctx: Context) -> str:
-    return (
-        f"add weight decay {value:g}: `weight_decay={value:g}` where you build the optimizer (for Adam, "
-        f"`torch.optim.AdamW(model.parameters(), lr=..., weight_decay={value:g})` decouples it; Loshchilov & "
-        "Hutter 2019)"
-    )
-
-
-@TRANSLATIONS.register("early_stopping.enabled", help="stop at the best validation loss (Prechelt 1998)")
-def early_stopping_enabled(value: bool, ctx: Context) -> str:
-    if not value:
-        return "train for the whole budget, without early stopping"
-    return (
-        "stop early: after each epoch `if val_loss < best: best, best_state = val_loss, "
-        "copy.deepcopy(model.state_dict())`, stop after 5 epochs without a new best, then "
-        "`model.load_state_dict(best_state)`"
-    )
-
-
-@TRANSLATIONS.register("data.scale", help="scale the inputs with the training set's statistics")
-def data_scale(value: str, ctx: Context) -> str:
-    SCALINGS.get(value)
-    if value == "none":
-        return "feed the raw inputs, unscaled"
-    stats = "computed on the training inputs `x_train` only, applied to every split (per channel for images)"
-    formula = {
-        "standardize": "`x = (x - x_train.mean()) / x_train.std()`",
-        "minmax01": "`x = (x - x_train.min()) / (x_train.max() - x_train.min())`",
-        "minmax11": "`x = 2 * (x - x_train.min()) / (x_train.max() - x_train.min()) - 1`",
-    }[value]
-    return f"scale the inputs ({value}): {formula}, with statistics {stats} (LeCun et al. 1998)"
-
-
-# --- helpers ------------------------------------------------------------------------------------------------------
-
-
-def _cite(help_text: str) -> str:
-    """A registry's help line (formula; reference) in parentheses."""
-    return f" ({help_text})" if help_text else ""
-
-
-def _names(names: Sequence[str]) -> str:
-    shown = ", ".join(names[:MOST_LAYERS])
-    return f"{shown} and {len(names) - MOST_LAYERS} more" if len(names) > MOST_LAYERS else shown
-
-
-def _layers_phrase(ctx: Context, layers: list[tuple[str, nn.Module]], kind: str = "") -> str:
-    if not layers:
-        return f"every {kind}nn.Linear/nn.Conv1d/nn.Conv2d layer"
-    return f"the {kind}Linear/Conv layers {_names([n for n, _ in layers])}"
-
-
-def _norm_module(value: str, m: nn.Module) -> str:
-    """The norm layer to insert after ``m`` (as tricklab's norm of that name builds it)."""
-    conv2d = isinstance(m, nn.Conv2d)
-    n = m.out_features if isinstance(m, nn.Linear) else m.out_channels
-    if value == "batch":
-        return f"nn.BatchNorm{'2d' if conv2d else '1d'}({n})"
-    if value == "layer":
-        return f"nn.LayerNorm({n})" if isinstance(m, nn.Linear) else f"nn.GroupNorm(1, {n})"
-    dense = isinstance(m, nn.Linear)
-    return f"nn.GroupNorm({group_count(n, min_per_group=MIN_DENSE_GROUP if dense else 1)}, {n})"
-
-
-def _clip_threshold(ctx: Context) -> float:
-    return float(ctx.overrides.get("clip.threshold", ctx.settings.get("clip.threshold", 1.0)))

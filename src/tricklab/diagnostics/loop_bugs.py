@@ -21,6 +21,9 @@ verdict                          fires when                                     
                                  exactly 0, when no dead ReLU layer explains it) at every audited 2
                                  step, while others get one: a ``.detach()`` / ``torch.no_grad()``
                                  cuts the graph; the layer behind the cut is named
+``frozen_weights``               parameters with ``requires_grad = False`` hold more than this    ``FROZEN_SHARE`` 0.5
+                                 share of the weights, and the output layer (the last called
+                                 with weights) is frozen whole: only a small part learns
 ``step_changes_nothing``         at every audited step (at least this many) the step has nothing  ``CUT_MIN_SAMPLES``
                                  to apply: every gradient None (step before backward), every      2
                                  gradient exactly 0 (zero_grad between backward and step), or the
@@ -28,12 +31,13 @@ verdict                          fires when                                     
 ``eval_mode_training``           more than this share of the optimizer steps ran their forward    ``EVAL_MAX_SHARE``
                                  with the model in eval mode, and it has dropout or batch norm    0.05
 ``probabilities_to_loss``        the output rows are ≥ 0 and sum to 1 (probabilities) at this     ``PROB_MIN_SHARE``
-                                 share of the audited steps                                       0.5
+                                 share of the audited steps, or the loss's autograd graph applies 0.5
+                                 a log-softmax to a softmax's output (a softmax in the loss code)
 ``lr_schedule_runaway``          the LR the optimizer used was below this × its peak for more     ``LR_COLLAPSE`` 1e-3
-                                 than this share of the sampled steps (collapsed), or above this  ``LR_COLLAPSE_SHARE``
-                                 × the LR it was built with (exploded); the schedulers attached   0.25; ``LR_EXPLODE``
-                                 to the optimizer are named with their step counts (not judged in 100
-                                 ``fit()``, which steps its schedules as they are written)
+                                 than this share of the sampled steps (collapsed), or reached     ``LR_COLLAPSE_SHARE``
+                                 this × the LR it was built with (exploded); the schedulers       0.25; ``LR_EXPLODE``
+                                 attached to the optimizer are named with their step counts (not  100
+                                 judged in ``fit()``, which steps its schedules as written)
 ``batches_not_shuffled``         two labels of one batch are equal far more often than two of the ``SHUFFLE_EXCESS``
                                  whole stream: (c − q)/(1 − q) above, with c the within-batch     0.5
                                  rate, q = Σ p_c² (at least ``SHUFFLE_MIN_BATCHES`` = 3 batches
@@ -42,9 +46,11 @@ verdict                          fires when                                     
                                  frequencies costs) and stays there, the weights moving and no    0.05 (verdicts.py)
                                  signal problem in the way
 ``weight_decay_dominates``       λ‖W‖ / ‖∇L‖ at the first sampled step (before the decay has      ``DECAY_DOMINATES``
-                                 shrunk the weights: once it has, λW only balances the gradient)  10
-                                 above (AdamW, whose decay is decoupled: λ‖W‖ / √n, n the
-                                 weights' count, the norm of Adam's early ±1 steps)
+                                 shrunk the weights: once it has, λW only balances the gradient)  10; ``DECAY_SHRINK``
+                                 above (AdamW, whose decay is decoupled: λ‖W‖ / √n, n the         0.5
+                                 weights' count, the norm of Adam's early ±1 steps); or ‖W‖ of
+                                 the decayed weights fell to this × its first value while the
+                                 loss stayed at its start level (fell < 1%, or ended at chance)
 ``clipping_dominates``           median ‖g‖ before clipping / after above (divided by the scale   ``CLIP_DOMINATES``
                                  of a GradScaler, whose unscale_ also divides it; a factor that   10
                                  is a power of two at every step is a scale, not clipping)
@@ -61,18 +67,6 @@ gradient or the output run on the audited ones: the first five sampled steps, th
 (:data:`~tricklab.diagnostics.loop_watch.AUDIT_FIRST`), since the bugs they look for are in the loop's code from the
 start. Not checked: a fixed (unshuffled) but not sorted order that repeats every epoch, which costs little.
 
-Why these values: most invariants are exact (a zeroed gradient is None or 0; a parameter is in a param group or
-not; the same input hashes the same), so the thresholds only ask for the invariant to fail more than once, that
-one odd step decides nothing. The others: an LR below 1e-3 of its peak for a quarter of the run is no schedule
-(cosine annealing and one-cycle spend the last 2–3% of the run there, linear decay to 0 the last 0.1%; a step
-schedule written in epochs and stepped per batch spends nearly all of it there); warm-up and one-cycle stay within
-25× the LR the optimizer was built with, so 100× is runaway. In a shuffled stream two labels of one batch are equal
-with probability exactly q = Σ p_c² whatever the batch size (the within-batch pair rate is an unbiased estimate of
-it), while a stream sorted by class gives batches of one class (c ≈ 1): halfway between is far beyond the noise of
-200 pairs (σ ≈ 0.02). Weight decay pulls with λW against the loss gradient; ten times stronger, the weights mostly
-shrink (Krogh & Hertz 1992; Loshchilov & Hutter 2019 for the decoupled form). Clipping is meant to cut the rare
-spikes (Pascanu et al. 2013); dividing every step's gradient by 10 is an LR 10× lower than the one set.
-
 Log-probabilities (rows ≤ 0 that log-sum-exp to 0, ``log_softmax`` last) are recorded but not a verdict: with
 ``F.cross_entropy`` they give the same loss and gradient as the logits (log_softmax is idempotent), and with
 ``F.nll_loss`` they are what it expects.
@@ -82,6 +76,8 @@ consequences: ``Verdict.cause`` names it, their prescription is withheld, and th
 (a missing ``zero_grad`` is not told to lower the LR). Loop bugs come first, then the model causes: a too-high LR
 explains dead ReLUs and gradients that blew up or overflowed during training (not at init: that is the weights'
 scale); raw inputs explain exploding gradients, overflow, a too-high LR and saturated or dead units.
+
+Why the thresholds have their values: ``docs/verdicts-why.md``.
 """
 
 from __future__ import annotations
@@ -93,7 +89,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from tricklab.diagnostics.records import DEAD_FRACTION, MODEL, Findings
-from tricklab.diagnostics.verdicts import DEAD_MAX, SIGNAL_CHECKS, Check, Verdict, prior_only
+from tricklab.diagnostics.verdicts import (
+    DEAD_MAX,
+    PRIOR_MARGIN,
+    SIGNAL_CHECKS,
+    Check,
+    Verdict,
+    loss_at_start_level,
+    prior_only,
+)
 from tricklab.registry import Registry
 
 # --- what LoopWatch records (layer MODEL unless said) ---------------------------------------------------------------
@@ -119,6 +123,8 @@ LOOP_PRECLIP = "loop_preclip_norm"  # audited steps: ‖g‖ after backward
 LOOP_AMP_SCALE = "loop_amp_scale"  # at the end, when the gradient shrank: a GradScaler's scale (its unscale_ divides)
 LOOP_INPUT_HASH = "loop_input_hash"  # steps t and t+1 of each sample: a hash of the input batch
 LOOP_BROADCAST = "loop_broadcast"  # once: the shape of the loss input that the loss expanded to its target's
+LOOP_SOFTMAX_LOSS = "loop_softmax_in_loss"  # once: the loss's graph applies a log-softmax to a softmax's output
+LOOP_FROZEN = "loop_frozen"  # once: {"modules", "param_modules", "tensors", "of", "numel", "numel_of", "in_optimizer"}
 
 # --- verdict names (a contract: benchmarks/loop_bugs.py is written against them) ----------------------------------
 GRADIENTS_ACCUMULATE = "gradients_accumulate"
@@ -134,6 +140,7 @@ WEIGHT_DECAY_DOMINATES = "weight_decay_dominates"
 CLIPPING_DOMINATES = "clipping_dominates"
 LOSS_BROADCASTS = "loss_broadcasts"
 SAME_BATCH = "same_batch_every_step"
+FROZEN_WEIGHTS = "frozen_weights"
 
 # --- thresholds (see the table) -----------------------------------------------------------------------------------
 ACCUM_MIN_CHECKS = 2
@@ -145,17 +152,20 @@ PROB_TOLERANCE = 1e-3  # |Σ row − 1| (or |logsumexp row|) below this counts a
 LR_COLLAPSE = 1e-3
 LR_COLLAPSE_SHARE = 0.25
 LR_COLLAPSE_MIN_SAMPLES = 4
-LR_EXPLODE = 100.0
+LR_EXPLODE = 100.0  # reached or passed: two orders of magnitude
+LR_EXPLODE_RTOL = 1e-9  # ... up to the rounding of an LR made by repeated products (1e-3 · 10 · 10)
 SHUFFLE_EXCESS = 0.5
 SHUFFLE_MIN_BATCHES = 3
 SHUFFLE_MIN_PAIRS = 200
 DECAY_DOMINATES = 10.0
+DECAY_SHRINK = 0.5  # ... or ‖W‖ of the decayed weights fell to this × its first value, the loss at its start level
+FROZEN_SHARE = 0.5
 CLIP_DOMINATES = 10.0
 CLIP_MIN_SAMPLES = 2
 SAME_BATCH_SHARE = 0.9
 SAME_BATCH_MIN_PAIRS = 3
 
-#: The loop checks, run by :func:`~tricklab.diagnostics.verdicts.diagnose` after the model checks.
+#: The loop checks, run by :func:`~tricklab.diagnostics.diagnosis.diagnose` after the model checks.
 LOOP_CHECKS: Registry[Check] = Registry("loop check")
 
 
@@ -262,6 +272,38 @@ def check_cut(f: Findings, s: Mapping[str, Any]) -> Verdict | None:
     )
 
 
+@LOOP_CHECKS.register(FROZEN_WEIGHTS, help="most weights, the output layer's among them, frozen (requires_grad=False)")
+def check_frozen(f: Findings, s: Mapping[str, Any]) -> Verdict | None:
+    found = _once(f, LOOP_FROZEN)
+    if found is None or not found[1]["numel_of"]:
+        return None
+    step, u = found
+    share = u["numel"] / u["numel_of"]
+    order = {info.name: info.index for info in f.layers}
+    owners = list(u["param_modules"])  # registration order where the forward order is not known
+    called = sorted((m for m in owners if m in order), key=order.get)
+    output = (called or owners)[-1] if owners else None
+    if share <= FROZEN_SHARE or output not in u["modules"]:
+        return None
+    given = u["in_optimizer"]
+    handed = f"; the optimizer was given {given} of them" if given else ""
+    return Verdict(
+        FROZEN_WEIGHTS,
+        f"{u['tensors']} of {u['of']} parameter tensors, {share:.0%} of the weights, have requires_grad = False, the "
+        f"output layer {output} among them{handed}: they never get a gradient and keep their values, so only "
+        f"{1 - share:.0%} of the weights learn (frozen: {_names(list(u['modules']))})",
+        tuple(u["modules"]),
+        {"tensors": u["tensors"], "of": u["of"], "weight_share": share, "in_optimizer": given},
+        {},
+        "the layers were frozen (`p.requires_grad = False`, `requires_grad_(False)`) and not unfrozen, or frozen "
+        "after a new head was put on the model: a fine-tuning freezes the pretrained body and trains the head",
+        first_step=step,
+        code="unfreeze what should learn: `for p in model.parameters(): p.requires_grad_(True)` (or at least the "
+        f"head's: `model.get_submodule({output!r}).requires_grad_(True)`), then build the optimizer on "
+        "`[p for p in model.parameters() if p.requires_grad]`",
+    )
+
+
 @LOOP_CHECKS.register(STEP_CHANGES_NOTHING, help="the optimizer step has no gradient or a zero LR")
 def check_step_nothing(f: Findings, s: Mapping[str, Any]) -> Verdict | None:
     steps, grads = f.records.series(LOOP_STEP_GRADS, MODEL)
@@ -316,28 +358,37 @@ def check_eval_mode(f: Findings, s: Mapping[str, Any]) -> Verdict | None:
     )
 
 
-@LOOP_CHECKS.register(PROBABILITIES_TO_LOSS, help="the model outputs probabilities, not logits")
+@LOOP_CHECKS.register(PROBABILITIES_TO_LOSS, help="probabilities, not logits, given to a log-softmax loss")
 def check_probabilities(f: Findings, s: Mapping[str, Any]) -> Verdict | None:
     steps, kinds = f.records.series(LOOP_OUTPUT, MODEL)
     hits = [t for t, k in zip(steps, kinds, strict=True) if k == 1]
-    if not kinds or len(hits) / len(kinds) < PROB_MIN_SHARE:
+    in_loss = _once(f, LOOP_SOFTMAX_LOSS)
+    rows = bool(kinds) and len(hits) / len(kinds) >= PROB_MIN_SHARE
+    if not rows and in_loss is None:
         return None
     last = _once(f, LOOP_LAST_MODULE)
     hint = f" (its last module is nn.{last[1]})" if last and last[1] in ("Softmax", "Softmax2d") else ""
+    seen = []
+    if rows:
+        seen.append(f"the model's output rows are probabilities (≥ 0, summing to 1) at {len(hits)} of {len(kinds)} "
+                    f"sampled steps{hint}")  # fmt: skip
+    if in_loss is not None:
+        seen.append("the loss's autograd graph applies a log-softmax (F.cross_entropy's own, or F.log_softmax) to "
+                    f"the output of a softmax (first seen at step {in_loss[0]})")  # fmt: skip
+    first = min([*hits[:1], *([in_loss[0]] if in_loss else [])])
     return Verdict(
         PROBABILITIES_TO_LOSS,
-        f"the model's output rows are probabilities (≥ 0, summing to 1) at {len(hits)} of {len(kinds)} sampled "
-        f"steps{hint}: a loss that expects logits applies log_softmax again, which squeezes every output into "
-        "[0, 1]: the loss cannot go far below ln C and its gradient is small",
+        "; ".join(seen) + ": the log-softmax is applied to numbers already squeezed into [0, 1], so the loss cannot "
+        "fall below ln((e + C − 1)/e) for C classes (1.46 for 10) and its gradient is small",
         (MODEL,),
-        {"samples": len(kinds), "probability_samples": len(hits)},
+        {"samples": len(kinds), "probability_samples": len(hits), "softmax_in_loss": in_loss is not None},
         {},
-        "a softmax at the end of the model (nn.Softmax, F.softmax) fed to F.cross_entropy / nn.CrossEntropyLoss, "
-        "which expect raw scores (logits)",
-        first_step=hits[0],
-        code="return the logits from `forward` (drop the final `nn.Softmax` / `F.softmax`; apply it only when you "
-        "need probabilities, e.g. `probs = model(x).softmax(-1)` at prediction); for log-probabilities use "
-        "`F.log_softmax` with `F.nll_loss`",
+        "a softmax at the end of the model (nn.Softmax, F.softmax) or in the loss code, before F.cross_entropy / "
+        "nn.CrossEntropyLoss or F.log_softmax + F.nll_loss, which expect raw scores (logits)",
+        first_step=first,
+        code="give the loss the logits: drop the `nn.Softmax` / `F.softmax` before it (apply softmax only when you "
+        "need probabilities, e.g. `probs = model(x).softmax(-1)` at prediction); `F.cross_entropy(logits, y)` or "
+        "`F.nll_loss(F.log_softmax(logits, -1), y)`",
     )
 
 
@@ -349,7 +400,8 @@ def check_lr_runaway(f: Findings, s: Mapping[str, Any]) -> Verdict | None:
         return None
     peak = max(max(lrs), base[1])
     low = [t for t, v in zip(steps, lrs, strict=True) if v < LR_COLLAPSE * peak]
-    high = [t for t, v in zip(steps, lrs, strict=True) if base[1] > 0 and v > LR_EXPLODE * base[1]]
+    ceiling = LR_EXPLODE * base[1] * (1 - LR_EXPLODE_RTOL)
+    high = [t for t, v in zip(steps, lrs, strict=True) if base[1] > 0 and v >= ceiling]
     if peak <= 0 or not (high or len(low) / len(lrs) > LR_COLLAPSE_SHARE):
         return None
     if high:
@@ -440,31 +492,62 @@ def check_labels_independent(f: Findings, s: Mapping[str, Any]) -> Verdict | Non
     )
 
 
-@LOOP_CHECKS.register(WEIGHT_DECAY_DOMINATES, help="the decay term λ‖W‖ ≫ ‖∇L‖ before training")
+@LOOP_CHECKS.register(WEIGHT_DECAY_DOMINATES, help="the decay term λ‖W‖ ≫ ‖∇L‖, or the weights shrink to 0")
 def check_decay(f: Findings, s: Mapping[str, Any]) -> Verdict | None:
     steps, ratios = f.records.series(LOOP_DECAY, MODEL)
-    if not ratios or not math.isfinite(ratios[0]) or ratios[0] <= DECAY_DOMINATES:
+    norm_steps, norms = f.records.series(LOOP_DECAYED_NORM, MODEL)
+    dominates = bool(ratios) and math.isfinite(ratios[0]) and ratios[0] > DECAY_DOMINATES
+    shrunk_at = _decay_collapse(norm_steps, norms)
+    flat = loss_at_start_level(f) if shrunk_at is not None else None
+    if not dominates and flat is None:
         return None
     setting = (_once(f, LOOP_DECAY_SETTING) or (0, {}))[1]
     wd = setting.get("weight_decay", float("nan"))
     against = "√n (Adam's unit step; AdamW decays apart from it)" if setting.get("decoupled") else "‖∇L‖"
-    norms = [v for v in f.records.series(LOOP_DECAYED_NORM, MODEL)[1] if math.isfinite(v)]
-    shrink = norms[-1] / norms[0] if len(norms) > 1 and norms[0] > 0 else None
-    shrunk = f"; ‖W‖ went from {_g(norms[0])} to {_g(norms[-1])}" if shrink is not None else ""
+    ok = [(t, v) for t, v in zip(norm_steps, norms, strict=True) if math.isfinite(v)]
+    shrink = ok[-1][1] / ok[0][1] if len(ok) > 1 and ok[0][1] > 0 else None
+    shrunk = f"‖W‖ went from {_g(ok[0][1])} to {_g(ok[-1][1])}" if shrink is not None else ""
+    pull = f"weight decay's pull λ‖W‖ was {_g(ratios[0])}× {against} at step {steps[0]}" if ratios else ""
+    if dominates:
+        summary = (
+            f"{pull} (weight_decay = {_g(wd)}; > {DECAY_DOMINATES:g}×): the steps shrink the weights towards 0 until "
+            "the decay only balances the gradient" + (f"; {shrunk}" if shrunk else "")
+        )
+        first = steps[0]
+    else:
+        trend, prior = flat
+        level = f"within {PRIOR_MARGIN:.0%} of the label-prior loss {_g(prior)}" if prior else "at its start level"
+        summary = (
+            f"the decayed weights shrank, {shrunk} (≤ {DECAY_SHRINK:g}× by step {shrunk_at}), while the loss stayed "
+            f"{level} ({_g(trend.first)} → {_g(trend.last)}; weight_decay = {_g(wd)}"
+            + (f"; {pull}" if pull else "")
+            + "): the loss gradient did not shrink them, the decay did, and the net is pulled towards a constant output"
+        )
+        first = shrunk_at
     return Verdict(
         WEIGHT_DECAY_DOMINATES,
-        f"at step {steps[0]}, weight decay's pull λ‖W‖ was {_g(ratios[0])}× {against} (weight_decay = {_g(wd)}; > "
-        f"{DECAY_DOMINATES:g}×): the steps shrink the weights towards 0 until the decay only balances the gradient"
-        + shrunk,
+        summary,
         (MODEL,),
-        {"decay_over_grad": ratios[0], "weight_decay": wd, **({"weight_norm_ratio": shrink} if shrink else {})},
+        {
+            **({"decay_over_grad": ratios[0]} if ratios else {}),
+            "weight_decay": wd,
+            **({"weight_norm_ratio": shrink} if shrink else {}),
+        },
         {},
         "weight_decay is set orders of magnitude too high (a typo such as 1e-1 for 1e-4, or an L2 term added to the "
         "loss on top of the optimizer's)",
-        first_step=steps[0],
+        first_step=first,
         code="a weight decay the gradient can work against: `weight_decay=5e-4` (SGD) or `1e-2` (AdamW) where you "
         "build the optimizer, and no extra L2 term in the loss",
     )
+
+
+def _decay_collapse(steps: list[int], norms: list[float]) -> int | None:
+    """The first step at which ‖W‖ of the decayed weights was at most ``DECAY_SHRINK`` × its first value, or None."""
+    ok = [(t, v) for t, v in zip(steps, norms, strict=True) if math.isfinite(v)]
+    if len(ok) < 2 or not ok[0][1] > 0:
+        return None
+    return next((t for t, v in ok[1:] if v <= DECAY_SHRINK * ok[0][1]), None)
 
 
 @LOOP_CHECKS.register(CLIPPING_DOMINATES, help="gradient clipping rescales every step by a large factor")
@@ -567,6 +650,7 @@ EXPLAINS: dict[str, tuple[str, ...]] = {
     # the layers left out keep their large early gradients while the trained ones fit: a first/last ratio that grows
     PARAMS_NOT_IN_OPTIMIZER: ("slow_convergence", "loss_not_decreasing", "exploding_gradients", LABELS_INDEPENDENT),
     GRADIENT_CUT: ("vanishing_gradients", "slow_convergence", "loss_not_decreasing", LABELS_INDEPENDENT),
+    FROZEN_WEIGHTS: ("vanishing_gradients", "slow_convergence", "loss_not_decreasing", LABELS_INDEPENDENT),
     EVAL_MODE_TRAINING: (
         "exploding_gradients",
         "vanishing_gradients",

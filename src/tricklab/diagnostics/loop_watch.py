@@ -6,14 +6,16 @@ A :class:`LoopWatch` runs inside :class:`~tricklab.diagnostics.probes.ProbeCallb
 hook on the model, the step's "after backward" (:meth:`before_step`) and its end (:meth:`after_step`), and the
 batch's labels or targets when the loop gives them.
 
-What it costs. Every step: a few Python flags (was the model in training mode), and on the first forward of steps
-t and t+1 of each sampled step a hash of the input (a strided sample of ≤ ``HASH_SIZE`` elements and a dot
-product). On sampled steps (every ``every``-th): the LR of each param group. On audited ones (the first
+What it costs. Every step: a few Python flags (in a loop of your own, was the model in training mode; ``fit()``
+needs no forward pre-hook), and, in a loop of your own, on the first forward of steps t and t+1 of each sampled step
+a hash of the input (a strided sample of ≤ ``HASH_SIZE`` elements and a dot product). On sampled steps (every
+``every``-th): the LR of each param group and one walk of the loss's graph. On audited ones (the first
 ``AUDIT_FIRST`` sampled steps, then every ``AUDIT_EVERY``-th): a max |g| per parameter tensor (which layers got a
-gradient, one host read), ‖W‖ and ‖g‖ of the decayed groups, ‖g‖ after backward (per-tensor hooks for that step) and
-at the step, whether the output rows are distributions, and, at the first backward after it, whether ``.grad`` was
-zeroed (a tensor hook per parameter, for that one backward). The things ``fit()`` guarantees
-(``zero_grad``, training mode, a new batch each step, schedules stepped as written) are not watched there.
+gradient; what is pending is read there, in one host read), ‖W‖ and ‖g‖ of the decayed groups, ‖g‖ after backward
+(per-tensor hooks for that step) and at the step, whether the output rows are distributions, and, at the first
+backward after it, whether ``.grad`` was zeroed (a tensor hook per parameter, for that one backward). The things
+``fit()`` guarantees (``zero_grad``, training mode, a new batch each step, schedules stepped as written) are not
+watched there.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from tricklab.diagnostics.loop_bugs import (
     LOOP_DECAY_SETTING,
     LOOP_DECAYED_NORM,
     LOOP_EVAL,
+    LOOP_FROZEN,
     LOOP_GRAD_STATE,
     LOOP_INPUT_HASH,
     LOOP_LABEL_PAIRS,
@@ -47,12 +50,13 @@ from tricklab.diagnostics.loop_bugs import (
     LOOP_OUTPUT,
     LOOP_PRECLIP,
     LOOP_SCHEDULERS,
+    LOOP_SOFTMAX_LOSS,
     LOOP_STEP_GRADS,
     LOOP_STEPS,
     LOOP_UNOPTIMIZED,
     PROB_TOLERANCE,
 )
-from tricklab.diagnostics.probes import _read
+from tricklab.diagnostics.readout import read_floats
 from tricklab.diagnostics.records import MODEL, Records
 
 #: The input hash reads at most this many elements of the batch, evenly strided.
@@ -98,7 +102,7 @@ class LoopWatch:
         self._preclip: dict[int, Tensor] = {}  # id(parameter) → ‖g‖ after backward (sampled steps)
         self._preclip_total: Tensor | None = None
         self._output_step = -1
-        self._broadcast_seen = False
+        self._broadcast_seen = self._softmax_seen = False
         self._lrs: list[float] = []
         self._hash_w: Tensor | None = None
         modes = [name or type(m).__name__ for name, m in model.named_modules() if isinstance(m, MODE_LAYERS)]
@@ -116,6 +120,7 @@ class LoopWatch:
                 self._owners[name or type(m).__name__] = own
         if optimizer is not None:
             self._check_unoptimized(mine)
+        self._check_frozen(mine)
         if optimizer is not None and not own_loop:  # fit() steps its schedules as written: no runaway to judge
             base = max(float(g.get("initial_lr", g["lr"])) for g in optimizer.param_groups)
             records.add(LOOP_BASE_LR, MODEL, 0, base)
@@ -123,7 +128,10 @@ class LoopWatch:
     # --- attach / detach --------------------------------------------------------------------------------------
 
     def attach(self) -> LoopWatch:
-        self._handles.append(self.model.register_forward_pre_hook(self._pre_hook))
+        """Hook the model: its output (audited steps) and, in a loop of your own, its forward's mode and input (in
+        ``fit()``, which trains in training mode on a new batch each step, there is nothing for that hook to see)."""
+        if not self.own_loop:
+            self._handles.append(self.model.register_forward_pre_hook(self._pre_hook))
         self._handles.append(self.model.register_forward_hook(self._post_hook))
         return self
 
@@ -175,7 +183,8 @@ class LoopWatch:
             lr = max(float(g["lr"]) for g in self.optimizer.param_groups)
             self._lrs.append(lr)
             self.records.add(LOOP_LR, MODEL, step, lr)
-            if self._audited(step):
+            audited = self._audited(step)
+            if audited:
                 self._grad_states(step)
                 self._decay(step)
                 if self.own_loop:  # fit(): this event runs before its clipping
@@ -184,7 +193,8 @@ class LoopWatch:
                     total = torch.stack([n.float() for n in self._preclip.values()]).square().sum().sqrt()
                     self._preclip_total = total
             self._preclip = {}
-        self._flush()
+        if audited:  # what is pending (label pairs, input hashes) waits for the next audit or the end: one read
+            self._flush()
 
     def after_step(self) -> None:
         """The optimizer step was taken (the next forward belongs to the next step)."""
@@ -214,16 +224,22 @@ class LoopWatch:
         self._pending.append((LOOP_LABEL_PAIRS, self._step(), same, lambda v, pairs=n * (n - 1): [v, pairs]))
 
     def loss(self, loss: Tensor, step: int | None = None) -> None:
-        """The loss of ``step`` (default: the current one), read off its autograd graph (still there after backward):
-        an element-wise loss that broadcast its input against a target of another shape (sampled steps, until
-        found)."""
+        """The loss of ``step`` (default: the current one), read off its autograd graph (still there after backward),
+        on sampled steps until found: an element-wise loss that broadcast its input against a target of another
+        shape, and a log-softmax (``F.cross_entropy``'s own, or ``F.log_softmax``) applied to a softmax's output."""
         step = self._step() if step is None else step
-        if self._broadcast_seen or not self._sampled(step) or getattr(loss, "grad_fn", None) is None:
+        if (self._broadcast_seen and self._softmax_seen) or not self._sampled(step):
             return
-        shape = broadcast_in_loss(loss.grad_fn)
-        if shape is not None:
+        node = getattr(loss, "grad_fn", None)
+        if node is None:
+            return
+        shape, softmax = read_loss_graph(node)
+        if shape is not None and not self._broadcast_seen:
             self._broadcast_seen = True
             self.records.add(LOOP_BROADCAST, MODEL, step, shape)
+        if softmax and not self._softmax_seen:
+            self._softmax_seen = True
+            self.records.add(LOOP_SOFTMAX_LOSS, MODEL, step, 1)
 
     # --- hooks ------------------------------------------------------------------------------------------------
 
@@ -315,12 +331,39 @@ class LoopWatch:
                 },
             )
 
+    def _check_frozen(self, mine: set[int] | None) -> None:
+        """The parameters that do not require grad (frozen) when the watch starts: the modules whose own parameters
+        are all frozen, their share of the model's weights, and how many of them the optimizer was given."""
+        frozen = [(n, p) for n, p in self.model.named_parameters() if not p.requires_grad]
+        if not frozen:
+            return
+        every = list(self.model.named_parameters())
+        modules = self.model.named_modules()
+        owners = [(name or type(m).__name__, list(m.parameters(recurse=False))) for name, m in modules]
+        owners = [(name, own) for name, own in owners if own]  # the modules with parameters of their own
+        self.records.add(
+            LOOP_FROZEN,
+            MODEL,
+            0,
+            {
+                "modules": [name for name, own in owners if not any(p.requires_grad for p in own)],  # all frozen
+                "param_modules": [name for name, _ in owners],
+                "tensors": len(frozen),
+                "of": len(every),
+                "numel": sum(p.numel() for _, p in frozen),
+                "numel_of": sum(p.numel() for _, p in every),
+                "in_optimizer": 0 if mine is None else sum(id(p) in mine for _, p in frozen),
+            },
+        )
+
     def _grad_states(self, step: int) -> None:
         """Per module: 2 every own parameter's .grad None, 1 all exactly 0, 0 a gradient (one host read)."""
         present = [p for p in self._params if p.grad is not None]
         peaks: dict[int, float] = {}
         if present:
-            read = torch.stack([p.grad.detach().abs().amax().float().to(present[0].device) for p in present]).tolist()
+            device = present[0].grad.device
+            ends = [torch.aminmax(p.grad.detach()) for p in present]  # max |g| in one pass, without an abs() copy
+            read = torch.stack([torch.maximum(-lo, hi).float().to(device) for lo, hi in ends]).tolist()
             peaks = {id(p): v for p, v in zip(present, read, strict=True)}
         for name, params in self._owners.items():
             if all(id(p) not in peaks for p in params):
@@ -366,7 +409,7 @@ class LoopWatch:
         """Pending tensors → records, with one host read."""
         if not self._pending:
             return
-        values = _read([t for _, _, t, _ in self._pending])
+        values = read_floats([t for _, _, t, _ in self._pending])
         for (metric, step, _, wrap), v in zip(self._pending, values, strict=True):
             self.records.add(metric, MODEL, step, wrap(v))
         self._pending = []
@@ -386,20 +429,39 @@ ELEMENTWISE_LOSS_NODES = (
 LOSS_GRAPH_DEPTH = 3
 
 
-def broadcast_in_loss(node: Any, depth: int = 0) -> list[int] | None:
+def read_loss_graph(node: Any) -> tuple[list[int] | None, bool]:
+    """One walk of the loss's autograd graph, within ``LOSS_GRAPH_DEPTH`` nodes of the loss: the shape of the input
+    that an element-wise loss expanded to its target's shape (None: none), and whether a ``LogSoftmaxBackward0``
+    takes a softmax's output (``SoftmaxBackward0``) as its input: probabilities given to a log-softmax, a loss
+    computed on ``log_softmax(softmax(z))`` instead of ``log_softmax(z)``."""
+    found: dict[str, Any] = {"shape": None, "softmax": False}
+
+    def walk(n: Any, depth: int) -> None:
+        if n is None or depth > LOSS_GRAPH_DEPTH or (found["shape"] is not None and found["softmax"]):
+            return
+        below = [b for b, _ in n.next_functions if b is not None]
+        name = n.name()
+        if found["shape"] is None and name in ELEMENTWISE_LOSS_NODES:
+            expand = next((b for b in below if b.name() == "ExpandBackward0"), None)
+            if expand is not None:
+                found["shape"] = [int(d) for d in expand._saved_self_sym_sizes]
+        if name == "LogSoftmaxBackward0" and any(b.name() == "SoftmaxBackward0" for b in below):
+            found["softmax"] = True
+        for b in below:
+            walk(b, depth + 1)
+
+    walk(node, 0)
+    return found["shape"], found["softmax"]
+
+
+def broadcast_in_loss(node: Any) -> list[int] | None:
     """The shape of the loss input that an element-wise loss expanded to its target's shape, or None."""
-    if node is None or depth > LOSS_GRAPH_DEPTH:
-        return None
-    below = [n for n, _ in node.next_functions if n is not None]
-    if node.name() in ELEMENTWISE_LOSS_NODES:
-        for n in below:
-            if n.name() == "ExpandBackward0":
-                return [int(d) for d in n._saved_self_sym_sizes]
-    for n in below:
-        found = broadcast_in_loss(n, depth + 1)
-        if found is not None:
-            return found
-    return None
+    return read_loss_graph(node)[0]
+
+
+def softmax_in_loss(node: Any) -> bool:
+    """Whether the loss's graph applies a log-softmax to a softmax's output (see :func:`read_loss_graph`)."""
+    return read_loss_graph(node)[1]
 
 
 def _total_norm(tensors: list[Tensor]) -> Tensor:

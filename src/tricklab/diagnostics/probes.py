@@ -13,13 +13,11 @@ ratio of a weight of over 65,536 elements is estimated on 16,384 of them (:data:
 
 Between sampled steps the per-layer hooks are not installed at all; what runs is one forward pre-hook on the
 model and, with an optimizer or :class:`ProbeCallback`, the step's loss and global ‖g‖ kept on the device (in
-``fit()`` the NaN/Inf guard's own gradient norms are reused) and read in batches of :data:`STEP_BATCH`. Measured
-with :class:`ProbeCallback` every 10 steps, 1 thread (``benchmarks/probe_overhead.py``,
-``benchmarks/doctor_zoo.py``): an MNIST MLP epoch takes ~1.03× as long, an MNIST-1D MLP step ~1.045×; at 2
-threads, where the matmuls halve but the probe's small operations do not, 1.05-1.09× (varying from run to run).
-The metric names and record types live in :mod:`tricklab.diagnostics.records` (imported again from here, so
-``from tricklab.diagnostics.probes import Findings`` keeps working); records are plain numbers (after fastai's
-``ActivationStats``, which samples ``every`` k steps in the same way).
+``fit()`` the NaN/Inf guard's own gradient norms are reused) and read in batches of :data:`STEP_BATCH`, so that
+a probed step costs little more than a plain one (``benchmarks/probe_overhead.py`` measures it; the figures are in
+``benchmarks/README.md``). The metric names and record types live in :mod:`tricklab.diagnostics.records` (and can
+be imported from here too); records are plain numbers (after fastai's ``ActivationStats``, which samples ``every``
+k steps in the same way).
 
 Three ways to use it::
 
@@ -44,6 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tricklab.diagnostics.loop_bugs import LOOP_LABEL_POOLED
+from tricklab.diagnostics.readout import read_floats
 from tricklab.diagnostics.records import (
     ACT_HIST,
     ACT_MEAN,
@@ -165,7 +164,7 @@ def saturated_fraction(y: Tensor, kind: str) -> Tensor | float:
 
 def histogram(sample: Tensor, lo: float, hi: float, bins: int) -> Tensor:
     """Counts of ``sample`` in ``bins`` equal bins over [lo, hi]; values outside go to the edge bins, NaN to the
-    lowest (for finite values ``torch.histc`` gives the same counts, ~1.6× slower on CPU)."""
+    lowest (for finite values ``torch.histc`` gives the same counts; ``benchmarks/micro.py`` times the two)."""
     idx = torch.nan_to_num(sample, nan=lo).sub_(lo).mul_(bins / (hi - lo)).clamp_(0, bins - 1).long()
     return torch.bincount(idx, minlength=bins)
 
@@ -192,7 +191,7 @@ def scaled_stats(y: Tensor, *, with_norm: bool = True, with_peak: bool = True) -
     (nearly always), the sum and the norm (two passes; a third when the mean dominates the variance, see
     :data:`ONE_PASS_MIN`). Otherwise, and always on an accelerator (as 0-d tensors, without reading them), they
     are taken on y / max|y|, so values up to float32's limit give finite results (a plain norm overflows beyond
-    ~1e19) and tiny ones do not underflow to 0. (``torch.std_mean`` is ~5-10× slower on CPU.)
+    ~1e19) and tiny ones do not underflow to 0. (``torch.std_mean`` is slower on CPU: ``benchmarks/micro.py``.)
     """
     n = y.numel()
     if not with_peak and y.device.type == "cpu" and n:
@@ -483,7 +482,7 @@ class Probe:
         before, views = self._snapshot, self._update_views()
         sizes = list(torch._foreach_norm(before))
         torch._foreach_sub_(before, [v for v, _, _ in views])  # the snapshot becomes −ΔW
-        read = _read(list(torch._foreach_norm(before)) + sizes)  # one host read, on a sampled step
+        read = read_floats(list(torch._foreach_norm(before)) + sizes)  # one host read, on a sampled step
         deltas, sizes = read[: len(views)], read[len(views) :]
         # a sampled weight's sums of squares are scaled up to its size (they estimate the whole weight's)
         scale = [p.numel() / v.numel() for v, p, _ in views]
@@ -659,7 +658,7 @@ class Probe:
             self._scalars += self._step_values
             self._step_values = []
         if self._scalars:
-            values = _read([t for *_, t in self._scalars])
+            values = read_floats([t for *_, t in self._scalars])
             for (metric, layer, step, _), v in zip(self._scalars, values, strict=True):
                 self._records.add(metric, layer, step, v)
             self._scalars = []
@@ -685,23 +684,11 @@ class Probe:
             self._param_norms = []
         if self._checks:
             if self.first_nonfinite is None:
-                peaks = _read([c.peak for c in self._checks])
+                peaks = read_floats([c.peak for c in self._checks])
                 bad = next((c for c, v in zip(self._checks, peaks, strict=True) if not math.isfinite(v)), None)
                 if bad is not None:
                     self.first_nonfinite = _nonfinite(bad)
             self._checks = []
-
-
-def _read(values: list[Tensor | float]) -> list[float]:
-    """Numbers and one-element tensors (any dtype, on one device or several) → floats, with one host read."""
-    tensors = [t for t in values if isinstance(t, Tensor)]
-    if not tensors:
-        return [float(v) for v in values]
-    device = tensors[0].device
-    if not all(t.device == device and t.dim() == 0 and t.dtype == torch.float32 for t in tensors):
-        tensors = [t.reshape(()).float().to(device) for t in tensors]
-    read = iter(torch.stack(tensors).tolist())
-    return [next(read) if isinstance(v, Tensor) else float(v) for v in values]
 
 
 def _nonfinite(check: _Check) -> NonFinite:
@@ -724,7 +711,7 @@ EPOCH_METRICS = (TRAIN_LOSS, TRAIN_ACC, VAL_LOSS, VAL_ACC)
 
 
 class ProbeCallback(Callback):
-    """Run a :class:`Probe` inside :func:`tricklab.train.fit`: sampled stats every ``every`` steps, plus the
+    """Run a :class:`Probe` inside :func:`tricklab.engine.fit`: sampled stats every ``every`` steps, plus the
     loss of every step, the global gradient norm of the sampled ones (fit()'s NaN/Inf guard checks the others), and
     the exact layer and step of the first non-finite value.
 

@@ -63,147 +63,16 @@ reported by ``non_finite_values`` with its step and first layer (forward values 
 gradients, a gradient attributed to the layer whose backward produced it, see
 :mod:`~tricklab.diagnostics.probes`); one in the input batch itself prescribes no training change.
 
-Why these values:
-
-- Vanishing, 0.1: backprop through a sigmoid multiplies the gradient by σ' ≤ 1/4 per layer, so 20 layers
-  can shrink it by 4^-20 ≈ 1e-12 (Hochreiter 1991; Glorot & Bengio 2010, Fig. 7). With He or Glorot init
-  (with or without batch norm) we measure first/last ratios of 0.5 to 8 at depths 2–30; a 20-layer sigmoid
-  net with N(0, 1) weights gives 0.015, with Glorot init and no norm 1e-12. One order of magnitude below the
-  last layer is outside normal variation. But the norm of ∂L/∂W = δxᵀ (summed over the batch and a conv's
-  positions) also grows with √fan_in for the same backward signal δ, so the raw ratio is also low when the first
-  layer has far fewer inputs per unit than the last: an MNIST CNN with batch norm, healthy, whose first layer is a
-  3×3 conv on one channel (fan-in 9) and whose head reads 32×7×7 maps (fan-in 1568), measures 0.087 raw and 1.15
-  per √fan-in. So the ratio must also be below 0.3 per √fan-in: we measure ≤ 0.11 for nets whose signal does
-  vanish (12 sigmoid layers at N(0, 1): 0.055 raw; the zoo's five vanishing cases: 0.000) and 0.56–12 for the
-  zoo's 15 healthy nets (seed 0; raw, they go down to 0.11, a 1-D CNN, close to the old rule's threshold).
-- Exploding, 1e3: gradients growing towards the input make the first layers' steps huge (Pascanu et al.
-  2013). Batch norm alone grows them ≈ 1.2× per layer at init (Yang et al. 2019, "A mean field theory of
-  batch normalization": we measure ~260× over 30 ReLU layers) and such nets still train, so only growth
-  beyond three orders of magnitude is flagged (N(0, 1) weights: 1e6 to inf). The same bound holds for the
-  forward signal. During training, a global norm 100× its early median, or a batch loss 10× the recent median
-  and above the untrained loss, is an instability, not noise.
-- Saturation, 0.25: in the tails the derivative is < 0.01 (sigmoid) or < 0.02 (tanh), so those units pass
-  back almost no gradient and learn slowly (LeCun et al. 1998, §4.4; Glorot & Bengio 2010, §3.1). Batch-normed
-  pre-activations put < 1% there; N(0, 1) weights 30–70%.
-- Dead ReLUs, 0.5: a unit that outputs 0 for a whole batch gets no gradient and may never recover (Lu et al.
-  2019, "Dying ReLU and initialization"). Deep plain ReLU nets at He init already have up to ~40% of a layer
-  dead on a batch (we measure 38% at 30 layers of width 64); beyond half, the layer is mostly wasted.
-- Inputs, 10: inputs should have zero mean and unit variance (LeCun et al. 1998, §4.3); raw pixels (RMS ≈ 90)
-  give the first layer pre-activations and gradients ~100× too large. 10 is an order of magnitude outside
-  [−1, 1].
-- LR, 0.03: the update-to-weight ratio of a healthy run is ~1e-3 (Karpathy, CS231n, "Babysitting the
-  learning process"). Adam at its default 1e-3 gives ≈ lr/rms(W) ≈ 0.02 in the first steps of a 512-wide
-  He-initialized layer and a median of ~3e-3, and trains well; a median 30× the rule of thumb rewrites a layer
-  in ~30 steps. The LR prescribed is lowered by the power of 10 that brings the worst layer to
-  ``UPDATE_RATIO_TARGET`` = 0.01 or below (the ratio scales with the LR for SGD and Adam alike), at least 10×.
-  Adam or RMSprop at a far too high LR inflate the weights in their first steps, after which ‖ΔW‖/‖W‖ looks
-  moderate again (we measure medians of 0.01 at Adam lr 0.1); what still shows is the climb: a step small enough
-  for the loss's curvature lowers the loss (the descent lemma: lr < 2/λ_max; LeCun et al. 1998, §4.7), and at
-  init every example costs about the same (≈ ln C), so batch losses differ by a few percent. A batch loss 3× the
-  untrained one within the first tenth of the run is a step that climbed far out of the valley (we measure 4–36×
-  at Adam/RMSprop lr 0.05–0.1, ≤ 1.1× in healthy runs). Then the LR is lowered 10×, and the re-check shows the rest.
-- Oscillating, 0.3 of L₀ while above L₀/2: an LR past the stable limit makes each step overshoot, and the loss
-  jumps by a sizeable part of its level from one step to the next instead of going down (LeCun et al. 1998,
-  §4.7; Goodfellow et al. 2016, §8.3.1: too high an LR gives "violent oscillations"). Minibatch noise alone is
-  smaller: for a loss of relative spread c between batches, median |ΔL| ≈ 0.95·c·L (we measure 0.002–0.2 of L₀
-  for healthy MLPs trained with SGD or Adam at batch 2 to 32, and 3.8 with SGD at lr 0.5 and momentum 0.9, past
-  the stable limit). Near convergence the batch loss is noisy relative to its own small level, which is why the
-  loss must also still be above half of L₀. Batch-1 SGD can bounce this much; there too a lower LR averages the
-  noise out. A bounce changes direction: noise and a too-large step both flip the sign of L_t − L_{t−1} in ~2/3
-  of the steps (we measure 0.6); a loss that climbs in big steps flips rarely and is named
-  ``loss_not_decreasing`` (and, with growing gradients, exploding). With larger batches the step-to-step noise
-  of a healthy run (we measure median |ΔL| of 0.01–0.03 L₀ at batch 128) is as large as that of a run past the
-  stable limit (0.05 L₀), so the second test looks at the loss's level instead: medians of 10 steps average the
-  noise out (their standard error is 1.25·σ/√10, σ from the spread within the windows, relative to their level and
-  pooled over them, since minibatch noise scales with the loss), and a descent, however noisy,
-  only goes down, beyond noise, while an unstable run goes back up and down again (AUTOTRAINER's "unstable":
-  alternating maxima and minima). The medians are joined into a zigzag whose legs turn only where they move back
-  from their extreme by more than 4 standard errors of a difference of two medians: a leg runs between extremes
-  picked among ~20 medians, and the range of 20 draws of pure noise exceeds 4·√2 ≈ 5.7 of their standard
-  deviations with probability < 1% (it averages 3.7); with 2, pure noise (lognormal, σ 0.3) turned legs in 38 of
-  50 flat series. Rising and falling legs each summing to more than 0.1 L₀ is a loss that gave back a tenth of its
-  initial level. We measure 0 (the lesser sum) for 7 healthy runs and for ones that only fall or only climb, 0 for
-  50 flat noise series, and 0.31–1.1 for momentum SGD at lr 0.5–1 on mnist1d (whose full training-set loss,
-  evaluated after every step for this measurement, rose in 42–45% of the steps, by 2.5–14× its initial value in
-  all; healthy runs: 13–28% of the steps, ≤ 0.2× in all). A period-2 bounce (plain SGD at lr 2: rising in 46% of
-  the steps, 5.7× in all) is averaged out by the windows and seen only through its update ratios
-  (``lr_too_high``, same prescription).
-- Slow convergence, < 10% of L₀ gone while every layer moves < 1e-4 of its norm per step: an order of magnitude below
-  the healthy ~1e-3 (Karpathy, CS231n: a ratio well below it means the LR is likely too low). Both are required: a
-  slow but healthy start on a hard task has normal update ratios, and a net that has converged moves little but has
-  long left L₀. The LR prescribed is raised by the power of 10 that brings the fastest layer to
-  ``UPDATE_RATIO_HEALTHY`` = 1e-3: the step scales linearly with the LR for SGD (lr·g) and Adam (≈ lr), so the factor
-  is read off the ratio, not guessed (we measure ratios of 2e-9 at SGD lr 1e-7 on a tanh net, which needs 10⁶×; the
-  earlier cap of 1e3 left it slow). ``LR_RAISE_MAX`` = 1e6 only bounds a degenerate ratio — unless vanishing
-  gradients, dead ReLUs or saturation (``SIGNAL_CHECKS``) starve the gradient: then the steps are small for that
-  reason, and an LR raised together with their init/norm fix overshoots once the gradient gets through (we measured LR
-  1.0 and 5.0 prescribed with He/Glorot init, whose re-checks exploded), so it prescribes nothing and the re-check
-  shows whether the LR is still too low.
-- Loss not decreasing, < 1% of L₀ in ≥ 50 steps: a net that learns anything moves its loss by more than that. A stuck
-  net's batch loss is nearly constant (at chance every example costs about ln C), so it measures far below 1%; a noisy
-  flat series can measure a few percent either way and is then left alone (the rule errs towards silence, and the
-  other checks still look at such a run). A net that starts above chance (weights of the wrong scale give confident
-  wrong logits) first falls to chance, which is a drop without any learning: with labels that are independent of the
-  inputs we measure drops of 11–28%, from above ln C down to ≈ ln C. So for cross-entropy on class labels "decreasing"
-  means "below the label-prior loss": H = −Σ p_c ln p_c of the training labels (the probe counts them) is what
-  predicting the class frequencies costs, the best a net can do without using its inputs. A net that ends within ±5%
-  of H has learned next to nothing from them: the median of the last tenth of batch losses lies within ~1% of its mean
-  at chance, and memorizing thousands of random labels takes far longer than a short run (Zhang et al. 2017; we
-  measure 1–2% below H after 200 steps on 3600 examples), while healthy runs end at 0.0–0.6 H. A loss still far above
-  H that is falling is on its way (the other checks look at why it started so high). A loss that fell to H with
-  moderate steps shows the output layer learning the class frequencies and nothing coming from the inputs: the labels
-  may not belong to the inputs, which no training setting cures, so the verdict then prescribes nothing and says what
-  to check (a net that learns slowly can look the same in a short run, which the advice also says). Flat from the
-  start, the signal is not getting through (init, batch norm); with update ratios above ``UPDATE_RATIO_MAX`` the steps
-  overshoot (a 10× lower LR). When the weights do move, the signal is not reaching the loss (init, batch norm) or the
-  steps overshoot (a lower LR); labels that do not match the inputs or a loss that does not fit the output look the
-  same, which the advice says.
-- Overfitting, validation loss 10% above its minimum, the minimum 3 evaluations old and the training loss still
-  falling: Prechelt's (1998, "Early stopping — but when?") generalization loss GL(t) = 100·(E_va(t)/E_opt(t) − 1)
-  with his GL_α criterion GL > α, and his UP_s criterion (the validation error rose in s successive strips); we
-  take α = 10 and s = 3, larger than a rule that only stops would need, since the doctor names a problem and
-  prescribes a change and a few percent of rise is within epoch-to-epoch noise, and require that the training
-  loss keeps falling (≥ 5%) so that a run whose validation loss rises for another reason (a distribution shift, a
-  diverging LR) is not called overfitting. The prescription: early stopping with the best weights restored, and
-  weight decay 5e-4 when the run has none (Krogh & Hertz 1992).
-
-Where these rules differ from the automatic-repair tools (their published code read for the rules):
-
-- AUTOTRAINER (Zhang et al., ICSE 2021) judges from per-epoch accuracy after 30% of the planned epochs:
-  "unstable" (oscillating) when successive local maxima and minima of the training accuracy differ by ≥ 0.03 in
-  ≥ 20% of the epochs; "slow convergence" when no epoch raises training and validation accuracy by more than 0.01
-  and the best accuracy stays below a target (0.7); it checks overfitting (training loss down and validation loss
-  up by > 0.01 in successive epochs) but leaves it out of its verdicts; a NaN in loss, weights or gradients counts
-  as exploding. Ours read the per-step loss, so they judge within one epoch and need no accuracy target (which
-  depends on the task: 0.7 is unreachable on some and trivial on others); the amplitude is relative to the loss's
-  own scale, and slow convergence needs tiny update ratios too, so it names the LR as the cause rather than
-  trying fixes in turn. Our second oscillation test follows their alternating maxima and minima, on 10-step
-  medians of the loss, with a turn threshold from the measured minibatch noise instead of a fixed 0.03 of
-  accuracy, and a total (0.1 L₀ up and down) instead of a share of epochs.
-- DeepDiagnosis (Wardat et al., ICSE 2022) names symptoms such as "loss not decreasing", "accuracy not
-  increasing" and invalid (NaN) loss or accuracy, per layer and iteration, and its callback rates the learning
-  rate from lr·‖ΔW‖/‖W‖ against 1e-3. Its "loss not decreasing" compares the loss with earlier iterations; ours
-  compares the end of the run with the start and, for classification, with the label-prior loss, so that falling
-  from above chance down to chance does not count as learning. Ours takes ‖ΔW‖/‖W‖ itself (the step actually
-  taken, whatever the optimizer) with a threshold one decade below the healthy 1e-3, since ratios fall under 1e-3
-  as a healthy run converges and its LR decays, and it compares the ends of the run (medians) rather than
-  successive values, which minibatch noise trips. Our NaN locator likewise names the first layer, forward before
-  backward.
-- UMLAUT (Schoop et al., CHI 2021) runs per-epoch heuristics in a Keras callback; the ones in its published
-  code check a NaN loss, inputs outside [−1, 1], non-float inputs and a missing softmax. Ours name the step and
-  layer of the NaN rather than the epoch, and add the loss-dynamics checks; for overfitting we ask for a
-  sustained rise of the validation loss with the training loss falling, not a single train/validation gap.
-
-The thresholds come from these sources and the noise arguments above, not from tricklab's zoo of nets; the tests
-put each rule just past and just short of its threshold on synthetic series, and check that healthy noisy series
-raise none.
-
 Each verdict prescribes catalog tricks as config overrides (``init.scheme``, ``model.norm``,
 ``model.residual``, ``model.activation``, ``clip.mode``/``clip.threshold``, ``optim.lr``, ``data.scale``,
 ``optim.weight_decay``, ``early_stopping.enabled``), chosen from the run's settings when given::
 
     verdicts = diagnose(findings, settings={"model.activation": "sigmoid", "init.scheme": "standard_normal"})
     merge_prescriptions(verdicts)       # {"init.scheme": "glorot_normal", "model.norm": "batch"}
+
+(:func:`~tricklab.diagnostics.diagnosis.diagnose` runs these checks and the loop checks.) Why each threshold has its
+value, the measurements behind it, and how the rules compare with other tools: ``docs/verdicts-why.md``, shown
+beside each verdict on the documentation site's "Every verdict" page.
 """
 
 from __future__ import annotations
@@ -318,24 +187,6 @@ class Verdict:
 
 Check = Callable[[Findings, Mapping[str, Any]], "Verdict | None"]
 CHECKS: Registry[Check] = Registry("doctor check")
-
-
-def diagnose(findings: Findings, settings: Mapping[str, Any] | None = None) -> list[Verdict]:
-    """Run every check in :data:`CHECKS` and the loop checks (:mod:`~tricklab.diagnostics.loop_bugs`) on
-    ``findings``; an empty list means healthy. A symptom that a found cause explains follows it as its consequence
-    (``Verdict.cause`` set, its prescription withheld: :func:`~tricklab.diagnostics.loop_bugs.explain`).
-
-    ``settings``: the run's config values by full key (``model.activation``, ``model.norm``,
-    ``model.residual``, ``init.scheme``, ``optim.lr``, ``clip.mode``, ``data.scale``, ``optim.weight_decay``,
-    ``early_stopping.enabled``), used to tailor the prescriptions; the activation is inferred from the layers when
-    absent.
-    """
-    from tricklab.diagnostics.loop_bugs import LOOP_CHECKS, explain  # it imports this module
-
-    s = dict(settings or {})
-    s.setdefault("model.activation", _main_activation(findings))
-    found = [v for checks in (CHECKS, LOOP_CHECKS) for name in checks for v in [checks.get(name)(findings, s)] if v]
-    return explain(found)
 
 
 def merge_prescriptions(verdicts: Iterable[Verdict]) -> dict[str, Any]:
@@ -689,6 +540,18 @@ def prior_only(f: Findings) -> tuple[_Trend, float] | None:
     return (trend, prior) if not wild and trend.drop >= FLAT_MAX_DROP else None
 
 
+def loss_at_start_level(f: Findings) -> tuple[_Trend, float | None] | None:
+    """(trend, label-prior loss or None) when the batch loss has not left its initial level: it fell by less than
+    ``FLAT_MAX_DROP``, or it ended within ``PRIOR_MARGIN`` of the label-prior loss (chance); None otherwise or with
+    too short a run. Bouncing losses count too: this reads only where the loss is, not how it got there."""
+    trend = _loss_trend(f)
+    if trend is None:
+        return None
+    prior = _median(f.records.series(PRIOR_LOSS, MODEL)[1])
+    at_chance = prior is not None and prior > 0 and abs(trend.last / prior - 1) <= PRIOR_MARGIN
+    return (trend, prior if at_chance else None) if trend.drop < FLAT_MAX_DROP or at_chance else None
+
+
 @CHECKS.register(
     NOT_DECREASING,
     help=f"loss fell < {FLAT_MAX_DROP:.0%} over ≥ {DYNAMICS_MIN_STEPS} steps, or ended within ±{PRIOR_MARGIN:.0%} "
@@ -792,7 +655,8 @@ def _median(values: Iterable[Any]) -> float | None:
     return statistics.median(finite) if finite else None
 
 
-def _main_activation(f: Findings) -> str:
+def main_activation(f: Findings) -> str:
+    """The activation most of the net's recorded activation layers use (``relu`` when none is recorded)."""
     kinds = [info.kind for info in f.layers if info.kind in ACTIVATIONS]
     return max(set(kinds), key=kinds.count) if kinds else "relu"
 

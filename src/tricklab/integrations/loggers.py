@@ -56,6 +56,8 @@ FLUSH_EVERY = 50
 LOGGERS: Registry[Callable[[], TrackerLogger]] = Registry("logger")
 #: Logger name → (the module it imports, the extra that installs it).
 PACKAGES = {"tensorboard": ("tensorboard", "tensorboard"), "mlflow": ("mlflow", "mlflow"), "wandb": ("wandb", "wandb")}
+#: The columns of a lab's table as trackers receive it (one record per variant).
+TABLE_KEYS = ("variant", "seeds", "test_acc_mean", "ci_lo", "ci_hi", "delta", "delta_lo", "delta_hi", "p", "outcome")
 
 
 def require(name: str) -> None:
@@ -231,8 +233,9 @@ class TrackerLogger(Callback):
 
     def _close(self, status: str) -> None: ...
 
-    def lab(self, lab_dir: Path, findings: Any, runs: list[Any]) -> None:
-        """Log a finished lab (:func:`log_lab`); trackers without a lab view log nothing."""
+    def lab(self, lab_dir: Path, tables: list[dict[str, Any]], runs: list[Any]) -> None:
+        """Log a finished lab: its done runs and each study's table (:func:`tricklab.report.trackers.log_lab`);
+        trackers without a lab view log nothing."""
 
 
 def doctor_scalars(result: Any) -> Iterable[tuple[str, str, int, float]]:
@@ -373,7 +376,7 @@ class TensorBoardLogger(TrackerLogger):
         if getattr(self, "writer", None) is not None:
             self.writer.close()
 
-    def lab(self, lab_dir: Path, findings: Any, runs: list[Any]) -> None:
+    def lab(self, lab_dir: Path, tables: list[dict[str, Any]], runs: list[Any]) -> None:
         _import("tensorboard")
         from torch.utils.tensorboard import SummaryWriter
 
@@ -390,7 +393,7 @@ class TensorBoardLogger(TrackerLogger):
                 w.close()
         w = SummaryWriter(log_dir=str(root))
         try:
-            for study in lab_tables(findings):
+            for study in tables:
                 header = "| " + " | ".join(study["columns"]) + " |\n|" + "---|" * len(study["columns"]) + "\n"
                 body = "".join("| " + " | ".join(str(c) for c in row) + " |\n" for row in study["rows"])
                 w.add_text(f"lab/{study['study']}", header + body, 0)
@@ -481,7 +484,7 @@ class MLflowLogger(TrackerLogger):
         if getattr(self, "run_id", None) is not None:
             self.client.set_terminated(self.run_id, status)
 
-    def lab(self, lab_dir: Path, findings: Any, runs: list[Any]) -> None:
+    def lab(self, lab_dir: Path, tables: list[dict[str, Any]], runs: list[Any]) -> None:
         self.client, experiment = self._client()
         parent = self.client.create_run(experiment, run_name=f"lab {Path(lab_dir).name}", tags={"tricklab": "lab"})
         pid = parent.info.run_id
@@ -496,7 +499,7 @@ class MLflowLogger(TrackerLogger):
                     self._metrics(child, numbers(row), int(row.get("epoch", 0)))
                 self._metrics(child, numbers(r.metrics or {}), len(r.history or []))
                 self.client.set_terminated(child, "FINISHED")
-            for study in lab_tables(findings):
+            for study in tables:
                 s = mlflow_key(study["study"])
                 for row in study["records"]:
                     v = mlflow_key(row["variant"])
@@ -578,7 +581,7 @@ class WandbLogger(TrackerLogger):
         if getattr(self, "run", None) is not None:
             self.run.finish(exit_code=0 if status == "FINISHED" else 1)
 
-    def lab(self, lab_dir: Path, findings: Any, runs: list[Any]) -> None:
+    def lab(self, lab_dir: Path, tables: list[dict[str, Any]], runs: list[Any]) -> None:
         import wandb
 
         group = f"lab-{Path(lab_dir).name}"
@@ -601,7 +604,7 @@ class WandbLogger(TrackerLogger):
                 run.finish()
         run = self._init(where, name=f"lab {Path(lab_dir).name}", group=group, job_type="lab")
         try:
-            for study in lab_tables(findings):
+            for study in tables:
                 table = wandb.Table(columns=list(TABLE_KEYS))
                 for row in study["records"]:
                     table.add_data(*(row.get(c) for c in TABLE_KEYS))
@@ -684,67 +687,7 @@ class Loggers:
         for lg in self.loggers:
             lg.finish(metrics, status)
 
-
-#: The columns of a lab's table as trackers receive it (one record per variant).
-TABLE_KEYS = ("variant", "seeds", "test_acc_mean", "ci_lo", "ci_hi", "delta", "delta_lo", "delta_hi", "p", "outcome")
-
-
-def lab_tables(findings: Any) -> list[dict[str, Any]]:
-    """Each study of a lab (:func:`tricklab.lab.results.results`) as its printed table (``columns``, ``rows``)
-    and as numbers per variant (``records``: mean test accuracy and its 95% CI, Δ against the baseline with its CI,
-    p (Holm-adjusted when the study decided it) and the outcome)."""
-    from tricklab.lab.analysis import TEST_ACC
-    from tricklab.report.lab_report import COLUMNS, outcome_label, table_rows
-
-    out = []
-    for study in findings.studies:
-        s = study.stats
-        records = []
-        for v in s.variants:
-            acc = v.intervals[TEST_ACC]
-            c, d = v.comparison, v.decision
-            p = d.p_holm if d is not None and d.p_holm == d.p_holm else (c.p if c is not None else math.nan)
-            records.append(
-                {
-                    "variant": v.name,
-                    "seeds": float(len(v.seeds)),
-                    "test_acc_mean": float(acc.mean),
-                    "ci_lo": float(acc.lo),
-                    "ci_hi": float(acc.hi),
-                    "delta": float(c.diff.mean) if c is not None else math.nan,
-                    "delta_lo": float(c.diff.lo) if c is not None else math.nan,
-                    "delta_hi": float(c.diff.hi) if c is not None else math.nan,
-                    "p": float(p),
-                    "outcome": outcome_label(v),
-                }
-            )
-        out.append(
-            {
-                "study": s.study,
-                "dataset": s.dataset,
-                "columns": list(COLUMNS),
-                "rows": table_rows(s),
-                "records": records,
-            }
-        )
-    return out
-
-
-def log_lab(names: Iterable[str], lab_dir: str | Path) -> None:
-    """Send a finished lab (its database in ``lab_dir``) to each named logger: every done run, then the table.
-
-    The runs come from the lab's database, so runs a rerun skipped as already done are logged too. A logger that
-    fails warns once and the others go on (the lab's results are already safe in its database).
-    """
-    from tricklab.lab.results import DB_NAME, results
-    from tricklab.lab.store import Store
-
-    group = Loggers(names)
-    if not group:
-        return
-    lab_dir = Path(lab_dir)
-    findings = results(lab_dir)
-    with Store(lab_dir / DB_NAME, readonly=True) as store:
-        runs = [r for r in store.rows() if r.status == "done"]
-    for lg in group.loggers:
-        lg._safe("lab", lg.lab, lab_dir, findings, runs)
+    def lab(self, lab_dir: Path, tables: list[dict[str, Any]], runs: list[Any]) -> None:
+        """Each logger logs a finished lab; one that fails warns once and the others go on."""
+        for lg in self.loggers:
+            lg._safe("lab", lg.lab, lab_dir, tables, runs)

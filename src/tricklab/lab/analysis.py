@@ -4,6 +4,13 @@ Each comparison of a study (variant vs its baseline, paired by seed, on test acc
 equivalent or undecided (:func:`tricklab.lab.stats.decide`): Holm's correction runs over the study's comparisons,
 and equivalence is judged against the study's margin of practical equivalence (:func:`study_margin`).
 
+A comparison in which neither arm learned — both ended at chance, the accuracy of always answering the test set's
+most common class (recorded by each run as ``test_prior_acc``), within the study's margin, or both diverged — is
+*no signal* (:func:`no_signal_reason`): not tested, not in Holm's family, not given more seeds.
+
+A study may also judge the time to its target validation accuracy (``outcomes: [test_acc, steps_to_target]``;
+:mod:`tricklab.lab.speed`): those comparisons form a Holm family of their own.
+
 A study run with ``--seeds auto`` (its spec holds ``sequential: {first, cap}``) is decided by the group-sequential
 procedure of :mod:`tricklab.lab.sequential` instead, valid however many seeds were added after looking;
 :func:`seeds_to_run` says which variants need more seeds. A fixed-seed study uses seeds ``0 … seeds − 1`` only
@@ -18,8 +25,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tricklab.errors import TrickLabError
+from tricklab.lab.speed import (
+    SPEED_OUTCOMES,
+    CensoredPaired,
+    Timed,
+    decide_speed,
+    decide_speed_sequential,
+    paired_censored,
+    speed_verdict,
+    time_to_target,
+)
 from tricklab.lab.stats import (
     ALPHA,
+    NO_SIGNAL,
     UNDECIDED,
     Decision,
     Interval,
@@ -37,6 +55,9 @@ TEST_ACC = "test_acc"
 BEST_VAL_ACC = "best_val_acc"
 EPOCHS_TO_TARGET = "epochs_to_target"
 WALL_TIME = "wall_time_s"
+PRIOR_ACC = "test_prior_acc"  # a run's metric: share of the most common class in the test labels (chance accuracy)
+#: The outcomes a study may judge (its ``outcomes``); test accuracy is the default.
+JUDGED = (TEST_ACC, *SPEED_OUTCOMES)
 
 # Margins of practical equivalence, in percentage points of test accuracy: a difference known to lie within ± the
 # margin is of no practical consequence for the lesson's claims. Each is below the effects the lesson claims on
@@ -92,6 +113,10 @@ class VariantStats:
     decision: Decision | None = None  # its outcome within the study (None for a baseline)
     verdict: str = ""
     curves: dict[int, list[float]] = field(default_factory=dict)  # seed → val_acc per epoch
+    times: dict[str, dict[int, Timed]] = field(default_factory=dict)  # steps/seconds_to_target → {seed: time}
+    speed: dict[str, CensoredPaired] = field(default_factory=dict)  # judged time-to-target outcome → comparison
+    speed_decisions: dict[str, Decision] = field(default_factory=dict)
+    speed_verdicts: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -104,6 +129,8 @@ class StudyStats:
     pending: int
     margin_pp: float = math.nan  # ± margin of practical equivalence, percentage points of test accuracy
     alpha: float = ALPHA  # family-wise error rate of the study's better/worse claims (Holm)
+    chance: float | None = None  # accuracy of always answering the test set's most common class (None: not recorded)
+    outcomes: tuple[str, ...] = (TEST_ACC,)  # the outcomes the study judges
 
     @property
     def comparisons(self) -> int:
@@ -152,7 +179,8 @@ def analyse(study: str, dataset: str, spec: dict[str, Any], rows: list[RunRow]) 
         vrows = by_variant.get(name, [])
         done = [r for r in vrows if r.status == "done" and r.metrics]
         values: dict[str, dict[int, float]] = {TEST_ACC: {}, BEST_VAL_ACC: {}, EPOCHS_TO_TARGET: {}, WALL_TIME: {}}
-        curves = {}
+        curves: dict[int, list[float]] = {}
+        times: dict[str, dict[int, Timed]] = {}
         for r in done:
             hist = r.history or []
             values[TEST_ACC][r.seed] = float(r.metrics["test_acc"])
@@ -165,6 +193,9 @@ def analyse(study: str, dataset: str, spec: dict[str, Any], rows: list[RunRow]) 
             if e is not None:
                 values[EPOCHS_TO_TARGET][r.seed] = e
             values[WALL_TIME][r.seed] = float(r.metrics.get("wall_time_s", math.nan))
+            if target is not None:
+                for key, t in time_to_target(hist, r.metrics, target).items():
+                    times.setdefault(key, {})[r.seed] = t
             curves[r.seed] = [h["val_acc"] for h in hist if "val_acc" in h and h.get("member", 0) == 0]
         intervals = {m: mean_ci(list(v.values())) for m, v in values.items()}
         out.append(
@@ -177,6 +208,7 @@ def analyse(study: str, dataset: str, spec: dict[str, Any], rows: list[RunRow]) 
                 intervals=intervals,
                 reached_target=len(values[EPOCHS_TO_TARGET]),
                 curves=curves,
+                times=times,
                 diverged=sorted(r.seed for r in done if r.metrics.get("diverged") or r.metrics.get("diverged_members")),
             )
         )
@@ -188,22 +220,114 @@ def analyse(study: str, dataset: str, spec: dict[str, Any], rows: list[RunRow]) 
         out,
         pending=sum(1 for r in rows if r.status in ("pending", "running")),
         margin_pp=study_margin(spec, dataset),
+        chance=_chance(rows),
+        outcomes=study_outcomes(spec),
     )
     compared = [v for v in stats.variants if v.name != v.baseline]
     for v in compared:
         v.comparison = paired(v.values[TEST_ACC], stats.variant(v.baseline).values[TEST_ACC])
+    margin = stats.margin_pp / 100
+    silent = {
+        v.name: r for v in compared if (r := no_signal_reason(v, stats.variant(v.baseline), stats.chance, margin))
+    }
+    tested = [v for v in compared if v.name not in silent]
     design = sequential_design(spec)
     if design:
-        decisions = _decide_sequential(compared, stats.margin_pp / 100, stats.alpha, *design)
+        decisions = _decide_sequential(tested, margin, stats.alpha, *design)
     else:
-        decisions = decide({v.name: v.comparison for v in compared}, stats.margin_pp / 100, stats.alpha)
+        decisions = decide({v.name: v.comparison for v in tested}, margin, stats.alpha) if tested else {}
+    family = next((d.family for d in decisions.values()), 0)
+    for name, reason in silent.items():
+        decisions[name] = Decision(NO_SIGNAL, math.nan, margin, family, stats.alpha, reason=reason)
     for v in stats.variants:
         if v.comparison is None:
             v.verdict = f"{v.name}: baseline"
             continue
         v.decision = decisions[v.name]
         v.verdict = verdict(v.name, v.comparison, v.decision, baseline=v.baseline)
+    _judge_speed(stats, compared, design)
     return stats
+
+
+def study_outcomes(spec: dict[str, Any]) -> tuple[str, ...]:
+    """The outcomes a stored study judges (its ``outcomes``; test accuracy alone when absent), checked."""
+    outcomes = spec.get("outcomes")
+    if outcomes is None:
+        return (TEST_ACC,)
+    ok = isinstance(outcomes, list | tuple) and outcomes and all(o in JUDGED for o in outcomes)
+    if not ok or len(set(outcomes)) != len(outcomes):
+        raise TrickLabError(
+            f"study {spec.get('name', '?')!r}: outcomes = {outcomes!r}: expected a list of distinct names from "
+            f"{', '.join(JUDGED)}"
+        )
+    if any(o in SPEED_OUTCOMES for o in outcomes) and spec.get("target_val_acc") is None:
+        raise TrickLabError(
+            f"study {spec.get('name', '?')!r}: outcomes = {list(outcomes)!r}: time to target needs the study's "
+            "target_val_acc, which is not set"
+        )
+    return tuple(outcomes)
+
+
+def _chance(rows: list[RunRow]) -> float | None:
+    """The test set's chance accuracy as the runs recorded it (the same test set for every run of a study)."""
+    found = [float(r.metrics[PRIOR_ACC]) for r in rows if r.metrics and _finite(r.metrics.get(PRIOR_ACC))]
+    return max(found) if found else None
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _learned_nothing(v: VariantStats, seeds: list[int], chance: float | None, margin: float) -> str:
+    """Why arm ``v`` learned nothing on ``seeds`` ("" when it learned): every run diverged, or its mean test
+    accuracy is at or below ``chance`` + ``margin``."""
+    if seeds and set(seeds) <= set(v.diverged):
+        return f"{v.name} diverged on every seed"
+    accs = [v.values[TEST_ACC][s] for s in seeds if _finite(v.values[TEST_ACC].get(s))]
+    if chance is None or not accs:
+        return ""
+    mean = sum(accs) / len(accs)
+    if mean <= chance + margin:
+        return f"{v.name} at chance ({mean * 100:.2f}% ≤ {chance * 100:.2f}% + {margin * 100:.2f} pp)"
+    return ""
+
+
+def no_signal_reason(v: VariantStats, base: VariantStats, chance: float | None, margin: float) -> str:
+    """Why the comparison of ``v`` with ``base`` carries no signal, or "" when at least one arm learned.
+
+    An arm learned nothing when every one of its runs diverged, or when its mean test accuracy over the seeds both
+    arms ran is at or below ``chance`` — the share of the test set's most common class, the accuracy of a net that
+    always answers it — plus ``margin`` (the study's margin of practical equivalence, a fraction). Both arms at
+    11.35% on MNIST (the share of the digit 1) compare nothing, however equal they look.
+
+    Example: ``"both arms learned nothing: layer at chance (11.35% ≤ 11.35% + 0.20 pp); none at chance (…)"``.
+    """
+    seeds = sorted((set(v.seeds) | set(v.diverged)) & (set(base.seeds) | set(base.diverged)))
+    if not seeds:
+        return ""
+    a, b = _learned_nothing(v, seeds, chance, margin), _learned_nothing(base, seeds, chance, margin)
+    return f"both arms learned nothing: {a}; {b}" if a and b else ""
+
+
+def _judge_speed(stats: StudyStats, compared: list[VariantStats], design: tuple[int, int] | None) -> None:
+    """Time-to-target outcomes of the study's comparisons, for each speed outcome it judges (a Holm family each)."""
+    for key in (o for o in stats.outcomes if o in SPEED_OUTCOMES):
+        pairs = {
+            v.name: paired_censored(v.times.get(key, {}), stats.variant(v.baseline).times.get(key, {}))
+            for v in compared
+        }
+        pairs = {n: c for n, c in pairs.items() if c.seeds}
+        if design:
+            decisions = decide_speed_sequential(pairs, alpha=stats.alpha, first=design[0], cap=design[1])
+        else:
+            decisions = decide_speed(pairs, alpha=stats.alpha)
+        unit = key.removesuffix("_to_target")
+        for v in compared:
+            if v.name in decisions:
+                v.speed[key], v.speed_decisions[key] = pairs[v.name], decisions[v.name]
+                v.speed_verdicts[key] = speed_verdict(
+                    v.name, pairs[v.name], decisions[v.name], unit=unit, baseline=v.baseline
+                )
 
 
 def _decide_sequential(
@@ -248,8 +372,9 @@ def seeds_to_run(stats: StudyStats) -> dict[str, int]:
     """
     want: dict[str, int] = {}
     for v in stats.variants:
-        d = v.decision
-        if d is not None and d.sequential and d.resolves == "next look" and d.seeds_needed:
-            for name in (v.name, v.baseline):
-                want[name] = max(want.get(name, 0), d.seeds_needed)
+        judged = [v.decision] if TEST_ACC in stats.outcomes else []
+        for d in [*judged, *v.speed_decisions.values()]:
+            if d is not None and d.sequential and d.resolves == "next look" and d.seeds_needed:
+                for name in (v.name, v.baseline):
+                    want[name] = max(want.get(name, 0), d.seeds_needed)
     return want

@@ -29,23 +29,23 @@ from torch import nn
 def _dataset(data_json: str) -> tuple[int, tuple[int, ...], int]:
     """(training examples before the validation split, input shape, classes) of the dataset a ``data`` config
     section names, loaded once."""
-    from tricklab.config import DataConfig, dataset_loader
+    from tricklab.config import DataConfig
     from tricklab.data.base import as_raw_dataset
     from tricklab.data.download import data_root
 
     d = DataConfig(**json.loads(data_json))
-    raw = as_raw_dataset(dataset_loader(d.name)(**d.loader_kwargs(data_root(d.dir))), d.name)
+    raw = as_raw_dataset(d.loader(**d.loader_kwargs(data_root(d.dir))), d.name)
     return len(raw.train), tuple(raw.info.input_shape), raw.info.num_classes
 
 
 @lru_cache(maxsize=256)
 def forward_macs(model_json: str, input_shape: tuple[int, ...], classes: int) -> float:
     """Multiply-adds of one example's forward pass through the model a ``model`` config section describes."""
-    from tricklab.config import ModelConfig, model_factory
+    from tricklab.config import ModelConfig
     from tricklab.memory import build_to_count
 
     section = ModelConfig(**json.loads(model_json))
-    build = lambda: model_factory(section.name)(input_shape, classes, **section.factory_kwargs())  # noqa: E731
+    build = lambda: section.factory(input_shape, classes, **section.factory_kwargs())  # noqa: E731
     try:  # on the meta device: a variant too large to train must not be allocated here to be costed
         model, device = build_to_count(build)
     except Exception:  # noqa: BLE001 - a plugin that needs real values is built for real
@@ -93,7 +93,8 @@ def run_cost(config: dict[str, Any]) -> float:
         return math.nan
 
 
-#: What a worker process holds besides its run: the Python interpreter, torch and tricklab (measured: ~350 MB).
+#: What a worker process holds besides its run: the Python interpreter, torch and tricklab (``benchmarks/micro.py``
+#: measures a fresh worker's resident memory; the figure is in ``benchmarks/README.md``).
 PROCESS_BYTES = 400 * 2**20
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from tricklab.config import Config, load_config
 from tricklab.errors import TrickLabError, echo
+from tricklab.host import available_memory
 from tricklab.lab.costs import run_bytes
 from tricklab.lab.events import LabCounts, RunDone, RunEvent, RunKey, RunStarted
 from tricklab.lab.ray_executor import RayPool  # imports Ray on use only
@@ -33,7 +34,6 @@ from tricklab.lab.spec import StudySpec
 from tricklab.lab.store import Store, config_key
 from tricklab.lab.studies import Study, describe_setup
 from tricklab.locks import folder_lock
-from tricklab.memory import available_memory
 
 DB_NAME = "results.sqlite"
 QUICK_SUBSET = 10000  # --quick: at most this many training examples on the big datasets
@@ -78,6 +78,7 @@ def study_spec(study: Study, dataset: str, opts: LabOptions) -> StudySpec:
         seeds=opts.seeds,
         margin=study.margin.get(dataset),
         sequential={"first": opts.seeds, "cap": opts.max_seeds} if opts.max_seeds else None,
+        outcomes=list(study.outcomes) if study.outcomes != ("test_acc",) else None,
     )
 
 
@@ -135,9 +136,11 @@ def check_same_data(study: str, configs: dict[str, Config]) -> None:
 
 
 def run_config(study: Study, variant: str, dataset: str, opts: LabOptions, seed: int, threads: int) -> Config:
-    """The validated config of one run (study, variant, seed) on ``dataset``."""
+    """The validated config of one run (study, variant, seed) on ``dataset``: with ``threads`` threads, unless the
+    study sets ``train.threads`` itself (:func:`study_threads`), which the run then keeps."""
     o = study_overrides(study, variant, dataset, opts, seed)
-    o["train.threads"] = threads
+    asked = study_threads(study, variant, dataset)
+    o["train.threads"] = threads if asked is None else fit_threads(asked, opts)
     try:
         cfg = load_config(overrides=o)
     except TrickLabError as e:
@@ -150,6 +153,56 @@ def run_config(study: Study, variant: str, dataset: str, opts: LabOptions, seed:
             "with the study's `dataset:` key or --dataset)"
         )
     return cfg
+
+
+def study_threads(study: Study, variant: str, dataset: str) -> Any:
+    """The ``train.threads`` a study sets for one variant on ``dataset`` (None: the lab chooses)."""
+    return study.overrides(study.variant(variant), dataset).get("train.threads")
+
+
+def lab_cores(opts: LabOptions) -> int:
+    """The cores the lab shares among its runs: ``opts.cores``, else those this process may use."""
+    from tricklab.engine.seed import usable_cores
+
+    return opts.cores or usable_cores()
+
+
+def fit_threads(asked: Any, opts: LabOptions) -> Any:
+    """A study's own ``train.threads`` as the run gets it: 0 (every core) and counts above the lab's cores become
+    the lab's cores (more threads than cores only wait for each other); anything else as asked (a bad value is
+    refused by the config's own check)."""
+    if isinstance(asked, bool) or not isinstance(asked, int) or asked < 0:
+        return asked
+    cores = lab_cores(opts)
+    return cores if asked == 0 or asked > cores else asked
+
+
+def threads_notes(studies: list[Study], opts: LabOptions) -> tuple[str, ...]:
+    """One line per study whose ``train.threads`` the lab cannot give as asked, saying what its runs get and why."""
+    notes = []
+    cores = lab_cores(opts)
+    for study in studies:
+        dataset = opts.dataset or study.dataset
+        asked = {study_threads(study, v.name, dataset) for v in study.variants} - {None}
+        for t in sorted(a for a in asked if isinstance(a, int) and not isinstance(a, bool) and a > cores):
+            notes.append(
+                f"study {study.name!r} sets train.threads = {t}, but the lab has {cores} core{'s' * (cores != 1)}: "
+                f"its runs use {cores} thread{'s' * (cores != 1)} (more threads than cores only wait for each other)"
+            )
+    return tuple(notes)
+
+
+def widest_run(planned: list[Planned]) -> int:
+    """The most threads any planned run of a study that sets ``train.threads`` asks for (0 if none sets it)."""
+    return max(
+        (
+            cfg.train.threads
+            for p in planned
+            for key, cfg in p.configs.items()
+            if study_threads(p.study, key[1], p.dataset) is not None
+        ),
+        default=0,
+    )
 
 
 @dataclass
@@ -215,12 +268,15 @@ class LabPlan:
     threads: int
     plugins: tuple[tuple[str, str, str], ...]
     in_process: str | None
+    notes: tuple[str, ...] = ()  # said once when the lab starts (a study's threads it cannot give as asked)
 
 
 def plan_lab(studies: list[Study], opts: LabOptions) -> LabPlan:
     """Plan a lab: check the executor, resolve every run's config and fit the workers to the cores and memory.
 
-    A bad study, option or plugin fails here in one line (exit 2), before anything is written.
+    A bad study, option or plugin fails here in one line (exit 2), before anything is written. A study that sets
+    ``train.threads`` keeps it (within the cores: :func:`fit_threads`), and fewer runs go at once so that
+    processes × threads stays within the cores.
     """
     check_executor(opts)
     n_runs = sum(len(s.variants) for s in studies) * opts.seeds
@@ -232,12 +288,18 @@ def plan_lab(studies: list[Study], opts: LabOptions) -> LabPlan:
         if fitted != (processes, threads):
             processes, threads = fitted
             planned = plan(studies, opts, threads)
+    widest = widest_run(planned)
+    if widest > threads and opts.workers is None:  # a study's own threads: fewer runs at once, as many cores
+        processes = max(1, min(processes, lab_cores(opts) // widest))
+        threads = max(1, lab_cores(opts) // processes)
+        planned = plan(studies, opts, threads)
     plugins, in_process = plugins_for_workers(planned)
     if in_process and opts.executor == "ray":
         raise TrickLabError(f"executor 'ray': {in_process}; register it in an importable module")
-    if in_process:
+    if in_process:  # one run at a time: each gets every core (the runs' configs say so, as their threads are)
         processes, threads = 1, opts.cores or os.cpu_count() or 1
-    return LabPlan(planned, processes, threads, plugins, in_process)
+        planned = plan(studies, opts, threads)
+    return LabPlan(planned, processes, threads, plugins, in_process, threads_notes(studies, opts))
 
 
 def run_lab(
@@ -326,6 +388,8 @@ class Schedule:
         """Queue the runs not done, run them to the end (or a stop), and record the session in the database."""
         with Store(self.out / DB_NAME) as store:
             self.store = store
+            for note in self.lab.notes:
+                self.progress(note=note)
             tasks = self.queue(store)
             refill = None
             if self.opts.max_seeds:
@@ -457,7 +521,12 @@ class _Refill:
                 self.refresh(p)
             found = study_result(self.store, *sk, self.specs[sk])
             stats, rows = found.stats, found.rows
-            open_ = [v.name for v in stats.variants if v.decision and v.decision.resolves == "next look"]
+            acc = "test_acc" in stats.outcomes  # the comparisons still open, of the outcomes the study judges
+            open_ = [
+                v.name
+                for v in stats.variants
+                if any(d and d.resolves == "next look" for d in [acc and v.decision, *v.speed_decisions.values()])
+            ]
             done = {(r.variant, r.seed) for r in rows if r.status == "done"}
             added = []
             for variant, n in seeds_to_run(stats).items():

@@ -84,7 +84,7 @@ def plan_workers(
 
     Independent runs scale better across processes (one thread each) than across threads, so by default there
     is one process per core, no more than there are runs, and no more than fit in 80% of ``memory`` (the
-    memory available, :func:`tricklab.memory.available_memory`) at ``run_bytes`` each (the largest run's estimate,
+    memory available, :func:`tricklab.host.available_memory`) at ``run_bytes`` each (the largest run's estimate,
     :func:`tricklab.lab.costs.run_bytes`); the cores left over become threads. ``processes`` (``--workers``)
     is taken as asked, within the cores."""
     cores = cores or os.cpu_count() or 1
@@ -99,7 +99,7 @@ def execute(config: dict[str, Any]) -> tuple[dict, list, str]:
     """Train one config (no run directory); return its metrics, history and the hash of the config it ran."""
     from tricklab.config import validate
     from tricklab.lab.store import config_key
-    from tricklab.train.run import run
+    from tricklab.runner import run
 
     cfg = validate(config)
     result = run(cfg, write=False, record_divergence=True)

@@ -30,14 +30,15 @@ KEYS = (
     "seeds",
     "margin",
     "sequential",
+    "outcomes",
 )
 
 
 @dataclass(frozen=True)
 class StudySpec(Mapping[str, Any]):
     """One study on one dataset as the lab ran it: its variants and baselines, every variant's overrides (seed shown
-    as ``"<seed>"``), the target and margin of its outcomes, its seeds, and ``sequential`` (``{"first", "cap"}``)
-    for ``--seeds auto``."""
+    as ``"<seed>"``), the target and margin of its outcomes, its seeds, ``sequential`` (``{"first", "cap"}``)
+    for ``--seeds auto``, and the ``outcomes`` it judges (absent: test accuracy alone)."""
 
     name: str
     doc: str
@@ -51,17 +52,21 @@ class StudySpec(Mapping[str, Any]):
     seeds: Any = None  # an int as written by the lab; checked by tricklab.lab.analysis when read
     margin: Any = None  # pp of practical equivalence, None: the dataset's default; checked by the analysis
     sequential: Any = None  # {"first": n, "cap": m} for --seeds auto; checked by the analysis
+    outcomes: Any = None  # the judged outcomes (["test_acc", "steps_to_target"]), None: test accuracy; checked there
     stored: dict[str, Any] | None = field(default=None, repr=False, compare=False)  # the object read, as read
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object stored: the one read when this spec came from a database, else built in :data:`KEYS`'
-        order (``sequential`` only when set, as the lab always wrote it)."""
+        order (``sequential`` and ``outcomes`` only when set, so a study judged on test accuracy alone is written as
+        earlier labs wrote it)."""
         if self.stored is not None:
             return dict(self.stored)
-        d = {k: getattr(self, k) for k in KEYS if k != "sequential"}
+        d = {k: getattr(self, k) for k in KEYS if k not in ("sequential", "outcomes")}
         d["variants"] = list(self.variants)
         if self.sequential is not None:
             d["sequential"] = self.sequential
+        if self.outcomes is not None:
+            d["outcomes"] = list(self.outcomes)
         return d
 
     @classmethod
@@ -82,6 +87,7 @@ class StudySpec(Mapping[str, Any]):
             seeds=d.get("seeds"),
             margin=d.get("margin"),
             sequential=d.get("sequential"),
+            outcomes=d.get("outcomes"),
             stored=d,
         )
 

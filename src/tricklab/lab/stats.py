@@ -18,6 +18,9 @@ Everything a report says about a trick is computed here from the runs; nothing i
     acts on by dropping the trick, so it should be the harder one to earn (equivalence claims are not
     Holm-corrected; the stricter level pays for that in part).
   - **undecided**: neither. It says how many seeds would likely decide it (:func:`seeds_needed`).
+  - **no signal**: neither arm learned — both ended at chance or both diverged
+    (:func:`tricklab.lab.analysis.no_signal_reason`); the comparison is not tested, is left out of Holm's family,
+    and its :attr:`Decision.reason` says why.
 
 * :func:`verdict` — one sentence from those numbers, e.g.
   ``"dropout 0.3: better: +0.41 pp test accuracy [+0.22, +0.60] vs p=0, p = 0.003, Holm p = 0.009, 5 seeds,
@@ -44,7 +47,8 @@ POWER = 0.8  # seeds_needed: the probability of deciding that "likely" means
 MAX_SEEDS_ESTIMATE = 1000  # seeds_needed looks no further
 
 BETTER, WORSE, EQUIVALENT, UNDECIDED = "better", "worse", "equivalent", "undecided"
-OUTCOMES = (BETTER, WORSE, EQUIVALENT, UNDECIDED)
+NO_SIGNAL = "no signal"  # neither arm learned (both at chance or diverged): the comparison says nothing
+OUTCOMES = (BETTER, WORSE, EQUIVALENT, UNDECIDED, NO_SIGNAL)
 
 
 @dataclass(frozen=True)
@@ -202,7 +206,7 @@ def seeds_needed(
 class Decision:
     """The outcome of one comparison within its study (see the module docstring for the rules)."""
 
-    outcome: str  # better | worse | equivalent | undecided
+    outcome: str  # better | worse | equivalent | undecided | no signal
     p_holm: float  # Holm-adjusted p-value over the study's comparisons (NaN: no test)
     margin: float  # ± margin of practical equivalence, in the units of the differences
     family: int  # comparisons with a test in the study: Holm's m
@@ -217,6 +221,7 @@ class Decision:
     look_mean: float | None = None  # the mean difference at that look
     cap: int | None = None  # the most seeds the lab may run for it (--max-seeds)
     repeated_p: float | None = None  # the repeated p-value before Holm's adjustment
+    reason: str = ""  # no signal: why (e.g. "both arms at chance: ≤ 11.35% + 0.50 pp")
 
 
 def decide(comparisons: Mapping[str, Paired], margin: float, alpha: float = ALPHA) -> dict[str, Decision]:
@@ -278,6 +283,8 @@ def verdict(
     ±0.20 pp"``. Holm's p is shown when the study has more than one comparison; fewer than ``MIN_SEEDS`` seeds
     are called weak.
     """
+    if decision.outcome == NO_SIGNAL:
+        return f"{name}: {NO_SIGNAL} vs {baseline}: {decision.reason}; the comparison says nothing about the trick"
     if decision.sequential:
         return _sequential_verdict(name, comparison, decision, metric, scale, unit, baseline)
     d, n, o = comparison.diff, comparison.diff.n, decision.outcome

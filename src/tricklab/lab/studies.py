@@ -36,6 +36,12 @@ class Study:
     init_signal: bool = False  # also measure per-layer activation std at initialization
     notes: dict[str, str] = field(default_factory=dict)  # dataset → what the setup means there (regime, caveats)
     per_variant_dataset: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # (variant, dataset)
+    # the outcomes judged (tricklab.lab.analysis.JUDGED); a study whose claim is about speed also judges the steps
+    # to its target validation accuracy (tricklab.lab.speed). Study-level: no variant's config changes with it.
+    outcomes: tuple[str, ...] = ("test_acc",)
+
+    def __post_init__(self):
+        check_outcomes(self.outcomes, f"study {self.name!r}: outcomes", bool(self.target_val_acc))
 
     def variant(self, name: str) -> Variant:
         return next(v for v in self.variants if v.name == name)
@@ -58,6 +64,27 @@ class Study:
         and ``setup``, the sentence that says what the baseline actually runs (:func:`describe_setup`)."""
         parts = [self.doc, self.notes.get(dataset, ""), setup]
         return "\n".join(p for p in parts if p)
+
+
+OUTCOME_NAMES = ("test_acc", "steps_to_target", "seconds_to_target")  # = tricklab.lab.analysis.JUDGED
+SPEED = ("test_acc", "steps_to_target")  # the outcomes of a study whose claim is about speed
+
+
+def check_outcomes(outcomes: Any, key: str, has_target: bool) -> tuple[str, ...]:
+    """``outcomes`` as a tuple of known, distinct names; one-line errors name ``key``, the value and what is allowed.
+    Time to target needs a target (``has_target``)."""
+    from tricklab.errors import ConfigError
+
+    if isinstance(outcomes, str) or not isinstance(outcomes, list | tuple) or not outcomes:
+        raise ConfigError(key, outcomes, f"a non-empty list of {', '.join(OUTCOME_NAMES)}")
+    for o in outcomes:
+        if o not in OUTCOME_NAMES:
+            raise ConfigError(key, o, f"unknown outcome; valid: {', '.join(OUTCOME_NAMES)}")
+    if len(set(outcomes)) != len(outcomes):
+        raise ConfigError(key, list(outcomes), "each outcome at most once")
+    if not has_target and any(o != "test_acc" for o in outcomes):
+        raise ConfigError(key, list(outcomes), "time to target needs target_val_acc; set it or judge test_acc only")
+    return tuple(outcomes)
 
 
 def describe_setup(cfg: Any, dataset: str, train_examples: int | None = None) -> str:
@@ -157,6 +184,7 @@ _study(
     baseline="standard_normal",
     per_dataset={"mnist1d": {"model.width": 128, "data.batch_size": 64, "train.epochs": 10}},
     target_val_acc={"mnist": 0.95, "mnist1d": 0.4},
+    outcomes=SPEED,
     init_signal=True,
 )
 
@@ -189,6 +217,7 @@ _study(
     baseline="none",
     per_dataset={"mnist1d": {**_MLP1D, "train.epochs": 20}},
     target_val_acc={"mnist": 0.9, "mnist1d": 0.4},
+    outcomes=SPEED,
 )
 
 _study(
@@ -311,6 +340,7 @@ _study(
     baseline="sgd",
     per_dataset={"mnist1d": {**_MLP1D, "train.epochs": 5}},
     target_val_acc={"mnist": 0.9, "mnist1d": 0.35},
+    outcomes=SPEED,
 )
 
 _study(
@@ -379,6 +409,7 @@ _study(
         "layers of 32 channels) at lr 0.05 does not, so the schedules are compared on it.",
     },
     target_val_acc={"mnist": 0.96, "mnist1d": 0.6},
+    outcomes=SPEED,
 )
 
 _DEPTHS = (4, 16, 32)
@@ -407,6 +438,7 @@ _study(
     baseline="plain-4",
     per_dataset={"mnist1d": {"data.batch_size": 64, "train.epochs": 15}},
     target_val_acc={"mnist": 0.95, "mnist1d": 0.45},
+    outcomes=SPEED,
     init_signal=True,
 )
 
@@ -483,6 +515,7 @@ def custom_study(raw: dict[str, Any]) -> tuple[Study, int | None, int | None]:
         seeds: 3
         target_val_acc: 0.6
         margin: 1.0          # ± pp of test accuracy within which a difference counts as none (default per dataset)
+        outcomes: [test_acc, steps_to_target]   # also compare the steps to target_val_acc (default: test_acc)
     """
     from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -500,6 +533,7 @@ def custom_study(raw: dict[str, Any]) -> tuple[Study, int | None, int | None]:
         epochs: int | None = Field(None, ge=1, le=1_000_000)
         target_val_acc: float | None = Field(None, gt=0, le=1)
         margin: float | None = Field(None, gt=0, le=100)  # ± pp of test accuracy deemed of no practical effect
+        outcomes: Any = None  # checked by check_outcomes
 
     variants = raw.get("variants") if isinstance(raw, dict) else None
     for name in variants if isinstance(variants, dict) else ():
@@ -533,5 +567,8 @@ def custom_study(raw: dict[str, Any]) -> tuple[Study, int | None, int | None]:
         variants=tuple(Variant(n, _flatten(o or {}, f"study.variants.{n}")) for n, o in spec.variants.items()),
         target_val_acc={spec.dataset: spec.target_val_acc} if spec.target_val_acc else {},
         margin={spec.dataset: spec.margin} if spec.margin else {},
+        outcomes=check_outcomes(spec.outcomes, "study.outcomes", bool(spec.target_val_acc))
+        if spec.outcomes is not None
+        else ("test_acc",),
     )
     return study, spec.seeds, spec.epochs

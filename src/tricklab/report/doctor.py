@@ -15,6 +15,7 @@ import base64
 import html
 import math
 from pathlib import Path
+from typing import Any, Protocol
 
 import matplotlib
 
@@ -22,10 +23,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tricklab.diagnostics.doctor import DoctorResult  # noqa: E402
 from tricklab.diagnostics.records import ACT_HIST, WEIGHT, WEIGHT_GRAD_NORM, Findings  # noqa: E402
 from tricklab.diagnostics.signal import SignalProfile  # noqa: E402
-from tricklab.diagnostics.verdicts import as_set_flags  # noqa: E402
+from tricklab.diagnostics.verdicts import Verdict, as_set_flags  # noqa: E402
 from tricklab.outputs import DOCTOR_REPORT, PNG, check_target, draw_file, write_file  # noqa: E402
 
 GRAD_HEATMAP = "grad_norm_heatmap.png"
@@ -147,7 +147,25 @@ def plot_signal(profiles: list[SignalProfile], path: str | Path, highlight: str 
     return Path(path)
 
 
-def write_report(result: DoctorResult, out_dir: str | Path, force: bool = False) -> Path:
+class DoctorView(Protocol):
+    """What the page reads of a doctor's result (:class:`tricklab.diagnostics.doctor.DoctorResult`): plain data,
+    so that this layer draws it without importing the doctor that produced it."""
+
+    config: Any  # the examined Config, or None for a model of your own
+    findings: Findings
+    verdicts: list[Verdict]
+    signal: list[SignalProfile]
+    prescription: dict[str, Any]
+    recheck: Any  # a Recheck, or None
+    wall_time_s: float
+    settings: dict[str, Any]
+    pytorch: dict[str, str]
+
+    @property
+    def healthy(self) -> bool: ...
+
+
+def write_report(result: DoctorView, out_dir: str | Path, force: bool = False) -> Path:
     """Write the three plots and ``index.html`` (self-contained: images embedded) into ``out_dir``.
 
     Each file goes through :mod:`tricklab.outputs`: an existing one is replaced only when it is tricklab's own (a
@@ -192,7 +210,7 @@ def _when(v) -> str:
     return f"<br><small>certain at step {v.first_step}</small>" if v.first_step is not None else ""
 
 
-def _page(result: DoctorResult, images: dict[str, Path]) -> str:
+def _page(result: DoctorView, images: dict[str, Path]) -> str:
     e = html.escape
     f = result.findings
     head = (
@@ -260,7 +278,7 @@ def _page(result: DoctorResult, images: dict[str, Path]) -> str:
     return "\n".join(parts)
 
 
-def inline_html(result: DoctorResult) -> str:
+def inline_html(result: DoctorView) -> str:
     """The report's body for a notebook cell (Jupyter's ``_repr_html_``): the verdicts, re-check and plots."""
     import tempfile
 

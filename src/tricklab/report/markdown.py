@@ -30,6 +30,20 @@ from tricklab.lab.analysis import StudyStats
 from tricklab.lab.results import results
 from tricklab.lab.stats import ALPHA, BETTER, EQUIVALENT, WORSE
 from tricklab.outputs import MARKDOWN, PNG
+from tricklab.report.findings import (
+    CLAIM_COLOURS,
+    PREVIEW,
+    PREVIEW_NOTE,
+    SUMMARY_COLUMNS,
+    SUMMARY_NOTE,
+    StudyFindings,
+    is_preview,
+    lead_text,
+    not_run,
+    shown_overrides,
+    study_findings,
+    summary_rows,
+)
 from tricklab.report.lab_report import (
     COLUMNS,
     OUTCOME_COLUMN,
@@ -67,7 +81,8 @@ def build_markdown(
     found = results(lab_dir)
     check_not_emptied(found, lab_dir, out)
     plots_dir = out.parent / f"{out.stem}-plots"
-    planned = [_plots(r.stats, r.signals, plots_dir) for r in found.studies]
+    findings = [study_findings(r) for r in found.studies]
+    planned = [_plots(r.stats, r.signals, plots_dir, f.preview) for r, f in zip(found.studies, findings, strict=True)]
     for plots in planned:
         for _, path, _ in plots:
             outputs.check_target(path, PNG, force=force, inputs=inputs)
@@ -77,7 +92,10 @@ def build_markdown(
     ]
     _remove_stale(plots_dir, {p.name for plots in drawn for p, _ in plots})
     text = render(
-        found.sessions, [(r.stats, r.spec, r.command, plots) for r, plots in zip(found.studies, drawn, strict=True)]
+        found.sessions,
+        [(r.stats, r.spec, r.command, plots) for r, plots in zip(found.studies, drawn, strict=True)],
+        findings=findings,
+        rows=[r.rows for r in found.studies],
     )
     return outputs.write_file(out, text, MARKDOWN, force=force, inputs=inputs)
 
@@ -91,16 +109,20 @@ def check_target(out: Path, *, force: bool = False, inputs: Iterable[str | Path]
     outputs.check_target(out, MARKDOWN, force=force, inputs=inputs)
 
 
-def _plots(s: StudyStats, signals: dict[str, dict], plots_dir: Path) -> list[tuple[Callable, Path, str]]:
-    """The plots of one study: (draw function, file, alt text)."""
+def _plots(
+    s: StudyStats, signals: dict[str, dict], plots_dir: Path, preview: bool = False
+) -> list[tuple[Callable, Path, str]]:
+    """The plots of one study: (draw function, file, alt text); a preview's say so in their titles."""
     stem = plot_stem(s.study, s.dataset)
     where = f"{s.study} on {s.dataset}"
+    note = f"{PREVIEW}: not the study's result" if preview else ""
     plots = [
-        (lambda p: plot_curves(s, p), plots_dir / f"{stem}-curves.png", f"{where}: validation accuracy"),
-        (lambda p: plot_bars(s, p), plots_dir / f"{stem}-test-acc.png", f"{where}: test accuracy"),
+        (lambda p: plot_curves(s, p, note), plots_dir / f"{stem}-curves.png", f"{where}: validation accuracy"),
+        (lambda p: plot_bars(s, p, note), plots_dir / f"{stem}-test-acc.png", f"{where}: test accuracy"),
     ]
     if signals:
-        draw = lambda p: plot_signal(s.study, s.dataset, signals, p)  # noqa: E731
+        names = tuple(v.name for v in s.variants)
+        draw = lambda p: plot_signal(s.study, s.dataset, signals, p, variants=names, note=note)  # noqa: E731
         plots.append((draw, plots_dir / f"{stem}-signal.png", f"{where}: signal at initialization"))
     return plots
 
@@ -116,20 +138,32 @@ def _remove_stale(plots_dir: Path, keep: set[str]) -> None:
 # ---------------------------------------------------------------------------------------------------------- text
 
 
-def render(sessions: list[dict], studies: list[tuple[StudyStats, dict, str, list[tuple[Path, str]]]]) -> str:
-    """The page: title, how the lab ran, how outcomes are decided, summary of all comparisons, one section per study.
+def render(
+    sessions: list[dict],
+    studies: list[tuple[StudyStats, dict, str, list[tuple[Path, str]]]],
+    *,
+    findings: list[StudyFindings] | None = None,
+    rows: list[list] | None = None,
+) -> str:
+    """The page: title, how the lab ran, how outcomes are decided, the findings, summary of all comparisons, one
+    section per study.
 
     ``studies``: (stats, spec, stored command, plots as (path, alt text)); plot links are relative to the page
-    (the plots folder's name and the file's).
+    (the plots folder's name and the file's). ``findings``: each study's
+    (:func:`~tricklab.report.findings.study_findings`), which open the page; ``rows``: each study's runs, whose
+    threads the "Exact configs" show.
     """
     datasets = list(dict.fromkeys(s.dataset for s, *_ in studies))
     lines = [f"# tricklab results{': ' + ', '.join(md(d) for d in datasets) if datasets else ''}", ""]
     lines += _header(sessions, [s for s, *_ in studies], [cmd for _, _, cmd, _ in studies])
     if not studies:
         return "\n".join(lines + ["No study is recorded in this lab yet.", ""])
+    findings = findings or [None] * len(studies)
+    if any(findings):
+        lines += _findings([f for f in findings if f is not None])
     lines += ["## Summary", "", *_summary(studies), ""]
-    for s, spec, command, plots in studies:
-        lines += _section(s, spec, command, plots)
+    for (s, spec, command, plots), finding, runs in zip(studies, findings, rows or [[]] * len(studies), strict=True):
+        lines += _section(s, spec, command, plots, finding=finding, rows=runs)
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
@@ -167,7 +201,7 @@ def _header(sessions: list[dict], stats: list[StudyStats], study_commands: list[
             f"repeated p-values are Holm-adjusted within the study (family-wise α = {ALPHA:g}): **better** or "
             "**worse** when significant; **equivalent** when the repeated 95% interval lies inside the study's "
             f"margin of practical equivalence ({margin}); otherwise undecided. The Δ column gives the mean and "
-            "repeated interval at the look that decided (\"at n\" seeds), the p column the repeated p-value "
+            'repeated interval at the look that decided ("at n" seeds), the p column the repeated p-value '
             "(Holm); the test accuracy column is over all the variant's seeds (mean ± half-width of the Student-t "
             "95% interval)."
         )
@@ -236,8 +270,9 @@ def _summary(studies) -> list[str]:
         "| study | comparison | Δ test acc, pp [95% CI] | p (Holm) | outcome | seeds |",
         "|:--|:--|--:|--:|:--|--:|",
     ]
-    for s, _, _, _ in studies:
+    for s, _, command, _ in studies:
         link = f"[{md(_title(s), brackets=True)}](#{anchor(_title(s))})"
+        link += f" — *{md(PREVIEW)}*" if is_preview(command) else ""
         for v, row in zip(s.variants, table_rows(s), strict=True):
             if v.comparison is None:
                 continue
@@ -253,8 +288,52 @@ def _summary(studies) -> list[str]:
     return out
 
 
-def _section(s: StudyStats, spec: dict, command: str, plots: list[tuple[Path, str]]) -> list[str]:
+def _findings(fs: list[StudyFindings]) -> list[str]:
+    """The "Findings" section: a preview warning, the table of studies, one takeaway per study."""
+    out = ["## Findings", ""]
+    previews = [f.title for f in fs if f.preview]
+    if previews:
+        out += [f"> **Preview:** {md(', '.join(previews))} {md(PREVIEW_NOTE)}.", ""]
+    out += ["| " + " | ".join(SUMMARY_COLUMNS) + " |", "|:--|:--|:--|:--|--:|"]
+    for f, row in zip(fs, summary_rows(fs), strict=True):
+        cells = [md(c) for c in row]
+        cells[0] = f"[{md(f.title, brackets=True)}](#{anchor(f.title)})" + (f" — *{md(PREVIEW)}*" if f.preview else "")
+        out.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    out += ["", md(SUMMARY_NOTE), ""]
+    out += [f"- {_takeaway(f)}" for f in fs] + [""]
+    return out
+
+
+def _takeaway(f: StudyFindings, titled: bool = True) -> str:
+    """One study's takeaway line in Markdown: the best variant and its lead, each claim's verdict in bold; headed
+    by the study's name (``titled``) where it stands among others."""
+    best = f.best
+    head = f"**{md(f.title)}**" + (f" — *{md(PREVIEW)}*" if f.preview else "") + ": " if titled else ""
+    if best is None:
+        head += "no variant has finished a run yet." if titled else "No variant has finished a run yet."
+    else:
+        head += f"{'best' if titled else 'Best'} is **{md(best.name)}** ({best.mean * 100:.2f}% test accuracy), "
+        head += f"{md(lead_text(f))}."
+    claims = "".join(
+        f" {CLAIM_COLOURS[c.status][3]} Claim **{md(c.label)}**: {md(c.claim.text)} ({md(c.detail)})." for c in f.claims
+    )
+    return head + claims
+
+
+def _section(
+    s: StudyStats,
+    spec: dict,
+    command: str,
+    plots: list[tuple[Path, str]],
+    *,
+    finding: StudyFindings | None = None,
+    rows: list | None = None,
+) -> list[str]:
     out = [f"## {md(_title(s))}", ""]
+    if finding is not None and finding.preview:
+        out += [f"> **Preview:** this study {md(PREVIEW_NOTE)}.", ""]
+    if finding is not None:
+        out += [_takeaway(finding, titled=False), ""]
     doc = spec.get("doc", "").strip()
     if doc:
         out += [prose(doc), ""]
@@ -269,18 +348,46 @@ def _section(s: StudyStats, spec: dict, command: str, plots: list[tuple[Path, st
         cells[OUTCOME_COLUMN] = _outcome(v, row[OUTCOME_COLUMN])
         out.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     out += ["", "Mean ± half-width of the 95% Student-t interval over seeds. " + rule(s), ""]
-    verdicts = [v.verdict for v in s.variants if v.comparison is not None]
+    verdicts = [f"{v.name}: {not_run(v)} yet" if not_run(v) else v.verdict for v in s.variants if v.comparison]
     if verdicts:
         out += [f"- {md(text)}" for text in verdicts] + [""]
+    out += _speed_lines(s)
     for path, alt in plots:
         out += [f"![{md(alt, brackets=True)}]({quote(path.parent.name + '/' + path.name)})", ""]
-    overrides = spec.get("overrides", {})
+    overrides = shown_overrides(spec.get("overrides", {}), rows or [])
     if overrides:
         out += ["<details><summary>Exact configs (overrides of the defaults; seed = 0 … seeds − 1)</summary>", ""]
         block = [f"{name}:" + "".join(f"\n  {k}: {val}" for k, val in o.items()) for name, o in overrides.items()]
         fence = _fence("\n".join(block), 3)
         out += [fence, *block, fence, "", "</details>", ""]
     out += [f"**Reproduce:** {_command(reproduce_command(command, s.study))}", ""]
+    return out
+
+
+def _speed_lines(s: StudyStats) -> list[str]:
+    """The time-to-target table, rule and verdicts of each speed outcome the study judges
+    (:func:`tricklab.report.lab_report.speed_rows`)."""
+    from tricklab.report.lab_report import SPEED_COLUMNS, SPEED_OUTCOME_COLUMN, speed_rows, speed_rule
+
+    out: list[str] = []
+    for key in (o for o in s.outcomes if o != "test_acc"):
+        rows = speed_rows(s, key)
+        if not rows:
+            continue
+        out += [f"**{key.replace('_', ' ').capitalize()}**", ""]
+        out.append("| " + " | ".join(SPEED_COLUMNS) + " |")
+        out.append(
+            "|"
+            + "|".join(":--" if i in (0, 1, SPEED_OUTCOME_COLUMN) else "--:" for i in range(len(SPEED_COLUMNS)))
+            + "|"
+        )
+        for outcome, cells in rows:
+            shown = [md(c) for c in cells]
+            if outcome in (BETTER, WORSE, EQUIVALENT):
+                shown[SPEED_OUTCOME_COLUMN] = f"**{shown[SPEED_OUTCOME_COLUMN]}**"
+            out.append("| " + " | ".join(_cell(c) for c in shown) + " |")
+        out += ["", speed_rule(s, key), ""]
+        out += [f"- {md(v.speed_verdicts[key])}" for v in s.variants if key in v.speed_verdicts] + [""]
     return out
 
 

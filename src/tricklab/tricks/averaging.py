@@ -18,11 +18,14 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 from torch.optim.swa_utils import SWALR, AveragedModel, update_bn
 
 from tricklab.errors import ConfigError
 from tricklab.events import ORDER_AVERAGING, Callback, FitState, weights_mismatch
+from tricklab.sections import MAX_RATE, Section
+from tricklab.tricks.family import TRICKS, BuildContext, TrickFamily
 
 
 def _is_number(x: object) -> bool:
@@ -320,3 +323,45 @@ def evaluate_ensemble(
     if n == 0:
         raise ConfigError("averaging.ensemble", "no batches", "at least one (x, y) batch to evaluate")
     return {"loss": nll_sum / n, "acc": correct / n}
+
+# --- the family: config section, builder, checks, PyTorch translation -----------------------------------------
+
+
+class AveragingConfig(Section):
+    """Model averaging: an ensemble of K seeds, stochastic weight averaging, an EMA of the weights."""
+
+    ensemble: int = Field(1, ge=1, le=100)
+    swa_start: int | None = Field(None, ge=1)  # first epoch whose weights enter the SWA average
+    swa_lr: float | None = Field(None, gt=0, le=MAX_RATE, allow_inf_nan=False)
+    ema: float | None = Field(None, gt=0, lt=1)  # decay of the EMA of weights, e.g. 0.999
+    ema_warmup: bool = False  # k-th update decays by min(ema, (1+k)/(10+k)): early weights leave the average fast
+
+
+def averaging_callbacks(cfg: Any, ctx: BuildContext) -> list[Callback]:
+    """:class:`EMA` when ``averaging.ema`` is set, :class:`SWA` (with the training batches for its batch-norm
+    pass) when ``averaging.swa_start`` is; the ensemble is run by the workflow, one member after another."""
+    a: AveragingConfig = cfg.averaging
+    cbs: list[Callback] = []
+    if a.ema is not None:
+        cbs.append(EMA(a.ema, warmup=a.ema_warmup))
+    if a.swa_start is not None:
+        cbs.append(SWA(a.swa_start, bn_batches=ctx.train_batches(), swa_lr=a.swa_lr))
+    return cbs
+
+
+def averaging_check(cfg: Any) -> None:
+    """SWA starts within the run, is not combined with an EMA, and its SWALR only with a per-epoch schedule."""
+    a = cfg.averaging
+    if a.swa_start is not None and a.swa_start > cfg.train.epochs:
+        raise ConfigError("averaging.swa_start", a.swa_start, f"must be <= train.epochs ({cfg.train.epochs})")
+    if a.swa_start is not None and a.ema is not None:
+        raise ConfigError("averaging.ema", a.ema, "use either swa_start or ema, not both")
+    if cfg.schedule.name not in ("constant", "exponential", "step", "plateau") and a.swa_lr:
+        raise ConfigError("averaging.swa_lr", a.swa_lr, "SWALR cannot be combined with a per-step schedule")
+
+
+TRICKS.register(
+    "averaging",
+    TrickFamily(AveragingConfig, callbacks=averaging_callbacks, check=averaging_check),
+    help="model averaging: an ensemble of seeds, SWA, an EMA of the weights",
+)

@@ -16,25 +16,35 @@ The pure functions act in place on the ``.grad`` of the parameters given::
 
 and :class:`GradClip` runs one of them in the loop and records the epoch's ``grad_norm``,
 ``grad_norm_max`` and ``clip_fraction``.
+
+The family owns the config's ``clip`` section (:class:`ClipConfig`), builds :class:`GradClip` from it and says
+each mode in plain PyTorch for the doctor (:func:`clip_mode_in_pytorch`): a new mode is a registered function
+here, a sentence in :func:`clip_mode_in_pytorch`, and its test.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
+from pydantic import Field, field_validator
 from torch import Tensor, nn
 
 from tricklab.errors import ConfigError
 from tricklab.events import ORDER_CLIP, Callback, FitState
 from tricklab.metrics import CLIP_FRACTION, GRAD_NORM, GRAD_NORM_MAX  # the keys GradClip puts in epoch_extras
 from tricklab.registry import Registry
+from tricklab.sections import Section, name_in
+from tricklab.tricks.family import TRICKS, BuildContext, Prescription, TrickFamily
 
 #: A mode: clips the given parameters' gradients in place with threshold θ; True if any gradient changed.
 ClipFn = Callable[[list[Tensor], float], bool]
 
 CLIP_MODES: Registry[ClipFn] = Registry("clip mode")
+#: Where the PyTorch translations put the clipping call.
+WHERE_IN_A_LOOP = "between `loss.backward()` and `optimizer.step()`"
 
 
 def _grads(params: Iterable[Tensor]) -> list[Tensor]:
@@ -219,3 +229,64 @@ class GradClip(Callback):
         state.epoch_extras[GRAD_NORM] = self.norm_sum / self.steps
         state.epoch_extras[GRAD_NORM_MAX] = self.norm_max
         state.epoch_extras[CLIP_FRACTION] = self.clipped / self.steps
+
+
+# --- the family: config section, builder, PyTorch translation ------------------------------------------------
+
+
+class ClipConfig(Section):
+    """Gradient clipping: θ = 1 or 10 by global norm (the lesson), by value, or adaptive (AGC)."""
+
+    mode: str = "none"
+    threshold: float = Field(1.0, gt=0, allow_inf_nan=False)
+
+    _mode = field_validator("mode")(lambda v: name_in(CLIP_MODES, v))
+
+
+def clip_callbacks(cfg: Any, ctx: BuildContext) -> list[Callback]:
+    """:class:`GradClip` for ``clip.mode`` and ``clip.threshold``; nothing for ``none``."""
+    c: ClipConfig = cfg.clip
+    return [] if c.mode == "none" else [GradClip(c.mode, c.threshold)]
+
+
+def clip_mode_in_pytorch(value: str, p: Prescription) -> str:
+    """``clip.mode`` in plain PyTorch: clip_grad_norm_ / clip_grad_value_ before optimizer.step()."""
+    CLIP_MODES.get(value)
+    t = float(p.overrides.get("clip.threshold", p.settings.get("clip.threshold", 1.0)))
+    if value == "none":
+        return "remove the gradient clipping (the `clip_grad_norm_` / `clip_grad_value_` call before the step)"
+    if value == "norm":
+        return (
+            f"clip the gradient norm: `torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm={t:g})` "
+            f"{WHERE_IN_A_LOOP} (Pascanu et al. 2013)"
+        )
+    if value == "value":
+        return (
+            f"clip each gradient element: `torch.nn.utils.clip_grad_value_(model.parameters(), clip_value={t:g})` "
+            f"{WHERE_IN_A_LOOP} (Mikolov 2012)"
+        )
+    return (
+        "clip unit-wise, adaptively (PyTorch has no built-in): `from tricklab.tricks.clipping import "
+        f"adaptive_clip_, agc_parameters`, then `adaptive_clip_(agc_parameters(model), clipping={t:g})` "
+        f"{WHERE_IN_A_LOOP} (Brock et al. 2021)"
+    )
+
+
+def clip_threshold_in_pytorch(value: float, p: Prescription) -> str | None:
+    """``clip.threshold`` in plain PyTorch: the threshold of the clipping call."""
+    if "clip.mode" in p.overrides:
+        return None  # the clip.mode sentence has it
+    arg = "clip_value" if p.settings.get("clip.mode") == "value" else "max_norm"
+    return f"clip at {value:g}: `{arg}={value:g}` in your `torch.nn.utils.clip_grad_*_` call"
+
+
+TRICKS.register(
+    "clip",
+    TrickFamily(
+        ClipConfig,
+        callbacks=clip_callbacks,
+        every_step=True,
+        translations={"clip.mode": clip_mode_in_pytorch, "clip.threshold": clip_threshold_in_pytorch},
+    ),
+    help="gradient clipping by global norm, by value or adaptive (AGC)",
+)

@@ -9,14 +9,17 @@ Prechelt, L. (1998). "Early stopping — but when?" In *Neural Networks: Tricks 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from tricklab.errors import ConfigError, echo
 from tricklab.events import ORDER_EARLY_STOPPING, Callback, FitState, weights_mismatch
 from tricklab.metrics import VAL_ACC, VAL_LOSS
+from tricklab.sections import Section
+from tricklab.tricks.family import TRICKS, BuildContext, Prescription, TrickFamily
 
 MONITORS = (VAL_LOSS, VAL_ACC)
 
@@ -183,3 +186,43 @@ class EarlyStopping(Callback):
             return None
         mismatch = weights_mismatch(model.state_dict(), state["best_weights"])
         return None if mismatch is None else f"best_weights: {mismatch}"
+
+# --- the family: config section, builder, checks, PyTorch translation -----------------------------------------
+
+
+class EarlyStoppingConfig(Section):
+    """Stop when the validation metric stops improving; restore the best weights whatever ended the run."""
+
+    enabled: bool = False
+    monitor: Literal["val_loss", "val_acc"] = "val_loss"
+    patience: int = Field(5, ge=0)
+    min_delta: float = Field(0.0, ge=0, allow_inf_nan=False)
+    restore_best: bool = True
+
+
+def early_stopping_callbacks(cfg: Any, ctx: BuildContext) -> list[Callback]:
+    """:class:`EarlyStopping` when ``early_stopping.enabled``."""
+    e: EarlyStoppingConfig = cfg.early_stopping
+    return [EarlyStopping(e.monitor, e.patience, e.min_delta, e.restore_best)] if e.enabled else []
+
+
+def enabled_in_pytorch(value: bool, p: Prescription) -> str:
+    """``early_stopping.enabled`` in plain PyTorch: stop at the best validation loss (Prechelt 1998)."""
+    if not value:
+        return "train for the whole budget, without early stopping"
+    return (
+        "stop early: after each epoch `if val_loss < best: best, best_state = val_loss, "
+        "copy.deepcopy(model.state_dict())`, stop after 5 epochs without a new best, then "
+        "`model.load_state_dict(best_state)`"
+    )
+
+
+TRICKS.register(
+    "early_stopping",
+    TrickFamily(
+        EarlyStoppingConfig,
+        callbacks=early_stopping_callbacks,
+        translations={"early_stopping.enabled": enabled_in_pytorch},
+    ),
+    help="stop when the validation metric stops improving; restore the best weights",
+)

@@ -26,11 +26,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from pydantic import field_validator
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from tricklab.errors import ConfigError
 from tricklab.registry import Registry
+from tricklab.sections import Section, name_in
+from tricklab.tricks.family import TRICKS, Prescription, TrickFamily, cite, layers_phrase
 
 #: The layers whose weights a scheme sets; their biases are set to 0. Norm layers are left alone.
 INIT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
@@ -309,3 +312,54 @@ def _output_variance(model: nn.Module, layer: nn.Module, data: Tensor) -> float:
     finally:
         hook.remove()
     return float(outputs[0].float().var())
+
+# --- the family: config section, applied by the assembly to the built model -----------------------------------------
+
+
+class InitConfig(Section):
+    """How the weights start (applied to every Linear/Conv layer after the model is built)."""
+
+    scheme: str = "he_normal"  # when unset: he_normal for tricklab's models, "default" (the model's own) for plugins
+
+    _scheme = field_validator("scheme")(lambda v: name_in(INITIALIZERS, v))
+
+
+#: init.scheme → the PyTorch call that sets the weight of one Linear/Conv layer ``m`` as tricklab's scheme of that
+#: name does (``m.weight[0].numel()`` is its fan-in n_in); the bias then goes to 0, except for ``default``.
+INIT_CALLS: dict[str, str] = {
+    "default": "m.reset_parameters()",
+    "uniform": "nn.init.uniform_(m.weight, -m.weight[0].numel() ** -0.5, m.weight[0].numel() ** -0.5)",
+    "gaussian": "nn.init.normal_(m.weight, std=m.weight[0].numel() ** -0.5)",
+    "lecun_normal": "nn.init.trunc_normal_(m.weight, a=-2.0, b=2.0); "
+    "m.weight.data /= 0.8796 * m.weight[0].numel() ** 0.5",
+    "glorot_normal": "nn.init.xavier_normal_(m.weight)",
+    "glorot_uniform": "nn.init.xavier_uniform_(m.weight)",
+    "he_normal": 'nn.init.kaiming_normal_(m.weight, nonlinearity="relu")',
+    "he_uniform": 'nn.init.kaiming_uniform_(m.weight, nonlinearity="relu")',
+    "orthogonal": "nn.init.orthogonal_(m.weight)",
+    "standard_normal": "nn.init.normal_(m.weight, std=1.0)",
+    "lsuv": "nn.init.orthogonal_(m.weight)",  # then rescaled on data: LSUV_STEP
+}
+
+#: What LSUV does after its orthogonal init (Mishkin & Matas 2015).
+LSUV_STEP = (
+    "; then, from the input on, divide each layer's weight by the std of its output on a batch (or call "
+    '`tricklab.tricks.init.apply_init(model, "lsuv", data=x)`)'
+)
+
+
+def init_scheme_in_pytorch(value: str, p: Prescription) -> str:
+    """``init.scheme`` in plain PyTorch: nn.init calls on every Linear/Conv layer."""
+    INITIALIZERS.get(value)  # an unknown scheme fails here with the valid names
+    bias = "" if value == "default" else " and `nn.init.zeros_(m.bias)`"
+    return (
+        f"initialize {layers_phrase(p.weight_layers())} as {value}: for each such layer `m`, "
+        f"`{INIT_CALLS[value]}`{bias}{LSUV_STEP if value == 'lsuv' else ''}{cite(INITIALIZERS.help(value))}"
+    )
+
+
+TRICKS.register(
+    "init",
+    TrickFamily(InitConfig, translations={"init.scheme": init_scheme_in_pytorch}),
+    help="weight initialization, applied to every Linear/Conv layer once the model is built (apply_init)",
+)

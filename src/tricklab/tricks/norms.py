@@ -27,6 +27,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from tricklab.registry import Registry
+from tricklab.tricks.family import TRICKS, Prescription, TrickFamily, cite, layers_phrase, names_phrase
 
 NORMS: Registry = Registry("norm")
 
@@ -96,3 +97,52 @@ def norm_has_bias(name: str) -> bool:
 
 
 __all__ = ["NORMS", "NORM_POSITIONS", "MIN_DENSE_GROUP", "group_count", "norm_has_bias", "ChannelLayerNorm"]
+
+
+# --- the family: its keys live in the model section; what it is in plain PyTorch -----------------------------
+
+
+def norm_in_pytorch(value: str, p: Prescription) -> str:
+    """``model.norm`` in plain PyTorch: insert nn.BatchNorm1d/LayerNorm/GroupNorm after the hidden layers."""
+    NORMS.get(value)
+    cited = cite(NORMS.help(value))
+    if value == "none":
+        return "remove the normalization layers (nn.BatchNorm1d/2d, nn.LayerNorm, nn.GroupNorm) from the model"
+    hidden = p.weight_layers()[:-1]  # not after the output layer
+    if value == "weight":
+        return (
+            f"reparametrize {layers_phrase(hidden, 'hidden ')} as w = g·v/‖v‖: "
+            f"`m = torch.nn.utils.parametrizations.weight_norm(m)` for each{cited}"
+        )
+    if not hidden:
+        generic = {
+            "batch": "`nn.BatchNorm1d(out_features)` (`nn.BatchNorm2d(out_channels)` after a Conv2d)",
+            "layer": "`nn.LayerNorm(out_features)` (`nn.GroupNorm(1, out_channels)` after a Conv)",
+            "group": "`nn.GroupNorm(groups, out_channels)` (groups: the largest divisor ≤ 32; after a Linear, one "
+            f"that leaves ≥ {MIN_DENSE_GROUP} features a group)",
+        }[value]
+        return f"insert {generic} after each hidden Linear/Conv layer, before its activation{cited}"
+    by_module: dict[str, list[str]] = {}
+    for name, m in hidden:
+        by_module.setdefault(norm_module(value, m), []).append(name)
+    where = "; ".join(f"`{module}` after {names_phrase(names)}" for module, names in by_module.items())
+    return f"insert a norm layer after each hidden Linear/Conv layer, before its activation: {where}{cited}"
+
+
+def norm_module(value: str, m: nn.Module) -> str:
+    """The norm layer to insert after ``m`` (as tricklab's norm of that name builds it)."""
+    conv2d = isinstance(m, nn.Conv2d)
+    n = m.out_features if isinstance(m, nn.Linear) else m.out_channels
+    if value == "batch":
+        return f"nn.BatchNorm{'2d' if conv2d else '1d'}({n})"
+    if value == "layer":
+        return f"nn.LayerNorm({n})" if isinstance(m, nn.Linear) else f"nn.GroupNorm(1, {n})"
+    dense = isinstance(m, nn.Linear)
+    return f"nn.GroupNorm({group_count(n, min_per_group=MIN_DENSE_GROUP if dense else 1)}, {n})"
+
+
+TRICKS.register(
+    "norm",
+    TrickFamily(None, translations={"model.norm": norm_in_pytorch}),
+    help="normalization layers (model.norm, model.norm_position): batch, layer, group, weight",
+)

@@ -34,10 +34,15 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
+from pydantic import Field, field_validator
 from torch import Tensor, nn
 
 from tricklab.errors import ConfigError
+from tricklab.events import Callback
 from tricklab.registry import Registry
+from tricklab.sections import MAX_RATE, Section, name_in
+from tricklab.tricks.family import TRICKS, BuildContext, Prescription, TrickFamily
+from tricklab.tricks.regularization import L1Penalty
 
 #: Param-group key of the decoupled decay rate λ in :class:`SGDW`, :class:`AdagradW`, :class:`RMSpropW`.
 DECOUPLED_WD = "decoupled_wd"
@@ -251,8 +256,8 @@ def build_optimizer(
     from the gradient step (Loshchilov & Hutter 2019). ``momentum`` (γ) is used by ``momentum`` and
     ``nesterov`` only. ``fused``: torch's fused kernel where it has one on ``device`` (None: the parameters'), one
     kernel per step instead of a few per tensor: SGD, Adam and AdamW on CPU and CUDA, Adagrad on CPU
-    (:data:`FUSABLE`); tricklab's assembly asks for it on both (the measured gain is in the git history of this
-    change and in ``benchmarks/overhead.py``).
+    (:data:`FUSABLE`); tricklab's assembly asks for it on both (``benchmarks/overhead.py`` and ``roofline.py``
+    measure the step with it; the figures are in ``benchmarks/README.md``).
 
     Example: ``build_optimizer("nesterov", model, lr=0.1, momentum=0.9, weight_decay=5e-4)``.
     """
@@ -283,7 +288,7 @@ FUSABLE: dict[str, tuple[type, ...]] = {
 def _use_fused(opt: torch.optim.Optimizer, device_type: str) -> None:
     """Switch ``opt`` to torch's fused kernel when it has one on ``device_type`` (:data:`FUSABLE`): one kernel
     per step, and a ``found_inf`` flag that skips the update on the device (the NaN/Inf guard's deferred mode,
-    :class:`tricklab.train.guards.DeferredGuard`)."""
+    :class:`tricklab.engine.guards.DeferredGuard`)."""
     if type(opt) not in FUSABLE.get(device_type, ()):
         return
     for group in opt.param_groups:
@@ -294,3 +299,67 @@ def _use_fused(opt: torch.optim.Optimizer, device_type: str) -> None:
 
 def _is_number(x: object) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+# --- the family: config section, builder, checks, PyTorch translation -----------------------------------------
+
+
+class OptimConfig(Section):
+    """The optimizer and its regularization."""
+
+    name: str = "adam"
+    lr: float = Field(1e-3, gt=0, le=MAX_RATE, allow_inf_nan=False)
+    momentum: float = Field(0.9, ge=0, lt=1)  # γ of momentum / nesterov
+    weight_decay: float = Field(0.0, ge=0, le=MAX_RATE, allow_inf_nan=False)
+    decoupled: bool = False  # True: AdamW/SGDW-style decay; False: L2 added to the gradient
+    l1: float = Field(0.0, ge=0, le=MAX_RATE, allow_inf_nan=False)  # L1 penalty on weights, not biases or norms
+
+    _name = field_validator("name")(lambda v: name_in(OPTIMIZERS, v))
+
+
+def optim_callbacks(cfg: Any, ctx: BuildContext) -> list[Callback]:
+    """The L1 penalty ``optim.l1`` adds to the gradients (the optimizer itself is built by the assembly)."""
+    return [L1Penalty(cfg.optim.l1)] if cfg.optim.l1 > 0 else []
+
+
+def optim_check(cfg: Any) -> None:
+    """``adamw`` is decoupled by definition: with weight decay it needs ``optim.decoupled``."""
+    if cfg.optim.name == "adamw" and cfg.optim.weight_decay > 0 and not cfg.optim.decoupled:
+        raise ConfigError(
+            "optim.decoupled", False, "adamw is decoupled weight decay by definition; set true or use adam"
+        )
+
+
+def lr_in_pytorch(value: float, p: Prescription) -> str:
+    """``optim.lr`` in plain PyTorch: param_groups[i]['lr']."""
+    old = p.settings.get("optim.lr")
+    if not isinstance(old, int | float):
+        change = f"set the learning rate to {value:g}"
+    else:
+        change = f"{'lower' if value < old else 'raise'} the learning rate from {old:g} to {value:g}"
+    return (
+        f'{change}: `for g in optimizer.param_groups: g["lr"] = {value:g}` (or `lr={value:g}` where you build '
+        "the optimizer; a scheduler then scales it)"
+    )
+
+
+def weight_decay_in_pytorch(value: float, p: Prescription) -> str:
+    """``optim.weight_decay`` in plain PyTorch: L2 penalty λ·‖W‖² (Krogh & Hertz 1992)."""
+    return (
+        f"add weight decay {value:g}: `weight_decay={value:g}` where you build the optimizer (for Adam, "
+        f"`torch.optim.AdamW(model.parameters(), lr=..., weight_decay={value:g})` decouples it; Loshchilov & "
+        "Hutter 2019)"
+    )
+
+
+TRICKS.register(
+    "optim",
+    TrickFamily(
+        OptimConfig,
+        callbacks=optim_callbacks,
+        every_step=True,
+        check=optim_check,
+        translations={"optim.lr": lr_in_pytorch, "optim.weight_decay": weight_decay_in_pytorch},
+    ),
+    help="the optimizer, its learning rate and weight decay, and the L1 penalty",
+)

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import torch
 
 from tricklab.registry import Registry
+from tricklab.tricks.family import TRICKS, Prescription, TrickFamily
 
 SCALINGS: Registry = Registry("scaling")
 
@@ -135,3 +136,27 @@ def fit_scaler(x: torch.Tensor, kind: str) -> Scaler:
     """Fit the ``kind`` scaling on training inputs ``x`` (any shape; per channel if dimension 1 has C > 1)."""
     shift, scale = SCALINGS.get(kind)(x)
     return Scaler(kind, shift, scale)
+
+
+# --- the family: its key lives in the data section; what it is in plain PyTorch ------------------------------
+
+
+def scale_in_pytorch(value: str, p: Prescription) -> str:
+    """``data.scale`` in plain PyTorch: scale the inputs with the training set's statistics."""
+    SCALINGS.get(value)
+    if value == "none":
+        return "feed the raw inputs, unscaled"
+    stats = "computed on the training inputs `x_train` only, applied to every split (per channel for images)"
+    formula = {
+        "standardize": "`x = (x - x_train.mean()) / x_train.std()`",
+        "minmax01": "`x = (x - x_train.min()) / (x_train.max() - x_train.min())`",
+        "minmax11": "`x = 2 * (x - x_train.min()) / (x_train.max() - x_train.min()) - 1`",
+    }[value]
+    return f"scale the inputs ({value}): {formula}, with statistics {stats} (LeCun et al. 1998)"
+
+
+TRICKS.register(
+    "scale",
+    TrickFamily(None, translations={"data.scale": scale_in_pytorch}),
+    help="input scaling (data.scale) with the training set's statistics",
+)

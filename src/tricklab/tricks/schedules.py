@@ -27,15 +27,18 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import Field, field_validator
 from torch.optim import lr_scheduler
 
 from tricklab.errors import ConfigError
 from tricklab.events import ORDER_SCHEDULE, Callback, FitState
 from tricklab.metrics import VAL_LOSS
 from tricklab.registry import Registry
+from tricklab.sections import MAX_RATE, Section, name_in
+from tricklab.tricks.family import TRICKS, BuildContext, TrickFamily
 
 #: Default γ per schedule when ``gamma`` is not given (the lesson's slow decay; the classic 10× step).
 DEFAULT_GAMMA = {"exponential": 0.98, "step": 0.1}
@@ -392,3 +395,50 @@ def _has_momentum(optimizer: torch.optim.Optimizer) -> bool:
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+# --- the family: config section, builder, checks, PyTorch translation -----------------------------------------
+
+
+class ScheduleConfig(Section):
+    """Learning-rate decay; the LR actually used in each epoch is in the history."""
+
+    name: str = "cosine"
+    gamma: float | None = Field(None, gt=0, le=1)  # exponential (default 0.98 per epoch), step (default 0.1)
+    step_size: int | None = Field(None, ge=1)  # epochs between step decays (default epochs // 3)
+    warmup_epochs: int = Field(1, ge=0)
+    min_lr: float = Field(0.0, ge=0, le=MAX_RATE, allow_inf_nan=False)
+    factor: float = Field(0.1, gt=0, lt=1)  # plateau
+    patience: int = Field(2, ge=0)  # plateau
+    monitor: Literal["val_loss", "val_acc"] = "val_loss"  # plateau
+
+    _name = field_validator("name")(lambda v: name_in(SCHEDULES, v))
+
+
+def schedule_callbacks(cfg: Any, ctx: BuildContext) -> list[Callback]:
+    """:class:`LRSchedule` for ``schedule.name`` with the section's options; nothing for ``constant``."""
+    s: ScheduleConfig = cfg.schedule
+    if s.name == "constant":
+        return []
+    opts: dict[str, Any] = dict(
+        warmup_epochs=s.warmup_epochs, min_lr=s.min_lr, factor=s.factor, patience=s.patience, monitor=s.monitor
+    )
+    if s.gamma is not None:
+        opts["gamma"] = s.gamma
+    if s.step_size is not None:
+        opts["step_size"] = s.step_size
+    return [LRSchedule(s.name, **opts)]
+
+
+def schedule_check(cfg: Any) -> None:
+    """Warmup must end before training does."""
+    if cfg.schedule.name == "warmup_cosine" and cfg.schedule.warmup_epochs >= cfg.train.epochs:
+        raise ConfigError(
+            "schedule.warmup_epochs", cfg.schedule.warmup_epochs, f"must be < train.epochs ({cfg.train.epochs})"
+        )
+
+
+TRICKS.register(
+    "schedule",
+    TrickFamily(ScheduleConfig, callbacks=schedule_callbacks, check=schedule_check),
+    help="learning-rate schedules: warmup, cosine, step, exponential, plateau",
+)

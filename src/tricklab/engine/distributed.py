@@ -23,7 +23,7 @@ How the processes (ranks) share one run, so that N processes train the model one
   metrics and early stopping decides the same everywhere; the stop flag is still all-reduced to be sure;
 * the NaN/Inf guard's verdicts are all-reduced before it decides (:meth:`DDP.any_nonfinite`, :meth:`DDP.any_rank`,
   :meth:`DDP.name_ranks`): when one rank sees a NaN, every rank stops with
-  :class:`~tricklab.train.guards.NonFiniteError` (or skips the batch), none hangs;
+  :class:`~tricklab.engine.guards.NonFiniteError` (or skips the batch), none hangs;
 * only rank 0 writes: history, checkpoints (atomically), metrics, final weights, and only it prints; the others
   read the checkpoint rank 0 chose when resuming.
 
@@ -54,10 +54,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from tricklab.data.download import atomic_write
+from tricklab.engine.strategy import Batches, StepTotals
 from tricklab.errors import ConfigError, TrickLabError
 from tricklab.events import FitState
-from tricklab.train.strategy import Batches, StepTotals
+from tricklab.outputs import atomic_write
 
 
 def launched() -> bool:
@@ -271,8 +271,8 @@ class ShardedBatches:
 
 
 class DDP:
-    """The :class:`~tricklab.train.strategy.Strategy` of one rank of several: what
-    :func:`~tricklab.train.loop.fit` does differently here (its ``ddp`` argument)."""
+    """The :class:`~tricklab.engine.strategy.Strategy` of one rank of several: what
+    :func:`~tricklab.engine.loop.fit` does differently here (its ``ddp`` argument)."""
 
     def __init__(self, device: torch.device):
         self.device = torch.device(device)
@@ -409,7 +409,7 @@ def restart_plan(run_dir: str | Path | None) -> str | None:
     if is_main() and run_dir is not None and restarted() and run_id() is not None:
         run_dir = Path(run_dir)
         if read_job(run_dir).get("run_id") == run_id():
-            from tricklab.train.rundir import CHECKPOINTS, note, run_checkpoints
+            from tricklab.engine.rundir import CHECKPOINTS, note, run_checkpoints
 
             plan = "resume" if run_checkpoints(run_dir) else "fresh"
             if plan == "fresh":  # only what tricklab train wrote before its first checkpoint

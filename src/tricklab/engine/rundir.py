@@ -4,9 +4,9 @@ A run directory holds ``config.yaml`` (the resolved config), ``history.jsonl`` (
 as each epoch ends by :class:`HistoryWriter`), ``metrics.json`` (final test metrics), ``scaler.json`` (the input
 scaling fitted on the training split), ``metrics.csv`` and ``hparams.yaml`` (the history and the config in the
 layout of Lightning's ``CSVLogger``, see :class:`CSVWriter`), ``model.safetensors`` (the final weights; safetensors
-never runs code), ``checkpoints/`` (see :mod:`tricklab.train.checkpoint`) and, for a run trained by several
+never runs code), ``checkpoints/`` (see :mod:`tricklab.engine.checkpoint`) and, for a run trained by several
 processes under torchrun, ``distributed.json`` (their number and the job's id, see
-:mod:`tricklab.train.distributed`). ``train``, ``doctor`` and ``lr-find`` name their folders with
+:mod:`tricklab.engine.distributed`). ``train``, ``doctor`` and ``lr-find`` name their folders with
 :func:`new_dir_name`. While a command writes a run directory it holds the folder's lock (``.tricklab.lock``, see
 :mod:`tricklab.locks`): a second process is refused, never interleaved.
 """
@@ -22,13 +22,11 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from tricklab.config import Config, read_yaml, validate
-from tricklab.data.download import atomic_write
+from tricklab.engine.checkpoint import latest_checkpoint, list_checkpoints
 from tricklab.errors import TrickLabError
 from tricklab.events import ORDER_HISTORY, Callback, FitState
 from tricklab.locks import LOCK_NAME, check_free
-from tricklab.plugins import NotAllowedError
-from tricklab.train.checkpoint import latest_checkpoint, list_checkpoints
+from tricklab.outputs import atomic_write
 
 
 class HistoryWriter(Callback):
@@ -103,11 +101,6 @@ def csv_text(rows: list[dict], first: tuple[str, ...]) -> str:
     return out.getvalue()
 
 
-def hparams_yaml(cfg: Config) -> str:
-    """``hparams.yaml`` as Lightning's ``CSVLogger`` writes it beside ``metrics.csv``: the run's resolved config."""
-    return cfg.to_yaml()
-
-
 def new_dir_name(label: str, base: Path = Path("runs")) -> Path:
     """``base/<stamp>-<label>``, with ``-2``, ``-3``, ... if that folder exists already."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -116,13 +109,6 @@ def new_dir_name(label: str, base: Path = Path("runs")) -> Path:
         i += 1
         path = base / f"{stamp}-{label}-{i}"
     return path
-
-
-def default_run_dir(cfg: Config, command: str = "", base: Path = Path("runs")) -> Path:
-    """``runs/<stamp>-[command-]<dataset>-<model>`` (a plugin's import path contributes its last name)."""
-    names = [n.rpartition(":")[2].rpartition(".")[2] for n in (cfg.data.name, cfg.model.name)]
-    label = "-".join([command, *names] if command else names)
-    return new_dir_name("".join(c if c.isalnum() or c in "-_" else "_" for c in label), base)
 
 
 def is_empty(path: Path) -> bool:
@@ -154,27 +140,6 @@ def run_checkpoints(run_dir: Path) -> list[Path]:
     folder = Path(run_dir) / CHECKPOINTS
     subfolders = sorted(folder.glob("member*")) if folder.is_dir() else []
     return [c for f in (folder, *subfolders) for c in list_checkpoints(f)]
-
-
-def stored_config(run_dir: str | Path) -> Config:
-    """The config a run directory was written with, for ``--resume`` (its config.yaml, read safely)."""
-    run_dir = Path(run_dir)
-    allowed = "allowed: a run directory written by tricklab train, or auto"
-    if not run_dir.is_dir():
-        raise TrickLabError(f"--resume {str(run_dir)!r}: no such run directory ({allowed})")
-    if not (run_dir / "config.yaml").is_file():
-        raise TrickLabError(f"--resume {str(run_dir)!r}: holds no config.yaml ({allowed})")
-    if not run_checkpoints(run_dir):
-        raise TrickLabError(
-            f"--resume {str(run_dir)!r}: holds no checkpoint in {CHECKPOINTS}/ (it stopped before its first one): "
-            "nothing to resume; train it again with a new --out"
-        )
-    try:
-        return validate(read_yaml(run_dir / "config.yaml"))
-    except NotAllowedError as e:
-        raise TrickLabError(f"--resume {str(run_dir)!r}: {e}") from None
-    except TrickLabError as e:
-        raise TrickLabError(f"--resume {str(run_dir)!r}: its config.yaml is invalid: {e}") from None
 
 
 def find_resumable(base: Path = Path("runs")) -> Path:

@@ -63,8 +63,8 @@ def _deferred(policy: str, bad_step: int) -> str:
     import torch.distributed as dist
     import torch.nn.functional as F
 
-    from tricklab.train.distributed import DDP
-    from tricklab.train.loop import NonFiniteError, fit
+    from tricklab.engine.distributed import DDP
+    from tricklab.engine.loop import NonFiniteError, fit
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
@@ -97,7 +97,7 @@ if __name__ == "__main__":
 
     import torch.distributed as dist
 
-    from tricklab.train import distributed
+    from tricklab.engine import distributed
 
     with distributed.session():
         for policy in ("skip", "stop"):

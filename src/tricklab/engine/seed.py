@@ -1,4 +1,4 @@
-"""Seeds and devices: one call makes a run repeatable on CPU."""
+"""Seeds and threads: one call makes a run repeatable on CPU."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ import sys
 import numpy as np
 import torch
 
-from tricklab.errors import ConfigError
-
 
 def seed_everything(seed: int) -> torch.Generator:
     """Seed python, numpy and torch; return a separate generator for the data order (seeded from ``seed``)."""
@@ -18,15 +16,6 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed + 1_000_003)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → cuda when available, else cpu; ``cuda`` without a GPU is a config error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device", name, "no CUDA device is available here; use auto or cpu")
-    return torch.device(name)
 
 
 def usable_cores() -> int:

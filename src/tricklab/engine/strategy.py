@@ -1,11 +1,11 @@
-"""How many processes train together: a :class:`Strategy` that :func:`~tricklab.train.loop.fit` calls at fixed
+"""How many processes train together: a :class:`Strategy` that :func:`~tricklab.engine.loop.fit` calls at fixed
 points, chosen once before the loop (Lightning's Strategy idea: the loop reads the same for one process or N).
 
 Its points in the loop: :meth:`~Strategy.prepare` the model and the batches before the first epoch,
 :meth:`~Strategy.reduce` each step's train totals, :meth:`~Strategy.epoch_end` before validation,
 :meth:`~Strategy.agree_stop` after the epoch's callbacks; and three agreements the NaN/Inf guard asks for, so
-that every process reaches the same verdict (:mod:`tricklab.train.guards`). :class:`SingleProcess` is the one
-process alone, where every one of them is the identity; :class:`tricklab.train.distributed.DDP` is one rank of
+that every process reaches the same verdict (:mod:`tricklab.engine.guards`). :class:`SingleProcess` is the one
+process alone, where every one of them is the identity; :class:`tricklab.engine.distributed.DDP` is one rank of
 several under torchrun.
 """
 

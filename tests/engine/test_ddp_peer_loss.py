@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from test_ddp import OVERRIDES, TIMEOUT, env
 
-from tricklab.train.distributed import PeerLost, peer_lost
+from tricklab.engine.distributed import PeerLost, peer_lost
 
 GLOO = (
     "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer "

@@ -1,7 +1,7 @@
 """Each trick's config section reaches the training loop: ``run(config)`` on synthetic data does what it says.
 
 The trick modules prove their math on their own (tests/tricks/); these tests prove the wiring: a key set in
-the config changes what ``tricklab.train.run.run`` trains and reports, in the way the formula predicts.
+the config changes what ``tricklab.runner.run`` trains and reports, in the way the formula predicts.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from tricklab.assembly import build_model as make_model
 from tricklab.assembly import load_data
 from tricklab.config import Config, load_config
 from tricklab.data import TensorBatches
+from tricklab.engine.loop import evaluate
 from tricklab.events import Callback, FitState
-from tricklab.train.loop import evaluate
-from tricklab.train.run import run
+from tricklab.runner import run
 from tricklab.tricks.averaging import evaluate_ensemble
 
 #: 128 training examples in batches of 32 (4 steps per epoch), a 2×32 MLP, Adam at 0.01, constant LR.

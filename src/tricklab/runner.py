@@ -1,7 +1,7 @@
 """Run a whole config: data → model → tricks → ``fit()`` → test evaluation, written into a run directory.
 
 What is built comes from :mod:`tricklab.assembly`; what a run directory holds and how it is named and found
-again is :mod:`tricklab.train.rundir`. Every file but the history is written atomically.
+again is :mod:`tricklab.engine.rundir`. Every file but the history is written atomically.
 
 ``run(cfg, run_dir, resume=True)`` continues a run from its newest valid checkpoint (each ensemble member
 from its own), with ``history.jsonl`` cut back to the checkpoint's epoch. While a run trains, SIGINT and
@@ -9,7 +9,7 @@ SIGTERM stop it at the next step boundary with a checkpoint (exit 130/143 from t
 
 A run never ends looking like a success when it blew up. NaN/Inf stops it (:class:`NonFiniteError`, exit 3);
 a run that stayed finite but blew up — the reported model's test loss above 100 × ln(C), the loss of a uniform
-guess, and above its own before training (the rule and why: :func:`tricklab.train.loop.blown_up`) — is written
+guess, and above its own before training (the rule and why: :func:`tricklab.engine.loop.blown_up`) — is written
 in full, its metrics (and each such ensemble member's) marked ``diverged: true``, and then raises
 :class:`DivergedError` (exit 3, ``error: diverged: ...``). With ``record_divergence`` (the lab) both are results
 marked ``diverged`` instead.
@@ -31,32 +31,33 @@ import torch
 from tricklab.assembly import Assembled, assemble
 from tricklab.config import Config, read_yaml, validate
 from tricklab.data.base import TensorBatches, TensorData
-from tricklab.data.download import atomic_write
-from tricklab.errors import TrickLabError
-from tricklab.events import Callback, FitState
-from tricklab.integrations.loggers import Loggers
-from tricklab.locks import folder_lock
-from tricklab.train import distributed
-from tricklab.train.checkpoint import Checkpointer, CheckpointError, StopSignals, check_state, read_checkpoint
-from tricklab.train.loop import DivergedError, NonFiniteError, blown_up, evaluate, fit
-from tricklab.train.placement import place_splits
-from tricklab.train.rundir import (
+from tricklab.engine import distributed
+from tricklab.engine.checkpoint import Checkpointer, CheckpointError, StopSignals, check_state, read_checkpoint
+from tricklab.engine.loop import DivergedError, NonFiniteError, blown_up, evaluate, fit
+from tricklab.engine.placement import place_splits
+from tricklab.engine.rundir import (
+    CHECKPOINTS,
     CSVWriter,
     HistoryWriter,
     check_run_dir,
     checkpoint_folder,
-    default_run_dir,
     discard,
     first_missing,
-    hparams_yaml,
     is_empty,
+    new_dir_name,
     note,
     run_checkpoints,
 )
+from tricklab.errors import TrickLabError
+from tricklab.events import Callback, FitState
+from tricklab.integrations.loggers import Loggers
+from tricklab.locks import folder_lock
+from tricklab.outputs import atomic_write
+from tricklab.plugins import NotAllowedError
 from tricklab.tricks.averaging import evaluate_ensemble
 from tricklab.tricks.early_stopping import EarlyStopping
 
-#: The test loss before training (the blow-up rule's reference, :func:`tricklab.train.loop.blown_up`) is taken
+#: The test loss before training (the blow-up rule's reference, :func:`tricklab.engine.loop.blown_up`) is taken
 #: on the first this many test examples: a reference, not a result, and a full pass costs about a second.
 INITIAL_LOSS_EXAMPLES = 2048
 
@@ -76,6 +77,12 @@ class RunResult:
         from tricklab.report.run import run_html
 
         return run_html(self)
+
+
+def _prior_acc(labels: torch.Tensor) -> float:
+    """The share of the most common class in ``labels``: the accuracy of always answering it (chance level)."""
+    labels = torch.as_tensor(labels).reshape(-1).long()
+    return float(torch.bincount(labels).max() / len(labels)) if len(labels) else math.nan
 
 
 def _member_summary(state: FitState, callbacks: list[Callback]) -> dict[str, Any]:
@@ -199,7 +206,7 @@ def _stored_config_file(cfg: Config, run_dir: Path) -> Path | None:
     that does not match ``cfg`` then names the file, edited since the run started, as the cause."""
     path = run_dir / "config.yaml"
     try:
-        return path if validate(read_yaml(path)).hash() == cfg.hash() else None
+        return path if validate(read_yaml(path), like=cfg).hash() == cfg.hash() else None
     except TrickLabError:
         return None
 
@@ -252,7 +259,7 @@ def _run(
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(run_dir / "config.yaml", cfg.to_yaml().encode())
         atomic_write(run_dir / "scaler.json", json.dumps(splits.scaler.to_dict()).encode())
-        atomic_write(run_dir / "hparams.yaml", hparams_yaml(cfg).encode())  # beside metrics.csv, as Lightning's
+        atomic_write(run_dir / "hparams.yaml", cfg.to_yaml().encode())  # beside metrics.csv, as Lightning's
     if loggers and main:
         for lg in loggers.loggers:
             if not lg.opened:
@@ -353,6 +360,7 @@ def _run(
     if k_members > 1 and any(m.get("diverged") for m in members):
         metrics["diverged_members"] = sum(1 for m in members if m.get("diverged"))
     metrics.update(wall_time_s=time.perf_counter() - start, config_hash=cfg.hash())
+    metrics["test_prior_acc"] = _prior_acc(splits.test.y)  # chance level: the lab's "no signal" compares with it
     if run_dir is not None and main:
         atomic_write(run_dir / "metrics.json", (json.dumps(metrics, indent=2) + "\n").encode())
         for k, final in enumerate(finals):
@@ -367,3 +375,31 @@ def _run(
         err.result = result
         raise err
     return result
+
+
+def default_run_dir(cfg: Config, command: str = "", base: Path = Path("runs")) -> Path:
+    """``runs/<stamp>-[command-]<dataset>-<model>`` (a plugin's import path contributes its last name)."""
+    names = [n.rpartition(":")[2].rpartition(".")[2] for n in (cfg.data.name, cfg.model.name)]
+    label = "-".join([command, *names] if command else names)
+    return new_dir_name("".join(c if c.isalnum() or c in "-_" else "_" for c in label), base)
+
+
+def stored_config(run_dir: str | Path) -> Config:
+    """The config a run directory was written with, for ``--resume`` (its config.yaml, read safely)."""
+    run_dir = Path(run_dir)
+    allowed = "allowed: a run directory written by tricklab train, or auto"
+    if not run_dir.is_dir():
+        raise TrickLabError(f"--resume {str(run_dir)!r}: no such run directory ({allowed})")
+    if not (run_dir / "config.yaml").is_file():
+        raise TrickLabError(f"--resume {str(run_dir)!r}: holds no config.yaml ({allowed})")
+    if not run_checkpoints(run_dir):
+        raise TrickLabError(
+            f"--resume {str(run_dir)!r}: holds no checkpoint in {CHECKPOINTS}/ (it stopped before its first one): "
+            "nothing to resume; train it again with a new --out"
+        )
+    try:
+        return validate(read_yaml(run_dir / "config.yaml"))
+    except NotAllowedError as e:
+        raise TrickLabError(f"--resume {str(run_dir)!r}: {e}") from None
+    except TrickLabError as e:
+        raise TrickLabError(f"--resume {str(run_dir)!r}: its config.yaml is invalid: {e}") from None

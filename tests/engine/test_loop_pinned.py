@@ -1,6 +1,6 @@
 """``fit()``'s numbers, events and NaN/Inf verdicts, pinned: the same seed gives the same history, bit for bit.
 
-The literals in :data:`PINNED` are what ``python tests/train/test_loop_pinned.py`` printed on the code of
+The literals in :data:`PINNED` are what ``python tests/engine/test_loop_pinned.py`` printed on the code of
 ``fit()`` before its step guards and strategies were split out of it (main at commit 11749b4, torch 2.13 on an
 x86-64 Xeon, one thread; float64 models but for bf16): each scenario below, run there, gave exactly these numbers
 (``float.hex``), events and messages. The scenarios use only ``fit()``'s public arguments, so the script runs
@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tricklab.engine.loop import NonFiniteError, fit
+from tricklab.engine.precision import Precision
 from tricklab.events import Callback, EpochTotals, FitState
-from tricklab.train.loop import NonFiniteError, fit
-from tricklab.train.precision import Precision
 
 KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr")
 

@@ -13,13 +13,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from tricklab.data.base import TensorBatches, TensorData
+from tricklab.engine.guards import NonFiniteError as NonFiniteError  # raised by fit(); its home is guards
+from tricklab.engine.guards import StepGuard, choose_guard
+from tricklab.engine.precision import Precision, as_precision
+from tricklab.engine.strategy import Batches, SingleProcess, Strategy
 from tricklab.errors import TrickLabError, wrong_type
 from tricklab.events import Callback, EpochTotals, FitState
 from tricklab.metrics import EPOCH, EPOCH_TIME, LR, TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS
-from tricklab.train.guards import NonFiniteError as NonFiniteError  # raised by fit(); its home is guards
-from tricklab.train.guards import StepGuard, choose_guard
-from tricklab.train.precision import Precision, as_precision
-from tricklab.train.strategy import Batches, SingleProcess, Strategy
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -120,7 +120,7 @@ class DivergedError(TrickLabError):
     """A run ended, finite but blown up (see :func:`blown_up`); raised after its results were written.
 
     The CLI prints ``error: diverged: ...`` and exits with code 3, as for NaN/Inf (:class:`NonFiniteError`).
-    ``result``: the run's :class:`~tricklab.train.run.RunResult`, its metrics marked ``diverged``.
+    ``result``: the run's :class:`~tricklab.runner.RunResult`, its metrics marked ``diverged``.
     """
 
     exit_code = 3
@@ -131,19 +131,16 @@ def blown_up(loss: float, num_classes: int, initial: float | None = None, factor
     """Why a run has blown up, judged by the cross-entropy ``loss`` of the model it reports (on the test set after
     training, restored or averaged weights included) over ``num_classes`` classes and by ``initial``, the same
     model's test loss before training (on the first 2,048 test examples: ``INITIAL_LOSS_EXAMPLES`` in
-    :mod:`tricklab.train.run`); None if it has not.
+    :mod:`tricklab.runner`); None if it has not.
 
     The rule: ``loss`` is not finite, or ``loss > factor × ln(C)`` (``factor`` = :data:`BLOWUP_FACTOR` = 100) and
     ``loss > initial``. ``ln(C)`` is the loss of a uniform prediction, a model that knows nothing. A mean loss of
     ``100 ln C`` means the true class gets on average a probability below ``C**-100`` (logits off by 230 nats for
-    ten classes): the weights' scale ran away, as with Adam at lr 1e10 (test loss 3e34 on MNIST-1D, 2.9 before
-    training), which the NaN/Inf guard misses because every number stays finite. A run that learned little stays
-    far below: a 2×256 MLP that memorized 1,000 MNIST-1D examples (the ``overfitting`` study) ends near 2.2 ≈ ln
-    10, a 10-layer tanh net at N(0, 1) weights near 3.8, a dead net at chance near ln 10 (its accuracy says so).
-    Some nets start above the bound -- raw 0–255 inputs (238 on the synthetic set), a ReLU net at N(0, 1) weights
-    (12,000 on MNIST-1D, 2,300 after 5 epochs) -- and did not blow up: training made them better, so they are
-    judged by their accuracy. Judging the reported model on held-out data, not the last training epoch, keeps a
-    run whose early stopping restored good weights from being called diverged.
+    ten classes): the weights' scale ran away, which the NaN/Inf guard misses because every number stays finite. A
+    run that learned little stays far below the bound; a net that starts above it and improved did not blow up and
+    is judged by its accuracy. Judging the reported model on held-out data, not the last training epoch, keeps a
+    run whose early stopping restored good weights from being called diverged. The losses the bound was set against:
+    ``docs/training.md``, "Exit codes".
 
     Example::
 
@@ -187,24 +184,24 @@ def fit(
     example and a lone example's step is the noisiest of the epoch) or any re-iterable of ``(x, y)`` batches such
     as a ``DataLoader`` (use its ``drop_last`` with batch norm). Works on any ``nn.Module`` that maps inputs to
     class logits (or any output ``loss_fn`` accepts). ``state``: continue from a state restored from a checkpoint
-    (see :mod:`tricklab.train.checkpoint`); a state saved mid-epoch skips the ``state.batches_done`` batches its
+    (see :mod:`tricklab.engine.checkpoint`); a state saved mid-epoch skips the ``state.batches_done`` batches its
     epoch already trained (the same ones: the data order comes from ``generator``, restored with it).
 
     Two objects chosen once before the loop do what differs between runs, at fixed points of it:
 
-    - ``ddp``, the :class:`~tricklab.train.strategy.Strategy`: how many processes train together. None: this
-      process alone (:class:`~tricklab.train.strategy.SingleProcess`); a
-      :class:`~tricklab.train.distributed.DDP`: this process is one rank of several under torchrun, it trains on
+    - ``ddp``, the :class:`~tricklab.engine.strategy.Strategy`: how many processes train together. None: this
+      process alone (:class:`~tricklab.engine.strategy.SingleProcess`); a
+      :class:`~tricklab.engine.distributed.DDP`: this process is one rank of several under torchrun, it trains on
       its shard of each global batch through ``DistributedDataParallel``, and the step totals, the NaN/Inf
       guard's verdicts and the stop decision are agreed by all ranks.
-    - the NaN/Inf guard, a :class:`~tricklab.train.guards.StepGuard` (:func:`~tricklab.train.guards.choose_guard`):
+    - the NaN/Inf guard, a :class:`~tricklab.engine.guards.StepGuard` (:func:`~tricklab.engine.guards.choose_guard`):
       ``nonfinite`` (``stop`` or ``skip``) and ``nonfinite_limit`` say what it does with a NaN/Inf;
       ``deferred_check`` how it reads its check: on the host every step, or deferred on the device (None:
       deferred on CUDA for optimizers that take a ``found_inf`` flag); fp16 has its own, beside the scaler.
 
-    ``precision``: ``fp32``, ``bf16`` or ``fp16`` (CUDA only), or a :class:`~tricklab.train.precision.Precision`
-    (see :mod:`tricklab.train.precision`). ``pin_memory``: tensors on the host training on a GPU: page-locked
-    batches (see :func:`tricklab.train.placement.place_splits`, which puts a dataset that fits on the GPU itself).
+    ``precision``: ``fp32``, ``bf16`` or ``fp16`` (CUDA only), or a :class:`~tricklab.engine.precision.Precision`
+    (see :mod:`tricklab.engine.precision`). ``pin_memory``: tensors on the host training on a GPU: page-locked
+    batches (see :func:`tricklab.engine.placement.place_splits`, which puts a dataset that fits on the GPU itself).
 
     The loop, with its events (see :mod:`tricklab.events`)::
 

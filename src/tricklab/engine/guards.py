@@ -1,5 +1,5 @@
 """The NaN/Inf guard of a training step: a :class:`StepGuard` chosen once (:func:`choose_guard`) and called by
-:func:`~tricklab.train.loop.fit` at fixed points of every step (Lightning's Precision idea: the step reads the
+:func:`~tricklab.engine.loop.fit` at fixed points of every step (Lightning's Precision idea: the step reads the
 same whichever way the guard works).
 
 It catches NaN/Inf in the loss, the gradients or the input batch before ``optimizer.step()`` applies them. The
@@ -30,7 +30,7 @@ Three guards, one per way of acting on the check:
   normal working, not an error), so the guard checks the loss alone, every step, and acts on it as the
   synchronous guard does.
 
-Every verdict goes through the run's :class:`~tricklab.train.strategy.Strategy`, so with several processes (DDP)
+Every verdict goes through the run's :class:`~tricklab.engine.strategy.Strategy`, so with several processes (DDP)
 a NaN seen on one rank stops (or skips the batch on) every rank, and the error names the ranks that saw it.
 """
 
@@ -42,10 +42,10 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from tricklab.engine.precision import Precision
+from tricklab.engine.strategy import Strategy
 from tricklab.errors import ConfigError, TrickLabError
 from tricklab.events import Callback, FitState, gradient_norms
-from tricklab.train.precision import Precision
-from tricklab.train.strategy import Strategy
 
 NONFINITE_POLICIES = ("stop", "skip")
 

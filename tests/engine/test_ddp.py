@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 
 from tricklab.config import load_config
 from tricklab.events import Callback
-from tricklab.train.run import run
+from tricklab.runner import run
 
 HERE = Path(__file__).resolve().parent
 OVERRIDES = [
@@ -196,7 +196,7 @@ def test_resume_with_another_world_size_continues_the_run(one, tmp_path):
 
 
 def test_a_restarted_job_resumes_its_run_or_trains_it_again_before_its_first_checkpoint(tmp_path, monkeypatch):
-    from tricklab.train.distributed import JOB_FILE, restart_plan
+    from tricklab.engine.distributed import JOB_FILE, restart_plan
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -217,7 +217,7 @@ def test_a_restarted_job_resumes_its_run_or_trains_it_again_before_its_first_che
 
 def test_shards_of_each_global_batch_are_equal_slices_that_cover_it():
     from tricklab.data.base import TensorBatches
-    from tricklab.train.distributed import ShardedBatches
+    from tricklab.engine.distributed import ShardedBatches
 
     x, y = torch.arange(45.0).unsqueeze(1), torch.arange(45)
     batches = [TensorBatches(x, y, 16, shuffle=True, generator=torch.Generator().manual_seed(0)) for _ in range(2)]
@@ -231,8 +231,8 @@ def test_shards_of_each_global_batch_are_equal_slices_that_cover_it():
 
 
 def test_sync_bn_on_cpu_is_refused_in_one_line(monkeypatch):
+    from tricklab.engine import distributed
     from tricklab.errors import ConfigError
-    from tricklab.train import distributed
 
     monkeypatch.setattr(distributed, "is_distributed", lambda: True)
     model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
@@ -258,7 +258,7 @@ def test_sync_bn_off_keeps_the_hashes_runs_and_lab_results_had_before_the_key():
 def test_a_worker_that_left_its_group_exits_at_once_with_its_code_and_its_output_flushed():
     """leave_process: the exit code and the buffered output survive ``os._exit``; the DDP tests above run it."""
     code = (
-        "import sys; from tricklab.train import distributed as d; d._left_group = True; "
+        "import sys; from tricklab.engine import distributed as d; d._left_group = True; "
         "sys.stdout.write('written before the exit'); d.leave_process(3); print('not reached')"
     )
     proc = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, timeout=60)
@@ -266,7 +266,7 @@ def test_a_worker_that_left_its_group_exits_at_once_with_its_code_and_its_output
 
 
 def test_leave_process_does_nothing_in_a_process_that_joined_no_group():
-    from tricklab.train import distributed
+    from tricklab.engine import distributed
 
     assert distributed._left_group is False
     assert distributed.leave_process(0) is None  # still here

@@ -13,21 +13,21 @@ import pytest
 import torch
 from torch import nn
 
-import tricklab.train.distributed as distributed_module
-import tricklab.train.loop as loop_module
-from tricklab.errors import ConfigError
-from tricklab.events import FitState
-from tricklab.train.distributed import DDP
-from tricklab.train.guards import (
+import tricklab.engine.distributed as distributed_module
+import tricklab.engine.loop as loop_module
+from tricklab.engine.distributed import DDP
+from tricklab.engine.guards import (
     DeferredGuard,
     ScalerGuard,
     StepGuard,
     SyncGuard,
     choose_guard,
 )
-from tricklab.train.loop import NonFiniteError, fit
-from tricklab.train.precision import Precision
-from tricklab.train.strategy import SingleProcess, Strategy
+from tricklab.engine.loop import NonFiniteError, fit
+from tricklab.engine.precision import Precision
+from tricklab.engine.strategy import SingleProcess, Strategy
+from tricklab.errors import ConfigError
+from tricklab.events import FitState
 
 #: Names a branch in fit() would test to behave differently for DDP or for one of the guard's modes.
 MODE_NAMES = {"ddp", "strategy", "world", "guard", "deferred", "deferred_check", "scaler", "precision"}
@@ -87,8 +87,8 @@ def _imports(module) -> set[str]:
 
 
 def test_loop_and_distributed_do_not_import_each_other():
-    assert not any(m.startswith("tricklab.train.distributed") for m in _imports(loop_module))
-    assert not any(m.startswith("tricklab.train.loop") for m in _imports(distributed_module))
+    assert not any(m.startswith("tricklab.engine.distributed") for m in _imports(loop_module))
+    assert not any(m.startswith("tricklab.engine.loop") for m in _imports(distributed_module))
 
 
 def _mlp() -> nn.Module:

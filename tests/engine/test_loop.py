@@ -3,8 +3,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from tricklab.data.base import TensorData
+from tricklab.engine import evaluate, fit
 from tricklab.events import EVENTS, Callback
-from tricklab.train import evaluate, fit
 
 
 def boring_model(seed=0):

@@ -1,0 +1,85 @@
+"""The small measurements behind choices in the code, re-measured: each prints its figure for benchmarks/README.md.
+
+- ``batch``: a shuffled batch of 128 MNIST-sized rows by ``index_select`` (what ``TensorBatches`` does) vs
+  fancy indexing ``x[idx]``;
+- ``histogram``: the probes' histogram (``torch.bincount`` of bin indices) vs ``torch.histc`` on a sample of 4,096;
+- ``stats``: the probes' ``scaled_stats`` (std, mean, norm, peak without overflow) vs ``torch.std_mean`` on a
+  128×512 activation;
+- ``worker``: the resident memory of a fresh process that imports torch and tricklab's training modules, what
+  ``tricklab.lab.costs.PROCESS_BYTES`` allows a lab worker besides its run.
+
+Not a test: timings on a shared machine are noisy; each figure is the median of ``--repeats`` timings of
+``--number`` calls, at one thread.
+
+    .venv/bin/python benchmarks/micro.py
+    .venv/bin/python benchmarks/micro.py --only batch stats --repeats 15
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import timeit
+
+import torch
+
+WORKER = """
+import resource, tricklab.runner, tricklab.lab.runner, tricklab.diagnostics.probes  # what a lab worker imports
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def median_us(fn, number: int, repeats: int) -> float:
+    return statistics.median(timeit.repeat(fn, number=number, repeat=repeats)) / number * 1e6
+
+
+def batch(number: int, repeats: int) -> str:
+    x = torch.rand(60_000, 1, 28, 28)
+    idx = torch.randperm(60_000)[:128]
+    fancy = median_us(lambda: x[idx], number, repeats)
+    select = median_us(lambda: x.index_select(0, idx), number, repeats)
+    return f"batch of 128 MNIST rows: index_select {select:.0f} µs, x[idx] {fancy:.0f} µs ({fancy / select:.2f}×)"
+
+
+def histogram(number: int, repeats: int) -> str:
+    from tricklab.diagnostics.probes import histogram as bincount_histogram
+
+    sample = torch.randn(4096)
+    ours = median_us(lambda: bincount_histogram(sample, -3.0, 3.0, 40), number, repeats)
+    histc = median_us(lambda: torch.histc(sample, 40, -3.0, 3.0), number, repeats)
+    return f"4,096 values in 40 bins: bincount {ours:.0f} µs, torch.histc {histc:.0f} µs ({histc / ours:.2f}×)"
+
+
+def stats(number: int, repeats: int) -> str:
+    from tricklab.diagnostics.probes import scaled_stats
+
+    y = torch.randn(128, 512)
+    ours = median_us(lambda: scaled_stats(y), number, repeats)
+    std_mean = median_us(lambda: [float(t) for t in torch.std_mean(y, correction=0)], number, repeats)
+    return f"std and mean of 128×512: scaled_stats {ours:.0f} µs, std_mean {std_mean:.0f} µs ({std_mean / ours:.2f}×)"
+
+
+def worker(number: int, repeats: int) -> str:
+    kib = [int(subprocess.run([sys.executable, "-c", WORKER], capture_output=True, text=True, check=True).stdout)
+           for _ in range(max(1, min(repeats, 3)))]
+    return f"a fresh worker process (torch and tricklab imported): {statistics.median(kib) / 1024:.0f} MiB resident"
+
+
+MEASURES = {"batch": batch, "histogram": histogram, "stats": stats, "worker": worker}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--only", nargs="+", choices=sorted(MEASURES), help="measure these only (default: all)")
+    p.add_argument("--number", type=int, default=200, help="calls per timing")
+    p.add_argument("--repeats", type=int, default=7, help="timings per figure (the median is printed)")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    for name in args.only or MEASURES:
+        print(f"{name}: {MEASURES[name](args.number, args.repeats)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
