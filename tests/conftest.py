@@ -10,6 +10,16 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
+#: The suite's longest tests, longest first (each trains on real MNIST for a minute or more on one core). They start
+#: first so that pytest-xdist's two workers share the rest of the suite while they run, instead of one worker
+#: starting one of them when the other has nothing left to do.
+LONGEST_FIRST = (
+    "tests/e2e/test_tricks_mnist.py::test_cnn_reaches_99_percent",
+    "tests/e2e/test_tricks_mnist.py::test_mlp_with_dropout_adam_and_exponential_decay_reaches_98_percent",
+    "tests/examples/test_notebooks.py::test_notebook_runs_without_errors_in_quick_setting",
+    "tests/e2e/test_mnist_train.py::test_default_mlp_reaches_97_5_percent_in_3_epochs",
+)
+
 
 def shared_data_dir() -> Path | None:
     """The folder holding mnist/ (env TRICKLAB_DATA, else ../shared/data beside the repo), or None."""
@@ -17,6 +27,36 @@ def shared_data_dir() -> Path | None:
         if cand and (Path(cand) / "mnist" / "train-images-idx3-ubyte.gz").exists():
             return Path(cand).resolve()
     return None
+
+
+def pytest_collection_modifyitems(config, items):
+    """Order the tests so that the two xdist workers start with the longest ones, side by side.
+
+    The README's command runs ``-n 2 --maxschedchunk 1``: xdist then gives each worker two tests to begin with
+    (the 1st and 2nd to one worker, the 3rd and 4th to the other) and after that one test at a time to whichever
+    worker has fewer than two waiting. So the longest test goes 1st with the first of the other tests behind it,
+    the next longest 3rd and 4th, then the rest of :data:`LONGEST_FIRST`, the other ``slow`` tests, and the rest,
+    each group in its usual order. Every worker sorts the same way (xdist requires the same order on each).
+    """
+
+    def rank(item) -> int:
+        base = item.nodeid.split("[")[0]
+        if base in LONGEST_FIRST:
+            return LONGEST_FIRST.index(base)
+        return len(LONGEST_FIRST) + (0 if item.get_closest_marker("slow") else 1)
+
+    items.sort(key=rank)  # a stable sort: the order within each group is kept
+    longest = sum(item.nodeid.split("[")[0] in LONGEST_FIRST for item in items)
+    if 0 < longest < len(items):  # a short test behind the longest, so the next longest go to the other worker
+        items.insert(1, items.pop(longest))
+
+
+@pytest.fixture
+def train_threads() -> int:
+    """``train.threads`` for a test that trains for minutes: 1 in a pytest-xdist worker (the suite runs a worker
+    per core, so more threads would only contend with the other worker), 0 (every core) when pytest runs alone.
+    Threads say where a run ran, not what it trains: the config's claim is the same either way."""
+    return 1 if os.environ.get("PYTEST_XDIST_WORKER") else 0
 
 
 @pytest.fixture

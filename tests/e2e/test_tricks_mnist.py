@@ -62,20 +62,22 @@ DEEP_TANH = {
 
 
 @pytest.fixture
-def mnist(mnist_root, monkeypatch):
+def mnist(mnist_root, monkeypatch, train_threads):
+    """Real MNIST, and the threads to train with (conftest's ``train_threads``: one per xdist worker)."""
     monkeypatch.setenv("TRICKLAB_DATA", str(mnist_root))
+    return train_threads
 
 
-def train(settings: dict, **changes) -> tuple[dict, list[dict], float]:
-    """Run the config on MNIST (all cores); return its metrics, history and wall time."""
-    cfg = load_config(overrides={"data.name": "mnist", "train.threads": 0, **settings, **changes})
+def train(settings: dict, threads: int, **changes) -> tuple[dict, list[dict], float]:
+    """Run the config on MNIST with ``threads`` (0: all cores); return its metrics, history and wall time."""
+    cfg = load_config(overrides={"data.name": "mnist", "train.threads": threads, **settings, **changes})
     start = time.perf_counter()
     result = run(cfg, write=False)
     return result.metrics, result.history, time.perf_counter() - start
 
 
 def test_mlp_with_dropout_adam_and_exponential_decay_reaches_98_percent(mnist, capsys):
-    metrics, history, seconds = train(MLP)
+    metrics, history, seconds = train(MLP, mnist)
     with capsys.disabled():
         print(
             f"\n784-512-512-10 MLP, dropout 0.2, Adam, exponential γ=0.8, 10 epochs: "
@@ -87,7 +89,7 @@ def test_mlp_with_dropout_adam_and_exponential_decay_reaches_98_percent(mnist, c
 
 
 def test_cnn_reaches_99_percent(mnist, capsys):
-    metrics, history, seconds = train(CNN)
+    metrics, history, seconds = train(CNN, mnist)
     with capsys.disabled():
         print(
             f"\nCNN 3×32 + batch norm, Adam 3e-3 cosine, batch 64, 3 epochs: "
@@ -98,8 +100,8 @@ def test_cnn_reaches_99_percent(mnist, capsys):
 
 
 def test_deep_tanh_net_trains_clearly_worse_with_standard_normal_than_glorot_init(mnist, capsys):
-    bad, _, t_bad = train(DEEP_TANH, **{"init.scheme": "standard_normal"})
-    good, _, t_good = train(DEEP_TANH, **{"init.scheme": "glorot_normal"})
+    bad, _, t_bad = train(DEEP_TANH, mnist, **{"init.scheme": "standard_normal"})
+    good, _, t_good = train(DEEP_TANH, mnist, **{"init.scheme": "glorot_normal"})
     with capsys.disabled():
         print(
             f"\n10-layer tanh MLP, 1 epoch on 10k: standard_normal test_acc {bad['test_acc']:.4f}, "
