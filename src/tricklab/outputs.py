@@ -246,3 +246,15 @@ def atomic_write(path: Path, data: bytes) -> None:
         what = _WHAT.get(stat.S_IFMT(st.st_mode), "not a regular file")
         raise OutputError(f"{path}: is {what}; tricklab writes only regular files there (move it away)")
     _replace(path, lambda tmp: _write_bytes(tmp, data))
+
+
+def is_folder(path: Path, label: str) -> bool:
+    """Whether ``path`` is a folder (following links); False if nothing is there. An OS error while looking (a
+    name too long, a folder that may not be searched) is one line naming ``label`` and the path."""
+    try:
+        return stat.S_ISDIR(os.stat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except (OSError, ValueError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise TrickLabError(f"{label} {str(path)!r}: {reason}; choose another path") from None

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import stat
 import tempfile
 from pathlib import Path
 
 from tricklab.errors import TrickLabError
+from tricklab.outputs import is_folder  # noqa: F401 (the commands import it from here)
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -83,18 +83,6 @@ def command_line_modules(args: argparse.Namespace) -> frozenset[str]:
         if plugins.is_module_name(module):
             allowed.add(module)
     return frozenset(allowed)
-
-
-def is_folder(path: Path, label: str) -> bool:
-    """Whether ``path`` is a folder (following links); False if nothing is there. An OS error while looking (a
-    name too long, a folder that may not be searched) is one line naming ``label`` and the path."""
-    try:
-        return stat.S_ISDIR(os.stat(path).st_mode)
-    except (FileNotFoundError, NotADirectoryError):
-        return False
-    except (OSError, ValueError) as e:
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        raise TrickLabError(f"{label} {str(path)!r}: {reason}; choose another path") from None
 
 
 def check_out_folder(path: Path, instead: str, label: str | None = None) -> None:

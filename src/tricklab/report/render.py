@@ -10,11 +10,11 @@ folder, a device or the lab's database. The folder written is locked while it is
 from __future__ import annotations
 
 import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from tricklab.errors import TrickLabError
+from tricklab.outputs import is_folder
 
 DEFAULT_MARKDOWN = "results.md"  # inside the report's folder (the lab folder, or out)
 
@@ -26,16 +26,6 @@ class Names:
     lab_dir: str = "DIR"
     out: str = "--out"
     elsewhere: str = "with --out DIR (e.g. tricklab report {lab} --out {name}-report)"
-
-
-def _is_folder(path: Path, label: str) -> bool:
-    try:
-        return stat.S_ISDIR(os.stat(path).st_mode)
-    except (FileNotFoundError, NotADirectoryError):
-        return False
-    except (OSError, ValueError) as e:
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        raise TrickLabError(f"{label} {str(path)!r}: {reason}; choose another path") from None
 
 
 def render_lab(
@@ -54,11 +44,11 @@ def render_lab(
     from tricklab.locks import check_free, folder_lock
     from tricklab.report.lab_report import DB_NAME, build_report, db_files
 
-    if not _is_folder(lab_dir, names.lab_dir):
+    if not is_folder(lab_dir, names.lab_dir):
         raise TrickLabError(f"{str(lab_dir)!r} holds no lab results ({DB_NAME} not found); run `tricklab lab` first")
     out_dir = out if out is not None else lab_dir
     if out is not None:
-        _is_folder(out_dir, names.out)
+        is_folder(out_dir, names.out)
     elif not os.access(lab_dir, os.W_OK):
         elsewhere = names.elsewhere.format(lab=lab_dir, name=lab_dir.name)
         raise TrickLabError(f"{lab_dir}: the lab folder is read-only; render its report elsewhere {elsewhere}")
