@@ -14,7 +14,7 @@ from tricklab import plugins
 from tricklab.assembly import assemble
 from tricklab.catalog import family
 from tricklab.cli.main import main
-from tricklab.config import load_config
+from tricklab.config import load_config, validate
 
 PKG = Path(__file__).parent / "plugins" / "pkg"
 TINY = ["train.epochs=1", "train.threads=1", "train.device=cpu", "data.batch_size=32"]
@@ -112,3 +112,11 @@ def test_a_resumed_run_resolves_its_stored_names_once(tmp_path, resolutions):
     resolutions.clear()
     assert main(["train", "--resume", str(tmp_path / "run")]) == 0
     assert dict(resolutions) == {("datasets", "synthetic"): 1, ("models", "mlp"): 1}
+
+
+@pytest.mark.parametrize("section", ["model", "data"])
+def test_a_name_that_is_no_string_is_one_line_naming_its_key_not_a_crash_of_the_memo(section):
+    from tricklab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"^{section}\.name = \[\]: "):
+        validate({section: {"name": []}})

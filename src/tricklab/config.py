@@ -73,7 +73,7 @@ def one_resolution(known: dict[tuple[str, str], Any] | None = None) -> Iterator[
 
 def resolve_once(registry: Registry, family: str, name: str, key: str) -> Callable:
     """The callable called ``name`` (see :func:`tricklab.plugins.resolve`), looked up once per validation."""
-    memo = _RESOLVED.get()
+    memo = _RESOLVED.get() if isinstance(name, str) else None  # a name that is no string is refused by resolve
     if memo is not None and (family, name) in memo:
         return memo[(family, name)]
     found = plugins.check_callable(plugins.resolve(registry, family, name, key), key, name)
