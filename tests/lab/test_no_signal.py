@@ -179,3 +179,14 @@ def test_every_lab_run_records_the_test_sets_chance_accuracy():
     labels = sources.synthetic(None).test.y.reshape(-1)
     expected = torch.bincount(labels).max().item() / len(labels)
     assert metrics["test_prior_acc"] == pytest.approx(expected)
+
+
+def test_a_sequential_study_whose_every_comparison_is_no_signal_is_still_sequential():
+    """A --seeds auto study where nothing learned keeps its design: its no-signal decisions say they belong to the
+    sequential study and its cap, so a Markdown page of --seeds auto studies describes them as --seeds auto."""
+    seq_spec = {**spec("none", "layer"), "sequential": {"first": 3, "cap": 10}}
+    stats = analyse("s", "mnist", seq_spec, study_rows({"none": PRIOR, "layer": PRIOR}))
+    d = outcome(stats, "layer")
+    assert d.outcome == NO_SIGNAL and d.sequential and d.cap == 10
+    fixed = analyse("s", "mnist", spec("none", "layer"), study_rows({"none": PRIOR, "layer": PRIOR}))
+    assert not outcome(fixed, "layer").sequential and outcome(fixed, "layer").cap is None

@@ -239,7 +239,10 @@ def analyse(study: str, dataset: str, spec: dict[str, Any], rows: list[RunRow]) 
         decisions = decide({v.name: v.comparison for v in tested}, margin, stats.alpha) if tested else {}
     family = next((d.family for d in decisions.values()), 0)
     for name, reason in silent.items():
-        decisions[name] = Decision(NO_SIGNAL, math.nan, margin, family, stats.alpha, reason=reason)
+        decisions[name] = Decision(  # part of the study's design all the same (sequential: its cap)
+            NO_SIGNAL, math.nan, margin, family, stats.alpha, reason=reason, sequential=bool(design),
+            cap=design[1] if design else None,
+        )
     for v in stats.variants:
         if v.comparison is None:
             v.verdict = f"{v.name}: baseline"
