@@ -234,3 +234,34 @@ def test_exact_configs_show_the_threads_the_runs_used(tmp_path):
     lab = write_lab(tmp_path / "lab2", "tricklab lab norm", threads=1)
     configs = build_report(lab).read_text().split("<summary>Exact configs")[1].split("</pre>")[0]
     assert configs.count("train.threads: 1\n") == 6
+
+
+def test_a_study_where_nothing_learned_names_no_best_variant():
+    """Every comparison "no signal" (each arm at chance or diverged): the findings say nothing was learned instead of
+    naming the highest mean at chance as the best variant."""
+    from tricklab.lab.analysis import analyse
+    from tricklab.lab.store import RunRow
+    from tricklab.report.findings import SILENT, findings_of, summary_rows, takeaway, takeaway_html
+
+    def row(variant, seed, acc):
+        metrics = {"test_acc": acc, "best_val_acc": acc, "wall_time_s": 1.0, "test_prior_acc": 0.1}
+        history = [{"epoch": 1, "val_acc": acc, "val_loss": 2.3}]
+        return RunRow("s", variant, seed, "mnist1d", "0" * 16, {}, "done", metrics, history, None, 1, 0.0, 1.0)
+
+    spec = {
+        "name": "s",
+        "baseline": "none",
+        "variants": ["none", "clip"],
+        "baselines": {"none": "none", "clip": "none"},
+        "overrides": {},
+        "margin": 1.0,
+        "seeds": 3,
+    }
+    flat = [row(v, s, 0.1 + 0.001 * s + (0.002 if v == "clip" else 0)) for v in ("none", "clip") for s in range(3)]
+    f = findings_of(analyse("s", "mnist1d", spec, flat))
+    assert f.silent
+    assert SILENT in takeaway(f) and "best is" not in takeaway(f) and "best is" not in takeaway_html(f)
+    assert summary_rows([f])[0][1] == "none: nothing learned"
+    learned = [row(v, s, (0.1 if v == "none" else 0.6) + 0.01 * s) for v in ("none", "clip") for s in range(3)]
+    g = findings_of(analyse("s", "mnist1d", spec, learned))
+    assert not g.silent and "best is clip" in takeaway(g)

@@ -23,7 +23,7 @@ from typing import Any
 from tricklab.lab.analysis import TEST_ACC, StudyStats, VariantStats
 from tricklab.lab.claims import CONFIRMED, NOT_RUN, REFUTED, UNSETTLED, ClaimVerdict, claims_for
 from tricklab.lab.results import StudyResult
-from tricklab.lab.stats import Paired, paired
+from tricklab.lab.stats import NO_SIGNAL, Paired, paired
 
 PREVIEW = "preview (--quick)"
 PREVIEW_NOTE = (
@@ -140,6 +140,7 @@ class StudyFindings:
     not_run: tuple[str, ...]  # variants without a finished run
     lead: Paired | None  # best − runner-up, paired by seed
     claims: tuple[ClaimVerdict, ...]
+    silent: bool = False  # every comparison of the study is "no signal": nothing learned, the ranking says nothing
 
     @property
     def title(self) -> str:
@@ -160,6 +161,9 @@ class StudyFindings:
         if not counts:
             return "0"
         return str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+
+
+SILENT = "nothing learned: every comparison is no signal (each arm at chance or diverged), so no variant is best"
 
 
 def study_findings(result: StudyResult) -> StudyFindings:
@@ -185,6 +189,8 @@ def findings_of(s: StudyStats, preview: bool = False) -> StudyFindings:
         tuple(v.name for v in s.variants if not v.seeds),
         lead,
         tuple(claims_for(s)),
+        silent=bool(compared := [v for v in s.variants if v.decision is not None])
+        and all(v.decision.outcome == NO_SIGNAL for v in compared),
     )
 
 
@@ -222,6 +228,8 @@ def takeaway(f: StudyFindings) -> str:
     head = f"{f.title}{' [' + PREVIEW + ']' if f.preview else ''}: "
     if best is None:
         head += "no variant has finished a run yet."
+    elif f.silent:
+        head += f"{SILENT} ({best.name} {best.mean * 100:.2f}% test accuracy at best)."
     else:
         head += f"best is {best.name} ({best.mean * 100:.2f}% test accuracy), {lead_text(f)}."
     return head + "".join(f" {claim_sentence(c)}" for c in f.claims)
@@ -264,7 +272,7 @@ def summary_rows(fs: list[StudyFindings]) -> list[list[str]]:
         rows.append(
             [
                 f.title + (f" — {PREVIEW}" if f.preview else ""),
-                f"{best.name} ({best.mean * 100:.2f})" if best else "—",
+                "none: nothing learned" if f.silent else f"{best.name} ({best.mean * 100:.2f})" if best else "—",
                 ", ".join(f"{r.name} {r.delta_pp:+.2f}" for r in f.ranked[1:])
                 + (("; " if len(f.ranked) > 1 else "") + f"not run: {', '.join(f.not_run)}" if f.not_run else ""),
                 claims_cell(f),
@@ -306,12 +314,15 @@ def takeaway_html(f: StudyFindings, start: bool = False) -> str:
     """The takeaway line as HTML: the best variant and its lead, each claim's verdict coloured; ``start``: it
     starts a paragraph (a capital first letter) rather than following the study's name."""
     best = f.best
-    head = (
-        "no variant has finished a run yet."
-        if best is None
-        else f"best is <b>{html.escape(best.name)}</b> ({best.mean * 100:.2f}% test accuracy), "
-        f"{html.escape(lead_text(f))}."
-    )
+    if best is None:
+        head = "no variant has finished a run yet."
+    elif f.silent:
+        head = f"{html.escape(SILENT)} ({html.escape(best.name)} {best.mean * 100:.2f}% test accuracy at best)."
+    else:
+        head = (
+            f"best is <b>{html.escape(best.name)}</b> ({best.mean * 100:.2f}% test accuracy), "
+            f"{html.escape(lead_text(f))}."
+        )
     head = head[0].upper() + head[1:] if start else head
     claims = "".join(f"<br>{_claim_html(c)}." for c in f.claims)
     badge = f" {preview_badge()}" if f.preview else ""
