@@ -262,6 +262,9 @@ def test_a_study_where_nothing_learned_names_no_best_variant():
     assert f.silent
     assert SILENT in takeaway(f) and "best is" not in takeaway(f) and "best is" not in takeaway_html(f)
     assert summary_rows([f])[0][1] == "none: nothing learned"
+    from tricklab.report.markdown import _takeaway
+
+    assert "nothing learned" in _takeaway(f) and "best" not in _takeaway(f).split("(")[0]
     learned = [row(v, s, (0.1 if v == "none" else 0.6) + 0.01 * s) for v in ("none", "clip") for s in range(3)]
     g = findings_of(analyse("s", "mnist1d", spec, learned))
     assert not g.silent and "best is clip" in takeaway(g)

@@ -34,6 +34,7 @@ from tricklab.report.findings import (
     CLAIM_COLOURS,
     PREVIEW,
     PREVIEW_NOTE,
+    SILENT,
     SUMMARY_COLUMNS,
     SUMMARY_NOTE,
     StudyFindings,
@@ -319,6 +320,9 @@ def _takeaway(f: StudyFindings, titled: bool = True) -> str:
     head = f"**{md(f.title)}**" + (f" — *{md(PREVIEW)}*" if f.preview else "") + ": " if titled else ""
     if best is None:
         head += "no variant has finished a run yet." if titled else "No variant has finished a run yet."
+    elif f.silent:
+        text = f"{SILENT} ({best.name} {best.mean * 100:.2f}% test accuracy at best)."
+        head += md(text if titled else text[0].upper() + text[1:])
     else:
         head += f"{'best' if titled else 'Best'} is **{md(best.name)}** ({best.mean * 100:.2f}% test accuracy), "
         head += f"{md(lead_text(f))}."
