@@ -439,11 +439,7 @@ def doctor(
         budget = {} if steps is None else {"steps": steps}
         return run_preflight(net, batch, num_classes=prepared.splits.info.num_classes, seed=cfg.train.seed, **budget)
     if out is not None:
-        from tricklab.cli.common import check_out_folder
-
-        if not isinstance(out, str | os.PathLike):
-            raise wrong_type("out", out, "a report folder's path (str or os.PathLike) or None")
-        check_out_folder(Path(out), "choose a new report folder", f"out {str(out)!r}")
+        _check_new_folder(out, "report folder")
     from tricklab.diagnostics.doctor import run_doctor
 
     step_progress = None
@@ -455,6 +451,16 @@ def doctor(
     if out is not None:
         result.save(out)
     return result
+
+
+
+def _check_new_folder(out: Any, what: str) -> None:
+    """``out`` must be a path (``str`` or ``os.PathLike``) where a new ``what`` can be written, as ``--out`` is."""
+    from tricklab.cli.common import check_out_folder
+
+    if not isinstance(out, str | os.PathLike):
+        raise wrong_type("out", out, f"a {what}'s path (str or os.PathLike) or None")
+    check_out_folder(Path(out), f"choose a new {what}", f"out {str(out)!r}")
 
 
 def lr_find(
@@ -488,11 +494,7 @@ def lr_find(
     shorthands = {"data.name": ("data", data), "train.seed": ("seed", seed), "train.device": ("device", device)}
     cfg = config_with(config, overrides, shorthands, model)
     if out is not None:
-        from tricklab.cli.common import check_out_folder
-
-        if not isinstance(out, str | os.PathLike):
-            raise wrong_type("out", out, "a folder's path (str or os.PathLike) or None")
-        check_out_folder(Path(out), "choose a new folder", f"out {str(out)!r}")
+        _check_new_folder(out, "folder")
     on_step = None
     if progress:
         from tricklab.cli.progress import StepProgress
