@@ -49,7 +49,7 @@ def test_steps_and_seconds_to_target_from_per_epoch_history():
 def test_an_ensemble_is_timed_on_its_first_member():
     history = [{"epoch": 1, "val_acc": 0.9, "member": 0}, {"epoch": 1, "val_acc": 0.1, "member": 1}]
     metrics = {"members": [{"steps": 50, "epochs_run": 1}, {"steps": 50, "epochs_run": 1}], "epochs_run": 2}
-    assert time_to_target(history, metrics, 0.8)[STEPS_TO_TARGET] == Timed(50.0, True)
+    assert time_to_target(history, metrics, 0.8)[STEPS_TO_TARGET] == Timed(50.0, True, first=True)
 
 
 # ---- censored pairs -----------------------------------------------------------------------------------------------
@@ -166,6 +166,35 @@ def test_sequential_looks_use_the_same_spending_as_the_t_test_design():
     )
     assert ten["a"].outcome == BETTER and ten["a"].decided_at == 10
     assert ten["a"].p_holm == pytest.approx(2 * (2 / 1024) * 0.05 / 0.0255)
+
+
+def test_reached_at_the_first_validation_is_left_censored():
+    """Times are resolved to validations: a target met at the first one is known only to take at most one epoch."""
+    history = [{"epoch": e, "val_acc": a, "epoch_time": 1.0} for e, a in ((1, 0.9), (2, 0.95))]
+    got = time_to_target(history, {"steps": 200, "epochs_run": 2}, 0.8)
+    assert got[STEPS_TO_TARGET] == Timed(100.0, True, first=True)
+    later = time_to_target(history, {"steps": 200, "epochs_run": 2}, 0.92)
+    assert later[STEPS_TO_TARGET] == Timed(200.0, True) and not later[STEPS_TO_TARGET].first
+    first, second = Timed(100, R, first=True), Timed(200, R)
+    d = scores([first, first, second], [first, second, first])
+    assert d[0] == 0  # both at the first validation: the order is unknown
+    assert d[1] == pytest.approx(math.log(2)) and d[2] == pytest.approx(-math.log(2))  # one later: bounds, kept
+
+
+def test_both_at_the_first_validation_on_every_seed_is_no_signal_not_equivalent():
+    """Both arms met the target at the first validation on all six seeds: the ratio 1.0 is the clock's resolution,
+    not a measured equality."""
+    early = timed(*[(100, R)] * 6)
+    early = {s: Timed(t.value, True, first=True) for s, t in early.items()}
+    fixed = decide_speed({"a": paired_censored(early, early)})["a"]
+    assert fixed.outcome == NO_SIGNAL and "first validation" in fixed.reason
+    seq = decide_speed_sequential({"a": paired_censored(early, early)}, first=3, cap=10)["a"]
+    assert seq.outcome == NO_SIGNAL and "first validation" in seq.reason and seq.seeds_needed is None
+    # five seeds exact and equal, one seed both at the first validation: no exact ratio there, not equivalent
+    base = timed(*[(1000 + 100 * s, R) for s in range(6)])
+    mixed = dict(base) | {5: Timed(100, R, first=True)}
+    got = decide_speed({"a": paired_censored(mixed, mixed)})["a"]
+    assert got.outcome == UNDECIDED
 
 
 def test_sequential_no_signal_stops_at_the_first_look():

@@ -13,7 +13,8 @@ from tricklab.lab.lab import DB_NAME, LabOptions, plan, run_key_hash, study_spec
 from tricklab.lab.store import RunRow, Store
 from tricklab.lab.studies import STUDIES
 from tricklab.report import lab_report
-from tricklab.report.findings import findings_of, is_preview, variant_style
+from tricklab.lab.stats import NO_SIGNAL
+from tricklab.report.findings import claim_sentence, findings_of, is_preview, variant_style
 from tricklab.report.lab_report import OUTCOME_COLUMN, build_report, table_rows
 from tricklab.report.markdown import build_markdown
 
@@ -72,7 +73,7 @@ def test_claims_are_confirmed_refuted_or_not_settled_from_the_outcomes():
         "batch_after": "undecided",
     }
     got = verdicts(s)
-    batch, cousins, placement = (got[c.text] for c in CLAIMS["norm"])
+    batch, cousins, placement = (got[c.text] for c in CLAIMS["norm"] if c.on == "test_acc")
     assert batch.status == CONFIRMED and batch.detail == "batch: better"
     assert cousins.status == REFUTED  # every one had to be better; layer is equivalent
     assert cousins.detail == "equivalent: layer; better: weight, group"
@@ -93,10 +94,52 @@ def test_a_claim_that_needs_one_comparison_is_confirmed_by_one_and_refuted_only_
         assert claim.status == status, acc
 
 
+def speed_rows(study, epochs_to_target, dataset="mnist1d", budget=5):
+    """Runs whose validation accuracy crosses 0.99 (above any study's target) at the given epoch (None: never),
+    with 100 steps an epoch and the same test accuracy everywhere."""
+    rows = []
+    for v, epochs in epochs_to_target.items():
+        for seed, e in enumerate(epochs):
+            history = [{"epoch": k, "val_acc": 0.99 if e is not None and k >= e else 0.2} for k in range(1, budget + 1)]
+            metrics = {"test_acc": 0.5 + seed / 100, "steps": 100 * budget, "epochs_run": budget}
+            rows.append(RunRow(study, v, seed, dataset, "h", {}, "done", metrics, history, None, 1, 0, 0))
+    return rows
+
+
+def test_speed_claims_are_judged_on_steps_to_target():
+    """The norm study judges steps to target: batch norm reaching the target at epoch 2 on every seed where no
+    normalization needs 5 or never gets there confirms 'batch norm speeds up training'; the same on the
+    test-accuracy claim is equivalent (identical accuracies), so that claim is refuted, each from its own outcome."""
+    spec = study_spec(STUDIES.get("norm"), "mnist1d", LabOptions(seeds=6))
+    fast = {"none": [5, None, 5, None, 5, 5], "batch": [2] * 6}
+    s = analyse("norm", "mnist1d", spec, speed_rows("norm", fast))
+    got = verdicts(s)
+    (speed,) = (got[c.text] for c in CLAIMS["norm"] if c.on == "steps_to_target")
+    assert speed.status == CONFIRMED and speed.detail == "batch: better"
+    assert "steps to target: batch: better" in claim_sentence(speed)
+    (acc,) = (got[c.text] for c in CLAIMS["norm"] if c.text.startswith("Batch norm makes"))
+    assert acc.status == REFUTED and acc.detail == "batch: equivalent"
+    # both arms at the first validation on every seed: no time to compare, so the speed claim has no signal
+    early = analyse("norm", "mnist1d", spec, speed_rows("norm", {"none": [1] * 6, "batch": [1] * 6}))
+    (speed,) = (v for v in claims_for(early) if v.claim.on == "steps_to_target")
+    assert speed.status == NO_SIGNAL and speed.label == "no signal"
+    # slower on every seed: refuted
+    slow = analyse("norm", "mnist1d", spec, speed_rows("norm", {"none": [2] * 6, "batch": [4] * 6}))
+    (speed,) = (v for v in claims_for(slow) if v.claim.on == "steps_to_target")
+    assert speed.status == REFUTED and speed.detail == "batch: worse"
+
+
+def test_a_study_that_does_not_judge_speed_gets_no_speed_claims():
+    s = stats_of("dropout", {"p=0.0": BASE, "p=0.1": BASE, "p=0.3": BASE, "p=0.5": BASE})
+    assert all(v.claim.on == "test_acc" for v in claims_for(s))
+    assert any(c.on == "steps_to_target" for claims in CLAIMS.values() for c in claims)
+
+
 def test_comparisons_without_runs_are_not_run_not_undecided():
     s = stats_of("norm", {"none": BASE, "batch": NORM["batch"]})
     got = verdicts(s)
-    assert [got[c.text].status for c in CLAIMS["norm"]] == [CONFIRMED, NOT_RUN, NOT_RUN]
+    on_acc = [got[c.text].status for c in CLAIMS["norm"] if c.on == "test_acc"]
+    assert on_acc == [CONFIRMED, NOT_RUN, NOT_RUN]
     cells = {v.name: row[OUTCOME_COLUMN] for v, row in zip(s.variants, table_rows(s), strict=True)}
     assert cells == {
         "none": "baseline",

@@ -16,7 +16,9 @@ time is known only to exceed that. It is neither dropped nor given a made-up tim
   the reached one is faster, and ``d`` is the bound ``±log(c / t)`` (the true ratio is at least that; at ``t = c``
   the smallest non-zero score, :data:`LEAST`: its sign known, its size not);
 * neither reached it, or one reached it only after the other's censoring time: the order is unknown, ``d = 0``
-  (no information; such pairs are left out of the ranks).
+  (no information; such pairs are left out of the ranks);
+* both reached it at their first validation: the times are known only to be at most one epoch each (left-censored,
+  since validation is the clock's resolution), so the order is unknown too: ``d = 0``.
 
 **Test** (:func:`signed_rank_p`): Wilcoxon's signed-rank statistic on the non-zero scores, with its exact two-sided
 p-value over the 2ⁿ sign flips (a normal approximation above :data:`EXACT_MAX` informative pairs). Swapping the arms
@@ -29,10 +31,13 @@ exact. With n informative pairs the smallest p-value is 2/2ⁿ, so no claim is p
 
 * **better** / **worse**: Holm-adjusted p < α over the study's time-to-target comparisons (a family of its own,
   beside the test-accuracy family); better when the variant is faster (positive signed-rank statistic);
-* **equivalent**: not better or worse, every pair reached the target in both arms, and the 95% t interval of the
-  log ratios lies inside ±log(1 + :data:`SPEED_MARGIN`) — the two arms' times differ by less than 10%;
+* **equivalent**: not better or worse, every pair's ratio is exact (both arms reached the target, neither at its
+  first validation), and the 95% t interval of the log ratios lies inside ±log(1 + :data:`SPEED_MARGIN`) — the two
+  arms' times differ by less than 10%;
 * **undecided**: the rest;
-* **no signal**: neither arm reached the target on any seed: there is no time to compare.
+* **no signal**: on every seed neither arm reached the target, or both reached it at the first validation: there is
+  no time to compare (:attr:`CensoredPaired.no_time` gives the reason; a lower target or more frequent validation
+  would measure one).
 
 With ``--seeds auto`` (:func:`decide_speed_sequential`) the same looks and alpha spending as
 :mod:`tricklab.lab.sequential` are used: look k tests the first ``n_k`` pairs at level ``α_k``, the repeated p-value
@@ -70,6 +75,7 @@ class Timed:
 
     value: float
     reached: bool
+    first: bool = False  # reached at the run's first validation: the time is known only to be at most ``value``
 
 
 def time_to_target(history: Sequence[Mapping[str, Any]], metrics: Mapping[str, Any], target: float) -> dict[str, Timed]:
@@ -93,8 +99,8 @@ def time_to_target(history: Sequence[Mapping[str, Any]], metrics: Mapping[str, A
         seconds += float(row.get("epoch_time", math.nan))
         if row["val_acc"] >= target:
             return {
-                STEPS_TO_TARGET: Timed(per_epoch * (i + 1), True),
-                SECONDS_TO_TARGET: Timed(seconds, True),
+                STEPS_TO_TARGET: Timed(per_epoch * (i + 1), True, first=i == 0),
+                SECONDS_TO_TARGET: Timed(seconds, True, first=i == 0),
             }
     return {STEPS_TO_TARGET: Timed(per_epoch * len(rows), False), SECONDS_TO_TARGET: Timed(seconds, False)}
 
@@ -105,11 +111,15 @@ def scores(variant: Sequence[Timed], baseline: Sequence[Timed]) -> np.ndarray:
     tb = np.array([t.value for t in baseline], dtype=float)
     ra = np.array([t.reached for t in variant], dtype=bool)
     rb = np.array([t.reached for t in baseline], dtype=bool)
-    return score_matrix(ta, ra, tb, rb)
+    both_first = np.array([a.first and b.first for a, b in zip(variant, baseline, strict=True)], dtype=bool)
+    return score_matrix(ta, ra, tb, rb, both_first=both_first)
 
 
-def score_matrix(ta: np.ndarray, ra: np.ndarray, tb: np.ndarray, rb: np.ndarray) -> np.ndarray:
-    """:func:`scores` for whole arrays (times ``t``, reached flags ``r``; variant ``a``, baseline ``b``).
+def score_matrix(
+    ta: np.ndarray, ra: np.ndarray, tb: np.ndarray, rb: np.ndarray, *, both_first: np.ndarray | None = None
+) -> np.ndarray:
+    """:func:`scores` for whole arrays (times ``t``, reached flags ``r``; variant ``a``, baseline ``b``;
+    ``both_first``: pairs whose arms both reached the target at their first validation, scored 0).
 
     A run censored at ``c`` would have reached the target only after ``c``: one that reached it at ``t ≤ c`` is
     faster, even at ``t = c`` (the target met at the last evaluation of the other's budget); such a pair's bound
@@ -118,7 +128,10 @@ def score_matrix(ta: np.ndarray, ra: np.ndarray, tb: np.ndarray, rb: np.ndarray)
     a_first = ra & ~rb & (ta <= tb)  # the variant reached it, the baseline had not by then
     b_first = rb & ~ra & (tb <= ta)
     d = np.where(a_first, np.maximum(d, LEAST), np.where(b_first, np.minimum(d, -LEAST), d))
-    return np.where((ra & rb) | a_first | b_first, d, 0.0)
+    known = (ra & rb) | a_first | b_first
+    if both_first is not None:
+        known &= ~both_first
+    return np.where(known, d, 0.0)
 
 
 def _signs(n: int) -> np.ndarray:
@@ -181,6 +194,21 @@ class CensoredPaired:
         return not any(a.reached or b.reached for a, b in zip(self.variant, self.baseline, strict=True))
 
     @property
+    def exact(self) -> list[bool]:
+        """Per seed: whether the pair's ratio is known exactly (both reached the target, neither at its first
+        validation)."""
+        return [
+            a.reached and b.reached and not (a.first or b.first)
+            for a, b in zip(self.variant, self.baseline, strict=True)
+        ]
+
+    @property
+    def no_time(self) -> str:
+        """Why there is no time to compare ('' when there is one): on every seed neither arm reached the target,
+        or both reached it at their first validation."""
+        return untimed_reason(self.variant, self.baseline)
+
+    @property
     def ratio(self) -> float:
         """Median over the seeds where both reached the target of variant time / baseline time (NaN: none)."""
         r = [
@@ -189,6 +217,26 @@ class CensoredPaired:
             if a.reached and b.reached and b.value
         ]
         return float(np.median(r)) if r else math.nan
+
+
+def timed_pairs(variant: Sequence[Timed], baseline: Sequence[Timed]) -> list[bool]:
+    """Per seed: whether the pair carries a time (one arm at least reached the target, and not both at the first
+    validation)."""
+    return [
+        (a.reached or b.reached) and not (a.first and b.first) for a, b in zip(variant, baseline, strict=True)
+    ]
+
+
+def untimed_reason(variant: Sequence[Timed], baseline: Sequence[Timed]) -> str:
+    """'' when some pair carries a time (:func:`timed_pairs`), else the reason there is none."""
+    if any(timed_pairs(variant, baseline)):
+        return ""
+    if not any(a.reached or b.reached for a, b in zip(variant, baseline, strict=True)):
+        return "neither arm reached the target on any seed"
+    return (
+        "on every seed both arms reached the target at the first validation or neither reached it: times are "
+        "resolved to validations, so a lower target or more frequent validation would be needed to compare them"
+    )
 
 
 def paired_censored(variant: Mapping[int, Timed], baseline: Mapping[int, Timed]) -> CensoredPaired:
@@ -203,8 +251,8 @@ def paired_censored(variant: Mapping[int, Timed], baseline: Mapping[int, Timed])
 
 
 def _equivalent(d: np.ndarray, both: bool, level: float, margin: float) -> tuple[bool, float, float]:
-    """Whether the ``1 − level`` t interval of the log ratios lies inside ±log(1 + margin); needs every pair to have
-    reached the target in both arms (a censored time has no exact ratio)."""
+    """Whether the ``1 − level`` t interval of the log ratios lies inside ±log(1 + margin); needs every pair's ratio
+    to be exact (``both``: a censored time, or one met at the first validation, has no exact ratio)."""
     n = len(d)
     if not both or n < 2:
         return False, math.nan, math.nan
@@ -222,7 +270,7 @@ def decide_speed(
     ``margin`` is relative (0.1: ±10%); :attr:`Decision.margin` holds it. No-signal comparisons (no seed reached
     the target in either arm) are left out of Holm's family.
     """
-    names = [n for n in comparisons if not comparisons[n].none_reached]
+    names = [n for n in comparisons if not comparisons[n].no_time]
     adjusted = dict(zip(names, holm([comparisons[n].p for n in names]), strict=True))
     family = sum(math.isfinite(p) for p in adjusted.values())
     rejected = {n for n, p in adjusted.items() if math.isfinite(p) and p < alpha and comparisons[n].sign != 0}
@@ -230,12 +278,10 @@ def decide_speed(
     out = {}
     for name, c in comparisons.items():
         if name not in adjusted:
-            out[name] = Decision(
-                NO_SIGNAL, math.nan, margin, family, alpha_next, reason="neither arm reached the target on any seed"
-            )
+            out[name] = Decision(NO_SIGNAL, math.nan, margin, family, alpha_next, reason=c.no_time)
             continue
         common = dict(p_holm=adjusted[name], margin=margin, family=family, alpha_next=alpha_next)
-        equiv, lo, hi = _equivalent(np.asarray(c.scores), c.both_reached, alpha, margin)
+        equiv, lo, hi = _equivalent(np.asarray(c.scores), all(c.exact), alpha, margin)
         if name in rejected:
             out[name] = Decision(BETTER if c.sign > 0 else WORSE, **common)
         elif equiv:
@@ -279,10 +325,9 @@ def decide_speed_sequential(
     names = list(comparisons)
     schedule = looks(first, cap)
     data = [np.asarray(comparisons[n].scores, dtype=float)[:cap] for n in names]
-    both = [[a.reached and b.reached for a, b in zip(c.variant, c.baseline, strict=True)] for c in comparisons.values()]
-    anyone = [
-        [a.reached or b.reached for a, b in zip(c.variant, c.baseline, strict=True)] for c in comparisons.values()
-    ]
+    both = [c.exact for c in comparisons.values()]
+    anyone = [timed_pairs(c.variant, c.baseline) for c in comparisons.values()]
+    why = [comparisons[n] for n in names]
     m = len(names)
     p, sign, seen = np.ones(m), np.zeros(m), np.zeros(m, dtype=int)
     code, at = np.zeros(m, dtype=int), np.zeros(m, dtype=int)  # 0 undecided, ±1 better/worse, 2 equiv, 3 no signal
@@ -297,7 +342,7 @@ def decide_speed_sequential(
             if code[i] != 0 or len(x) < n_k:
                 continue
             seen[i] = n_k
-            if not any(anyone[i][:n_k]):  # nobody reached the target yet: nothing to compare, no more seeds
+            if not any(anyone[i][:n_k]):  # no pair carries a time yet: nothing to compare, no more seeds
                 code[i], at[i] = 3, n_k
                 continue
             if u_k > 0 and (np.abs(x[:n_k]) > SAME).any():
@@ -336,7 +381,7 @@ def decide_speed_sequential(
             look_seeds=int(at[i] or seen[i]) or None,
             cap=cap,
             repeated_p=float(p[i]),
-            reason="neither arm reached the target on any seed" if code[i] == 3 else "",
+            reason=untimed_reason(why[i].variant[: at[i]], why[i].baseline[: at[i]]) if code[i] == 3 else "",
         )
     return out
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tricklab.lab.analysis import TEST_ACC, StudyStats, VariantStats
-from tricklab.lab.claims import CONFIRMED, NOT_RUN, REFUTED, UNSETTLED, ClaimVerdict, claims_for
+from tricklab.lab.claims import TEST_ACC, CONFIRMED, NOT_RUN, REFUTED, UNSETTLED, ClaimVerdict, claims_for
 from tricklab.lab.results import StudyResult
 from tricklab.lab.stats import NO_SIGNAL, Paired, paired
 
@@ -37,6 +37,7 @@ CLAIM_COLOURS = {
     REFUTED: ("#a40e26", "#ffebe9", "red", "✗"),
     UNSETTLED: ("#7d4e00", "#fff8c5", "yellow", "?"),
     NOT_RUN: ("#57606a", "#eaeef2", "dim", "–"),
+    NO_SIGNAL: ("#6639ba", "#fbefff", "magenta", "∅"),  # as lab_report.COLOURS: nothing to compare
 }
 NOT_RUN_COLOURS = (
     "#57606a",
@@ -236,8 +237,10 @@ def takeaway(f: StudyFindings) -> str:
 
 
 def claim_sentence(c: ClaimVerdict) -> str:
-    """``"Claim confirmed: Batch norm … (better)."``, with each comparison's outcome when there are several."""
-    return f"Claim {c.label}: {c.claim.text} ({c.detail})."
+    """``"Claim confirmed: Batch norm … (better)."``, with each comparison's outcome when there are several; a claim
+    about speed names the outcome it was judged on (``"(steps to target: better)"``)."""
+    on = "" if c.claim.on == TEST_ACC else f"{c.claim.on.replace('_', ' ')}: "
+    return f"Claim {c.label}: {c.claim.text} ({on}{c.detail})."
 
 
 def claims_cell(f: StudyFindings) -> str:
