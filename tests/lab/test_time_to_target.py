@@ -18,6 +18,7 @@ from tricklab.lab.speed import (
     decide_speed_sequential,
     paired_censored,
     rank_test_spending,
+    resolved,
     scores,
     signed_rank_p,
     time_to_target,
@@ -37,11 +38,13 @@ def timed(*pairs):
 
 
 def test_steps_and_seconds_to_target_from_per_epoch_history():
-    history = [{"epoch": e, "val_acc": a, "epoch_time": t} for e, a, t in ((1, 0.5, 1.0), (2, 0.8, 2.0), (3, 0.9, 3.0))]
+    history = [
+        {"epoch": e, "val_acc": a, "epoch_time_s": t} for e, a, t in ((1, 0.5, 1.0), (2, 0.8, 2.0), (3, 0.9, 3.0))
+    ]
     metrics = {"steps": 300, "epochs_run": 3}
     got = time_to_target(history, metrics, 0.8)
-    assert got[STEPS_TO_TARGET] == Timed(200.0, True)  # the end of epoch 2, at 100 steps an epoch
-    assert got["seconds_to_target"] == Timed(3.0, True)
+    assert got[STEPS_TO_TARGET] == Timed(200.0, True, after=100.0)  # between the validations at 100 and 200 steps
+    assert got["seconds_to_target"] == Timed(3.0, True, after=1.0)
     never = time_to_target(history, metrics, 0.95)
     assert never[STEPS_TO_TARGET] == Timed(300.0, False) and never["seconds_to_target"] == Timed(6.0, False)
 
@@ -49,7 +52,7 @@ def test_steps_and_seconds_to_target_from_per_epoch_history():
 def test_an_ensemble_is_timed_on_its_first_member():
     history = [{"epoch": 1, "val_acc": 0.9, "member": 0}, {"epoch": 1, "val_acc": 0.1, "member": 1}]
     metrics = {"members": [{"steps": 50, "epochs_run": 1}, {"steps": 50, "epochs_run": 1}], "epochs_run": 2}
-    assert time_to_target(history, metrics, 0.8)[STEPS_TO_TARGET] == Timed(50.0, True, first=True)
+    assert time_to_target(history, metrics, 0.8)[STEPS_TO_TARGET] == Timed(50.0, True, after=0.0)
 
 
 # ---- censored pairs -----------------------------------------------------------------------------------------------
@@ -168,33 +171,40 @@ def test_sequential_looks_use_the_same_spending_as_the_t_test_design():
     assert ten["a"].p_holm == pytest.approx(2 * (2 / 1024) * 0.05 / 0.0255)
 
 
-def test_reached_at_the_first_validation_is_left_censored():
-    """Times are resolved to validations: a target met at the first one is known only to take at most one epoch."""
-    history = [{"epoch": e, "val_acc": a, "epoch_time": 1.0} for e, a in ((1, 0.9), (2, 0.95))]
+def test_times_are_interval_censored_by_the_validations():
+    """Times are resolved to validations: a target met at the first one is known only to take at most one epoch; at
+    validation k, to lie between k − 1 and k epochs."""
+    history = [{"epoch": e, "val_acc": a, "epoch_time_s": 1.0} for e, a in ((1, 0.9), (2, 0.95))]
     got = time_to_target(history, {"steps": 200, "epochs_run": 2}, 0.8)
-    assert got[STEPS_TO_TARGET] == Timed(100.0, True, first=True)
+    assert got[STEPS_TO_TARGET] == Timed(100.0, True, after=0.0)
     later = time_to_target(history, {"steps": 200, "epochs_run": 2}, 0.92)
-    assert later[STEPS_TO_TARGET] == Timed(200.0, True) and not later[STEPS_TO_TARGET].first
-    first, second = Timed(100, R, first=True), Timed(200, R)
-    d = scores([first, first, second], [first, second, first])
-    assert d[0] == 0  # both at the first validation: the order is unknown
-    assert d[1] == pytest.approx(math.log(2)) and d[2] == pytest.approx(-math.log(2))  # one later: bounds, kept
+    assert later[STEPS_TO_TARGET] == Timed(200.0, True, after=100.0)
+    first, second, third = Timed(100, R, after=0), Timed(200, R, after=100), Timed(300, R, after=200)
+    d = scores([first, second, first, third], [first, second, third, first])
+    assert d[0] == 0 and d[1] == 0  # met between the same two validations: the order is unknown
+    assert d[2] == pytest.approx(math.log(3)) and d[3] == pytest.approx(-math.log(3))  # disjoint: the order is known
+    # the ratio of two times met at the same validation k lies in ((k−1)/k, k/(k−1)): within ±10% from k = 11
+    at = [Timed(100.0 * k, R, after=100.0 * (k - 1)) for k in (1, 2, 10, 11, 12)]
+    assert [resolved(t, t) for t in at] == [False, False, False, True, True]
+    assert resolved(Timed(100, R), Timed(105, R))  # exact times always are
 
 
-def test_both_at_the_first_validation_on_every_seed_is_no_signal_not_equivalent():
-    """Both arms met the target at the first validation on all six seeds: the ratio 1.0 is the clock's resolution,
-    not a measured equality."""
-    early = timed(*[(100, R)] * 6)
-    early = {s: Timed(t.value, True, first=True) for s, t in early.items()}
-    fixed = decide_speed({"a": paired_censored(early, early)})["a"]
-    assert fixed.outcome == NO_SIGNAL and "first validation" in fixed.reason
-    seq = decide_speed_sequential({"a": paired_censored(early, early)}, first=3, cap=10)["a"]
-    assert seq.outcome == NO_SIGNAL and "first validation" in seq.reason and seq.seeds_needed is None
-    # five seeds exact and equal, one seed both at the first validation: no exact ratio there, not equivalent
+def test_the_same_early_validation_on_every_seed_is_no_signal_not_equivalent():
+    """Both arms met the target at the same early validation on all six seeds: the ratio 1.0 is the clock's
+    resolution, not a measured equality."""
+    for k in (1, 2):
+        early = {s: Timed(100.0 * k, R, after=100.0 * (k - 1)) for s in range(6)}
+        fixed = decide_speed({"a": paired_censored(early, early)})["a"]
+        assert fixed.outcome == NO_SIGNAL and "same two validations" in fixed.reason
+        seq = decide_speed_sequential({"a": paired_censored(early, early)}, first=3, cap=10)["a"]
+        assert seq.outcome == NO_SIGNAL and "same two validations" in seq.reason and seq.seeds_needed is None
+    # met at validation 20 on every seed by both arms: the ratio is within (19/20, 20/19), equivalent within ±10%
+    late = {s: Timed(2000.0, R, after=1900.0) for s in range(6)}
+    assert decide_speed({"a": paired_censored(late, late)})["a"].outcome == EQUIVALENT
+    # five seeds exact and equal, one seed both at the first validation: that ratio is unresolved, not equivalent
     base = timed(*[(1000 + 100 * s, R) for s in range(6)])
-    mixed = dict(base) | {5: Timed(100, R, first=True)}
-    got = decide_speed({"a": paired_censored(mixed, mixed)})["a"]
-    assert got.outcome == UNDECIDED
+    mixed = dict(base) | {5: Timed(100, R, after=0.0)}
+    assert decide_speed({"a": paired_censored(mixed, mixed)})["a"].outcome == UNDECIDED
 
 
 def test_sequential_no_signal_stops_at_the_first_look():

@@ -4,7 +4,7 @@ A study that judges ``steps_to_target`` (its ``outcomes``) compares each variant
 seed's run first reaches the study's target validation accuracy (the measure of MLCommons AlgoPerf, Dahl et al.
 2023). Runs record validation accuracy once per epoch, so the time to target is resolved to epochs: a run's steps to
 target are the optimizer steps at the end of the first epoch whose validation accuracy reaches the target
-(:func:`time_to_target`), its seconds the summed epoch times up to then (validation included).
+(:func:`time_to_target`), its seconds the summed epoch times (``epoch_time_s``) up to then (validation included).
 
 **Censoring.** A run that never reaches the target is censored at its budget (all its steps, all its seconds): its
 time is known only to exceed that. It is neither dropped nor given a made-up time. For each seed the pair
@@ -17,8 +17,10 @@ time is known only to exceed that. It is neither dropped nor given a made-up tim
   the smallest non-zero score, :data:`LEAST`: its sign known, its size not);
 * neither reached it, or one reached it only after the other's censoring time: the order is unknown, ``d = 0``
   (no information; such pairs are left out of the ranks);
-* both reached it at their first validation: the times are known only to be at most one epoch each (left-censored,
-  since validation is the clock's resolution), so the order is unknown too: ``d = 0``.
+* both reached it between the same two validations: validation is the clock's resolution, so each time is known
+  only to lie in ``(previous validation, this one]`` (:attr:`Timed.after`; interval-censored) and the order is
+  unknown: ``d = 0``. Two runs that met the target at the first validation (both in ``(0, one epoch]``) are such a
+  pair, whatever the ratio of their true times.
 
 **Test** (:func:`signed_rank_p`): Wilcoxon's signed-rank statistic on the non-zero scores, with its exact two-sided
 p-value over the 2ⁿ sign flips (a normal approximation above :data:`EXACT_MAX` informative pairs). Swapping the arms
@@ -31,13 +33,15 @@ exact. With n informative pairs the smallest p-value is 2/2ⁿ, so no claim is p
 
 * **better** / **worse**: Holm-adjusted p < α over the study's time-to-target comparisons (a family of its own,
   beside the test-accuracy family); better when the variant is faster (positive signed-rank statistic);
-* **equivalent**: not better or worse, every pair's ratio is exact (both arms reached the target, neither at its
-  first validation), and the 95% t interval of the log ratios lies inside ±log(1 + :data:`SPEED_MARGIN`) — the two
-  arms' times differ by less than 10%;
+* **equivalent**: not better or worse, every pair's ratio is *resolved* (both arms reached the target and the
+  ratio's bounds from the validation intervals, ``(after_b / t_a, t_b / after_a)``, lie inside the margin), and the
+  95% t interval of the log ratios lies inside ±log(1 + :data:`SPEED_MARGIN`) — the two arms' times differ by less
+  than 10%. Two runs that both met the target at validation k have a ratio in ``((k−1)/k, k/(k−1))``: resolved within
+  ±10% only from k = 11 on;
 * **undecided**: the rest;
-* **no signal**: on every seed neither arm reached the target, or both reached it at the first validation: there is
-  no time to compare (:attr:`CensoredPaired.no_time` gives the reason; a lower target or more frequent validation
-  would measure one).
+* **no signal**: no pair has a known order or a resolved ratio: on every seed neither arm reached the target, or
+  both met it between the same two validations too early to bound their ratio (:attr:`CensoredPaired.no_time` gives
+  the reason; a lower target or more frequent validation would measure one). More seeds would not change that.
 
 With ``--seeds auto`` (:func:`decide_speed_sequential`) the same looks and alpha spending as
 :mod:`tricklab.lab.sequential` are used: look k tests the first ``n_k`` pairs at level ``α_k``, the repeated p-value
@@ -58,6 +62,7 @@ import numpy as np
 from scipy import special, stats
 
 from tricklab.lab.sequential import looks, spending
+from tricklab.metrics import EPOCH_TIME
 from tricklab.lab.stats import ALPHA, BETTER, EQUIVALENT, NO_SIGNAL, SAME, UNDECIDED, WORSE, Decision, holm
 
 STEPS_TO_TARGET = "steps_to_target"
@@ -75,7 +80,12 @@ class Timed:
 
     value: float
     reached: bool
-    first: bool = False  # reached at the run's first validation: the time is known only to be at most ``value``
+    after: float | None = None  # the previous validation's time: reached in (after, value]; None: exactly at value
+
+    @property
+    def low(self) -> float:
+        """The earliest the target may have been met (``after``; ``value`` when known exactly or not reached)."""
+        return self.value if self.after is None or not self.reached else self.after
 
 
 def time_to_target(history: Sequence[Mapping[str, Any]], metrics: Mapping[str, Any], target: float) -> dict[str, Timed]:
@@ -96,11 +106,12 @@ def time_to_target(history: Sequence[Mapping[str, Any]], metrics: Mapping[str, A
     per_epoch = float(steps) / float(epochs)
     seconds = 0.0
     for i, row in enumerate(rows):
-        seconds += float(row.get("epoch_time", math.nan))
+        before = seconds
+        seconds += float(row.get(EPOCH_TIME, math.nan))
         if row["val_acc"] >= target:
             return {
-                STEPS_TO_TARGET: Timed(per_epoch * (i + 1), True, first=i == 0),
-                SECONDS_TO_TARGET: Timed(seconds, True, first=i == 0),
+                STEPS_TO_TARGET: Timed(per_epoch * (i + 1), True, after=per_epoch * i),
+                SECONDS_TO_TARGET: Timed(seconds, True, after=before),
             }
     return {STEPS_TO_TARGET: Timed(per_epoch * len(rows), False), SECONDS_TO_TARGET: Timed(seconds, False)}
 
@@ -111,15 +122,37 @@ def scores(variant: Sequence[Timed], baseline: Sequence[Timed]) -> np.ndarray:
     tb = np.array([t.value for t in baseline], dtype=float)
     ra = np.array([t.reached for t in variant], dtype=bool)
     rb = np.array([t.reached for t in baseline], dtype=bool)
-    both_first = np.array([a.first and b.first for a, b in zip(variant, baseline, strict=True)], dtype=bool)
-    return score_matrix(ta, ra, tb, rb, both_first=both_first)
+    overlap = np.array([_overlap(a, b) for a, b in zip(variant, baseline, strict=True)], dtype=bool)
+    return score_matrix(ta, ra, tb, rb, overlap=overlap)
+
+
+def _overlap(a: Timed, b: Timed) -> bool:
+    """Both reached the target and their intervals ``(after, value]`` overlap (the order is unknown) — not two
+    exactly known times."""
+    if not (a.reached and b.reached) or (a.after is None and b.after is None):
+        return False
+    return a.low < b.value and b.low < a.value
+
+
+def resolved(a: Timed, b: Timed, margin: float = 0.1) -> bool:
+    """Whether the ratio ``a / b`` of two reached times is known to within ``1 ± margin`` (on the log scale,
+    ±log(1 + margin)) from their intervals: exact times always are; two met at validation k are from k = 11 on (10%).
+    """
+    if not (a.reached and b.reached):
+        return False
+    if a.after is None and b.after is None:
+        return True
+    if a.low <= 0 or b.low <= 0:
+        return False
+    bound = math.log1p(margin) + 1e-12
+    return math.log(a.value / b.low) <= bound and math.log(a.low / b.value) >= -bound
 
 
 def score_matrix(
-    ta: np.ndarray, ra: np.ndarray, tb: np.ndarray, rb: np.ndarray, *, both_first: np.ndarray | None = None
+    ta: np.ndarray, ra: np.ndarray, tb: np.ndarray, rb: np.ndarray, *, overlap: np.ndarray | None = None
 ) -> np.ndarray:
     """:func:`scores` for whole arrays (times ``t``, reached flags ``r``; variant ``a``, baseline ``b``;
-    ``both_first``: pairs whose arms both reached the target at their first validation, scored 0).
+    ``overlap``: pairs whose arms both met the target between the same two validations, scored 0).
 
     A run censored at ``c`` would have reached the target only after ``c``: one that reached it at ``t ≤ c`` is
     faster, even at ``t = c`` (the target met at the last evaluation of the other's budget); such a pair's bound
@@ -129,8 +162,8 @@ def score_matrix(
     b_first = rb & ~ra & (tb <= ta)
     d = np.where(a_first, np.maximum(d, LEAST), np.where(b_first, np.minimum(d, -LEAST), d))
     known = (ra & rb) | a_first | b_first
-    if both_first is not None:
-        known &= ~both_first
+    if overlap is not None:
+        known &= ~overlap
     return np.where(known, d, 0.0)
 
 
@@ -195,17 +228,12 @@ class CensoredPaired:
 
     @property
     def exact(self) -> list[bool]:
-        """Per seed: whether the pair's ratio is known exactly (both reached the target, neither at its first
-        validation)."""
-        return [
-            a.reached and b.reached and not (a.first or b.first)
-            for a, b in zip(self.variant, self.baseline, strict=True)
-        ]
+        """Per seed: whether the pair's ratio is resolved within :data:`SPEED_MARGIN` (:func:`resolved`)."""
+        return [resolved(a, b, SPEED_MARGIN) for a, b in zip(self.variant, self.baseline, strict=True)]
 
     @property
     def no_time(self) -> str:
-        """Why there is no time to compare ('' when there is one): on every seed neither arm reached the target,
-        or both reached it at their first validation."""
+        """Why there is no time to compare ('' when there is one): no pair has a known order or a resolved ratio."""
         return untimed_reason(self.variant, self.baseline)
 
     @property
@@ -220,11 +248,10 @@ class CensoredPaired:
 
 
 def timed_pairs(variant: Sequence[Timed], baseline: Sequence[Timed]) -> list[bool]:
-    """Per seed: whether the pair carries a time (one arm at least reached the target, and not both at the first
-    validation)."""
-    return [
-        (a.reached or b.reached) and not (a.first and b.first) for a, b in zip(variant, baseline, strict=True)
-    ]
+    """Per seed: whether the pair carries a time: its order is known (a non-zero score) or its ratio is resolved
+    within :data:`SPEED_MARGIN`."""
+    known = np.abs(scores(variant, baseline)) > SAME if variant else np.zeros(0, dtype=bool)
+    return [bool(k) or resolved(a, b, SPEED_MARGIN) for k, a, b in zip(known, variant, baseline, strict=True)]
 
 
 def untimed_reason(variant: Sequence[Timed], baseline: Sequence[Timed]) -> str:
@@ -234,8 +261,9 @@ def untimed_reason(variant: Sequence[Timed], baseline: Sequence[Timed]) -> str:
     if not any(a.reached or b.reached for a, b in zip(variant, baseline, strict=True)):
         return "neither arm reached the target on any seed"
     return (
-        "on every seed both arms reached the target at the first validation or neither reached it: times are "
-        "resolved to validations, so a lower target or more frequent validation would be needed to compare them"
+        "on every seed both arms met the target between the same two validations (or neither met it): times are "
+        f"resolved to validations, too coarse to order them or to bound their ratio within ±{SPEED_MARGIN:.0%}; a "
+        "lower target or more frequent validation would measure them"
     )
 
 
@@ -252,7 +280,7 @@ def paired_censored(variant: Mapping[int, Timed], baseline: Mapping[int, Timed])
 
 def _equivalent(d: np.ndarray, both: bool, level: float, margin: float) -> tuple[bool, float, float]:
     """Whether the ``1 − level`` t interval of the log ratios lies inside ±log(1 + margin); needs every pair's ratio
-    to be exact (``both``: a censored time, or one met at the first validation, has no exact ratio)."""
+    resolved within the margin (``both``: a censored time, or two met at the same early validation, are not)."""
     n = len(d)
     if not both or n < 2:
         return False, math.nan, math.nan
