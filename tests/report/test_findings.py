@@ -10,10 +10,10 @@ import pytest
 from tricklab.lab.analysis import analyse
 from tricklab.lab.claims import CLAIMS, CONFIRMED, NOT_RUN, REFUTED, UNSETTLED, claims_for
 from tricklab.lab.lab import DB_NAME, LabOptions, plan, run_key_hash, study_spec
+from tricklab.lab.stats import NO_SIGNAL
 from tricklab.lab.store import RunRow, Store
 from tricklab.lab.studies import STUDIES
 from tricklab.report import lab_report
-from tricklab.lab.stats import NO_SIGNAL
 from tricklab.report.findings import claim_sentence, findings_of, is_preview, variant_style
 from tricklab.report.lab_report import OUTCOME_COLUMN, build_report, table_rows
 from tricklab.report.markdown import build_markdown

@@ -3,8 +3,8 @@
 Each built-in study tests one section of the lesson; :data:`CLAIMS` writes what that section claims as a sentence
 and the comparisons (variant vs its baseline) whose outcomes would bear it out, on test accuracy or, for the claims
 about speed ("batch norm speeds up training", "Adam converges faster"), on steps to the study's target validation
-accuracy (:mod:`tricklab.lab.speed`; a study that does not judge that outcome leaves such a claim unjudged). The verdict is
-never written by hand: :func:`judge` reads it from the outcomes the analysis decided
+accuracy (:mod:`tricklab.lab.speed`; a study that does not judge that outcome leaves such a claim unjudged). The
+verdict is never written by hand: :func:`judge` reads it from the outcomes the analysis decided
 (:mod:`tricklab.lab.stats`), so a rerun with more seeds, or another dataset, can change it.
 
 A claim over several comparisons says whether *every* one must go the expected way (``every=True``: "conv nets
@@ -124,9 +124,7 @@ def claims_for(s: StudyStats) -> list[ClaimVerdict]:
     names = {v.name for v in s.variants if v.comparison is not None}
     judged = {TEST_ACC, *s.outcomes}
     return [
-        judge(c, s)
-        for c in CLAIMS.get(s.study, ())
-        if set(c.variants) <= names and c.on in judged and _timed(c, s)
+        judge(c, s) for c in CLAIMS.get(s.study, ()) if set(c.variants) <= names and c.on in judged and _timed(c, s)
     ]
 
 
@@ -184,7 +182,9 @@ CLAIMS: dict[str, tuple[Claim, ...]] = {
             "Momentum and the adaptive methods (Adagrad, RMSProp, Adam) are ahead of plain SGD after a short training",
             ("momentum", "adagrad", "rmsprop", "adam"),
         ),
-        Claim("Momentum and Adam converge faster than plain SGD: fewer steps to target", ("momentum", "adam"), on=_SPEED),
+        Claim(
+            "Momentum and Adam converge faster than plain SGD: fewer steps to target", ("momentum", "adam"), on=_SPEED
+        ),
     ),
     "clipping": (
         Claim(
@@ -195,7 +195,9 @@ CLAIMS: dict[str, tuple[Claim, ...]] = {
     "lr-decay": (
         Claim("Decaying the rate ×0.98 per epoch (the lesson's schedule) beats a constant rate", ("exponential",)),
         Claim("Decaying schedules (step, cosine, warm-up, one-cycle, on-plateau) beat a constant rate", _SCHEDULES),
-        Claim("A rate decayed ×0.98 per epoch reaches the target sooner than a constant one", ("exponential",), on=_SPEED),
+        Claim(
+            "A rate decayed ×0.98 per epoch reaches the target sooner than a constant one", ("exponential",), on=_SPEED
+        ),
     ),
     "depth": (
         Claim(

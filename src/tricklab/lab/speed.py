@@ -62,8 +62,8 @@ import numpy as np
 from scipy import special, stats
 
 from tricklab.lab.sequential import looks, spending
-from tricklab.metrics import EPOCH_TIME
 from tricklab.lab.stats import ALPHA, BETTER, EQUIVALENT, NO_SIGNAL, SAME, UNDECIDED, WORSE, Decision, holm
+from tricklab.metrics import EPOCH_TIME
 
 STEPS_TO_TARGET = "steps_to_target"
 SECONDS_TO_TARGET = "seconds_to_target"

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tricklab.lab.analysis import TEST_ACC, StudyStats, VariantStats
-from tricklab.lab.claims import TEST_ACC, CONFIRMED, NOT_RUN, REFUTED, UNSETTLED, ClaimVerdict, claims_for
+from tricklab.lab.claims import CONFIRMED, NOT_RUN, REFUTED, UNSETTLED, ClaimVerdict, claims_for
 from tricklab.lab.results import StudyResult
 from tricklab.lab.stats import NO_SIGNAL, Paired, paired
 
