@@ -464,14 +464,20 @@ class Schedule:
         c = self.counts
         return LabRun(self.out, c.done, c.failed, c.skipped, time.perf_counter() - self.t0, self.failures)
 
+    def unfinished(self) -> set[tuple]:
+        """Every run this session queued that has not ended: the database may already say "running" for one whose
+        start a stop signal interrupted before :attr:`started` knew of it, so a stop checks them all (only rows
+        still running change)."""
+        return set(self.started).union(*self.outstanding.values())
+
     def stopped(self, signum: int) -> str:
         """After a stop signal (workers already stopped): put the running rows back to pending; the line to say."""
         name = signal.Signals(signum).name
-        if self.started:
-            with Store(self.out / DB_NAME) as store:
-                for key in self.started:
-                    store.mark_unfinished(key, f"stopped by {name} while running; a rerun redoes it")
-        c, running = self.counts, len(self.started)
+        running = 0
+        with Store(self.out / DB_NAME) as store:
+            for key in self.unfinished():
+                running += store.mark_unfinished(key, f"stopped by {name} while running; a rerun redoes it")
+        c = self.counts
         left = max(0, c.total - c.done - c.failed - running)
         before = f" (+{c.skipped} done before)" if c.skipped else ""
         return (
@@ -483,9 +489,8 @@ class Schedule:
     def lost(self, what: str) -> str:
         """The executor died (:class:`PoolLost`): put the running rows back to pending; the one line to say."""
         assert self.store is not None
-        for key in self.started:
-            self.store.mark_unfinished(key, f"{what}; a rerun redoes it")
-        done, running = self.counts.done, len(self.started)
+        running = sum(self.store.mark_unfinished(key, f"{what}; a rerun redoes it") for key in self.unfinished())
+        done = self.counts.done
         return (
             f"lab stopped: {what}; {done} finished run{'s' * (done != 1)} kept, {running} running "
             f"run{'s' * (running != 1)} put back to pending; rerun the same command to finish them (lab folder "

@@ -368,13 +368,15 @@ class Store:
             (error, time.time(), *key),
         )
 
-    def mark_unfinished(self, key: tuple, reason: str) -> None:
-        """Put a running row back to ``pending`` (a rerun redoes it), saying why it did not finish."""
-        self._exec(
+    def mark_unfinished(self, key: tuple, reason: str) -> bool:
+        """Put a running row back to ``pending`` (a rerun redoes it), saying why it did not finish; whether it was
+        running."""
+        cur = self._exec(
             "UPDATE runs SET status='pending', error=?, finished_at=NULL "
             "WHERE study=? AND variant=? AND seed=? AND dataset=? AND status='running'",
             (reason, *key),
         )
+        return cur.rowcount > 0
 
     def get(self, study: str, variant: str, seed: int, dataset: str) -> RunRow | None:
         rows = self._select("WHERE study=? AND variant=? AND seed=? AND dataset=?", (study, variant, seed, dataset))
