@@ -6,13 +6,17 @@
 - ``stats``: the probes' ``scaled_stats`` (std, mean, norm, peak without overflow) vs ``torch.std_mean`` on a
   128×512 activation;
 - ``worker``: the resident memory of a fresh process that imports torch and tricklab's training modules, what
-  ``tricklab.lab.costs.PROCESS_BYTES`` allows a lab worker besides its run.
+  ``tricklab.lab.costs.PROCESS_BYTES`` allows a lab worker besides its run;
+- ``layout``: the built-in CNN (3 blocks of 32 channels, batch norm) in channels-last vs the default NCHW layout,
+  a training step on 64 MNIST images (Adam) and an evaluation of 1,024, alternating the two layouts (what
+  ``engine/placement.py`` chooses on CPU).
 
 Not a test: timings on a shared machine are noisy; each figure is the median of ``--repeats`` timings of
 ``--number`` calls, at one thread.
 
     .venv/bin/python benchmarks/micro.py
     .venv/bin/python benchmarks/micro.py --only batch stats --repeats 15
+    TRICKLAB_DATA=../shared/data .venv/bin/python benchmarks/micro.py --only layout   # builds the CNN for MNIST
 """
 
 from __future__ import annotations
@@ -67,7 +71,51 @@ def worker(number: int, repeats: int) -> str:
     return f"a fresh worker process (torch and tricklab imported): {statistics.median(kib) / 1024:.0f} MiB resident"
 
 
-MEASURES = {"batch": batch, "histogram": histogram, "stats": stats, "worker": worker}
+def layout(number: int, repeats: int) -> str:
+    import copy
+
+    import torch.nn.functional as F
+
+    import tricklab
+
+    base = tricklab.create_model("cnn", data="mnist", depth=3, width=32, norm="batch")
+    x, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    xe = torch.randn(1024, 1, 28, 28)
+    steps = max(5, number // 10)
+
+    def timed(nhwc: bool) -> tuple[float, float]:
+        m = copy.deepcopy(base)
+        xb, xv = x, xe
+        if nhwc:
+            m = m.to(memory_format=torch.channels_last)
+            xv = xe.contiguous(memory_format=torch.channels_last)
+        opt = torch.optim.Adam(m.parameters(), 3e-3)
+        m.train()
+        t0 = timeit.default_timer()
+        for _ in range(steps):
+            opt.zero_grad()
+            F.cross_entropy(m(xb), y).backward()
+            opt.step()
+        step = (timeit.default_timer() - t0) / steps
+        m.eval()
+        with torch.no_grad():
+            t0 = timeit.default_timer()
+            m(xv)
+            return step, timeit.default_timer() - t0
+
+    runs = {False: [], True: []}
+    for _ in range(repeats):  # alternating, so that a load change hits both layouts alike
+        for nhwc in (False, True):
+            runs[nhwc].append(timed(nhwc))
+    med = {k: [statistics.median(r[i] for r in v) for i in (0, 1)] for k, v in runs.items()}
+    (s0, e0), (s1, e1) = med[False], med[True]
+    return (
+        f"CNN 3×32+BN: training step (64) NCHW {s0 * 1e3:.1f} ms, channels-last {s1 * 1e3:.1f} ms ({s1 / s0:.2f}×); "
+        f"evaluation (1,024) NCHW {e0 * 1e3:.0f} ms, channels-last {e1 * 1e3:.0f} ms ({e1 / e0:.2f}×)"
+    )
+
+
+MEASURES = {"batch": batch, "histogram": histogram, "stats": stats, "worker": worker, "layout": layout}
 
 
 def main() -> None:

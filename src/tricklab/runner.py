@@ -34,7 +34,7 @@ from tricklab.data.base import TensorBatches, TensorData
 from tricklab.engine import distributed
 from tricklab.engine.checkpoint import Checkpointer, CheckpointError, StopSignals, check_state, read_checkpoint
 from tricklab.engine.loop import DivergedError, NonFiniteError, blown_up, evaluate, fit
-from tricklab.engine.placement import place_splits
+from tricklab.engine.placement import channels_last, place_model, place_splits
 from tricklab.engine.rundir import (
     CHECKPOINTS,
     CSVWriter,
@@ -253,7 +253,8 @@ def _run(
 ) -> RunResult:
     parts: Assembled = assemble(cfg)  # may still refuse the config: before anything is written
     splits, device, k_members = parts.splits, parts.device, cfg.averaging.ensemble
-    splits, where = place_splits(splits, device)  # CUDA: the whole dataset on the GPU when it fits
+    nhwc = channels_last(parts.model, device)  # CPU conv nets: channels-last layout (engine/placement.py)
+    splits, where = place_splits(splits, device, nhwc=nhwc)  # CUDA: the whole dataset on the GPU when it fits
     main = distributed.is_main()  # DDP: only rank 0 writes
     if run_dir is not None and not resume and main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -285,7 +286,7 @@ def _run(
             model = distributed.prepare_model(model, device, cfg.model.sync_bn)  # DDP: SyncBatchNorm if asked
             cbs = tricks + extra
             state = None
-            model.to(device)
+            place_model(model, device)
             if cfg.train.compile:  # in place: the weights, their names and the checkpoints stay the model's own
                 model.compile()
             head = TensorData(splits.test.x[:INITIAL_LOSS_EXAMPLES], splits.test.y[:INITIAL_LOSS_EXAMPLES])
@@ -306,7 +307,7 @@ def _run(
                 writers = [HistoryWriter(run_dir / "history.jsonl", member), CSVWriter(run_dir / "metrics.csv", member)]
                 cbs += [*writers, saver] if main else [saver]
                 if resume:
-                    model.to(device)  # before the optimizer state is loaded next to the parameters
+                    place_model(model, device)  # before the optimizer state is loaded next to the parameters
                     state = FitState(model=model, optimizer=optimizer, epochs=cfg.train.epochs, device=device)
                     state = _resume_member(saver, state, run_dir / "history.jsonl", history, member)
             if state is None and record_divergence:
