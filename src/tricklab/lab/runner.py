@@ -1,6 +1,12 @@
 """Run many training runs in parallel worker processes, surviving runs that fail or crash.
 
-Workers are long-lived spawned processes (importing torch once each), ``processes × threads ≤ cores``.
+Workers are long-lived processes, ``processes × threads ≤ cores``, forked from multiprocessing's fork server, which
+imports torch and tricklab's training modules once (:data:`PRELOAD`) for every pool of this process: a new worker,
+or one that replaces a crashed worker, starts without importing torch again (a spawned process would). The fork
+server is itself a fresh process, so a worker does not inherit the lab's threads or locks, as with ``spawn``; what
+a forked worker would not see of the lab's process is handed to it: its environment variables as they are when the
+worker starts (the server's are those of its own start), its working folder and ``sys.path`` (multiprocessing does).
+Where the platform has no fork server (Windows), workers are spawned.
 The main process hands each idle worker one run at a time, so it always knows which run a worker holds: a run
 that raises is reported as failed with its error; a worker that dies (segfault, out of memory, killed) is
 noticed, its run reported as failed, and a fresh worker takes its place. The other runs carry on.
@@ -8,8 +14,8 @@ noticed, its run reported as failed, and a fresh worker takes its place. The oth
 A run function returns ``(metrics, history, config_hash)``: the hash (:func:`tricklab.lab.store.config_key`) of
 the config it actually ran, which the results database checks before storing the result. Stopping is the main
 process's decision: workers ignore SIGINT and SIGHUP (a terminal sends them to the whole process group), are
-stopped by :meth:`WorkerPool.close`, and exit by themselves if the main process dies (they watch their parent), so
-no worker outlives its lab.
+stopped by :meth:`WorkerPool.close`, and exit by themselves if the main process dies (each watches a pipe only the
+main process holds open; it closes when that process ends, however it ends), so no worker outlives its lab.
 """
 
 from __future__ import annotations
@@ -20,7 +26,6 @@ import os
 import queue
 import signal
 import threading
-import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -106,18 +111,32 @@ def execute(config: dict[str, Any]) -> tuple[dict, list, str]:
     return result.metrics, result.history, config_key(cfg.to_dict())
 
 
-def _watch_parent(parent: int, every_s: float = 1.0) -> None:
-    """In a worker: exit as soon as the main process is gone (killed with SIGKILL, say), never linger."""
-    while True:
-        time.sleep(every_s)
-        if os.getppid() != parent:
-            os._exit(1)
+#: Imported once by the fork server, before it forks workers: torch and what a run needs.
+PRELOAD = ("tricklab.lab.runner", "tricklab.runner")
 
 
-def _worker(tasks: mp.Queue, results: mp.Queue, threads: int, fn: Callable, parent: int) -> None:
+def start_method() -> str:
+    """``"forkserver"`` where the platform has it (Linux, macOS), else ``"spawn"``."""
+    return "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+
+
+def _watch_parent(alive: Any) -> None:
+    """In a worker: exit as soon as the main process is gone (killed with SIGKILL, say), never linger. ``alive`` is
+    the read end of a pipe whose write end only the main process holds: it reads end-of-file once that process
+    has ended (or closed it)."""
+    try:
+        alive.recv()
+    except (EOFError, OSError):
+        pass
+    os._exit(1)
+
+
+def _worker(tasks: mp.Queue, results: mp.Queue, threads: int, fn: Callable, alive: Any, env: dict) -> None:
     for s in (signal.SIGINT, signal.SIGHUP):  # the main process decides when to stop, and stops us
         signal.signal(s, signal.SIG_IGN)
-    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    os.environ.clear()  # the lab's environment now, not the fork server's from when it started
+    os.environ.update(env)
+    threading.Thread(target=_watch_parent, args=(alive,), daemon=True).start()
     import torch
 
     torch.set_num_threads(threads)
@@ -198,11 +217,15 @@ class WorkerPool:
 
     def __init__(self, processes: int, threads: int, fn: Callable[[dict], tuple[dict, list, str]] = execute):
         self.processes, self.threads, self.fn = processes, threads, fn
-        self.ctx = mp.get_context("spawn")
+        self.ctx = mp.get_context(start_method())
+        if self.ctx.get_start_method() == "forkserver":
+            self.ctx.set_forkserver_preload(list(PRELOAD))  # no effect once this process's fork server runs
         self.results = self.ctx.Queue()
         self.workers: list[dict[str, Any]] = []
+        self._alive: tuple[Any, Any] | None = None  # (read, write) ends of the pipe the workers watch
 
     def __enter__(self) -> WorkerPool:
+        self._alive = self.ctx.Pipe(duplex=False)  # see _watch_parent
         try:
             for _ in range(self.processes):
                 self.workers.append(self._spawn())
@@ -227,7 +250,8 @@ class WorkerPool:
 
     def _spawn(self) -> dict[str, Any]:
         q = self.ctx.Queue()
-        args = (q, self.results, self.threads, self.fn, os.getpid())
+        assert self._alive is not None, "a WorkerPool starts workers inside its with block"
+        args = (q, self.results, self.threads, self.fn, self._alive[0], dict(os.environ))
         p = self.ctx.Process(target=_worker, args=args, daemon=True)
         p.start()
         return {"proc": p, "queue": q, "task": None}
@@ -248,6 +272,10 @@ class WorkerPool:
         for w in self.workers:
             w["queue"].close()
         self.workers = []
+        if self._alive is not None:
+            for end in self._alive:
+                end.close()
+            self._alive = None
 
     def run(
         self,
