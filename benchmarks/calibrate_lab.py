@@ -50,6 +50,13 @@ def _ci(k: int, n: int) -> tuple[float, float]:
     return float(ci.low), float(ci.high)
 
 
+def _timed(steps: float, reached: bool) -> Timed:
+    """A run's time as :func:`~tricklab.lab.speed.time_to_target` gives it: met between the previous epoch's
+    validation and this one's, or censored at the budget."""
+    steps = float(steps)
+    return Timed(steps, True, after=steps - STEPS_PER_EPOCH) if reached else Timed(steps, False)
+
+
 def simulate(
     *,
     studies: int = 2000,
@@ -79,7 +86,7 @@ def simulate(
     family_errors = power_hits = 0
     used = []
     for i in range(studies):
-        timed = [{s: Timed(float(steps[i, a, s]), bool(reached[i, a, s])) for s in range(seeds)} for a in range(arms)]
+        timed = [{s: _timed(steps[i, a, s], reached[i, a, s]) for s in range(seeds)} for a in range(arms)]
         pairs = {f"v{a}": paired_censored(timed[a], timed[0]) for a in range(1, arms)}
         if first is None:
             decisions = decide_speed(pairs)

@@ -30,7 +30,7 @@ import torch
 
 from tricklab.assembly import Assembled, assemble
 from tricklab.config import Config, read_yaml, validate
-from tricklab.data.base import TensorBatches, TensorData
+from tricklab.data.base import Splits, TensorBatches, TensorData
 from tricklab.engine import distributed
 from tricklab.engine.checkpoint import Checkpointer, CheckpointError, StopSignals, check_state, read_checkpoint
 from tricklab.engine.loop import DivergedError, NonFiniteError, blown_up, evaluate, fit
@@ -251,11 +251,46 @@ def _run(
     record_divergence: bool = False,
     loggers: Loggers | None = None,
 ) -> RunResult:
+    """Assemble ``cfg``, open its run folder, train each member (:func:`_train_member`), then combine, write and
+    return the results (:func:`_combine`, :func:`_write_results`)."""
     parts: Assembled = assemble(cfg)  # may still refuse the config: before anything is written
-    splits, device, k_members = parts.splits, parts.device, cfg.averaging.ensemble
-    nhwc = channels_last(parts.model, device)  # CPU conv nets: channels-last layout (engine/placement.py)
-    splits, where = place_splits(splits, device, nhwc=nhwc)  # CUDA: the whole dataset on the GPU when it fits
+    nhwc = channels_last(parts.model, parts.device)  # CPU conv nets: channels-last layout (engine/placement.py)
+    splits, where = place_splits(parts.splits, parts.device, nhwc=nhwc)  # CUDA: the dataset on the GPU if it fits
     main = distributed.is_main()  # DDP: only rank 0 writes
+    extra = _open_run(cfg, run_dir, splits, resume, main, loggers, extra)
+    start = time.perf_counter()
+    run = _Run(cfg, run_dir, parts.device, splits, where, resume, record_divergence, main, extra)
+    with StopSignals() if run_dir is not None else nullcontext() as signals:
+        run.signals = signals
+        run.config_file = _stored_config_file(cfg, run_dir) if resume else None
+        for k in range(cfg.averaging.ensemble):
+            run.members.append(_train_member(run, parts.member(k) if k > 0 else parts, k))
+    metrics = _combine(run, start)
+    if run_dir is not None and main:
+        _write_results(run_dir, metrics, [m.final for m in run.members])
+    distributed.barrier()  # DDP: the run ends on every rank once rank 0 has written it
+    finals = [m.final for m in run.members]
+    result = RunResult(cfg, run.history, metrics, run_dir, finals[0] if len(finals) == 1 else finals)
+    blowups = [m.blown for m in run.members if m.blown is not None]
+    if blowups and not record_divergence:  # written in full, and still never a success
+        kept = f"; results kept in {str(run_dir)!r} (metrics.json: diverged: true)" if run_dir is not None else ""
+        err = DivergedError(f"diverged: {'; '.join(blowups)}; test accuracy {metrics['test_acc']:.4f}{kept}")
+        err.result = result
+        raise err
+    return result
+
+
+def _open_run(
+    cfg: Config,
+    run_dir: Path | None,
+    splits: Splits,
+    resume: bool,
+    main: bool,
+    loggers: Loggers | None,
+    extra: list[Callback],
+) -> list[Callback]:
+    """Write a new run folder's config, scaler and hparams; start the loggers and record a DDP job; return the
+    callbacks every member gets (``extra`` and the loggers')."""
     if run_dir is not None and not resume and main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(run_dir / "config.yaml", cfg.to_yaml().encode())
@@ -269,86 +304,105 @@ def _run(
     if run_dir is not None and main:  # DDP: the world size and torchrun job of the run (see distributed.py)
         for message in distributed.record_job(run_dir, resume):
             note(message)
-    start = time.perf_counter()
-    history: list[dict[str, Any]] = []
-    members: list[dict[str, Any]] = []
-    finals: list[torch.nn.Module] = []
-    blowups: list[str] = []
-    config_file = _stored_config_file(cfg, run_dir) if resume else None
-    with StopSignals() if run_dir is not None else nullcontext() as signals:
-        for k in range(k_members):
-            if k > 0:
-                parts = parts.member(k)
-            model, optimizer, tricks, generator = parts.model, parts.optimizer, parts.callbacks, parts.generator
-            precision = parts.precision
-            if precision.scaler is not None:  # fp16: the scaler's state is checkpointed with the tricks'
-                tricks = [*tricks, precision]
-            model = distributed.prepare_model(model, device, cfg.model.sync_bn)  # DDP: SyncBatchNorm if asked
-            cbs = tricks + extra
-            state = None
-            place_model(model, device)
-            if cfg.train.compile:  # in place: the weights, their names and the checkpoints stay the model's own
-                model.compile()
-            head = TensorData(splits.test.x[:INITIAL_LOSS_EXAMPLES], splits.test.y[:INITIAL_LOSS_EXAMPLES])
-            initial = evaluate(model, head, device=device, precision=precision)["loss"]  # see blown_up
-            if run_dir is not None:
-                member = k if k_members > 1 else None
-                saver = _checkpointer(
-                    cfg,
-                    run_dir,
-                    k,
-                    tricks,
-                    generator,
-                    signals,
-                    config_file,
-                    write=main,
-                    train_examples=len(splits.train),
-                )
-                writers = [HistoryWriter(run_dir / "history.jsonl", member), CSVWriter(run_dir / "metrics.csv", member)]
-                cbs += [*writers, saver] if main else [saver]
-                if resume:
-                    place_model(model, device)  # before the optimizer state is loaded next to the parameters
-                    state = FitState(model=model, optimizer=optimizer, epochs=cfg.train.epochs, device=device)
-                    state = _resume_member(saver, state, run_dir / "history.jsonl", history, member)
-            if state is None and record_divergence:
-                state = FitState(model=model, optimizer=optimizer, epochs=cfg.train.epochs, device=device)
-            diverged = None
-            try:
-                state = fit(
-                    model,
-                    splits.train,
-                    splits.val,
-                    epochs=cfg.train.epochs,
-                    optimizer=optimizer,
-                    callbacks=cbs,
-                    device=device,
-                    batch_size=cfg.data.batch_size,
-                    generator=generator,
-                    state=state,
-                    nonfinite=cfg.train.nonfinite,
-                    nonfinite_limit=cfg.train.nonfinite_limit,
-                    precision=precision,
-                    pin_memory=where == "pinned",
-                    ddp=distributed.DDP(device) if distributed.is_distributed() else None,
-                )
-            except NonFiniteError as e:
-                if not record_divergence:
-                    raise
-                diverged = str(e)
-                state.stop_reason = f"diverged: {e}"
-            final = state.eval_model or model
-            test = evaluate(final, splits.test, device=device, precision=precision)
-            members.append({"test_loss": test["loss"], "test_acc": test["acc"], **_member_summary(state, tricks)})
-            blown = None if diverged is not None else blown_up(test["loss"], splits.info.num_classes, initial)
-            if blown is not None:  # finite but blown up: a result the lab records, an error for train
-                blowups.append(f"member {k}: {blown}" if k_members > 1 else blown)
-            if diverged is not None or blown is not None:
-                members[-1].update(diverged=True, epochs_run=state.epoch)
-            history += [dict(r, member=k) if k_members > 1 else r for r in state.history]
-            finals.append(final)
+    return extra
+
+
+@dataclass
+class _Member:
+    """One trained member: its summary (test loss and accuracy, epochs, ...), its final model, why it blew up."""
+
+    summary: dict[str, Any]
+    final: torch.nn.Module
+    blown: str | None
+
+
+@dataclass
+class _Run:
+    """What every member of one run shares while it trains, and what the members have given so far."""
+
+    cfg: Config
+    run_dir: Path | None
+    device: torch.device
+    splits: Splits
+    where: str  # placement of the data: "host", "device" or "pinned"
+    resume: bool
+    record_divergence: bool
+    main: bool
+    extra: list[Callback]
+    signals: Any = None
+    config_file: Any = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    members: list[_Member] = field(default_factory=list)
+
+
+def _train_member(run: _Run, parts: Assembled, k: int) -> _Member:
+    """Train member ``k`` (the run itself when there is one): checkpoints, history writers and resume, ``fit``, its
+    test evaluation; its history rows go to ``run.history``."""
+    cfg, splits, device, run_dir = run.cfg, run.splits, parts.device, run.run_dir
+    k_members = cfg.averaging.ensemble
+    model, optimizer, tricks, generator, precision = (
+        parts.model, parts.optimizer, parts.callbacks, parts.generator, parts.precision
+    )  # fmt: skip
+    if precision.scaler is not None:  # fp16: the scaler's state is checkpointed with the tricks'
+        tricks = [*tricks, precision]
+    model = distributed.prepare_model(model, device, cfg.model.sync_bn)  # DDP: SyncBatchNorm if asked
+    cbs = tricks + run.extra
+    state = None
+    place_model(model, device)
+    if cfg.train.compile:  # in place: the weights, their names and the checkpoints stay the model's own
+        model.compile()
+    head = TensorData(splits.test.x[:INITIAL_LOSS_EXAMPLES], splits.test.y[:INITIAL_LOSS_EXAMPLES])
+    initial = evaluate(model, head, device=device, precision=precision)["loss"]  # see blown_up
+    if run_dir is not None:
+        member = k if k_members > 1 else None
+        saver = _checkpointer(
+            cfg, run_dir, k, tricks, generator, run.signals, run.config_file,
+            write=run.main, train_examples=len(splits.train),
+        )  # fmt: skip
+        writers = [HistoryWriter(run_dir / "history.jsonl", member), CSVWriter(run_dir / "metrics.csv", member)]
+        cbs += [*writers, saver] if run.main else [saver]
+        if run.resume:
+            place_model(model, device)  # before the optimizer state is loaded next to the parameters
+            state = FitState(model=model, optimizer=optimizer, epochs=cfg.train.epochs, device=device)
+            state = _resume_member(saver, state, run_dir / "history.jsonl", run.history, member)
+    if state is None and run.record_divergence:
+        state = FitState(model=model, optimizer=optimizer, epochs=cfg.train.epochs, device=device)
+    diverged = None
+    try:
+        state = fit(
+            model, splits.train, splits.val,
+            epochs=cfg.train.epochs, optimizer=optimizer, callbacks=cbs, device=device,
+            batch_size=cfg.data.batch_size, generator=generator, state=state,
+            nonfinite=cfg.train.nonfinite, nonfinite_limit=cfg.train.nonfinite_limit, precision=precision,
+            pin_memory=run.where == "pinned", ddp=distributed.DDP(device) if distributed.is_distributed() else None,
+        )  # fmt: skip
+    except NonFiniteError as e:
+        if not run.record_divergence:
+            raise
+        diverged = str(e)
+        state.stop_reason = f"diverged: {e}"
+    final = state.eval_model or model
+    test = evaluate(final, splits.test, device=device, precision=precision)
+    summary = {"test_loss": test["loss"], "test_acc": test["acc"], **_member_summary(state, tricks)}
+    blown = None if diverged is not None else blown_up(test["loss"], splits.info.num_classes, initial)
+    if diverged is not None or blown is not None:
+        summary.update(diverged=True, epochs_run=state.epoch)
+    run.history += [dict(r, member=k) if k_members > 1 else r for r in state.history]
+    if blown is not None and k_members > 1:  # finite but blown up: a result the lab records, an error for train
+        blown = f"member {k}: {blown}"
+    return _Member(summary, final, blown)
+
+
+def _combine(run: _Run, start: float) -> dict[str, Any]:
+    """The run's metrics: its one member's, or an ensemble's (the members' averaged predictions, and each
+    member's summary)."""
+    members = [m.summary for m in run.members]
+    k_members, splits, cfg = len(members), run.splits, run.cfg
     metrics: dict[str, Any] = dict(members[0])
     if k_members > 1:
-        ens = evaluate_ensemble(finals, TensorBatches(splits.test.x.to(device), splits.test.y.to(device), 1024))
+        device = run.device
+        test = TensorBatches(splits.test.x.to(device), splits.test.y.to(device), 1024)
+        ens = evaluate_ensemble([m.final for m in run.members], test)
         metrics = {
             "test_loss": ens["loss"],
             "test_acc": ens["acc"],
@@ -358,24 +412,20 @@ def _run(
             "epochs_run": sum(m["epochs_run"] for m in members),
             "members": members,
         }
-    if k_members > 1 and any(m.get("diverged") for m in members):
-        metrics["diverged_members"] = sum(1 for m in members if m.get("diverged"))
+        if any(m.get("diverged") for m in members):
+            metrics["diverged_members"] = sum(1 for m in members if m.get("diverged"))
     metrics.update(wall_time_s=time.perf_counter() - start, config_hash=cfg.hash())
     metrics["test_prior_acc"] = _prior_acc(splits.test.y)  # chance level: the lab's "no signal" compares with it
-    if run_dir is not None and main:
-        atomic_write(run_dir / "metrics.json", (json.dumps(metrics, indent=2) + "\n").encode())
-        for k, final in enumerate(finals):
-            name = "model.safetensors" if k_members == 1 else f"model_member{k}.safetensors"
-            tensors = {n: v.detach().cpu().contiguous() for n, v in final.state_dict().items()}
-            atomic_write(run_dir / name, safetensors.torch.save(tensors))
-    distributed.barrier()  # DDP: the run ends on every rank once rank 0 has written it
-    result = RunResult(cfg, history, metrics, run_dir, finals[0] if k_members == 1 else finals)
-    if blowups and not record_divergence:  # written in full, and still never a success
-        where = f"; results kept in {str(run_dir)!r} (metrics.json: diverged: true)" if run_dir is not None else ""
-        err = DivergedError(f"diverged: {'; '.join(blowups)}; test accuracy {metrics['test_acc']:.4f}{where}")
-        err.result = result
-        raise err
-    return result
+    return metrics
+
+
+def _write_results(run_dir: Path, metrics: dict[str, Any], finals: list[torch.nn.Module]) -> None:
+    """metrics.json and each member's weights (``model.safetensors``, or ``model_member<k>.safetensors``)."""
+    atomic_write(run_dir / "metrics.json", (json.dumps(metrics, indent=2) + "\n").encode())
+    for k, final in enumerate(finals):
+        name = "model.safetensors" if len(finals) == 1 else f"model_member{k}.safetensors"
+        tensors = {n: v.detach().cpu().contiguous() for n, v in final.state_dict().items()}
+        atomic_write(run_dir / name, safetensors.torch.save(tensors))
 
 
 def default_run_dir(cfg: Config, command: str = "", base: Path = Path("runs")) -> Path:
