@@ -7,6 +7,9 @@
   128×512 activation;
 - ``worker``: the resident memory of a fresh process that imports torch and tricklab's training modules, what
   ``tricklab.lab.costs.PROCESS_BYTES`` allows a lab worker besides its run;
+- ``pool``: how long a lab's pool of 2 worker processes takes from its start to both workers having finished a
+  trivial run, spawned vs forked from the fork server (what ``tricklab.lab.runner.WorkerPool`` does), in a fresh
+  process each time, and a second pool in the same process (the fork server already running);
 - ``layout``: the built-in CNN (3 blocks of 32 channels, batch norm) in channels-last vs the default NCHW layout,
   a training step on 64 MNIST images (Adam) and an evaluation of 1,024, alternating the two layouts (what
   ``engine/placement.py`` chooses on CPU).
@@ -71,6 +74,37 @@ def worker(number: int, repeats: int) -> str:
     return f"a fresh worker process (torch and tricklab imported): {statistics.median(kib) / 1024:.0f} MiB resident"
 
 
+POOL = """
+import operator, sys, time
+import tricklab.lab.runner as r
+if sys.argv[1] == "spawn":
+    r.start_method = lambda: "spawn"
+
+def pool_seconds():
+    t0 = time.perf_counter()
+    trivial = {"metrics": {}, "history": [], "hash": "h"}  # the run: three keys read back
+    with r.WorkerPool(2, 1, fn=operator.itemgetter("metrics", "history", "hash")) as pool:
+        pool.run([r.Task((i,), trivial) for i in range(2)], lambda e: None, poll_s=0.01)
+    return time.perf_counter() - t0
+
+print(pool_seconds(), pool_seconds())
+"""
+
+
+def pool(number: int, repeats: int) -> str:
+    out: dict[str, list[tuple[float, float]]] = {"spawn": [], "forkserver": []}
+    for _ in range(max(1, min(repeats, 5))):  # alternating
+        for method in out:
+            cmd = [sys.executable, "-c", POOL, method]
+            first, second = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.split()
+            out[method].append((float(first), float(second)))
+    med = {m: [statistics.median(v[i] for v in runs) for i in (0, 1)] for m, runs in out.items()}
+    return (
+        f"a pool of 2 workers to 2 finished runs: spawn {med['spawn'][0]:.2f} s (again {med['spawn'][1]:.2f} s), "
+        f"fork server {med['forkserver'][0]:.2f} s (again, the server running: {med['forkserver'][1]:.2f} s)"
+    )
+
+
 def layout(number: int, repeats: int) -> str:
     import copy
 
@@ -115,7 +149,7 @@ def layout(number: int, repeats: int) -> str:
     )
 
 
-MEASURES = {"batch": batch, "histogram": histogram, "stats": stats, "worker": worker, "layout": layout}
+MEASURES = {"batch": batch, "histogram": histogram, "stats": stats, "worker": worker, "pool": pool, "layout": layout}
 
 
 def main() -> None:
