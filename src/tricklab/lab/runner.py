@@ -6,7 +6,8 @@ or one that replaces a crashed worker, starts without importing torch again (a s
 server is itself a fresh process, so a worker does not inherit the lab's threads or locks, as with ``spawn``; what
 a forked worker would not see of the lab's process is handed to it: its environment variables as they are when the
 worker starts (the server's are those of its own start), its working folder and ``sys.path`` (multiprocessing does).
-Where the platform has no fork server (Windows), workers are spawned.
+Where the platform has no fork server (Windows), workers are spawned. The fork server stays until the process that
+started it ends (a notebook's kernel keeps it between labs), holding one worker's memory with torch imported.
 The main process hands each idle worker one run at a time, so it always knows which run a worker holds: a run
 that raises is reported as failed with its error; a worker that dies (segfault, out of memory, killed) is
 noticed, its run reported as failed, and a fresh worker takes its place. The other runs carry on.
