@@ -2,8 +2,9 @@
 
 The notebooks read ``TRICKLAB_NOTEBOOK_QUICK=1`` in their parameter cell and then train on a small subset for one
 epoch, so a run stays within CI's time; ``TRICKLAB_NOTEBOOK_THREADS`` gives their runs one torch thread in an xdist
-worker (two threads beside the other worker's test only contend for the two cores). They are executed in memory with nbclient (the committed file is never
-written) by an ipykernel ``python3`` kernel of this interpreter, in a temporary working directory.
+worker (two threads beside the other worker's test only contend for the two cores). They are executed in memory
+with nbclient (the committed file is never written) by an ipykernel ``python3`` kernel of this interpreter, in a
+temporary working directory.
 """
 
 from pathlib import Path

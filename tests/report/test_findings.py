@@ -14,7 +14,7 @@ from tricklab.lab.stats import NO_SIGNAL
 from tricklab.lab.store import RunRow, Store
 from tricklab.lab.studies import STUDIES
 from tricklab.report import lab_report
-from tricklab.report.findings import claim_sentence, findings_of, is_preview, variant_style
+from tricklab.report.findings import claim_detail, claim_sentence, findings_of, is_preview, variant_style
 from tricklab.report.lab_report import OUTCOME_COLUMN, build_report, table_rows
 from tricklab.report.markdown import build_markdown
 
@@ -117,6 +117,7 @@ def test_speed_claims_are_judged_on_steps_to_target():
     (speed,) = (got[c.text] for c in CLAIMS["norm"] if c.on == "steps_to_target")
     assert speed.status == CONFIRMED and speed.detail == "batch: better"
     assert "steps to target: batch: better" in claim_sentence(speed)
+    assert claim_detail(speed) == "steps to target: batch: better"  # what the HTML and Markdown reports show
     (acc,) = (got[c.text] for c in CLAIMS["norm"] if c.text.startswith("Batch norm makes"))
     assert acc.status == REFUTED and acc.detail == "batch: equivalent"
     # both arms at the first validation on every seed: no time to compare, so the speed claim has no signal

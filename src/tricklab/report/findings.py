@@ -239,8 +239,13 @@ def takeaway(f: StudyFindings) -> str:
 def claim_sentence(c: ClaimVerdict) -> str:
     """``"Claim confirmed: Batch norm … (better)."``, with each comparison's outcome when there are several; a claim
     about speed names the outcome it was judged on (``"(steps to target: better)"``)."""
-    on = "" if c.claim.on == TEST_ACC else f"{c.claim.on.replace('_', ' ')}: "
-    return f"Claim {c.label}: {c.claim.text} ({on}{c.detail})."
+    return f"Claim {c.label}: {c.claim.text} ({claim_detail(c)})."
+
+
+def claim_detail(c: ClaimVerdict) -> str:
+    """Each comparison's outcome (:attr:`ClaimVerdict.detail`), naming the outcome a speed claim was judged on:
+    ``"steps to target: better: all 7"``."""
+    return c.detail if c.claim.on == TEST_ACC else f"{c.claim.on.replace('_', ' ')}: {c.detail}"
 
 
 def claims_cell(f: StudyFindings) -> str:
@@ -309,7 +314,7 @@ def _claim_html(c: ClaimVerdict) -> str:
     cls = "claim-" + c.status.replace(" ", "-")
     return (
         f'<span class="{cls}">{CLAIM_COLOURS[c.status][3]} {html.escape(c.label)}</span>: '
-        f"{html.escape(c.claim.text)} <small>({html.escape(c.detail)})</small>"
+        f"{html.escape(c.claim.text)} <small>({html.escape(claim_detail(c))})</small>"
     )
 
 

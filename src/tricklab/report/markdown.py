@@ -38,6 +38,7 @@ from tricklab.report.findings import (
     SUMMARY_COLUMNS,
     SUMMARY_NOTE,
     StudyFindings,
+    claim_detail,
     is_preview,
     lead_text,
     not_run,
@@ -327,7 +328,8 @@ def _takeaway(f: StudyFindings, titled: bool = True) -> str:
         head += f"{'best' if titled else 'Best'} is **{md(best.name)}** ({best.mean * 100:.2f}% test accuracy), "
         head += f"{md(lead_text(f))}."
     claims = "".join(
-        f" {CLAIM_COLOURS[c.status][3]} Claim **{md(c.label)}**: {md(c.claim.text)} ({md(c.detail)})." for c in f.claims
+        f" {CLAIM_COLOURS[c.status][3]} Claim **{md(c.label)}**: {md(c.claim.text)} ({md(claim_detail(c))})."
+        for c in f.claims
     )
     return head + claims
 
