@@ -21,6 +21,34 @@ LONGEST_FIRST = (
 )
 
 
+@pytest.fixture(scope="session")
+def built_once(tmp_path_factory):
+    """``built_once(name, build)``: a folder that ``build(folder)`` fills once per test session (:func:`build_once`)."""
+    return lambda name, build: build_once(tmp_path_factory, name, build)
+
+
+def build_once(tmp_path_factory, name: str, build) -> Path:
+    """A folder that ``build(folder)`` fills once per test session and the tests only read: with pytest-xdist, the
+    first worker to ask builds it under a file lock in the session's folder and the other waits, then reads the
+    same folder (a module's tests are shared out between the workers, so a module-scoped fixture would otherwise
+    be built once by each). A build that fails leaves nothing: the next test to ask builds it again."""
+    import shutil
+
+    from filelock import FileLock  # a dependency of torch
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # this session's folder, above each worker's own (never an older session's)
+    folder = base / f"built-once-{name}"
+    with FileLock(str(folder) + ".lock"):
+        if not (folder / ".built").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            (folder / ".built").touch()
+    return folder
+
+
 def shared_data_dir() -> Path | None:
     """The folder holding mnist/ (env TRICKLAB_DATA, else ../shared/data beside the repo), or None."""
     for cand in (os.environ.get("TRICKLAB_DATA"), REPO.parent / "shared" / "data"):

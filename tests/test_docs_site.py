@@ -29,13 +29,16 @@ def mkdocs_build(config, out):
     )
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory):
-    pytest.importorskip("mkdocs", reason="the docs extra is not installed: pip install -c constraints.txt -e '.[docs]'")
-    out = tmp_path_factory.mktemp("site")
+def _build_site(out: Path) -> None:
     proc = mkdocs_build(REPO / "mkdocs.yml", out)
     assert proc.returncode == 0, f"mkdocs build --strict failed:\n{proc.stdout}\n{proc.stderr}"
-    return out
+
+
+@pytest.fixture(scope="module")
+def site(built_once):
+    """The site, built once per session (the tests only read it)."""
+    pytest.importorskip("mkdocs", reason="the docs extra is not installed: pip install -c constraints.txt -e '.[docs]'")
+    return built_once("docs-site", _build_site)
 
 
 def test_a_broken_link_fails_the_build_as_it_is_run_here(tmp_path):

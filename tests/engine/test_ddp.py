@@ -94,20 +94,22 @@ def history(run_dir: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def one(tmp_path_factory) -> Path:
-    """The 1-process run, in this process."""
-    out = tmp_path_factory.mktemp("one") / "run"
-    run(load_config(None, OVERRIDES), out)
-    return out
+def one(built_once) -> Path:
+    """The 1-process run, in this process (once per session: the tests only read it)."""
+    return built_once("ddp-one", lambda folder: run(load_config(None, OVERRIDES), folder / "run")) / "run"
+
+
+def _two(cwd: Path) -> None:
+    proc = torchrun(cwd, *train_args(), "--out", "run")
+    assert proc.returncode == 0, proc.stdout
+    (cwd / "output.txt").write_text(proc.stdout)
 
 
 @pytest.fixture(scope="module")
-def two(tmp_path_factory) -> tuple[Path, str]:
-    """The same config on 2 processes, uninterrupted: its run directory and its output."""
-    cwd = tmp_path_factory.mktemp("two")
-    proc = torchrun(cwd, *train_args(), "--out", "run")
-    assert proc.returncode == 0, proc.stdout
-    return cwd / "run", proc.stdout
+def two(built_once) -> tuple[Path, str]:
+    """The same config on 2 processes, uninterrupted: its run directory and its output (once per session)."""
+    cwd = built_once("ddp-two", _two)
+    return cwd / "run", (cwd / "output.txt").read_text()
 
 
 def test_two_processes_train_what_one_does(one, two):

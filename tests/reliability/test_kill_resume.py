@@ -23,12 +23,15 @@ def finish(proc, timeout: float = 120) -> tuple[int, str, str]:
     return proc.returncode, out or "", err or ""
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    cwd = tmp_path_factory.mktemp("ref")
+def _reference(cwd: Path) -> None:
     rc, _, err = finish(child("none", [*ARGS, "--out", "run"], cwd, stdout=-1, stderr=-1))
     assert rc == 0, err
-    return cwd / "run"
+
+
+@pytest.fixture(scope="module")
+def reference(built_once):
+    """The uninterrupted run, once per session (the tests only read it)."""
+    return built_once("kill-resume-reference", _reference) / "run"
 
 
 KILL_POINTS = {

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 from tricklab_child import BASE, child, history, same_weights
@@ -18,13 +19,16 @@ from tricklab.engine.checkpoint import list_checkpoints, read_checkpoint
 ARGS = ["train", *BASE, "--set", "train.epochs=12"]
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    cwd = tmp_path_factory.mktemp("ref")
+def _reference(cwd: Path) -> None:
     proc = child("none", [*ARGS, "--out", "run"], cwd, stdout=-1, stderr=-1)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
-    return cwd / "run"
+
+
+@pytest.fixture(scope="module")
+def reference(built_once):
+    """The uninterrupted run, once per session (the tests only read it)."""
+    return built_once("signals-reference", _reference) / "run"
 
 
 def start_and_wait_for_epoch(point, tmp_path, line: str = "epoch 2 "):
