@@ -148,9 +148,7 @@ def resolved(a: Timed, b: Timed, margin: float = 0.1) -> bool:
     return math.log(a.value / b.low) <= bound and math.log(a.low / b.value) >= -bound
 
 
-def score_matrix(
-    ta: np.ndarray, ra: np.ndarray, tb: np.ndarray, rb: np.ndarray, *, overlap: np.ndarray | None = None
-) -> np.ndarray:
+def score_matrix(ta: np.ndarray, ra: np.ndarray, tb: np.ndarray, rb: np.ndarray, *, overlap: np.ndarray) -> np.ndarray:
     """:func:`scores` for whole arrays (times ``t``, reached flags ``r``; variant ``a``, baseline ``b``;
     ``overlap``: pairs whose arms both met the target between the same two validations, scored 0).
 
@@ -161,9 +159,7 @@ def score_matrix(
     a_first = ra & ~rb & (ta <= tb)  # the variant reached it, the baseline had not by then
     b_first = rb & ~ra & (tb <= ta)
     d = np.where(a_first, np.maximum(d, LEAST), np.where(b_first, np.minimum(d, -LEAST), d))
-    known = (ra & rb) | a_first | b_first
-    if overlap is not None:
-        known &= ~overlap
+    known = ((ra & rb) & ~overlap) | a_first | b_first
     return np.where(known, d, 0.0)
 
 
@@ -215,16 +211,6 @@ class CensoredPaired:
     def faster(self) -> int:
         """Seeds on which the variant is known to reach the target first."""
         return sum(s > SAME for s in self.scores)
-
-    @property
-    def both_reached(self) -> bool:
-        return bool(self.seeds) and all(
-            a.reached and b.reached for a, b in zip(self.variant, self.baseline, strict=True)
-        )
-
-    @property
-    def none_reached(self) -> bool:
-        return not any(a.reached or b.reached for a, b in zip(self.variant, self.baseline, strict=True))
 
     @property
     def exact(self) -> list[bool]:
@@ -355,7 +341,6 @@ def decide_speed_sequential(
     data = [np.asarray(comparisons[n].scores, dtype=float)[:cap] for n in names]
     both = [c.exact for c in comparisons.values()]
     anyone = [timed_pairs(c.variant, c.baseline) for c in comparisons.values()]
-    why = [comparisons[n] for n in names]
     m = len(names)
     p, sign, seen = np.ones(m), np.zeros(m), np.zeros(m, dtype=int)
     code, at = np.zeros(m, dtype=int), np.zeros(m, dtype=int)  # 0 undecided, ±1 better/worse, 2 equiv, 3 no signal
@@ -409,7 +394,9 @@ def decide_speed_sequential(
             look_seeds=int(at[i] or seen[i]) or None,
             cap=cap,
             repeated_p=float(p[i]),
-            reason=untimed_reason(why[i].variant[: at[i]], why[i].baseline[: at[i]]) if code[i] == 3 else "",
+            reason=untimed_reason(comparisons[name].variant[: at[i]], comparisons[name].baseline[: at[i]])
+            if code[i] == 3
+            else "",
         )
     return out
 
