@@ -12,7 +12,10 @@
   process each time, and a second pool in the same process (the fork server already running);
 - ``layout``: the built-in CNN (3 blocks of 32 channels, batch norm) in channels-last vs the default NCHW layout,
   a training step on 64 MNIST images (Adam) and an evaluation of 1,024, alternating the two layouts (what
-  ``engine/placement.py`` chooses on CPU).
+  ``engine/placement.py`` chooses on CPU);
+- ``evalbatch``: microseconds per image of an evaluation (``tricklab.engine.loop.evaluate``, channels-last) of
+  4,096 MNIST-sized images in batches of 64 to 1,024, for the built-in CNN, the default ResNet and a 784-512-512-10
+  MLP (``engine/placement.py``'s ``eval_batch_size`` chooses 128 for a conv net on CPU, 1,024 otherwise).
 
 Not a test: timings on a shared machine are noisy; each figure is the median of ``--repeats`` timings of
 ``--number`` calls, at one thread.
@@ -20,6 +23,7 @@ Not a test: timings on a shared machine are noisy; each figure is the median of 
     .venv/bin/python benchmarks/micro.py
     .venv/bin/python benchmarks/micro.py --only batch stats --repeats 15
     TRICKLAB_DATA=../shared/data .venv/bin/python benchmarks/micro.py --only layout   # builds the CNN for MNIST
+    TRICKLAB_DATA=../shared/data .venv/bin/python benchmarks/micro.py --only evalbatch --repeats 3
 """
 
 from __future__ import annotations
@@ -69,8 +73,10 @@ def stats(number: int, repeats: int) -> str:
 
 
 def worker(number: int, repeats: int) -> str:
-    kib = [int(subprocess.run([sys.executable, "-c", WORKER], capture_output=True, text=True, check=True).stdout)
-           for _ in range(max(1, min(repeats, 3)))]
+    kib = [
+        int(subprocess.run([sys.executable, "-c", WORKER], capture_output=True, text=True, check=True).stdout)
+        for _ in range(max(1, min(repeats, 3)))
+    ]
     return f"a fresh worker process (torch and tricklab imported): {statistics.median(kib) / 1024:.0f} MiB resident"
 
 
@@ -149,7 +155,42 @@ def layout(number: int, repeats: int) -> str:
     )
 
 
-MEASURES = {"batch": batch, "histogram": histogram, "stats": stats, "worker": worker, "pool": pool, "layout": layout}
+def evalbatch(number: int, repeats: int) -> str:
+    import tricklab
+    from tricklab.engine.loop import evaluate
+    from tricklab.engine.placement import place_model
+
+    sizes = (64, 128, 256, 512, 1024)
+    models = {
+        "CNN 3×32+BN": tricklab.create_model("cnn", data="mnist", depth=3, width=32, norm="batch"),
+        "ResNet": tricklab.create_model("resnet", data="mnist"),
+        "MLP 512-512": tricklab.create_model("mlp", data="mnist", depth=2, width=512),
+    }
+    x = torch.randn(4096, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (4096,))
+    lines = []
+    for name, m in models.items():
+        place_model(m, torch.device("cpu"))
+        runs = {b: [] for b in sizes}
+        for _ in range(repeats):  # the batch sizes alternate, so that a load change hits them alike
+            for b in sizes:
+                t0 = timeit.default_timer()
+                evaluate(m, (x, y), batch_size=b)
+                runs[b].append((timeit.default_timer() - t0) / len(x))
+        per = {b: statistics.median(v) * 1e6 for b, v in runs.items()}
+        lines.append(f"{name}: " + ", ".join(f"{b}: {us:.0f}" for b, us in per.items()) + " µs/image")
+    return "; ".join(lines)
+
+
+MEASURES = {
+    "batch": batch,
+    "histogram": histogram,
+    "stats": stats,
+    "worker": worker,
+    "pool": pool,
+    "layout": layout,
+    "evalbatch": evalbatch,
+}
 
 
 def main() -> None:

@@ -34,7 +34,7 @@ from tricklab.data.base import Splits, TensorBatches, TensorData
 from tricklab.engine import distributed
 from tricklab.engine.checkpoint import Checkpointer, CheckpointError, StopSignals, check_state, read_checkpoint
 from tricklab.engine.loop import DivergedError, NonFiniteError, blown_up, evaluate, fit
-from tricklab.engine.placement import channels_last, place_model, place_splits
+from tricklab.engine.placement import channels_last, eval_batch_size, place_model, place_splits
 from tricklab.engine.rundir import (
     CHECKPOINTS,
     CSVWriter,
@@ -401,7 +401,8 @@ def _combine(run: _Run, start: float) -> dict[str, Any]:
     metrics: dict[str, Any] = dict(members[0])
     if k_members > 1:
         device = run.device
-        test = TensorBatches(splits.test.x.to(device), splits.test.y.to(device), 1024)
+        batch = eval_batch_size(run.members[0].final, device)
+        test = TensorBatches(splits.test.x.to(device), splits.test.y.to(device), batch)
         ens = evaluate_ensemble([m.final for m in run.members], test)
         metrics = {
             "test_loss": ens["loss"],

@@ -1,5 +1,6 @@
 """On CPU a conv net runs in channels-last layout (engine/placement.py): the model and the image splits are laid
-out NHWC, an MLP is left alone, and a run's saved weights and returned model work as before."""
+out NHWC, an MLP is left alone, and a run's saved weights and returned model work as before. A conv net on CPU
+evaluates in smaller batches than other models, with the same result."""
 
 from __future__ import annotations
 
@@ -9,7 +10,15 @@ from torch import nn
 
 from tricklab.config import load_config
 from tricklab.data.base import DatasetInfo, Splits, TensorData
-from tricklab.engine.placement import channels_last, place_model, place_splits
+from tricklab.engine.loop import evaluate
+from tricklab.engine.placement import (
+    EVAL_BATCH,
+    EVAL_BATCH_CPU_CONV,
+    channels_last,
+    eval_batch_size,
+    place_model,
+    place_splits,
+)
 from tricklab.runner import run
 
 CPU = torch.device("cpu")
@@ -50,3 +59,21 @@ def test_a_cnn_run_trains_channels_last_and_saves_contiguous_weights(tmp_path, m
     assert all(t.is_contiguous() for t in saved.values())
     again = run(load_config(overrides=overrides), write=False)
     assert again.metrics["test_acc"] == result.metrics["test_acc"]  # deterministic in its layout too
+
+
+def test_a_conv_net_on_cpu_evaluates_in_small_batches_with_the_same_result(monkeypatch):
+    torch.manual_seed(0)
+    conv = place_model(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)), CPU)
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+    assert eval_batch_size(conv, CPU) == EVAL_BATCH_CPU_CONV < EVAL_BATCH == eval_batch_size(mlp, CPU)
+    assert eval_batch_size(conv, torch.device("meta")) == EVAL_BATCH  # elsewhere (a GPU): large batches
+    x, y = torch.randn(300, 1, 8, 8), torch.randint(0, 3, (300,))
+    seen = []
+    original = nn.Sequential.forward
+    monkeypatch.setattr(nn.Sequential, "forward", lambda self, inp: seen.append(len(inp)) or original(self, inp))
+    chosen = evaluate(conv, (x, y))
+    assert seen == [128, 128, 44]  # the default for a conv net on CPU
+    seen.clear()
+    one_batch = evaluate(conv, (x, y), batch_size=EVAL_BATCH)
+    assert seen == [300]
+    assert chosen["acc"] == one_batch["acc"] and abs(chosen["loss"] - one_batch["loss"]) < 1e-6

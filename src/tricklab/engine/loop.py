@@ -15,6 +15,7 @@ from torch import nn
 from tricklab.data.base import TensorBatches, TensorData
 from tricklab.engine.guards import NonFiniteError as NonFiniteError  # raised by fit(); its home is guards
 from tricklab.engine.guards import StepGuard, choose_guard
+from tricklab.engine.placement import eval_batch_size
 from tricklab.engine.precision import Precision, as_precision
 from tricklab.engine.strategy import Batches, SingleProcess, Strategy
 from tricklab.errors import TrickLabError, wrong_type
@@ -78,19 +79,20 @@ def evaluate(
     *,
     loss_fn: LossFn = F.cross_entropy,
     device=None,
-    batch_size: int = 1024,
+    batch_size: int | None = None,
     precision: str | Precision = "fp32",
 ):
     """Mean loss and accuracy of ``model`` on ``data`` (eval mode; the previous mode is restored), under the
     autocast of ``precision`` (``train.precision``). ``data``: as :func:`fit` takes it; a model that is not a
-    module or data of another kind is refused in one line."""
+    module or data of another kind is refused in one line. ``batch_size`` (tensors only; default: chosen for the
+    model and device by :func:`~tricklab.engine.placement.eval_batch_size`) changes speed, not the result."""
     if not isinstance(model, nn.Module):
         raise wrong_type("model", model, "a torch.nn.Module")
-    batches = as_batches(data, batch_size, shuffle=False)
     if device is None:
         first = next(itertools.chain(model.parameters(), model.buffers()), None)  # a model may hold neither
         device = first.device if first is not None else "cpu"
     device = torch.device(device)
+    batches = as_batches(data, batch_size or eval_batch_size(model, device), shuffle=False)
     autocast = as_precision(precision, device).autocast
     was_training = model.training
     model.eval()

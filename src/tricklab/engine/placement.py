@@ -8,7 +8,13 @@ page-locked (pinned) so their copies run asynchronously. On CPU nothing moves.
 **Layout.** On CPU a model with 2-D convolutions is put in channels-last (NHWC) memory layout
 (:func:`channels_last`), and so are the image splits: oneDNN's convolution and pooling kernels run on that layout
 without reordering every activation, so a conv net's training step and evaluation take less time (figures in
-``benchmarks/README.md``, "Channels-last on CPU"). The numbers a run computes are the same up to floating-point
+``benchmarks/README.md``, "Channels-last on CPU").
+
+**Evaluation batches.** Evaluation needs no gradient, so its batch size changes only speed, not the numbers (up to
+floating-point rounding). On CPU a conv net evaluates in batches of :data:`EVAL_BATCH_CPU_CONV`: its activations
+then stay in the processor's caches, where batches of :data:`EVAL_BATCH` spill to memory and take more time per
+example (``benchmarks/README.md``, "Evaluation batch on CPU"); every other model, and every model on a GPU,
+evaluates in batches of :data:`EVAL_BATCH`. The numbers a run computes are the same up to floating-point
 rounding (another order of the same sums); the weights it saves are stored contiguous as always, and a model
 handed back is still an ``nn.Module`` that takes NCHW input.
 """
@@ -23,6 +29,8 @@ from torch import nn
 from tricklab.data.base import Splits, TensorData
 
 FRACTION = 0.5
+EVAL_BATCH = 1024  #: examples per evaluation batch: a GPU, or a model without 2-D convolutions
+EVAL_BATCH_CPU_CONV = 128  #: examples per evaluation batch of a conv net on CPU (see the module's docstring)
 
 
 def nbytes(splits: Splits) -> int:
@@ -40,6 +48,12 @@ def placement(data_bytes: int, device: torch.device, free_bytes: int | None, fra
 def channels_last(model: nn.Module, device: torch.device) -> bool:
     """Whether ``model`` runs in channels-last layout on ``device``: on CPU, when it has a 2-D convolution."""
     return torch.device(device).type == "cpu" and any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+def eval_batch_size(model: nn.Module, device: torch.device) -> int:
+    """Examples per evaluation batch of ``model`` on ``device``: :data:`EVAL_BATCH_CPU_CONV` for a conv net on CPU
+    (:func:`channels_last`), else :data:`EVAL_BATCH`."""
+    return EVAL_BATCH_CPU_CONV if channels_last(model, device) else EVAL_BATCH
 
 
 def place_model(model: nn.Module, device: torch.device) -> nn.Module:
