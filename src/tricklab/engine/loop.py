@@ -92,7 +92,9 @@ def evaluate(
         first = next(itertools.chain(model.parameters(), model.buffers()), None)  # a model may hold neither
         device = first.device if first is not None else "cpu"
     device = torch.device(device)
-    batches = as_batches(data, batch_size or eval_batch_size(model, device), shuffle=False)
+    if batch_size is None:
+        batch_size = eval_batch_size(model, device)
+    batches = as_batches(data, batch_size, shuffle=False)
     autocast = as_precision(precision, device).autocast
     was_training = model.training
     model.eval()

@@ -8,15 +8,15 @@ page-locked (pinned) so their copies run asynchronously. On CPU nothing moves.
 **Layout.** On CPU a model with 2-D convolutions is put in channels-last (NHWC) memory layout
 (:func:`channels_last`), and so are the image splits: oneDNN's convolution and pooling kernels run on that layout
 without reordering every activation, so a conv net's training step and evaluation take less time (figures in
-``benchmarks/README.md``, "Channels-last on CPU").
+``benchmarks/README.md``, "Channels-last on CPU"). The numbers a run computes are the same up to floating-point
+rounding (another order of the same sums); the weights it saves are stored contiguous as always, and a model
+handed back is still an ``nn.Module`` that takes NCHW input.
 
 **Evaluation batches.** Evaluation needs no gradient, so its batch size changes only speed, not the numbers (up to
 floating-point rounding). On CPU a conv net evaluates in batches of :data:`EVAL_BATCH_CPU_CONV`: its activations
 then stay in the processor's caches, where batches of :data:`EVAL_BATCH` spill to memory and take more time per
 example (``benchmarks/README.md``, "Evaluation batch on CPU"); every other model, and every model on a GPU,
-evaluates in batches of :data:`EVAL_BATCH`. The numbers a run computes are the same up to floating-point
-rounding (another order of the same sums); the weights it saves are stored contiguous as always, and a model
-handed back is still an ``nn.Module`` that takes NCHW input.
+evaluates in batches of :data:`EVAL_BATCH`.
 """
 
 from __future__ import annotations
