@@ -56,6 +56,22 @@ def test_workers_see_the_labs_environment_and_folder_when_they_start(tmp_path, m
     assert done.metrics == {"value": "set after the server started", "cwd": str(tmp_path)}
 
 
+def modules_at_start(config: dict) -> tuple[dict, list, str]:
+    import sys
+
+    return {name: name in sys.modules for name in ("torch", "tricklab.runner", "torch._dynamo")}, [], "hash"
+
+
+def test_a_worker_starts_with_what_a_run_imports_already_imported():
+    """Every run builds a torch optimizer, whose first use imports ``torch._dynamo``: the fork server imports it
+    once, so that each worker does not (forked workers share the server's imports)."""
+    got = []
+    with WorkerPool(2, 1, fn=modules_at_start) as pool:
+        pool.run([Task((i,), {}) for i in range(2)], lambda e: got.append(e))
+    done = [e.metrics for e in got if e.kind == "done"]
+    assert done == [{"torch": True, "tricklab.runner": True, "torch._dynamo": True}] * 2
+
+
 LAB_THAT_WAITS = """
 import sys, time
 sys.path.insert(0, {tests!r})

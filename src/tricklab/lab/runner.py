@@ -112,8 +112,9 @@ def execute(config: dict[str, Any]) -> tuple[dict, list, str]:
     return result.metrics, result.history, config_key(cfg.to_dict())
 
 
-#: Imported once by the fork server, before it forks workers: torch and what a run needs.
-PRELOAD = ("tricklab.lab.runner", "tricklab.runner")
+#: Imported once by the fork server, before it forks workers: torch and what a run needs, ``torch._dynamo`` included
+#: (a torch optimizer imports it the first time one is built, and every run builds one).
+PRELOAD = ("tricklab.lab.runner", "tricklab.runner", "torch._dynamo")
 
 
 def start_method() -> str:
