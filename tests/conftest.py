@@ -27,6 +27,20 @@ def built_once(tmp_path_factory):
     return lambda name, build: build_once(tmp_path_factory, name, build)
 
 
+@pytest.fixture(scope="session")
+def mnist1d_root(built_once) -> Path:
+    """A data root (for ``TRICKLAB_DATA``) holding MNIST-1D's generated cache, made once per test session: the
+    tests that run an example on MNIST-1D read it instead of generating the dataset again (seconds each time).
+    Its generation and caching are tested in tests/data/test_datasets.py."""
+
+    def generate(folder: Path) -> None:
+        from tricklab.data.sources import mnist1d
+
+        mnist1d(folder)
+
+    return built_once("mnist1d", generate)
+
+
 def build_once(tmp_path_factory, name: str, build) -> Path:
     """A folder that ``build(folder)`` fills once per test session and the tests only read: with pytest-xdist, the
     first worker to ask builds it under a file lock in the session's folder and the other waits, then reads the

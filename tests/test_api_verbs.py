@@ -358,12 +358,12 @@ def examples(obj) -> list[str]:
 
 
 @pytest.mark.parametrize("verb", ["create_model", "load_run", "load_weights"])
-def test_the_examples_of_the_new_verbs_run_as_written(verb, tmp_path_factory, monkeypatch):
+def test_the_examples_of_the_new_verbs_run_as_written(verb, tmp_path_factory, monkeypatch, mnist1d_root):
     """``train``'s runs in test_docstring_examples (as ``run``); those of ``doctor`` and ``lr_find`` (minutes on two
     busy cores) and of ``lab`` and ``report`` (a whole lab) are left out: their calls are tested above."""
     blocks = examples(getattr(tricklab, verb))
     assert blocks, f"{verb} has no Example:: block"
     monkeypatch.chdir(tmp_path_factory.mktemp(verb))
-    monkeypatch.setenv("TRICKLAB_DATA", str(tmp_path_factory.getbasetemp() / "data"))
+    monkeypatch.setenv("TRICKLAB_DATA", str(mnist1d_root))
     for block in blocks:
         exec(compile(block, f"example of tricklab.{verb}", "exec"), {"tricklab": tricklab, "torch": torch})

@@ -21,18 +21,12 @@ def examples(obj) -> list[str]:
     return [inspect.cleandoc("\n".join(line[4:] for line in b.splitlines())) for b in blocks]
 
 
-@pytest.fixture(scope="module")
-def data_cache(tmp_path_factory):
-    """One cache for the module: MNIST-1D is generated once."""
-    return tmp_path_factory.mktemp("data")
-
-
 @pytest.mark.parametrize("obj", DOCUMENTED, ids=lambda o: getattr(o, "__name__", "tricklab"))
-def test_example_runs(obj, tmp_path, monkeypatch, data_cache):
+def test_example_runs(obj, tmp_path, monkeypatch, mnist1d_root):
     blocks = examples(obj)
     assert blocks, f"{obj} has no Example:: block"
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("TRICKLAB_DATA", str(data_cache))
+    monkeypatch.setenv("TRICKLAB_DATA", str(mnist1d_root))
     from tricklab.catalog import family
 
     before = set(family("models").names())
