@@ -22,6 +22,18 @@ def test_readme_opens_with_the_two_set_up_commands_and_ci_runs_the_test_command(
     assert test_cmd in (REPO / ".ci" / "run").read_text()
 
 
+def test_the_getting_started_page_gives_the_readmes_two_commands():
+    readme = [b.strip() for b in code_blocks((REPO / "README.md").read_text())[:2]]
+    page = [b.strip() for b in code_blocks((REPO / "docs" / "getting-started.md").read_text())[:2]]
+    assert page == readme
+
+
+def test_the_test_command_installs_with_a_pinned_uv():
+    test_cmd = code_blocks((REPO / "README.md").read_text())[1]
+    assert "pip install -q -c constraints.txt uv &&" in test_cmd and "uv pip install" in test_cmd
+    assert any(line.startswith("uv==") for line in (REPO / "constraints.txt").read_text().splitlines())
+
+
 def test_constraints_pin_torch_to_the_cpu_build_on_disk():
     pins = (REPO / "constraints.txt").read_text().splitlines()
     assert "torch==2.13.0" in pins
@@ -52,9 +64,9 @@ def test_model_defaults_table_matches_the_factories():
 EXAMPLE_PAGES = ("README.md", "docs/your-own.md")
 
 
-def test_every_python_example_in_the_readme_runs(tmp_path, monkeypatch):
+def test_every_python_example_in_the_readme_runs(tmp_path, monkeypatch, mnist1d_root):
     """Each ```python block of the README and of :data:`EXAMPLE_PAGES` runs as written (in a scratch folder,
-    MNIST-1D cached there), in order."""
+    MNIST-1D read from the session's cache), in order."""
     blocks = [
         (page, block)
         for page in EXAMPLE_PAGES
@@ -62,7 +74,7 @@ def test_every_python_example_in_the_readme_runs(tmp_path, monkeypatch):
     ]
     assert sum(page == "README.md" for page, _ in blocks) >= 2 and len({p for p, _ in blocks}) == len(EXAMPLE_PAGES)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("TRICKLAB_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("TRICKLAB_DATA", str(mnist1d_root))
     from tricklab.catalog import family
 
     added = {f: set(family(f).names()) for f in ("models", "datasets")}
