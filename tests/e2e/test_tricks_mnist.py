@@ -17,7 +17,8 @@ pytestmark = [pytest.mark.mnist, pytest.mark.slow]
 
 #: The lesson's MLP: 784-512-512-10, dropout 0.2, Adam, exponential decay. With the lesson's γ = 0.98 the
 #: LR only falls to 0.83·lr in 10 epochs, the last epochs stay noisy and one seed of three ended at 97.6%;
-#: γ = 0.8 lets it settle: 98.3–98.5% after 10 epochs over seeds 0–2.
+#: a steeper decay lets it settle: γ = 0.7 over 8 epochs gave 98.40, 98.42 and 98.32% on seeds 0–2 (γ = 0.8 over
+#: 10 epochs: 98.3–98.5%, for a quarter more time).
 MLP = {
     "model.name": "mlp",
     "model.depth": 2,
@@ -26,8 +27,8 @@ MLP = {
     "optim.name": "adam",
     "optim.lr": 1e-3,
     "schedule.name": "exponential",
-    "schedule.gamma": 0.8,
-    "train.epochs": 10,
+    "schedule.gamma": 0.7,
+    "train.epochs": 8,
 }
 
 #: The CNN: 3 conv blocks of 32 channels with batch norm (28×28 → pool → 2 blocks at 14×14 → pool),
@@ -80,11 +81,11 @@ def test_mlp_with_dropout_adam_and_exponential_decay_reaches_98_percent(mnist, c
     metrics, history, seconds = train(MLP, mnist)
     with capsys.disabled():
         print(
-            f"\n784-512-512-10 MLP, dropout 0.2, Adam, exponential γ=0.8, 10 epochs: "
+            f"\n784-512-512-10 MLP, dropout 0.2, Adam, exponential γ=0.7, 8 epochs: "
             f"test_acc {metrics['test_acc']:.4f} ({seconds:.0f} s)"
         )
-    assert len(history) == 10
-    assert [row["lr"] for row in history] == pytest.approx([1e-3 * 0.8**e for e in range(10)], rel=1e-12)
+    assert len(history) == 8
+    assert [row["lr"] for row in history] == pytest.approx([1e-3 * 0.7**e for e in range(8)], rel=1e-12)
     assert metrics["test_acc"] >= 0.980
 
 
