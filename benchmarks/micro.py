@@ -13,6 +13,10 @@
 - ``layout``: the built-in CNN (3 blocks of 32 channels, batch norm) in channels-last vs the default NCHW layout,
   a training step on 64 MNIST images (Adam) and an evaluation of 1,024, alternating the two layouts (what
   ``engine/placement.py`` chooses on CPU);
+- ``preload``: a lab's pool of 2 workers running 2 one-epoch MLP runs on synthetic data, with and without
+  ``torch._dynamo`` among the fork server's imports (:data:`tricklab.lab.runner.PRELOAD`; a torch optimizer imports
+  it the first time one is built), alternating: wall seconds and CPU seconds of the whole machine (``/proc/stat``,
+  so run it on an otherwise idle machine), for the process's first pool (the fork server starts) and a second;
 - ``evalbatch``: microseconds per image of an evaluation (``tricklab.engine.loop.evaluate``, channels-last) of
   4,096 MNIST-sized images in batches of 64 to 1,024, for the built-in CNN, the default ResNet and a 784-512-512-10
   MLP (``engine/placement.py``'s ``eval_batch_size`` chooses 128 for a conv net on CPU, 1,024 otherwise).
@@ -24,6 +28,7 @@ Not a test: timings on a shared machine are noisy; each figure is the median of 
     .venv/bin/python benchmarks/micro.py --only batch stats --repeats 15
     TRICKLAB_DATA=../shared/data .venv/bin/python benchmarks/micro.py --only layout   # builds the CNN for MNIST
     TRICKLAB_DATA=../shared/data .venv/bin/python benchmarks/micro.py --only evalbatch --repeats 3
+    .venv/bin/python benchmarks/micro.py --only preload --repeats 5
 """
 
 from __future__ import annotations
@@ -111,6 +116,42 @@ def pool(number: int, repeats: int) -> str:
     )
 
 
+PRELOADED = """
+import os, sys, time
+import tricklab.lab.runner as r
+if sys.argv[1] == "without":
+    r.PRELOAD = tuple(m for m in r.PRELOAD if m != "torch._dynamo")
+
+def busy_seconds():
+    with open("/proc/stat") as f:
+        ticks = [int(v) for v in f.readline().split()[1:8]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+def one_pool():
+    cfg = {"data": {"name": "synthetic"}, "model": {"name": "mlp", "depth": 1, "width": 16}, "train": {"epochs": 1}}
+    t0, b0 = time.perf_counter(), busy_seconds()
+    with r.WorkerPool(2, 1) as pool:
+        pool.run([r.Task((i,), cfg) for i in range(2)], lambda e: None, poll_s=0.01)
+    return time.perf_counter() - t0, busy_seconds() - b0
+
+print(*one_pool(), *one_pool())
+"""
+
+
+def preload(number: int, repeats: int) -> str:
+    out: dict[str, list[list[float]]] = {"without": [], "with": []}
+    for _ in range(max(1, min(repeats, 5))):  # alternating
+        for mode in out:
+            done = subprocess.run([sys.executable, "-c", PRELOADED, mode], capture_output=True, text=True, check=True)
+            out[mode].append([float(v) for v in done.stdout.split()])
+    med = {m: [statistics.median(run[i] for run in runs) for i in range(4)] for m, runs in out.items()}
+    return "; ".join(
+        f"{m} torch._dynamo in the fork server: first pool {v[0]:.2f} s wall, {v[1]:.2f} CPU s; "
+        f"second pool {v[2]:.2f} s wall, {v[3]:.2f} CPU s"
+        for m, v in med.items()
+    )
+
+
 def layout(number: int, repeats: int) -> str:
     import copy
 
@@ -188,6 +229,7 @@ MEASURES = {
     "stats": stats,
     "worker": worker,
     "pool": pool,
+    "preload": preload,
     "layout": layout,
     "evalbatch": evalbatch,
 }
