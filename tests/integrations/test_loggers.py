@@ -335,6 +335,27 @@ def written_records(folder: Path, deadline_s: float = 60.0) -> list[dict]:
         time.sleep(0.2)
 
 
+def test_wandb_records_leaves_out_a_record_the_file_ends_inside(tmp_path):
+    """W&B's process writes an offline run's file out after ``run.finish()`` returns: read while a record is only
+    partly written, the complete records come back and the partial one is left for the next read."""
+    pb = pytest.importorskip("wandb.proto.wandb_internal_pb2", reason="wandb is in the dev extra")
+    history, done = pb.Record(), pb.Record()
+    history.history.item.add(key="loss", value_json="0.5")
+    done.exit.exit_code = 0
+
+    def chunk(record) -> bytes:  # crc32 (not checked by the reader) | length | type 1 (a whole record) | data
+        data = record.SerializeToString()
+        return b"\0\0\0\0" + len(data).to_bytes(2, "little") + b"\x01" + data
+
+    whole = b":W&B\xe1\xbe\x00" + chunk(history) + chunk(done)
+    path = tmp_path / "run-x.wandb"
+    for cut in (len(whole) - 1, len(whole) - len(chunk(done)) + 5, len(whole) - len(chunk(done)) + 3):
+        path.write_bytes(whole[:cut])  # the last record cut short, inside its data or inside its header
+        assert [r["type"] for r in wandb_records(tmp_path)] == ["history"]
+    path.write_bytes(whole)
+    assert [r["type"] for r in wandb_records(tmp_path)] == ["history", "exit"]
+
+
 def _key(item: dict) -> str:
     """The name of an item of a W&B history or summary record (``key``, or ``nestedKey`` parts joined)."""
     return item.get("key") or "/".join(item["nestedKey"])

@@ -619,7 +619,9 @@ def wandb_records(run_folder: str | Path) -> list[dict[str, Any]]:
 
     The file is a LevelDB-style log (what ``wandb sync`` uploads): a 7-byte header (``:W&B``, magic ``0xBEE1``,
     version 0), then 32 KiB blocks of chunks, each ``crc32 (4) | length (2) | type (1) | data`` with type 1 a whole
-    record and 2/3/4 its first/middle/last part; each record is a ``wandb_internal_pb2.Record``.
+    record and 2/3/4 its first/middle/last part; each record is a ``wandb_internal_pb2.Record``. W&B's own process
+    writes the file out after ``run.finish()`` returns: a record the file ends inside (not written out yet) is left
+    out, with any record it ends; read again for the rest.
     """
     from google.protobuf.json_format import MessageToDict
     from wandb.proto import wandb_internal_pb2
@@ -637,6 +639,8 @@ def wandb_records(run_folder: str | Path) -> list[dict[str, Any]]:
             pos += left
             continue
         length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
+        if pos + 7 + length > len(data):  # still being written
+            break
         chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
         if kind == 0 and length == 0:
             continue
