@@ -621,7 +621,7 @@ def wandb_records(run_folder: str | Path) -> list[dict[str, Any]]:
     version 0), then 32 KiB blocks of chunks, each ``crc32 (4) | length (2) | type (1) | data`` with type 1 a whole
     record and 2/3/4 its first/middle/last part; each record is a ``wandb_internal_pb2.Record``. W&B's own process
     writes the file out after ``run.finish()`` returns: a record the file ends inside (not written out yet) is left
-    out, with any record it ends; read again for the rest.
+    out, and so are the earlier parts of a record split over chunks; read the file again for the rest.
     """
     from google.protobuf.json_format import MessageToDict
     from wandb.proto import wandb_internal_pb2
