@@ -99,15 +99,25 @@ def build_to_count(build: Callable[[], torch.nn.Module]) -> tuple[torch.nn.Modul
     if sum(p.numel() for p in model.parameters()) * BYTES_PER_VALUE > REAL_PASS_BYTES:
         return model, "meta"
     # A small model runs its forward pass on zeroed CPU weights: a forward pass on the meta device needs
-    # torch's Python meta kernels, whose first use imports torch._dynamo (5-6 s, every process).
+    # torch's Python meta kernels, whose first use imports torch._dynamo.
     try:
-        model = model.to_empty(device="cpu")
-        with torch.no_grad():  # garbage memory holds denormals and NaNs, which some CPUs compute slowly
-            for t in (*model.parameters(), *model.buffers()):
-                t.zero_()
+        _zeros_on_cpu(model)
     except Exception:  # noqa: BLE001 - a module that cannot leave the meta device: count there
         return model, "meta"
     return model, "cpu"
+
+
+def _zeros_on_cpu(model: torch.nn.Module) -> None:
+    """Replace every parameter and buffer of ``model`` (on the meta device) by zeros of its shape and dtype on the
+    CPU, in place. Zeros, not ``Module.to_empty``: ``empty_like`` of a meta tensor goes through torch's Python
+    reference kernels, whose first use imports ``torch.fx``'s symbolic shapes and sympy, and garbage memory holds
+    denormals and NaNs, which some CPUs compute slowly."""
+    for module in model.modules():
+        for name, p in list(module.named_parameters(recurse=False)):
+            zeros = torch.zeros(p.shape, dtype=p.dtype)
+            setattr(module, name, torch.nn.Parameter(zeros, requires_grad=p.requires_grad))
+        for name, b in list(module.named_buffers(recurse=False)):
+            setattr(module, name, torch.zeros(b.shape, dtype=b.dtype))
 
 
 def count_activations(model: torch.nn.Module, input_shape: tuple[int, ...], device: torch.device | str) -> int:
