@@ -133,7 +133,9 @@ def _lab_cmd(study, out):
     return [sys.executable, "-m", "tricklab", "lab", "--config", str(study), "--out", str(out), "--workers", "1"]
 
 
-def test_killing_the_lab_mid_study_loses_no_finished_run(tmp_path):
+def test_killing_the_lab_mid_study_loses_no_finished_run(tmp_path, capsys):
+    """A ``tricklab lab`` process and its workers SIGKILLed after two runs; the rerun and the uninterrupted lab it is
+    compared with run in this process (what is on disk is all a rerun reads)."""
     study = write_study(tmp_path, epochs=6, seeds=2)
     out = tmp_path / "lab"
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -157,17 +159,18 @@ def test_killing_the_lab_mid_study_loses_no_finished_run(tmp_path):
         proc.wait()
     before = {(r[0], r[1]): r for r in rows(db) if r[2] == "done"}
     assert 2 <= len(before) < 6, "kill it mid-study"
-    done = subprocess.run(_lab_cmd(study, out), env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
+    capsys.readouterr()
+    assert main(_lab_cmd(study, out)[3:]) == 0
+    done = capsys.readouterr()
     after = rows(db)
     assert len(after) == 6 and all(r[2] == "done" for r in after)
     for r in after:
         if (r[0], r[1]) in before:
             assert r == before[(r[0], r[1])], "a finished run was recomputed"
-    assert f"{6 - len(before)} runs done, {len(before)} already done, 0 failed" in done.stdout
+    assert f"{6 - len(before)} runs done, {len(before)} already done, 0 failed" in done.out
     # same results as an uninterrupted lab
     ref = tmp_path / "ref"
-    subprocess.run(_lab_cmd(study, ref), env=env, capture_output=True, timeout=300, check=True)
+    assert main(_lab_cmd(study, ref)[3:]) == 0, capsys.readouterr().err
     metric = {(r[0], r[1]): json.loads(r[3])["test_acc"] for r in after}
     assert metric == {(r[0], r[1]): json.loads(r[3])["test_acc"] for r in rows(ref / "results.sqlite")}
 

@@ -1,9 +1,9 @@
-"""SIGKILL, then ``--resume``: real ``python -m tricklab train`` processes, killed at several points.
+"""SIGKILL, then ``--resume``: real ``tricklab train`` processes, killed at several points.
 
 Each run is killed by itself at a precise point through a hook of ``tricklab_child.py`` (mid-epoch, at an
 epoch boundary before and after its checkpoint, inside a checkpoint write, while the final weights are
-written), resumed with ``tricklab train --resume``, and must end with weights bit-identical to an
-uninterrupted run and a history without duplicate epochs.
+written), resumed with ``tricklab train --resume`` (in the test's process: what is on disk is all a resume
+reads), and must end with weights bit-identical to an uninterrupted run and a history without duplicate epochs.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from tricklab_child import BASE, STEPS_PER_EPOCH, Cut, CutAt, child, history, same_weights
+from tricklab_child import BASE, STEPS_PER_EPOCH, Cut, CutAt, child, here, history, same_weights
 
 ARGS = ["train", *BASE, "--set", "train.epochs=4"]
 
@@ -24,7 +24,7 @@ def finish(proc, timeout: float = 120) -> tuple[int, str, str]:
 
 
 def _reference(cwd: Path) -> None:
-    rc, _, err = finish(child("none", [*ARGS, "--out", "run"], cwd, stdout=-1, stderr=-1))
+    rc, err = here([*ARGS, "--out", "run"], cwd)
     assert rc == 0, err
 
 
@@ -52,7 +52,7 @@ def test_sigkill_then_resume_is_bit_identical(point, reference, tmp_path):
         names = [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()]
         assert any(n.startswith(".tmp-epoch0003-") for n in names) and "epoch0003" not in names
 
-    rc, out, err = finish(child("none", ["train", "--resume", "run"], tmp_path, stdout=-1, stderr=-1))
+    rc, err = here(["train", "--resume", "run"], tmp_path)
 
     assert rc == 0, err
     assert "resuming from" in err and "Traceback" not in err

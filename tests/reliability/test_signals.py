@@ -1,7 +1,8 @@
 """SIGINT/SIGTERM: stop at the next step boundary with a checkpoint, exit 130/143; a second signal exits at once.
 
 Real processes (``tricklab_child.py`` with a 20 ms sleep per step so that the signal lands mid-training),
-signalled from here with ``os.kill``; the run is then resumed and compared with an uninterrupted one.
+signalled from here with ``os.kill``; the run is then resumed (in this process: what is on disk is all a resume
+reads) and compared with an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tricklab_child import BASE, child, history, same_weights
+from tricklab_child import BASE, child, here, history, same_weights
 
 from tricklab.engine.checkpoint import list_checkpoints, read_checkpoint
 
@@ -20,9 +21,8 @@ ARGS = ["train", *BASE, "--set", "train.epochs=12"]
 
 
 def _reference(cwd: Path) -> None:
-    proc = child("none", [*ARGS, "--out", "run"], cwd, stdout=-1, stderr=-1)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err
+    rc, err = here([*ARGS, "--out", "run"], cwd)
+    assert rc == 0, err
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +53,9 @@ def test_signal_stops_at_a_step_with_a_checkpoint_and_resume_is_exact(sig, refer
     assert newest.name in lines[-1]
     assert not (tmp_path / "run" / "model.safetensors").exists()
 
-    proc = child("none", ["train", "--resume", "run"], tmp_path, stdout=-1, stderr=-1)
-    _, err = proc.communicate(timeout=120)
+    rc, err = here(["train", "--resume", "run"], tmp_path)
 
-    assert proc.returncode == 0, err
+    assert rc == 0, err
     assert f"resuming from {newest}".replace(str(tmp_path) + "/", "") in err
     same_weights(reference, tmp_path / "run")
     assert [r["epoch"] for r in history(tmp_path / "run")] == list(range(1, 13))
@@ -82,10 +81,9 @@ def test_second_signal_exits_at_once_and_corrupts_nothing(reference, tmp_path):
         read_checkpoint(path)  # every visible checkpoint verifies and loads
     assert before
 
-    proc = child("none", ["train", "--resume", "run"], tmp_path, stdout=-1, stderr=-1)
-    _, err = proc.communicate(timeout=120)
+    rc, err = here(["train", "--resume", "run"], tmp_path)
 
-    assert proc.returncode == 0, err
+    assert rc == 0, err
     assert "corrupt" not in err  # the checkpoints on disk were all whole
     same_weights(reference, tmp_path / "run")
     assert [r["epoch"] for r in history(tmp_path / "run")] == list(range(1, 13))

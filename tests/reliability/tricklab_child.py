@@ -15,12 +15,15 @@ to clean up, exactly like ``kill -9``:
 ``slow-save``    ``slow``, and once a stop signal has arrived, the checkpoint write blocks for 60 s after
                  writing its tensors (so a test can send the second signal during the save)
 
-The parent side, used by the tests: :data:`BASE` arguments, :func:`child`, the comparisons of run
-directories :func:`same_weights` and :func:`history`, and :class:`CutAt` to cut an in-process run short.
+The parent side, used by the tests: :data:`BASE` arguments, :func:`child`, :func:`here` (the same command in the
+test's own process, for what follows a kill: a resume, a reference run), the comparisons of run directories
+:func:`same_weights` and :func:`history`, and :class:`CutAt` to cut an in-process run short.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import signal
@@ -53,6 +56,27 @@ def child(point: str, args: list[str], cwd: Path, **popen) -> subprocess.Popen:
     """Start ``tricklab args`` in a fresh interpreter with hook ``point`` (see the module docstring)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", TRICKLAB_DATA=str(cwd / "cache"))
     return subprocess.Popen([sys.executable, str(HERE), point, *args], cwd=cwd, env=env, text=True, **popen)
+
+
+def here(args: list[str], cwd: Path) -> tuple[int, str]:
+    """``tricklab args`` in ``cwd`` in this process, with :func:`child`'s data folder: ``(exit code, stderr)``.
+
+    For the runs that only read or continue what a killed child left (``--resume``, the uninterrupted reference):
+    the same ``main`` as the child's, without the seconds a fresh interpreter spends importing torch."""
+    from tricklab.cli.main import main
+
+    err = io.StringIO()
+    before = os.environ.get("TRICKLAB_DATA")
+    os.environ["TRICKLAB_DATA"] = str(cwd / "cache")
+    try:
+        with contextlib.chdir(cwd), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+            code = main(args)
+    finally:
+        if before is None:
+            os.environ.pop("TRICKLAB_DATA", None)
+        else:
+            os.environ["TRICKLAB_DATA"] = before
+    return code, err.getvalue()
 
 
 def history(run_dir: Path) -> list[dict]:
