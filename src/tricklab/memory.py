@@ -109,15 +109,22 @@ def build_to_count(build: Callable[[], torch.nn.Module]) -> tuple[torch.nn.Modul
 
 def _zeros_on_cpu(model: torch.nn.Module) -> None:
     """Replace every parameter and buffer of ``model`` (on the meta device) by zeros of its shape and dtype on the
-    CPU, in place. Zeros, not ``Module.to_empty``: ``empty_like`` of a meta tensor goes through torch's Python
-    reference kernels, whose first use imports ``torch.fx``'s symbolic shapes and sympy, and garbage memory holds
-    denormals and NaNs, which some CPUs compute slowly."""
+    CPU, in place; a tensor shared by several modules (tied weights) stays one tensor, counted once. Zeros, not
+    ``Module.to_empty``: ``empty_like`` of a meta tensor goes through torch's Python reference kernels, whose first
+    use imports ``torch.fx``'s symbolic shapes and sympy; ``to_empty`` gives each module its own copy of a tied
+    weight; and garbage memory holds denormals and NaNs, which some CPUs compute slowly."""
+    made: dict[int, torch.Tensor] = {}
+
+    def zeros(t: torch.Tensor) -> torch.Tensor:
+        if id(t) not in made:
+            z = torch.zeros(t.shape, dtype=t.dtype)
+            is_parameter = isinstance(t, torch.nn.Parameter)
+            made[id(t)] = torch.nn.Parameter(z, requires_grad=t.requires_grad) if is_parameter else z
+        return made[id(t)]
+
     for module in model.modules():
-        for name, p in list(module.named_parameters(recurse=False)):
-            zeros = torch.zeros(p.shape, dtype=p.dtype)
-            setattr(module, name, torch.nn.Parameter(zeros, requires_grad=p.requires_grad))
-        for name, b in list(module.named_buffers(recurse=False)):
-            setattr(module, name, torch.zeros(b.shape, dtype=b.dtype))
+        for name, t in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
+            setattr(module, name, zeros(t))
 
 
 def count_activations(model: torch.nn.Module, input_shape: tuple[int, ...], device: torch.device | str) -> int:

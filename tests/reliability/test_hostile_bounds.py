@@ -372,6 +372,26 @@ def test_a_width_too_large_for_torch_to_count_is_refused_not_let_through(workdir
     assert not (workdir / "runs").exists()
 
 
+def test_tied_weights_are_counted_once_when_the_model_is_given_cpu_weights():
+    """A small model gets zeroed CPU weights to run its forward pass; a weight two layers share stays one tensor."""
+
+    class Tied(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encode, self.decode = torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)
+            self.decode.weight = self.encode.weight
+            self.register_buffer("scale", torch.ones(4))
+
+        def forward(self, x):
+            return self.decode(self.encode(x)) * self.scale
+
+    model, device = memory.build_to_count(Tied)
+    assert device == "cpu" and model.decode.weight is model.encode.weight
+    assert sum(p.numel() for p in model.parameters()) == 16 + 4 + 4  # one shared 4×4 weight, two biases
+    assert all(p.device.type == "cpu" and not p.any() for p in (*model.parameters(), *model.buffers()))
+    assert memory.count_on_meta(Tied, (4,)) == (24, 4 + 4)  # the two linear layers' outputs
+
+
 def test_figures_beyond_the_float_range_are_written_not_overflowed():
     est = memory.Estimate(parameters=10**400, activations_per_example=10**300, batch_size=128, optimizer_slots=2)
     with pytest.raises(ConfigError) as err:
