@@ -160,7 +160,7 @@ def test_killing_the_lab_mid_study_loses_no_finished_run(tmp_path, capsys):
     before = {(r[0], r[1]): r for r in rows(db) if r[2] == "done"}
     assert 2 <= len(before) < 6, "kill it mid-study"
     capsys.readouterr()
-    assert main(_lab_cmd(study, out)[3:]) == 0
+    assert main(_lab_cmd(study, out)[3:]) == 0, capsys.readouterr().err
     done = capsys.readouterr()
     after = rows(db)
     assert len(after) == 6 and all(r[2] == "done" for r in after)

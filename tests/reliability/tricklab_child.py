@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 from tricklab.events import Callback
 
@@ -66,16 +67,13 @@ def here(args: list[str], cwd: Path) -> tuple[int, str]:
     from tricklab.cli.main import main
 
     err = io.StringIO()
-    before = os.environ.get("TRICKLAB_DATA")
-    os.environ["TRICKLAB_DATA"] = str(cwd / "cache")
-    try:
-        with contextlib.chdir(cwd), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
-            code = main(args)
-    finally:
-        if before is None:
-            os.environ.pop("TRICKLAB_DATA", None)
-        else:
-            os.environ["TRICKLAB_DATA"] = before
+    with (
+        mock.patch.dict(os.environ, TRICKLAB_DATA=str(cwd / "cache")),
+        contextlib.chdir(cwd),
+        contextlib.redirect_stdout(io.StringIO()),
+        contextlib.redirect_stderr(err),
+    ):
+        code = main(args)
     return code, err.getvalue()
 
 
